@@ -1,0 +1,60 @@
+"""Rendering helpers for the CLI: a rich progress sink for `Reporter`, tables of dropped files.
+
+Library code never imports this module; only cli.py does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID,
+                           TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+from rich.table import Table
+
+from prep.progress import ProgressEvent, Reporter
+from prep.records import Drop
+
+out = Console()
+err = Console(stderr=True)
+
+
+@contextlib.contextmanager
+def rich_reporter(console: Console = err) -> Iterator[Reporter]:
+    """A Reporter that draws each task as a rich progress bar and prints notes above it."""
+    progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
+                        MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                        console=console, transient=False)
+    tasks: dict[str, TaskID] = {}
+
+    def sink(event: ProgressEvent) -> None:
+        if event.kind == "start":
+            tasks[event.label] = progress.add_task(event.label, total=event.total)
+        elif event.kind == "advance" and event.label in tasks:
+            progress.advance(tasks[event.label], event.advance)
+        elif event.kind == "end" and event.label in tasks:
+            task = tasks.pop(event.label)
+            total = progress.tasks[task].total
+            if total is not None:
+                progress.update(task, completed=total)
+        elif event.kind == "note":
+            progress.console.print(f"[cyan]•[/] {event.message}")
+
+    with progress:
+        yield Reporter(sink)
+
+
+def dropped_table(dropped: Sequence[Drop], title: str = "Skipped files") -> Table:
+    table = Table(title=f"{title} ({len(dropped)})", title_style="bold yellow", show_lines=False)
+    table.add_column("file", overflow="fold")
+    table.add_column("step")
+    table.add_column("reason", overflow="fold")
+    for drop in dropped:
+        table.add_row(drop.path, drop.step, drop.reason)
+    return table
+
+
+def print_dropped(dropped: Sequence[Drop], console: Console = err) -> None:
+    if dropped:
+        console.print(dropped_table(dropped))

@@ -1,0 +1,44 @@
+"""Shared fixtures: the real test images (copied from ../shared/testdata) and the offline YuNet model."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).parent / "data"
+MODELS_ENV = "LORAPREP_TEST_MODELS"
+
+
+@pytest.fixture(scope="session")
+def testdata() -> Path:
+    """tests/data: photos/ and anime/ (real, freely licensed images; see LICENSES.md there)."""
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def faces_truth() -> dict[str, list[list[int]]]:
+    """Hand-checked face boxes [x0, y0, x1, y1] keyed by 'photos/astronaut.png' etc."""
+    data = json.loads((DATA / "faces.json").read_text())
+    return {k: v for k, v in data.items() if not k.startswith("_")}
+
+
+@pytest.fixture(scope="session")
+def yunet_model() -> Path:
+    """The YuNet ONNX file, from the folder in $LORAPREP_TEST_MODELS (.ci/run sets it to ../shared/models)."""
+    folder = os.environ.get(MODELS_ENV)
+    if not folder:
+        pytest.skip(f"YuNet model not available: set ${MODELS_ENV} to a folder holding face_detection_yunet.onnx")
+    path = Path(folder) / "face_detection_yunet.onnx"
+    if not path.is_file():
+        pytest.skip(f"YuNet model not available: {path} does not exist")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_model_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never read or write the user's models_cache/: each session gets an empty one."""
+    monkeypatch.setenv("LORAPREP_MODELS", str(tmp_path_factory.getbasetemp() / "models_cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
