@@ -52,6 +52,10 @@ register(ModelSpec(
     description="OpenCV YuNet face detector (photos; finds many anime faces too)",
 ))
 
+# --- face detectors and segmenters (crop/clean) ---
+
+# --- taggers and captioners (tag) ---
+
 
 def cache_dir() -> Path:
     """`$LORAPREP_MODELS`, else the checkout's models_cache/, else ~/.cache/loraprep/models."""
