@@ -1,0 +1,148 @@
+"""Folder → image entries: sizes from headers, sidecar captions, kohya repeat folders, problems.
+
+Pixels are never decoded here; 20,000 images scan in seconds. Bad files become `Drop`s with a
+reason and the walk goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prep.errors import UsageError
+from prep.images import DEFAULT_MAX_PIXELS, ImageInfo, is_image_path, read_info
+from prep.progress import SILENT, Reporter
+from prep.records import DEFAULT_CAPTION_EXTENSION, Drop
+from prep.runner import run_step
+from prep.sidecars import caption_path, read_caption
+
+# kohya's DreamBooth folder convention: "10_sks woman" = 10 repeats, class tokens "sks woman".
+REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")
+# Folders loraprep itself writes inside a dataset (journals, backups) are not part of it.
+SKIPPED_DIRS = frozenset({".loraprep", "__pycache__", ".git"})
+
+
+@dataclass(frozen=True)
+class RepeatFolder:
+    repeats: int
+    class_tokens: str
+    folder: str  # relative to the scanned root
+
+
+@dataclass(frozen=True)
+class ScanEntry:
+    path: Path            # absolute path of the image
+    rel: str              # POSIX path relative to the scanned root
+    info: ImageInfo
+    caption: str | None   # None: no sidecar
+    repeat_folder: RepeatFolder | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.info.size
+
+    @property
+    def aspect(self) -> float:
+        return self.info.width / self.info.height
+
+
+@dataclass
+class ScanResult:
+    root: Path
+    entries: list[ScanEntry] = field(default_factory=list)
+    dropped: list[Drop] = field(default_factory=list)
+    warnings: list[Drop] = field(default_factory=list)
+
+    @property
+    def repeat_folders(self) -> list[RepeatFolder]:
+        seen: dict[str, RepeatFolder] = {}
+        for entry in self.entries:
+            if entry.repeat_folder is not None:
+                seen.setdefault(entry.repeat_folder.folder, entry.repeat_folder)
+        return list(seen.values())
+
+
+def _repeat_folder(root: Path, image: Path) -> RepeatFolder | None:
+    """The innermost `N_name` folder between root and the image, if any."""
+    rel_parent = image.parent.relative_to(root)
+    parts = rel_parent.parts
+    for depth in range(len(parts), 0, -1):
+        match = REPEAT_FOLDER.match(parts[depth - 1])
+        if match:
+            return RepeatFolder(int(match.group(1)), match.group(2).strip(), Path(*parts[:depth]).as_posix())
+    return None
+
+
+def walk_images(root: Path, problems: list[Drop]) -> Iterator[Path]:
+    """Image files under root, sorted, following symlinked folders once (loops are reported)."""
+    seen_dirs: set[str] = set()
+
+    def visit(folder: Path) -> Iterator[Path]:
+        try:
+            real = os.path.realpath(folder)
+        except OSError as exc:
+            problems.append(Drop(str(folder), "scan", f"cannot resolve folder: {exc}"))
+            return
+        if real in seen_dirs:
+            problems.append(Drop(str(folder), "scan", "symlink loop: folder already visited"))
+            return
+        seen_dirs.add(real)
+        try:
+            children = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            problems.append(Drop(str(folder), "scan", f"cannot list folder: {exc.strerror or exc}"))
+            return
+        for child in children:
+            if child.name.startswith(".") or child.name in SKIPPED_DIRS:
+                continue
+            path = Path(child.path)
+            try:
+                is_dir = child.is_dir()  # follows symlinks
+            except OSError as exc:
+                problems.append(Drop(str(path), "scan", f"cannot stat: {exc.strerror or exc}"))
+                continue
+            if is_dir:
+                yield from visit(path)
+            elif is_image_path(path):
+                yield path
+
+    yield from visit(root)
+
+
+def _duplicate_stem_warnings(root: Path, images: list[Path], extension: str) -> list[Drop]:
+    by_caption: dict[Path, list[Path]] = {}
+    for image in images:
+        by_caption.setdefault(caption_path(image, extension), []).append(image)
+    return [
+        Drop(str(group[1].relative_to(root)), "scan",
+             f"shares caption file {sidecar.name} with {group[0].name}; rename one of them")
+        for sidecar, group in by_caption.items() if len(group) > 1
+    ]
+
+
+def scan_folder(root: str | os.PathLike[str], *, caption_extension: str = DEFAULT_CAPTION_EXTENSION,
+                max_pixels: int | None = DEFAULT_MAX_PIXELS, reporter: Reporter = SILENT,
+                workers: int = 4) -> ScanResult:
+    """Every image under `root` with its header info and caption; unreadable ones are dropped with a reason."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UsageError(f"{root} is not a folder")
+    result = ScanResult(root=root)
+    images = list(walk_images(root, result.dropped))
+    result.warnings.extend(_duplicate_stem_warnings(root, images, caption_extension))
+
+    def entry(image: Path) -> ScanEntry:
+        info = read_info(image, max_pixels=max_pixels)
+        return ScanEntry(image, image.relative_to(root).as_posix(), info,
+                         read_caption(caption_path(image, caption_extension)), _repeat_folder(root, image))
+
+    step = run_step(images, entry, step="scan", name=lambda p: p.relative_to(root).as_posix(),
+                    reporter=reporter, label="scanning", workers=workers)
+    result.entries = step.done
+    result.dropped.extend(step.dropped)
+    return result
+
+
