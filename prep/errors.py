@@ -27,7 +27,19 @@ class UsageError(LoraprepError):
 
 
 class BadImage(LoraprepError):
-    """One input image could not be used; the run skips it and reports why."""
+    """One input image could not be used; the run skips it and reports why.
+
+    Built as `BadImage.at(path, reason)` the message names the file and `reason` alone goes in
+    per-file report tables (which show the path in their own column).
+    """
+
+    reason: str | None = None
+
+    @classmethod
+    def at(cls, path: object, reason: str, hint: str | None = None) -> "BadImage":
+        error = cls(f"{path}: {reason}", hint)
+        error.reason = reason
+        return error
 
 
 class ImageTooLarge(BadImage):

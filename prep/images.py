@@ -56,15 +56,15 @@ def _open_lazy(path: Path) -> Image.Image:
             warnings.simplefilter("ignore")
             return Image.open(path)
     except FileNotFoundError as exc:
-        raise BadImage(f"{path}: file not found") from exc
+        raise BadImage.at(path, "file not found") from exc
     except PermissionError as exc:
-        raise BadImage(f"{path}: permission denied", hint="check the file's permissions") from exc
+        raise BadImage.at(path, "permission denied", hint="check the file's permissions") from exc
     except UnidentifiedImageError as exc:
         size = path.stat().st_size if path.exists() else 0
         what = "empty file (0 bytes)" if size == 0 else "not a recognised image format"
-        raise BadImage(f"{path}: {what}") from exc
+        raise BadImage.at(path, what) from exc
     except OSError as exc:
-        raise BadImage(f"{path}: cannot open ({exc.strerror or exc})") from exc
+        raise BadImage.at(path, f"cannot open ({exc.strerror or exc})") from exc
 
 
 def _orientation(image: Image.Image) -> int:
@@ -77,17 +77,37 @@ def _orientation(image: Image.Image) -> int:
 
 def _check_pixels(path: Path, size: tuple[int, int], max_pixels: int | None) -> None:
     if max_pixels is not None and size[0] * size[1] > max_pixels:
-        raise ImageTooLarge(
-            f"{path}: {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels exceeds the limit of {max_pixels:,}",
+        raise ImageTooLarge.at(
+            path, f"{size[0]}x{size[1]} = {size[0] * size[1]:,} pixels exceeds the limit of {max_pixels:,}",
             hint="raise the limit with --max-pixels if the file is trusted (this guards against decompression bombs)",
         )
 
 
+# The bytes a complete file of each format ends with (trailing padding tolerated).
+_END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}
+
+
+def _check_complete(path: Path, fmt: str | None) -> None:
+    """Catch truncated downloads cheaply: the end-of-image marker must be in the file's tail."""
+    marker = _END_MARKERS.get(fmt or "")
+    if marker is None:
+        return
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, handle.tell() - 1024))
+        if marker not in handle.read():
+            raise BadImage.at(path, "truncated or corrupt file (no end-of-image marker)")
+
+
 def read_info(path: str | os.PathLike[str], *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageInfo:
-    """Read size, format and orientation from the header only; pixels are not decoded."""
+    """Read size, format and orientation from the header (and a truncation check on the tail).
+
+    Pixels are not decoded.
+    """
     path = Path(path)
     with _open_lazy(path) as image:
         _check_pixels(path, image.size, max_pixels)
+        _check_complete(path, image.format)
         orientation = _orientation(image)
         width, height = image.size
         if orientation in _SWAPS_AXES:
@@ -160,7 +180,7 @@ def open_image(path: str | os.PathLike[str], *, flatten: tuple[int, int, int] | 
             reason = str(exc) or type(exc).__name__
             if "truncated" in reason:
                 reason = "truncated or corrupt file"
-            raise BadImage(f"{path}: cannot decode ({reason})") from exc
+            raise BadImage.at(path, f"cannot decode ({reason})") from exc
     result.info.pop("exif", None)
     return flatten_alpha(result, flatten) if flatten is not None else result
 

@@ -44,7 +44,7 @@ def run_step(items: Sequence[T], fn: Callable[[T], R], *, step: str, name: Calla
         try:
             return fn(item)
         except LoraprepError as exc:
-            return Drop(name(item), step, exc.message)
+            return Drop(name(item), step, getattr(exc, "reason", None) or exc.message)
         except OSError as exc:
             return Drop(name(item), step, f"{type(exc).__name__}: {exc.strerror or exc}")
 

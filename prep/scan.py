@@ -80,20 +80,23 @@ def walk_images(root: Path, problems: list[Drop]) -> Iterator[Path]:
     """Image files under root, sorted, following symlinked folders once (loops are reported)."""
     seen_dirs: set[str] = set()
 
+    def rel(path: Path) -> str:
+        return path.relative_to(root).as_posix()
+
     def visit(folder: Path) -> Iterator[Path]:
         try:
             real = os.path.realpath(folder)
         except OSError as exc:
-            problems.append(Drop(str(folder), "scan", f"cannot resolve folder: {exc}"))
+            problems.append(Drop(rel(folder), "scan", f"cannot resolve folder: {exc}"))
             return
         if real in seen_dirs:
-            problems.append(Drop(str(folder), "scan", "symlink loop: folder already visited"))
+            problems.append(Drop(rel(folder), "scan", "symlink loop: folder already visited"))
             return
         seen_dirs.add(real)
         try:
             children = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as exc:
-            problems.append(Drop(str(folder), "scan", f"cannot list folder: {exc.strerror or exc}"))
+            problems.append(Drop(rel(folder) or ".", "scan", f"cannot list folder: {exc.strerror or exc}"))
             return
         for child in children:
             if child.name.startswith(".") or child.name in SKIPPED_DIRS:
@@ -102,7 +105,7 @@ def walk_images(root: Path, problems: list[Drop]) -> Iterator[Path]:
             try:
                 is_dir = child.is_dir()  # follows symlinks
             except OSError as exc:
-                problems.append(Drop(str(path), "scan", f"cannot stat: {exc.strerror or exc}"))
+                problems.append(Drop(rel(path), "scan", f"cannot stat: {exc.strerror or exc}"))
                 continue
             if is_dir:
                 yield from visit(path)

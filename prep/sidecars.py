@@ -37,8 +37,8 @@ def read_caption(path: str | os.PathLike[str]) -> str | None:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise BadCaption(
-            f"{path}: caption is not UTF-8 text (byte {exc.start})",
+        raise BadCaption.at(
+            path, f"caption is not UTF-8 text (byte {exc.start})",
             hint="re-save it as UTF-8, e.g. `iconv -f cp1252 -t utf-8`",
         ) from exc
     return text.strip()

@@ -42,3 +42,12 @@ def _isolated_model_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch:
     """Tests never read or write the user's models_cache/: each session gets an empty one."""
     monkeypatch.setenv("LORAPREP_MODELS", str(tmp_path_factory.getbasetemp() / "models_cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture()
+def bad_corpus(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A folder of broken and awkward inputs (see tests/corpus.py) and what each must produce."""
+    from corpus import build_corpus
+
+    folder = tmp_path / "corpus"
+    return folder, build_corpus(folder)
