@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from prep.atomic import write_bytes_atomic
 from prep.errors import BadImage, ImageTooLarge
@@ -28,6 +28,14 @@ WHITE = (255, 255, 255)
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".jfif"})
 _EXIF_ORIENTATION = 0x0112
 _SWAPS_AXES = frozenset({5, 6, 7, 8})
+_T = Image.Transpose
+# What a viewer does to stored pixels for each EXIF orientation (as ImageOps.exif_transpose).
+_ORIENT = {
+    2: lambda im: im.transpose(_T.FLIP_LEFT_RIGHT), 3: lambda im: im.transpose(_T.ROTATE_180),
+    4: lambda im: im.transpose(_T.FLIP_TOP_BOTTOM), 5: lambda im: im.transpose(_T.TRANSPOSE),
+    6: lambda im: im.transpose(_T.ROTATE_270), 7: lambda im: im.transpose(_T.TRANSVERSE),
+    8: lambda im: im.transpose(_T.ROTATE_90),
+}
 
 
 @dataclass(frozen=True)
@@ -68,8 +76,18 @@ def _open_lazy(path: Path) -> Image.Image:
 
 
 def _orientation(image: Image.Image) -> int:
+    """EXIF orientation 1-8. For PNG only an eXIf chunk before the pixel data counts: PIL's
+    getexif() on a PNG decodes the whole image to look behind it, which would make scans 50× slower."""
     try:
-        value = image.getexif().get(_EXIF_ORIENTATION, 1)
+        if image.format == "PNG":
+            raw = image.info.get("exif")
+            if not raw:
+                return 1
+            exif = Image.Exif()
+            exif.load(raw)
+            value = exif.get(_EXIF_ORIENTATION, 1)
+        else:
+            value = image.getexif().get(_EXIF_ORIENTATION, 1)
     except Exception:  # malformed EXIF must not cost the image
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
@@ -171,8 +189,9 @@ def open_image(path: str | os.PathLike[str], *, flatten: tuple[int, int, int] | 
                 image.seek(0)
             if draft is not None and image.format == "JPEG":
                 image.draft("RGB", draft)
+            orientation = _orientation(image)
             image.load()
-            oriented = ImageOps.exif_transpose(image) or image
+            oriented = _ORIENT[orientation](image) if orientation != 1 else image
             result = normalise_mode(oriented)
             if result is image:
                 result = image.copy()
