@@ -61,17 +61,1046 @@ def finish(dropped: list, *, quiet: bool = False) -> None:
 
 # ---------------------------------------------------------------- foundation: scan, bucket, manifest, export, prep
 
+CaptionExt = Annotated[str, typer.Option("--caption-extension", help="Caption sidecar extension, used end to end.")]
+MaxPixels = Annotated[int, typer.Option("--max-pixels", help="Refuse images above this many pixels (decompression-bomb guard).")]
+
+
+@app.command()
+@guard
+def scan(
+    folder: Annotated[Path, typer.Argument(help="Folder of images (searched recursively).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")] = False,
+    caption_extension: CaptionExt = ".txt",
+    max_pixels: MaxPixels = 150_000_000,
+) -> None:
+    """Look before you prep: every image with its size, aspect ratio and caption, and every problem.
+
+    Follows kohya's `N_name` repeat-folder convention (`10_sks woman/` = 10 repeats, class tokens
+    "sks woman"). Sizes come from file headers; nothing is decoded. Exit code 1 if any file is unreadable.
+    """
+    from rich.table import Table
+
+    from prep.dataset import scan_summary
+    from prep.scan import scan_folder
+
+    if as_json:
+        result = scan_folder(folder, caption_extension=caption_extension, max_pixels=max_pixels)
+        print_json(scan_summary(result))
+        raise typer.Exit(1 if result.dropped else 0)
+    with rich_reporter() as reporter:
+        result = scan_folder(folder, caption_extension=caption_extension, max_pixels=max_pixels, reporter=reporter)
+    table = Table(title=f"{len(result.entries)} images in {folder}")
+    for column in ("image", "size", "aspect", "repeats", "caption"):
+        table.add_column(column, overflow="fold")
+    for e in result.entries:
+        caption = e.caption if e.caption else "[red]none[/]"
+        repeats = f"{e.repeat_folder.repeats}× {e.repeat_folder.class_tokens}" if e.repeat_folder else ""
+        table.add_row(e.rel, f"{e.info.width}×{e.info.height}", f"{e.aspect:.2f}", repeats,
+                      caption if len(caption) < 80 else caption[:77] + "…")
+    out.print(table)
+    captioned = sum(1 for e in result.entries if e.caption)
+    out.print(f"captioned: {captioned}/{len(result.entries)}")
+    if result.warnings:
+        print_dropped(result.warnings)
+    finish(result.dropped)
+
+
+@app.command()
+@guard
+def bucket(
+    folder: Annotated[Path, typer.Argument(help="Dataset folder.")],
+    resolution: Annotated[str, typer.Option(help="Training resolution: 512, 1024 or WIDTHxHEIGHT.")] = "512",
+    step: Annotated[int, typer.Option(help="Bucket side step in pixels (64; SDXL may use 32).")] = 64,
+    min_size: Annotated[int, typer.Option("--min", help="Smallest bucket side.")] = 256,
+    max_size: Annotated[Optional[int], typer.Option("--max", help="Largest bucket side (default: 2× resolution).")] = None,
+    no_upscale: Annotated[bool, typer.Option("--no-upscale", help="Never enlarge an image to fit its bucket.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print assignments as JSON.")] = False,
+) -> None:
+    """Assign every image an aspect-ratio bucket (the same list sd-scripts makes for these settings).
+
+    Each image goes to the bucket with the closest aspect ratio, is scaled to cover it and centre-
+    trimmed. The settings are remembered in FOLDER/buckets.json for `loraprep manifest`.
+    """
+    from rich.table import Table
+
+    from prep.buckets import BucketPlan
+    from prep.dataset import assign_buckets
+
+    width, height = parse_resolution(resolution)
+    plan = BucketPlan((width, height), step, min_size, max_size or 2 * max(width, height), no_upscale)
+    if as_json:
+        report = assign_buckets(folder, plan)
+        print_json({"buckets": [list(b) for b in plan.buckets],
+                    "images": {k: list(v) for k, v in report.assignments.items()},
+                    "mean_aspect_error": report.summary.mean_aspect_error,
+                    "problems": [d.to_dict() for d in report.dropped]})
+        raise typer.Exit(1 if report.dropped else 0)
+    with rich_reporter() as reporter:
+        report = assign_buckets(folder, plan, reporter=reporter)
+    table = Table(title=f"{len(report.assignments)} images in {len(report.summary.histogram)} of "
+                        f"{len(plan.buckets)} buckets ({width}×{height}, step {step})")
+    table.add_column("bucket")
+    table.add_column("aspect", justify="right")
+    table.add_column("images", justify="right")
+    table.add_column("")
+    top = max(report.summary.histogram.values(), default=1)
+    for (bw, bh), count in report.summary.histogram.items():
+        table.add_row(f"{bw}×{bh}", f"{bw / bh:.2f}", str(count), "█" * max(1, round(30 * count / top)))
+    out.print(table)
+    out.print(f"mean aspect error {report.summary.mean_aspect_error:.4f} "
+              f"(max {report.summary.max_aspect_error:.4f}); settings saved to {report.settings_file}")
+    finish(report.dropped)
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    """'512' → (512, 512); '768x512' → (768, 512)."""
+    from prep.errors import UsageError
+
+    try:
+        parts = [int(p) for p in text.lower().replace("×", "x").split("x")]
+    except ValueError:
+        raise UsageError(f"cannot read resolution '{text}'", hint="use 512, 1024 or WIDTHxHEIGHT") from None
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) <= 0:
+        raise UsageError(f"cannot read resolution '{text}'", hint="use 512, 1024 or WIDTHxHEIGHT")
+    return parts[0], parts[1]
+
+
+@app.command()
+@guard
+def manifest(
+    folder: Annotated[Path, typer.Argument(help="Dataset folder (images + caption sidecars).")],
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="Manifest path (default FOLDER/manifest.json).")] = None,
+    trigger: Annotated[Optional[str], typer.Option(help="Trigger word; kept first in every caption.")] = None,
+    keep_tokens: Annotated[Optional[int], typer.Option(help="Leading caption tokens never shuffled (default 1 with a trigger).")] = None,
+    repeats: Annotated[Optional[int], typer.Option(help="Repeats per epoch (default: from N_name folders, else 1).")] = None,
+    class_tokens: Annotated[Optional[str], typer.Option(help="Class tokens, e.g. 'woman' (DreamBooth style).")] = None,
+    reg: Annotated[Optional[list[Path]], typer.Option(help="Regularisation image folder (repeatable); its own subset.")] = None,
+    allow_empty_captions: Annotated[bool, typer.Option(help="Train images without a caption instead of refusing.")] = False,
+    caption_extension: CaptionExt = ".txt",
+    check: Annotated[bool, typer.Option("--check", help="Validate an existing manifest against the JSON Schema and its files, then exit.")] = False,
+    max_pixels: MaxPixels = 150_000_000,
+) -> None:
+    """Freeze the dataset into manifest.json: images, captions, hashes, buckets, subsets.
+
+    The trainer reads only this file and refuses it if images or captions change afterwards. Images
+    without a caption are an error listing them. Bucket settings come from `loraprep bucket` (buckets.json).
+    """
+    from prep.dataset import ManifestOptions, build_manifest, default_manifest_path, write_manifest
+    from prep.verify import check_manifest_file
+
+    target = out_file or default_manifest_path(folder)
+    if check:
+        problems = check_manifest_file(target if target.exists() or folder.is_dir() else folder)
+        for problem in problems:
+            err.print(f"[red]✗[/] {problem}", highlight=False)
+        if problems:
+            raise typer.Exit(1)
+        out.print(f"[green]✓[/] {target} is valid and matches its files")
+        return
+    options = ManifestOptions(caption_extension=caption_extension, trigger=trigger, keep_tokens=keep_tokens,
+                              repeats=repeats, class_tokens=class_tokens, reg_dirs=tuple(reg or ()),
+                              allow_empty_captions=allow_empty_captions, max_pixels=max_pixels)
+    with rich_reporter() as reporter:
+        build = build_manifest(folder, options, manifest_path=target, reporter=reporter)
+    write_manifest(build, target)
+    for note in build.notes:
+        err.print(f"[cyan]•[/] {note}", highlight=False)
+    m = build.manifest
+    subsets = ", ".join(f"{s.name} ×{s.repeats}{' (reg)' if s.is_reg else ''}" for s in m.subsets)
+    out.print(f"[green]✓[/] wrote {target}: {len(m.images)} images, subsets: {subsets}, "
+              f"trigger: {m.trigger or '—'}, keep_tokens: {m.keep_tokens}")
+    finish(build.dropped)
+
+
+@app.command()
+@guard
+def export(
+    source: Annotated[Path, typer.Argument(help="Dataset folder or manifest.json.")],
+    fmt: Annotated[str, typer.Option("--format", help="kohya (sd-scripts dataset config TOML), imagefolder (HF metadata.jsonl) or txt (caption sidecars).")] = "kohya",
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="Output file (kohya/imagefolder).")] = None,
+    caption_extension: Annotated[Optional[str], typer.Option(help="Sidecar extension for --format txt (default: the manifest's).")] = None,
+    batch_size: Annotated[int, typer.Option(help="batch_size written into the kohya config.")] = 1,
+) -> None:
+    """Hand the frozen dataset to another trainer: sd-scripts, HF datasets, or plain sidecars."""
+    from prep.export import export_dataset
+
+    result = export_dataset(source, fmt, out=out_file, caption_extension=caption_extension, batch_size=batch_size)
+    for note in result.notes:
+        err.print(f"[yellow]•[/] {note}", highlight=False)
+    shown = result.written[0] if len(result.written) == 1 else f"{len(result.written)} files"
+    out.print(f"[green]✓[/] {result.format}: wrote {shown}")
+
+
+@app.command("prep")
+@guard
+def prep_command(
+    src: Annotated[Path, typer.Argument(help="Folder of raw images (never modified).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Dataset folder to create or update.")],
+    trigger: Annotated[Optional[str], typer.Option(help="Trigger word, first in every caption (e.g. sks).")] = None,
+    class_tokens: Annotated[Optional[str], typer.Option(help="Class tokens, e.g. '1girl' or 'woman'.")] = None,
+    crop: Annotated[bool, typer.Option("--crop/--no-crop", help="Face-aware cropping (off: plain upright copy).")] = True,
+    preset: Annotated[Optional[list[str]], typer.Option(help="Crop preset(s): face, upper-body, full (repeatable).")] = None,
+    detector: Annotated[str, typer.Option(help="Face detector: auto, yunet, libfacedetection, haar, anime.")] = "auto",
+    aspect: Annotated[str, typer.Option(help="Crop aspect: 1:1, 2:3, 3:2 or bucket.")] = "1:1",
+    clean: Annotated[bool, typer.Option("--clean/--no-clean", help="Flatten transparency onto white.")] = True,
+    background: Annotated[Optional[str], typer.Option(help="Also replace backgrounds: remove, white, colour, blur (opt-in).")] = None,
+    tag: Annotated[bool, typer.Option("--tag/--no-tag", help="Auto-tag with WD14 when its model is present.")] = True,
+    tagger: Annotated[str, typer.Option(help="Tagger model name from `loraprep models list`.")] = "wd-swinv2-tagger-v3",
+    prune_character: Annotated[bool, typer.Option(help="Drop tags of the character's fixed traits (hair, eyes…).")] = False,
+    resolution: Annotated[str, typer.Option(help="Training resolution for buckets: 512, 768, 1024 or WxH.")] = "512",
+    repeats: Annotated[Optional[int], typer.Option(help="Repeats per epoch written into the manifest.")] = None,
+) -> None:
+    """Run the whole pipeline: crop → clean → tag → bucket → manifest, into a new dataset folder.
+
+    Each step can be switched off. A step whose model is not downloaded is skipped with a note
+    (e.g. no tagger: images are captioned with the trigger/class tokens) and the rest goes on.
+    Originals are never touched; everything is written under --out. Exit 1 if files were skipped.
+    """
+    from rich.table import Table
+
+    from prep.background import CleanOptions
+    from prep.buckets import BucketPlan
+    from prep.crop import CropOptions
+    from prep.pipeline import PrepOptions, run_pipeline
+    from prep.tag import TagOptions
+
+    width, height = parse_resolution(resolution)
+    options = PrepOptions(
+        crop=CropOptions(presets=tuple(preset or ("face",)), detector=detector, aspect=aspect,
+                         bucket_resolution=max(width, height)) if crop else None,
+        clean=CleanOptions(background=background, in_place=True) if clean else None,
+        tag=TagOptions(model=tagger, trigger=trigger, prune_character=prune_character) if tag else None,
+        buckets=BucketPlan((width, height), 64, 256, 2 * max(width, height)),
+        trigger=trigger, class_tokens=class_tokens, repeats=repeats,
+    )
+    with rich_reporter() as reporter:
+        report = run_pipeline(src, out_dir, options, reporter)
+    table = Table(title=f"loraprep prep → {report.out}")
+    for column in ("step", "status", "result"):
+        table.add_column(column, overflow="fold")
+    colours = {"ran": "green", "skipped": "yellow", "off": "dim"}
+    for step in report.steps:
+        detail = step.detail + (f"\n[yellow]hint:[/] {step.hint}" if step.hint else "")
+        table.add_row(step.name, f"[{colours[step.status]}]{step.status}[/]", detail)
+    out.print(table)
+    for note in report.notes:
+        err.print(f"[cyan]•[/] {note}", highlight=False)
+    if report.manifest_path:
+        out.print(f"[green]✓[/] dataset ready: {report.manifest_path}  (next: loraprep train {report.manifest_path} --base MODEL)")
+    finish(report.dropped)
+
 
 # ---------------------------------------------------------------- crop, clean, sheet (issue 3)
+
+Colour = Annotated[str, typer.Option("--colour", "--color", help="Fill colour: #rrggbb, r,g,b or a name.")]
+Workers = Annotated[int, typer.Option("--workers", help="Images processed in parallel (threads).")]
+
+
+@app.command()
+@guard
+def crop(
+    src: Annotated[Path, typer.Argument(help="Folder (searched recursively) or one image. Never modified.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder the crops are written to (same sub-folders).")],
+    preset: Annotated[list[str], typer.Option("--preset", "-p", help="face, upper-body or full; repeat (or comma-separate) for several crops per image.")] = ["face"],  # noqa: B006
+    aspect: Annotated[str, typer.Option("--aspect", help="1:1, 2:3, 3:2 (any W:H), or bucket: the nearest bucket shape.")] = "1:1",
+    fit: Annotated[str, typer.Option("--fit", help="When the aspect cannot hold face + margin inside the image: widen (loosen the aspect, stay inside) or pad (keep the aspect, pad with --colour).")] = "widen",
+    min_size: Annotated[int, typer.Option("--min-size", help="Crops whose short side is below this are flagged for upscaling (or skipped with --skip-small).")] = 512,
+    skip_small: Annotated[bool, typer.Option("--skip-small", help="Skip crops below --min-size instead of flagging them.")] = False,
+    max_faces: Annotated[Optional[int], typer.Option("--max-faces", help="Skip images with more faces than this.")] = None,
+    skip_multi: Annotated[bool, typer.Option("--skip-multi", help="Skip images with more than one face.")] = False,
+    one_per_face: Annotated[bool, typer.Option("--one-per-face", help="Group shots: one crop per detected face.")] = False,
+    detector: Annotated[str, typer.Option("--detector", help="auto, yunet, libfacedetection, haar or anime.")] = "auto",
+    detect_size: Annotated[int, typer.Option("--detect-size", help="Longest side of the reduced copy faces are detected on.")] = 640,
+    bucket_resolution: Annotated[int, typer.Option("--resolution", help="Training resolution for --aspect bucket.")] = 512,
+    colour: Colour = "white",
+    workers: Workers = 4,
+    caption_extension: CaptionExt = ".txt",
+    max_pixels: MaxPixels = 150_000_000,
+) -> None:
+    """Face-aware crops: detect faces, cut face / upper-body / full crops around them, never through a face.
+
+    Detection runs on a reduced copy; crops are cut from the full-resolution image and written to
+    --out with the source's caption and a `.loraprep.json` sidecar (source path and hash, crop box
+    in source pixels, faces in crop pixels). Images with no face get one focal-point crop (the
+    centre of detail) and `faces: []`, so you can filter them later. `--detector auto` uses the best
+    detector available and says which; offline it falls back to libfacedetection or OpenCV's Haar
+    cascade, while a named detector whose model is missing stops with a `loraprep models pull` hint.
+    """
+    from rich.table import Table
+
+    from prep.background import parse_colour
+    from prep.crop import CropOptions, crop_folder, summarise_crops
+
+    presets = tuple(p.strip() for item in preset for p in item.split(",") if p.strip())
+    options = CropOptions(presets=presets, detector=detector, aspect=aspect, fit=fit,  # type: ignore[arg-type]
+                          min_size=min_size, small="skip" if skip_small else "flag", max_faces=max_faces,
+                          skip_multi=skip_multi, one_per_face=one_per_face, colour=parse_colour(colour),
+                          bucket_resolution=bucket_resolution, detect_size=detect_size,
+                          caption_extension=caption_extension, max_pixels=max_pixels, workers=workers)
+    with rich_reporter() as reporter:
+        result = crop_folder(src, out_dir, options, reporter=reporter)
+    summary = summarise_crops(result.done)
+    table = Table(title=f"{summary.crops} crops written to {out_dir}")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    for name, count in sorted(summary.by_preset.items()):
+        table.add_row(f"preset {name}", str(count))
+    for name, count in sorted(summary.by_fit.items()):
+        table.add_row(f"aspect {name}", str(count))
+    table.add_row("no face found (focal crop, faces: [])", str(summary.focal))
+    table.add_row(f"below --min-size {min_size} (upscale flag)", str(summary.upscale))
+    out.print(table)
+    finish(result.dropped)
+
+
+@app.command()
+@guard
+def clean(
+    folder: Annotated[Path, typer.Argument(help="Folder of images (searched recursively).")],
+    out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write cleaned images here (default: <DIR>-clean beside DIR).")] = None,
+    in_place: Annotated[bool, typer.Option("--in-place", help="Overwrite the images; originals are kept once in DIR/.loraprep/backup/.")] = False,
+    background: Annotated[Optional[str], typer.Option("--background", help="Replace the background: remove (transparent PNG), white, colour (--colour) or blur.")] = None,
+    segmenter: Annotated[str, typer.Option("--segmenter", help="auto, grabcut (offline, no weights), anime-seg or human-seg (registry models).")] = "auto",
+    colour: Colour = "white",
+    masks: Annotated[bool, typer.Option("--masks", help="Also write each subject mask as a PNG (into <out>-masks/, or --mask-dir).")] = False,
+    mask_dir: Annotated[Optional[Path], typer.Option("--mask-dir", help="Folder for --masks.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Change nothing; write a before/after contact sheet instead.")] = False,
+    sheet_path: Annotated[Optional[Path], typer.Option("--sheet", help="Where --dry-run writes its sheet (default: <DIR>-clean-preview.png).")] = None,
+    blur: Annotated[float, typer.Option("--blur", help="Blur radius for --background blur.")] = 24.0,
+    workers: Workers = 4,
+    caption_extension: CaptionExt = ".txt",
+    max_pixels: MaxPixels = 150_000_000,
+) -> None:
+    """Flatten transparency onto a solid colour (always) and optionally replace busy backgrounds.
+
+    Trainers ignore alpha, so transparent pixels become --colour (default white). With --background
+    the subject is segmented: by the image's own alpha when it has one, else by a registry model
+    (`loraprep models pull anime-seg` / `human-seg`) or, offline, by OpenCV GrabCut seeded from the
+    detected face. Captions and `.loraprep.json` metadata travel with each image.
+    """
+    from prep.background import CleanOptions, clean_folder, parse_colour
+
+    options = CleanOptions(colour=parse_colour(colour), background=background, segmenter=segmenter,  # type: ignore[arg-type]
+                           in_place=in_place, masks=masks, mask_dir=mask_dir, dry_run=dry_run, sheet=sheet_path,
+                           blur_radius=blur, caption_extension=caption_extension, max_pixels=max_pixels,
+                           workers=workers)
+    with rich_reporter() as reporter:
+        result = clean_folder(folder, options, reporter=reporter, out=out_dir)
+    if dry_run:
+        out.print(f"dry run: nothing changed; before/after sheet written to {result.done[0]}")
+    else:
+        where = folder if in_place else (out_dir or folder.with_name(folder.name + "-clean"))
+        out.print(f"{len(result.done)} images written ({'in place' if in_place else 'to ' + str(where)})")
+    finish(result.dropped)
+
+
+@app.command()
+@guard
+def sheet(
+    folder: Annotated[Path, typer.Argument(help="Folder of images (searched recursively), e.g. crop output.")],
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="Sheet image to write (.png or .jpg).")] = Path("sheet.png"),
+    columns: Annotated[int, typer.Option("--columns", help="Thumbnails per row.")] = 6,
+    thumb: Annotated[int, typer.Option("--thumb", help="Thumbnail size in pixels.")] = 256,
+    crops_only: Annotated[bool, typer.Option("--crops-only", help="Show each crop alone instead of its source with the crop box.")] = False,
+    bucket_resolution: Annotated[int, typer.Option("--resolution", help="Training resolution used to show each image's bucket.")] = 512,
+    caption_extension: CaptionExt = ".txt",
+    max_pixels: MaxPixels = 150_000_000,
+) -> None:
+    """A contact sheet to judge crops by eye: thumbnails with face boxes (green), crop boxes on the
+    source (orange), each image's size and bucket, how it was cropped and its first caption tags."""
+    from prep.sheet import SheetOptions, sheet_folder
+
+    options = SheetOptions(columns=columns, thumb=thumb, show_source=not crops_only,
+                           bucket_resolution=bucket_resolution, caption_extension=caption_extension,
+                           max_pixels=max_pixels)
+    with rich_reporter() as reporter:
+        result = sheet_folder(folder, out_path, options, reporter=reporter)
+    out.print(f"contact sheet written to {result.done[0]}")
+    finish(result.dropped)
 
 
 # ---------------------------------------------------------------- tag, models (issue 4)
 
 
+def _split_option(values: list[str] | None) -> tuple[str, ...]:
+    """Repeatable options that also accept comma-separated lists: `--exclude a,b --exclude c`."""
+    return tuple(piece.strip() for value in values or [] for piece in value.split(",") if piece.strip())
+
+
+@app.command()
+@guard
+def tag(
+    folder: Annotated[Path, typer.Argument(help="Dataset folder (searched recursively). Images are never modified.")],
+    model: Annotated[str, typer.Option("--model", help="WD14 tagger from the registry (`loraprep models list`).")] = "wd-swinv2-tagger-v3",
+    model_dir: Annotated[Optional[Path], typer.Option("--model-dir", help="Any folder holding model.onnx + selected_tags.csv (overrides --model).")] = None,
+    captioner: Annotated[str, typer.Option("--captioner", help="wd14 (tags), blip (a sentence) or both (sentence first, then tags).")] = "wd14",
+    blip_model: Annotated[str, typer.Option("--blip-model", help="blip-large or blip-base.")] = "blip-large",
+    blip_dir: Annotated[Optional[Path], typer.Option("--blip-dir", help="Any BLIP folder saved by transformers (overrides --blip-model).")] = None,
+    beams: Annotated[int, typer.Option("--beams", help="BLIP beam search width.")] = 3,
+    min_length: Annotated[int, typer.Option("--min-length", help="BLIP caption minimum length (tokens).")] = 5,
+    max_length: Annotated[int, typer.Option("--max-length", help="BLIP caption maximum length (tokens).")] = 40,
+    general: Annotated[float, typer.Option("--general", help="Score a general tag needs.")] = 0.35,
+    character: Annotated[float, typer.Option("--character", help="Score a character tag needs (kept separate: false characters are costly).")] = 0.85,
+    mcut: Annotated[bool, typer.Option("--mcut", help="Cut each image's scores at their widest gap instead of --general/--character.")] = False,
+    rating: Annotated[str, typer.Option("--rating", help="Where the rating tag goes: first, last or none.")] = "none",
+    max_tags: Annotated[Optional[int], typer.Option("--max-tags", help="Keep at most this many tagger tags (highest scores first).")] = None,
+    trigger: Annotated[Optional[str], typer.Option("--trigger", help="Trigger word put first in every caption (keep_tokens protects it).")] = None,
+    always_first: Annotated[Optional[list[str]], typer.Option("--always-first", help="Tags put first, in this order, before the trigger (repeat or comma-separate).")] = None,
+    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Tags never written (repeat or comma-separate).")] = None,
+    replace: Annotated[Optional[list[str]], typer.Option("--replace", help="OLD=NEW renames a tag; OLD= removes it (repeatable).")] = None,
+    prune_character: Annotated[bool, typer.Option("--prune-character", help="Remove the character's fixed traits (hair, eyes, ears, tails…) so the trigger learns them.")] = False,
+    prune_clothes: Annotated[bool, typer.Option("--prune-clothes/--keep-clothes", help="Also remove outfit tags (the outfit becomes part of the trigger) or keep them (default).")] = False,
+    prune_list: Annotated[Optional[list[Path]], typer.Option("--prune-list", help="Extra prune list (.toml like prep/data/prune_character.toml, or one pattern a line); implies --prune-character.")] = None,
+    mode: Annotated[str, typer.Option("--mode", help="Existing captions: skip-existing (default), append, or overwrite.")] = "skip-existing",
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per inference call (default: 1 on CPU, 8 on GPU).")] = None,
+    workers: Annotated[int, typer.Option("--workers", help="Threads decoding and preprocessing ahead of the model.")] = 2,
+    download: Annotated[bool, typer.Option("--download", help="Download a missing registry model first (needs the hub).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Write nothing; show per image which tags would be removed and why.")] = False,
+    caption_extension: CaptionExt = ".txt",
+    max_pixels: MaxPixels = 150_000_000,
+) -> None:
+    """Auto-caption a dataset: WD14 tags (onnxruntime) and/or BLIP sentences (transformers) into .txt sidecars.
+
+    Tags use spaces (kaomoji like ^_^ keep their underscores); character tags come first, then
+    general tags by score. Per-tag scores go to each image's `.loraprep.json` for the manifest.
+    For a character LoRA add `--trigger NAME --prune-character`: the character's fixed traits are
+    removed so the trigger word learns them. Offline, a model that is not in models_cache/ stops
+    with a `loraprep models pull` hint before any file is touched.
+    """
+    from rich.table import Table
+
+    from prep.tag import TagOptions, tag_folder
+    from prep.tagging.blip import BlipSettings
+    from prep.tagging.wd14 import Thresholds
+    from prep.tags import parse_replacements, tag_frequency
+
+    lists = tuple(prune_list or ())
+    options = TagOptions(
+        model=model, model_dir=model_dir, captioner=captioner, blip_model=blip_model, blip_dir=blip_dir,  # type: ignore[arg-type]
+        blip=BlipSettings(beams=beams, min_length=min_length, max_length=max_length),
+        thresholds=Thresholds(general, character, mcut), rating=rating, max_tags=max_tags,  # type: ignore[arg-type]
+        trigger=trigger, always_first=_split_option(always_first), exclude=_split_option(exclude),
+        replace=tuple(parse_replacements(replace or []).items()), prune_character=prune_character or bool(lists),
+        prune_clothes=prune_clothes, prune_lists=lists, mode=mode, batch_size=batch_size, workers=workers,  # type: ignore[arg-type]
+        caption_extension=caption_extension, dry_run=dry_run, download=download, max_pixels=max_pixels)
+    with rich_reporter() as reporter:
+        result = tag_folder(folder, options, reporter=reporter)
+
+    def rel(path: Path) -> str:
+        return path.relative_to(folder).as_posix()
+
+    if result.removed:
+        per_image = Table(title="Tags removed by pruning" + (" (dry run: nothing written)" if dry_run else ""))
+        per_image.add_column("image", overflow="fold")
+        per_image.add_column("removed (why)", overflow="fold")
+        for path, removed in result.removed.items():
+            per_image.add_row(rel(path), ", ".join(f"{t} ({why})" for t, why in removed))
+        out.print(per_image)
+        totals = Table(title="Removed in total")
+        for column in ("tag", "why", "images"):
+            totals.add_column(column, justify="right" if column == "images" else "left")
+        counted: dict[tuple[str, str], int] = {}
+        for removed in result.removed.values():
+            for pair in removed:
+                counted[pair] = counted.get(pair, 0) + 1
+        for (name, why), count in sorted(counted.items(), key=lambda kv: (-kv[1], kv[0])):
+            totals.add_row(name, why, str(count))
+        out.print(totals)
+    if dry_run and result.captions:
+        preview = Table(title="Captions that would be written")
+        preview.add_column("image", overflow="fold")
+        preview.add_column("caption", overflow="fold")
+        for path, caption in result.captions.items():
+            preview.add_row(rel(path), caption)
+        out.print(preview)
+    common = tag_frequency(c.split(", ") for c in result.captions.values())[:12]
+    summary = Table(title=f"{'Would caption' if dry_run else 'Captioned'} {len(result.done)} images in {folder}")
+    summary.add_column("what")
+    summary.add_column("value", overflow="fold")
+    summary.add_row("skipped (caption exists; --mode append/overwrite to redo)", str(len(result.skipped)))
+    if result.provider:
+        summary.add_row("WD14 ran on", f"{result.provider}, batch {result.batch_size}")
+    if trigger or options.always_first:
+        summary.add_row("keep_tokens (for the manifest)", str(result.keep_tokens))
+    summary.add_row("most common tags", ", ".join(f"{t} ({n})" for t, n in common))
+    out.print(summary)
+    finish(result.dropped)
+
+
+models_app = typer.Typer(help="The models loraprep can use: list them, download them, find them.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+@guard
+def models_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Every registered model with its source, pinned revision, and whether it is downloaded."""
+    from rich.table import Table
+
+    from prep import models
+
+    rows = [{"name": s.name, "kind": s.kind, "repo": s.repo_id, "revision": s.revision, "licence": s.licence,
+             "available": models.is_available(s.name), "path": str(models.model_path(s.name)),
+             "description": s.description} for s in models.REGISTRY.values()]
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(title=f"Models (cache: {models.cache_dir()})")
+    for column in ("name", "kind", "here", "source", "about"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(row["name"], row["kind"], "[green]yes[/]" if row["available"] else "[dim]no[/]",
+                      f"{row['repo']}@{row['revision'][:10]}", row["description"])
+    out.print(table)
+    out.print("Download with `loraprep models pull NAME` (or copy the files into the path `loraprep models path NAME` prints).")
+
+
+@models_app.command("pull")
+@guard
+def models_pull(
+    names: Annotated[list[str], typer.Argument(help="Model names (see `loraprep models list`).")],
+) -> None:
+    """Download models at their pinned revisions into the cache (skips files already there)."""
+    from prep import models
+
+    for name in names:
+        models.spec(name)  # unknown names fail before any download starts
+    for name in names:
+        err.print(f"pulling {name} …")
+        folder = models.pull(name)
+        out.print(f"[green]✓[/] {name} → {folder}")
+
+
+@models_app.command("path")
+@guard
+def models_path(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+) -> None:
+    """Print the folder a model lives in (whether or not it is downloaded yet), for scripts."""
+    from prep import models
+
+    models.spec(name)
+    typer.echo(str(models.model_path(name)))
+
+
+
 # ---------------------------------------------------------------- captions (issue 5)
+
+captions_app = typer.Typer(
+    help="Check and edit captions in the terminal: stats, lint, bulk edits with undo, and an editor.",
+    no_args_is_help=True, rich_markup_mode="rich",
+)
+app.add_typer(captions_app, name="captions")
+
+_CaptionDir = Annotated[Path, typer.Argument(help="Dataset folder (images with caption sidecars, searched recursively).")]
+_CaptionExtension = Annotated[str, typer.Option("--caption-extension", help="Caption sidecar extension.")]
+_AsJson = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+_Tokenizer = Annotated[Optional[Path], typer.Option(
+    "--tokenizer", help="A CLIP `tokenizer/` folder (vocab.json + merges.txt) to count tokens with.")]
+_Where = Annotated[Optional[list[str]], typer.Option("--where", help="Only captions with this tag (repeatable: all must match).")]
+_WhereNot = Annotated[Optional[list[str]], typer.Option("--where-not", help="Only captions without this tag (repeatable).")]
+_DryRun = Annotated[bool, typer.Option("--dry-run", help="Show what would change; write nothing.")]
+
+
+def _token_counter(tokenizer: Path | None):
+    from prep.captions.tokens import load_token_counter
+
+    return load_token_counter(tokenizer)
+
+
+@captions_app.command("stats")
+@guard
+def captions_stats(
+    folder: _CaptionDir,
+    tag: Annotated[Optional[str], typer.Option("--tag", help="Also list the images carrying this tag.")] = None,
+    top: Annotated[int, typer.Option("--top", help="Tags shown in the frequency table (0: all).")] = 30,
+    tokenizer: _Tokenizer = None,
+    caption_extension: _CaptionExtension = ".txt",
+    as_json: _AsJson = False,
+) -> None:
+    """Tag frequencies (images and % per tag) and caption lengths in CLIP tokens.
+
+    Lengths above 75 tokens (one CLIP window) or 225 (kohya's longest setting) are truncated in
+    training. Tokens are counted with the real CLIP vocabulary when available, else estimated (≈).
+    """
+    from rich.table import Table
+
+    from prep.captions.dataset import load_dataset
+    from prep.captions.stats import TOKEN_LIMITS, StatsOptions, caption_stats
+
+    stats = caption_stats(load_dataset(folder, caption_extension), _token_counter(tokenizer), StatsOptions(tag, top))
+    if as_json:
+        print_json(stats.to_dict())
+        return
+    table = Table(title=f"{stats.distinct_tags} tags over {stats.images} images (top {len(stats.top_tags)})")
+    table.add_column("tag", overflow="fold")
+    table.add_column("images", justify="right")
+    table.add_column("%", justify="right")
+    for name, count in stats.top_tags:
+        table.add_row(name, str(count), f"{stats.percent(count):.1f}")
+    out.print(table)
+    out.print(f"captioned {stats.captioned}/{stats.images}; missing {stats.missing}, empty {stats.empty}, "
+              f"orphan captions {stats.orphans}")
+    tokens = stats.tokens.to_dict()
+    mark = stats.tokens.mark
+    out.print(f"caption length in CLIP tokens, counted by {stats.tokens.counter}:", highlight=False)
+    lengths = Table()
+    lengths.add_column("tokens")
+    lengths.add_column("images", justify="right")
+    for label, count in stats.tokens.histogram():
+        lengths.add_row(f"{mark}{label}", str(count))
+    out.print(lengths)
+    out.print(f"min {mark}{tokens['min']}, median {mark}{tokens['median']}, mean {mark}{tokens['mean']}, "
+              f"max {mark}{tokens['max']}")
+    for limit in TOKEN_LIMITS:
+        if over := stats.tokens.over(limit):
+            err.print(f"[yellow]warning:[/] {over} caption(s) longer than {limit} tokens (truncated in training)")
+    if tag is not None:
+        out.print(f"{len(stats.tagged)} image(s) tagged '{tag}':")
+        for image in stats.tagged:
+            out.print(f"  {image}", highlight=False)
+
+
+@captions_app.command("lint")
+@guard
+def captions_lint(
+    folder: _CaptionDir,
+    trigger: Annotated[Optional[str], typer.Option("--trigger", help="Check this trigger word is in every caption, first.")] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Token limit per caption (75, 150 or 225).")] = 75,
+    rare_max: Annotated[int, typer.Option("--rare-max", help="Tags in at most this many images are checked as typos.")] = 1,
+    limit: Annotated[int, typer.Option("--limit", help="Problems listed per kind (0: all).")] = 20,
+    tokenizer: _Tokenizer = None,
+    caption_extension: _CaptionExtension = ".txt",
+    as_json: _AsJson = False,
+) -> None:
+    """Find caption problems: missing/empty/orphan captions, trigger missing or not first, duplicate
+    tags, one tag spelled several ways, rare tags that look like typos, captions over the token limit.
+
+    Exit code 1 when there is any problem (use it in scripts and CI).
+    """
+    from rich.table import Table
+
+    from prep.captions.dataset import load_dataset
+    from prep.captions.lint import KINDS, LintOptions, lint_dataset
+
+    report = lint_dataset(load_dataset(folder, caption_extension), _token_counter(tokenizer),
+                          LintOptions(trigger, max_tokens, rare_max))
+    if as_json:
+        print_json(report.to_dict())
+        raise typer.Exit(1 if report.problems else 0)
+    counts = report.by_kind()
+    for kind, description in KINDS.items():
+        if not counts[kind]:
+            continue
+        out.print(f"[bold]{kind}[/] ({counts[kind]}): {description}", highlight=False)
+        table = Table(show_header=False)
+        table.add_column("file", overflow="fold")
+        table.add_column("problem", overflow="fold")
+        rows = [p for p in report.problems if p.kind == kind]
+        for problem in rows[:limit or None]:
+            table.add_row(problem.path, problem.message)
+        if limit and len(rows) > limit:
+            table.add_row("…", f"{len(rows) - limit} more (--limit 0 shows all)")
+        out.print(table)
+    if report.problems:
+        out.print(f"[bold red]{len(report.problems)} problem(s)[/] in {len(report.paths())} of {report.files} files")
+        raise typer.Exit(1)
+    out.print(f"[green]no problems[/] in {report.files} files (tokens: {report.counter})")
+
+
+@captions_app.command("show")
+@guard
+def captions_show(
+    folder: _CaptionDir,
+    image: Annotated[Optional[str], typer.Argument(help="One image (path relative to the folder, or its name); default: all.")] = None,
+    caption_extension: _CaptionExtension = ".txt",
+    as_json: _AsJson = False,
+) -> None:
+    """An image's caption with each tag's tagger score (from its .loraprep.json) and dataset frequency."""
+    from rich.table import Table
+
+    from prep.captions.dataset import load_dataset
+    from prep.captions.show import show_captions
+
+    views = show_captions(load_dataset(folder, caption_extension), image)
+    if as_json:
+        print_json([v.to_dict() for v in views] if image is None else views[0].to_dict())
+        return
+    for view in views:
+        faces = "" if view.faces is None else f", faces: {view.faces}"
+        table = Table(title=f"{view.image or view.caption}{faces}", title_justify="left")
+        table.add_column("tag", overflow="fold")
+        table.add_column("score", justify="right")
+        table.add_column("images", justify="right")
+        for t in view.tags:
+            table.add_row(t.tag, "" if t.score is None else f"{t.score:.2f}", str(t.frequency))
+        out.print(table)
+        out.print(view.text if view.text is not None else "[red](no caption)[/]", highlight=False)
+
+
+def _run_caption_edit(folder: Path, operation, having: list[str] | None, lacking: list[str] | None,
+                      dry_run: bool, as_json: bool, caption_extension: str, *, include_missing: bool = False) -> None:
+    """Plan, journal and write one bulk edit; print its diff summary (shared by add/remove/…)."""
+    from prep.captions.dataset import load_dataset
+    from prep.captions.edit import Where, parse_tags, plan_edit, summarize
+    from prep.captions.journal import apply_plan
+
+    dataset = load_dataset(folder, caption_extension)
+    where = Where(tuple(parse_tags(having or [])), tuple(parse_tags(lacking or [])), include_missing)
+    plan = plan_edit(dataset, operation, where)
+    result = apply_plan(folder, plan, dry_run=dry_run)
+    summary = summarize(plan)
+    if as_json:
+        print_json({"operation": plan.description, "dry_run": dry_run, **summary.to_dict(),
+                    "written": [c.caption for c in result.written] if not dry_run else [],
+                    "conflicts": list(result.conflicts),
+                    "changes": [{"path": c.caption, "before": list(c.old), "after": list(c.new)} for c in plan.changes]})
+    else:
+        _print_edit_summary(plan, summary, result, dry_run, folder)
+    if result.conflicts:
+        raise typer.Exit(1)
+
+
+def _print_edit_summary(plan, summary, result, dry_run: bool, folder: Path) -> None:
+    from rich.table import Table
+
+    verb = "would change" if dry_run else "changed"
+    out.print(f"[bold]{plan.description}[/]: {verb} {summary.files} of {summary.matched} matching caption(s)",
+              highlight=False)
+    if summary.added or summary.removed:
+        table = Table(show_edge=False)
+        table.add_column("tag", overflow="fold")
+        table.add_column("+captions", justify="right", style="green")
+        table.add_column("−captions", justify="right", style="red")
+        for tag in dict.fromkeys([*summary.added, *summary.removed]):
+            table.add_row(tag, str(summary.added[tag] or ""), str(summary.removed[tag] or ""))
+        out.print(table)
+    if summary.reordered:
+        out.print(f"{summary.reordered} caption(s) only reordered")
+    for change in plan.changes[:5]:
+        out.print(f"  {change.caption}: [red]- {', '.join(change.old)}[/]", highlight=False)
+        out.print(f"  {' ' * len(change.caption)}  [green]+ {', '.join(change.new)}[/]", highlight=False)
+    if len(plan.changes) > 5:
+        out.print(f"  … and {len(plan.changes) - 5} more")
+    for caption in result.conflicts:
+        err.print(f"[yellow]warning:[/] {caption} changed on disk since it was read; left as it is", highlight=False)
+    if dry_run:
+        out.print("[cyan]dry run: nothing written[/]")
+    elif result.entry is not None:
+        out.print(f"undo with [bold]loraprep captions undo {folder}[/]", highlight=False)
+
+
+@captions_app.command("add")
+@guard
+def captions_add(
+    folder: _CaptionDir,
+    tags: Annotated[list[str], typer.Argument(help="Tags to add (each argument may be a comma-separated list).")],
+    front: Annotated[bool, typer.Option("--front", help="Insert at the front (e.g. a trigger word) instead of the end.")] = False,
+    where: _Where = None, where_not: _WhereNot = None, dry_run: _DryRun = False,
+    caption_extension: _CaptionExtension = ".txt", as_json: _AsJson = False,
+) -> None:
+    """Add tags to every matching caption that lacks them; creates missing caption files."""
+    from prep.captions.edit import AddTags, parse_tags
+
+    _run_caption_edit(folder, AddTags(tuple(parse_tags(tags)), front), where, where_not, dry_run, as_json,
+                      caption_extension, include_missing=not where)
+
+
+@captions_app.command("remove")
+@guard
+def captions_remove(
+    folder: _CaptionDir,
+    tags: Annotated[list[str], typer.Argument(help="Tags to remove (or regular expressions with --regex).")],
+    regex: Annotated[bool, typer.Option("--regex", help="Treat each tag as a regex that must match a whole tag.")] = False,
+    where: _Where = None, where_not: _WhereNot = None, dry_run: _DryRun = False,
+    caption_extension: _CaptionExtension = ".txt", as_json: _AsJson = False,
+) -> None:
+    """Remove tags from every matching caption. Example: `remove DS --regex '.*_background'`."""
+    from prep.captions.edit import RemoveTags, parse_tags
+
+    values = tuple(tags) if regex else tuple(parse_tags(tags))
+    _run_caption_edit(folder, RemoveTags(values, regex), where, where_not, dry_run, as_json, caption_extension)
+
+
+@captions_app.command("replace")
+@guard
+def captions_replace(
+    folder: _CaptionDir,
+    old: Annotated[str, typer.Argument(help="The tag to replace (a regex with --regex).")],
+    new: Annotated[str, typer.Argument(help="Its replacement: '' removes it, commas make several tags, \\1 refers to groups.")],
+    regex: Annotated[bool, typer.Option("--regex", help="Substitute the regex in every tag (re.sub).")] = False,
+    where: _Where = None, where_not: _WhereNot = None, dry_run: _DryRun = False,
+    caption_extension: _CaptionExtension = ".txt", as_json: _AsJson = False,
+) -> None:
+    """Replace a tag in place (position kept). Replacing a tag with itself changes nothing.
+
+    Example: `replace DS --regex '(\\w+)_hair' '\\1 hair'`.
+    """
+    from prep.captions.edit import ReplaceTag
+
+    _run_caption_edit(folder, ReplaceTag(old.strip(), new, regex), where, where_not, dry_run, as_json, caption_extension)
+
+
+@captions_app.command("move-first")
+@guard
+def captions_move_first(
+    folder: _CaptionDir,
+    tags: Annotated[list[str], typer.Argument(help="Tags to move to the front, in this order (e.g. the trigger).")],
+    where: _Where = None, where_not: _WhereNot = None, dry_run: _DryRun = False,
+    caption_extension: _CaptionExtension = ".txt", as_json: _AsJson = False,
+) -> None:
+    """Move tags to the front where present (kohya's keep_tokens keeps the first ones unshuffled)."""
+    from prep.captions.edit import MoveFirst, parse_tags
+
+    _run_caption_edit(folder, MoveFirst(tuple(parse_tags(tags))), where, where_not, dry_run, as_json, caption_extension)
+
+
+@captions_app.command("sort")
+@guard
+def captions_sort(
+    folder: _CaptionDir,
+    by: Annotated[str, typer.Option("--by", help="alpha, or frequency (most common tags first).")] = "alpha",
+    keep_first: Annotated[int, typer.Option("--keep-first", help="Leave the first N tags in place (trigger).")] = 0,
+    where: _Where = None, where_not: _WhereNot = None, dry_run: _DryRun = False,
+    caption_extension: _CaptionExtension = ".txt", as_json: _AsJson = False,
+) -> None:
+    """Sort each caption's tags, alphabetically or by how many images carry them."""
+    from prep.captions.dataset import load_dataset
+    from prep.captions.edit import SortTags
+    from prep.errors import UsageError
+
+    if by not in ("alpha", "frequency"):
+        raise UsageError(f"--by {by}: choose alpha or frequency")
+    frequency = load_dataset(folder, caption_extension).tag_counts() if by == "frequency" else None
+    _run_caption_edit(folder, SortTags(keep_first, frequency), where, where_not, dry_run, as_json, caption_extension)
+
+
+@captions_app.command("dedupe")
+@guard
+def captions_dedupe(
+    folder: _CaptionDir,
+    loose: Annotated[bool, typer.Option("--loose", help="Also treat tags differing only by case/spaces/underscores as repeats.")] = False,
+    where: _Where = None, where_not: _WhereNot = None, dry_run: _DryRun = False,
+    caption_extension: _CaptionExtension = ".txt", as_json: _AsJson = False,
+) -> None:
+    """Remove repeated tags within each caption, keeping the first occurrence."""
+    from prep.captions.edit import Dedupe
+
+    _run_caption_edit(folder, Dedupe(loose), where, where_not, dry_run, as_json, caption_extension)
+
+
+@captions_app.command("undo")
+@guard
+def captions_undo(
+    folder: _CaptionDir,
+    force: Annotated[bool, typer.Option("--force", help="Restore even captions changed since that edit.")] = False,
+    dry_run: _DryRun = False,
+    as_json: _AsJson = False,
+) -> None:
+    """Revert the last bulk edit exactly (byte for byte), from the journal in DIR/.loraprep/journal/.
+
+    Run it again to undo the edit before that. Refuses if a caption changed since the edit, unless --force.
+    """
+    from prep.captions.journal import undo_last
+
+    result = undo_last(folder, force=force, dry_run=dry_run)
+    if as_json:
+        print_json({"undone": result.entry.description if result.entry else None, "dry_run": dry_run,
+                    "restored": list(result.restored), "unchanged": list(result.unchanged),
+                    "forced": list(result.conflicts)})
+        return
+    if result.entry is None:
+        out.print("nothing to undo")
+        return
+    verb = "would restore" if dry_run else "restored"
+    out.print(f"undid [bold]{result.entry.description}[/] ({result.entry.time}): {verb} "
+              f"{len(result.restored)} caption(s)" + (f", {len(result.unchanged)} already as before" if result.unchanged else ""),
+              highlight=False)
+
+
+@captions_app.command("edit")
+@guard
+def captions_edit(
+    folder: _CaptionDir,
+    trigger: Annotated[Optional[str], typer.Option("--trigger", help="Trigger word, for the lint checks.")] = None,
+    caption_extension: _CaptionExtension = ".txt",
+) -> None:
+    """Edit captions in a terminal UI (works over SSH, 80×24 and up); every change is saved at once.
+
+    Keys: n/p next/previous image, a accept, d delete tag, + add tag, t toggle tag, K/J move tag,
+    u/U undo/redo, e next lint problem, / filter (tag, -tag, lint, lint:KIND, noface), A apply the
+    last tag change to all filtered images, q quit. Previews are drawn only for the selected image.
+    """
+    from prep.captions.lint import LintOptions
+    from prep.review.app import CaptionEditor
+
+    CaptionEditor(folder, extension=caption_extension, lint_options=LintOptions(trigger=trigger)).run()
 
 
 # ---------------------------------------------------------------- train (issue 6)
+
+@app.command()
+@guard
+def train(
+    manifest: Annotated[Path, typer.Argument(help="manifest.json (or the folder holding it) written by `loraprep manifest`.")],
+    base: Annotated[Optional[str], typer.Option("--base", help="Base model: diffusers folder, .safetensors file or hub id.", rich_help_panel="Model")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="TOML file of settings ([network] rank = 8 …); flags override it.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check manifest + config; print steps, batches, memory; load no weights.")] = False,
+    allow_pickle: Annotated[Optional[bool], typer.Option("--allow-pickle", help="Accept .ckpt/pickle weights (loaded weights_only).", rich_help_panel="Model")] = None,
+    prediction_type: Annotated[Optional[str], typer.Option(help="auto | epsilon | v_prediction.", rich_help_panel="Model")] = None,
+    clip_skip: Annotated[Optional[int], typer.Option(help="1 = last text-encoder layer, 2 = penultimate.", rich_help_panel="Model")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="attn (default) | attn-mlp | full.", rich_help_panel="Network")] = None,
+    rank: Annotated[Optional[int], typer.Option(help="LoRA rank (dim). Default 16.", rich_help_panel="Network")] = None,
+    alpha: Annotated[Optional[float], typer.Option(help="LoRA alpha; strength scale = alpha/rank. Default 16.", rich_help_panel="Network")] = None,
+    conv_dim: Annotated[Optional[int], typer.Option(help="> 0: LoCon, LoRA on 3×3 convs with this rank.", rich_help_panel="Network")] = None,
+    conv_alpha: Annotated[Optional[float], typer.Option(help="Alpha of the conv LoRA.", rich_help_panel="Network")] = None,
+    dora: Annotated[Optional[bool], typer.Option("--dora/--no-dora", help="Weight-decomposed LoRA (DoRA).", rich_help_panel="Network")] = None,
+    network_dropout: Annotated[Optional[float], typer.Option(help="Dropout inside the LoRA layers.", rich_help_panel="Network")] = None,
+    train_text_encoder: Annotated[Optional[bool], typer.Option("--train-text-encoder/--no-train-text-encoder", help="Also train LoRA on the text encoder(s).", rich_help_panel="Network")] = None,
+    text_encoder_lr: Annotated[Optional[float], typer.Option(help="Learning rate of the text-encoder LoRA (default: --lr).", rich_help_panel="Network")] = None,
+    init_weights: Annotated[Optional[str], typer.Option(help="Start from an existing LoRA file (kohya or diffusers).", rich_help_panel="Network")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per batch (one bucket per batch).", rich_help_panel="Data")] = None,
+    shuffle_caption: Annotated[Optional[bool], typer.Option("--shuffle-caption/--no-shuffle-caption", help="Shuffle tags after the kept ones (default: per subset).", rich_help_panel="Data")] = None,
+    keep_tokens: Annotated[Optional[int], typer.Option(help="Leading tags never shuffled or dropped (default: manifest's).", rich_help_panel="Data")] = None,
+    caption_dropout: Annotated[Optional[float], typer.Option(help="Chance to train a sample with an empty caption.", rich_help_panel="Data")] = None,
+    tag_dropout: Annotated[Optional[float], typer.Option(help="Chance to drop each non-kept tag.", rich_help_panel="Data")] = None,
+    flip: Annotated[Optional[bool], typer.Option("--flip/--no-flip", help="Random horizontal flips.", rich_help_panel="Data")] = None,
+    color_aug: Annotated[Optional[bool], typer.Option("--color-aug/--no-color-aug", help="Small colour jitter (needs --cache-latents off).", rich_help_panel="Data")] = None,
+    prior_loss_weight: Annotated[Optional[float], typer.Option(help="Loss weight of regularisation images.", rich_help_panel="Data")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help="adamw | adamw8bit | lion | adafactor | prodigy.", rich_help_panel="Optimizer")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default 1e-4; ~1.0 for prodigy).", rich_help_panel="Optimizer")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="Weight decay.", rich_help_panel="Optimizer")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="constant | constant_with_warmup | cosine | cosine_with_restarts | linear | polynomial.", rich_help_panel="Optimizer")] = None,
+    warmup_steps: Annotated[Optional[int], typer.Option(help="LR warmup steps.", rich_help_panel="Optimizer")] = None,
+    cycles: Annotated[Optional[int], typer.Option(help="Restarts for cosine_with_restarts.", rich_help_panel="Optimizer")] = None,
+    max_grad_norm: Annotated[Optional[float], typer.Option(help="Gradient clipping norm (0 = off).", rich_help_panel="Optimizer")] = None,
+    grad_accum: Annotated[Optional[int], typer.Option(help="Gradient accumulation steps.", rich_help_panel="Optimizer")] = None,
+    min_snr_gamma: Annotated[Optional[float], typer.Option(help="Min-SNR loss weighting (5 is typical).", rich_help_panel="Optimizer")] = None,
+    noise_offset: Annotated[Optional[float], typer.Option(help="Noise offset (e.g. 0.05) for darker/brighter images.", rich_help_panel="Optimizer")] = None,
+    output_dir: Annotated[Optional[str], typer.Option("--output", "-o", help="Output folder (LoRA files, checkpoints, loss log).", rich_help_panel="Run and checkpoints")] = None,
+    name: Annotated[Optional[str], typer.Option(help="LoRA file name (without extension).", rich_help_panel="Run and checkpoints")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs (default 10).", rich_help_panel="Run and checkpoints")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps; overrides --epochs.", rich_help_panel="Run and checkpoints")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for data order, captions, noise.", rich_help_panel="Run and checkpoints")] = None,
+    mixed_precision: Annotated[Optional[str], typer.Option(help="no | fp16 | bf16 (VAE stays fp32).", rich_help_panel="Run and checkpoints")] = None,
+    gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Trade compute for memory.", rich_help_panel="Run and checkpoints")] = None,
+    cache_latents: Annotated[Optional[str], typer.Option(help="memory (default) | disk | off.", rich_help_panel="Run and checkpoints")] = None,
+    cache_dir: Annotated[Optional[str], typer.Option(help="Disk latent cache folder (default OUTPUT/cache).", rich_help_panel="Run and checkpoints")] = None,
+    cache_text_encoder: Annotated[Optional[bool], typer.Option("--cache-text-encoder/--no-cache-text-encoder", help="Reuse text-encoder outputs when it is frozen.", rich_help_panel="Run and checkpoints")] = None,
+    save_every_steps: Annotated[Optional[int], typer.Option(help="Checkpoint every N steps.", rich_help_panel="Run and checkpoints")] = None,
+    save_every_epochs: Annotated[Optional[int], typer.Option(help="Checkpoint every N epochs (default 1).", rich_help_panel="Run and checkpoints")] = None,
+    save_last: Annotated[Optional[int], typer.Option(help="Keep only the newest K checkpoints.", rich_help_panel="Run and checkpoints")] = None,
+    resume: Annotated[Optional[str], typer.Option(help="Checkpoint folder, or 'latest'.", rich_help_panel="Run and checkpoints")] = None,
+    sample_every: Annotated[Optional[int], typer.Option(help="Render sample grids every N steps.", rich_help_panel="Run and checkpoints")] = None,
+    sample_prompts: Annotated[Optional[str], typer.Option(help="Prompt file for samples (sd-scripts --n --w --h --s --l --d).", rich_help_panel="Run and checkpoints")] = None,
+    tensorboard: Annotated[Optional[bool], typer.Option("--tensorboard", help="Also log to OUTPUT/tensorboard.", rich_help_panel="Run and checkpoints")] = None,
+    num_processes: Annotated[Optional[int], typer.Option(help="GPUs: relaunch through `accelerate launch` with N processes.", rich_help_panel="Run and checkpoints")] = None,
+) -> None:
+    """Train a LoRA on a manifest: reads only manifest.json (frozen captions, hashes, buckets) and writes
+    OUTPUT/NAME.safetensors (kohya/WebUI/ComfyUI) and NAME.diffusers.safetensors (diffusers), plus
+    checkpoints, loss.csv and loss.png. Settings come from --config TOML and flags; every value is
+    printed at start. Example: loraprep train DS/manifest.json --base ./sd15 --rank 8 --max-steps 1000
+    """
+    import os
+    import sys
+
+    from train.config import FIELD_SECTION, load_config
+
+    overrides = {k: v for k, v in locals().items() if k in FIELD_SECTION}
+    settings = load_config(config, overrides)
+    if settings.run.num_processes > 1 and not os.environ.get("LORAPREP_LAUNCHED"):
+        from train.loop import relaunch
+
+        raise typer.Exit(relaunch(sys.argv[1:], settings.run.num_processes))
+    out.print(_config_table(settings))
+    if dry_run:
+        from train.loop import plan_training
+
+        out.print(_plan_table(plan_training(manifest, settings, num_processes=settings.run.num_processes)))
+        return
+    from train.loop import train as run_training
+
+    with _training_progress() as reporter:
+        result = run_training(manifest, settings, reporter=reporter)
+    out.print(f"[green]done:[/] {result.steps} steps, final loss {result.final_loss:.4f}" if result.final_loss is not None
+              else f"[green]done:[/] {result.steps} steps")
+    for path in [*result.lora_files, result.loss_csv, result.loss_plot]:
+        if path is not None:
+            out.print(f"  {path}")
+
+
+def _config_table(settings: Any) -> Any:
+    from rich.table import Table
+
+    table = Table(title="training settings", show_lines=False, title_style="bold")
+    for column in ("section", "setting", "value"):
+        table.add_column(column)
+    for section, key, value in settings.rows():
+        table.add_row(section, key, "—" if value is None else str(value))
+    return table
+
+
+def _plan_table(plan: Any) -> Any:
+    from rich.console import Group
+    from rich.table import Table
+
+    table = Table(title=f"dry run: {plan.total_steps} steps, {plan.epochs} epochs, {plan.steps_per_epoch} steps/epoch",
+                  title_style="bold")
+    for column in ("bucket (w×h)", "images × repeats", "batches/epoch"):
+        table.add_column(column, justify="right")
+    for (width, height), (images, batches) in plan.bucket_batches.items():
+        table.add_row(f"{width}×{height}", str(images), str(batches))
+    memory = plan.memory
+    gib = 1024 ** 3
+    note = (f"estimated peak accelerator memory ≈ {memory.total / gib:.1f} GiB (weights {memory.weights / gib:.1f}, "
+            f"LoRA+optimizer {memory.lora / gib:.2f}, activations {memory.activations / gib:.1f}; from {memory.source}). "
+            "Manifest and files verified; no weights were loaded.")
+    return Group(table, note)
+
+
+def _training_progress() -> Any:
+    """A rich progress bar for training: step, epoch, loss EMA, lr, it/s and ETA from the loop's metrics."""
+    import contextlib
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from prep.progress import Reporter
+
+    @contextlib.contextmanager
+    def context() -> Any:
+        progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[info]}"), TextColumn("[dim]{task.fields[speed]}"),
+                            TimeRemainingColumn(), console=err)
+        tasks: dict[str, Any] = {}
+
+        def sink(event: Any) -> None:
+            if event.kind == "start":
+                tasks[event.label] = progress.add_task(event.label, total=event.total, info="", speed="")
+            elif event.kind == "advance" and event.label in tasks:
+                task_id = tasks[event.label]
+                fields: dict[str, str] = {}
+                if event.metrics:
+                    m = event.metrics
+                    fields["info"] = (f"epoch {m['epoch']}/{m['epochs']}  loss {m['loss_ema']:.4f}  lr {m['lr']:.2e}")
+                progress.advance(task_id, event.advance)
+                speed = progress.tasks[task_id].speed
+                fields["speed"] = f"{speed:.2f} it/s" if speed else ""
+                progress.update(task_id, **fields)
+            elif event.kind == "end" and event.label in tasks:
+                tasks.pop(event.label)
+            elif event.kind == "note":
+                progress.console.print(f"[cyan]•[/] {event.message}")
+
+        with progress:
+            yield Reporter(sink)
+
+    return context()
+
+
 
 
 # ---------------------------------------------------------------- generate, lora (issue 6)

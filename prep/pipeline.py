@@ -1,0 +1,154 @@
+"""`loraprep prep SRC --out DST`: the whole dataset pipeline in one call.
+
+crop (or a plain normalising copy) → clean → tag → fallback captions → bucket → manifest.
+Each step can be switched off; a step whose model is missing is skipped with the reason and
+the pipeline goes on. Source images are never modified: every step writes inside DST.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from prep.buckets import BucketPlan
+from prep.dataset import ManifestOptions, assign_buckets, build_manifest, default_manifest_path, write_manifest
+from prep.errors import ModelNotAvailable, ModelMismatch, UsageError
+from prep.normalise import NormaliseOptions, normalise_folder
+from prep.progress import SILENT, Reporter
+from prep.records import DEFAULT_CAPTION_EXTENSION, Drop, Manifest
+from prep.scan import walk_images
+from prep.sidecars import BadCaption, caption_path, read_caption, write_caption
+
+Status = Literal["ran", "skipped", "off"]
+
+
+@dataclass(frozen=True)
+class StepReport:
+    name: str
+    status: Status
+    detail: str
+    hint: str | None = None
+
+
+@dataclass(frozen=True)
+class PrepOptions:
+    """Sub-step options; `None` switches a step off. Option types live with their steps
+    (`prep.crop.CropOptions`, `prep.background.CleanOptions`, `prep.tag.TagOptions`)."""
+
+    crop: Any | None = None
+    clean: Any | None = None
+    tag: Any | None = None
+    buckets: BucketPlan = BucketPlan()
+    trigger: str | None = None
+    class_tokens: str | None = None
+    repeats: int | None = None
+    caption_extension: str = DEFAULT_CAPTION_EXTENSION
+
+
+@dataclass
+class PrepReport:
+    out: Path
+    steps: list[StepReport] = field(default_factory=list)
+    dropped: list[Drop] = field(default_factory=list)
+    manifest_path: Path | None = None
+    manifest: Manifest | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _check_folders(src: Path, out: Path) -> None:
+    if not src.is_dir():
+        raise UsageError(f"{src} is not a folder of images")
+    src_real, out_real = src.resolve(), out.resolve()
+    if out_real == src_real or out_real.is_relative_to(src_real):
+        raise UsageError(f"--out {out} is inside the source folder {src}",
+                         hint="write the dataset to a separate folder; sources are never modified")
+    if src_real.is_relative_to(out_real):
+        raise UsageError(f"the source folder {src} is inside --out {out}", hint="choose an --out beside the sources")
+
+
+def _images_without_caption(folder: Path, extension: str) -> list[Path]:
+    missing = []
+    for image in walk_images(folder, []):
+        try:
+            caption = read_caption(caption_path(image, extension))
+        except BadCaption:  # reported (and the image dropped) by the manifest step
+            continue
+        if not caption:
+            missing.append(image)
+    return missing
+
+
+def _fallback_captions(folder: Path, options: PrepOptions, report: PrepReport) -> bool:
+    """Caption untagged images with the trigger/class tokens; returns whether empty captions remain."""
+    missing = _images_without_caption(folder, options.caption_extension)
+    if not missing:
+        return False
+    words = [w for w in (options.trigger, options.class_tokens) if w]
+    if words:
+        for image in missing:
+            write_caption(caption_path(image, options.caption_extension), ", ".join(words))
+        report.notes.append(f"{len(missing)} image(s) had no caption and got '{', '.join(words)}' "
+                            "(no tagger ran for them)")
+        return False
+    report.notes.append(f"{len(missing)} image(s) have no caption and will train with an empty one: "
+                        "pass --trigger/--class-tokens, or install a tagger (`loraprep models pull wd-swinv2-tagger-v3`)")
+    return True
+
+
+def run_pipeline(src: str | os.PathLike[str], out: str | os.PathLike[str], options: PrepOptions,
+                 reporter: Reporter = SILENT) -> PrepReport:
+    src, out = Path(src), Path(out)
+    _check_folders(src, out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = PrepReport(out=out)
+
+    if options.crop is not None:
+        from prep.crop import crop_folder
+
+        result = crop_folder(src, out, options.crop, reporter)
+        report.steps.append(StepReport("crop", "ran", f"{len(result.done)} crops"))
+    else:
+        result = normalise_folder(src, out, NormaliseOptions(caption_extension=options.caption_extension), reporter)
+        report.steps.append(StepReport("copy", "ran", f"{len(result.done)} images copied (crop off)"))
+    report.dropped.extend(result.dropped)
+
+    if options.clean is not None:
+        from prep.background import clean_folder
+
+        result = clean_folder(out, options.clean, reporter)
+        report.steps.append(StepReport("clean", "ran", f"{len(result.done)} images cleaned"))
+        report.dropped.extend(result.dropped)
+    else:
+        report.steps.append(StepReport("clean", "off", "--no-clean"))
+
+    if options.tag is not None:
+        from prep.tag import tag_folder
+
+        try:
+            tagged = tag_folder(out, options.tag, reporter)
+        except (ModelNotAvailable, ModelMismatch) as exc:
+            report.steps.append(StepReport("tag", "skipped", exc.message, exc.hint))
+        else:
+            report.steps.append(StepReport("tag", "ran", f"{len(tagged.done)} images tagged"))
+            report.dropped.extend(tagged.dropped)
+    else:
+        report.steps.append(StepReport("tag", "off", "--no-tag"))
+
+    allow_empty = _fallback_captions(out, options, report)
+
+    plan = options.buckets
+    assign_buckets(out, plan, caption_extension=options.caption_extension)
+    report.steps.append(StepReport("bucket", "ran", f"{plan.resolution[0]}×{plan.resolution[1]}, step {plan.step}"))
+
+    manifest_path = default_manifest_path(out)
+    build = build_manifest(out, ManifestOptions(
+        caption_extension=options.caption_extension, trigger=options.trigger, class_tokens=options.class_tokens,
+        repeats=options.repeats, allow_empty_captions=allow_empty), manifest_path=manifest_path, reporter=reporter)
+    write_manifest(build, manifest_path)
+    report.notes.extend(build.notes)
+    report.dropped.extend(d for d in build.dropped if d not in report.dropped)
+    report.steps.append(StepReport("manifest", "ran", f"{len(build.manifest.images)} images → {manifest_path}"))
+    report.manifest_path, report.manifest = manifest_path, build.manifest
+    return report
