@@ -16,8 +16,8 @@ from rich.table import Table
 from prep.progress import ProgressEvent, Reporter
 from prep.records import Drop
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)  # long paths and messages stay on one line (greppable)
+err = Console(stderr=True, soft_wrap=True)
 
 
 @contextlib.contextmanager
