@@ -509,10 +509,11 @@ def tag(
             totals.add_row(name, why, str(count))
         out.print(totals)
     if dry_run and result.captions:
-        preview = Table(title="Captions that would be written")
+        shown = list(result.captions.items())[:20]
+        preview = Table(title=f"Captions that would be written ({len(shown)} of {len(result.captions)})")
         preview.add_column("image", overflow="fold")
         preview.add_column("caption", overflow="fold")
-        for path, caption in result.captions.items():
+        for path, caption in shown:
             preview.add_row(rel(path), caption)
         out.print(preview)
     common = tag_frequency(c.split(", ") for c in result.captions.values())[:12]

@@ -54,7 +54,71 @@ register(ModelSpec(
 
 # --- face detectors and segmenters (crop/clean) ---
 
+register(ModelSpec(
+    name="anime-face",
+    kind="face-detector",
+    repo_id="deepghs/anime_face_detection",
+    revision="main",
+    files=("anime_face_detection.onnx",),
+    renames={"anime_face_detection.onnx": "face_detect_v1.4_s/model.onnx"},
+    licence="MIT (deepghs/anime_face_detection model card)",
+    description="YOLOv8s anime face detector (drawn faces YuNet misses); `--detector anime`",
+))
+
+register(ModelSpec(
+    name="anime-seg",
+    kind="segmenter",
+    repo_id="skytnt/anime-seg",
+    revision="main",
+    files=("isnetis.onnx",),
+    licence="Apache-2.0 (skytnt/anime-seg)",
+    description="ISNet anime character segmentation, 1024² input; `loraprep clean --segmenter anime-seg`",
+))
+
+register(ModelSpec(
+    name="human-seg",
+    kind="segmenter",
+    repo_id="Xenova/modnet",
+    revision="main",
+    files=("modnet.onnx",),
+    renames={"modnet.onnx": "onnx/model.onnx"},
+    licence="Apache-2.0 (ZHKKKe/MODNet, ONNX export by Xenova)",
+    description="MODNet portrait matting for photos; `loraprep clean --segmenter human-seg`",
+))
+
 # --- taggers and captioners (tag) ---
+# Revisions: the commit on huggingface.co that holds the files listed (checked 2026-11).
+_WD14_FILES = ("model.onnx", "selected_tags.csv")
+
+
+def _wd14(name: str, revision: str, description: str) -> ModelSpec:
+    return register(ModelSpec(name=name, kind="tagger", repo_id=f"SmilingWolf/{name}", revision=revision,
+                              files=_WD14_FILES, licence="Apache-2.0", description=description))
+
+
+_wd14("wd-swinv2-tagger-v3", "805ca9892b4fdfbe3f06f9de3f0a07b3da8637ed",
+      "WD14 SwinV2 v3 (default): anime/illustration tags, 448px, ~470 MB")
+_wd14("wd-vit-tagger-v3", "7f6b584d0bd3f55c4531f14ba3d4761b2bccdc0f",
+      "WD14 ViT-B/16 v3: fastest v3 tagger, 448px, ~380 MB")
+_wd14("wd-convnext-tagger-v3", "d39e46de298d27340111b64965e20b8185c407e6",
+      "WD14 ConvNeXt v3, 448px, ~395 MB")
+_wd14("wd-eva02-large-tagger-v3", "b25b82a03f7282e41aa2f257a52c7583b710bd1c",
+      "WD14 EVA02-Large v3: most accurate, slowest, 448px, ~1.3 GB")
+_wd14("wd-v1-4-moat-tagger-v2", "8452cddf280b952281b6e102411c50e981cb2908",
+      "WD14 MOAT v2 (the older v1.4 tag set), 448px, ~330 MB")
+
+_BLIP_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "special_tokens_map.json",
+               "tokenizer.json", "tokenizer_config.json", "vocab.txt")
+register(ModelSpec(
+    name="blip-large", kind="captioner", repo_id="Salesforce/blip-image-captioning-large",
+    revision="353689b859fcf0523410b1806dace5fb46ecdf41", files=_BLIP_FILES, licence="BSD-3-Clause",
+    description="BLIP large image captioner: one English sentence per image, ~1.9 GB",
+))
+register(ModelSpec(
+    name="blip-base", kind="captioner", repo_id="Salesforce/blip-image-captioning-base",
+    revision="9cfcdbcaccbcadb2b53b36d4b50042c4eeaa0c25", files=_BLIP_FILES, licence="BSD-3-Clause",
+    description="BLIP base image captioner: faster, shorter captions, ~1 GB",
+))
 
 
 def cache_dir() -> Path:

@@ -20,6 +20,7 @@ class ProgressEvent:
     total: int | None = None
     advance: int = 0
     message: str = ""
+    metrics: dict[str, float] | None = None  # e.g. the trainer's step, loss, lr (renderers may ignore it)
 
 
 Sink = Callable[[ProgressEvent], None]
@@ -40,10 +41,11 @@ class Reporter:
         self.emit(ProgressEvent("note", message=message))
 
     @contextlib.contextmanager
-    def task(self, label: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    def task(self, label: str, total: int | None) -> Iterator[Callable[..., None]]:
         self.emit(ProgressEvent("start", label=label, total=total))
         try:
-            yield lambda n=1: self.emit(ProgressEvent("advance", label=label, advance=n))
+            yield lambda n=1, metrics=None: self.emit(ProgressEvent("advance", label=label, advance=n,
+                                                                    metrics=metrics))
         finally:
             self.emit(ProgressEvent("end", label=label))
 
