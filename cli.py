@@ -315,6 +315,7 @@ def crop(
     detect_size: Annotated[int, typer.Option("--detect-size", help="Longest side of the reduced copy faces are detected on.")] = 640,
     bucket_resolution: Annotated[int, typer.Option("--resolution", help="Training resolution for --aspect bucket.")] = 512,
     colour: Colour = "white",
+    force: Annotated[bool, typer.Option("--force", help="Re-crop images whose crops exist already with these settings.")] = False,
     workers: Workers = 4,
     caption_extension: CaptionExt = ".txt",
     max_pixels: MaxPixels = 150_000_000,
@@ -338,7 +339,8 @@ def crop(
                           min_size=min_size, small="skip" if skip_small else "flag", max_faces=max_faces,
                           skip_multi=skip_multi, one_per_face=one_per_face, colour=parse_colour(colour),
                           bucket_resolution=bucket_resolution, detect_size=detect_size,
-                          caption_extension=caption_extension, max_pixels=max_pixels, workers=workers)
+                          caption_extension=caption_extension, max_pixels=max_pixels, workers=workers,
+                          force=force)
     with rich_reporter() as reporter:
         result = crop_folder(src, out_dir, options, reporter=reporter)
     summary = summarise_crops(result.done)
@@ -1105,6 +1107,88 @@ def _training_progress() -> Any:
 
 
 # ---------------------------------------------------------------- generate, lora (issue 6)
+
+
+@app.command()
+@guard
+def generate(
+    prompt: Annotated[str, typer.Argument(help="What to draw.")],
+    base: Annotated[str, typer.Option("--base", help="Base model: diffusers folder, .safetensors file or hub id.")],
+    lora: Annotated[Optional[Path], typer.Option("--lora", help="LoRA file (kohya or diffusers format).")] = None,
+    scale: Annotated[float, typer.Option("--scale", help="LoRA strength; 0 renders the base model alone.")] = 1.0,
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="Output folder (image-000.png, …) or a .png path for one image.")] = Path("generated"),
+    negative: Annotated[str, typer.Option("--negative", "-n", help="Negative prompt.")] = "",
+    width: Annotated[Optional[int], typer.Option(help="Image width (default: the model's native size).")] = None,
+    height: Annotated[Optional[int], typer.Option(help="Image height (default: the model's native size).")] = None,
+    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 25,
+    cfg: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 7.0,
+    seed: Annotated[int, typer.Option(help="Seed of the first image; image i uses seed + i.")] = 0,
+    count: Annotated[int, typer.Option(help="How many images.")] = 1,
+    clip_skip: Annotated[int, typer.Option(help="1 = last text-encoder layer, 2 = penultimate (WebUI numbering).")] = 1,
+    base_config: Annotated[Optional[Path], typer.Option(help="Diffusers config folder of the family, for single-file bases offline.")] = None,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Accept .ckpt/pickle base weights (loaded weights_only).")] = False,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps.")] = "auto",
+) -> None:
+    """Render images with a LoRA, to check what it learned.
+
+    The same seed with [bold]--scale 0[/] (base model) and [bold]--scale 0.8[/] shows the LoRA's effect directly. The LoRA is checked against the base model's family: an SDXL LoRA on an SD1.5 base is an error, not garbage images.
+    """
+    from train.model import load_base, pick_device
+    from train.sample import GenerateOptions, generate as render_images, save_images
+
+    options = GenerateOptions(negative=negative, width=width, height=height, steps=steps, cfg=cfg, seed=seed,
+                              count=count, clip_skip=clip_skip)
+    torch_device, dtype = pick_device(device)
+    with rich_reporter() as reporter:
+        reporter.note(f"loading {base} on {torch_device}")
+        model = load_base(base, allow_pickle=allow_pickle, dtype=dtype, device=torch_device, config=base_config)
+        images = render_images(model, lora, scale, prompt, options, reporter=reporter)
+    for path in save_images(images, out_path):
+        out.print(f"[green]✓[/] {path}")
+
+
+lora_app = typer.Typer(help="Inspect LoRA files (kohya/WebUI or diffusers format).", no_args_is_help=True)
+app.add_typer(lora_app, name="lora")
+
+
+@lora_app.command("info")
+@guard
+def lora_info(
+    file: Annotated[Path, typer.Argument(help="A LoRA .safetensors file.")],
+    keys: Annotated[bool, typer.Option("--keys", help="Also list every tensor with its shape.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Format, base-model family, adapted modules, rank, alpha, size and training metadata of a LoRA."""
+    from rich.table import Table
+
+    from train.export import describe_lora, read_lora
+
+    info = describe_lora(file)
+    shapes = {k: list(v.shape) for k, v in read_lora(file).tensors.items()} if keys else {}
+    if as_json:
+        print_json(info.to_dict() | ({"keys": shapes} if keys else {}))
+        return
+    table = Table(title=str(file), show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    ranks = ", ".join(f"{r} ×{n}" for r, n in info.ranks.items())
+    alphas = ", ".join(f"{a:g} ×{n}" for a, n in info.alphas.items())
+    rows = [("format", info.format), ("family", info.family or "unknown"),
+            ("size", f"{info.size_bytes / 1e6:.2f} MB, {info.num_tensors} tensors ({', '.join(info.dtypes)})"),
+            ("modules", ", ".join(f"{c}: {n}" for c, n in info.modules.items())),
+            ("rank", ranks), ("alpha", alphas), ("conv layers", str(info.conv_modules)), ("DoRA", str(info.dora))]
+    for key, value in rows:
+        table.add_row(key, value)
+    for key, value in sorted(info.metadata.items()):
+        if key == "lora_adapter_metadata":
+            value = "(peft LoraConfig per component)"
+        table.add_row(key, value if len(value) < 400 else value[:400] + " …")
+    out.print(table)
+    if keys:
+        key_table = Table("tensor", "shape")
+        for key, shape in sorted(shapes.items()):
+            key_table.add_row(key, "×".join(map(str, shape)) or "scalar")
+        out.print(key_table)
 
 
 def main() -> None:

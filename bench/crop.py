@@ -1,0 +1,130 @@
+"""Benchmark: crop + detect on 50 large JPEGs versus plainly decoding the same files.
+
+The issue's target: `loraprep crop` (detection on a reduced copy, crops cut from full resolution,
+sidecars written) costs at most 1.5× a plain full-size decode of the same files. Inputs are the
+test photos upscaled to 4000×3000 JPEGs, generated into a temporary folder.
+
+    python bench/crop.py [--count 50] [--workers 1] [--models DIR]
+
+`--models` names a folder holding face_detection_yunet.onnx (default: $LORAPREP_TEST_MODELS, then
+../shared/models); detectors whose model is missing are reported and skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from PIL import Image  # noqa: E402
+
+from prep.crop import CropOptions, crop_folder  # noqa: E402
+from prep.errors import ModelNotAvailable  # noqa: E402
+from prep.images import open_image  # noqa: E402
+from prep.faces import (AnimeYoloDetector, FaceDetector, HaarDetector, LibFaceDetectionDetector,  # noqa: E402
+                        YuNetDetector)
+
+SOURCES = ["photos/astronaut.png", "photos/camera.png", "photos/chelsea.png", "photos/coffee.png",
+           "photos/rocket.jpg", "anime/concert1.jpg"]
+SIZE = (4000, 3000)
+
+
+def make_inputs(folder: Path, count: int) -> list[Path]:
+    """`count` 4000×3000 JPEGs: the test photos scaled to cover that size and centre-trimmed."""
+    data = ROOT / "tests" / "data"
+    paths = []
+    for index in range(count):
+        with Image.open(data / SOURCES[index % len(SOURCES)]) as source:
+            image = source.convert("RGB")
+        scale = max(SIZE[0] / image.width, SIZE[1] / image.height)
+        big = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BICUBIC)
+        left, top = (big.width - SIZE[0]) // 2, (big.height - SIZE[1]) // 2
+        path = folder / f"{index:03d}.jpg"
+        big.crop((left, top, left + SIZE[0], top + SIZE[1])).save(path, quality=92)
+        paths.append(path)
+    return paths
+
+
+def timed(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process): CPU time stays honest on a shared, busy machine."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def plain_decode(paths: list[Path], workers: int) -> None:
+    def decode(path: Path) -> None:
+        with Image.open(path) as image:
+            image.load()
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(decode, paths))
+
+
+def project_decode(paths: list[Path], workers: int) -> None:
+    """The project's `open_image` (EXIF-upright, mode-normalised): what every step pays."""
+    with ThreadPoolExecutor(workers) as pool:
+        for _ in pool.map(open_image, paths):  # keep none alive: 50 decoded images would be 1.8 GB
+            pass
+
+
+def line(label: str, count: int, wall: float, cpu: float, base: tuple[float, float], extra: str = "") -> str:
+    return (f"{label:<30} wall {wall:6.2f} s {count / wall:6.1f} img/s ratio {wall / base[0]:4.2f} | "
+            f"cpu {cpu:6.2f} s ratio {cpu / base[1]:4.2f}{extra}")
+
+
+def detectors(models: Path) -> list[tuple[str, FaceDetector | None, str]]:
+    found: list[tuple[str, FaceDetector | None, str]] = []
+    for name, build in [("yunet", lambda: YuNetDetector(models / "face_detection_yunet.onnx")),
+                        ("libfacedetection", LibFaceDetectionDetector),
+                        ("haar", HaarDetector),
+                        ("anime", lambda: AnimeYoloDetector(models / "anime_face_detection.onnx"))]:
+        try:
+            found.append((name, build(), ""))
+        except ModelNotAvailable as exc:
+            found.append((name, None, exc.message))
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=50)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--models", type=Path,
+                        default=Path(os.environ.get("LORAPREP_TEST_MODELS") or ROOT.parent / "shared" / "models"))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="loraprep-bench-") as tmp:
+        folder = Path(tmp) / "raw"
+        folder.mkdir()
+        start = time.perf_counter()
+        paths = make_inputs(folder, args.count)
+        print(f"generated {len(paths)} JPEGs of {SIZE[0]}x{SIZE[1]} in {time.perf_counter() - start:.1f} s "
+              f"({sum(p.stat().st_size for p in paths) / 1e6:.0f} MB); workers={args.workers}, cpus={os.cpu_count()}")
+        plain_decode(paths, args.workers)  # warm the page cache
+        base = min((timed(lambda: plain_decode(paths, args.workers)) for _ in range(2)), key=lambda t: t[1])
+        print(line("plain full decode (PIL)", len(paths), *base, base))
+        own = min((timed(lambda: project_decode(paths, args.workers)) for _ in range(2)), key=lambda t: t[1])
+        print(line("open_image full decode", len(paths), *own, base))
+        for name, detector, why in detectors(args.models):
+            label = f"crop + detect ({name})"
+            if detector is None:
+                print(f"{label:<30} skipped: {why}")
+                continue
+            out = Path(tmp) / f"crops-{name}"
+            results = []
+            wall, cpu = timed(lambda: results.append(
+                crop_folder(folder, out, CropOptions(workers=args.workers), detector=detector)))
+            verdict = "within" if cpu / base[1] <= 1.5 else "over"
+            print(line(label, len(paths), wall, cpu, base,
+                       f" ({len(results[0].done)} crops; {verdict} the 1.5x target)"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Benchmark: end-to-end `tag_folder` throughput vs bare onnxruntime on a WD14-sized model.
+
+Builds (once, cached in bench/out/) a ViT-B/16 at 448×448 with 10,861 sigmoid outputs and random
+weights, exported to ONNX with the WD14 signature ([N, 448, 448, 3] float32 BGR → [N, T]), plus a
+matching selected_tags.csv. Then on the same images:
+
+  bare   onnxruntime session.run on already-preprocessed batches (the ceiling)
+  e2e    tag_folder(): walk, decode, preprocess, infer, threshold, write .txt + .loraprep.json
+
+and prints images/s for both, the ratio e2e/bare (target ≥ 0.9), and bare speed at batch 1/4/8.
+
+    python bench/tag.py [--images 24] [--batch N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from prep.images import is_image_path, open_image  # noqa: E402
+from prep.progress import Reporter  # noqa: E402
+from prep.tag import TagOptions, tag_folder  # noqa: E402
+from prep.tagging.wd14 import Wd14Tagger  # noqa: E402
+
+OUT = ROOT / "bench" / "out"
+MODEL_DIR = OUT / "wd14-vit-b16-random"
+TAGS = 10_861
+SIZE, PATCH, WIDTH, DEPTH, HEADS = 448, 16, 768, 12, 12
+
+
+def build_model(folder: Path) -> Path:
+    """ViT-B/16 from plain torch modules (the fused TransformerEncoderLayer path does not export)."""
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm1, self.norm2 = nn.LayerNorm(WIDTH), nn.LayerNorm(WIDTH)
+            self.qkv, self.proj = nn.Linear(WIDTH, 3 * WIDTH), nn.Linear(WIDTH, WIDTH)
+            self.mlp = nn.Sequential(nn.Linear(WIDTH, 4 * WIDTH), nn.GELU(), nn.Linear(4 * WIDTH, WIDTH))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            n, t, _ = x.shape
+            q, k, v = self.qkv(self.norm1(x)).reshape(n, t, 3, HEADS, WIDTH // HEADS).permute(2, 0, 3, 1, 4)
+            attn = torch.softmax(q @ k.transpose(-2, -1) / (WIDTH // HEADS) ** 0.5, dim=-1)
+            x = x + self.proj((attn @ v).transpose(1, 2).reshape(n, t, WIDTH))
+            return x + self.mlp(self.norm2(x))
+
+    class ViT(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.patch = nn.Conv2d(3, WIDTH, PATCH, PATCH)
+            self.pos = nn.Parameter(torch.randn(1, (SIZE // PATCH) ** 2, WIDTH) * 0.02)
+            self.blocks = nn.Sequential(*[Block() for _ in range(DEPTH)])
+            self.norm = nn.LayerNorm(WIDTH)
+            self.head = nn.Linear(WIDTH, TAGS)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # NHWC 0-255 BGR, like WD14
+            x = self.patch(x.permute(0, 3, 1, 2) / 127.5 - 1.0).flatten(2).transpose(1, 2) + self.pos
+            return torch.sigmoid(self.head(self.norm(self.blocks(x)).mean(1)))
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    model = ViT().eval()
+    tmp = folder / "model.onnx.tmp"
+    with torch.no_grad():
+        torch.onnx.export(model, (torch.zeros(1, SIZE, SIZE, 3),), str(tmp), input_names=["input"],
+                          output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                          opset_version=17, dynamo=False, external_data=False)
+    with open(folder / "selected_tags.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["tag_id", "name", "category", "count"])
+        for i in range(TAGS):
+            category = 9 if i < 4 else (4 if i >= TAGS - 2700 else 0)
+            writer.writerow([i, f"tag_{i}", category, TAGS - i])
+    tmp.replace(folder / "model.onnx")
+    return folder
+
+
+def make_images(folder: Path, count: int) -> list[Path]:
+    """`count` images cycled from tests/data (real photos and RGBA sprites, many sizes)."""
+    sources = sorted(p for p in (ROOT / "tests" / "data").rglob("*") if is_image_path(p) and "panorama" not in p.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        source = sources[i % len(sources)]
+        paths.append(folder / f"{i:03d}_{source.name}")
+        shutil.copy(source, paths[-1])
+    return paths
+
+
+def bare_throughput(tagger: Wd14Tagger, arrays: np.ndarray, batch: int) -> float:
+    tagger.probabilities(arrays[:batch])  # warm-up
+    start = time.perf_counter()
+    for i in range(0, len(arrays), batch):
+        tagger.probabilities(arrays[i:i + batch])
+    return len(arrays) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=24)
+    parser.add_argument("--batch", type=int, default=None, help="batch for the e2e/bare comparison (default: tag_folder's choice)")
+    parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: one per core)")
+    parser.add_argument("--repeats", type=int, default=2, help="alternate e2e and bare runs this many times; best of each")
+    args = parser.parse_args()
+
+    if not (MODEL_DIR / "model.onnx").is_file():
+        print(f"building the WD14-sized model into {MODEL_DIR} (once) …", flush=True)
+        start = time.perf_counter()
+        build_model(MODEL_DIR)
+        print(f"  built in {time.perf_counter() - start:.0f} s", flush=True)
+    tagger = Wd14Tagger(MODEL_DIR, threads=args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = make_images(Path(tmp) / "ds", args.images)
+        arrays = np.stack([tagger.preprocess(open_image(p)) for p in paths])
+        options = TagOptions(model_dir=MODEL_DIR, mode="overwrite", batch_size=args.batch, threads=args.threads)
+        e2e = e2e_all = bare = 0.0
+        load = 0.0
+        for _ in range(args.repeats):  # alternate, so load from other processes hits both alike
+            marks: dict[str, float] = {}
+            reporter = Reporter(lambda event, marks=marks: marks.setdefault(event.kind, time.perf_counter()))
+            start = time.perf_counter()
+            result = tag_folder(Path(tmp) / "ds", options, reporter=reporter)
+            end = time.perf_counter()
+            assert len(result.done) == len(paths) and not result.dropped
+            e2e_all = max(e2e_all, len(paths) / (end - start))   # including opening the model
+            e2e = max(e2e, len(paths) / (end - marks["start"]))  # the tagging loop itself
+            load = marks["start"] - start
+            batch = result.batch_size
+            bare = max(bare, bare_throughput(tagger, arrays, batch))
+
+        print(f"\nWD14-sized ViT-B/16 @ {SIZE}, {TAGS} outputs, {len(paths)} images, provider {result.provider}, "
+              f"best of {args.repeats}")
+        print(f"  bare onnxruntime (preprocessed, batch {batch}): {bare:6.2f} img/s")
+        print(f"  end-to-end tag_folder (batch {batch}):          {e2e:6.2f} img/s "
+              f"(decode, preprocess, infer, write; {e2e_all:.2f} img/s counting the {load:.1f} s model load)")
+        print(f"  ratio e2e / bare: {e2e / bare:.2f}  (target ≥ 0.90; {e2e_all / bare:.2f} counting the model load)")
+        speeds = {b: bare_throughput(tagger, arrays, b) for b in (1, 4, 8)}
+        print("  bare onnxruntime by batch size: " + ", ".join(f"batch {b}: {s:.2f} img/s" for b, s in speeds.items()))
+        print(f"  batching speed-up (batch 8 vs 1): {speeds[8] / speeds[1]:.2f}×")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""A caption folder loaded fast: every caption's exact bytes, paired with its image by name.
+
+Checking and editing captions never needs pixels, so loading reads only the caption files and
+lists the images; 50,000 captions load in about a second. The exact bytes are kept so an edit can
+tell whether a file changed on disk since it was loaded, and so the undo journal can restore it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prep.errors import UsageError
+from prep.images import IMAGE_EXTENSIONS
+from prep.records import DEFAULT_CAPTION_EXTENSION
+from prep.sidecars import META_SUFFIX, check_caption_extension
+
+STATE_DIR = ".loraprep"
+
+
+def decode_caption(raw: bytes) -> str | None:
+    """The caption text as `prep.sidecars.read_caption` sees it, or None when it is not UTF-8."""
+    try:
+        return raw.decode("utf-8-sig").strip()
+    except UnicodeDecodeError:
+        return None
+
+
+def split_caption(text: str | None) -> tuple[str, ...]:
+    """The tags of a caption, exactly as `prep.tags.split_tags` splits them (one strip per piece: this
+    runs on every caption of a 50,000-image dataset)."""
+    if not text:
+        return ()
+    return tuple(filter(None, map(str.strip, text.split(","))))
+
+
+@dataclass(frozen=True)
+class CaptionFile:
+    """One image and its caption sidecar, either of which may be missing.
+
+    `caption` is the sidecar's path relative to the dataset root (POSIX), even when the file does
+    not exist yet; `raw` is None when it does not. `text` is None when there is no file or it is
+    not UTF-8 (`unreadable`).
+    """
+
+    caption: str
+    image: str | None
+    raw: bytes | None
+    text: str | None = None
+    tags: tuple[str, ...] = ()
+
+    @classmethod
+    def make(cls, caption: str, image: str | None, raw: bytes | None) -> CaptionFile:
+        text = decode_caption(raw) if raw is not None else None
+        return cls(caption, image, raw, text, split_caption(text))
+
+    @property
+    def exists(self) -> bool:
+        return self.raw is not None
+
+    @property
+    def unreadable(self) -> bool:
+        return self.raw is not None and self.text is None
+
+    @property
+    def name(self) -> str:
+        """What to show a person: the image when there is one, else the orphan sidecar."""
+        return self.image or self.caption
+
+
+@dataclass(frozen=True)
+class CaptionDataset:
+    root: Path
+    extension: str
+    files: tuple[CaptionFile, ...]
+    _index: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._index.update({f.caption: i for i, f in enumerate(self.files)})
+        self._index.update({f.image: i for i, f in enumerate(self.files) if f.image})
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def get(self, path: str) -> CaptionFile | None:
+        """Look a file up by its image or caption path relative to the root."""
+        index = self._index.get(Path(path).as_posix())
+        return self.files[index] if index is not None else None
+
+    @property
+    def images(self) -> tuple[CaptionFile, ...]:
+        return tuple(f for f in self.files if f.image is not None)
+
+    def tag_counts(self) -> Counter[str]:
+        """How many images carry each tag (a tag repeated within one caption counts once).
+
+        Ties keep the order tags first appear in, so tables and JSON are the same on every run.
+        """
+        counts: Counter[str] = Counter()
+        for f in self.files:
+            if f.image is not None:
+                counts.update(list(dict.fromkeys(f.tags)))
+        return counts
+
+    def with_texts(self, texts: dict[str, bytes | None]) -> CaptionDataset:
+        """The dataset after some captions were rewritten (keys: caption paths)."""
+        files = tuple(CaptionFile.make(f.caption, f.image, texts[f.caption]) if f.caption in texts else f
+                      for f in self.files)
+        return CaptionDataset(self.root, self.extension, files)
+
+
+def _walk(root: Path) -> list[tuple[str, list[str]]]:
+    """(relative folder, file names) for every folder, skipping hidden ones such as `.loraprep/`."""
+    found = []
+    for folder, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel = os.path.relpath(folder, root)
+        found.append(("" if rel == "." else Path(rel).as_posix() + "/", filenames))
+    return found
+
+
+def _pair(prefix: str, names: list[str], extension: str) -> list[tuple[str, str | None, bool]]:
+    """(caption path, image path or None, caption exists) for one folder's files, in name order."""
+    images: dict[str, str] = {}
+    captions: set[str] = set()
+    for name in sorted(names):
+        if name.startswith(".") or name.endswith(META_SUFFIX):
+            continue
+        stem, dot, suffix = name.rpartition(".")
+        if not dot or not stem:
+            continue
+        if "." + suffix == extension:
+            captions.add(stem)
+        elif "." + suffix.lower() in IMAGE_EXTENSIONS:
+            images.setdefault(stem, name)
+    pairs = [(prefix + stem + extension, prefix + image, stem in captions) for stem, image in images.items()]
+    pairs += [(prefix + stem + extension, None, True) for stem in captions if stem not in images]
+    return sorted(pairs)
+
+
+def load_dataset(root: str | os.PathLike[str], extension: str = DEFAULT_CAPTION_EXTENSION) -> CaptionDataset:
+    """Every image and caption sidecar under `root` (recursively), with the captions' bytes."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UsageError(f"{root} is not a folder", hint="pass the dataset folder holding images and .txt captions")
+    extension = check_caption_extension(extension)
+    files = []
+    base = str(root)
+    with _collector_paused():
+        for prefix, names in _walk(root):
+            for caption, image, exists in _pair(prefix, names, extension):
+                raw = _read(os.path.join(base, caption)) if exists else None
+                files.append(CaptionFile.make(caption, image, raw))
+    return CaptionDataset(root, extension, tuple(files))
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Building 50,000 records allocates only acyclic objects; the cyclic GC would rescan them
+    dozens of times for nothing (a third of the load time)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _read(path: str, _flags: int = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)) -> bytes | None:
+    """A whole small file with bare system calls: half the cost of `open().read()`, which matters
+    50,000 times over."""
+    try:
+        fd = os.open(path, _flags)
+    except FileNotFoundError:
+        return None
+    try:
+        parts = []
+        while chunk := os.read(fd, 1 << 16):
+            parts.append(chunk)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
+
+
+def read_current(root: Path, caption: str) -> bytes | None:
+    """The caption's bytes on disk right now (None when absent)."""
+    return _read(os.path.join(root, caption))

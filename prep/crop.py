@@ -1,0 +1,453 @@
+"""Face-aware crops: face box → crop box per preset → pixels cut from the full-resolution image.
+
+The arithmetic (preset regions, aspect fitting, keeping other faces whole) is pure functions over
+boxes; `crop_folder` walks a folder, detects faces on a reduced copy of each image, cuts every
+crop from the full-resolution decode and writes it with its caption and metadata sidecar. The
+source folder is only ever read.
+
+Boxes are (x0, y0, x1, y1) in pixels, x1/y1 exclusive, in the image as displayed (after EXIF
+orientation). A padded crop's box reaches outside the source image; that is how padding shows.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+
+from prep.buckets import BucketPlan, bucket_for
+from prep.errors import LoraprepError, UsageError
+from prep.faces import DETECTOR_NAMES, FaceDetector, detector_from_name
+from prep.focal import content_box, focal_point
+from prep.images import (DEFAULT_MAX_PIXELS, WHITE, flatten_alpha, is_image_path, open_image, save_image_atomic,
+                         sha256_file)
+from prep.progress import SILENT, Reporter
+from prep.records import DEFAULT_CAPTION_EXTENSION, Drop, Face, Source, relative_to_base
+from prep.runner import StepResult, run_step
+from prep.sidecars import caption_path, read_caption, read_meta, update_meta, write_caption
+
+Box = tuple[int, int, int, int]
+FBox = tuple[float, float, float, float]
+Fit = Literal["widen", "pad"]
+PRESETS = ("face", "upper-body", "full")
+ASPECTS = ("1:1", "2:3", "3:2", "bucket")
+# Margins around the face box as (left, top, right, bottom) multiples of its width/height: the
+# face preset keeps the hair (more room above than below), upper-body reaches to about the waist.
+PRESET_MARGINS: dict[str, FBox] = {
+    "face": (0.45, 0.6, 0.45, 0.35),
+    "upper-body": (1.4, 0.8, 1.4, 3.2),
+}
+KEEP_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp"})
+
+
+class CropSkipped(LoraprepError):
+    """An image the crop options leave out on purpose (too many faces, too small)."""
+
+
+@dataclass(frozen=True)
+class CropOptions:
+    """How `crop_folder` crops. Validated once by `check()`.
+
+    presets: any of face / upper-body / full, each giving its own crop.
+    aspect: "W:H" (1:1, 2:3, 3:2 ...) or "bucket" (the nearest bucket shape at `bucket_resolution`).
+    fit: when the aspect cannot hold the face and its margin inside the image, "widen" keeps the
+      crop inside the image and loosens the aspect; "pad" keeps the aspect and pads with `colour`.
+    min_size: crops whose shorter side is below it are skipped (`small="skip"`) or written and
+      flagged `upscale: true` in their metadata (`small="flag"`).
+    max_faces / skip_multi / one_per_face: group shots. Without one_per_face the largest face is
+      the subject (and no other face is cut through).
+    detect_size: longest side of the reduced copy detection runs on.
+    """
+
+    presets: tuple[str, ...] = ("face",)
+    detector: str = "auto"
+    aspect: str = "1:1"
+    fit: Fit = "widen"
+    min_size: int = 512
+    small: Literal["flag", "skip"] = "flag"
+    max_faces: int | None = None
+    skip_multi: bool = False
+    one_per_face: bool = False
+    colour: tuple[int, int, int] = WHITE
+    bucket_resolution: int = 512
+    detect_size: int = 640
+    caption_extension: str = DEFAULT_CAPTION_EXTENSION
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
+    force: bool = False  # re-crop sources whose crops are already there with these settings
+
+    def check(self) -> CropOptions:
+        if not self.presets:
+            raise UsageError("no crop preset given", hint=f"choose from {', '.join(PRESETS)}")
+        for preset in self.presets:
+            if preset not in PRESETS:
+                raise UsageError(f"unknown crop preset '{preset}'", hint=f"choose from {', '.join(PRESETS)}")
+        parse_aspect(self.aspect)
+        if self.detector not in DETECTOR_NAMES:
+            raise UsageError(f"unknown face detector '{self.detector}'", hint=f"choose from {', '.join(DETECTOR_NAMES)}")
+        if self.fit not in ("widen", "pad"):
+            raise UsageError(f"--fit must be widen or pad, not '{self.fit}'")
+        if self.small not in ("flag", "skip"):
+            raise UsageError(f"small crops are 'flag'ged or 'skip'ped, not '{self.small}'")
+        if self.max_faces is not None and self.max_faces < 1:
+            raise UsageError("--max-faces must be at least 1")
+        if self.min_size < 0 or self.detect_size < 64:
+            raise UsageError("--min-size must be ≥ 0 and the detection size ≥ 64")
+        return self
+
+    @property
+    def face_limit(self) -> int | None:
+        return 1 if self.skip_multi else self.max_faces
+
+    def key(self, detector: str) -> str:
+        """Fingerprint of everything that shapes a crop: equal keys and source hashes, equal crops."""
+        from prep.images import sha256_text
+
+        fields = (self.presets, detector, self.aspect, self.fit, self.min_size, self.small, self.max_faces,
+                  self.skip_multi, self.one_per_face, self.colour, self.bucket_resolution, self.detect_size)
+        return sha256_text(repr(fields))[:16]
+
+
+# ---- pure geometry
+
+def parse_aspect(aspect: str) -> float | None:
+    """"2:3" → 0.666…; "bucket" → None (decided per crop)."""
+    if aspect == "bucket":
+        return None
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*[:x/]\s*(\d+(?:\.\d+)?)\s*", aspect)
+    if not match or float(match.group(1)) <= 0 or float(match.group(2)) <= 0:
+        raise UsageError(f"aspect '{aspect}' is not W:H or 'bucket'", hint="e.g. --aspect 1:1, 2:3, 3:2 or bucket")
+    return float(match.group(1)) / float(match.group(2))
+
+
+def clip_to(box: FBox, size: tuple[int, int]) -> FBox:
+    return (max(0.0, box[0]), max(0.0, box[1]), min(float(size[0]), box[2]), min(float(size[1]), box[3]))
+
+
+def union(a: FBox, b: FBox) -> FBox:
+    return (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+
+
+def contains(outer: Sequence[float], inner: Sequence[float]) -> bool:
+    return outer[0] <= inner[0] and outer[1] <= inner[1] and outer[2] >= inner[2] and outer[3] >= inner[3]
+
+
+def overlaps(a: Sequence[float], b: Sequence[float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def preset_region(face: Box, preset: str) -> FBox:
+    """The face box grown by the preset's margins (may reach outside the image)."""
+    left, top, right, bottom = PRESET_MARGINS[preset]
+    width, height = face[2] - face[0], face[3] - face[1]
+    return (face[0] - left * width, face[1] - top * height, face[2] + right * width, face[3] + bottom * height)
+
+
+def _place(centre: float, length: float, limit: float) -> tuple[float, float]:
+    """A span of `length` centred on `centre`, shifted to lie inside [0, limit] when it fits."""
+    start = centre - length / 2
+    if length <= limit:
+        start = min(max(0.0, start), limit - length)
+    else:
+        start = (limit - length) / 2
+    return start, start + length
+
+
+def fit_aspect(region: FBox, ratio: float, size: tuple[int, int], fit: Fit) -> tuple[Box, str]:
+    """The smallest box of aspect `ratio` (w/h) holding `region` (clipped to the image), placed
+    inside the image. When it cannot fit, "widen" clips it to the image (the aspect gives way) and
+    "pad" keeps the aspect and lets the box reach outside (padding). Returns the box and
+    "exact", "widened" or "padded"."""
+    width, height = size
+    x0, y0, x1, y1 = clip_to(region, size)
+    w, h = max(x1 - x0, 1.0), max(y1 - y0, 1.0)
+    if w / h < ratio:
+        w = h * ratio
+    else:
+        h = w / ratio
+    how = "exact"
+    if w > width + 0.5 or h > height + 0.5:
+        if fit == "widen":
+            w, h, how = min(w, width), min(h, height), "widened"
+        else:
+            how = "padded"
+    bx0, bx1 = _place((x0 + x1) / 2, w, width)
+    by0, by1 = _place((y0 + y1) / 2, h, height)
+    box = (math.floor(bx0 + 1e-6), math.floor(by0 + 1e-6), math.ceil(bx1 - 1e-6), math.ceil(by1 - 1e-6))
+    if how != "padded":
+        box = (max(0, box[0]), max(0, box[1]), min(width, box[2]), min(height, box[3]))
+    # integer rounding must never cut the region itself
+    box = (min(box[0], math.floor(x0)), min(box[1], math.floor(y0)),
+           max(box[2], math.ceil(x1)), max(box[3], math.ceil(y1)))
+    return box, how
+
+
+def keep_faces_whole(box: Box, region: FBox, faces: Sequence[Box], ratio: float, size: tuple[int, int],
+                     fit: Fit) -> tuple[Box, str]:
+    """Grow the crop until no face is cut: every face ends up wholly inside or wholly outside."""
+    box, how = fit_aspect(region, ratio, size, fit)
+    for _ in range(len(faces) + 1):
+        cut = [f for f in faces if overlaps(box, f) and not contains(box, f)]
+        if not cut:
+            break
+        for face in cut:
+            region = union(region, tuple(float(v) for v in face))  # type: ignore[arg-type]
+        box, how = fit_aspect(region, ratio, size, fit)
+    return box, how
+
+
+def largest_box_at(point: tuple[float, float], ratio: float, size: tuple[int, int]) -> Box:
+    """The largest box of aspect `ratio` inside the image, as centred on `point` as it can be."""
+    width, height = size
+    w = min(float(width), height * ratio)
+    h = w / ratio
+    x0, x1 = _place(point[0], w, width)
+    y0, y1 = _place(point[1], h, height)
+    return (max(0, round(x0)), max(0, round(y0)), min(width, round(x1)), min(height, round(y1)))
+
+
+def bucket_ratio(region: FBox, resolution: int) -> float:
+    """Aspect of the bucket nearest the region's own shape (`--aspect bucket`)."""
+    plan = BucketPlan(resolution=(resolution, resolution), max_size=max(1024, resolution * 2))
+    w, h = max(region[2] - region[0], 1.0), max(region[3] - region[1], 1.0)
+    bucket = bucket_for((round(w), round(h)), plan.buckets)
+    return bucket[0] / bucket[1]
+
+
+def faces_in_crop(faces: Sequence[Face], box: Box) -> list[Face]:
+    """Faces wholly inside `box`, moved into the crop's pixel coordinates."""
+    return [Face((f.box[0] - box[0], f.box[1] - box[1], f.box[2] - box[0], f.box[3] - box[1]), f.score, f.detector)
+            for f in faces if contains(box, f.box)]
+
+
+def cut(image: Image.Image, box: Box, colour: tuple[int, int, int]) -> Image.Image:
+    """Pixels of `box`; parts outside the image are filled with `colour` (transparent for RGBA)."""
+    if box[0] >= 0 and box[1] >= 0 and box[2] <= image.width and box[3] <= image.height:
+        return image.crop(box)
+    fill = (*colour, 0) if image.mode == "RGBA" else colour
+    canvas = Image.new(image.mode, (box[2] - box[0], box[3] - box[1]), fill)
+    inside = clip_to(box, image.size)
+    part = image.crop(tuple(int(v) for v in inside))
+    canvas.paste(part, (int(inside[0]) - box[0], int(inside[1]) - box[1]))
+    return canvas
+
+
+# ---- one image
+
+@dataclass(frozen=True)
+class CropPlan:
+    """One crop to cut: its file label, preset, box in source pixels and how the aspect was met."""
+
+    label: str
+    preset: str
+    box: Box
+    fit: str
+    subject: int | None  # index of the face it was built around; None for focal / full crops
+
+
+def plan_crops(size: tuple[int, int], faces: Sequence[Face], detection: np.ndarray, scale: float,
+               options: CropOptions) -> list[CropPlan]:
+    """Every crop for one image. `detection` is the reduced copy (scale = full / reduced)."""
+    ratio = parse_aspect(options.aspect)
+    boxes = [f.box for f in faces]
+    plans: list[CropPlan] = []
+
+    def ratio_for(region: FBox) -> float:
+        return ratio if ratio is not None else bucket_ratio(region, options.bucket_resolution)
+
+    if "full" in options.presets:
+        c = content_box(detection)
+        region = (c[0] * scale, c[1] * scale, c[2] * scale, c[3] * scale)
+        for face in boxes:
+            region = union(region, tuple(float(v) for v in face))  # type: ignore[arg-type]
+        region = clip_to(region, size)
+        box, how = keep_faces_whole((0, 0, 0, 0), region, boxes, ratio_for(region), size, options.fit)
+        plans.append(CropPlan("full", "full", box, how, None))
+    face_presets = [p for p in options.presets if p != "full"]
+    if not face_presets:
+        return plans
+    if not faces:
+        point = focal_point(detection)
+        point = (point[0] * scale, point[1] * scale)
+        whole = (0.0, 0.0, float(size[0]), float(size[1]))
+        plans.append(CropPlan("focal", "focal", largest_box_at(point, ratio_for(whole), size), "exact", None))
+        return plans
+    subjects = range(len(faces)) if options.one_per_face else [max(range(len(faces)), key=lambda i: _area(boxes[i]))]
+    for index in subjects:
+        for preset in face_presets:
+            region = preset_region(boxes[index], preset)
+            box, how = keep_faces_whole((0, 0, 0, 0), region, boxes, ratio_for(clip_to(region, size)), size, options.fit)
+            label = f"{preset}{index + 1}" if options.one_per_face else preset
+            plans.append(CropPlan(label, preset, box, how, index))
+    return plans
+
+
+def _area(box: Box) -> int:
+    return (box[2] - box[0]) * (box[3] - box[1])
+
+
+def _scale_face(face: Face, scale: float, size: tuple[int, int]) -> Face:
+    x0, y0, x1, y1 = face.box
+    box = (max(0, math.floor(x0 * scale)), max(0, math.floor(y0 * scale)),
+           min(size[0], math.ceil(x1 * scale)), min(size[1], math.ceil(y1 * scale)))
+    return Face(box, face.score, face.detector)
+
+
+def reduced_copy(image: Image.Image, longest: int) -> tuple[Image.Image, float]:
+    """A copy whose longest side is at most `longest` (alpha kept), and the full/reduced scale.
+
+    An integer box-filter reduction: several times cheaper than a resampling resize (or a second,
+    draft-mode decode) of a full-size image, and all the detectors need.
+    """
+    factor = math.ceil(max(image.size) / longest)
+    small = image.reduce(factor) if factor > 1 else image
+    return small, image.width / small.width
+
+
+def detect_faces(image: Image.Image, detector: FaceDetector, detect_size: int) -> tuple[list[Face], np.ndarray, float]:
+    """Faces in full-resolution pixels, found on a reduced copy; also returns that copy (RGB or
+    RGBA, for the focal point and dead-space trim) and its scale."""
+    small, scale = reduced_copy(image, detect_size)
+    faces = [_scale_face(f, scale, image.size) for f in detector(np.asarray(flatten_alpha(small)))]
+    return faces, np.asarray(small), scale
+
+
+@dataclass(frozen=True)
+class CropOutcome:
+    source: Path
+    written: tuple[Path, ...]
+    skipped: tuple[str, ...]  # reasons for crops left out (too small)
+
+
+@dataclass(frozen=True)
+class _Job:
+    path: Path
+    rel: Path
+
+
+def _output_suffix(source: Path) -> str:
+    suffix = source.suffix.lower()
+    return suffix if suffix in KEEP_SUFFIXES else ".png"
+
+
+def existing_crops(job: _Job, out: Path, digest: str, key: str) -> list[Path]:
+    """Crops an earlier run made from this very source with the same settings (re-runs skip it)."""
+    folder = out / job.rel.parent
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.glob(f"{glob.escape(job.rel.stem)}-*"):
+        if is_image_path(path):
+            meta = read_meta(path)
+            if (meta.get("source") or {}).get("sha256") == digest and (meta.get("crop") or {}).get("key") == key:
+                found.append(path)
+    return sorted(found)
+
+
+def crop_image(job: _Job, out: Path, options: CropOptions, detector: FaceDetector) -> CropOutcome:
+    """Detect, plan and write every crop of one source image (unless they are already there)."""
+    digest = sha256_file(job.path)
+    key = options.key(detector.name)
+    caption = read_caption(caption_path(job.path, options.caption_extension))
+    if not options.force and (done := existing_crops(job, out, digest, key)):
+        if caption is not None:  # captions may have been edited since; they are cheap to refresh
+            for path in done:
+                write_caption(caption_path(path, options.caption_extension), caption)
+        return CropOutcome(job.path, tuple(done), ())
+    image = open_image(job.path, max_pixels=options.max_pixels)
+    faces, detection, scale = detect_faces(image, detector, options.detect_size)
+    limit = options.face_limit
+    if limit is not None and len(faces) > limit:
+        raise CropSkipped(f"{len(faces)} faces found, more than --max-faces {limit}"
+                          if not options.skip_multi else f"{len(faces)} faces found and --skip-multi is set")
+    caption = read_caption(caption_path(job.path, options.caption_extension))
+    written: list[Path] = []
+    skipped: list[str] = []
+    for plan in plan_crops(image.size, faces, detection, scale, options):
+        short = min(plan.box[2] - plan.box[0], plan.box[3] - plan.box[1])
+        small = short < options.min_size
+        if small and options.small == "skip":
+            skipped.append(f"{plan.label} crop is {short}px on its short side, below --min-size {options.min_size}")
+            continue
+        target = out / job.rel.parent / f"{job.rel.stem}-{plan.label}{_output_suffix(job.path)}"
+        save_image_atomic(cut(image, plan.box, options.colour), target)
+        if caption is not None:
+            write_caption(caption_path(target, options.caption_extension), caption)
+        source = Source(relative_to_base(job.path, out), digest, plan.box)
+        update_meta(target, source=source.to_dict(), faces=[f.to_dict() for f in faces_in_crop(faces, plan.box)],
+                    crop={"preset": plan.preset, "box": list(plan.box), "detector": detector.name,
+                          "aspect": options.aspect, "key": key, "fit": plan.fit, "padded": plan.fit == "padded",
+                          "widened": plan.fit == "widened", "upscale": small,
+                          "subject_face": plan.subject, "source_faces": [list(f.box) for f in faces]})
+        written.append(target)
+    if not written and skipped:
+        raise CropSkipped("; ".join(skipped))
+    return CropOutcome(job.path, tuple(written), tuple(skipped))
+
+
+def _jobs(src: Path) -> tuple[list[_Job], list[Drop]]:
+    from prep.scan import walk_images
+
+    problems: list[Drop] = []
+    if src.is_file():
+        return [_Job(src, Path(src.name))], problems
+    paths = list(walk_images(src, problems))
+    return [_Job(p, p.relative_to(src)) for p in paths], problems
+
+
+def crop_folder(src: Path, out: Path, options: CropOptions = CropOptions(), reporter: Reporter = SILENT, *,
+                detector: FaceDetector | None = None) -> StepResult[Path]:
+    """Crop every image under `src` into `out` (same sub-folders), never touching `src`.
+
+    Each crop gets the source's caption sidecar (if any) and a metadata sidecar with `source`
+    (path relative to `out`, sha256, box in source pixels), `faces` (in the CROP's pixel
+    coordinates, with score and detector; [] when the detector found none and the crop fell back
+    to the focal point) and `crop` (preset, box, detector, fit, padded/widened, upscale flag).
+    `detector` overrides `options.detector` (tests pass a detector built on an explicit model file).
+    """
+    src, out = Path(src), Path(out)
+    options = options.check()
+    if not src.exists():
+        raise UsageError(f"{src} does not exist")
+    if src.is_dir() and out.resolve().is_relative_to(src.resolve()):
+        raise UsageError(f"--out {out} is inside the source folder {src}",
+                         hint="write crops to a separate folder so the source stays untouched")
+    detector = detector or detector_from_name(options.detector, reporter)
+    jobs, problems = _jobs(src)
+    outcome = run_step(jobs, lambda job: crop_image(job, out, options, detector), step="crop",
+                       name=lambda job: str(job.path), reporter=reporter, label="cropping",
+                       workers=options.workers)
+    result: StepResult[Path] = StepResult(dropped=problems + outcome.dropped)
+    for done in outcome.done:
+        result.done.extend(done.written)
+        result.dropped.extend(Drop(str(done.source), "crop", reason) for reason in done.skipped)
+    return result
+
+
+@dataclass(frozen=True)
+class CropSummary:
+    """What a crop run produced, read back from the crops' metadata (for the CLI's table)."""
+
+    crops: int
+    by_preset: dict[str, int]
+    by_fit: dict[str, int]
+    focal: int      # crops of images where no face was found (`faces: []`)
+    upscale: int    # crops below --min-size, flagged for upscaling
+
+
+def summarise_crops(paths: Sequence[Path]) -> CropSummary:
+    from collections import Counter
+
+    crops = [read_meta(p).get("crop") or {} for p in paths]
+    return CropSummary(len(crops), dict(Counter(c.get("preset", "?") for c in crops)),
+                       dict(Counter(c.get("fit", "?") for c in crops)),
+                       sum(1 for c in crops if c.get("preset") == "focal"),
+                       sum(1 for c in crops if c.get("upscale")))

@@ -1,0 +1,1 @@
+"""The terminal caption editor (Textual): `loraprep captions edit`."""

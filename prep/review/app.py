@@ -1,0 +1,262 @@
+"""`loraprep captions edit`: a keyboard-first caption editor for the terminal (Textual).
+
+Left: the file list and its filter. Centre: a half-block preview of the selected image only.
+Right: the caption's tags with tagger score and dataset frequency, and the raw caption text.
+All logic lives in `Session`; this module only lays out widgets and maps keys to its methods.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from rich.text import Text
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Footer, Input, OptionList, Static
+from textual.widgets.option_list import Option
+
+from prep.captions.lint import LintOptions
+from prep.review.preview import render_preview
+from prep.review.session import Outcome, Session
+from prep.review.widgets import FileList
+
+HELP = ("n/p next/prev · a accept · d delete · + add · t toggle · K/J move · u/U undo/redo · "
+        "e next problem · / filter · A apply to filtered · q quit")
+
+
+class CaptionEditor(App):
+    """Edit a dataset's captions; every change is written to disk immediately."""
+
+    TITLE = "loraprep captions"
+    CSS = """
+    Screen { layout: vertical; }
+    #main { height: 1fr; }
+    #left { width: 24; border-right: solid $panel-lighten-2; }
+    #filter { margin: 0; }
+    #preview { width: 1fr; height: 1fr; content-align: center middle; overflow: hidden; }
+    #right { width: 32; border-left: solid $panel-lighten-2; }
+    #heading { height: 1; text-style: bold; }
+    #tags { height: 1fr; border: none; }
+    #add { margin: 0; }
+    #raw { height: auto; max-height: 4; color: $text-muted; }
+    #status { height: 1; background: $panel; padding: 0 1; }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("n", "step(1)", "next"),
+        Binding("p", "step(-1)", "prev"),
+        Binding("a", "accept", "accept"),
+        Binding("d,delete", "delete_tag", "delete"),
+        Binding("plus,i", "add_tag", "add"),
+        Binding("t,space", "toggle_tag", "toggle", show=False),
+        Binding("K,ctrl+up", "move_tag(-1)", "move up", show=False),
+        Binding("J,ctrl+down", "move_tag(1)", "move down", show=False),
+        Binding("u,ctrl+z", "undo", "undo"),
+        Binding("U,ctrl+y", "redo", "redo", show=False),
+        Binding("e", "next_problem", "problem"),
+        Binding("slash", "focus_filter", "filter"),
+        Binding("A", "apply_all", "apply all", show=False),
+        Binding("escape", "focus_tags", "back", show=False),
+        Binding("q", "quit", "quit"),
+        Binding("ctrl+c", "quit", "quit", show=False, priority=True),
+    ]
+
+    def __init__(self, root: Path, *, extension: str = ".txt", lint_options: LintOptions = LintOptions(),
+                 session: Session | None = None) -> None:
+        super().__init__()
+        self.session = session or Session(Path(root), extension, lint_options)
+        self.current: int | None = None  # item index shown
+        self._scores: dict[str, tuple[float, str]] = {}
+
+    # ---- layout
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="main"):
+            with Vertical(id="left"):
+                yield Input(placeholder="/ filter: tag, -tag, lint, noface", id="filter", compact=True)
+                yield FileList(self._row_label, id="files")
+            yield Static(id="preview")
+            with Vertical(id="right"):
+                yield Static(id="heading")
+                yield OptionList(id="tags")
+                yield Input(placeholder="+ add tags (comma-separated)", id="add", compact=True)
+                yield Static(id="raw")
+        yield Static(id="status")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        files = self.query_one(FileList)
+        files.set_count(len(self.session.visible))
+        self.query_one("#tags", OptionList).focus()
+        self.set_status(f"{len(self.session.items)} images · {HELP}")
+
+    # ---- rendering
+
+    def _row_label(self, row: int) -> str:
+        index = self.session.visible[row]
+        item = self.session.items[index]
+        mark = "✓" if item.accepted else ("•" if item.edited else " ")
+        if item.disk is None:
+            mark = "∅"
+        return f"{mark}{Path(self.session.name(index)).name}"
+
+    def set_status(self, message: str, ok: bool = True) -> None:
+        self.query_one("#status", Static).update(Text(message, style="" if ok else "bold yellow", no_wrap=True,
+                                                      overflow="ellipsis"))
+
+    def report(self, outcome: Outcome) -> None:
+        self.set_status(outcome.message, outcome.ok)
+        if not outcome.ok:
+            self.notify(outcome.message, severity="warning")
+
+    def show_item(self, index: int | None, *, preview: bool = True) -> None:
+        """Fill the right panel (and, when the image changed, the preview) for item `index`."""
+        changed = index != self.current
+        self.current = index
+        tags_list = self.query_one("#tags", OptionList)
+        if index is None:
+            tags_list.clear_options()
+            self.query_one("#heading", Static).update("no images match the filter")
+            self.query_one("#raw", Static).update("")
+            self.query_one("#preview", Static).update("")
+            return
+        if changed:
+            self._scores = self.session.scores(index)
+        self._fill_tags(index)
+        problems = self.session.problems(index)
+        heading = f"{Path(self.session.name(index)).name}" + (f" ⚠ {len(problems)}" if problems else "")
+        self.query_one("#heading", Static).update(Text(heading, no_wrap=True, overflow="ellipsis"))
+        self.query_one("#raw", Static).update(Text(self.session.caption_text(index)))
+        if changed and preview:
+            self._draw_preview(index)
+
+    def _fill_tags(self, index: int) -> None:
+        item = self.session.items[index]
+        tags_list = self.query_one("#tags", OptionList)
+        keep = tags_list.highlighted or 0
+        options = []
+        for tag in item.tags:
+            score = self.session.score_of(self._scores, tag)
+            label = Text(no_wrap=True, overflow="ellipsis")
+            label.append(tag, style="strike dim" if tag in item.disabled else "")
+            label.append(f"  {score:.2f}" if score is not None else "", style="cyan")
+            label.append(f"  ×{self.session.frequency[tag]}", style="dim")
+            options.append(Option(label))
+        tags_list.set_options(options)
+        if options:
+            tags_list.highlighted = min(keep, len(options) - 1)
+
+    def _draw_preview(self, index: int) -> None:
+        widget = self.query_one("#preview", Static)
+        image = self.session.items[index].file.image
+        size = widget.content_region.size
+        cells = (max(4, size.width), max(2, size.height))
+        widget.update(render_preview(self.session.root / image, cells) if image else Text(""))
+
+    def refresh_list(self) -> None:
+        files = self.query_one(FileList)
+        files.refresh()
+
+    # ---- events
+
+    def on_file_list_highlighted(self, message: FileList.Highlighted) -> None:
+        if self.session.visible:
+            self.show_item(self.session.visible[message.row])
+
+    def on_input_submitted(self, message: Input.Submitted) -> None:
+        if message.input.id == "filter":
+            count = self.session.set_filter(message.value)
+            files = self.query_one(FileList)
+            files.set_count(count)
+            if not count:
+                self.show_item(None)
+            self.set_status(f"{count} image(s) match '{message.value}'" if message.value else "filter cleared")
+            files.focus()
+        elif message.input.id == "add" and self.current is not None:
+            if message.value.strip():
+                self.report(self.session.add_tags(self.current, message.value))
+            message.input.value = ""
+            self.after_edit()
+            self.query_one("#tags", OptionList).focus()
+
+    def after_edit(self, index: int | None = None) -> None:
+        """Redraw what an edit may have changed (the item, its list row)."""
+        if index is not None and index != self.current and index in self.session.visible:
+            self.query_one(FileList).move_to(self.session.visible.index(index))
+        self.show_item(self.current, preview=False)
+        self.refresh_list()
+
+    def _selected_tag(self) -> str | None:
+        if self.current is None:
+            return None
+        tags = self.session.items[self.current].tags
+        highlighted = self.query_one("#tags", OptionList).highlighted
+        return tags[highlighted] if highlighted is not None and highlighted < len(tags) else None
+
+    # ---- actions
+
+    def action_step(self, offset: int) -> None:
+        files = self.query_one(FileList)
+        files.move_to(files.cursor + offset)
+
+    def action_accept(self) -> None:
+        if self.current is not None:
+            self.report(self.session.accept(self.current))
+            self.refresh_list()
+            self.action_step(1)
+
+    def action_delete_tag(self) -> None:
+        tag = self._selected_tag()
+        if tag is not None and self.current is not None:
+            self.report(self.session.delete_tag(self.current, tag))
+            self.after_edit()
+
+    def action_toggle_tag(self) -> None:
+        tag = self._selected_tag()
+        if tag is not None and self.current is not None:
+            self.report(self.session.toggle_tag(self.current, tag))
+            self.after_edit()
+
+    def action_move_tag(self, offset: int) -> None:
+        tag = self._selected_tag()
+        if tag is not None and self.current is not None:
+            self.report(self.session.move_tag(self.current, tag, offset))
+            tags_list = self.query_one("#tags", OptionList)
+            self.after_edit()
+            tags_list.highlighted = self.session.items[self.current].tags.index(tag)
+
+    def action_add_tag(self) -> None:
+        if self.current is not None:
+            self.query_one("#add", Input).focus()
+
+    def action_focus_filter(self) -> None:
+        self.query_one("#filter", Input).focus()
+
+    def action_focus_tags(self) -> None:
+        self.query_one("#tags", OptionList).focus()
+
+    def action_undo(self) -> None:
+        outcome, index = self.session.undo()
+        self.report(outcome)
+        self.after_edit(index)
+
+    def action_redo(self) -> None:
+        outcome, index = self.session.redo()
+        self.report(outcome)
+        self.after_edit(index)
+
+    def action_next_problem(self) -> None:
+        files = self.query_one(FileList)
+        if not self.session.visible:
+            return
+        row = self.session.next_problem(files.cursor)
+        if row is None:
+            self.set_status("no lint problems in the shown images")
+            return
+        files.move_to(row, force=True)
+        self.set_status(" · ".join(self.session.problems(self.session.visible[row])), ok=False)
+
+    def action_apply_all(self) -> None:
+        self.report(self.session.apply_to_filtered())
+        self.after_edit()

@@ -1,0 +1,280 @@
+"""The caption editor's state and every edit it can make, with no UI in it.
+
+Each edit is written to disk at once (atomically, through the journal's guarded write), so quitting,
+Ctrl-C or a dropped SSH connection never loses one. A caption changed on disk by someone else since
+the editor read it is never overwritten: the edit is refused and the disk version reloaded.
+Undo/redo restore exact bytes. Edits applied to all filtered images are also journalled, so
+`loraprep captions undo` can revert them after the editor is closed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prep.captions.dataset import CaptionDataset, CaptionFile, load_dataset, read_current
+from prep.captions.edit import AddTags, RemoveTags, caption_bytes, tag_key
+from prep.captions.journal import FileState, record, write_guarded
+from prep.captions.lint import LintOptions, LintReport, lint_dataset
+from prep.captions.show import tagger_scores
+from prep.captions.tokens import TokenCounter, load_token_counter
+from prep.sidecars import read_meta
+from prep.tags import split_tags
+
+
+@dataclass
+class Item:
+    """One image as the editor holds it: the tags shown, and the bytes last seen on disk."""
+
+    file: CaptionFile
+    disk: bytes | None
+    tags: list[str]
+    disabled: set[str] = field(default_factory=set)  # toggled off: shown, not written
+    accepted: bool = False
+    edited: bool = False
+
+    @property
+    def written_tags(self) -> list[str]:
+        return [t for t in self.tags if t not in self.disabled]
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One item's change: exact bytes and editor state before and after (for undo/redo)."""
+
+    index: int
+    before: bytes | None
+    after: bytes | None
+    tags_before: tuple[str, ...]
+    tags_after: tuple[str, ...]
+    disabled_before: frozenset[str]
+    disabled_after: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What an action did, in a line for the status bar; `ok` False when nothing was written."""
+
+    message: str
+    ok: bool = True
+
+
+class Session:
+    """The open dataset: items, filter, undo/redo stacks, and lazily computed lint and face info."""
+
+    def __init__(self, root: Path, extension: str = ".txt", lint_options: LintOptions = LintOptions(),
+                 counter: TokenCounter | None = None) -> None:
+        self.root = Path(root)
+        self.dataset = load_dataset(self.root, extension)
+        self.items = [Item(f, f.raw, list(f.tags)) for f in self.dataset.files if f.image is not None]
+        self.frequency: Counter[str] = self.dataset.tag_counts()
+        self.lint_options = lint_options
+        self._counter = counter
+        self._lint: LintReport | None = None
+        self._faces: dict[int, bool] = {}
+        self.undo_stack: list[list[Edit]] = []
+        self.redo_stack: list[list[Edit]] = []
+        self.last_operation: AddTags | RemoveTags | None = None
+        self.filter_text = ""
+        self.visible: list[int] = list(range(len(self.items)))
+
+    # ---- reading
+
+    def name(self, index: int) -> str:
+        return self.items[index].file.image or self.items[index].file.caption
+
+    def caption_text(self, index: int) -> str:
+        item = self.items[index]
+        if item.disk is None:
+            return "(no caption file)"
+        return item.disk.decode("utf-8", "replace").strip()
+
+    def scores(self, index: int) -> dict[str, tuple[float, str]]:
+        image = self.items[index].file.image
+        return tagger_scores(read_meta(self.root / image)) if image else {}
+
+    def score_of(self, scores: dict[str, tuple[float, str]], tag: str) -> float | None:
+        found = scores.get(tag_key(tag))
+        return found[0] if found else None
+
+    def no_face(self, index: int) -> bool:
+        """True when a face detector ran on this image and found nothing (`faces: []` in its meta)."""
+        if index not in self._faces:
+            image = self.items[index].file.image
+            faces = read_meta(self.root / image).get("faces") if image else None
+            self._faces[index] = isinstance(faces, list) and not faces
+        return self._faces[index]
+
+    def lint(self) -> LintReport:
+        """Problems in the captions as they are now (recomputed after edits, only when asked)."""
+        if self._lint is None:
+            if self._counter is None:
+                self._counter = load_token_counter()
+            current = CaptionDataset(self.root, self.dataset.extension, tuple(
+                CaptionFile.make(i.file.caption, i.file.image, i.disk) for i in self.items))
+            self._lint = lint_dataset(current, self._counter, self.lint_options)
+        return self._lint
+
+    def problems(self, index: int) -> list[str]:
+        if self._lint is None:
+            return []
+        name = self.name(index)
+        return [p.message for p in self._lint.problems if p.path == name]
+
+    # ---- filtering and moving
+
+    def matches(self, index: int, text: str) -> bool:
+        item = self.items[index]
+        query = text.strip()
+        if query == "noface":
+            return self.no_face(index)
+        if query == "lint" or query.startswith("lint:"):
+            kind = query.partition(":")[2].strip()
+            name = self.name(index)
+            return any(p.path == name and (not kind or p.kind == kind) for p in self.lint().problems)
+        if query.startswith("-"):
+            return query[1:].strip() not in item.tags
+        if query.startswith("="):
+            return query[1:].strip() in item.tags
+        needle = query.lower()
+        return any(needle in tag.lower() for tag in item.tags)
+
+    def set_filter(self, text: str) -> int:
+        """Show only matching images; returns how many match."""
+        self.filter_text = text.strip()
+        if not self.filter_text:
+            self.visible = list(range(len(self.items)))
+        elif self.filter_text == "lint" or self.filter_text.startswith("lint:"):
+            self.lint()
+            self.visible = [i for i in range(len(self.items)) if self.matches(i, self.filter_text)]
+        else:
+            self.visible = [i for i in range(len(self.items)) if self.matches(i, self.filter_text)]
+        return len(self.visible)
+
+    def next_problem(self, position: int) -> int | None:
+        """The visible position of the next image with a lint problem after `position` (wrapping)."""
+        paths = self.lint().paths()
+        count = len(self.visible)
+        for step in range(1, count + 1):
+            candidate = (position + step) % count
+            if self.name(self.visible[candidate]) in paths:
+                return candidate
+        return None
+
+    # ---- editing
+
+    def _state(self, index: int, tags: list[str], disabled: set[str]) -> Edit:
+        item = self.items[index]
+        written = [t for t in tags if t not in disabled]
+        after = caption_bytes(written) if (written or item.disk is not None) else None
+        return Edit(index, item.disk, after, tuple(item.tags), tuple(tags),
+                    frozenset(item.disabled), frozenset(disabled))
+
+    def _write(self, edit: Edit, *, undoing: bool = False) -> Outcome:
+        """Write one edit's bytes if the file still holds what the editor last saw."""
+        item = self.items[edit.index]
+        expected, data = (edit.after, edit.before) if undoing else (edit.before, edit.after)
+        tags = edit.tags_before if undoing else edit.tags_after
+        disabled = edit.disabled_before if undoing else edit.disabled_after
+        if expected != data and not write_guarded(self.root, item.file.caption, expected, data):
+            self.reload(edit.index)
+            return Outcome(f"{item.file.caption} changed on disk since it was opened: not saved, reloaded", ok=False)
+        self.frequency.subtract(set(item.tags))
+        item.tags, item.disabled, item.disk, item.edited = list(tags), set(disabled), data, True
+        self.frequency.update(set(item.tags))
+        self._lint = None
+        return Outcome(f"saved {item.file.caption}")
+
+    def reload(self, index: int) -> None:
+        item = self.items[index]
+        self.frequency.subtract(set(item.tags))
+        item.disk = read_current(self.root, item.file.caption)
+        text = item.disk.decode("utf-8-sig", "replace").strip() if item.disk is not None else ""
+        item.tags, item.disabled = split_tags(text), set()
+        self.frequency.update(set(item.tags))
+        self._lint = None
+
+    def change(self, index: int, tags: list[str], disabled: set[str] | None = None) -> Outcome:
+        """Set an item's tags (and toggled-off set); saved at once, undoable."""
+        item = self.items[index]
+        disabled = set(item.disabled if disabled is None else disabled) & set(tags)
+        if tags == item.tags and disabled == item.disabled:
+            return Outcome("no change")
+        edit = self._state(index, tags, disabled)
+        outcome = self._write(edit)
+        if outcome.ok:
+            self.undo_stack.append([edit])
+            self.redo_stack.clear()
+        return outcome
+
+    def delete_tag(self, index: int, tag: str) -> Outcome:
+        self.last_operation = RemoveTags((tag,))
+        tags = [t for t in self.items[index].tags if t != tag]
+        outcome = self.change(index, tags)
+        return Outcome(f"removed '{tag}' — {outcome.message}", outcome.ok) if outcome.ok else outcome
+
+    def add_tags(self, index: int, text: str) -> Outcome:
+        new = [t for t in dict.fromkeys(split_tags(text)) if t not in self.items[index].tags]
+        if not new:
+            return Outcome("nothing to add")
+        self.last_operation = AddTags(tuple(new))
+        outcome = self.change(index, self.items[index].tags + new)
+        return Outcome(f"added {', '.join(new)} — {outcome.message}", outcome.ok) if outcome.ok else outcome
+
+    def toggle_tag(self, index: int, tag: str) -> Outcome:
+        disabled = set(self.items[index].disabled) ^ {tag}
+        outcome = self.change(index, list(self.items[index].tags), disabled)
+        state = "off" if tag in disabled else "on"
+        return Outcome(f"'{tag}' {state} — {outcome.message}", outcome.ok) if outcome.ok else outcome
+
+    def move_tag(self, index: int, tag: str, offset: int) -> Outcome:
+        tags = list(self.items[index].tags)
+        position = tags.index(tag)
+        target = max(0, min(len(tags) - 1, position + offset))
+        tags.insert(target, tags.pop(position))
+        return self.change(index, tags)
+
+    def accept(self, index: int) -> Outcome:
+        self.items[index].accepted = True
+        return Outcome(f"accepted {self.name(index)}")
+
+    def apply_to_filtered(self) -> Outcome:
+        """Repeat the last tag addition/removal on every visible image, as one undo step (journalled)."""
+        operation = self.last_operation
+        if operation is None:
+            return Outcome("no tag change to repeat yet: add or delete a tag first", ok=False)
+        edits = []
+        for index in self.visible:
+            item = self.items[index]
+            tags = list(operation(tuple(item.tags)))
+            if tags != item.tags:
+                edits.append(self._state(index, tags, set(item.disabled) & set(tags)))
+        if not edits:
+            return Outcome(f"{operation.describe()}: nothing to change in {len(self.visible)} image(s)")
+        record(self.root, f"editor: {operation.describe()} ({self.filter_text or 'all'})",
+               [FileState(self.items[e.index].file.caption, e.before, e.after) for e in edits])
+        done = [e for e in edits if self._write(e).ok]
+        if done:
+            self.undo_stack.append(done)
+            self.redo_stack.clear()
+        skipped = len(edits) - len(done)
+        return Outcome(f"{operation.describe()}: {len(done)} caption(s) changed"
+                       + (f", {skipped} changed on disk and left alone" if skipped else ""), ok=not skipped)
+
+    def undo(self) -> tuple[Outcome, int | None]:
+        """Undo the last edit group; returns the outcome and the item it touched (to show it)."""
+        if not self.undo_stack:
+            return Outcome("nothing to undo", ok=False), None
+        group = self.undo_stack.pop()
+        done = [e for e in reversed(group) if self._write(e, undoing=True).ok]
+        self.redo_stack.append(list(reversed(done)))
+        return Outcome(f"undone ({len(done)} caption(s))", ok=len(done) == len(group)), group[0].index
+
+    def redo(self) -> tuple[Outcome, int | None]:
+        if not self.redo_stack:
+            return Outcome("nothing to redo", ok=False), None
+        group = self.redo_stack.pop()
+        done = [e for e in group if self._write(e).ok]
+        self.undo_stack.append(done)
+        return Outcome(f"redone ({len(done)} caption(s))", ok=len(done) == len(group)), group[0].index

@@ -1,0 +1,345 @@
+"""The tag step: walk a folder, tag/caption every image, write `.txt` captions and per-tag scores.
+
+Decoding and preprocessing run in a thread pool ahead of inference (PIL and onnxruntime release
+the GIL), so the model never waits for the disk. Captions are written atomically; existing ones
+are kept (`skip-existing`, the default) or extended (`append`) unless `overwrite` is asked for.
+Scores go to the image's `.loraprep.json` sidecar (`tags` section) for the manifest.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+from PIL import Image
+
+from prep import models
+from prep.errors import LoraprepError, ModelNotAvailable, UsageError
+from prep.images import DEFAULT_MAX_PIXELS, is_image_path, open_image
+from prep.progress import SILENT, Reporter
+from prep.records import DEFAULT_CAPTION_EXTENSION, Drop, Tags
+from prep.runner import StepResult
+from prep.sidecars import caption_path, check_caption_extension, read_caption, update_meta, write_caption
+from prep.tagging.blip import BlipCaptioner, BlipSettings
+from prep.tagging.wd14 import Thresholds, Wd14Tagger
+from prep.tags import (PruneOptions, PruneRules, apply_trigger, dedupe, exclude_tags, keep_tokens_for,
+                       load_prune_rules, prune_tags, replace_tags, split_tags)
+
+STEP = "tag"
+DEFAULT_TAGGER = "wd-swinv2-tagger-v3"
+DEFAULT_CAPTIONER = "blip-large"
+CPU_BATCH, GPU_BATCH = 1, 8  # measured: on CPU the model is the bottleneck and batching slows it down
+
+CaptionerKind = Literal["wd14", "blip", "both"]
+Mode = Literal["overwrite", "append", "skip-existing"]
+RatingPlace = Literal["first", "last", "none"]
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class TagOptions:
+    """Everything `loraprep tag` can be told; validated once, here."""
+
+    model: str = DEFAULT_TAGGER
+    model_dir: Path | None = None
+    captioner: CaptionerKind = "wd14"
+    blip_model: str = DEFAULT_CAPTIONER
+    blip_dir: Path | None = None
+    blip: BlipSettings = BlipSettings()
+    thresholds: Thresholds = Thresholds()
+    rating: RatingPlace = "none"
+    max_tags: int | None = None
+    trigger: str | None = None
+    always_first: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    replace: tuple[tuple[str, str], ...] = ()
+    prune_character: bool = False
+    prune_clothes: bool = False
+    prune_lists: tuple[Path, ...] = ()
+    mode: Mode = "skip-existing"
+    batch_size: int | None = None  # None: 1 on CPU, 8 on a GPU
+    workers: int = 2
+    caption_extension: str = DEFAULT_CAPTION_EXTENSION
+    dry_run: bool = False
+    download: bool = False
+    providers: tuple[str, ...] | None = None
+    threads: int | None = None  # onnxruntime intra-op threads (None: one per core)
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.captioner in ("wd14", "blip", "both"), f"--captioner must be wd14, blip or both, not '{self.captioner}'"),
+            (self.mode in ("overwrite", "append", "skip-existing"), f"--mode must be overwrite, append or skip-existing, not '{self.mode}'"),
+            (self.rating in ("first", "last", "none"), f"--rating must be first, last or none, not '{self.rating}'"),
+            (0 <= self.thresholds.general <= 1 and 0 <= self.thresholds.character <= 1, "thresholds must lie between 0 and 1"),
+            (self.max_tags is None or self.max_tags >= 0, "--max-tags must be 0 or more"),
+            (self.batch_size is None or self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.workers >= 1, "--workers must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+        check_caption_extension(self.caption_extension)
+
+    @property
+    def uses_tagger(self) -> bool:
+        return self.captioner in ("wd14", "both")
+
+    @property
+    def uses_blip(self) -> bool:
+        return self.captioner in ("blip", "both")
+
+    @property
+    def prunes(self) -> bool:
+        return self.prune_character or self.prune_clothes
+
+    @property
+    def keep_tokens(self) -> int:
+        return keep_tokens_for(self.trigger, self.always_first)
+
+
+@dataclass
+class TagResult(StepResult[Path]):
+    """`done`: images captioned (or that would be, in a dry run); plus what the summary shows."""
+
+    skipped: list[Path] = field(default_factory=list)
+    captions: dict[Path, str] = field(default_factory=dict)
+    removed: dict[Path, list[tuple[str, str]]] = field(default_factory=dict)
+    provider: str | None = None
+    batch_size: int = 1
+    keep_tokens: int = 0
+
+
+# ---------------------------------------------------------------- pure caption assembly
+
+
+def model_tags(tags: Tags, options: TagOptions, rules: PruneRules | None) -> tuple[list[str], list[tuple[str, str]]]:
+    """Tagger output → ordered caption tags (characters, then general by score) and the pruned ones."""
+    ordered = replace_tags([*tags.character, *tags.general], dict(options.replace))
+    ordered = exclude_tags(ordered, options.exclude)
+    removed: list[tuple[str, str]] = []
+    if rules is not None and options.prunes:
+        ordered, removed = prune_tags(ordered, rules, PruneOptions(options.prune_character, options.prune_clothes))
+    if options.max_tags is not None:
+        ordered = ordered[:options.max_tags]
+    if tags.rating and options.rating != "none":
+        rating = exclude_tags(replace_tags([tags.rating], dict(options.replace)), options.exclude)
+        ordered = rating + ordered if options.rating == "first" else ordered + rating
+    return dedupe(ordered), removed
+
+
+def compose_caption(tags: Sequence[str], sentence: str | None, existing: str | None, options: TagOptions) -> list[str]:
+    """The caption's tags: [always-first, trigger] + (existing when appending) + sentence + tags."""
+    new = ([sentence] if sentence else []) + list(tags)
+    if options.mode == "append" and existing:
+        new = split_tags(existing) + new
+    return apply_trigger(new, options.trigger, options.always_first)
+
+
+# ---------------------------------------------------------------- the step
+
+
+def find_images(folder: Path) -> list[Path]:
+    """Images under `folder` (recursive, sorted), skipping hidden folders and files."""
+    if not folder.is_dir():
+        raise UsageError(f"{folder} is not a folder", hint="pass the dataset folder that holds the images")
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and is_image_path(p)
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def model_folder(name: str, folder: Path | None, download: bool) -> Path:
+    """`--model-dir` as given, else the registry's folder (ModelNotAvailable with the pull hint)."""
+    if folder is None:
+        return models.resolve(name, download=download)
+    if not folder.is_dir():
+        raise ModelNotAvailable(f"model folder {folder} does not exist",
+                                       hint=f"pass a folder holding the model files, or run `loraprep models pull {name}`")
+    return folder
+
+
+def default_batch_size(tagger: Wd14Tagger | None) -> int:
+    if tagger is None:
+        return CPU_BATCH
+    if tagger.fixed_batch is not None:
+        return tagger.fixed_batch
+    return CPU_BATCH if tagger.on_cpu else GPU_BATCH
+
+
+def load_tagger(options: TagOptions) -> Wd14Tagger:
+    name = options.model_dir.name if options.model_dir else options.model
+    return Wd14Tagger(model_folder(options.model, options.model_dir, options.download), name=name,
+                      thresholds=options.thresholds, providers=options.providers, threads=options.threads)
+
+
+def load_blip(options: TagOptions) -> BlipCaptioner:
+    name = options.blip_dir.name if options.blip_dir else options.blip_model
+    return BlipCaptioner(model_folder(options.blip_model, options.blip_dir, options.download), name=name,
+                         settings=options.blip)
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    path: Path
+    array: np.ndarray | None
+    image: Image.Image | None
+    existing: str | None
+
+
+class _Run:
+    """One tagging run: the loaded models, the options, and the result being filled in."""
+
+    def __init__(self, folder: Path, options: TagOptions, reporter: Reporter) -> None:
+        self.folder, self.options = folder, options
+        self.rules = load_prune_rules(options.prune_lists) if options.prunes else None
+        self.tagger = load_tagger(options) if options.uses_tagger else None
+        self.blip = load_blip(options) if options.uses_blip else None
+        batch = options.batch_size or default_batch_size(self.tagger)
+        self.result = TagResult(batch_size=batch, keep_tokens=options.keep_tokens,
+                                provider=self.tagger.provider if self.tagger else None)
+        if self.tagger is not None:
+            reporter.note(f"WD14 {self.tagger.name} on {self.tagger.provider}, batch {batch}")
+        if self.blip is not None:
+            reporter.note(f"BLIP {self.blip.name} on {self.blip.device}")
+        self.writer = ThreadPoolExecutor(max_workers=1)
+        self.writes: list[tuple[Path, Future[None]]] = []
+
+    def rel(self, path: Path) -> str:
+        return path.relative_to(self.folder).as_posix()
+
+    def load(self, path: Path) -> _Loaded:
+        existing = read_caption(caption_path(path, self.options.caption_extension)) if self.options.mode == "append" else None
+        image = open_image(path, max_pixels=self.options.max_pixels)
+        array = self.tagger.preprocess(image) if self.tagger is not None else None
+        return _Loaded(path, array, image if self.blip is not None else None, existing)
+
+    def process(self, batch: list[_Loaded]) -> None:
+        tags = self.tagger.predict(np.stack([item.array for item in batch])) if self.tagger else [None] * len(batch)
+        sentences: list[str | None] = [None] * len(batch)
+        if self.blip is not None:
+            step = self.blip.settings.batch_size
+            sentences = [s for i in range(0, len(batch), step)
+                         for s in self.blip.caption([item.image for item in batch[i:i + step]])]
+        for item, item_tags, sentence in zip(batch, tags, sentences):
+            self.finish(item, item_tags, sentence)
+
+    def finish(self, item: _Loaded, tags: Tags | None, sentence: str | None) -> None:
+        kept, removed = model_tags(tags, self.options, self.rules) if tags is not None else ([], [])
+        caption = ", ".join(compose_caption(kept, sentence, item.existing, self.options))
+        self.result.captions[item.path] = caption
+        if removed:
+            self.result.removed[item.path] = removed
+        if self.options.dry_run:
+            self.result.done.append(item.path)
+            return
+        sections: dict[str, Any] = {STEP: self.meta(sentence, removed)}
+        if tags is not None:
+            sections["tags"] = tags.to_dict()
+        # Writes are fsynced; a writer thread keeps them off the inference loop.
+        self.writes.append((item.path, self.writer.submit(_write, item.path, self.options.caption_extension,
+                                                          caption, sections)))
+
+    def settle_writes(self) -> None:
+        """Wait for the writer; an image whose files could not be written is dropped, not done."""
+        self.writer.shutdown(wait=True)
+        for path, future in self.writes:
+            error = future.exception()
+            if error is None:
+                self.result.done.append(path)
+            else:
+                reason = error.message if isinstance(error, LoraprepError) else f"cannot write caption: {error}"
+                self.result.dropped.append(Drop(self.rel(path), STEP, reason))
+
+    def meta(self, sentence: str | None, removed: list[tuple[str, str]]) -> dict[str, Any]:
+        o = self.options
+        info: dict[str, Any] = {"captioner": o.captioner, "mode": o.mode, "trigger": o.trigger,
+                                "always_first": list(o.always_first), "keep_tokens": o.keep_tokens,
+                                "pruned": [list(r) for r in removed]}
+        if self.tagger is not None:
+            info.update(model=self.tagger.name, rating=o.rating, max_tags=o.max_tags,
+                        thresholds={"general": o.thresholds.general, "character": o.thresholds.character,
+                                    "mcut": o.thresholds.mcut})
+        if self.blip is not None:
+            info.update(blip_model=self.blip.name, caption=sentence)
+        return info
+
+
+def tag_folder(folder: Path, options: TagOptions, reporter: Reporter = SILENT) -> TagResult:
+    """Tag and caption every image under `folder`; see the module docstring.
+
+    Raises ModelNotAvailable / ModelMismatch before any image is read when a model is missing
+    or inconsistent; a bad image becomes a Drop with its reason and the rest continue.
+    """
+    images = find_images(folder)
+    run = _Run(folder, options, reporter)
+    todo: list[Path] = []
+    for path in images:
+        if options.mode == "skip-existing" and caption_path(path, options.caption_extension).exists():
+            run.result.skipped.append(path)
+        else:
+            todo.append(path)
+    size = run.result.batch_size
+    with reporter.task("tagging", len(todo)) as advance:
+        for chunk in _batches(prefetch(todo, run.load, workers=options.workers, depth=2 * size + options.workers), size):
+            loaded: list[_Loaded] = []
+            for path, outcome in chunk:
+                if isinstance(outcome, LoraprepError):
+                    run.result.dropped.append(Drop(run.rel(path), STEP, outcome.message))
+                elif isinstance(outcome, OSError):
+                    run.result.dropped.append(Drop(run.rel(path), STEP, f"{type(outcome).__name__}: {outcome.strerror or outcome}"))
+                else:
+                    loaded.append(outcome)
+            if loaded:
+                run.process(loaded)
+            advance(len(chunk))
+    run.settle_writes()
+    return run.result
+
+
+def _write(image: Path, extension: str, caption: str, sections: dict[str, Any]) -> None:
+    write_caption(caption_path(image, extension), caption)
+    update_meta(image, **sections)
+
+
+def prefetch(items: Sequence[T], fn: Callable[[T], R], *, workers: int, depth: int) -> Iterator[tuple[T, R | Exception]]:
+    """`(item, fn(item))` in order, computed up to `depth` items ahead in a thread pool.
+
+    A LoraprepError or OSError raised by `fn` is yielded in place of the value, so one bad file
+    costs only itself.
+    """
+    def guarded(item: T) -> R | Exception:
+        try:
+            return fn(item)
+        except (LoraprepError, OSError) as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque[tuple[T, Future[R | Exception]]] = deque()
+        source = iter(items)
+        for item in source:
+            pending.append((item, pool.submit(guarded, item)))
+            if len(pending) >= depth:
+                break
+        while pending:
+            item, future = pending.popleft()
+            following = next(source, None)
+            if following is not None:
+                pending.append((following, pool.submit(guarded, following)))
+            yield item, future.result()
+
+
+def _batches(pairs: Iterable[T], size: int) -> Iterator[list[T]]:
+    chunk: list[T] = []
+    for pair in pairs:
+        chunk.append(pair)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

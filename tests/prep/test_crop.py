@@ -1,0 +1,291 @@
+"""`loraprep crop` on the real test images: faces stay whole, no-face images fall back to a
+focal point, group shots, odd aspects, EXIF rotation, bad files, and the pure box arithmetic."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from cli import app
+from prep.crop import CropOptions, crop_folder, cut, fit_aspect, keep_faces_whole, largest_box_at, parse_aspect
+from prep.errors import UsageError
+from prep.faces import YuNetDetector
+from prep.images import open_image, sha256_file
+from prep.sidecars import caption_path, read_caption, read_meta, write_caption
+
+YUNET_FACES = ["photos/astronaut.png", "photos/camera.png", "anime/sylvie_blue_normal.png",
+               "anime/sylvie_blue_smile.png", "anime/lucy_happy.png"]
+NO_FACES = ["photos/coffee.png", "photos/chelsea.png", "anime/bg_meadow.jpg"]
+
+
+@pytest.fixture(scope="module")
+def yunet(yunet_model: Path) -> YuNetDetector:
+    return YuNetDetector(yunet_model)
+
+
+def crop_one(source: Path, out: Path, detector, **options) -> list[dict]:
+    result = crop_folder(source, out, CropOptions(workers=1, **options), detector=detector)
+    assert not result.dropped, result.dropped
+    return [read_meta(path) | {"path": path} for path in result.done]
+
+
+def inside(outer, inner) -> bool:
+    return outer[0] <= inner[0] and outer[1] <= inner[1] and outer[2] >= inner[2] and outer[3] >= inner[3]
+
+
+def disjoint(a, b) -> bool:
+    return a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
+
+
+# ---- faces stay whole
+
+@pytest.mark.parametrize("name", YUNET_FACES)
+def test_face_crop_holds_every_face_yunet_finds_at_full_resolution(yunet, testdata, tmp_path, name):
+    full = np.asarray(open_image(testdata / name, flatten=(255, 255, 255)))
+    faces = yunet(full)
+    assert faces
+    (meta,) = crop_one(testdata / name, tmp_path, yunet)
+    for face in faces:
+        assert inside(meta["crop"]["box"], face.box)
+
+
+@pytest.mark.parametrize("name", YUNET_FACES + ["anime/eileen_happy.png"])
+def test_face_crop_holds_the_hand_checked_face(yunet, testdata, faces_truth, tmp_path, name):
+    (meta,) = crop_one(testdata / name, tmp_path, yunet)
+    assert meta["crop"]["preset"] == "face"
+    for truth in faces_truth[name]:
+        assert inside(meta["crop"]["box"], truth)
+
+
+def test_crop_pixels_are_cut_from_the_full_resolution_source(yunet, testdata, tmp_path):
+    (meta,) = crop_one(testdata / "photos/astronaut.png", tmp_path, yunet)
+    source = open_image(testdata / "photos/astronaut.png")
+    assert np.array_equal(np.asarray(open_image(meta["path"])), np.asarray(source.crop(tuple(meta["crop"]["box"]))))
+
+
+def test_faces_in_crop_metadata_are_in_crop_pixels(yunet, testdata, tmp_path):
+    (meta,) = crop_one(testdata / "photos/camera.png", tmp_path, yunet)
+    box, (face,) = meta["crop"]["box"], meta["faces"]
+    (source_face,) = meta["crop"]["source_faces"]
+    assert face["box"] == [source_face[0] - box[0], source_face[1] - box[1], source_face[2] - box[0], source_face[3] - box[1]]
+    assert face["detector"] == "yunet" and 0 < face["score"] <= 1
+
+
+# ---- no face: focal point
+
+@pytest.mark.parametrize("name", NO_FACES)
+def test_no_face_falls_back_to_a_flagged_focal_point_crop(yunet, testdata, tmp_path, name):
+    (meta,) = crop_one(testdata / name, tmp_path, yunet)
+    width, height = Image.open(testdata / name).size
+    x0, y0, x1, y1 = meta["crop"]["box"]
+    assert meta["faces"] == [] and meta["crop"]["preset"] == "focal"
+    assert x1 - x0 == y1 - y0 == min(width, height) and 0 <= x0 and x1 <= width and 0 <= y0 and y1 <= height
+
+
+# ---- group shots
+
+def test_one_per_face_gives_one_crop_per_detected_face_and_cuts_none(yunet, testdata, tmp_path):
+    metas = crop_one(testdata / "anime/concert1.jpg", tmp_path, yunet, one_per_face=True)
+    faces = metas[0]["crop"]["source_faces"]
+    assert len(faces) >= 2 and len(metas) == len(faces)
+    assert sorted(m["crop"]["subject_face"] for m in metas) == list(range(len(faces)))
+    for meta in metas:
+        box = meta["crop"]["box"]
+        assert inside(box, faces[meta["crop"]["subject_face"]])
+        assert all(inside(box, face) or disjoint(box, face) for face in faces)
+
+
+@pytest.mark.parametrize("options", [{"skip_multi": True}, {"max_faces": 1}])
+def test_group_shot_is_skipped_with_its_face_count(yunet, testdata, tmp_path, options):
+    result = crop_folder(testdata / "anime/concert1.jpg", tmp_path, CropOptions(workers=1, **options), detector=yunet)
+    (drop,) = result.dropped
+    assert not result.done and "faces found" in drop.reason and drop.step == "crop"
+
+
+# ---- odd shapes, aspects, fit modes
+
+@pytest.fixture(scope="module")
+def tall_strip(testdata, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tall") / "strip.jpg"
+    Image.open(testdata / "anime/panorama.jpg").transpose(Image.Transpose.ROTATE_90).save(path, quality=90)
+    return path
+
+
+@pytest.mark.parametrize("aspect", ["1:1", "2:3", "3:2", "bucket"])
+@pytest.mark.parametrize("fit", ["widen", "pad"])
+@pytest.mark.parametrize("source", ["anime/panorama.jpg", "strip"])
+def test_extreme_aspect_sources_crop_in_every_aspect_and_fit(yunet, testdata, tall_strip, tmp_path, aspect, fit, source):
+    path = tall_strip if source == "strip" else testdata / source
+    width, height = Image.open(path).size
+    metas = crop_one(path, tmp_path, yunet, presets=("face", "full"), aspect=aspect, fit=fit)
+    assert {m["crop"]["preset"] for m in metas} == {"focal", "full"}
+    for meta in metas:
+        x0, y0, x1, y1 = meta["crop"]["box"]
+        assert Image.open(meta["path"]).size == (x1 - x0, y1 - y0)
+        if fit == "widen":
+            assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+        elif aspect != "bucket":
+            assert (x1 - x0) / (y1 - y0) == pytest.approx(parse_aspect(aspect), abs=0.01)
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_exif_rotated_input_crops_the_same_region_as_the_upright_one(yunet, testdata, tmp_path, orientation):
+    upright = open_image(testdata / "photos/astronaut.png")
+    undo = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}[orientation]
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    (tmp_path / "rotated").mkdir()
+    upright.save(tmp_path / "upright.jpg", quality=95)
+    upright.transpose(undo).save(tmp_path / "rotated/astronaut.jpg", quality=95, exif=exif.tobytes())
+    (plain,) = crop_one(tmp_path / "upright.jpg", tmp_path / "a", yunet)
+    (turned,) = crop_one(tmp_path / "rotated/astronaut.jpg", tmp_path / "b", yunet)
+    assert np.abs(np.subtract(plain["crop"]["box"], turned["crop"]["box"])).max() <= 3
+    a = np.asarray(open_image(plain["path"]).resize((128, 128)), np.float32)
+    b = np.asarray(open_image(turned["path"]).resize((128, 128)), np.float32)
+    assert np.abs(a - b).mean() < 12
+
+
+# ---- files: source untouched, sidecars carried, bad inputs dropped
+
+@pytest.fixture()
+def raw_folder(testdata, tmp_path) -> Path:
+    raw = tmp_path / "raw" / "10_sks woman"
+    raw.mkdir(parents=True)
+    shutil.copy(testdata / "photos/astronaut.png", raw / "astronaut.png")
+    shutil.copy(testdata / "photos/coffee.png", raw / "coffee.png")
+    write_caption(caption_path(raw / "astronaut.png"), "sks woman, smile, spacesuit")
+    return tmp_path / "raw"
+
+
+def test_source_folder_is_left_byte_for_byte_unchanged(yunet, raw_folder, tmp_path):
+    before = {p: sha256_file(p) for p in raw_folder.rglob("*") if p.is_file()}
+    crop_folder(raw_folder, tmp_path / "out", CropOptions(presets=("face", "upper-body", "full")), detector=yunet)
+    assert {p: sha256_file(p) for p in raw_folder.rglob("*") if p.is_file()} == before
+
+
+def test_crops_keep_subfolders_captions_and_a_resolvable_source(yunet, raw_folder, tmp_path):
+    out = tmp_path / "out"
+    result = crop_folder(raw_folder, out, CropOptions(presets=("face", "upper-body")), detector=yunet)
+    crop = out / "10_sks woman" / "astronaut-upper-body.png"
+    assert crop in result.done
+    assert read_caption(caption_path(crop)) == "sks woman, smile, spacesuit"
+    source = read_meta(crop)["source"]
+    original = raw_folder / "10_sks woman" / "astronaut.png"
+    assert (out / source["path"]).resolve() == original.resolve() and source["sha256"] == sha256_file(original)
+
+
+@pytest.mark.parametrize(("force", "rewritten"), [(False, False), (True, True)])
+def test_rerun_skips_crops_already_made_with_the_same_settings(yunet, raw_folder, tmp_path, force, rewritten):
+    out = tmp_path / "out"
+    first = crop_folder(raw_folder, out, CropOptions(), detector=yunet)
+    stamps = {p: p.stat().st_mtime_ns for p in first.done}
+    write_caption(caption_path(raw_folder / "10_sks woman" / "astronaut.png"), "sks woman, edited")
+    again = crop_folder(raw_folder, out, CropOptions(force=force), detector=yunet)
+    assert sorted(again.done) == sorted(first.done)
+    assert any(p.stat().st_mtime_ns != stamps[p] for p in again.done) == rewritten
+    assert read_caption(caption_path(out / "10_sks woman" / "astronaut-face.png")) == "sks woman, edited"
+
+
+BAD_FILES = {
+    "empty.png": b"",
+    "text.png": b"this is not an image, just text with a .png name\n",
+    "truncated.jpg": None,  # the first half of a real JPEG
+}
+
+
+def test_bad_files_are_dropped_with_a_reason_and_the_rest_are_cropped(yunet, testdata, tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    shutil.copy(testdata / "photos/astronaut.png", raw / "astronaut.png")
+    for name, data in BAD_FILES.items():
+        if data is None:
+            whole = (testdata / "photos/rocket.jpg").read_bytes()
+            data = whole[: len(whole) // 2]
+        (raw / name).write_bytes(data)
+    result = crop_folder(raw, tmp_path / "out", CropOptions(), detector=yunet)
+    assert [p.name for p in result.done] == ["astronaut-face.png"]
+    assert sorted(Path(d.path).name for d in result.dropped) == sorted(BAD_FILES)
+    assert all(d.reason and d.step == "crop" for d in result.dropped)
+
+
+@pytest.mark.parametrize(("small", "written", "dropped"), [("flag", 1, 0), ("skip", 0, 1)])
+def test_crops_below_min_size_are_flagged_or_skipped(yunet, testdata, tmp_path, small, written, dropped):
+    result = crop_folder(testdata / "photos/camera.png", tmp_path, CropOptions(min_size=400, small=small), detector=yunet)
+    assert (len(result.done), len(result.dropped)) == (written, dropped)
+    if written:
+        assert read_meta(result.done[0])["crop"]["upscale"] is True
+    else:
+        assert "below --min-size 400" in result.dropped[0].reason
+
+
+@pytest.mark.parametrize("options", [{"presets": ("head",)}, {"aspect": "wide"}, {"fit": "stretch"},
+                                     {"detector": "mtcnn"}, {"max_faces": 0}])
+def test_bad_options_are_usage_errors(testdata, tmp_path, options):
+    with pytest.raises(UsageError):
+        crop_folder(testdata / "photos", tmp_path, CropOptions(**options))
+
+
+def test_output_inside_the_source_folder_is_refused(tmp_path):
+    with pytest.raises(UsageError, match="inside the source"):
+        crop_folder(tmp_path, tmp_path / "crops", CropOptions())
+
+
+# ---- pure arithmetic
+
+@pytest.mark.parametrize(("region", "ratio", "size", "fit", "expected"), [
+    ((10, 10, 30, 50), 1.0, (100, 100), "widen", ((0, 10, 40, 50), "exact")),
+    ((60, 60, 90, 90), 1.0, (100, 100), "widen", ((60, 60, 90, 90), "exact")),
+    ((80, 0, 100, 20), 2 / 3, (100, 100), "widen", ((80, 0, 100, 30), "exact")),
+    ((0, 0, 100, 50), 1.0, (100, 50), "widen", ((0, 0, 100, 50), "widened")),
+    ((0, 0, 100, 50), 1.0, (100, 50), "pad", ((0, -25, 100, 75), "padded")),
+    ((-40, -40, 60, 60), 1.0, (200, 200), "widen", ((0, 0, 60, 60), "exact")),
+])
+def test_fit_aspect_grows_the_region_to_the_aspect_inside_the_image(region, ratio, size, fit, expected):
+    assert fit_aspect(region, ratio, size, fit) == expected
+
+
+def test_a_crop_that_would_cut_a_neighbouring_face_grows_to_hold_it():
+    neighbour = (45, 10, 65, 30)
+    box, how = keep_faces_whole((0, 0, 0, 0), (10, 10, 50, 50), [(20, 20, 40, 40), neighbour], 1.0, (200, 200), "widen")
+    assert inside(box, neighbour) and how == "exact"
+
+
+def test_largest_box_at_a_point_stays_inside_the_image():
+    assert largest_box_at((590, 50), 1.0, (600, 400)) == (200, 0, 600, 400)
+
+
+def test_padding_uses_the_fill_colour_outside_the_image():
+    image = Image.new("RGB", (10, 10), (0, 0, 0))
+    padded = cut(image, (-5, 0, 15, 10), (255, 0, 0))
+    assert padded.size == (20, 10)
+    assert padded.getpixel((0, 5)) == (255, 0, 0) and padded.getpixel((10, 5)) == (0, 0, 0)
+
+
+# ---- command line
+
+@pytest.fixture()
+def models_with_yunet(yunet_model, tmp_path, monkeypatch) -> Path:
+    cache = tmp_path / "models"
+    (cache / "yunet").mkdir(parents=True)
+    (cache / "yunet" / "face_detection_yunet.onnx").symlink_to(yunet_model)
+    monkeypatch.setenv("LORAPREP_MODELS", str(cache))
+    return cache
+
+
+def test_cli_crop_writes_crops_and_summarises(models_with_yunet, raw_folder, tmp_path):
+    result = CliRunner().invoke(app, ["crop", str(raw_folder), "--out", str(tmp_path / "out"),
+                                      "--preset", "face,upper-body", "--detector", "yunet"])
+    assert result.exit_code == 0, result.output
+    assert "crops written" in result.output and "focal" in result.output
+    assert len(list((tmp_path / "out").rglob("*.png"))) == 3  # astronaut ×2 presets, coffee: one focal crop
+
+
+def test_cli_crop_named_detector_without_model_exits_with_pull_hint(raw_folder, tmp_path):
+    result = CliRunner().invoke(app, ["crop", str(raw_folder), "--out", str(tmp_path / "out"), "--detector", "yunet"])
+    assert result.exit_code == 1
+    assert "loraprep models pull yunet" in " ".join(result.output.split())

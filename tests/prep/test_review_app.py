@@ -1,0 +1,158 @@
+"""The caption editor driven headless at 80×24 with a pilot, on real images; assertions on disk."""
+
+from __future__ import annotations
+
+import pytest
+from captionsets import snapshot, write_dataset
+from typer.testing import CliRunner
+
+from cli import app as cli_app
+from prep.review.app import CaptionEditor
+from prep.sidecars import update_meta
+
+pytestmark = pytest.mark.anyio  # anyio's pytest plugin runs the async tests (anyio comes with httpx)
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+IMAGES = {"astronaut.png": "photos/astronaut.png", "camera.png": "photos/camera.png",
+          "chelsea.png": "photos/chelsea.png", "rocket.jpg": "photos/rocket.jpg",
+          "sylvie.png": "anime/sylvie_blue_normal.png"}
+CAPTIONS = {"astronaut.png": "sks, 1boy, spacesuit, smile", "camera.png": "sks, 1boy, camera, coat",
+            "chelsea.png": "cat, no humans, smile", "rocket.jpg": "rocket, sky, no humans",
+            "sylvie.png": "sks, 1girl, blue hair, smile"}
+
+
+@pytest.fixture
+def ds(tmp_path, testdata):
+    folder = write_dataset(tmp_path / "ds", dict(CAPTIONS), images_from={k: testdata / v for k, v in IMAGES.items()})
+    update_meta(folder / "astronaut.png", faces=[{"box": [1, 2, 3, 4], "score": 0.9, "detector": "yunet"}],
+                tags={"general": {"1boy": 0.97, "spacesuit": 0.88}, "character": {}, "rating": "general"})
+    update_meta(folder / "chelsea.png", faces=[])
+    update_meta(folder / "rocket.jpg", faces=[])
+    return folder
+
+
+async def type_into(pilot, widget_id: str, text: str) -> None:
+    """Fill an input as if typed, then press Enter (the editor acts on Enter, not per keystroke)."""
+    pilot.app.query_one(widget_id).value = text
+    pilot.app.query_one(widget_id).focus()
+    await pilot.press("enter")
+
+
+def caption(folder, name):
+    return (folder / name).with_suffix(".txt").read_bytes()
+
+
+async def test_navigate_delete_add_undo_filter_quit(ds):
+    editor = CaptionEditor(ds)
+    async with editor.run_test(size=(80, 24)) as pilot:
+        await pilot.press("n")                       # astronaut → camera
+        assert editor.session.name(editor.current) == "camera.png"
+        await pilot.press("down", "d")               # delete the highlighted second tag, "1boy"
+        assert caption(ds, "camera.png") == b"sks, camera, coat\n"
+        await pilot.press("plus", *"tripod", "enter")
+        assert caption(ds, "camera.png") == b"sks, camera, coat, tripod\n"
+        await pilot.press("u")
+        assert caption(ds, "camera.png") == b"sks, camera, coat\n"
+        await pilot.press("slash", *"no humans", "enter")
+        assert [editor.session.name(i) for i in editor.session.visible] == ["chelsea.png", "rocket.jpg"]
+        await pilot.press("q")
+    assert caption(ds, "camera.png") == b"sks, camera, coat\n"
+    assert caption(ds, "chelsea.png") == CAPTIONS["chelsea.png"].encode()
+
+
+async def test_undo_and_redo_restore_exact_bytes(ds):
+    (ds / "astronaut.txt").write_bytes(b"\xef\xbb\xbfsks,1boy ,spacesuit,smile")  # odd formatting, no newline
+    editor = CaptionEditor(ds)
+    async with editor.run_test(size=(80, 24)) as pilot:
+        await pilot.press("d")
+        assert caption(ds, "astronaut.png") == b"1boy, spacesuit, smile\n"
+        await pilot.press("u")
+        assert caption(ds, "astronaut.png") == b"\xef\xbb\xbfsks,1boy ,spacesuit,smile"
+        await pilot.press("U")
+        assert caption(ds, "astronaut.png") == b"1boy, spacesuit, smile\n"
+
+
+async def test_toggle_and_reorder_tags(ds):
+    editor = CaptionEditor(ds)
+    async with editor.run_test(size=(80, 24)) as pilot:
+        await pilot.press("down", "t")              # "1boy" off: kept in the list, not in the file
+        assert caption(ds, "astronaut.png") == b"sks, spacesuit, smile\n"
+        assert "1boy" in editor.session.items[editor.current].tags
+        await pilot.press("t")
+        assert caption(ds, "astronaut.png") == b"sks, 1boy, spacesuit, smile\n"
+        await pilot.press("down", "down", "K")      # move "smile" up one
+        assert caption(ds, "astronaut.png") == b"sks, 1boy, smile, spacesuit\n"
+
+
+@pytest.mark.parametrize("query, expected", [
+    ("noface", ["chelsea.png", "rocket.jpg"]),
+    ("=smile", ["astronaut.png", "chelsea.png", "sylvie.png"]),
+    ("-sks", ["chelsea.png", "rocket.jpg"]),
+    ("hair", ["sylvie.png"]),
+    ("lint:trigger-missing", ["chelsea.png", "rocket.jpg"]),
+])
+async def test_filter_box(ds, query, expected):
+    from prep.captions.lint import LintOptions
+
+    editor = CaptionEditor(ds, lint_options=LintOptions(trigger="sks"))
+    async with editor.run_test(size=(80, 24)) as pilot:
+        await type_into(pilot, "#filter", query)
+        assert [editor.session.name(i) for i in editor.session.visible] == expected
+        assert editor.session.name(editor.current) == expected[0]
+
+
+async def test_apply_to_all_filtered_then_cli_undo_reverts_it(ds):
+    before = snapshot(ds)
+    editor = CaptionEditor(ds)
+    async with editor.run_test(size=(80, 24)) as pilot:
+        await type_into(pilot, "#filter", "=sks")
+        await type_into(pilot, "#add", "solo")  # on astronaut, then repeat on every filtered image
+        await pilot.press("A")
+        await pilot.press("q")
+    assert [caption(ds, n).endswith(b", solo\n") for n in IMAGES] == [True, True, False, False, True]
+    editor_undo = CliRunner().invoke(cli_app, ["captions", "undo", str(ds)])
+    assert editor_undo.exit_code == 0
+    # The journal undoes the bulk step; the single add on astronaut stays (it was saved on its own).
+    assert caption(ds, "astronaut.png") == b"sks, 1boy, spacesuit, smile, solo\n"
+    assert {k: v for k, v in snapshot(ds).items() if before[k] != v} == {"astronaut.txt": caption(ds, "astronaut.png")}
+
+
+async def test_caption_changed_on_disk_is_not_clobbered(ds):
+    editor = CaptionEditor(ds)
+    async with editor.run_test(size=(80, 24)) as pilot:
+        (ds / "astronaut.txt").write_text("edited elsewhere, sks")
+        await pilot.press("d")
+        assert (ds / "astronaut.txt").read_text() == "edited elsewhere, sks"
+        assert editor.session.items[editor.current].tags == ["edited elsewhere", "sks"]  # reloaded from disk
+        assert "changed on disk" in str(editor.query_one("#status").render())
+
+
+async def test_next_lint_problem_and_preview_of_the_selected_image_only(ds):
+    from prep.captions.lint import LintOptions
+
+    editor = CaptionEditor(ds, lint_options=LintOptions(trigger="sks"))
+    async with editor.run_test(size=(80, 24)) as pilot:
+        preview = str(editor.query_one("#preview").render())
+        assert "▀" in preview                          # astronaut.png drawn in half blocks
+        await pilot.press("e")
+        assert editor.session.name(editor.current) == "chelsea.png"
+        assert "trigger" in str(editor.query_one("#status").render())
+        await pilot.press("e")
+        assert editor.session.name(editor.current) == "rocket.jpg"
+
+
+async def test_opens_without_decoding_images(tmp_path):
+    """Placeholder files that are not images: the list opens, only the selected one is tried."""
+    folder = write_dataset(tmp_path, {f"{i:04d}.png": f"sks, tag{i % 7}" for i in range(300)})
+    editor = CaptionEditor(folder)
+    async with editor.run_test(size=(80, 24)) as pilot:
+        assert len(editor.session.items) == 300
+        assert "no preview" in str(editor.query_one("#preview").render())
+        await pilot.press("end")
+        await pilot.press("ctrl+c")
+    assert caption(folder, "0000.png") == b"sks, tag0"

@@ -1,0 +1,169 @@
+"""Tiny, randomly initialised, architecture-exact Stable Diffusion pipelines for tests and benches.
+
+Why: the trainer and the LoRA exporter must be exercised on the real diffusers/transformers classes
+(key names, block layout, conditioning paths) without any download. These pipelines have the exact
+module structure of SD1.5 / SD2 / SDXL (same block types, cross-attention, text_time conditioning,
+two text encoders for SDXL, an 8× VAE) with tiny widths, a CLIP BPE tokenizer trained offline on a
+small caption corpus, and seeded weights, so two builds are bit-identical.
+
+    build_tiny_sd15(dir)  -> dir/"tiny-sd15"   (~1 MB, epsilon, DDIM scheduler)
+    build_tiny_sd2v(dir)  -> dir/"tiny-sd2v"   (linear projections, gelu TE, v-prediction)
+    build_tiny_sdxl(dir)  -> dir/"tiny-sdxl"   (text_time conditioning, TE1 + TE2 with projection)
+
+Each folder is a `save_pretrained` pipeline, loadable with `DiffusionPipeline.from_pretrained`.
+Latents are 1/8 of the image side like the real models, so 64×64 images give 8×8 latents.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+VOCAB_SIZE = 600
+MAX_LENGTH = 77
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+
+# Caption-like words: enough variety for a BPE that splits real captions into sensible pieces.
+_CORPUS_WORDS = (
+    "a photo of sks woman man person girl boy 1girl 1boy solo smile smiling looking at viewer "
+    "portrait upper body full body face close up red blue green yellow black white brown blonde hair "
+    "long short eyes open mouth closed shirt dress jacket hat glasses outdoors indoors sky tree grass "
+    "flower city street night day sunset beach water rocket astronaut cat dog coffee cup camera "
+    "painting anime style high quality masterpiece best worst lowres blurry simple background "
+    "standing sitting holding hand hands arms up from side behind meadow concert light dark shadow "
+    "the and with in on at by for to is are an one two three four five six seven eight nine ten"
+).split()
+
+
+def _corpus() -> list[str]:
+    words = _CORPUS_WORDS
+    lines = [" ".join(words[i:i + 7]) for i in range(len(words))]
+    lines += [", ".join(words[i::5]) for i in range(5)]
+    return lines
+
+
+def _build_tokenizer(max_length: int = MAX_LENGTH):
+    """A CLIPTokenizer whose vocab/merges come from a BPE trained offline on `_corpus()`.
+
+    The pre-tokenizer and `</w>` end-of-word suffix match CLIP's, and every byte (with and without
+    `</w>`) is in the vocabulary, so any text tokenizes without unknown pieces.
+    """
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import CLIPTokenizer
+
+    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>", continuing_subword_prefix=""))
+    bpe.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "),
+                                           normalizers.Lowercase()])
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""),
+                             behavior="removed", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, min_frequency=1, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  end_of_word_suffix="</w>", special_tokens=[])
+    bpe.train_from_iterator(_corpus(), trainer=trainer)
+    state = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    vocab: dict[str, int] = {}
+    for token in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[token] = len(vocab)
+    for token in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[token + "</w>"] = len(vocab)
+    for merge in merges:
+        token = "".join(merge)
+        vocab.setdefault(token, len(vocab))
+    vocab[BOS] = len(vocab)
+    vocab[EOS] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
+
+
+def _text_config(tokenizer, *, hidden_act: str, projection_dim: int = 32, layers: int = 2):
+    from transformers import CLIPTextConfig
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=layers,
+        num_attention_heads=4, max_position_embeddings=MAX_LENGTH, hidden_act=hidden_act,
+        projection_dim=projection_dim, layer_norm_eps=1e-5,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def _tiny_vae(scaling_factor: float):
+    """Four encoder levels like the real VAE, so latents are 1/8 of the image side."""
+    from diffusers import AutoencoderKL
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8,
+        block_out_channels=(8, 16, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        sample_size=64, scaling_factor=scaling_factor,
+    )
+
+
+def _scheduler_kwargs(prediction_type: str) -> dict:
+    return dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                prediction_type=prediction_type, steps_offset=1, clip_sample=False, set_alpha_to_one=False)
+
+
+def _save_sd(out: Path, *, v_prediction: bool, seed: int) -> Path:
+    import torch
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    sd2 = v_prediction
+    tokenizer = _build_tokenizer()
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=(2, 4) if sd2 else 8, use_linear_projection=sd2,
+        norm_num_groups=32,
+    )
+    text_encoder = CLIPTextModel(_text_config(tokenizer, hidden_act="gelu" if sd2 else "quick_gelu"))
+    scheduler = DDIMScheduler(**_scheduler_kwargs("v_prediction" if v_prediction else "epsilon"))
+    pipe = StableDiffusionPipeline(
+        unet=unet, vae=_tiny_vae(0.18215), text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def build_tiny_sd15(directory: Path) -> Path:
+    """An SD1.5-shaped pipeline (epsilon prediction) saved under `directory/tiny-sd15`."""
+    return _save_sd(Path(directory) / "tiny-sd15", v_prediction=False, seed=15)
+
+
+def build_tiny_sd2v(directory: Path) -> Path:
+    """An SD2-v-shaped pipeline (linear projections, gelu text encoder, v-prediction)."""
+    return _save_sd(Path(directory) / "tiny-sd2v", v_prediction=True, seed=21)
+
+
+def build_tiny_sdxl(directory: Path) -> Path:
+    """An SDXL-shaped pipeline: text_time conditioning, two text encoders, saved under `directory/tiny-sdxl`."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    out = Path(directory) / "tiny-sdxl"
+    torch.manual_seed(42)
+    tokenizer = _build_tokenizer()
+    tokenizer_2 = _build_tokenizer()
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, transformer_layers_per_block=(1, 2),
+        addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=64, norm_num_groups=1,
+    )
+    text_encoder = CLIPTextModel(_text_config(tokenizer, hidden_act="quick_gelu"))
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer_2, hidden_act="gelu"))
+    kwargs = _scheduler_kwargs("epsilon")
+    kwargs.pop("clip_sample"), kwargs.pop("set_alpha_to_one")
+    scheduler = EulerDiscreteScheduler(**kwargs, timestep_spacing="leading")
+    pipe = StableDiffusionXLPipeline(
+        unet=unet, vae=_tiny_vae(0.13025), text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer, tokenizer_2=tokenizer_2, scheduler=scheduler, force_zeros_for_empty_prompt=True,
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+    return out

@@ -1,0 +1,98 @@
+"""Caches: content keys mean an edited caption or crop invalidates exactly its own entry, nothing else."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from prep.images import open_image, save_image_atomic
+from train.cache import TensorCache, latent_key, text_key
+from train.config import load_config
+from train.data import load_training_set, placement
+from train.loop import Batcher, load_model
+from trainsets import make_dataset, rebuild_manifest
+
+
+def _latent_keys(manifest: Path, vae_id: str = "vae-1") -> list[str]:
+    data = load_training_set(manifest)
+    keys = []
+    for e in data.examples:
+        place = placement(e.record.size, e.bucket)
+        keys.append(latent_key(e.record, resized=place.resized, trim=place.trim, bucket=e.bucket, flip=False,
+                               vae_id=vae_id))
+    return keys
+
+
+def _text_keys(manifest: Path) -> list[str]:
+    return [text_key(e.caption, encoder_id="te-1") for e in load_training_set(manifest).examples]
+
+
+def _recrop(folder: Path, name: str) -> None:
+    """A different crop of the same picture: the left 80% of it, written over the file."""
+    image = open_image(folder / name)
+    save_image_atomic(image.crop((0, 0, int(image.width * 0.8), image.height)), folder / name)
+
+
+@pytest.mark.parametrize(("edit", "changed_latents", "changed_texts"), [
+    (lambda ds: (ds / "chelsea.txt").write_text("sks, cat, sleeping"), 0, 1),
+    (lambda ds: _recrop(ds, "eileen_happy.png"), 1, 0),
+])
+def test_an_edit_changes_exactly_the_affected_keys(testdata: Path, tmp_path: Path, edit, changed_latents: int,
+                                                   changed_texts: int) -> None:
+    manifest = make_dataset(testdata, tmp_path / "ds")
+    before = (_latent_keys(manifest), _text_keys(manifest))
+    edit(tmp_path / "ds")
+    manifest = rebuild_manifest(tmp_path / "ds")
+    after = (_latent_keys(manifest), _text_keys(manifest))
+    assert sum(a != b for a, b in zip(before[0], after[0], strict=True)) == changed_latents
+    assert sum(a != b for a, b in zip(before[1], after[1], strict=True)) == changed_texts
+
+
+@pytest.mark.parametrize("field", ["flip", "vae_id", "bucket"])
+def test_every_part_of_the_latent_identity_is_in_the_key(testdata: Path, tmp_path: Path, field: str) -> None:
+    example = load_training_set(make_dataset(testdata, tmp_path / "ds")).examples[0]
+    place = placement(example.record.size, example.bucket)
+    args = dict(resized=place.resized, trim=place.trim, bucket=example.bucket, flip=False, vae_id="v")
+    changed = {"flip": True, "vae_id": "w", "bucket": (128, 64)}
+    assert latent_key(example.record, **args) != latent_key(example.record, **{**args, field: changed[field]})
+
+
+def test_disk_cache_recomputes_only_the_recropped_image(testdata: Path, tmp_path: Path, tiny_sd15: Path) -> None:
+    manifest = make_dataset(testdata, tmp_path / "ds")
+    config = load_config(None, {"base": str(tiny_sd15), "output_dir": str(tmp_path / "out"), "cache_latents": "disk",
+                                "shuffle_caption": False})
+    base = load_model(config, "cpu")
+
+    def warm(path: Path) -> Batcher:
+        batcher = Batcher(base, load_training_set(path, shuffle_caption=False), config, "cpu", reporter=None)
+        batcher.condition(range(len(batcher.data.examples)), epoch=0, batch_number=0)
+        return batcher
+
+    first = warm(manifest)
+    assert (first.latents.stats.misses, first.texts.stats.misses) == (4, 4)
+    again = warm(manifest)
+    assert again.latents.stats.misses == 0
+    _recrop(tmp_path / "ds", "astronaut.png")
+    edited = warm(rebuild_manifest(tmp_path / "ds"))
+    assert (edited.latents.stats.misses, edited.latents.stats.hits) == (1, 3)
+
+
+def test_cached_latents_equal_fresh_ones(testdata: Path, tmp_path: Path, tiny_sd15: Path) -> None:
+    manifest = make_dataset(testdata, tmp_path / "ds")
+    results = []
+    for mode in ("off", "memory"):
+        config = load_config(None, {"base": str(tiny_sd15), "cache_latents": mode, "output_dir": str(tmp_path)})
+        batcher = Batcher(load_model(config, "cpu"), load_training_set(manifest), config, "cpu", reporter=None)
+        results.append(batcher.condition([0, 1], epoch=0, batch_number=0))
+    assert torch.equal(results[0].latents, results[1].latents)
+    assert torch.allclose(results[0].prompt.embeds, results[1].prompt.embeds, atol=1e-6)
+
+
+def test_a_damaged_disk_entry_is_recomputed(tmp_path: Path) -> None:
+    cache = TensorCache(directory=tmp_path, keep_in_memory=False)
+    cache.put("ab" * 32, {"latent": torch.ones(2)})
+    cache.path_for("ab" * 32).write_bytes(b"not safetensors")
+    value = cache.get_or_compute("ab" * 32, lambda: {"latent": torch.zeros(2)})
+    assert torch.equal(value["latent"], torch.zeros(2)) and cache.stats.misses == 1

@@ -1,0 +1,135 @@
+"""Manifest → examples → batches: buckets never mixed, repeats, caption rules, stale-manifest refusal."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prep.errors import ManifestError
+from prep.records import BucketSettings
+from train.data import (CaptionOptions, epoch_batches, load_pixels, load_training_set, process_caption,
+                        split_caption, to_array)
+from trainsets import IMAGES, TRIGGER, make_dataset
+
+MULTI = BucketSettings(resolution=(64, 64), step=32, min=32, max=128)
+
+
+@pytest.fixture(scope="module")
+def multi_bucket(testdata: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Seven real images of different aspects in several 32-step buckets, 3 repeats each."""
+    images = {**IMAGES, "photos/rocket.jpg": "sks, rocket", "anime/panorama.jpg": "sks, city",
+              "anime/concert1.jpg": "sks, concert"}
+    return make_dataset(testdata, tmp_path_factory.mktemp("multi") / "ds", images=images, side=120,
+                        buckets=MULTI, repeats=3)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 5])
+def test_batches_never_mix_buckets_and_hold_every_repeat(multi_bucket: Path, batch_size: int) -> None:
+    data = load_training_set(multi_bucket)
+    assert len(data.buckets) > 1
+    batches = epoch_batches(data.examples, batch_size, seed=1, epoch=0)
+    for batch in batches:
+        assert len({data.examples[i].bucket for i in batch}) == 1
+        assert len(batch) <= batch_size
+    assert Counter(i for b in batches for i in b) == {i: 3 for i in range(len(data.examples))}
+
+
+def test_epoch_order_depends_only_on_seed_and_epoch(multi_bucket: Path) -> None:
+    data = load_training_set(multi_bucket)
+    first = epoch_batches(data.examples, 2, seed=7, epoch=3)
+    assert first == epoch_batches(data.examples, 2, seed=7, epoch=3)
+    assert first != epoch_batches(data.examples, 2, seed=7, epoch=4)
+
+
+@pytest.mark.parametrize(("caption", "keep"), [
+    ("sks, 1girl, solo, smile, blue hair, outdoors", 0),
+    ("sks, 1girl, solo, smile, blue hair, outdoors", 1),
+    ("sks, 1girl, solo, smile, blue hair, outdoors", 3),
+    ("woman, sks, smile, hat, red dress", 0),
+])
+@pytest.mark.parametrize("tag_dropout", [0.0, 0.5])
+def test_keep_tokens_never_move_or_drop_the_trigger(caption: str, keep: int, tag_dropout: float) -> None:
+    tags = split_caption(caption)
+    fixed = tags[:max(keep, tags.index(TRIGGER) + 1)]
+    options = CaptionOptions(trigger=TRIGGER, tag_dropout=tag_dropout)
+    for seed in range(300):
+        result = split_caption(process_caption(caption, keep_tokens=keep, shuffle=True, options=options,
+                                               rng=random.Random(seed)))
+        assert result[:len(fixed)] == fixed
+        assert set(result) <= set(tags)
+
+
+def test_shuffle_moves_the_unkept_tags() -> None:
+    caption = "sks, a, b, c, d, e"
+    seen = {process_caption(caption, keep_tokens=1, shuffle=True, options=CaptionOptions(TRIGGER),
+                            rng=random.Random(s)) for s in range(50)}
+    assert len(seen) > 10
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.3, 0.5])
+def test_caption_dropout_rate_is_honoured(rate: float) -> None:
+    rng, n = random.Random(0), 6000
+    empty = sum(process_caption("sks, a, b", keep_tokens=1, shuffle=False, options=CaptionOptions(TRIGGER, rate),
+                                rng=rng) == "" for _ in range(n))
+    assert abs(empty / n - rate) < 4 * (rate * (1 - rate) / n) ** 0.5
+
+
+@pytest.mark.parametrize("rate", [0.2, 0.5])
+def test_tag_dropout_rate_is_honoured_on_unkept_tags(rate: float) -> None:
+    rng, n, rest = random.Random(1), 1500, [f"t{i}" for i in range(8)]
+    caption = ", ".join([TRIGGER, *rest])
+    kept = sum(len(split_caption(process_caption(caption, keep_tokens=1, shuffle=False,
+                                                 options=CaptionOptions(TRIGGER, 0.0, rate), rng=rng))) - 1
+               for _ in range(n))
+    trials = n * len(rest)
+    assert abs(1 - kept / trials - rate) < 4 * (rate * (1 - rate) / trials) ** 0.5
+
+
+def test_pixels_fill_the_bucket_and_flip_mirrors(multi_bucket: Path) -> None:
+    data = load_training_set(multi_bucket)
+    for example in data.examples:
+        image, place = load_pixels(example)
+        assert image.size == example.bucket == place.bucket
+        plain, flipped = to_array(image), to_array(image, flip=True)
+        assert plain.shape == (3, example.bucket[1], example.bucket[0])
+        assert np.array_equal(plain[:, :, ::-1], flipped)
+        assert plain.min() >= -1 and plain.max() <= 1
+
+
+def test_the_frozen_caption_is_what_trains(testdata: Path, tmp_path: Path) -> None:
+    path = make_dataset(testdata, tmp_path / "ds", images={"photos/coffee.png": "coffee, cup"})
+    data = load_training_set(path)
+    assert data.examples[0].caption == "sks, coffee, cup"  # trigger put first by the manifest builder
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda ds: (ds / "astronaut.png").unlink(), "astronaut.png: image is missing"),
+    (lambda ds: (ds / "chelsea.png").write_bytes((ds / "astronaut.png").read_bytes()), "chelsea.png: image changed"),
+    (lambda ds: (ds / "eileen_happy.txt").write_text("sks, edited"), "eileen_happy.txt changed"),
+])
+def test_a_manifest_out_of_date_with_its_files_is_refused(testdata: Path, tmp_path: Path, damage, message: str) -> None:
+    path = make_dataset(testdata, tmp_path / "ds")
+    damage(tmp_path / "ds")
+    with pytest.raises(ManifestError, match=message) as info:
+        load_training_set(path)
+    assert "loraprep manifest" in info.value.hint
+
+
+def test_a_manifest_from_a_newer_schema_is_refused(testdata: Path, tmp_path: Path) -> None:
+    path = make_dataset(testdata, tmp_path / "ds")
+    data = json.loads(path.read_text())
+    data["schema"] = "loraprep.manifest/2"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match="newer"):
+        load_training_set(path)
+
+
+def test_regularisation_images_are_marked(testdata: Path, tmp_path: Path) -> None:
+    path = make_dataset(testdata, tmp_path / "ds", reg={"photos/camera.png": "man, camera"})
+    data = load_training_set(path)
+    assert [e.record.path for e in data.examples if e.is_reg] == ["reg/camera.png"]

@@ -1,0 +1,108 @@
+"""`loraprep generate` and `loraprep lora info` through the CLI, on the tiny pipelines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import cli
+from train.export import save_lora
+from train.model import load_base
+
+FAST = ["--width", "64", "--height", "64", "--steps", "2", "--device", "cpu"]
+
+
+def _lora(source: Path, out: Path) -> tuple[Path, Path]:
+    from peft import LoraConfig
+
+    base = load_base(source)
+    torch.manual_seed(0)
+    base.unet.add_adapter(LoraConfig(r=4, lora_alpha=2, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    with torch.no_grad():
+        for name, param in base.unet.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.3)
+    return save_lora(out, unet=base.unet, base=base, metadata={"trigger": "sks", "title": "cli"})
+
+
+@pytest.fixture(scope="module")
+def sd15_lora(tiny_sd15: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return _lora(tiny_sd15, tmp_path_factory.mktemp("cli-lora") / "sd15")
+
+
+@pytest.fixture(scope="module")
+def sdxl_lora(tiny_sdxl: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return _lora(tiny_sdxl, tmp_path_factory.mktemp("cli-lora-xl") / "sdxl")
+
+
+def test_generate_writes_count_images(tiny_sd15: Path, sd15_lora: tuple[Path, Path], tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli.app, ["generate", "a photo of sks", "--base", str(tiny_sd15), "--lora",
+                                          str(sd15_lora[0]), "--scale", "0.8", "--count", "2",
+                                          "--out", str(tmp_path / "out"), *FAST])
+    assert result.exit_code == 0, result.output
+    files = sorted((tmp_path / "out").glob("*.png"))
+    assert [f.name for f in files] == ["image-000.png", "image-001.png"]
+    with Image.open(files[0]) as image:
+        assert image.size == (64, 64)
+
+
+def test_generate_to_a_png_path_writes_that_file(tiny_sd15: Path, tmp_path: Path) -> None:
+    target = tmp_path / "one.png"
+    result = CliRunner().invoke(cli.app, ["generate", "cat", "--base", str(tiny_sd15), "--out", str(target), *FAST])
+    assert result.exit_code == 0, result.output
+    assert target.is_file()
+
+
+def test_generate_refuses_a_lora_of_another_family(tiny_sd15: Path, sdxl_lora: tuple[Path, Path],
+                                                  tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli.app, ["generate", "cat", "--base", str(tiny_sd15), "--lora", str(sdxl_lora[0]),
+                                          "--out", str(tmp_path), *FAST])
+    assert result.exit_code == 1
+    assert "SDXL LoRA but the base model is SD 1.x" in result.output
+    assert not list(tmp_path.glob("*.png"))
+
+
+@pytest.mark.parametrize(("args", "code"), [(["--steps", "0"], 2), (["--device", "cuda:99"], 2)])
+def test_generate_bad_options_are_usage_errors(tiny_sd15: Path, tmp_path: Path, args: list[str], code: int) -> None:
+    if args[0] == "--device" and torch.cuda.is_available():
+        pytest.skip("a CUDA device is present, so cuda is a valid device here")
+    result = CliRunner().invoke(cli.app, ["generate", "cat", "--base", str(tiny_sd15), "--out", str(tmp_path), *args])
+    assert result.exit_code == code, result.output
+
+
+def test_generate_offline_hub_id_says_what_to_do(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli.app, ["generate", "cat", "--base", "nobody/no-such-model", "--out",
+                                          str(tmp_path), *FAST])
+    assert result.exit_code == 1
+    assert "hint:" in result.output and "connected machine" in result.output
+
+
+@pytest.mark.parametrize(("index", "fmt"), [(0, "kohya"), (1, "diffusers")])
+def test_lora_info_json_reports_format_family_rank_alpha(sd15_lora: tuple[Path, Path], index: int, fmt: str) -> None:
+    result = CliRunner().invoke(cli.app, ["lora", "info", str(sd15_lora[index]), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert (info["format"], info["family"], info["ranks"], info["alphas"]) == (fmt, "sd1", {"4": 48}, {"2": 48})
+    assert info["metadata"]["modelspec.trigger_phrase"] == "sks"
+
+
+def test_lora_info_table_lists_keys(sd15_lora: tuple[Path, Path]) -> None:
+    result = CliRunner().invoke(cli.app, ["lora", "info", str(sd15_lora[0]), "--keys"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight" in result.output
+    assert "ss_network_dim" in result.output
+
+
+def test_lora_info_on_a_non_lora_file_fails_with_a_message(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "model.safetensors"
+    save_file({"conv_in.weight": torch.zeros(2)}, path)
+    result = CliRunner().invoke(cli.app, ["lora", "info", str(path)])
+    assert result.exit_code == 1
+    assert "not a LoRA" in result.output

@@ -1,0 +1,135 @@
+"""End-to-end training on tiny SD1.5/SD2-v/SDXL pipelines, loss maths, optimizers, schedulers, the CLI."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import cli
+from prep.errors import UsageError
+from train.config import load_config
+from train.loop import TrainingDiverged, load_model, make_optimizer, make_scheduler, min_snr_weights, train
+from train.network import Network
+from trainsets import make_dataset
+
+
+@pytest.fixture(scope="module")
+def manifest(testdata: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_dataset(testdata, tmp_path_factory.mktemp("loop") / "ds")
+
+
+def _base_weights(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n.replace(".base_layer", ""): p.detach().clone() for n, p in unet.named_parameters() if "lora_" not in n}
+
+
+CASES = {
+    "sd15": {},
+    "sdxl": {"train_text_encoder": True, "text_encoder_lr": 5e-5},
+    "sd2v": {"min_snr_gamma": 5.0, "noise_offset": 0.05, "grad_accum": 2, "flip": True, "tag_dropout": 0.2,
+             "conv_dim": 2, "preset": "full"},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", list(CASES))
+def test_a_few_steps_train_only_the_lora(request: pytest.FixtureRequest, manifest: Path, tmp_path: Path,
+                                         family: str) -> None:
+    model = request.getfixturevalue(f"tiny_{family}")
+    config = load_config(None, {"base": str(model), "output_dir": str(tmp_path / "out"), "max_steps": 2,
+                                "batch_size": 2, "rank": 4, "alpha": 4, "lr": 1e-3, **CASES[family]})
+    base = load_model(config, "cpu")
+    before = _base_weights(base.unet)
+    text_before = [_base_weights(e) for e in base.text_encoders]
+    result = train(manifest, config, base=base)
+    assert result.steps == 2 and math.isfinite(result.final_loss)
+    after = _base_weights(base.unet)
+    assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    for encoder, weights in zip(base.text_encoders, text_before, strict=True):
+        assert all(torch.equal(weights[k], v) for k, v in _base_weights(encoder).items())
+    lora_b = [p for n, p in base.unet.named_parameters() if "lora_B" in n]
+    assert any(p.abs().sum() > 0 for p in lora_b)  # B starts at zero: it moved
+    assert [p.name for p in result.lora_files] == ["lora.safetensors", "lora.diffusers.safetensors"]
+    assert result.loss_csv.read_text().count("\n") == 3 and result.loss_plot.stat().st_size > 1000
+
+
+def test_nan_loss_stops_naming_the_cause_and_last_checkpoint(manifest: Path, tmp_path: Path, tiny_sd15: Path) -> None:
+    config = load_config(None, {"base": str(tiny_sd15), "output_dir": str(tmp_path), "max_steps": 4,
+                                "batch_size": 2, "rank": 4, "lr": 1e36, "max_grad_norm": 0, "save_every_steps": 1})
+    with pytest.raises(TrainingDiverged, match=r"learning rate is too high .*checkpoint is .*step-0000000\d"):
+        train(manifest, config)
+
+
+@pytest.mark.parametrize(("gamma", "prediction"), [(1e9, "epsilon"), (5.0, "epsilon"), (5.0, "v_prediction")])
+def test_min_snr_weights_clip_high_snr_steps(tiny_sd15: Path, gamma: float, prediction: str) -> None:
+    scheduler = load_model(load_config(None, {"base": str(tiny_sd15)}), "cpu").noise_scheduler
+    t = torch.tensor([0, 500, 999])
+    weights = min_snr_weights(scheduler, t, gamma, prediction)
+    snr = scheduler.alphas_cumprod[t] / (1 - scheduler.alphas_cumprod[t])
+    expected = torch.clamp(snr, max=gamma) / (snr + 1 if prediction == "v_prediction" else snr)
+    assert torch.allclose(weights, expected) and weights[0] <= weights[2] + (prediction == "v_prediction")
+
+
+@pytest.mark.parametrize(("name", "lr"), [("adamw", 0.1), ("lion", 0.03), ("adafactor", 0.1), ("prodigy", 1.0)])
+def test_each_optimizer_reduces_a_loss(name: str, lr: float) -> None:
+    param = torch.nn.Parameter(torch.full((4, 4), 3.0))
+    optimizer = make_optimizer(Network(None, unet_params=[param]), load_config(None, {"optimizer": name, "lr": lr,
+                                                                                      "weight_decay": 0}))
+    for _ in range(20):
+        optimizer.zero_grad()
+        (param ** 2).sum().backward()
+        optimizer.step()
+    assert (param ** 2).sum() < 16 * 9
+
+
+def test_adamw8bit_without_bitsandbytes_says_how_to_install() -> None:
+    pytest.importorskip("torch")
+    try:
+        import bitsandbytes  # noqa: F401
+        pytest.skip("bitsandbytes is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(UsageError, match="bitsandbytes") as info:
+        make_optimizer(Network(None, unet_params=[torch.nn.Parameter(torch.ones(2))]),
+                       load_config(None, {"optimizer": "adamw8bit"}))
+    assert "loraprep[bnb]" in info.value.hint
+
+
+@pytest.mark.parametrize(("scheduler", "cycles", "peaks"), [("cosine_with_restarts", 3, 3), ("cosine", 1, 1)])
+def test_schedulers_warm_up_and_restart(scheduler: str, cycles: int, peaks: int) -> None:
+    param = torch.nn.Parameter(torch.ones(1))
+    config = load_config(None, {"scheduler": scheduler, "cycles": cycles, "warmup_steps": 5, "lr": 1.0})
+    optimizer = make_optimizer(Network(None, unet_params=[param]), config)
+    schedule = make_scheduler(optimizer, config, 95)
+    lrs = []
+    for _ in range(95):
+        lrs.append(schedule.get_last_lr()[0])
+        optimizer.step()
+        schedule.step()
+    assert lrs[0] == 0 and lrs[5] == pytest.approx(1.0)
+    restarts = sum(1 for a, b in zip(lrs[5:], lrs[6:]) if b > a + 0.5)
+    assert restarts == peaks - 1
+
+
+def test_dry_run_prints_the_plan_without_loading_weights(manifest: Path) -> None:
+    result = CliRunner().invoke(cli.app, ["train", str(manifest), "--base", "nowhere/model", "--dry-run",
+                                          "--batch-size", "2", "--epochs", "3"])
+    assert result.exit_code == 0, result.output
+    assert "6 steps, 3 epochs" in result.output and "64×64" in result.output and "GiB" in result.output
+    assert "rank" in result.output  # the settings table
+
+
+def test_cli_trains_and_reports_the_files(manifest: Path, tmp_path: Path, tiny_sd15: Path) -> None:
+    result = CliRunner().invoke(cli.app, ["train", str(manifest), "--base", str(tiny_sd15), "--output",
+                                          str(tmp_path), "--max-steps", "1", "--rank", "2"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "lora.safetensors").is_file() and "1 steps" in result.output
+
+
+def test_cli_refuses_an_unknown_config_key(manifest: Path, tmp_path: Path) -> None:
+    (tmp_path / "t.toml").write_text("[network]\nrnak = 4\n")
+    result = CliRunner().invoke(cli.app, ["train", str(manifest), "--config", str(tmp_path / "t.toml"), "--dry-run"])
+    assert result.exit_code == 2 and "rnak" in result.output

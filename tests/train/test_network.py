@@ -1,0 +1,62 @@
+"""LoRA injection: presets reach the right layers, LoCon ranks convs, DoRA and text-encoder LoRA train."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from train.config import NetworkConfig
+from train.model import load_base
+from train.network import add_lora, unet_targets
+
+
+@pytest.mark.parametrize(("preset", "reaches", "avoids"), [
+    ("attn", {"to_q", "to_k", "to_v", "to_out.0"}, {"proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"}),
+    ("attn-mlp", {"to_q", "to_out.0", "ff.net.0.proj", "ff.net.2"}, {"proj_in", "proj_out"}),
+    ("full", {"to_q", "ff.net.2", "proj_in", "proj_out"}, set()),
+])
+def test_presets_reach_their_layers(tiny_sd15: Path, preset: str, reaches: set, avoids: set) -> None:
+    targets = unet_targets(load_base(tiny_sd15).unet, preset, conv=False)
+    suffixes = {r for r in reaches | avoids if any(t.endswith("." + r) for t in targets.linear)}
+    assert suffixes == reaches
+    assert targets.conv == ()
+
+
+def _lora_layers(module) -> dict[str, tuple[int, ...]]:
+    return {n: tuple(p.shape) for n, p in module.named_parameters() if "lora_A" in n}
+
+
+def test_base_is_frozen_and_only_lora_trains(tiny_sd15: Path) -> None:
+    base = load_base(tiny_sd15)
+    network = add_lora(base.unet, base.text_encoders, NetworkConfig(rank=4, alpha=2))
+    trainable = [n for n, p in base.unet.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert not any(p.requires_grad for p in base.text_encoders[0].parameters())
+    assert network.parameter_count() == sum(p.numel() for p in network.unet_params)
+
+
+def test_locon_gives_3x3_convs_their_own_rank(tiny_sd15: Path) -> None:
+    base = load_base(tiny_sd15)
+    add_lora(base.unet, [], NetworkConfig(rank=4, conv_dim=2, conv_alpha=1))
+    shapes = _lora_layers(base.unet)
+    conv = {n: s for n, s in shapes.items() if ".resnets." in n and (".conv1." in n or ".conv2." in n)}
+    attn = {n: s for n, s in shapes.items() if ".to_q." in n}
+    assert conv and all(s[0] == 2 for s in conv.values())
+    assert attn and all(s[0] == 4 for s in attn.values())
+
+
+def test_dora_adds_magnitude_vectors(tiny_sd15: Path) -> None:
+    base = load_base(tiny_sd15)
+    network = add_lora(base.unet, [], NetworkConfig(rank=4, dora=True))
+    assert any("lora_magnitude_vector" in n for n, p in base.unet.named_parameters() if p.requires_grad)
+    assert network.unet_params
+
+
+def test_text_encoder_lora_has_its_own_learning_rate(tiny_sdxl: Path) -> None:
+    base = load_base(tiny_sdxl)
+    network = add_lora(base.unet, base.text_encoders, NetworkConfig(rank=4, train_text_encoder=True))
+    assert all(_lora_layers(e) for e in base.text_encoders)
+    groups = network.param_groups(1e-4, 5e-5)
+    assert [g["lr"] for g in groups] == [1e-4, 5e-5]
+    assert len(groups[1]["params"]) == sum(1 for e in base.text_encoders for p in e.parameters() if p.requires_grad)

@@ -1,0 +1,118 @@
+"""Sample prompts (sd-scripts syntax) and the PNG grids the training loop writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from prep.errors import UsageError
+from train.model import load_base
+from train.sample import (
+    GenerateOptions,
+    SampleDefaults,
+    SamplePrompt,
+    grid,
+    parse_prompt_file,
+    parse_prompt_line,
+    render_samples,
+    resolve,
+)
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ("a photo of sks woman", SamplePrompt("a photo of sks woman")),
+    ("sks, smile --n blurry, lowres", SamplePrompt("sks, smile", negative="blurry, lowres")),
+    ("cat --w 512 --h 768", SamplePrompt("cat", width=512, height=768)),
+    ("cat --s 28 --l 7.5 --d 42", SamplePrompt("cat", steps=28, cfg=7.5, seed=42)),
+    ("cat --d 42 --n bad hands --w 640", SamplePrompt("cat", negative="bad hands", seed=42, width=640)),
+    ("cat --W 512 --L 4", SamplePrompt("cat", width=512, cfg=4.0)),
+    ("cat --ss euler_a", SamplePrompt("cat", sampler="euler_a")),
+    ("1girl, --very-long-tag style --s 10", SamplePrompt("1girl, --very-long-tag style", steps=10)),
+    ("  spaced   --n  x  ", SamplePrompt("spaced", negative="x")),
+    ("# a comment --w 64", None),
+    ("   ", None),
+])
+def test_prompt_line_options_follow_sd_scripts(line: str, expected: SamplePrompt | None) -> None:
+    assert parse_prompt_line(line) == expected
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("cat --q 3", "unknown option --q"),
+    ("cat --w wide", "--w needs a number"),
+    ("cat --s 2.5", "--s needs a whole number"),
+    ("--n blurry", "no prompt"),
+])
+def test_bad_prompt_lines_are_usage_errors(line: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        parse_prompt_line(line)
+
+
+def test_prompt_file_skips_comments_and_names_the_bad_line(tmp_path: Path) -> None:
+    path = tmp_path / "prompts.txt"
+    path.write_text("# samples\n\nsks woman --d 1\nsks man --x 2\n", encoding="utf-8")
+    with pytest.raises(UsageError, match="prompts.txt:4"):
+        parse_prompt_file(path)
+    path.write_text("# samples\n\nsks woman --d 1\nsks man\n", encoding="utf-8")
+    assert [p.prompt for p in parse_prompt_file(path)] == ["sks woman", "sks man"]
+
+
+def test_empty_prompt_file_is_a_usage_error(tmp_path: Path) -> None:
+    path = tmp_path / "prompts.txt"
+    path.write_text("# nothing\n", encoding="utf-8")
+    with pytest.raises(UsageError, match="no prompts"):
+        parse_prompt_file(path)
+
+
+@pytest.mark.parametrize(("prompt", "index", "expected"), [
+    (SamplePrompt("a"), 0, SamplePrompt("a", width=512, height=512, steps=20, cfg=7.0, seed=5)),
+    (SamplePrompt("a"), 3, SamplePrompt("a", width=512, height=512, steps=20, cfg=7.0, seed=8)),
+    (SamplePrompt("a", width=100, height=70, seed=1, cfg=0.0), 3,
+     SamplePrompt("a", width=96, height=64, steps=20, cfg=0.0, seed=1)),
+])
+def test_resolve_fills_defaults_snaps_sizes_and_offsets_seeds(prompt: SamplePrompt, index: int,
+                                                             expected: SamplePrompt) -> None:
+    assert resolve(prompt, SampleDefaults(seed=5), index) == expected
+
+
+@pytest.mark.parametrize(("count", "size"), [(1, (64, 78)), (2, (128, 78)), (3, (128, 156)), (5, (192, 156))])
+def test_grid_is_near_square_with_label_rows(count: int, size: tuple[int, int]) -> None:
+    images = [Image.new("RGB", (64, 64), (i * 40, 0, 0)) for i in range(count)]
+    assert grid(images, [f"prompt {i}" for i in range(count)]).size == size
+
+
+@pytest.fixture(scope="module")
+def sd15(tiny_sd15: Path):
+    return load_base(tiny_sd15)
+
+
+def test_render_samples_writes_one_png_grid(sd15, tmp_path: Path) -> None:
+    prompts = [SamplePrompt("sks woman", width=64, height=64), SamplePrompt("sks man --w 48", width=48, height=64)]
+    path = render_samples(sd15, prompts, tmp_path / "samples" / "step-00000010.png", defaults=SampleDefaults(steps=2))
+    with Image.open(path) as image:
+        assert (image.format, image.size) == ("PNG", (128, 78))
+
+
+def test_sampling_leaves_rng_and_training_mode_as_they_were(sd15, tmp_path: Path) -> None:
+    sd15.unet.train()
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    render_samples(sd15, [SamplePrompt("x", width=64, height=64, steps=1)], tmp_path / "g.png")
+    assert torch.equal(torch.rand(3), expected)
+    assert sd15.unet.training and not sd15.vae.training
+    sd15.unet.eval()
+
+
+def test_same_seed_renders_the_same_grid(sd15, tmp_path: Path) -> None:
+    prompts = [SamplePrompt("sks woman", width=64, height=64, steps=2, seed=7)]
+    first = render_samples(sd15, prompts, tmp_path / "a.png").read_bytes()
+    assert render_samples(sd15, prompts, tmp_path / "b.png").read_bytes() == first
+
+
+@pytest.mark.parametrize(("field", "value"), [("steps", 0), ("count", 0), ("clip_skip", 0), ("width", 4)])
+def test_generate_options_reject_impossible_values(field: str, value: int) -> None:
+    with pytest.raises(UsageError, match=field.replace("_", "-")):
+        GenerateOptions(**{field: value})

@@ -1,0 +1,116 @@
+"""Latent and text-encoder output caches, keyed by everything that shaped the cached tensor.
+
+Why content keys instead of invalidation logic: a latent depends on the image bytes (sha256), how
+it was cut from its source (crop box), how it was placed in its bucket (resize + trim), the flip, and
+the VAE. Put all of that in the key and a stale entry can never be found: editing one crop or one
+caption changes exactly that entry's key, and nothing else is recomputed.
+
+Disk entries are safetensors files written atomically, so a killed run leaves no half-written entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prep.atomic import write_bytes_atomic
+from prep.records import ImageRecord
+
+KEY_VERSION = 1
+
+
+def _digest(parts: Any) -> str:
+    text = json.dumps(parts, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def latent_key(record: ImageRecord, *, resized: tuple[int, int], trim: tuple[int, int, int, int],
+               bucket: tuple[int, int], flip: bool, vae_id: str) -> str:
+    """Identity of one cached latent: image hash + crop box + placement + bucket + flip + VAE."""
+    crop = list(record.source.box) if record.source is not None and record.source.box is not None else None
+    return _digest({"v": KEY_VERSION, "kind": "latent", "sha256": record.sha256, "crop": crop,
+                    "resized": list(resized), "trim": list(trim), "bucket": list(bucket),
+                    "flip": bool(flip), "vae": vae_id})
+
+
+def text_key(caption: str, *, encoder_id: str) -> str:
+    """Identity of one cached text-encoder output: the exact caption text + the encoder (incl. clip skip)."""
+    return _digest({"v": KEY_VERSION, "kind": "text", "caption": caption, "encoder": encoder_id})
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+
+
+@dataclass
+class TensorCache:
+    """A dict of tensors per key, held in memory, optionally backed by a folder of safetensors files.
+
+    `get_or_compute(key, fn)` is the only way callers use it: on a miss `fn()` runs once and its
+    result is kept. Tensors are stored on the CPU in their own dtype.
+    """
+
+    directory: Path | None = None
+    keep_in_memory: bool = True
+    stats: CacheStats = field(default_factory=CacheStats)
+    _memory: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def path_for(self, key: str) -> Path:
+        assert self.directory is not None
+        return self.directory / key[:2] / f"{key}.safetensors"
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        if key in self._memory:
+            return self._memory[key]
+        if self.directory is not None:
+            path = self.path_for(key)
+            if path.is_file():
+                from safetensors.torch import load_file
+
+                try:
+                    tensors = load_file(path)
+                except Exception:  # a damaged entry is recomputed, never trusted
+                    return None
+                if self.keep_in_memory:
+                    self._memory[key] = tensors
+                return tensors
+        return None
+
+    def put(self, key: str, tensors: dict[str, Any]) -> None:
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+        if self.keep_in_memory:
+            self._memory[key] = tensors
+        if self.directory is not None:
+            from safetensors.torch import save
+
+            write_bytes_atomic(self.path_for(key), save(tensors))
+
+    def get_or_compute(self, key: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        found = self.get(key)
+        if found is not None:
+            self.stats.hits += 1
+            return found
+        self.stats.misses += 1
+        tensors = compute()
+        self.put(key, tensors)
+        return tensors
+
+    def __len__(self) -> int:
+        return len(self._memory)
+
+
+def latent_cache(mode: str, directory: Path | None) -> TensorCache | None:
+    """`off` → None; `memory` → in memory; `disk` → files under `directory` (kept across runs)."""
+    if mode == "off":
+        return None
+    if mode == "disk":
+        if directory is None:
+            raise ValueError("a disk latent cache needs a folder")
+        return TensorCache(directory=Path(directory) / "latents", keep_in_memory=False)
+    return TensorCache()

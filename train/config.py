@@ -1,0 +1,307 @@
+"""TrainConfig: every training setting, typed and validated once, from a TOML file plus CLI overrides.
+
+Why one typed object: the loop, the cache and the checkpoint code read settings from here and never
+from an `args` namespace, and the CLI prints this exact object as a table at start so a run's log
+says what it trained with. Unknown keys are errors (a misspelt `learning_rte` must not silently
+train at the default).
+
+TOML may use sections (`[network] rank = 8`) or flat keys (`rank = 8`); field names are unique
+across sections, so both spell the same thing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prep.errors import UsageError
+
+PRESETS = ("attn", "attn-mlp", "full")
+OPTIMIZERS = ("adamw", "adamw8bit", "lion", "adafactor", "prodigy")
+SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+LATENT_CACHE = ("off", "memory", "disk")
+PREDICTION_TYPES = ("auto", "epsilon", "v_prediction")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which base model to train on and how to read it."""
+
+    base: str = ""
+    allow_pickle: bool = False
+    prediction_type: str = "auto"  # auto: what the model's scheduler says (SD2-v → v_prediction)
+    clip_skip: int = 1
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """The LoRA itself: where it goes (preset), its size (rank, alpha → scale alpha/rank)."""
+
+    preset: str = "attn"
+    rank: int = 16
+    alpha: float = 16.0
+    conv_dim: int = 0  # > 0: LoCon, LoRA on 3×3 convs too
+    conv_alpha: float = 1.0
+    dora: bool = False
+    network_dropout: float = 0.0
+    train_text_encoder: bool = False
+    text_encoder_lr: float | None = None  # None: same as lr
+    init_weights: str | None = None  # an existing LoRA file to start from
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How captions and pixels are turned into batches."""
+
+    batch_size: int = 1
+    shuffle_caption: bool | None = None  # None: each subset's setting in the manifest
+    keep_tokens: int | None = None  # None: the manifest's keep_tokens
+    caption_dropout: float = 0.0
+    tag_dropout: float = 0.0
+    flip: bool = False
+    color_aug: bool = False
+    prior_loss_weight: float = 1.0
+    verify_files: bool = True
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    optimizer: str = "adamw"
+    lr: float = 1e-4
+    weight_decay: float = 1e-2
+    scheduler: str = "constant"
+    warmup_steps: int = 0
+    cycles: int = 1  # cosine_with_restarts: number of hard restarts
+    power: float = 1.0  # polynomial decay power
+    max_grad_norm: float = 1.0  # 0: no clipping
+    grad_accum: int = 1
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    min_snr_gamma: float | None = None  # 5.0 is the paper's value
+    noise_offset: float = 0.0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Length, speed/memory switches, checkpoints and logging."""
+
+    output_dir: str = "output"
+    name: str = "lora"
+    epochs: int = 10
+    max_steps: int | None = None  # overrides epochs
+    seed: int = 42
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    cache_latents: str = "memory"
+    cache_dir: str | None = None  # disk cache location; default OUTPUT/cache
+    cache_text_encoder: bool = True
+    save_every_steps: int = 0
+    save_every_epochs: int = 1
+    save_last: int = 0  # keep only the newest K checkpoints; 0 keeps all
+    resume: str | None = None  # a checkpoint folder or "latest"
+    sample_every: int = 0
+    sample_prompts: str | None = None
+    tensorboard: bool = False
+    num_processes: int = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def replace(self, **flat: Any) -> TrainConfig:
+        """A copy with flat overrides applied (`rank=8, lr=2e-4`), validated like a file's values."""
+        return build_config(_nest(flat, source="override"), base=self)
+
+    def rows(self) -> list[tuple[str, str, Any]]:
+        """(section, key, value) for every setting, in declaration order: the start-of-run table."""
+        return [(section, name, getattr(getattr(self, section), name)) for section, name in _fields()]
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {s: dataclasses.asdict(getattr(self, s)) for s in SECTIONS}
+
+
+SECTIONS: dict[str, type] = {f.name: typing.get_type_hints(TrainConfig)[f.name]
+                             for f in dataclasses.fields(TrainConfig)}
+
+
+def _fields() -> Iterator[tuple[str, str]]:
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            yield section, f.name
+
+
+FIELD_SECTION: dict[str, str] = {name: section for section, name in _fields()}
+
+
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Defaults ← TOML file (if any) ← overrides (flat names, e.g. from CLI flags; None values ignored)."""
+    config = TrainConfig()
+    if path is not None:
+        config = build_config(_read_toml(Path(path)), base=config, source=str(path))
+    flat = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if flat:
+        config = build_config(_nest(flat, source="command line"), base=config, source="command line")
+    return config
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise UsageError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path}: not valid TOML ({exc})") from exc
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in data.items():
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise UsageError(f"{path}: [{key}] must be a table of settings")
+            for name, item in value.items():
+                if name not in {f.name for f in dataclasses.fields(SECTIONS[key])}:
+                    raise UsageError(f"{path}: unknown setting '{key}.{name}'", hint=_suggest(name))
+                nested.setdefault(key, {})[name] = item
+        else:
+            nested.update({s: {**nested.get(s, {}), **v} for s, v in _nest({key: value}, source=str(path)).items()})
+    return nested
+
+
+def _suggest(name: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(FIELD_SECTION), n=3)
+    known = ", ".join(close) if close else "see `loraprep train --help`"
+    return f"did you mean: {known}?" if close else known
+
+
+def _nest(flat: Mapping[str, Any], *, source: str) -> dict[str, dict[str, Any]]:
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in flat.items():
+        name = key.replace("-", "_")
+        if name not in FIELD_SECTION:
+            raise UsageError(f"{source}: unknown setting '{key}'", hint=_suggest(name))
+        nested.setdefault(FIELD_SECTION[name], {})[name] = value
+    return nested
+
+
+def build_config(nested: Mapping[str, Mapping[str, Any]], *, base: TrainConfig | None = None,
+                 source: str = "config") -> TrainConfig:
+    """Apply `{section: {name: value}}` to `base`, coercing types and validating the result."""
+    base = base or TrainConfig()
+    sections = {}
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        values = {name: _coerce(f"{section}.{name}", value, hints[name], source)
+                  for name, value in nested.get(section, {}).items()}
+        sections[section] = dataclasses.replace(getattr(base, section), **values)
+    config = TrainConfig(**sections)
+    validate(config)
+    return config
+
+
+def _coerce(where: str, value: Any, hint: Any, source: str) -> Any:
+    """Check one value against its annotation; ints are accepted for floats, strings for paths."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    kind = next((a for a in args if a is not type(None)), hint) if args else hint
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "")):
+        if optional:
+            return None
+        raise UsageError(f"{source}: {where} cannot be empty")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif kind is str:
+        if isinstance(value, (str, Path)):
+            return str(value)
+    raise UsageError(f"{source}: {where} must be {getattr(kind, '__name__', kind)}, got {value!r}")
+
+
+def _choice(where: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UsageError(f"{where} '{value}' is not one of: {', '.join(choices)}")
+
+
+def _at_least(where: str, value: float, low: float, *, high: float | None = None) -> None:
+    if not math.isfinite(value) or value < low or (high is not None and value > high):
+        span = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise UsageError(f"{where} must be {span}, got {value}")
+
+
+def validate(config: TrainConfig) -> None:
+    """Everything that can be checked without a model or a manifest; raises UsageError."""
+    m, n, d, o, l, r = config.model, config.network, config.data, config.optimizer, config.loss, config.run
+    _choice("prediction_type", m.prediction_type, PREDICTION_TYPES)
+    _at_least("clip_skip", m.clip_skip, 1, high=12)
+    _choice("preset", n.preset, PRESETS)
+    _at_least("rank", n.rank, 1)
+    _at_least("alpha", n.alpha, 0)
+    _at_least("conv_dim", n.conv_dim, 0)
+    _at_least("conv_alpha", n.conv_alpha, 0)
+    _at_least("network_dropout", n.network_dropout, 0, high=0.99)
+    if n.text_encoder_lr is not None:
+        _at_least("text_encoder_lr", n.text_encoder_lr, 0)
+    _at_least("batch_size", d.batch_size, 1)
+    if d.keep_tokens is not None:
+        _at_least("keep_tokens", d.keep_tokens, 0)
+    _at_least("caption_dropout", d.caption_dropout, 0, high=1)
+    _at_least("tag_dropout", d.tag_dropout, 0, high=1)
+    _at_least("prior_loss_weight", d.prior_loss_weight, 0)
+    _choice("optimizer", o.optimizer, OPTIMIZERS)
+    _choice("scheduler", o.scheduler, SCHEDULERS)
+    if not (math.isfinite(o.lr) and o.lr > 0):
+        raise UsageError(f"lr must be a positive number, got {o.lr}")
+    _at_least("weight_decay", o.weight_decay, 0)
+    _at_least("warmup_steps", o.warmup_steps, 0)
+    _at_least("cycles", o.cycles, 1)
+    _at_least("power", o.power, 0)
+    _at_least("max_grad_norm", o.max_grad_norm, 0)
+    _at_least("grad_accum", o.grad_accum, 1)
+    if l.min_snr_gamma is not None:
+        _at_least("min_snr_gamma", l.min_snr_gamma, 0.1)
+    _at_least("noise_offset", l.noise_offset, 0, high=1)
+    _at_least("epochs", r.epochs, 1)
+    if r.max_steps is not None:
+        _at_least("max_steps", r.max_steps, 1)
+    _choice("mixed_precision", r.mixed_precision, MIXED_PRECISION)
+    _choice("cache_latents", r.cache_latents, LATENT_CACHE)
+    for name in ("save_every_steps", "save_every_epochs", "save_last", "sample_every"):
+        _at_least(name, getattr(r, name), 0)
+    _at_least("num_processes", r.num_processes, 1)
+    if not r.name or "/" in r.name or "\\" in r.name:
+        raise UsageError(f"name '{r.name}' must be a plain file name (no folders)")
+    if d.color_aug and r.cache_latents != "off":
+        raise UsageError("color_aug changes pixels every step, so cached latents would be stale",
+                         hint="add --cache-latents off, or drop --color-aug")
+    if r.sample_every and not r.sample_prompts:
+        raise UsageError("--sample-every needs --sample-prompts FILE (one prompt per line)")

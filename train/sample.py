@@ -1,0 +1,300 @@
+"""Sample images: prompt files (sd-scripts syntax), PNG grids during training, and `loraprep generate`.
+
+A prompt file has one prompt per line; `#` lines and blank lines are skipped. Per-line options follow
+the prompt like sd-scripts': `--n` negative prompt, `--w`/`--h` size, `--s` steps, `--l` CFG scale,
+`--d` seed (`--ss` sampler is accepted and ignored: the base model's own scheduler is used).
+
+    a photo of sks woman, smiling --n blurry, lowres --w 512 --h 768 --s 28 --l 7 --d 42
+
+Sampling never touches the global RNG (each image has its own seeded generator, and the RNG state
+is restored afterwards), so samples taken during training do not change the training run.
+Embeddings come from `train.conditioning`, the same code training uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from PIL import Image, ImageDraw
+
+from prep.errors import UsageError
+from prep.images import save_image_atomic
+from prep.progress import SILENT, Reporter
+
+if TYPE_CHECKING:
+    from train.model import BaseModel
+
+_OPTION_FIELDS = {"n": "negative", "w": "width", "h": "height", "s": "steps", "l": "cfg", "d": "seed", "ss": "sampler"}
+_INT_FIELDS = {"width", "height", "steps", "seed"}
+
+
+@dataclass(frozen=True)
+class SamplePrompt:
+    """One image to render; None fields take the run's defaults."""
+
+    prompt: str
+    negative: str = ""
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    cfg: float | None = None
+    seed: int | None = None
+    sampler: str | None = None
+
+
+@dataclass(frozen=True)
+class SampleDefaults:
+    """Settings for prompts that do not set their own. `clip_skip` counts like the WebUI (1 = last layer)."""
+
+    width: int = 512
+    height: int = 512
+    steps: int = 20
+    cfg: float = 7.0
+    seed: int = 0
+    clip_skip: int = 1
+
+
+def parse_prompt_line(line: str, *, where: str = "prompt") -> SamplePrompt | None:
+    """A `SamplePrompt` from one prompt-file line, None for blank and `#` comment lines."""
+    text = line.strip()
+    if not text or text.startswith("#"):
+        return None
+    head, *options = re.split(r"(?:^|\s+)--(?=[A-Za-z]+(?:\s|$))", text)
+    values: dict[str, Any] = {"prompt": head.strip()}
+    for option in options:
+        name, _, value = option.strip().partition(" ")
+        field = _OPTION_FIELDS.get(name.lower())
+        if field is None:
+            known = " ".join(f"--{k}" for k in _OPTION_FIELDS)
+            raise UsageError(f"{where}: unknown option --{name}", hint=f"known options: {known}")
+        value = value.strip()
+        if field in ("negative", "sampler"):
+            values[field] = value
+            continue
+        try:
+            number = float(value)
+            values[field] = int(number) if field in _INT_FIELDS else number
+        except ValueError:
+            raise UsageError(f"{where}: --{name} needs a number, got '{value}'") from None
+        if field in _INT_FIELDS and number != int(number):
+            raise UsageError(f"{where}: --{name} needs a whole number, got '{value}'")
+    if not values["prompt"]:
+        raise UsageError(f"{where}: the line has options but no prompt")
+    return SamplePrompt(**values)
+
+
+def parse_prompt_file(path: str | Path) -> list[SamplePrompt]:
+    """Every prompt in a prompt file, in order; errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"prompt file {path} does not exist")
+    prompts = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if (prompt := parse_prompt_line(line, where=f"{path.name}:{number}")) is not None:
+            prompts.append(prompt)
+    if not prompts:
+        raise UsageError(f"prompt file {path} has no prompts", hint="write one prompt per line")
+    return prompts
+
+
+def resolve(prompt: SamplePrompt, defaults: SampleDefaults, index: int) -> SamplePrompt:
+    """Fill a prompt's unset fields; sizes snap down to the multiple of 8 the VAE needs; a prompt
+    without its own seed gets `defaults.seed + index` so a grid's images differ."""
+    def snap(value: int) -> int:
+        return max(8, value // 8 * 8)
+
+    return replace(
+        prompt,
+        width=snap(prompt.width or defaults.width), height=snap(prompt.height or defaults.height),
+        steps=max(1, prompt.steps or defaults.steps), cfg=defaults.cfg if prompt.cfg is None else prompt.cfg,
+        seed=defaults.seed + index if prompt.seed is None else prompt.seed,
+    )
+
+
+# ---------------------------------------------------------------- rendering
+
+
+@contextlib.contextmanager
+def _sampling_mode(base: BaseModel) -> Iterator[None]:
+    """Eval mode, no grad, and the global RNG left exactly as it was (training must not notice)."""
+    modules = [base.unet, base.vae, *base.text_encoders]
+    was_training = [m.training for m in modules]
+    cpu_state = torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        for module in modules:
+            module.eval()
+        with torch.no_grad():
+            yield
+    finally:
+        for module, training in zip(modules, was_training):
+            module.train(training)
+        torch.set_rng_state(cpu_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+def _embeds(base: BaseModel, pipe: Any, prompt: str, negative: str, clip_skip: int) -> dict[str, Any]:
+    from train.conditioning import PromptEmbeds, encode_prompt, tokenize
+
+    positive = encode_prompt(base, tokenize(base, [prompt]), clip_skip=clip_skip)
+    if base.is_sdxl and not negative and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
+        negative_embeds = PromptEmbeds(torch.zeros_like(positive.embeds), torch.zeros_like(positive.pooled))
+    else:
+        negative_embeds = encode_prompt(base, tokenize(base, [negative]), clip_skip=clip_skip)
+    dtype = base.unet.dtype
+    kwargs: dict[str, Any] = {"prompt_embeds": positive.embeds.to(dtype=dtype),
+                              "negative_prompt_embeds": negative_embeds.embeds.to(dtype=dtype)}
+    if base.is_sdxl:
+        kwargs.update(pooled_prompt_embeds=positive.pooled.to(dtype=dtype),
+                      negative_pooled_prompt_embeds=negative_embeds.pooled.to(dtype=dtype))
+    return kwargs
+
+
+def render(base: BaseModel, prompt: SamplePrompt, *, clip_skip: int = 1, pipe: Any = None) -> Image.Image:
+    """One image for a resolved prompt (all fields set), with whatever adapters `base` carries."""
+    pipe = pipe or base.pipeline()
+    device = base.unet.device
+    generator = torch.Generator(device=device.type if device.type != "mps" else "cpu").manual_seed(int(prompt.seed or 0))
+    with _sampling_mode(base):
+        result = pipe(**_embeds(base, pipe, prompt.prompt, prompt.negative, clip_skip),
+                      width=prompt.width, height=prompt.height, num_inference_steps=prompt.steps,
+                      guidance_scale=prompt.cfg, generator=generator, output_type="pil")
+    return result.images[0]
+
+
+def grid(images: Sequence[Image.Image], labels: Sequence[str] = (), *, label_height: int = 14) -> Image.Image:
+    """Images tiled in a near-square grid of equal cells, each with a one-line label under it."""
+    columns = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / columns)
+    cell_w = max(i.width for i in images)
+    cell_h = max(i.height for i in images) + (label_height if labels else 0)
+    sheet = Image.new("RGB", (columns * cell_w, rows * cell_h), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for index, image in enumerate(images):
+        x, y = index % columns * cell_w, index // columns * cell_h
+        sheet.paste(image.convert("RGB"), (x + (cell_w - image.width) // 2, y))
+        if labels:
+            text = labels[index]
+            while text and draw.textlength(text) > cell_w - 4:
+                text = text[:-2]
+            draw.text((x + 2, y + cell_h - label_height + 1), text, fill=(0, 0, 0))
+    return sheet
+
+
+def render_samples(base: BaseModel, prompts: Sequence[SamplePrompt], out_path: str | Path, *,
+                   defaults: SampleDefaults = SampleDefaults(), reporter: Reporter = SILENT) -> Path:
+    """Render every prompt with the model as it is now (adapters included) into one PNG grid at
+    `out_path` (written atomically). Called by the training loop at each checkpoint."""
+    if not prompts:
+        raise UsageError("no sample prompts to render")
+    pipe = base.pipeline()
+    resolved = [resolve(p, defaults, i) for i, p in enumerate(prompts)]
+    images = []
+    with reporter.task("sampling", len(resolved)) as advance:
+        for prompt in resolved:
+            images.append(render(base, prompt, clip_skip=defaults.clip_skip, pipe=pipe))
+            advance(1)
+    out_path = Path(out_path)
+    save_image_atomic(grid(images, [p.prompt for p in resolved]), out_path)
+    return out_path
+
+
+# ---------------------------------------------------------------- generate (`loraprep generate`)
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    """`loraprep generate` settings; None width/height = the family's native size."""
+
+    negative: str = ""
+    width: int | None = None
+    height: int | None = None
+    steps: int = 25
+    cfg: float = 7.0
+    seed: int = 0
+    count: int = 1
+    clip_skip: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "count", "clip_skip"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value is not None and value < 8:
+                raise UsageError(f"--{name} must be at least 8 pixels, got {value}")
+
+
+def native_size(base: BaseModel) -> int:
+    """The side length the base model was trained at (sample_size × VAE factor: 512, 768, 1024)."""
+    return int(base.unet.config.sample_size) * base.vae_scale_factor
+
+
+def apply_lora(base: BaseModel, lora: str | Path, scale: float, adapter: str = "default") -> list[str]:
+    """Inject `lora` (either format) into `base` at strength `scale`; returns the components it adapts.
+
+    Uses the same reader as `--init-weights`, so DoRA and conv layers load from both formats.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    from train.export import COMPONENTS, load_into, load_lora_state
+
+    state = load_lora_state(lora, base)
+    models = dict(zip(COMPONENTS, [base.unet, *base.text_encoders]))
+    for component in state.components:
+        model = models[component]
+        model.add_adapter(state.lora_config(component), adapter_name=adapter)
+        load_into(model, state, component, adapter)
+        for module in model.modules():
+            if isinstance(module, LoraLayer):
+                module.set_scale(adapter, scale)
+    return state.components
+
+
+def generate(base: BaseModel, lora: str | Path | None, scale: float, prompt: str,
+             options: GenerateOptions = GenerateOptions(), *, reporter: Reporter = SILENT) -> list[Image.Image]:
+    """Render `options.count` images of `prompt` with `lora` at strength `scale`.
+
+    Scale 0 renders the untouched base model (the LoRA is still checked against it). Seeds are
+    `options.seed`, `options.seed + 1`, … so the same seed with and without the LoRA compares directly.
+    """
+    if lora is not None:
+        if scale == 0:
+            from train.export import load_lora_state
+            load_lora_state(lora, base)
+        else:
+            components = apply_lora(base, lora, scale)
+            reporter.note(f"LoRA adapts {', '.join(components)} at scale {scale:g}")
+    size = native_size(base)
+    defaults = SampleDefaults(width=options.width or size, height=options.height or size, steps=options.steps,
+                              cfg=options.cfg, seed=options.seed, clip_skip=options.clip_skip)
+    pipe = base.pipeline()
+    images = []
+    with reporter.task("generating", options.count) as advance:
+        for index in range(options.count):
+            resolved = resolve(SamplePrompt(prompt, negative=options.negative), defaults, index)
+            images.append(render(base, resolved, clip_skip=options.clip_skip, pipe=pipe))
+            advance(1)
+    return images
+
+
+def save_images(images: Sequence[Image.Image], out: str | Path, stem: str = "image") -> list[Path]:
+    """Write images atomically as `out/<stem>-000.png`, … (or to `out` itself for one `.png` path)."""
+    out = Path(out)
+    if out.suffix.lower() == ".png" and len(images) == 1:
+        save_image_atomic(images[0], out)
+        return [out]
+    paths = []
+    for index, image in enumerate(images):
+        path = out / f"{stem}-{index:03d}.png"
+        save_image_atomic(image, path)
+        paths.append(path)
+    return paths
