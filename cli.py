@@ -270,7 +270,7 @@ def prep_command(
     options = PrepOptions(
         crop=CropOptions(presets=tuple(preset or ("face",)), detector=detector, aspect=aspect,
                          bucket_resolution=max(width, height)) if crop else None,
-        clean=CleanOptions(background=background, in_place=True) if clean else None,
+        clean=CleanOptions(background=background, in_place=True, backup=False) if clean else None,
         tag=TagOptions(model=tagger, trigger=trigger, prune_character=prune_character) if tag else None,
         buckets=BucketPlan((width, height), 64, 256, 2 * max(width, height)),
         trigger=trigger, class_tokens=class_tokens, repeats=repeats,
@@ -688,7 +688,7 @@ def captions_lint(
     from rich.table import Table
 
     from prep.captions.dataset import load_dataset
-    from prep.captions.lint import KINDS, LintOptions, lint_dataset
+    from prep.captions.lint import KINDS, LintOptions, fix_commands, lint_dataset
 
     report = lint_dataset(load_dataset(folder, caption_extension), _token_counter(tokenizer),
                           LintOptions(trigger, max_tokens, rare_max))
@@ -709,6 +709,8 @@ def captions_lint(
         if limit and len(rows) > limit:
             table.add_row("…", f"{len(rows) - limit} more (--limit 0 shows all)")
         out.print(table)
+        for command in fix_commands(report, str(folder), kind, trigger):
+            out.print(f"  [cyan]fix:[/] {command}", highlight=False)
     if report.problems:
         out.print(f"[bold red]{len(report.problems)} problem(s)[/] in {len(report.paths())} of {report.files} files")
         raise typer.Exit(1)
@@ -720,6 +722,7 @@ def captions_lint(
 def captions_show(
     folder: _CaptionDir,
     image: Annotated[Optional[str], typer.Argument(help="One image (path relative to the folder, or its name); default: all.")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="Images shown without IMAGE (0: all; --json shows all).")] = 20,
     caption_extension: _CaptionExtension = ".txt",
     as_json: _AsJson = False,
 ) -> None:
@@ -729,7 +732,8 @@ def captions_show(
     from prep.captions.dataset import load_dataset
     from prep.captions.show import show_captions
 
-    views = show_captions(load_dataset(folder, caption_extension), image)
+    dataset = load_dataset(folder, caption_extension)
+    views = show_captions(dataset, image, None if as_json or not limit else limit)
     if as_json:
         print_json([v.to_dict() for v in views] if image is None else views[0].to_dict())
         return
@@ -743,6 +747,8 @@ def captions_show(
             table.add_row(t.tag, "" if t.score is None else f"{t.score:.2f}", str(t.frequency))
         out.print(table)
         out.print(view.text if view.text is not None else "[red](no caption)[/]", highlight=False)
+    if image is None and len(views) < len(dataset.files):
+        out.print(f"… {len(dataset.files) - len(views)} more (--limit 0 shows all)")
 
 
 def _run_caption_edit(folder: Path, operation, having: list[str] | None, lacking: list[str] | None,

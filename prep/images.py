@@ -192,9 +192,8 @@ def open_image(path: str | os.PathLike[str], *, flatten: tuple[int, int, int] | 
             orientation = _orientation(image)
             image.load()
             oriented = _ORIENT[orientation](image) if orientation != 1 else image
+            # Loaded pixels outlive the file's closing at the end of this block: no copy needed.
             result = normalise_mode(oriented)
-            if result is image:
-                result = image.copy()
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             reason = str(exc) or type(exc).__name__
             if "truncated" in reason:

@@ -80,7 +80,7 @@ class TagOptions:
             (0 <= self.thresholds.general <= 1 and 0 <= self.thresholds.character <= 1, "thresholds must lie between 0 and 1"),
             (self.max_tags is None or self.max_tags >= 0, "--max-tags must be 0 or more"),
             (self.batch_size is None or self.batch_size >= 1, "--batch-size must be at least 1"),
-            (self.workers >= 1, "--workers must be at least 1"),
+            (self.workers >= 0, "--workers must be 0 (decode in the main thread) or more"),
         ]
         for ok, message in checks:
             if not ok:
@@ -319,6 +319,9 @@ def prefetch(items: Sequence[T], fn: Callable[[T], R], *, workers: int, depth: i
         except (LoraprepError, OSError) as exc:
             return exc
 
+    if workers < 1:  # in the caller's thread: no overlap, no contention with the model's threads
+        yield from ((item, guarded(item)) for item in items)
+        return
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: deque[tuple[T, Future[R | Exception]]] = deque()
         source = iter(items)

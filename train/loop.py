@@ -165,6 +165,7 @@ def train(manifest_path: str | Path, config: TrainConfig, *, reporter: Reporter 
     batcher = Batcher(base, plan.data, config, accelerator.device, reporter)
     log = LossLog.resume(out / "loss.csv", state.global_step) if accelerator.is_main_process else LossLog()
     tracker = make_tracker(config, out) if accelerator.is_main_process else None
+    sampler = Sampler.create(config, plan, base, reporter) if accelerator.is_main_process else None
     reporter.note(f"training {network.parameter_count():,} LoRA parameters on {accelerator.device}, "
                   f"{plan.total_steps} steps ({plan.steps_per_epoch}/epoch)")
     checkpoints: list[Path] = []
@@ -186,6 +187,9 @@ def train(manifest_path: str | Path, config: TrainConfig, *, reporter: Reporter 
                                     "loss": loss, "loss_ema": state.loss_ema, "lr": lr})
                 if accelerator.is_main_process and should_save(state, run, end_of_epoch, plan.total_steps):
                     checkpoints.append(save(out, state, base, network, optimizer, scheduler, config, plan, log))
+                if sampler is not None and (state.global_step % run.sample_every == 0
+                                            or state.global_step == plan.total_steps):
+                    sampler.render(state.global_step)
                 stopped = stop is not None and stop(state.global_step) and state.global_step < plan.total_steps
                 if state.global_step >= plan.total_steps or stopped:
                     break
@@ -560,6 +564,39 @@ def make_tracker(config: TrainConfig, out: Path) -> Any:
     return SummaryWriter(log_dir=str(out / "tensorboard"))
 
 
+# ---------------------------------------------------------------- samples
+
+
+@dataclass
+class Sampler:
+    """`--sample-every N --sample-prompts FILE`: a PNG grid of the prompts every N steps and at the end."""
+
+    base: Any
+    prompts: list[Any]
+    defaults: Any
+    folder: Path
+    name: str
+    reporter: Reporter
+
+    @classmethod
+    def create(cls, config: TrainConfig, plan: TrainPlan, base: Any, reporter: Reporter) -> Sampler | None:
+        if not config.run.sample_every or not config.run.sample_prompts:
+            return None
+        from train.sample import SampleDefaults, parse_prompt_file
+
+        manifest = plan.data.manifest
+        width, height = manifest.buckets.resolution if manifest.buckets else (512, 512)
+        defaults = SampleDefaults(width=width, height=height, seed=config.run.seed, clip_skip=config.model.clip_skip)
+        return cls(base, parse_prompt_file(config.run.sample_prompts), defaults,
+                   Path(config.run.output_dir) / "samples", config.run.name, reporter)
+
+    def render(self, step: int) -> Path:
+        from train.sample import render_samples
+
+        return render_samples(self.base, self.prompts, self.folder / f"{self.name}-step{step:08d}.png",
+                              defaults=self.defaults, reporter=self.reporter)
+
+
 # ---------------------------------------------------------------- loss log
 
 
@@ -711,7 +748,7 @@ def relaunch_command(argv: Sequence[str], num_processes: int) -> list[str]:
             continue
         args.append(arg)
     return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
-            "--multi_gpu" if num_processes > 1 else "--num_machines=1", "-m", "cli", *args]
+            "--multi_gpu", "-m", "cli", *args]
 
 
 def relaunch(argv: Sequence[str], num_processes: int) -> int:

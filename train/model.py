@@ -335,10 +335,15 @@ def _load_single_file(path: Path, *, allow_pickle: bool, dtype: torch.dtype,
     try:
         with _quiet_loading():
             pipe = pipeline_class_for(family).from_single_file(str(path), **kwargs)
-    except Exception as exc:  # diffusers raises OSError/ValueError/HF errors when configs are missing
+    except Exception as exc:  # diffusers raises OSError/ValueError/hub errors alike
+        detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if config is not None:
+            raise ModelMismatch(f"{path.name} could not be converted with the configs in {config} ({detail})",
+                                hint=f"--base-config must be a diffusers folder of the same family "
+                                     f"({FAMILY_LABELS[family]})") from exc
         raise ModelNotAvailable(
             f"{path.name} ({FAMILY_LABELS[family]}) needs the diffusers configs of its family to be "
-            f"converted, and they could not be found ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+            f"converted, and they could not be found ({detail})",
             hint="pass --base-config DIR (a diffusers folder of the same family, e.g. its config/tokenizer "
                  "files downloaded once), or run once online so diffusers caches them, or use a diffusers folder",
         ) from exc
@@ -350,9 +355,7 @@ def _load_single_file(path: Path, *, allow_pickle: bool, dtype: torch.dtype,
 def _from_pipeline(pipe: Any, family: Family, name: str, fingerprints: dict[str, str], *, source: str) -> BaseModel:
     from diffusers import DDPMScheduler
 
-    detected = family_from_unet_config(dict(pipe.unet.config))
-    if detected != family:
-        family = detected
+    family = family_from_unet_config(dict(pipe.unet.config))  # the loaded UNet is the final word
     text_encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if family == "sdxl" else [])
     tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if family == "sdxl" else [])
     if any(m is None for m in (*text_encoders, *tokenizers, pipe.vae, pipe.unet)):

@@ -166,8 +166,24 @@ def render(base: BaseModel, prompt: SamplePrompt, *, clip_skip: int = 1, pipe: A
     with _sampling_mode(base):
         result = pipe(**_embeds(base, pipe, prompt.prompt, prompt.negative, clip_skip),
                       width=prompt.width, height=prompt.height, num_inference_steps=prompt.steps,
-                      guidance_scale=prompt.cfg, generator=generator, output_type="pil")
-    return result.images[0]
+                      guidance_scale=prompt.cfg, generator=generator, output_type="latent")
+        return _decode(base, pipe, result.images)
+
+
+def _decode(base: BaseModel, pipe: Any, latents: torch.Tensor) -> Image.Image:
+    """Decode in the VAE's own dtype: training keeps the VAE in fp32 while the UNet runs in fp16/bf16,
+    which the pipelines' built-in decode does not expect (dtype mismatch, or NaN/black images)."""
+    vae = base.vae
+    latents = latents.to(vae.dtype)
+    mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+    if mean is not None and std is not None:
+        shape = (1, len(mean), 1, 1)
+        latents = latents * torch.tensor(std).view(shape).to(latents) / vae.config.scaling_factor \
+            + torch.tensor(mean).view(shape).to(latents)
+    else:
+        latents = latents / vae.config.scaling_factor
+    image = vae.decode(latents, return_dict=False)[0]
+    return pipe.image_processor.postprocess(image.float(), output_type="pil")[0]
 
 
 def grid(images: Sequence[Image.Image], labels: Sequence[str] = (), *, label_height: int = 14) -> Image.Image:
@@ -273,6 +289,8 @@ def generate(base: BaseModel, lora: str | Path | None, scale: float, prompt: str
         else:
             components = apply_lora(base, lora, scale)
             reporter.note(f"LoRA adapts {', '.join(components)} at scale {scale:g}")
+    if base.vae.dtype == torch.float16 and getattr(base.vae.config, "force_upcast", False):
+        base.vae.to(torch.float32)  # SDXL's VAE overflows in fp16 (black images); it is small
     size = native_size(base)
     defaults = SampleDefaults(width=options.width or size, height=options.height or size, steps=options.steps,
                               cfg=options.cfg, seed=options.seed, clip_skip=options.clip_skip)

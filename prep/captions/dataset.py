@@ -92,10 +92,6 @@ class CaptionDataset:
         index = self._index.get(Path(path).as_posix())
         return self.files[index] if index is not None else None
 
-    @property
-    def images(self) -> tuple[CaptionFile, ...]:
-        return tuple(f for f in self.files if f.image is not None)
-
     def tag_counts(self) -> Counter[str]:
         """How many images carry each tag (a tag repeated within one caption counts once).
 
@@ -106,12 +102,6 @@ class CaptionDataset:
             if f.image is not None:
                 counts.update(list(dict.fromkeys(f.tags)))
         return counts
-
-    def with_texts(self, texts: dict[str, bytes | None]) -> CaptionDataset:
-        """The dataset after some captions were rewritten (keys: caption paths)."""
-        files = tuple(CaptionFile.make(f.caption, f.image, texts[f.caption]) if f.caption in texts else f
-                      for f in self.files)
-        return CaptionDataset(self.root, self.extension, files)
 
 
 def _walk(root: Path) -> list[tuple[str, list[str]]]:

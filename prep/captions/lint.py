@@ -7,6 +7,7 @@ need the whole dataset's tag counts.
 
 from __future__ import annotations
 
+import shlex
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
@@ -41,11 +42,14 @@ class Problem:
     path: str
     message: str
     tag: str | None = None
+    suggestion: str | None = None  # the spelling to use instead of `tag`
 
     def to_dict(self) -> dict:
         data = {"kind": self.kind, "path": self.path, "message": self.message}
         if self.tag is not None:
             data["tag"] = self.tag
+        if self.suggestion is not None:
+            data["suggestion"] = self.suggestion
         return data
 
 
@@ -162,11 +166,11 @@ def _dataset_problems(dataset: CaptionDataset, counts: Counter[str], options: Li
             if tag in preferred and preferred[tag] != tag and preferred[tag] not in f.tags:
                 best = preferred[tag]
                 problems.append(Problem("tag-variants", f.name,
-                                        f"'{tag}' is written '{best}' in {counts[best]} image(s)", tag))
+                                        f"'{tag}' is written '{best}' in {counts[best]} image(s)", tag, best))
             if tag in typos:
                 best = typos[tag]
                 problems.append(Problem("likely-typo", f.name,
-                                        f"'{tag}' ({counts[tag]}×) looks like '{best}' ({counts[best]}×)", tag))
+                                        f"'{tag}' ({counts[tag]}×) looks like '{best}' ({counts[best]}×)", tag, best))
     return problems
 
 
@@ -178,6 +182,21 @@ def _length_problems(dataset: CaptionDataset, counter: TokenCounter, limit: int)
         if f.image is not None and f.text and (n := length(f.text, f.tags)) > limit:
             problems.append(Problem("too-long", f.name, f"{mark}{n} CLIP tokens > {limit}"))
     return problems
+
+
+def fix_commands(report: LintReport, folder: str, kind: str, trigger: str | None, limit: int = 3) -> list[str]:
+    """`loraprep captions …` commands that fix problems of `kind` (for the CLI to suggest)."""
+    q = shlex.quote
+    if kind == "trigger-missing" and trigger:
+        return [f"loraprep captions add {q(folder)} {q(trigger)} --front"]
+    if kind == "trigger-not-first" and trigger:
+        return [f"loraprep captions move-first {q(folder)} {q(trigger)}"]
+    if kind == "duplicate-tag":
+        return [f"loraprep captions dedupe {q(folder)} --loose"]
+    if kind in ("tag-variants", "likely-typo"):
+        pairs = dict.fromkeys((p.tag, p.suggestion) for p in report.problems if p.kind == kind and p.tag and p.suggestion)
+        return [f"loraprep captions replace {q(folder)} {q(old)} {q(new)}" for old, new in list(pairs)[:limit]]
+    return []
 
 
 def lint_dataset(dataset: CaptionDataset, counter: TokenCounter, options: LintOptions = LintOptions()) -> LintReport:

@@ -53,11 +53,12 @@ def caption_view(dataset: CaptionDataset, f: CaptionFile, frequency: dict[str, i
     return CaptionView(f.image, f.caption, f.text, tags, rating, len(faces) if isinstance(faces, list) else None)
 
 
-def show_captions(dataset: CaptionDataset, image: str | None = None) -> list[CaptionView]:
-    """The view of one image (path relative to the dataset, or its file name), or of every image."""
+def show_captions(dataset: CaptionDataset, image: str | None = None, limit: int | None = None) -> list[CaptionView]:
+    """The view of one image (path relative to the dataset, or its file name), or of the first
+    `limit` files (all when None); only those files' meta sidecars are read."""
     frequency = dataset.tag_counts()
     if image is None:
-        return [caption_view(dataset, f, frequency) for f in dataset.files]
+        return [caption_view(dataset, f, frequency) for f in dataset.files[:limit]]
     found = dataset.get(image) or next((f for f in dataset.files if f.image and f.image.rpartition("/")[2] == image),
                                        None)
     if found is None:

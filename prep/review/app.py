@@ -135,13 +135,19 @@ class CaptionEditor(App):
         item = self.session.items[index]
         tags_list = self.query_one("#tags", OptionList)
         keep = tags_list.highlighted or 0
+        width = max(12, (tags_list.content_region.width or 30) - 1)
         options = []
         for tag in item.tags:
             score = self.session.score_of(self._scores, tag)
-            label = Text(no_wrap=True, overflow="ellipsis")
-            label.append(tag, style="strike dim" if tag in item.disabled else "")
-            label.append(f"  {score:.2f}" if score is not None else "", style="cyan")
-            label.append(f"  ×{self.session.frequency[tag]}", style="dim")
+            numbers = (f"{score:.2f}" if score is not None else "    ") + f" ×{self.session.frequency[tag]}"
+            name_width = max(4, width - len(numbers) - 1)
+            name = tag if len(tag) <= name_width else tag[:name_width - 1] + "…"
+            start = name_width + 1
+            label = Text(name.ljust(start) + numbers, no_wrap=True, overflow="ellipsis")
+            if tag in item.disabled:
+                label.stylize("strike dim", 0, len(name))
+            label.stylize("cyan", start, start + 4)
+            label.stylize("dim", start + 4)
             options.append(Option(label))
         tags_list.set_options(options)
         if options:

@@ -252,9 +252,13 @@ class Session:
                 edits.append(self._state(index, tags, set(item.disabled) & set(tags)))
         if not edits:
             return Outcome(f"{operation.describe()}: nothing to change in {len(self.visible)} image(s)")
-        record(self.root, f"editor: {operation.describe()} ({self.filter_text or 'all'})",
-               [FileState(self.items[e.index].file.caption, e.before, e.after) for e in edits])
-        done = [e for e in edits if self._write(e).ok]
+        current = [e for e in edits if read_current(self.root, self.items[e.index].file.caption) == e.before]
+        for stale in (e for e in edits if e not in current):
+            self.reload(stale.index)
+        if current:
+            record(self.root, f"editor: {operation.describe()} ({self.filter_text or 'all'})",
+                   [FileState(self.items[e.index].file.caption, e.before, e.after) for e in current])
+        done = [e for e in current if self._write(e).ok]
         if done:
             self.undo_stack.append(done)
             self.redo_stack.clear()

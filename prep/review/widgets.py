@@ -70,9 +70,6 @@ class FileList(ScrollView, can_focus=True):
         self.scroll_to_region(Region(0, row, 1, 1), animate=False, force=True, immediate=True)
         self.post_message(self.Highlighted(row))
 
-    def refresh_row(self, row: int) -> None:
-        self.refresh_line(row)
-
     def action_move(self, offset: int) -> None:
         self.move_to(self.cursor + offset)
 

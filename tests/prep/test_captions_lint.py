@@ -8,7 +8,7 @@ import pytest
 from captionsets import write_dataset
 
 from prep.captions.dataset import load_dataset
-from prep.captions.lint import LintOptions, lint_dataset, typo_suggestions
+from prep.captions.lint import LintOptions, fix_commands, lint_dataset, typo_suggestions
 from prep.captions.tokens import EstimateCounter, InstantClipCounter
 
 # Five clean captions give the common tags enough weight for the dataset-wide checks.
@@ -71,3 +71,15 @@ def test_estimated_lengths_say_so(tmp_path):
     write_dataset(tmp_path, {"a.png": ", ".join(["smile"] * 60)})
     report = lint_dataset(load_dataset(tmp_path), EstimateCounter(), LintOptions())
     assert [p.message for p in report.problems if p.kind == "too-long"] == ["≈119 CLIP tokens > 75"]
+
+
+@pytest.mark.parametrize("extra, kind, commands", [
+    ({"x.png": "1girl, sks"}, "trigger-not-first", ["loraprep captions move-first DS sks"]),
+    ({"x.png": "1girl"}, "trigger-missing", ["loraprep captions add DS sks --front"]),
+    ({"x.png": "sks, red_hair"}, "tag-variants", ["loraprep captions replace DS red_hair 'red hair'"]),
+    ({"x.png": "sks, smiel"}, "likely-typo", ["loraprep captions replace DS smiel smile"]),
+])
+def test_fix_commands_are_runnable_suggestions(tmp_path, extra, kind, commands):
+    write_dataset(tmp_path, {**CLEAN, **extra})
+    report = lint_dataset(load_dataset(tmp_path), EstimateCounter(), LintOptions(trigger="sks"))
+    assert fix_commands(report, "DS", kind, "sks") == commands

@@ -156,3 +156,17 @@ async def test_opens_without_decoding_images(tmp_path):
         await pilot.press("end")
         await pilot.press("ctrl+c")
     assert caption(folder, "0000.png") == b"sks, tag0"
+
+
+def test_apply_to_filtered_leaves_captions_changed_elsewhere_alone(ds):
+    from prep.review.session import Session
+
+    session = Session(ds)
+    session.set_filter("=sks")
+    session.delete_tag(session.visible[0], "smile")
+    (ds / "sylvie.txt").write_text("changed elsewhere, smile")
+    outcome = session.apply_to_filtered()
+    assert not outcome.ok and "changed on disk" in outcome.message
+    assert (ds / "sylvie.txt").read_text() == "changed elsewhere, smile"
+    assert session.items[session.visible[-1]].tags == ["changed elsewhere", "smile"]   # reloaded
+    assert caption(ds, "astronaut.png") == b"sks, 1boy, spacesuit\n"

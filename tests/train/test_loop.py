@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 import cli
-from prep.errors import UsageError
+from prep.errors import LoraprepError, UsageError
 from train.config import load_config
 from train.loop import TrainingDiverged, load_model, make_optimizer, make_scheduler, min_snr_weights, train
 from train.network import Network
@@ -39,7 +39,11 @@ CASES = {
 def test_a_few_steps_train_only_the_lora(request: pytest.FixtureRequest, manifest: Path, tmp_path: Path,
                                          family: str) -> None:
     model = request.getfixturevalue(f"tiny_{family}")
-    config = load_config(None, {"base": str(model), "output_dir": str(tmp_path / "out"), "max_steps": 2,
+    extra = {}
+    if family == "sd15":
+        (tmp_path / "prompts.txt").write_text("sks, 1girl, smile --w 64 --h 64 --s 2\nsks, cat --s 2 --d 7\n")
+        extra = {"sample_every": 2, "sample_prompts": str(tmp_path / "prompts.txt")}
+    config = load_config(None, {**extra, "base": str(model), "output_dir": str(tmp_path / "out"), "max_steps": 2,
                                 "batch_size": 2, "rank": 4, "alpha": 4, "lr": 1e-3, **CASES[family]})
     base = load_model(config, "cpu")
     before = _base_weights(base.unet)
@@ -54,6 +58,8 @@ def test_a_few_steps_train_only_the_lora(request: pytest.FixtureRequest, manifes
     assert any(p.abs().sum() > 0 for p in lora_b)  # B starts at zero: it moved
     assert [p.name for p in result.lora_files] == ["lora.safetensors", "lora.diffusers.safetensors"]
     assert result.loss_csv.read_text().count("\n") == 3 and result.loss_plot.stat().st_size > 1000
+    if family == "sd15":
+        assert (tmp_path / "out" / "samples" / "lora-step00000002.png").stat().st_size > 0
 
 
 def test_nan_loss_stops_naming_the_cause_and_last_checkpoint(manifest: Path, tmp_path: Path, tiny_sd15: Path) -> None:
@@ -133,3 +139,25 @@ def test_cli_refuses_an_unknown_config_key(manifest: Path, tmp_path: Path) -> No
     (tmp_path / "t.toml").write_text("[network]\nrnak = 4\n")
     result = CliRunner().invoke(cli.app, ["train", str(manifest), "--config", str(tmp_path / "t.toml"), "--dry-run"])
     assert result.exit_code == 2 and "rnak" in result.output
+
+
+def test_init_weights_from_a_lora_of_another_family_is_refused(manifest: Path, tmp_path: Path, tiny_sd15: Path,
+                                                               tiny_sdxl: Path) -> None:
+    first = load_config(None, {"base": str(tiny_sd15), "output_dir": str(tmp_path / "a"), "max_steps": 1, "rank": 2})
+    lora = train(manifest, first).lora_files[0]
+    again = train(manifest, first.replace(output_dir=str(tmp_path / "b"), init_weights=str(lora)))
+    assert again.steps == 1
+    with pytest.raises(LoraprepError, match="(?i)sd ?1|family|SDXL"):
+        train(manifest, first.replace(base=str(tiny_sdxl), output_dir=str(tmp_path / "c"), init_weights=str(lora)))
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["train", "m.json", "--num-processes", "2", "--rank", "8"], ["train", "m.json", "--rank", "8"]),
+    (["train", "m.json", "--num-processes=4"], ["train", "m.json"]),
+])
+def test_num_processes_relaunches_through_accelerate(argv: list[str], expected: list[str]) -> None:
+    from train.loop import relaunch_command
+
+    command = relaunch_command(argv, 2)
+    assert command[1:4] == ["-m", "accelerate.commands.launch", "--num_processes"]
+    assert command[command.index("cli") + 1:] == expected

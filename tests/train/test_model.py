@@ -138,3 +138,11 @@ def test_clip_skip_two_uses_the_penultimate_layer(tiny_sd15: Path) -> None:
         expected = base.text_encoders[0].final_layer_norm(hidden)
     assert torch.equal(skipped, expected)
     assert not torch.equal(skipped, encode_prompt(base, ids).embeds)
+
+
+def test_single_file_with_wrong_configs_is_a_mismatch(tmp_path: Path, tiny_sd15: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    save_file({"cond_stage_model.transformer.text_model.embeddings.position_ids": torch.zeros(1, 77)}, path)
+    with pytest.raises(ModelMismatch, match="could not be converted") as caught:
+        load_base(path, config=tiny_sd15)
+    assert "--base-config" in caught.value.hint

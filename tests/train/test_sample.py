@@ -116,3 +116,12 @@ def test_same_seed_renders_the_same_grid(sd15, tmp_path: Path) -> None:
 def test_generate_options_reject_impossible_values(field: str, value: int) -> None:
     with pytest.raises(UsageError, match=field.replace("_", "-")):
         GenerateOptions(**{field: value})
+
+
+def test_samples_render_with_a_bf16_unet_and_fp32_vae(tiny_sd15: Path, tmp_path: Path) -> None:
+    base = load_base(tiny_sd15)
+    for module in (base.unet, *base.text_encoders):
+        module.to(torch.bfloat16)
+    path = render_samples(base, [SamplePrompt("sks", width=64, height=64, steps=1)], tmp_path / "mixed.png")
+    with Image.open(path) as image:
+        assert image.getextrema() != ((0, 0), (0, 0), (0, 0))  # not a black (NaN) image
