@@ -941,7 +941,7 @@ def captions_edit(
     """Edit captions in a terminal UI (works over SSH, 80×24 and up); every change is saved at once.
 
     Keys: n/p next/previous image, a accept, d delete tag, + add tag, t toggle tag, K/J move tag,
-    u/U undo/redo, e next lint problem, / filter (tag, -tag, lint, lint:KIND, noface), A apply the
+    u/U undo/redo, e next lint problem, / filter (tag, =tag, -tag, lint, lint:KIND, noface, todo), A apply the
     last tag change to all filtered images, q quit. Previews are drawn only for the selected image.
     """
     from prep.captions.lint import LintOptions

@@ -200,7 +200,10 @@ class _Run:
         self.rules = load_prune_rules(options.prune_lists) if options.prunes else None
         self.tagger = load_tagger(options) if options.uses_tagger else None
         self.blip = load_blip(options) if options.uses_blip else None
-        batch = options.batch_size or default_batch_size(self.tagger)
+        if self.tagger is not None or self.blip is None:
+            batch = options.batch_size or default_batch_size(self.tagger)
+        else:
+            batch = options.batch_size or (self.blip.settings.batch_size if self.blip.device == "cuda" else 1)
         self.result = TagResult(batch_size=batch, keep_tokens=options.keep_tokens,
                                 provider=self.tagger.provider if self.tagger else None)
         if self.tagger is not None:
@@ -277,13 +280,13 @@ def tag_folder(folder: Path, options: TagOptions, reporter: Reporter = SILENT) -
     or inconsistent; a bad image becomes a Drop with its reason and the rest continue.
     """
     images = find_images(folder)
+    skip = [options.mode == "skip-existing" and caption_path(p, options.caption_extension).exists() for p in images]
+    todo = [path for path, skipped in zip(images, skip) if not skipped]
+    if not todo:  # nothing to do: do not even open the models (re-runs are instant)
+        reporter.note(f"nothing to tag: all {len(images)} images have captions (--mode append/overwrite to redo)")
+        return TagResult(skipped=images, keep_tokens=options.keep_tokens)
     run = _Run(folder, options, reporter)
-    todo: list[Path] = []
-    for path in images:
-        if options.mode == "skip-existing" and caption_path(path, options.caption_extension).exists():
-            run.result.skipped.append(path)
-        else:
-            todo.append(path)
+    run.result.skipped = [path for path, skipped in zip(images, skip) if skipped]
     size = run.result.batch_size
     with reporter.task("tagging", len(todo)) as advance:
         for chunk in _batches(prefetch(todo, run.load, workers=options.workers, depth=2 * size + options.workers), size):

@@ -11,6 +11,8 @@ small caption corpus, and seeded weights, so two builds are bit-identical.
     build_tiny_sdxl(dir)  -> dir/"tiny-sdxl"   (text_time conditioning, TE1 + TE2 with projection)
 
 Each folder is a `save_pretrained` pipeline, loadable with `DiffusionPipeline.from_pretrained`.
+`save_sd15_single_file(folder, file)` rewrites the SD1.5 one as an original-layout (LDM) checkpoint,
+the single-file kind model sites distribute, for testing `from_single_file` offline.
 Latents are 1/8 of the image side like the real models, so 64×64 images give 8×8 latents.
 """
 
@@ -166,4 +168,89 @@ def build_tiny_sdxl(directory: Path) -> Path:
         tokenizer=tokenizer, tokenizer_2=tokenizer_2, scheduler=scheduler, force_zeros_for_empty_prompt=True,
     )
     pipe.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+# ---------------------------------------------------------------- original (LDM) single-file layout
+
+_UNET_TOP = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+_UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
+                "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
+_VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def _ldm_unet_key(key: str, config: dict) -> str:
+    """Original-UNet name of a diffusers UNet parameter (the inverse of diffusers' single-file conversion)."""
+    import re
+
+    for new, old in _UNET_TOP.items():
+        if key.startswith(new + "."):
+            return old + key[len(new):]
+    stride = config["layers_per_block"] + 1
+    up_attention = ["CrossAttn" in t for t in config["up_block_types"]]
+
+    def resnet(tail: str) -> str:
+        head, _, rest = tail.partition(".")
+        return f"{_UNET_RESNET.get(head, head)}.{rest}"
+
+    if m := re.fullmatch(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
+        index = 1 + int(m[1]) * stride + int(m[3])
+        return f"input_blocks.{index}.0.{resnet(m[4])}" if m[2] == "resnets" else f"input_blocks.{index}.1.{m[4]}"
+    if m := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)", key):
+        return f"input_blocks.{(int(m[1]) + 1) * stride}.0.op.{m[2]}"
+    if m := re.fullmatch(r"mid_block\.(resnets|attentions)\.(\d+)\.(.+)", key):
+        return f"middle_block.{2 * int(m[2])}.{resnet(m[3])}" if m[1] == "resnets" else f"middle_block.1.{m[3]}"
+    if m := re.fullmatch(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
+        index = int(m[1]) * stride + int(m[3])
+        return f"output_blocks.{index}.0.{resnet(m[4])}" if m[2] == "resnets" else f"output_blocks.{index}.1.{m[4]}"
+    if m := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)", key):
+        level = int(m[1])
+        return f"output_blocks.{level * stride + stride - 1}.{2 if up_attention[level] else 1}.conv.{m[2]}"
+    raise ValueError(f"no original name for UNet parameter {key}")
+
+
+def _ldm_vae_key(key: str, config: dict) -> str:
+    import re
+
+    levels = len(config["up_block_types"])
+    key = key.replace("conv_norm_out", "norm_out").replace("conv_shortcut", "nin_shortcut")
+    if m := re.fullmatch(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", key):
+        return f"encoder.down.{m[1]}.block.{m[2]}.{m[3]}"
+    if m := re.fullmatch(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.(.+)", key):
+        return f"encoder.down.{m[1]}.downsample.{m[2]}"
+    if m := re.fullmatch(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", key):
+        return f"decoder.up.{levels - 1 - int(m[1])}.block.{m[2]}.{m[3]}"
+    if m := re.fullmatch(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.(.+)", key):
+        return f"decoder.up.{levels - 1 - int(m[1])}.upsample.{m[2]}"
+    if m := re.fullmatch(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.+)", key):
+        return f"{m[1]}.mid.block_{int(m[2]) + 1}.{m[3]}"
+    if m := re.fullmatch(r"(encoder|decoder)\.mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0)\.(.+)", key):
+        return f"{m[1]}.mid.attn_1.{_VAE_ATTENTION[m[2]]}.{m[3]}"
+    return key
+
+
+def save_sd15_single_file(pipeline_dir: Path, out: Path) -> Path:
+    """Write an SD1.x diffusers folder as one original-layout (LDM) `.safetensors` checkpoint, the
+    kind people download from model sites, so `from_single_file` can be tested offline."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextModel
+
+    unet = UNet2DConditionModel.from_pretrained(pipeline_dir, subfolder="unet")
+    vae = AutoencoderKL.from_pretrained(pipeline_dir, subfolder="vae")
+    text_encoder = CLIPTextModel.from_pretrained(pipeline_dir, subfolder="text_encoder")
+    state: dict[str, torch.Tensor] = {}
+    for key, value in unet.state_dict().items():
+        state["model.diffusion_model." + _ldm_unet_key(key, dict(unet.config))] = value
+    for key, value in vae.state_dict().items():
+        if ".mid_block.attentions." in key and value.dim() == 2:
+            value = value[:, :, None, None]  # the original VAE attention uses 1×1 convolutions
+        state["first_stage_model." + _ldm_vae_key(key, dict(vae.config))] = value
+    for key, value in text_encoder.state_dict().items():
+        name = key if key.startswith("text_model.") else "text_model." + key
+        state["cond_stage_model.transformer." + name] = value
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out))
     return out

@@ -101,6 +101,14 @@ class TensorCache:
         self.put(key, tensors)
         return tensors
 
+    def get_many(self, keys: list[str]) -> list[dict[str, Any] | None]:
+        """Look several keys up at once (callers then compute the misses together), counting hits/misses."""
+        found = [self.get(key) for key in keys]
+        hits = sum(item is not None for item in found)
+        self.stats.hits += hits
+        self.stats.misses += len(keys) - hits
+        return found
+
     def __len__(self) -> int:
         return len(self._memory)
 

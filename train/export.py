@@ -162,7 +162,8 @@ def kohya_state_dict(layers: Iterable[LoraLayer], family: Family, unet_config: M
         state[f"{name}.lora_up.weight"] = layer.up.to(dtype).contiguous()
         state[f"{name}.alpha"] = torch.tensor(layer.alpha, dtype=dtype)
         if layer.magnitude is not None:
-            shape = (layer.magnitude.shape[0],) + (1,) * (layer.up.dim() - 1)
+            # LyCORIS layout (norm over each output channel): [out, 1] linear, [out, 1, 1, 1] conv
+            shape = (layer.up.shape[0],) + (1,) * (layer.up.dim() - 1)
             state[f"{name}.dora_scale"] = layer.magnitude.reshape(shape).to(dtype).contiguous()
     return state
 
@@ -171,8 +172,23 @@ def diffusers_state_dict(model: torch.nn.Module, component: str, adapter: str,
                          dtype: torch.dtype) -> dict[str, torch.Tensor]:
     from peft.utils import get_peft_model_state_dict
     state = get_peft_model_state_dict(model, adapter_name=adapter)
-    return {f"{component}.{k.removeprefix('base_model.model.')}": v.detach().to(dtype).contiguous()
-            for k, v in state.items()}
+    return {f"{component}.{canonical_path(component, k.removeprefix('base_model.model.'))}":
+            v.detach().to(dtype).contiguous() for k, v in state.items()}
+
+
+def canonical_path(component: str, path: str) -> str:
+    """Text-encoder paths as every LoRA on the hub writes them (`text_model.encoder…`), whatever the
+    installed transformers calls them (version 5 dropped the `text_model` level)."""
+    if component == "unet" or path.startswith(("text_model.", "text_projection")):
+        return path
+    return "text_model." + path
+
+
+def model_path(model: torch.nn.Module, component: str, path: str) -> str:
+    """A canonical path as it is named in this `model` (the inverse of `canonical_path`)."""
+    if component != "unet" and path.startswith("text_model.") and not hasattr(model, "text_model"):
+        return path.removeprefix("text_model.")
+    return path
 
 
 def adapter_config(model: torch.nn.Module, adapter: str) -> dict[str, Any]:
@@ -567,16 +583,19 @@ def load_lora_state(path: str | Path, base: BaseModel) -> LoraState:
                 rank = int(down.shape[0])
                 tensors.setdefault(component, {})[f"{module_path}.lora_A.weight"] = down
                 tensors[component][f"{module_path}.lora_B.weight"] = up
-                if "dora_scale" in parts_d:
-                    tensors[component][f"{module_path}.lora_magnitude_vector"] = parts_d["dora_scale"].reshape(-1)
+                if "dora_scale" in parts_d:  # peft's layout: [out] linear, [1, out, 1, 1] conv
+                    peft_shape = (1, -1, 1, 1) if up.dim() == 4 else (-1,)
+                    tensors[component][f"{module_path}.lora_magnitude_vector"] = parts_d["dora_scale"].reshape(peft_shape)
                 ranks.setdefault(component, {})[module_path] = rank
                 alphas.setdefault(component, {})[module_path] = float(parts_d.get("alpha", torch.tensor(rank)).item())
     else:
         adapter_meta = lora.adapter_metadata
+        models = dict(zip(COMPONENTS, [base.unet, *base.text_encoders]))
         for key, value in lora.tensors.items():
             component, _, rest = key.partition(".")
-            if component not in COMPONENTS:
-                raise ModelMismatch(f"{lora.path.name}: unexpected key '{key}' in a diffusers LoRA")
+            if component not in models:
+                raise ModelMismatch(f"{lora.path.name}: unexpected key '{key}' for this base model")
+            rest = model_path(models[component], component, rest)
             tensors.setdefault(component, {})[rest] = value
             if rest.endswith(".lora_A.weight"):
                 module_path = rest.removesuffix(".lora_A.weight")
@@ -715,5 +734,6 @@ def load_lora_into(base: BaseModel, path: str | Path, adapter: str = "default") 
                 if magnitude is not None:
                     if adapter not in layer.lora_magnitude_vector:
                         raise ModelMismatch("the LoRA is a DoRA but the network is not", hint=hint)
-                    layer.lora_magnitude_vector[adapter].weight.copy_(magnitude.reshape(-1))
+                    target = layer.lora_magnitude_vector[adapter].weight
+                    target.copy_(magnitude.reshape(target.shape))
     return state.components

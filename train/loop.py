@@ -162,7 +162,7 @@ def train(manifest_path: str | Path, config: TrainConfig, *, reporter: Reporter 
     if run.resume:
         state = resume_from(resolve_resume(out, run.resume), base, network, optimizer, scheduler, reporter)
     unet, optimizer = accelerator.prepare(base.unet, optimizer)
-    batcher = Batcher(base, plan.data, config, accelerator.device, reporter)
+    batcher = Batcher(base, plan.data, config, accelerator.device)
     log = LossLog.resume(out / "loss.csv", state.global_step) if accelerator.is_main_process else LossLog()
     tracker = make_tracker(config, out) if accelerator.is_main_process else None
     sampler = Sampler.create(config, plan, base, reporter) if accelerator.is_main_process else None
@@ -179,12 +179,10 @@ def train(manifest_path: str | Path, config: TrainConfig, *, reporter: Reporter 
                                       groups[index], epoch, state.global_step, config)
                 end_of_epoch = index == len(groups) - 1
                 state.advance(loss, len(groups[index][1]), end_of_epoch=end_of_epoch)
-                lr = scheduler.get_last_lr()[0]
-                log.add(state.global_step, epoch, loss, state.loss_ema, lr)
-                if tracker is not None:
-                    tracker.add_scalars("train", {"loss": loss, "loss_ema": state.loss_ema, "lr": lr}, state.global_step)
-                advance(1, metrics={"step": state.global_step, "epoch": epoch + 1, "epochs": plan.epochs,
-                                    "loss": loss, "loss_ema": state.loss_ema, "lr": lr})
+                metrics = {"step": state.global_step, "epoch": epoch + 1, "epochs": plan.epochs, "loss": loss,
+                           "loss_ema": state.loss_ema, "lr": scheduler.get_last_lr()[0]}
+                log.add(metrics, tracker)
+                advance(1, metrics=metrics)
                 if accelerator.is_main_process and should_save(state, run, end_of_epoch, plan.total_steps):
                     checkpoints.append(save(out, state, base, network, optimizer, scheduler, config, plan, log))
                 if sampler is not None and (state.global_step % run.sample_every == 0
@@ -218,6 +216,10 @@ def optimizer_step(accelerator: Any, base: Any, unet: Any, network: Network, opt
             raise diverged(value, step, epoch, config)
         accelerator.backward(loss / len(micro_batches))
         total += value / len(micro_batches)
+    if accelerator.num_processes > 1:  # the UNet syncs through DDP; text-encoder LoRA grads by hand
+        for param in network.text_encoder_params:
+            if param.grad is not None:
+                param.grad = accelerator.reduce(param.grad, reduction="mean")
     if config.optimizer.max_grad_norm > 0:
         accelerator.clip_grad_norm_(network.unet_params + network.text_encoder_params, config.optimizer.max_grad_norm)
     optimizer.step()
@@ -255,7 +257,7 @@ def diverged(value: float, step: int, epoch: int, config: TrainConfig) -> Traini
 class Batcher:
     """Turns batches of example indices into latents + text conditioning, through the caches."""
 
-    def __init__(self, base: Any, data: TrainingSet, config: TrainConfig, device: Any, reporter: Reporter) -> None:
+    def __init__(self, base: Any, data: TrainingSet, config: TrainConfig, device: Any) -> None:
         import torch
 
         self.base, self.data, self.config, self.device = base, data, config, device
@@ -268,11 +270,10 @@ class Batcher:
         self.texts: TensorCache | None = TensorCache() if config.run.cache_text_encoder and not trains_te else None
         ids = base.component_ids or {}
         self.vae_id = ids.get("vae", base.model_id)
-        self.text_id = "+".join(ids.get(k, base.model_id) for k in ("text_encoder", "text_encoder_2")
-                                if k in ids or k == "text_encoder") + f"/clip_skip={config.model.clip_skip}"
+        encoders = ("text_encoder", "text_encoder_2")[:len(base.text_encoders)]
+        self.text_id = "+".join(ids.get(k, base.model_id) for k in encoders) + f"/clip_skip={config.model.clip_skip}"
         self.captions = CaptionOptions(data.manifest.trigger, config.data.caption_dropout, config.data.tag_dropout)
         self.scaling = float(base.vae.config.scaling_factor)
-        self.reporter = reporter
         self._torch = torch
 
     def groups(self, epoch: int, accelerator: Any) -> list[tuple[int, list[tuple[int, ...]]]]:
@@ -288,7 +289,7 @@ class Batcher:
         torch = self._torch
         examples = [self.data.examples[i] for i in indices]
         draws = [self._draw(example, epoch, batch_number, slot) for slot, example in enumerate(examples)]
-        latents = torch.stack([self._latent(e, flip, rng) for e, (flip, _, rng) in zip(examples, draws, strict=True)])
+        latents = self._latents(examples, draws)
         prompt = self._prompt([caption for _, caption, _ in draws])
         time_ids = None
         if self.base.is_sdxl:
@@ -311,24 +312,33 @@ class Batcher:
         return ((place.original[1], place.original[0]), (place.trim[1], place.trim[0]),
                 (example.bucket[1], example.bucket[0]))
 
-    def _latent(self, example: Example, flip: bool, rng: Any) -> Any:
-        if self.latents is None:
-            return self._encode_image(example, flip, rng)
-        place = placement(example.record.size, example.bucket)
-        key = latent_key(example.record, resized=place.resized, trim=place.trim, bucket=example.bucket,
-                         flip=flip, vae_id=self.vae_id)
-        return self.latents.get_or_compute(key, lambda: {"latent": self._encode_image(example, flip)})["latent"]
-
-    def _encode_image(self, example: Example, flip: bool, rng: Any = None) -> Any:
+    def _latents(self, examples: Sequence[Example], draws: Sequence[tuple[bool, str, Any]]) -> Any:
+        """Cached latents where there are some; the misses are encoded together in one VAE call."""
         torch = self._torch
+        keys = [self._latent_key(e, flip) for e, (flip, _, _) in zip(examples, draws, strict=True)]
+        found = self.latents.get_many(keys) if self.latents is not None else [None] * len(keys)
+        missing = [i for i, item in enumerate(found) if item is None]
+        if missing:
+            pixels = torch.stack([self._pixels(examples[i], draws[i][0], draws[i][2]) for i in missing])
+            with torch.no_grad():
+                encoded = self.base.vae.encode(pixels.to(self.device, torch.float32)).latent_dist.mode()
+            for i, latent in zip(missing, (encoded * self.scaling).float().cpu(), strict=True):
+                found[i] = {"latent": latent}
+                if self.latents is not None:
+                    self.latents.put(keys[i], found[i])
+        return torch.stack([item["latent"] for item in found])
+
+    def _latent_key(self, example: Example, flip: bool) -> str:
+        place = placement(example.record.size, example.bucket)
+        return latent_key(example.record, resized=place.resized, trim=place.trim, bucket=example.bucket,
+                          flip=flip, vae_id=self.vae_id)
+
+    def _pixels(self, example: Example, flip: bool, rng: Any) -> Any:
         image, _ = load_pixels(example)
         array = to_array(image, flip=flip)
-        if self.config.data.color_aug and rng is not None:
+        if self.config.data.color_aug:
             array = colour_jitter(array, rng)
-        pixels = torch.from_numpy(array)[None].to(self.device, torch.float32)
-        with torch.no_grad():
-            latent = self.base.vae.encode(pixels).latent_dist.mode()
-        return (latent[0] * self.scaling).float().cpu()
+        return self._torch.from_numpy(array)
 
     def _prompt(self, captions: list[str]) -> Any:
         from train.conditioning import PromptEmbeds, encode_prompt, tokenize
@@ -618,8 +628,11 @@ class LossLog:
                     log.rows.append((int(parts[0]), int(parts[1]), *(float(p) for p in parts[2:])))  # type: ignore[arg-type]
         return log
 
-    def add(self, step: int, epoch: int, loss: float, ema: float, lr: float) -> None:
-        self.rows.append((step, epoch + 1, loss, ema, lr))
+    def add(self, metrics: dict[str, Any], tracker: Any = None) -> None:
+        m = metrics
+        self.rows.append((m["step"], m["epoch"], m["loss"], m["loss_ema"], m["lr"]))
+        if tracker is not None:
+            tracker.add_scalars("train", {k: m[k] for k in ("loss", "loss_ema", "lr")}, m["step"])
 
     def write(self) -> Path | None:
         from prep.atomic import write_text_atomic

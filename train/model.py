@@ -223,13 +223,21 @@ def _quiet_loading() -> Iterator[None]:
     """Library progress bars and the `torch_dtype` rename warning (kept for diffusers < 0.36) are
     noise inside our own progress display."""
     from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    loggers = (diffusers_logging, transformers_logging)
+    verbosities = [logger.get_verbosity() for logger in loggers]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-        diffusers_logging.disable_progress_bar()
+        for logger in loggers:
+            logger.disable_progress_bar()
+            logger.set_verbosity_error()
         try:
             yield
         finally:
-            diffusers_logging.enable_progress_bar()
+            for logger, verbosity in zip(loggers, verbosities):
+                logger.set_verbosity(verbosity)
+                logger.enable_progress_bar()
 
 
 def _looks_like_hub_id(text: str) -> bool:
@@ -275,7 +283,8 @@ def _load_folder(folder: Path, *, allow_pickle: bool, dtype: torch.dtype, name: 
                          hint="convert it to safetensors, or pass --allow-pickle if you trust its source "
                               "(then it is loaded with weights_only)")
     family = family_from_unet_config(json.loads(unet_config_path.read_text()))
-    cls = pipeline_class_for(family)
+    with _quiet_loading():
+        cls = pipeline_class_for(family)
     extra: dict[str, Any] = {} if family == "sdxl" else dict(safety_checker=None, feature_extractor=None,
                                                               requires_safety_checker=False)
     try:

@@ -13,14 +13,13 @@ import json
 import math
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
-from collections.abc import Sequence
 
 from prep.errors import ModelMismatch
 
-CLIP_CHUNK = 75  # tokens per 77-token window, less BOS/EOS
 ESTIMATE_MARK = "≈"
 
 # CLIP splits text into words, single digits and punctuation runs before BPE.

@@ -74,7 +74,7 @@ class CaptionEditor(App):
     def compose(self) -> ComposeResult:
         with Horizontal(id="main"):
             with Vertical(id="left"):
-                yield Input(placeholder="/ filter: tag, -tag, lint, noface", id="filter", compact=True)
+                yield Input(placeholder="/ filter: tag, -tag, lint, noface, todo", id="filter", compact=True)
                 yield FileList(self._row_label, id="files")
             yield Static(id="preview")
             with Vertical(id="right"):
@@ -96,7 +96,7 @@ class CaptionEditor(App):
     def _row_label(self, row: int) -> str:
         index = self.session.visible[row]
         item = self.session.items[index]
-        mark = "✓" if item.accepted else ("•" if item.edited else " ")
+        mark = "✓" if item.is_accepted else ("•" if item.edited else " ")
         if item.disk is None:
             mark = "∅"
         return f"{mark}{Path(self.session.name(index)).name}"

@@ -9,14 +9,17 @@ Undo/redo restore exact bytes. Edits applied to all filtered images are also jou
 
 from __future__ import annotations
 
-from collections import Counter
+import hashlib
+import json
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prep.captions.dataset import CaptionDataset, CaptionFile, load_dataset, read_current
+from prep.atomic import write_text_atomic
+from prep.captions.dataset import STATE_DIR, CaptionDataset, CaptionFile, load_dataset, read_current
 from prep.captions.edit import AddTags, RemoveTags, caption_bytes, tag_key
 from prep.captions.journal import FileState, record, write_guarded
-from prep.captions.lint import LintOptions, LintReport, lint_dataset
+from prep.captions.lint import LintOptions, LintReport, Problem, lint_dataset
 from prep.captions.show import tagger_scores
 from prep.captions.tokens import TokenCounter, load_token_counter
 from prep.sidecars import read_meta
@@ -31,12 +34,38 @@ class Item:
     disk: bytes | None
     tags: list[str]
     disabled: set[str] = field(default_factory=set)  # toggled off: shown, not written
-    accepted: bool = False
+    accepted: bytes | None = None  # the caption bytes a person accepted (stale once they change)
     edited: bool = False
+
+    @property
+    def is_accepted(self) -> bool:
+        return self.accepted is not None and self.accepted == self.disk
 
     @property
     def written_tags(self) -> list[str]:
         return [t for t in self.tags if t not in self.disabled]
+
+
+REVIEW_FILE = Path(STATE_DIR) / "review.json"
+REVIEW_SCHEMA = "loraprep.review/1"
+
+
+def _digest(data: bytes | None) -> str | None:
+    return hashlib.sha256(data).hexdigest() if data is not None else None
+
+
+def read_accepted(root: Path) -> dict[str, str]:
+    """caption path → sha256 of the bytes that were accepted ({} when nothing was)."""
+    try:
+        data = json.loads((root / REVIEW_FILE).read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return {}
+    accepted = data.get("accepted") if isinstance(data, dict) and data.get("schema") == REVIEW_SCHEMA else None
+    return accepted if isinstance(accepted, dict) else {}
+
+
+def write_accepted(root: Path, accepted: dict[str, str | None]) -> None:
+    write_text_atomic(root / REVIEW_FILE, json.dumps({"schema": REVIEW_SCHEMA, "accepted": accepted}) + "\n")
 
 
 @dataclass(frozen=True)
@@ -67,11 +96,16 @@ class Session:
                  counter: TokenCounter | None = None) -> None:
         self.root = Path(root)
         self.dataset = load_dataset(self.root, extension)
+        accepted = read_accepted(self.root)
         self.items = [Item(f, f.raw, list(f.tags)) for f in self.dataset.files if f.image is not None]
+        for item in self.items:
+            if item.file.caption in accepted and accepted[item.file.caption] == _digest(item.disk):
+                item.accepted = item.disk
         self.frequency: Counter[str] = self.dataset.tag_counts()
         self.lint_options = lint_options
         self._counter = counter
         self._lint: LintReport | None = None
+        self._problems: dict[str, list[Problem]] = {}
         self._faces: dict[int, bool] = {}
         self.undo_stack: list[list[Edit]] = []
         self.redo_stack: list[list[Edit]] = []
@@ -114,13 +148,14 @@ class Session:
             current = CaptionDataset(self.root, self.dataset.extension, tuple(
                 CaptionFile.make(i.file.caption, i.file.image, i.disk) for i in self.items))
             self._lint = lint_dataset(current, self._counter, self.lint_options)
+            self._problems = defaultdict(list)
+            for problem in self._lint.problems:
+                self._problems[problem.path].append(problem)
         return self._lint
 
     def problems(self, index: int) -> list[str]:
-        if self._lint is None:
-            return []
-        name = self.name(index)
-        return [p.message for p in self._lint.problems if p.path == name]
+        """The image's lint problems, if lint has run since the last edit."""
+        return [p.message for p in self._problems.get(self.name(index), ())] if self._lint else []
 
     # ---- filtering and moving
 
@@ -129,10 +164,12 @@ class Session:
         query = text.strip()
         if query == "noface":
             return self.no_face(index)
+        if query == "todo":
+            return not item.is_accepted
         if query == "lint" or query.startswith("lint:"):
             kind = query.partition(":")[2].strip()
-            name = self.name(index)
-            return any(p.path == name and (not kind or p.kind == kind) for p in self.lint().problems)
+            self.lint()
+            return any(not kind or p.kind == kind for p in self._problems.get(self.name(index), ()))
         if query.startswith("-"):
             return query[1:].strip() not in item.tags
         if query.startswith("="):
@@ -145,16 +182,14 @@ class Session:
         self.filter_text = text.strip()
         if not self.filter_text:
             self.visible = list(range(len(self.items)))
-        elif self.filter_text == "lint" or self.filter_text.startswith("lint:"):
-            self.lint()
-            self.visible = [i for i in range(len(self.items)) if self.matches(i, self.filter_text)]
         else:
             self.visible = [i for i in range(len(self.items)) if self.matches(i, self.filter_text)]
         return len(self.visible)
 
     def next_problem(self, position: int) -> int | None:
         """The visible position of the next image with a lint problem after `position` (wrapping)."""
-        paths = self.lint().paths()
+        self.lint()
+        paths = self._problems
         count = len(self.visible)
         for step in range(1, count + 1):
             candidate = (position + step) % count
@@ -236,7 +271,10 @@ class Session:
         return self.change(index, tags)
 
     def accept(self, index: int) -> Outcome:
-        self.items[index].accepted = True
+        """Mark the caption as reviewed; remembered in `.loraprep/review.json` until it changes."""
+        item = self.items[index]
+        item.accepted = item.disk
+        write_accepted(self.root, {i.file.caption: _digest(i.disk) for i in self.items if i.is_accepted})
         return Outcome(f"accepted {self.name(index)}")
 
     def apply_to_filtered(self) -> Outcome:

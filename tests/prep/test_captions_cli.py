@@ -130,3 +130,8 @@ def test_show_gives_tagger_scores_and_frequencies(ds):
 def test_show_unknown_image_is_a_usage_error(ds):
     result = run("show", ds, "nope.png")
     assert result.exit_code == 2 and "not an image" in result.output
+
+
+def test_edit_on_a_missing_folder_is_a_usage_error(tmp_path):
+    result = run("edit", tmp_path / "nope")
+    assert result.exit_code == 2 and "not a folder" in result.output

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from prep.captions.tokens import (ClipBpeCounter, EstimateCounter, InstantClipCounter, _bytes_to_unicode,
-                                  load_token_counter)
+from prep.captions.dataset import split_caption
+from prep.captions.tokens import (CaptionLengths, ClipBpeCounter, EstimateCounter, InstantClipCounter,
+                                  _bytes_to_unicode, load_token_counter)
 from prep.errors import ModelMismatch
 
 MERGES = [("r", "e"), ("re", "d</w>"), ("h", "a"), ("ha", "i"), ("hai", "r</w>"), ("s", "m"), ("sm", "i"),
@@ -78,3 +79,13 @@ def test_without_any_vocabulary_the_count_is_labelled_an_estimate(tmp_path):
     counter = load_token_counter(models=tmp_path, use_package=False)
     assert isinstance(counter, EstimateCounter) and not counter.exact and "estimate" in counter.name
     assert counter.count("1girl, long red hair") == 6  # 1 · girl · , · long · red · hair
+
+
+@pytest.mark.parametrize("text", [
+    "1girl, long red hair, smile", "a,b,,c", "trailing, comma,", "^_^, smile", "smile!, hair", "'s, girl",
+    "über, café 42", "one tag",
+])
+def test_counting_tag_by_tag_equals_counting_the_whole_caption(tokenizer_dir, text):
+    counter = ClipBpeCounter(tokenizer_dir)
+    lengths = CaptionLengths(counter)
+    assert lengths(text, split_caption(text)) == counter.count(text)

@@ -170,3 +170,16 @@ def test_apply_to_filtered_leaves_captions_changed_elsewhere_alone(ds):
     assert (ds / "sylvie.txt").read_text() == "changed elsewhere, smile"
     assert session.items[session.visible[-1]].tags == ["changed elsewhere", "smile"]   # reloaded
     assert caption(ds, "astronaut.png") == b"sks, 1boy, spacesuit\n"
+
+
+async def test_accept_is_remembered_until_the_caption_changes(ds):
+    editor = CaptionEditor(ds)
+    async with editor.run_test(size=(80, 24)) as pilot:
+        await pilot.press("a", "a")                  # accept astronaut and camera, land on chelsea
+        assert editor.session.name(editor.current) == "chelsea.png"
+    (ds / "camera.txt").write_text("changed since, sks")
+    editor = CaptionEditor(ds)
+    async with editor.run_test(size=(80, 24)) as pilot:
+        await type_into(pilot, "#filter", "todo")
+        assert [editor.session.name(i) for i in editor.session.visible] == [
+            "camera.png", "chelsea.png", "rocket.jpg", "sylvie.png"]

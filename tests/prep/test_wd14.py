@@ -221,3 +221,10 @@ def test_registry_model_in_the_cache_is_used(wd14_model, dataset, tmp_path, monk
     result = tag_folder(dataset, TagOptions(model="wd-vit-tagger-v3"))
     assert len(result.done) == 4 and result.provider == "CPUExecutionProvider" and result.batch_size == 1
     assert np.isclose(read_meta(dataset / "rocket.jpg")["tags"]["general"]["long hair"], 0.6)
+
+
+def test_rerun_with_every_image_captioned_opens_no_model(dataset) -> None:
+    for image in list(dataset.iterdir()):
+        image.with_suffix(".txt").write_text("done\n", encoding="utf-8")
+    result = tag_folder(dataset, TagOptions(model="wd-vit-tagger-v3"))  # not in the cache, and not needed
+    assert len(result.skipped) == 4 and not result.done and not result.dropped

@@ -66,7 +66,7 @@ def test_disk_cache_recomputes_only_the_recropped_image(testdata: Path, tmp_path
     base = load_model(config, "cpu")
 
     def warm(path: Path) -> Batcher:
-        batcher = Batcher(base, load_training_set(path, shuffle_caption=False), config, "cpu", reporter=None)
+        batcher = Batcher(base, load_training_set(path, shuffle_caption=False), config, "cpu")
         batcher.condition(range(len(batcher.data.examples)), epoch=0, batch_number=0)
         return batcher
 
@@ -84,7 +84,7 @@ def test_cached_latents_equal_fresh_ones(testdata: Path, tmp_path: Path, tiny_sd
     results = []
     for mode in ("off", "memory"):
         config = load_config(None, {"base": str(tiny_sd15), "cache_latents": mode, "output_dir": str(tmp_path)})
-        batcher = Batcher(load_model(config, "cpu"), load_training_set(manifest), config, "cpu", reporter=None)
+        batcher = Batcher(load_model(config, "cpu"), load_training_set(manifest), config, "cpu")
         results.append(batcher.condition([0, 1], epoch=0, batch_number=0))
     assert torch.equal(results[0].latents, results[1].latents)
     assert torch.allclose(results[0].prompt.embeds, results[1].prompt.embeds, atol=1e-6)

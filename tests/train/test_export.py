@@ -233,15 +233,16 @@ def test_lora_without_family_metadata_is_checked_by_shape(exported: dict[str, Ex
         load_lora_state(stripped, load_base(exported["sdxl"].source))
 
 
-def test_dora_exports_dora_scale_and_reloads_from_both_files(tiny_sd15: Path, tmp_path: Path) -> None:
+def test_dora_exports_lycoris_dora_scale_and_reloads_from_both_files(tiny_sd15: Path, tmp_path: Path) -> None:
     base = load_base(tiny_sd15)
-    inject(base, conv=False, dora=True, text_encoder=True)
+    inject(base, conv=True, dora=True, text_encoder=True)
     in_memory = our_image(base)
     kohya, diffusers = save_lora(tmp_path / "dora", unet=base.unet, text_encoders=base.text_encoders, base=base,
                                  dtype=torch.float32)
     with safe_open(str(kohya), "pt") as handle:
-        shape = handle.get_slice("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.dora_scale").get_shape()
-    assert shape == [32, 1]
+        shapes = [handle.get_slice(f"lora_unet_down_blocks_0_{name}.dora_scale").get_shape()
+                  for name in ("attentions_0_transformer_blocks_0_attn1_to_q", "resnets_0_conv1")]
+    assert shapes == [[32, 1], [32, 1, 1, 1]]
     for path in (kohya, diffusers):
         assert np.array_equal(our_image(load_base(tiny_sd15), path), in_memory)
 

@@ -140,6 +140,17 @@ def test_clip_skip_two_uses_the_penultimate_layer(tiny_sd15: Path) -> None:
     assert not torch.equal(skipped, encode_prompt(base, ids).embeds)
 
 
+def test_single_file_checkpoint_loads_offline_with_local_configs(tiny_sd15: Path, tmp_path: Path) -> None:
+    from tinymodels import save_sd15_single_file
+
+    checkpoint = save_sd15_single_file(tiny_sd15, tmp_path / "tiny-sd15.safetensors")
+    single, folder = load_base(checkpoint, config=tiny_sd15), load_base(tiny_sd15)
+    assert (single.family, single.prediction_type, single.source) == ("sd1", "epsilon", str(checkpoint))
+    for name in ("unet", "vae"):
+        theirs = getattr(folder, name).state_dict()
+        assert all(torch.equal(value, theirs[key]) for key, value in getattr(single, name).state_dict().items())
+
+
 def test_single_file_with_wrong_configs_is_a_mismatch(tmp_path: Path, tiny_sd15: Path) -> None:
     path = tmp_path / "model.safetensors"
     save_file({"cond_stage_model.transformer.text_model.embeddings.position_ids": torch.zeros(1, 77)}, path)
