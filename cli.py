@@ -957,7 +957,7 @@ def captions_edit(
 def train(
     manifest: Annotated[Path, typer.Argument(help="manifest.json (or the folder holding it) written by `loraprep manifest`.")],
     base: Annotated[Optional[str], typer.Option("--base", help="Base model: diffusers folder, .safetensors file or hub id.", rich_help_panel="Model")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="TOML file of settings ([network] rank = 8 …); flags override it.")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="TOML file of settings (rank = 8, lr = 2e-4, … or in sections); flags override it.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check manifest + config; print steps, batches, memory; load no weights.")] = False,
     allow_pickle: Annotated[Optional[bool], typer.Option("--allow-pickle", help="Accept .ckpt/pickle weights (loaded weights_only).", rich_help_panel="Model")] = None,
     prediction_type: Annotated[Optional[str], typer.Option(help="auto | epsilon | v_prediction.", rich_help_panel="Model")] = None,

@@ -29,7 +29,7 @@ IMAGES = {"photos/astronaut.png": "sks, woman, astronaut, smile", "photos/chelse
 
 
 def build_small_sd(folder: Path) -> Path:
-    """An SD1.5-shaped pipeline with a few channels: same blocks, attention and VAE depth as SD1.5."""
+    """An SD1.5-shaped pipeline with few channels: SD1.5's block types, attention and VAE depth."""
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -85,7 +85,7 @@ def cpu_bench(steps: int) -> None:
         folder = Path(tmp)
         model = build_small_sd(folder / "small-sd")
         buckets = BucketSettings(resolution=(128, 128), step=64, min=64, max=256)
-        manifest = make_dataset(ROOT / "tests" / "data", folder / "ds", images=IMAGES, side=160, buckets=buckets)
+        manifest = make_dataset(ROOT / "tests" / "data", folder / "ds", images=IMAGES, side=4096, buckets=buckets)
         results = {}
         for cached in (False, True):
             args = [sys.executable, __file__, "--one", json.dumps([str(model), str(manifest), str(folder / f"out{cached}"),
@@ -93,7 +93,7 @@ def cpu_bench(steps: int) -> None:
             line = subprocess.run(args, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
             results[cached] = json.loads(line)
     off, on = results[False], results[True]
-    print("small SD1.5-shaped pipeline on CPU, 128² images, batch 2, rank 8, "
+    print("small SD1.5-shaped pipeline on CPU, real photos (≤ 512 px) into 128² buckets, batch 2, rank 8, "
           f"{off['steps_timed']} timed steps after the first epoch")
     print(f"  no caches:                 {off['s_per_step']:.3f} s/step   peak RSS {off['peak_rss_mb']:.0f} MB")
     print(f"  latent + text-encoder cache: {on['s_per_step']:.3f} s/step   peak RSS {on['peak_rss_mb']:.0f} MB")
@@ -101,19 +101,21 @@ def cpu_bench(steps: int) -> None:
     print(f"  ratio cached/uncached: {ratio:.2f}  (target ≤ 0.6: {'met' if ratio <= 0.6 else 'NOT met'})")
 
 
-def full_size_one(checkpointing: bool, steps: int) -> dict:
-    """SD1.5-shaped UNet (diffusers defaults + 768-d cross-attention) and CLIP-L-shaped text encoder,
-    random weights, 512² (64² latents), batch 1, rank 16, bf16/fp16 weights with fp32 LoRA."""
+def full_size_one(checkpointing: bool, cached: bool, steps: int) -> dict:
+    """SD1.5-shaped UNet (diffusers defaults + 768-d cross-attention), CLIP-L-shaped text encoder and
+    SD VAE, random weights, 512² (64² latents), batch 1, rank 16, bf16/fp16 weights with fp32 LoRA
+    and the VAE in fp32. Uncached: every step also encodes the image (VAE) and the caption (TE)."""
     import torch
-    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from train.config import LossConfig, NetworkConfig, TrainConfig
     from train.loop import Conditioned, make_optimizer, training_step
     from train.network import add_lora
 
-    device = "cuda"
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: only to smoke-test this code path
+    dtype = torch.bfloat16 if device == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
+    gpu = torch.cuda if device == "cuda" else None
     unet = UNet2DConditionModel(cross_attention_dim=768, sample_size=64).to(device, dtype)
     text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                                         num_attention_heads=12, max_position_embeddings=77)).to(device, dtype)
@@ -129,29 +131,45 @@ def full_size_one(checkpointing: bool, steps: int) -> dict:
         noise_scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
         is_sdxl = False
 
-    with torch.no_grad():
-        embeds = text(torch.randint(0, 49000, (1, 77), device=device)).last_hidden_state
+    vae = None if cached else AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, norm_num_groups=32,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        sample_size=512).to(device, torch.float32)
     from train.conditioning import PromptEmbeds
 
-    batch = Conditioned(torch.randn(1, 4, 64, 64, device=device), PromptEmbeds(embeds), None,
-                        torch.ones(1, device=device))
+    ids = torch.randint(0, 49000, (1, 77), device=device)
+    pixels = torch.rand(1, 3, 512, 512, device=device) * 2 - 1
+
+    def conditioned() -> Conditioned:
+        with torch.no_grad():
+            embeds = text(ids).last_hidden_state
+            latents = (torch.randn(1, 4, 64, 64, device=device) if vae is None
+                       else vae.encode(pixels).latent_dist.mode() * 0.18215)
+        return Conditioned(latents, PromptEmbeds(embeds), None, torch.ones(1, device=device))
+
+    cached_batch = conditioned()
     generator = torch.Generator(device).manual_seed(0)
-    torch.cuda.reset_peak_memory_stats()
+    if gpu:
+        gpu.reset_peak_memory_stats()
     times = []
     unet.train()
     for _ in range(steps):
-        torch.cuda.synchronize()
+        if gpu:
+            gpu.synchronize()
         start = time.perf_counter()
-        with torch.autocast("cuda", dtype=dtype):
+        batch = cached_batch if cached else conditioned()
+        with torch.autocast(device, dtype=dtype):
             loss = training_step(Base(), unet, batch, prediction_type="epsilon", loss=LossConfig(), generator=generator)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
+        if gpu:
+            gpu.synchronize()
         times.append(time.perf_counter() - start)
     timed = times[2:] or times
-    return {"s_per_step": sum(timed) / len(timed), "peak_vram_gb": torch.cuda.max_memory_allocated() / 1024 ** 3,
-            "dtype": str(dtype).replace("torch.", ""), "device": torch.cuda.get_device_name()}
+    return {"s_per_step": sum(timed) / len(timed),
+            "peak_vram_gb": gpu.max_memory_allocated() / 1024 ** 3 if gpu else 0.0,
+            "dtype": str(dtype).replace("torch.", ""), "device": gpu.get_device_name() if gpu else "cpu"}
 
 
 def full_size_bench(steps: int) -> None:
@@ -160,14 +178,18 @@ def full_size_bench(steps: int) -> None:
     if not torch.cuda.is_available():
         print("--full-size needs a CUDA GPU (none found); run it on a GPU machine")
         return
-    for checkpointing in (False, True):
-        args = [sys.executable, __file__, "--one-full", json.dumps([checkpointing, steps])]
+    results = {}
+    for checkpointing, cached in ((False, True), (True, True), (False, False)):
+        args = [sys.executable, __file__, "--one-full", json.dumps([checkpointing, cached, steps])]
         line = subprocess.run(args, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-        r = json.loads(line)
-        label = "with gradient checkpointing" if checkpointing else "without checkpointing      "
+        r = results[checkpointing, cached] = json.loads(line)
+        label = ("with gradient checkpointing" if checkpointing else "without checkpointing      ") + \
+            (", cached latents+TE" if cached else ", no caches (VAE+TE each step)")
         print(f"SD1.5-shaped UNet 512², batch 1, rank 16, {r['dtype']} on {r['device']}, {label}: "
               f"{r['s_per_step']:.3f} s/step, peak VRAM {r['peak_vram_gb']:.2f} GB"
               + ("  (target ≤ 6 GB: " + ("met)" if r["peak_vram_gb"] <= 6 else "NOT met)") if checkpointing else ""))
+    ratio = results[False, True]["s_per_step"] / results[False, False]["s_per_step"]
+    print(f"full size, cached/uncached step time: {ratio:.2f}")
 
 
 def main() -> None:
@@ -181,8 +203,8 @@ def main() -> None:
         model, manifest, out, cached, steps = json.loads(args.one)
         print(json.dumps(run_cpu_setting(Path(model), Path(manifest), Path(out), cached, steps)))
     elif args.one_full:
-        checkpointing, steps = json.loads(args.one_full)
-        print(json.dumps(full_size_one(checkpointing, steps)))
+        checkpointing, cached, steps = json.loads(args.one_full)
+        print(json.dumps(full_size_one(checkpointing, cached, steps)))
     elif args.full_size:
         full_size_bench(args.steps)
     else:
