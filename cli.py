@@ -457,7 +457,7 @@ def tag(
     prune_list: Annotated[Optional[list[Path]], typer.Option("--prune-list", help="Extra prune list (.toml like prep/data/prune_character.toml, or one pattern a line); implies --prune-character.")] = None,
     mode: Annotated[str, typer.Option("--mode", help="Existing captions: skip-existing (default), append, or overwrite.")] = "skip-existing",
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per inference call (default: 1 on CPU, 8 on GPU).")] = None,
-    workers: Annotated[int, typer.Option("--workers", help="Threads decoding and preprocessing ahead of the model.")] = 2,
+    workers: Annotated[int, typer.Option("--workers", help="Threads decoding and preprocessing ahead of the model (0: in the main thread).")] = 2,
     download: Annotated[bool, typer.Option("--download", help="Download a missing registry model first (needs the hub).")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Write nothing; show per image which tags would be removed and why.")] = False,
     caption_extension: CaptionExt = ".txt",

@@ -154,13 +154,13 @@ def test_batch_1_and_batch_8_give_identical_results(wd14_model, testdata, tmp_pa
 
 
 def test_scores_and_settings_go_to_the_metadata_sidecar(wd14_model, dataset) -> None:
-    tag_folder(dataset, TagOptions(model_dir=wd14_model, thresholds=Thresholds(0.4, 0.8)))
+    tag_folder(dataset, TagOptions(model_dir=wd14_model, thresholds=Thresholds(0.48, 0.75)))
     meta = json.loads((dataset / "rocket.loraprep.json").read_text(encoding="utf-8"))
-    assert meta["tags"]["rating"] in ("general", "sensitive")
-    assert meta["tags"]["character"] == {"hatsune miku": 0.9, "kafuu chino": 0.8} or "kafuu chino" not in meta["tags"]["character"]
-    assert meta["tags"]["general"]["blue theme"] > 0.9
+    assert meta["tags"]["rating"] == "general"
+    assert meta["tags"]["character"] == {"hatsune miku": 0.9, "kafuu chino": 0.8}
+    assert meta["tags"]["general"]["blue theme"] > 0.9 and "middling" in meta["tags"]["general"] and "cat ears" not in meta["tags"]["general"]
     assert meta["tag"]["model"] == "wd-stand-in"
-    assert meta["tag"]["thresholds"] == {"general": 0.4, "character": 0.8, "mcut": False}
+    assert meta["tag"]["thresholds"] == {"general": 0.48, "character": 0.75, "mcut": False}
 
 
 @pytest.mark.parametrize(("mode", "expected_start", "expected_has_model_tags"), [

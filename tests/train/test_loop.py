@@ -161,3 +161,15 @@ def test_num_processes_relaunches_through_accelerate(argv: list[str], expected: 
     command = relaunch_command(argv, 2)
     assert command[1:4] == ["-m", "accelerate.commands.launch", "--num_processes"]
     assert command[command.index("cli") + 1:] == expected
+
+
+def test_regularisation_images_carry_the_prior_loss_weight(testdata: Path, tmp_path: Path, tiny_sd15: Path) -> None:
+    from train.data import load_training_set
+    from train.loop import Batcher
+
+    path = make_dataset(testdata, tmp_path / "ds", images={"photos/astronaut.png": "sks, woman"},
+                        reg={"photos/camera.png": "man, camera"})
+    config = load_config(None, {"base": str(tiny_sd15), "prior_loss_weight": 0.25, "output_dir": str(tmp_path)})
+    data = load_training_set(path)
+    batch = Batcher(load_model(config, "cpu"), data, config, "cpu").condition([0, 1], epoch=0, batch_number=0)
+    assert {e.is_reg: w for e, w in zip(data.examples, batch.weights.tolist(), strict=True)} == {False: 1.0, True: 0.25}
