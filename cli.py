@@ -248,6 +248,7 @@ def prep_command(
     background: Annotated[Optional[str], typer.Option(help="Also replace backgrounds: remove, white, colour, blur (opt-in).")] = None,
     tag: Annotated[bool, typer.Option("--tag/--no-tag", help="Auto-tag with WD14 when its model is present.")] = True,
     tagger: Annotated[str, typer.Option(help="Tagger model name from `loraprep models list`.")] = "wd-swinv2-tagger-v3",
+    tagger_dir: Annotated[Optional[Path], typer.Option(help="Use the WD14 model in this folder (model.onnx + selected_tags.csv).")] = None,
     prune_character: Annotated[bool, typer.Option(help="Drop tags of the character's fixed traits (hair, eyes…).")] = False,
     resolution: Annotated[str, typer.Option(help="Training resolution for buckets: 512, 768, 1024 or WxH.")] = "512",
     repeats: Annotated[Optional[int], typer.Option(help="Repeats per epoch written into the manifest.")] = None,
@@ -271,7 +272,8 @@ def prep_command(
         crop=CropOptions(presets=tuple(preset or ("face",)), detector=detector, aspect=aspect,
                          bucket_resolution=max(width, height)) if crop else None,
         clean=CleanOptions(background=background, in_place=True, backup=False) if clean else None,
-        tag=TagOptions(model=tagger, trigger=trigger, prune_character=prune_character) if tag else None,
+        tag=TagOptions(model=tagger, model_dir=tagger_dir, trigger=trigger,
+                       prune_character=prune_character) if tag else None,
         buckets=BucketPlan((width, height), 64, 256, 2 * max(width, height)),
         trigger=trigger, class_tokens=class_tokens, repeats=repeats,
     )

@@ -169,9 +169,18 @@ def resolve(name: str, *, download: bool = False) -> Path:
     return pull(name)
 
 
+def offline_mode() -> bool:
+    """True when the user asked for no network (read now, not when huggingface_hub was imported)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
 def pull(name: str) -> Path:
     """Download model `name` at its pinned revision into the cache (idempotent)."""
     model = spec(name)
+    if is_available(name):
+        return model_path(name)
+    if offline_mode():
+        raise _missing_error(model, "HF_HUB_OFFLINE is set, so nothing is downloaded")
     folder = model_path(name)
     folder.mkdir(parents=True, exist_ok=True)
     try:

@@ -11,6 +11,7 @@ from cli import app
 from prep.images import sha256_file
 from prep.records import load_manifest
 from prep.verify import check_manifest_file
+from tagmodels import wd14_model  # noqa: F401  (fixture)
 
 runner = CliRunner()
 
@@ -86,3 +87,16 @@ def test_prep_is_rerunnable(raw, tmp_path):
     first = load_manifest(tmp_path / "ds")
     assert runner.invoke(app, args).exit_code == 0
     assert [r.sha256 for r in load_manifest(tmp_path / "ds").images] == [r.sha256 for r in first.images]
+
+
+def test_prep_with_a_tagger_freezes_tags_scores_and_trigger_into_the_manifest(raw, tmp_path, wd14_model):
+    result = runner.invoke(app, ["prep", str(raw), "--out", str(tmp_path / "ds"), "--trigger", "sks",
+                                 "--detector", "haar", "--tagger-dir", str(wd14_model)])
+    assert result.exit_code == 0, result.output
+    manifest = load_manifest(tmp_path / "ds")
+    assert manifest.trigger == "sks" and manifest.keep_tokens == 1
+    for record in manifest.images:
+        assert record.caption.split(", ")[0] == "sks"
+        assert record.tags is not None and record.tags.general
+        assert set(record.caption.split(", ")[1:]) <= set(record.tags.general) | set(record.tags.character) | {record.tags.rating}
+        assert "tag" in record.extra
