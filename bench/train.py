@@ -7,7 +7,9 @@
 Everything is built from configs with random weights; nothing is downloaded. Each measured setting
 runs in its own subprocess so peak RSS / VRAM belong to that setting alone. The caching comparison
 uses identical settings (same data, seed, steps); only --cache-latents and --cache-text-encoder differ,
-and the timed steps come after the first epoch, when the caches are warm.
+and the timed steps come after the first epoch, when the caches are warm. On a shared, busy CPU,
+`OMP_NUM_THREADS=1 python bench/train.py` gives steadier numbers (two threads fighting other jobs
+for two cores inflate the many small ops of the uncached VAE pass most).
 """
 
 from __future__ import annotations
@@ -88,8 +90,8 @@ def cpu_bench(steps: int) -> None:
         manifest = make_dataset(ROOT / "tests" / "data", folder / "ds", images=IMAGES, side=4096, buckets=buckets)
         results = {}
         for cached in (False, True):
-            args = [sys.executable, __file__, "--one", json.dumps([str(model), str(manifest), str(folder / f"out{cached}"),
-                                                                  cached, steps])]
+            setting = [str(model), str(manifest), str(folder / f"out{cached}"), cached, steps]
+            args = [sys.executable, __file__, "--one", json.dumps(setting)]
             line = subprocess.run(args, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
             results[cached] = json.loads(line)
     off, on = results[False], results[True]

@@ -83,7 +83,8 @@ class Network:
     def param_groups(self, lr: float, text_encoder_lr: float | None) -> list[dict[str, Any]]:
         groups = [{"params": self.unet_params, "lr": lr}]
         if self.text_encoder_params:
-            groups.append({"params": self.text_encoder_params, "lr": lr if text_encoder_lr is None else text_encoder_lr})
+            te_lr = lr if text_encoder_lr is None else text_encoder_lr
+            groups.append({"params": self.text_encoder_params, "lr": te_lr})
         return groups
 
     def parameter_count(self) -> int:

@@ -62,7 +62,8 @@ def test_bad_values_are_refused_with_the_setting_named(overrides: dict, word: st
 
 def test_string_values_from_the_command_line_are_coerced() -> None:
     config = load_config(None, {"rank": "8", "alpha": "4", "flip": "true", "min_snr_gamma": "5"})
-    assert (config.network.rank, config.network.alpha, config.data.flip, config.loss.min_snr_gamma) == (8, 4.0, True, 5.0)
+    got = (config.network.rank, config.network.alpha, config.data.flip, config.loss.min_snr_gamma)
+    assert got == (8, 4.0, True, 5.0)
 
 
 def test_rows_list_every_setting_once() -> None:
