@@ -25,13 +25,16 @@ def stale_files(manifest: Manifest, base: str | os.PathLike[str]) -> list[str]:
             problems.append(f"{record.path}: image changed since the manifest was written")
         if record.caption_sha256 is None:
             continue
+        sidecar = caption_path(image, manifest.caption_extension)
         try:
-            caption = read_caption(caption_path(image, manifest.caption_extension))
+            caption = read_caption(sidecar)
         except BadCaption as exc:
             problems.append(exc.message)
             continue
-        if caption is None or sha256_text(caption) != record.caption_sha256:
-            problems.append(f"{record.path}: caption changed since the manifest was written")
+        if caption is None:
+            problems.append(f"{record.path}: caption {sidecar.name} was deleted since the manifest was written")
+        elif sha256_text(caption) != record.caption_sha256:
+            problems.append(f"{record.path}: caption {sidecar.name} changed since the manifest was written")
     return problems
 
 

@@ -23,8 +23,9 @@ from PIL import Image
 
 from prep.buckets import BucketPlan, cover_and_trim
 from prep.errors import ManifestError
-from prep.images import open_image, sha256_file, sha256_text
+from prep.images import open_image
 from prep.records import BucketSettings, ImageRecord, Manifest, load_manifest
+from prep.verify import stale_files
 
 Size = tuple[int, int]
 WHITE = (255, 255, 255)
@@ -106,30 +107,9 @@ def _plan(settings: BucketSettings | None) -> BucketPlan:
     return BucketPlan(s.resolution, s.step, s.min, s.max, s.no_upscale)
 
 
-def read_sidecar_caption(path: Path) -> str | None:
-    """The sidecar's text as the manifest builder reads it (UTF-8, BOM and outer whitespace removed)."""
-    try:
-        return path.read_bytes().decode("utf-8-sig").strip()
-    except FileNotFoundError:
-        return None
-    except UnicodeDecodeError:
-        return "\x00undecodable"
-
-
 def verify_files(manifest: Manifest, root: Path, *, limit: int = 10) -> None:
     """Refuse a manifest whose images are missing or changed, or whose captions were edited since."""
-    problems: list[str] = []
-    for record in manifest.images:
-        image = root / record.path
-        if not image.is_file():
-            problems.append(f"{record.path}: image is missing")
-            continue
-        if sha256_file(image) != record.sha256:
-            problems.append(f"{record.path}: image changed since the manifest was written")
-        sidecar = read_sidecar_caption(image.with_suffix(manifest.caption_extension))
-        if sidecar is not None and record.caption_sha256 is not None and sha256_text(sidecar) != record.caption_sha256:
-            problems.append(f"{record.path}: caption {image.with_suffix(manifest.caption_extension).name} "
-                            "changed since the manifest was written")
+    problems = stale_files(manifest, root)
     if problems:
         shown = "\n  ".join(problems[:limit])
         more = f"\n  … and {len(problems) - limit} more" if len(problems) > limit else ""

@@ -73,7 +73,7 @@ def test_manifest_check_reports_edited_caption_with_exit_1(captioned):
     runner.invoke(app, ["manifest", str(captioned)])
     (captioned / "astronaut.txt").write_text("edited")
     result = runner.invoke(app, ["manifest", str(captioned), "--check"])
-    assert result.exit_code == 1 and "caption changed" in result.output
+    assert result.exit_code == 1 and "caption astronaut.txt changed" in result.output
 
 
 def test_unknown_option_is_exit_2(captioned):

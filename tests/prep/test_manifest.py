@@ -157,7 +157,7 @@ def test_stale_files_are_detected(dataset):
     (dataset / "lucy_happy.txt").write_text("changed")
     (dataset / "eileen_happy.png").unlink()
     problems = stale_files(manifest, dataset)
-    assert problems == ["eileen_happy.png: image is missing", "lucy_happy.png: caption changed since the manifest was written"]
+    assert problems == ["eileen_happy.png: image is missing", "lucy_happy.png: caption lucy_happy.txt changed since the manifest was written"]
 
 
 def test_manifest_written_outside_the_dataset_folder_is_refused(dataset, tmp_path):
