@@ -368,7 +368,6 @@ def crop_image(job: _Job, out: Path, options: CropOptions, detector: FaceDetecto
     if limit is not None and len(faces) > limit:
         raise CropSkipped(f"{len(faces)} faces found, more than --max-faces {limit}"
                           if not options.skip_multi else f"{len(faces)} faces found and --skip-multi is set")
-    caption = read_caption(caption_path(job.path, options.caption_extension))
     written: list[Path] = []
     skipped: list[str] = []
     for plan in plan_crops(image.size, faces, detection, scale, options):
