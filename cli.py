@@ -1035,7 +1035,7 @@ def train(
         return
     from train.loop import train as run_training
 
-    with _training_progress() as reporter:
+    with rich_reporter(describe_metrics=_describe_training) as reporter:
         result = run_training(manifest, settings, reporter=reporter)
     out.print(f"[green]done:[/] {result.steps} steps, final loss {result.final_loss:.4f}" if result.final_loss is not None
               else f"[green]done:[/] {result.steps} steps")
@@ -1073,45 +1073,8 @@ def _plan_table(plan: Any) -> Any:
     return Group(table, note)
 
 
-def _training_progress() -> Any:
-    """A rich progress bar for training: step, epoch, loss EMA, lr, it/s and ETA from the loop's metrics."""
-    import contextlib
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from prep.progress import Reporter
-
-    @contextlib.contextmanager
-    def context() -> Any:
-        progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[info]}"), TextColumn("[dim]{task.fields[speed]}"),
-                            TimeRemainingColumn(), console=err)
-        tasks: dict[str, Any] = {}
-
-        def sink(event: Any) -> None:
-            if event.kind == "start":
-                tasks[event.label] = progress.add_task(event.label, total=event.total, info="", speed="")
-            elif event.kind == "advance" and event.label in tasks:
-                task_id = tasks[event.label]
-                fields: dict[str, str] = {}
-                if event.metrics:
-                    m = event.metrics
-                    fields["info"] = (f"epoch {m['epoch']}/{m['epochs']}  loss {m['loss_ema']:.4f}  lr {m['lr']:.2e}")
-                progress.advance(task_id, event.advance)
-                speed = progress.tasks[task_id].speed
-                fields["speed"] = f"{speed:.2f} it/s" if speed else ""
-                progress.update(task_id, **fields)
-            elif event.kind == "end" and event.label in tasks:
-                tasks.pop(event.label)
-            elif event.kind == "note":
-                progress.console.print(f"[cyan]•[/] {event.message}")
-
-        with progress:
-            yield Reporter(sink)
-
-    return context()
-
-
+def _describe_training(metrics: dict) -> str:
+    return f"epoch {metrics['epoch']}/{metrics['epochs']}  loss {metrics['loss_ema']:.4f}  lr {metrics['lr']:.2e}"
 
 
 # ---------------------------------------------------------------- generate, lora (issue 6)

@@ -6,7 +6,7 @@ Library code never imports this module; only cli.py does.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID,
@@ -21,18 +21,29 @@ err = Console(stderr=True, soft_wrap=True)
 
 
 @contextlib.contextmanager
-def rich_reporter(console: Console = err) -> Iterator[Reporter]:
-    """A Reporter that draws each task as a rich progress bar and prints notes above it."""
+def rich_reporter(console: Console = err, *,
+                  describe_metrics: Callable[[dict], str] | None = None) -> Iterator[Reporter]:
+    """A Reporter that draws each task as a rich progress bar and prints notes above it.
+
+    Events that carry `metrics` (the trainer's step, loss, lr …) are shown beside the bar through
+    `describe_metrics`, with the task's speed in it/s.
+    """
     progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
-                        MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                        MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                        TextColumn("[dim]{task.fields[speed]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                         console=console, transient=False)
     tasks: dict[str, TaskID] = {}
 
     def sink(event: ProgressEvent) -> None:
         if event.kind == "start":
-            tasks[event.label] = progress.add_task(event.label, total=event.total)
+            tasks[event.label] = progress.add_task(event.label, total=event.total, info="", speed="")
         elif event.kind == "advance" and event.label in tasks:
-            progress.advance(tasks[event.label], event.advance)
+            task = tasks[event.label]
+            progress.advance(task, event.advance)
+            if event.metrics and describe_metrics is not None:
+                speed = progress.tasks[task].speed
+                progress.update(task, info=describe_metrics(event.metrics),
+                                speed=f"{speed:.2f} it/s" if speed else "")
         elif event.kind == "end" and event.label in tasks:
             task = tasks.pop(event.label)
             total = progress.tasks[task].total
