@@ -10,7 +10,7 @@ from cli import app as cli_app
 from prep.review.app import CaptionEditor
 from prep.sidecars import update_meta
 
-pytestmark = pytest.mark.anyio  # anyio's pytest plugin runs the async tests (anyio comes with httpx)
+pytestmark = pytest.mark.anyio  # anyio's pytest plugin (dev extra) runs the async tests
 
 
 @pytest.fixture
