@@ -318,6 +318,7 @@ def crop(
     bucket_resolution: Annotated[int, typer.Option("--resolution", help="Training resolution for --aspect bucket.")] = 512,
     colour: Colour = "white",
     force: Annotated[bool, typer.Option("--force", help="Re-crop images whose crops exist already with these settings.")] = False,
+    lossless: Annotated[bool, typer.Option("--lossless/--no-lossless", help="Cut upright JPEGs losslessly (no re-encoding) when libjpeg-turbo is available.")] = True,
     workers: Workers = 4,
     caption_extension: CaptionExt = ".txt",
     max_pixels: MaxPixels = 150_000_000,
@@ -342,7 +343,7 @@ def crop(
                           skip_multi=skip_multi, one_per_face=one_per_face, colour=parse_colour(colour),
                           bucket_resolution=bucket_resolution, detect_size=detect_size,
                           caption_extension=caption_extension, max_pixels=max_pixels, workers=workers,
-                          force=force)
+                          force=force, lossless_jpeg=lossless)
     with rich_reporter() as reporter:
         result = crop_folder(src, out_dir, options, reporter=reporter)
     summary = summarise_crops(result.done)

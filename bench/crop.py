@@ -4,7 +4,13 @@ The issue's target: `loraprep crop` (detection on a reduced copy, crops cut from
 sidecars written) costs at most 1.5× a plain full-size decode of the same files. Inputs are the
 test photos upscaled to 4000×3000 JPEGs, generated into a temporary folder.
 
-    python bench/crop.py [--count 50] [--workers 1] [--models DIR]
+Each detector runs twice: with the lossless JPEG path (prep.jpegcrop: scaled decode for detection,
+crops cut in the DCT domain; the default when PyTurboJPEG and libjpeg-turbo are installed) and
+with it forced off (full decode, crops re-encoded).
+
+    python bench/crop.py [--count 50] [--workers 1] [--models DIR] [--no-lossless]
+
+`--no-lossless` runs only the decode path.
 
 `--models` names a folder holding face_detection_yunet.onnx (default: $LORAPREP_TEST_MODELS, then
 ../shared/models); detectors whose model is missing are reported and skipped.
@@ -28,6 +34,7 @@ from PIL import Image  # noqa: E402
 from prep.crop import CropOptions, crop_folder  # noqa: E402
 from prep.errors import ModelNotAvailable  # noqa: E402
 from prep.images import open_image  # noqa: E402
+from prep.jpegcrop import ENABLE_HINT, load_turbojpeg  # noqa: E402
 from prep.faces import (AnimeYoloDetector, FaceDetector, HaarDetector, LibFaceDetectionDetector,  # noqa: E402
                         YuNetDetector)
 
@@ -76,7 +83,7 @@ def project_decode(paths: list[Path], workers: int) -> None:
 
 
 def line(label: str, count: int, wall: float, cpu: float, base: tuple[float, float], extra: str = "") -> str:
-    return (f"{label:<30} wall {wall:6.2f} s {count / wall:6.1f} img/s ratio {wall / base[0]:4.2f} | "
+    return (f"{label:<42} wall {wall:6.2f} s {count / wall:6.1f} img/s ratio {wall / base[0]:4.2f} | "
             f"cpu {cpu:6.2f} s ratio {cpu / base[1]:4.2f}{extra}")
 
 
@@ -97,6 +104,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=50)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--no-lossless", action="store_true", help="only the decode path")
     parser.add_argument("--models", type=Path,
                         default=Path(os.environ.get("LORAPREP_TEST_MODELS") or ROOT.parent / "shared" / "models"))
     args = parser.parse_args()
@@ -112,18 +120,32 @@ def main() -> None:
         print(line("plain full decode (PIL)", len(paths), *base, base))
         own = min((timed(lambda: project_decode(paths, args.workers)) for _ in range(2)), key=lambda t: t[1])
         print(line("open_image full decode", len(paths), *own, base))
+        modes = [False] if args.no_lossless else [True, False]
+        if True in modes and load_turbojpeg() is None:
+            print(f"lossless JPEG path unavailable: {ENABLE_HINT}")
+            modes = [False]
         for name, detector, why in detectors(args.models):
-            label = f"crop + detect ({name})"
             if detector is None:
-                print(f"{label:<30} skipped: {why}")
+                print(f"{f'crop + detect ({name})':<30} skipped: {why}")
                 continue
-            out = Path(tmp) / f"crops-{name}"
-            results = []
-            wall, cpu = timed(lambda: results.append(
-                crop_folder(folder, out, CropOptions(workers=args.workers), detector=detector)))
-            verdict = "within" if cpu / base[1] <= 1.5 else "over"
-            print(line(label, len(paths), wall, cpu, base,
-                       f" ({len(results[0].done)} crops; {verdict} the 1.5x target)"))
+            for lossless in modes:
+                run_crop(folder, Path(tmp) / f"crops-{name}-{lossless}", name, detector, lossless, args.workers, base)
+
+
+def run_crop(folder: Path, out: Path, name: str, detector: FaceDetector, lossless: bool, workers: int,
+             base: tuple[float, float]) -> None:
+    """Time one crop_folder run and print it with its ratio and how many crops were lossless."""
+    from prep.sidecars import read_meta
+
+    results = []
+    options = CropOptions(workers=workers, lossless_jpeg=lossless)
+    wall, cpu = timed(lambda: results.append(crop_folder(folder, out, options, detector=detector)))
+    crops = results[0].done
+    exact = sum(1 for p in crops if (read_meta(p).get("crop") or {}).get("lossless"))
+    verdict = "within" if cpu / base[1] <= 1.5 else "over"
+    label = f"crop + detect ({name}, {'lossless' if lossless else 'decode'})"
+    print(line(label, len(list(folder.iterdir())), wall, cpu, base,
+               f" ({len(crops)} crops, {exact} lossless; {verdict} the 1.5x target)"))
 
 
 if __name__ == "__main__":

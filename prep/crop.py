@@ -2,8 +2,9 @@
 
 The arithmetic (preset regions, aspect fitting, keeping other faces whole) is pure functions over
 boxes; `crop_folder` walks a folder, detects faces on a reduced copy of each image, cuts every
-crop from the full-resolution decode and writes it with its caption and metadata sidecar. The
-source folder is only ever read.
+crop from the full-resolution decode and writes it with its caption and metadata sidecar. Upright
+RGB/greyscale JPEGs skip the full decode: detection runs on a scaled decode and crops are cut
+losslessly in the DCT domain (prep.jpegcrop). The source folder is only ever read.
 
 Boxes are (x0, y0, x1, y1) in pixels, x1/y1 exclusive, in the image as displayed (after EXIF
 orientation). A padded crop's box reaches outside the source image; that is how padding shows.
@@ -18,17 +19,19 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
 
+from prep.atomic import write_bytes_atomic
 from prep.buckets import BucketPlan, bucket_for
 from prep.errors import LoraprepError, UsageError
 from prep.faces import DETECTOR_NAMES, FaceDetector, detector_from_name
 from prep.focal import content_box, focal_point
 from prep.images import (DEFAULT_MAX_PIXELS, WHITE, flatten_alpha, is_image_path, open_image, save_image_atomic,
                          sha256_file)
+from prep.jpegcrop import ENABLE_HINT, LosslessJpeg, load_turbojpeg, open_lossless
 from prep.progress import SILENT, Reporter
 from prep.records import DEFAULT_CAPTION_EXTENSION, Drop, Face, Source, relative_to_base
 from prep.runner import StepResult, run_step
@@ -65,6 +68,9 @@ class CropOptions:
     max_faces / skip_multi / one_per_face: group shots. Without one_per_face the largest face is
       the subject (and no other face is cut through).
     detect_size: longest side of the reduced copy detection runs on.
+    lossless_jpeg: cut crops of upright RGB/greyscale JPEGs losslessly (prep.jpegcrop) when
+      libjpeg-turbo is available: no full decode, no re-encode, the box moved onto the 8/16 px
+      iMCU grid (grown up/left, or shifted at its size). False always takes the decode path.
     """
 
     presets: tuple[str, ...] = ("face",)
@@ -82,6 +88,7 @@ class CropOptions:
     caption_extension: str = DEFAULT_CAPTION_EXTENSION
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
+    lossless_jpeg: bool = True
     force: bool = False  # re-crop sources whose crops are already there with these settings
 
     def check(self) -> CropOptions:
@@ -112,7 +119,8 @@ class CropOptions:
         from prep.images import sha256_text
 
         fields = (self.presets, detector, self.aspect, self.fit, self.min_size, self.small, self.max_faces,
-                  self.skip_multi, self.one_per_face, self.colour, self.bucket_resolution, self.detect_size)
+                  self.skip_multi, self.one_per_face, self.colour, self.bucket_resolution, self.detect_size,
+                  self.lossless_jpeg)
         return sha256_text(repr(fields))[:16]
 
 
@@ -312,11 +320,15 @@ def reduced_copy(image: Image.Image, longest: int) -> tuple[Image.Image, float]:
     return small, image.width / small.width
 
 
-def detect_faces(image: Image.Image, detector: FaceDetector, detect_size: int) -> tuple[list[Face], np.ndarray, float]:
+def detect_faces(image: Image.Image, detector: FaceDetector, detect_size: int,
+                 size: tuple[int, int] | None = None) -> tuple[list[Face], np.ndarray, float]:
     """Faces in full-resolution pixels, found on a reduced copy; also returns that copy (RGB or
-    RGBA, for the focal point and dead-space trim) and its scale."""
-    small, scale = reduced_copy(image, detect_size)
-    faces = [_scale_face(f, scale, image.size) for f in detector(np.asarray(flatten_alpha(small)))]
+    RGBA, for the focal point and dead-space trim) and its scale. `size` is the full resolution
+    when `image` is already a scaled decode of it (the lossless JPEG path)."""
+    size = size or image.size
+    small, _ = reduced_copy(image, detect_size)
+    scale = size[0] / small.width
+    faces = [_scale_face(f, scale, size) for f in detector(np.asarray(flatten_alpha(small)))]
     return faces, np.asarray(small), scale
 
 
@@ -352,7 +364,8 @@ def existing_crops(job: _Job, out: Path, digest: str, key: str) -> list[Path]:
     return sorted(found)
 
 
-def crop_image(job: _Job, out: Path, options: CropOptions, detector: FaceDetector) -> CropOutcome:
+def crop_image(job: _Job, out: Path, options: CropOptions, detector: FaceDetector,
+               turbo: Any | None = None) -> CropOutcome:
     """Detect, plan and write every crop of one source image (unless they are already there)."""
     digest = sha256_file(job.path)
     key = options.key(detector.name)
@@ -362,34 +375,60 @@ def crop_image(job: _Job, out: Path, options: CropOptions, detector: FaceDetecto
             for path in done:
                 write_caption(caption_path(path, options.caption_extension), caption)
         return CropOutcome(job.path, tuple(done), ())
-    image = open_image(job.path, max_pixels=options.max_pixels)
-    faces, detection, scale = detect_faces(image, detector, options.detect_size)
+    jpeg = open_lossless(turbo, job.path, options.max_pixels) if turbo is not None else None
+    image: Image.Image | None = None
+    if jpeg is not None:
+        size = jpeg.size
+        faces, detection, scale = detect_faces(jpeg.reduced(options.detect_size), detector, options.detect_size, size)
+    else:
+        image = open_image(job.path, max_pixels=options.max_pixels)
+        size = image.size
+        faces, detection, scale = detect_faces(image, detector, options.detect_size)
     limit = options.face_limit
     if limit is not None and len(faces) > limit:
         raise CropSkipped(f"{len(faces)} faces found, more than --max-faces {limit}"
                           if not options.skip_multi else f"{len(faces)} faces found and --skip-multi is set")
     written: list[Path] = []
     skipped: list[str] = []
-    for plan in plan_crops(image.size, faces, detection, scale, options):
+    for plan in plan_crops(size, faces, detection, scale, options):
         short = min(plan.box[2] - plan.box[0], plan.box[3] - plan.box[1])
         small = short < options.min_size
         if small and options.small == "skip":
             skipped.append(f"{plan.label} crop is {short}px on its short side, below --min-size {options.min_size}")
             continue
         target = out / job.rel.parent / f"{job.rel.stem}-{plan.label}{_output_suffix(job.path)}"
-        save_image_atomic(cut(image, plan.box, options.colour), target)
+        box = _write_lossless(jpeg, plan, faces, target) if jpeg is not None else None
+        lossless = box is not None
+        if box is None:
+            box = plan.box
+            if image is None:
+                image = open_image(job.path, max_pixels=options.max_pixels)
+            save_image_atomic(cut(image, box, options.colour), target)
         if caption is not None:
             write_caption(caption_path(target, options.caption_extension), caption)
-        source = Source(relative_to_base(job.path, out), digest, plan.box)
-        update_meta(target, source=source.to_dict(), faces=[f.to_dict() for f in faces_in_crop(faces, plan.box)],
-                    crop={"preset": plan.preset, "box": list(plan.box), "detector": detector.name,
-                          "aspect": options.aspect, "key": key, "fit": plan.fit, "padded": plan.fit == "padded",
+        source = Source(relative_to_base(job.path, out), digest, box)
+        update_meta(target, source=source.to_dict(), faces=[f.to_dict() for f in faces_in_crop(faces, box)],
+                    crop={"preset": plan.preset, "box": list(box), "planned_box": list(plan.box),
+                          "lossless": lossless, "detector": detector.name, "aspect": options.aspect, "key": key,
+                          "fit": plan.fit, "padded": plan.fit == "padded",
                           "widened": plan.fit == "widened", "upscale": small,
                           "subject_face": plan.subject, "source_faces": [list(f.box) for f in faces]})
         written.append(target)
     if not written and skipped:
         raise CropSkipped("; ".join(skipped))
     return CropOutcome(job.path, tuple(written), tuple(skipped))
+
+
+def _write_lossless(jpeg: LosslessJpeg, plan: CropPlan, faces: Sequence[Face], target: Path) -> Box | None:
+    """Write the lossless crop of the plan's box (moved onto the iMCU grid by `LosslessJpeg.aligned`,
+    its aspect kept unless the plan already widened it) to `target` and return the box written, or
+    None when this crop needs the decode path (padding, or no grid box keeps the faces whole)."""
+    grown = jpeg.aligned(plan.box, [f.box for f in faces], keep_aspect=plan.fit != "widened")
+    data = jpeg.crop(grown) if grown is not None else None
+    if data is None:
+        return None
+    write_bytes_atomic(target, data)
+    return grown
 
 
 def _jobs(src: Path) -> tuple[list[_Job], list[Drop]]:
@@ -409,7 +448,9 @@ def crop_folder(src: Path, out: Path, options: CropOptions = CropOptions(), repo
     Each crop gets the source's caption sidecar (if any) and a metadata sidecar with `source`
     (path relative to `out`, sha256, box in source pixels), `faces` (in the CROP's pixel
     coordinates, with score and detector; [] when the detector found none and the crop fell back
-    to the focal point) and `crop` (preset, box, detector, fit, padded/widened, upscale flag).
+    to the focal point) and `crop` (preset, box, detector, fit, padded/widened, upscale flag, and
+    `lossless`: true when the crop was cut from a JPEG without re-encoding; its box then starts on
+    the 8/16 px iMCU grid, grown up/left from `planned_box` or shifted there at the same size).
     `detector` overrides `options.detector` (tests pass a detector built on an explicit model file).
     """
     src, out = Path(src), Path(out)
@@ -421,7 +462,11 @@ def crop_folder(src: Path, out: Path, options: CropOptions = CropOptions(), repo
                          hint="write crops to a separate folder so the source stays untouched")
     detector = detector or detector_from_name(options.detector, reporter)
     jobs, problems = _jobs(src)
-    outcome = run_step(jobs, lambda job: crop_image(job, out, options, detector), step="crop",
+    wants_lossless = options.lossless_jpeg and any(j.path.suffix.lower() in (".jpg", ".jpeg") for j in jobs)
+    turbo = load_turbojpeg() if wants_lossless else None
+    if wants_lossless and turbo is None:
+        reporter.note(f"lossless JPEG crops are off (JPEG crops are decoded and re-encoded); to enable: {ENABLE_HINT}")
+    outcome = run_step(jobs, lambda job: crop_image(job, out, options, detector, turbo), step="crop",
                        name=lambda job: str(job.path), reporter=reporter, label="cropping",
                        workers=options.workers)
     result: StepResult[Path] = StepResult(dropped=problems + outcome.dropped)
