@@ -441,6 +441,7 @@ def tag(
     model: Annotated[str, typer.Option("--model", help="WD14 tagger from the registry (`loraprep models list`).")] = "wd-swinv2-tagger-v3",
     model_dir: Annotated[Optional[Path], typer.Option("--model-dir", help="Any folder holding model.onnx + selected_tags.csv (overrides --model).")] = None,
     captioner: Annotated[str, typer.Option("--captioner", help="wd14 (tags), blip (a sentence) or both (sentence first, then tags).")] = "wd14",
+    combine: Annotated[Optional[str], typer.Option("--combine", help="Same choice named by result: tags (= wd14), caption (= blip) or both; overrides --captioner.")] = None,
     blip_model: Annotated[str, typer.Option("--blip-model", help="blip-large or blip-base.")] = "blip-large",
     blip_dir: Annotated[Optional[Path], typer.Option("--blip-dir", help="Any BLIP folder saved by transformers (overrides --blip-model).")] = None,
     beams: Annotated[int, typer.Option("--beams", help="BLIP beam search width.")] = 3,
@@ -476,14 +477,15 @@ def tag(
     """
     from rich.table import Table
 
-    from prep.tag import TagOptions, tag_folder
+    from prep.tag import TagOptions, captioner_for, tag_folder
     from prep.tagging.blip import BlipSettings
     from prep.tagging.wd14 import Thresholds
     from prep.tags import parse_replacements, tag_frequency
 
     lists = tuple(prune_list or ())
     options = TagOptions(
-        model=model, model_dir=model_dir, captioner=captioner, blip_model=blip_model, blip_dir=blip_dir,  # type: ignore[arg-type]
+        model=model, model_dir=model_dir, captioner=captioner_for(combine) if combine else captioner,  # type: ignore[arg-type]
+        blip_model=blip_model, blip_dir=blip_dir,
         blip=BlipSettings(beams=beams, min_length=min_length, max_length=max_length),
         thresholds=Thresholds(general, character, mcut), rating=rating, max_tags=max_tags,  # type: ignore[arg-type]
         trigger=trigger, always_first=_split_option(always_first), exclude=_split_option(exclude),

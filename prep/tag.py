@@ -36,6 +36,16 @@ DEFAULT_CAPTIONER = "blip-large"
 CPU_BATCH, GPU_BATCH = 1, 8  # measured: on CPU the model is the bottleneck and batching slows it down
 
 CaptionerKind = Literal["wd14", "blip", "both"]
+# `--combine` names what ends up in the caption (as other taggers call it); same choice as --captioner.
+COMBINE: dict[str, CaptionerKind] = {"tags": "wd14", "caption": "blip", "both": "both"}
+
+
+def captioner_for(combine: str) -> CaptionerKind:
+    """`--combine tags|caption|both` → the captioner that produces it."""
+    try:
+        return COMBINE[combine]
+    except KeyError:
+        raise UsageError(f"--combine must be tags, caption or both, not '{combine}'") from None
 Mode = Literal["overwrite", "append", "skip-existing"]
 RatingPlace = Literal["first", "last", "none"]
 T = TypeVar("T")

@@ -66,3 +66,26 @@ def test_both_puts_the_sentence_before_the_tags(tiny_blip, wd14_model, dataset) 
     parts = (dataset / "chelsea.txt").read_text(encoding="utf-8").strip().split(", ")
     assert set(parts[0].split()) <= WORDS
     assert parts[1] == "hatsune miku" and "red theme" in parts
+
+
+@pytest.mark.parametrize("combine, sentence_first", [("both", True), ("tags", False)])
+def test_combine_option_chooses_what_the_caption_holds(tiny_blip, wd14_model, dataset, combine, sentence_first) -> None:
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    result = CliRunner().invoke(app, ["tag", str(dataset), "--combine", combine, "--blip-dir", str(tiny_blip),
+                                      "--model-dir", str(wd14_model), "--beams", "1", "--min-length", "3",
+                                      "--max-length", "8"])
+    assert result.exit_code == 0, result.output
+    first = (dataset / "chelsea.txt").read_text(encoding="utf-8").strip().split(", ")[0]
+    assert (first == "hatsune miku") is not sentence_first
+
+
+def test_unknown_combine_value_is_a_usage_error(dataset) -> None:
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    result = CliRunner().invoke(app, ["tag", str(dataset), "--combine", "everything"])
+    assert result.exit_code == 2 and "--combine must be tags, caption or both" in result.output
