@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from tagmodels import BLIP_WORDS, tiny_blip, wd14_model  # noqa: F401
+from tagmodels import BLIP_WORDS
 
 from prep.errors import ModelMismatch
 from prep.sidecars import read_meta

@@ -11,7 +11,6 @@ from cli import app
 from prep.images import sha256_file
 from prep.records import load_manifest
 from prep.verify import check_manifest_file
-from tagmodels import wd14_model  # noqa: F401  (fixture)
 
 runner = CliRunner()
 

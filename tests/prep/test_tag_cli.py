@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tagmodels import wd14_model  # noqa: F401
 from typer.testing import CliRunner
 
 from cli import app

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from tagmodels import build_wd14_model, wd14_model  # noqa: F401
+from tagmodels import build_wd14_model
 
 from prep.errors import ModelMismatch, ModelNotAvailable
 from prep.images import open_image
