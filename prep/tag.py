@@ -20,7 +20,7 @@ from PIL import Image
 
 from prep import models
 from prep.errors import LoraprepError, ModelNotAvailable, UsageError
-from prep.images import DEFAULT_MAX_PIXELS, is_image_path, open_image
+from prep.images import DEFAULT_MAX_PIXELS, open_image
 from prep.progress import SILENT, Reporter
 from prep.records import DEFAULT_CAPTION_EXTENSION, Drop, Tags
 from prep.runner import StepResult
@@ -155,13 +155,15 @@ def compose_caption(tags: Sequence[str], sentence: str | None, existing: str | N
 # ---------------------------------------------------------------- the step
 
 
-def find_images(folder: Path) -> list[Path]:
-    """Images under `folder` (recursive, sorted), skipping hidden folders and files."""
+def find_images(folder: Path) -> tuple[list[Path], list[Drop]]:
+    """Images under `folder` as every step walks them (prep.scan.walk_images: hidden folders
+    skipped, symlink loops reported), with the folders that could not be walked."""
+    from prep.scan import walk_images
+
     if not folder.is_dir():
         raise UsageError(f"{folder} is not a folder", hint="pass the dataset folder that holds the images")
-    return sorted(p for p in folder.rglob("*")
-                  if p.is_file() and is_image_path(p)
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    problems: list[Drop] = []
+    return list(walk_images(folder, problems)), problems
 
 
 def model_folder(name: str, folder: Path | None, download: bool) -> Path:
@@ -289,13 +291,14 @@ def tag_folder(folder: Path, options: TagOptions, reporter: Reporter = SILENT) -
     Raises ModelNotAvailable / ModelMismatch before any image is read when a model is missing
     or inconsistent; a bad image becomes a Drop with its reason and the rest continue.
     """
-    images = find_images(folder)
+    images, problems = find_images(folder)
     skip = [options.mode == "skip-existing" and caption_path(p, options.caption_extension).exists() for p in images]
     todo = [path for path, skipped in zip(images, skip) if not skipped]
     if not todo:  # nothing to do: do not even open the models (re-runs are instant)
         reporter.note(f"nothing to tag: all {len(images)} images have captions (--mode append/overwrite to redo)")
-        return TagResult(skipped=images, keep_tokens=options.keep_tokens)
+        return TagResult(dropped=problems, skipped=images, keep_tokens=options.keep_tokens)
     run = _Run(folder, options, reporter)
+    run.result.dropped.extend(problems)
     run.result.skipped = [path for path, skipped in zip(images, skip) if skipped]
     size = run.result.batch_size
     with reporter.task("tagging", len(todo)) as advance:
