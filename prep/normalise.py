@@ -11,6 +11,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from prep.atomic import atomic_open
 from prep.images import DEFAULT_MAX_PIXELS, open_image, read_info, save_image_atomic, sha256_file
 from prep.progress import SILENT, Reporter
 from prep.records import DEFAULT_CAPTION_EXTENSION, Source, relative_to_base
@@ -40,10 +41,8 @@ def normalise_one(image: Path, src_root: Path, out: Path, options: NormaliseOpti
     if not options.force and target.exists() and read_meta(target).get("source", {}).get("sha256") == digest:
         return target  # idempotent: already done for this exact source
     if copy_bytes:
-        tmp = target.with_name(f".{target.name}.tmp")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(image, tmp)
-        os.replace(tmp, target)
+        with open(image, "rb") as source, atomic_open(target, "wb") as handle:
+            shutil.copyfileobj(source, handle)
     else:
         save_image_atomic(open_image(image, max_pixels=options.max_pixels), target)
     caption = read_caption(caption_path(image, options.caption_extension))

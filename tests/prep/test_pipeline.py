@@ -99,3 +99,12 @@ def test_prep_with_a_tagger_freezes_tags_scores_and_trigger_into_the_manifest(ra
         assert record.tags is not None and record.tags.general
         assert set(record.caption.split(", ")[1:]) <= set(record.tags.general) | set(record.tags.character) | {record.tags.rating}
         assert "tag" in record.extra
+
+
+def test_prep_without_crop_copies_upright_jpegs_byte_for_byte(raw, tmp_path, testdata):
+    shutil.copy(testdata / "photos/rocket.jpg", raw / "rocket.jpg")
+    result = runner.invoke(app, ["prep", str(raw), "--out", str(tmp_path / "ds"), "--no-crop", "--no-clean",
+                                 "--trigger", "sks"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "ds/rocket.jpg").read_bytes() == (raw / "rocket.jpg").read_bytes()
+    assert not [p for p in (tmp_path / "ds").iterdir() if p.name.endswith(".tmp")]
