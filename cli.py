@@ -1166,6 +1166,10 @@ def lora_info(
 
 
 def main() -> None:
+    """The `loraprep` console script: tune the allocator for many large images, then run the app."""
+    from prep.allocator import reuse_large_buffers
+
+    reuse_large_buffers()
     app()
 
 

@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from PIL import Image  # noqa: E402
 
+from prep.allocator import reuse_large_buffers  # noqa: E402
 from prep.crop import CropOptions, crop_folder  # noqa: E402
 from prep.errors import ModelNotAvailable  # noqa: E402
 from prep.images import open_image  # noqa: E402
@@ -108,6 +109,7 @@ def main() -> None:
     parser.add_argument("--models", type=Path,
                         default=Path(os.environ.get("LORAPREP_TEST_MODELS") or ROOT.parent / "shared" / "models"))
     args = parser.parse_args()
+    reuse_large_buffers()  # as the `loraprep` entry point does; the baseline decode gets it too
     with tempfile.TemporaryDirectory(prefix="loraprep-bench-") as tmp:
         folder = Path(tmp) / "raw"
         folder.mkdir()

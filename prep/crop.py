@@ -13,6 +13,7 @@ orientation). A padded crop's box reaches outside the source image; that is how 
 from __future__ import annotations
 
 import glob
+import hashlib
 import math
 import os
 import re
@@ -320,16 +321,27 @@ def reduced_copy(image: Image.Image, longest: int) -> tuple[Image.Image, float]:
     return small, image.width / small.width
 
 
-def detect_faces(image: Image.Image, detector: FaceDetector, detect_size: int,
+def detect_faces(image: Image.Image | np.ndarray, detector: FaceDetector, detect_size: int,
                  size: tuple[int, int] | None = None) -> tuple[list[Face], np.ndarray, float]:
     """Faces in full-resolution pixels, found on a reduced copy; also returns that copy (RGB or
     RGBA, for the focal point and dead-space trim) and its scale. `size` is the full resolution
-    when `image` is already a scaled decode of it (the lossless JPEG path)."""
-    size = size or image.size
-    small, _ = reduced_copy(image, detect_size)
-    scale = size[0] / small.width
-    faces = [_scale_face(f, scale, size) for f in detector(np.asarray(flatten_alpha(small)))]
-    return faces, np.asarray(small), scale
+    when `image` is already a scaled decode of it (an RGB array, on the lossless JPEG path)."""
+    if isinstance(image, np.ndarray):
+        if max(image.shape[:2]) > detect_size:
+            image = Image.fromarray(image)
+        else:
+            small_pixels = image
+    if isinstance(image, Image.Image):
+        size = size or image.size
+        small, _ = reduced_copy(image, detect_size)
+        small_pixels = np.asarray(small)
+        rgb = np.asarray(flatten_alpha(small)) if small.mode != "RGB" else small_pixels
+    else:
+        rgb = small_pixels
+    assert size is not None
+    scale = size[0] / small_pixels.shape[1]
+    faces = [_scale_face(f, scale, size) for f in detector(rgb)]
+    return faces, small_pixels, scale
 
 
 @dataclass(frozen=True)
@@ -367,7 +379,8 @@ def existing_crops(job: _Job, out: Path, digest: str, key: str) -> list[Path]:
 def crop_image(job: _Job, out: Path, options: CropOptions, detector: FaceDetector,
                turbo: Any | None = None) -> CropOutcome:
     """Detect, plan and write every crop of one source image (unless they are already there)."""
-    digest = sha256_file(job.path)
+    data = job.path.read_bytes() if turbo is not None and job.path.suffix.lower() in (".jpg", ".jpeg") else None
+    digest = hashlib.sha256(data).hexdigest() if data is not None else sha256_file(job.path)
     key = options.key(detector.name)
     caption = read_caption(caption_path(job.path, options.caption_extension))
     if not options.force and (done := existing_crops(job, out, digest, key)):
@@ -375,7 +388,7 @@ def crop_image(job: _Job, out: Path, options: CropOptions, detector: FaceDetecto
             for path in done:
                 write_caption(caption_path(path, options.caption_extension), caption)
         return CropOutcome(job.path, tuple(done), ())
-    jpeg = open_lossless(turbo, job.path, options.max_pixels) if turbo is not None else None
+    jpeg = open_lossless(turbo, job.path, options.max_pixels, data) if data is not None else None
     image: Image.Image | None = None
     if jpeg is not None:
         size = jpeg.size
@@ -388,30 +401,35 @@ def crop_image(job: _Job, out: Path, options: CropOptions, detector: FaceDetecto
     if limit is not None and len(faces) > limit:
         raise CropSkipped(f"{len(faces)} faces found, more than --max-faces {limit}"
                           if not options.skip_multi else f"{len(faces)} faces found and --skip-multi is set")
-    written: list[Path] = []
+    plans: list[CropPlan] = []
     skipped: list[str] = []
     for plan in plan_crops(size, faces, detection, scale, options):
         short = min(plan.box[2] - plan.box[0], plan.box[3] - plan.box[1])
-        small = short < options.min_size
-        if small and options.small == "skip":
+        if short < options.min_size and options.small == "skip":
             skipped.append(f"{plan.label} crop is {short}px on its short side, below --min-size {options.min_size}")
-            continue
+        else:
+            plans.append(plan)
+    cuts = _lossless_cuts(jpeg, plans, faces) if jpeg is not None else [None] * len(plans)
+    written: list[Path] = []
+    for plan, lossless_cut in zip(plans, cuts, strict=True):
         target = out / job.rel.parent / f"{job.rel.stem}-{plan.label}{_output_suffix(job.path)}"
-        box = _write_lossless(jpeg, plan, faces, target) if jpeg is not None else None
-        lossless = box is not None
-        if box is None:
+        if lossless_cut is not None:
+            box, encoded = lossless_cut
+            write_bytes_atomic(target, encoded)
+        else:
             box = plan.box
             if image is None:
                 image = open_image(job.path, max_pixels=options.max_pixels)
             save_image_atomic(cut(image, box, options.colour), target)
         if caption is not None:
             write_caption(caption_path(target, options.caption_extension), caption)
+        short = min(plan.box[2] - plan.box[0], plan.box[3] - plan.box[1])
         source = Source(relative_to_base(job.path, out), digest, box)
         update_meta(target, source=source.to_dict(), faces=[f.to_dict() for f in faces_in_crop(faces, box)],
                     crop={"preset": plan.preset, "box": list(box), "planned_box": list(plan.box),
-                          "lossless": lossless, "detector": detector.name, "aspect": options.aspect, "key": key,
-                          "fit": plan.fit, "padded": plan.fit == "padded",
-                          "widened": plan.fit == "widened", "upscale": small,
+                          "lossless": lossless_cut is not None, "detector": detector.name, "aspect": options.aspect,
+                          "key": key, "fit": plan.fit, "padded": plan.fit == "padded",
+                          "widened": plan.fit == "widened", "upscale": short < options.min_size,
                           "subject_face": plan.subject, "source_faces": [list(f.box) for f in faces]})
         written.append(target)
     if not written and skipped:
@@ -419,16 +437,19 @@ def crop_image(job: _Job, out: Path, options: CropOptions, detector: FaceDetecto
     return CropOutcome(job.path, tuple(written), tuple(skipped))
 
 
-def _write_lossless(jpeg: LosslessJpeg, plan: CropPlan, faces: Sequence[Face], target: Path) -> Box | None:
-    """Write the lossless crop of the plan's box (moved onto the iMCU grid by `LosslessJpeg.aligned`,
-    its aspect kept unless the plan already widened it) to `target` and return the box written, or
-    None when this crop needs the decode path (padding, or no grid box keeps the faces whole)."""
-    grown = jpeg.aligned(plan.box, [f.box for f in faces], keep_aspect=plan.fit != "widened")
-    data = jpeg.crop(grown) if grown is not None else None
-    if data is None:
-        return None
-    write_bytes_atomic(target, data)
-    return grown
+def _lossless_cuts(jpeg: LosslessJpeg, plans: Sequence[CropPlan],
+                   faces: Sequence[Face]) -> list[tuple[Box, bytes] | None]:
+    """For each plan, its box moved onto the iMCU grid by `LosslessJpeg.aligned` (aspect kept
+    unless the plan already widened it) and the JPEG bytes cut there, all in one transform; None
+    for a crop that needs the decode path (padding, or no grid box keeps the faces whole)."""
+    boxes = [jpeg.aligned(plan.box, [f.box for f in faces], keep_aspect=plan.fit != "widened") for plan in plans]
+    wanted = [box for box in boxes if box is not None]
+    encoded = iter(jpeg.crop_many(wanted))
+    cuts: list[tuple[Box, bytes] | None] = []
+    for box in boxes:
+        data = next(encoded) if box is not None else None
+        cuts.append((box, data) if box is not None and data is not None else None)
+    return cuts
 
 
 def _jobs(src: Path) -> tuple[list[_Job], list[Drop]]:

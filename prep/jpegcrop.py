@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+import numpy as np
 
 from prep.images import read_info
 
@@ -49,8 +49,8 @@ class LosslessJpeg:
     size: tuple[int, int]
     mcu: tuple[int, int]
 
-    def reduced(self, longest: int) -> Image.Image:
-        """The cheapest scaled decode whose longest side exceeds `longest` / 2 (or the full size).
+    def reduced(self, longest: int) -> np.ndarray:
+        """The cheapest scaled decode (RGB array) whose longest side exceeds `longest` / 2 (or the full size).
 
         The scales halve, so that side is at most `longest` unless even 1/8 is larger: detection
         then sees a copy of (longest/2, longest] pixels, as `crop.reduced_copy` gives the decode path.
@@ -59,8 +59,7 @@ class LosslessJpeg:
         num, denom = next((f for f in _REDUCED_DECODES if -(-side * f[0] // f[1]) * 2 > longest), (1, 1))
         from turbojpeg import TJPF_RGB
 
-        pixels = self.turbo.decode(self.data, pixel_format=TJPF_RGB, scaling_factor=(num, denom))
-        return Image.fromarray(pixels, "RGB")
+        return self.turbo.decode(self.data, pixel_format=TJPF_RGB, scaling_factor=(num, denom))
 
     def aligned(self, box: Box, faces: Sequence[Box], keep_aspect: bool = True) -> Box | None:
         """A box on the iMCU grid for `box`, or None when the decode path must cut the exact box.
@@ -87,14 +86,25 @@ class LosslessJpeg:
         return None
 
     def crop(self, box: Box) -> bytes | None:
-        """The JPEG bytes of an aligned `box`, or None if libjpeg-turbo returned anything but
-        exactly that box. No EXIF/ICC/comment markers are copied, like the decode path's re-encode:
-        an EXIF thumbnail or GPS tag of the whole source must not travel with a crop."""
-        x0, y0, x1, y1 = box
-        # preserve=True: an aligned origin is kept as is and the box only clipped to the image
-        # (the default mode would also drop a partial iMCU at the right/bottom edge)
-        data = self.turbo.crop(self.data, x0, y0, x1 - x0, y1 - y0, preserve=True, copynone=True)
-        return data if tuple(self.turbo.decode_header(data)[:2]) == (x1 - x0, y1 - y0) else None
+        """The JPEG bytes of one aligned `box` (see `crop_many`)."""
+        return self.crop_many([box])[0]
+
+    def crop_many(self, boxes: Sequence[Box]) -> list[bytes | None]:
+        """The JPEG bytes of each aligned box, or None for a box libjpeg-turbo did not return
+        exactly. One transform call cuts them all, so the source is entropy-decoded once however
+        many crops an image gives. No EXIF/ICC/comment markers are copied, like the decode path's
+        re-encode: an EXIF thumbnail or GPS tag of the whole source must not travel with a crop."""
+        if not boxes:
+            return []
+        regions = [(x0, y0, x1 - x0, y1 - y0) for x0, y0, x1, y1 in boxes]
+        try:
+            outputs = self.turbo.crop_multiple(self.data, regions, copynone=True)
+        except OSError:  # one box libjpeg-turbo refuses: cut them one by one, so the others stay lossless
+            if len(boxes) == 1:
+                return [None]
+            return [self.crop_many([box])[0] for box in boxes]
+        return [data if tuple(self.turbo.decode_header(data)[:2]) == (w, h) else None
+                for data, (_, _, w, h) in zip(outputs, regions, strict=True)]
 
 
 def _inside(box: Box, face: Box) -> bool:
@@ -117,14 +127,15 @@ def _restore_aspect(box: Box, ratio: float) -> Box:
     return (box[0], box[1], box[0] + w, box[1] + h)
 
 
-def open_lossless(turbo: Any, path: Path, max_pixels: int | None) -> LosslessJpeg | None:
+def open_lossless(turbo: Any, path: Path, max_pixels: int | None, data: bytes | None = None) -> LosslessJpeg | None:
     """`path` as a LosslessJpeg when a lossless crop reproduces what `open_image` would show: a
     baseline-decodable JPEG, upright (EXIF orientation 1 or none), RGB/YCbCr or greyscale.
-    Anything else (other formats, rotated, CMYK, unknown sampling) returns None."""
+    Anything else (other formats, rotated, CMYK, unknown sampling) returns None. `data`: the
+    file's bytes when the caller has already read them."""
     info = read_info(path, max_pixels=max_pixels)
     if info.format != "JPEG" or info.orientation != 1 or info.mode not in ("RGB", "L") or info.frames != 1:
         return None
-    data = path.read_bytes()
+    data = path.read_bytes() if data is None else data
     try:
         width, height, subsample, colourspace = turbo.decode_header(data)[:4]
         from turbojpeg import tjMCUHeight, tjMCUWidth

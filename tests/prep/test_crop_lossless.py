@@ -169,4 +169,4 @@ def test_aligned_box_is_grown_or_shifted_onto_the_grid_or_refused(box, faces, ke
 def test_detection_decode_is_the_cheapest_scale_above_half_the_detection_size(jpegs, detect_size, expected):
     jpeg = open_lossless(TURBO, jpegs["astronaut420"], None)
     assert jpeg is not None and jpeg.size == (512, 512) and jpeg.mcu == (16, 16)
-    assert jpeg.reduced(detect_size).size == (expected, expected)
+    assert jpeg.reduced(detect_size).shape == (expected, expected, 3)

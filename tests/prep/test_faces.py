@@ -96,3 +96,68 @@ def test_named_detector_without_its_model_refuses_with_the_pull_hint(name):
 def test_unknown_detector_name_is_a_usage_error():
     with pytest.raises(UsageError):
         detector_from_name("retinaface")
+
+
+# ---- YuNet on onnxruntime: the same faces as OpenCV's FaceDetectorYN
+
+@pytest.mark.parametrize("name", WITH_FACES + WITHOUT_FACES + ["anime/concert1.jpg", "anime/eileen_happy.png"])
+@pytest.mark.parametrize("scale", [1.0, 0.5, 0.23])
+def test_yunet_rows_match_opencvs_face_detector_yn(yunet, yunet_model, testdata, name, scale):
+    import cv2
+
+    image = pixels(testdata, name)
+    if scale != 1.0:
+        image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    reference = cv2.FaceDetectorYN.create(str(yunet_model), "", (image.shape[1], image.shape[0]), 0.6, 0.3, 5000)
+    _, expected = reference.detect(np.ascontiguousarray(image[:, :, ::-1]))
+    expected = np.zeros((0, 15), np.float32) if expected is None else expected
+    ours = yunet.raw(image)
+    assert ours.shape == expected.shape
+    np.testing.assert_allclose(ours, expected, atol=0.01)
+
+
+def test_yunet_input_is_bgr_padded_to_multiples_of_32():
+    from prep.faces import yunet_input
+
+    image = np.zeros((33, 40, 3), np.uint8)
+    image[..., 0], image[..., 1], image[..., 2] = 10, 20, 30
+    tensor = yunet_input(image)
+    assert tensor.shape == (1, 3, 64, 64) and tensor.dtype == np.float32
+    assert tensor[0, :, 0, 0].tolist() == [30, 20, 10]
+    assert not tensor[0, :, 33:, :].any() and not tensor[0, :, :, 40:].any()
+
+
+def test_decode_yunet_places_boxes_and_landmarks_on_the_stride_grid_and_suppresses_overlaps():
+    from prep.faces import decode_yunet
+
+    padded = (64, 64)
+    outputs = {}
+    for stride in (8, 16, 32):
+        cells = (64 // stride) ** 2
+        outputs[f"cls_{stride}"] = np.zeros((1, cells, 1), np.float32)
+        outputs[f"obj_{stride}"] = np.zeros((1, cells, 1), np.float32)
+        outputs[f"bbox_{stride}"] = np.zeros((1, cells, 4), np.float32)
+        outputs[f"kps_{stride}"] = np.zeros((1, cells, 10), np.float32)
+    # stride 16, row 1, column 2 (cell 1*4+2): centre (2.5, 1.5)*16, size e^1*16, score √(0.81*1.2→1) = 0.9
+    outputs["cls_16"][0, 6, 0], outputs["obj_16"][0, 6, 0] = 0.81, 1.2
+    outputs["bbox_16"][0, 6] = [0.5, 0.5, 1.0, 1.0]
+    outputs["kps_16"][0, 6] = np.arange(10) / 10
+    # stride 8, a weaker box on the same spot (suppressed) and one below the threshold (dropped)
+    outputs["cls_8"][0, 2 * 8 + 5, 0], outputs["obj_8"][0, 2 * 8 + 5, 0] = 0.7, 0.7
+    outputs["bbox_8"][0, 2 * 8 + 5] = [0.0, 1.0, np.log(5.4), np.log(5.4)]
+    outputs["cls_8"][0, 0, 0], outputs["obj_8"][0, 0, 0] = 0.5, 0.5
+    rows = decode_yunet(outputs, padded, score_threshold=0.6, nms_threshold=0.3)
+    assert rows.shape == (1, 15)
+    size = np.e * 16
+    np.testing.assert_allclose(rows[0, :4], [40 - size / 2, 24 - size / 2, size, size], rtol=1e-5)
+    np.testing.assert_allclose(rows[0, 4:14], (np.arange(10) / 10 + np.tile([2, 1], 5)) * 16, rtol=1e-5)
+    assert rows[0, 14] == pytest.approx(0.9)
+    assert decode_yunet(outputs, padded, score_threshold=0.95, nms_threshold=0.3).shape == (0, 15)
+
+
+def test_an_unreadable_yunet_file_is_a_named_model_error(tmp_path):
+    broken = tmp_path / "face_detection_yunet.onnx"
+    broken.write_bytes(b"not an onnx graph")
+    with pytest.raises(ModelNotAvailable, match="could not be loaded") as caught:
+        YuNetDetector(broken)
+    assert "models pull yunet" in caught.value.hint
