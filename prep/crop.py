@@ -12,11 +12,12 @@ orientation). A padded crop's box reaches outside the source image; that is how 
 
 from __future__ import annotations
 
-import glob
+import bisect
 import hashlib
 import math
 import os
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -362,28 +363,46 @@ def _output_suffix(source: Path) -> str:
     return suffix if suffix in KEEP_SUFFIXES else ".png"
 
 
-def existing_crops(job: _Job, out: Path, digest: str, key: str) -> list[Path]:
-    """Crops an earlier run made from this very source with the same settings (re-runs skip it)."""
-    folder = out / job.rel.parent
-    if not folder.is_dir():
-        return []
-    found = []
-    for path in folder.glob(f"{glob.escape(job.rel.stem)}-*"):
-        if is_image_path(path):
-            meta = read_meta(path)
-            if (meta.get("source") or {}).get("sha256") == digest and (meta.get("crop") or {}).get("key") == key:
-                found.append(path)
-    return sorted(found)
+class EarlierCrops:
+    """The output folders' file names as they were when the run started, listed once per folder
+    (sorted, so finding one source's crops is a bisection, not a folder walk per image)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self._names: dict[Path, list[str]] = {}
+        self._lock = threading.Lock()
+
+    def names(self, folder: Path) -> list[str]:
+        with self._lock:
+            if folder not in self._names:
+                self._names[folder] = sorted(os.listdir(folder)) if folder.is_dir() else []
+            return self._names[folder]
+
+    def of(self, job: _Job, digest: str, key: str) -> list[Path]:
+        """Crops an earlier run made from this very source with the same settings (re-runs skip it)."""
+        folder = self.out / job.rel.parent
+        names = self.names(folder)
+        prefix = f"{job.rel.stem}-"
+        found = []
+        for name in names[bisect.bisect_left(names, prefix):]:
+            if not name.startswith(prefix):
+                break
+            path = folder / name
+            if is_image_path(path):
+                meta = read_meta(path)
+                if (meta.get("source") or {}).get("sha256") == digest and (meta.get("crop") or {}).get("key") == key:
+                    found.append(path)
+        return found
 
 
 def crop_image(job: _Job, out: Path, options: CropOptions, detector: FaceDetector,
-               turbo: Any | None = None) -> CropOutcome:
-    """Detect, plan and write every crop of one source image (unless they are already there)."""
+               turbo: Any | None = None, earlier: EarlierCrops | None = None) -> CropOutcome:
+    """Detect, plan and write every crop of one source image (unless `earlier` holds them already)."""
     data = job.path.read_bytes() if turbo is not None and job.path.suffix.lower() in (".jpg", ".jpeg") else None
     digest = hashlib.sha256(data).hexdigest() if data is not None else sha256_file(job.path)
     key = options.key(detector.name)
     caption = read_caption(caption_path(job.path, options.caption_extension))
-    if not options.force and (done := existing_crops(job, out, digest, key)):
+    if not options.force and (done := (earlier or EarlierCrops(out)).of(job, digest, key)):
         if caption is not None:  # captions may have been edited since; they are cheap to refresh
             for path in done:
                 write_caption(caption_path(path, options.caption_extension), caption)
@@ -487,7 +506,8 @@ def crop_folder(src: Path, out: Path, options: CropOptions = CropOptions(), repo
     turbo = load_turbojpeg() if wants_lossless else None
     if wants_lossless and turbo is None:
         reporter.note(f"lossless JPEG crops are off (JPEG crops are decoded and re-encoded); to enable: {ENABLE_HINT}")
-    outcome = run_step(jobs, lambda job: crop_image(job, out, options, detector, turbo), step="crop",
+    earlier = EarlierCrops(out)
+    outcome = run_step(jobs, lambda job: crop_image(job, out, options, detector, turbo, earlier), step="crop",
                        name=lambda job: str(job.path), reporter=reporter, label="cropping",
                        workers=options.workers)
     result: StepResult[Path] = StepResult(dropped=problems + outcome.dropped)

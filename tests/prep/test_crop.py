@@ -191,6 +191,20 @@ def test_rerun_skips_crops_already_made_with_the_same_settings(yunet, raw_folder
     assert read_caption(caption_path(out / "10_sks woman" / "astronaut-face.png")) == "sks woman, edited"
 
 
+def test_rerun_tells_apart_sources_whose_names_prefix_each_other(yunet, testdata, tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    raw.mkdir()
+    shutil.copy(testdata / "photos/astronaut.png", raw / "a.png")
+    shutil.copy(testdata / "photos/camera.png", raw / "a-face.png")  # its crop is a-face-face.png
+    first = crop_folder(raw, out, CropOptions(), detector=yunet)
+    assert sorted(p.name for p in first.done) == ["a-face-face.png", "a-face.png"]
+    shutil.copy(testdata / "photos/chelsea.png", raw / "a.png")  # a.png changed: only it is cropped again
+    stamps = {p.name: p.stat().st_mtime_ns for p in first.done}
+    again = crop_folder(raw, out, CropOptions(), detector=yunet)
+    assert sorted(p.name for p in again.done) == ["a-face-face.png", "a-focal.png"]
+    assert (out / "a-face-face.png").stat().st_mtime_ns == stamps["a-face-face.png"]
+
+
 BAD_FILES = {
     "empty.png": b"",
     "text.png": b"this is not an image, just text with a .png name\n",
