@@ -350,6 +350,7 @@ class CropOutcome:
     source: Path
     written: tuple[Path, ...]
     skipped: tuple[str, ...]  # reasons for crops left out (too small)
+    superseded: tuple[Path, ...] = ()  # earlier crops of this source path, cut before its content changed
 
 
 @dataclass(frozen=True)
@@ -378,21 +379,28 @@ class EarlierCrops:
                 self._names[folder] = sorted(os.listdir(folder)) if folder.is_dir() else []
             return self._names[folder]
 
-    def of(self, job: _Job, digest: str, key: str) -> list[Path]:
-        """Crops an earlier run made from this very source with the same settings (re-runs skip it)."""
+    def of(self, job: _Job, digest: str, key: str) -> tuple[list[Path], list[Path]]:
+        """Crops an earlier run made from this very source with the same settings (a re-run skips
+        the source), and crops made from an earlier content of the same source path (superseded)."""
         folder = self.out / job.rel.parent
         names = self.names(folder)
         prefix = f"{job.rel.stem}-"
-        found = []
+        source_path = relative_to_base(job.path, self.out)
+        same: list[Path] = []
+        superseded: list[Path] = []
         for name in names[bisect.bisect_left(names, prefix):]:
             if not name.startswith(prefix):
                 break
             path = folder / name
-            if is_image_path(path):
-                meta = read_meta(path)
-                if (meta.get("source") or {}).get("sha256") == digest and (meta.get("crop") or {}).get("key") == key:
-                    found.append(path)
-        return found
+            if not is_image_path(path):
+                continue
+            meta = read_meta(path)
+            source = meta.get("source") or {}
+            if source.get("sha256") == digest and (meta.get("crop") or {}).get("key") == key:
+                same.append(path)
+            elif source.get("path") == source_path and source.get("sha256") not in (None, digest):
+                superseded.append(path)
+        return same, superseded
 
 
 def crop_image(job: _Job, out: Path, options: CropOptions, detector: FaceDetector,
@@ -402,11 +410,12 @@ def crop_image(job: _Job, out: Path, options: CropOptions, detector: FaceDetecto
     digest = hashlib.sha256(data).hexdigest() if data is not None else sha256_file(job.path)
     key = options.key(detector.name)
     caption = read_caption(caption_path(job.path, options.caption_extension))
-    if not options.force and (done := (earlier or EarlierCrops(out)).of(job, digest, key)):
+    done, superseded = (earlier or EarlierCrops(out)).of(job, digest, key)
+    if done and not options.force:
         if caption is not None:  # captions may have been edited since; they are cheap to refresh
             for path in done:
                 write_caption(caption_path(path, options.caption_extension), caption)
-        return CropOutcome(job.path, tuple(done), ())
+        return CropOutcome(job.path, tuple(done), (), tuple(superseded))
     jpeg = open_lossless(turbo, job.path, options.max_pixels, data) if data is not None else None
     image: Image.Image | None = None
     if jpeg is not None:
@@ -453,7 +462,7 @@ def crop_image(job: _Job, out: Path, options: CropOptions, detector: FaceDetecto
         written.append(target)
     if not written and skipped:
         raise CropSkipped("; ".join(skipped))
-    return CropOutcome(job.path, tuple(written), tuple(skipped))
+    return CropOutcome(job.path, tuple(written), tuple(skipped), tuple(p for p in superseded if p not in written))
 
 
 def _lossless_cuts(jpeg: LosslessJpeg, plans: Sequence[CropPlan],
@@ -511,9 +520,15 @@ def crop_folder(src: Path, out: Path, options: CropOptions = CropOptions(), repo
                        name=lambda job: str(job.path), reporter=reporter, label="cropping",
                        workers=options.workers)
     result: StepResult[Path] = StepResult(dropped=problems + outcome.dropped)
+    superseded: list[Path] = []
     for done in outcome.done:
         result.done.extend(done.written)
         result.dropped.extend(Drop(str(done.source), "crop", reason) for reason in done.skipped)
+        superseded.extend(done.superseded)
+    if superseded:
+        shown = ", ".join(str(p.relative_to(out)) for p in superseded[:3]) + (" …" if len(superseded) > 3 else "")
+        reporter.note(f"{len(superseded)} earlier crop(s) in {out} were cut from a source that has changed since "
+                      f"and are left as they were: {shown}; delete them if that version should not be trained")
     return result
 
 

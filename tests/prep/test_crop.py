@@ -16,6 +16,7 @@ from prep.crop import CropOptions, crop_folder, cut, fit_aspect, keep_faces_whol
 from prep.errors import UsageError
 from prep.faces import YuNetDetector
 from prep.images import open_image, sha256_file
+from prep.progress import ProgressEvent, Reporter
 from prep.sidecars import caption_path, read_caption, read_meta, write_caption
 
 YUNET_FACES = ["photos/astronaut.png", "photos/camera.png", "anime/sylvie_blue_normal.png",
@@ -200,9 +201,14 @@ def test_rerun_tells_apart_sources_whose_names_prefix_each_other(yunet, testdata
     assert sorted(p.name for p in first.done) == ["a-face-face.png", "a-face.png"]
     shutil.copy(testdata / "photos/chelsea.png", raw / "a.png")  # a.png changed: only it is cropped again
     stamps = {p.name: p.stat().st_mtime_ns for p in first.done}
-    again = crop_folder(raw, out, CropOptions(), detector=yunet)
+    events: list[ProgressEvent] = []
+    again = crop_folder(raw, out, CropOptions(), Reporter(events.append), detector=yunet)
     assert sorted(p.name for p in again.done) == ["a-face-face.png", "a-focal.png"]
     assert (out / "a-face-face.png").stat().st_mtime_ns == stamps["a-face-face.png"]
+    # the old photo's crop is kept (nothing is deleted) and named as cut from a source that changed
+    notes = [e.message for e in events if e.kind == "note"]
+    assert (out / "a-face.png").exists()
+    assert any("1 earlier crop(s)" in n and "a-face.png" in n and "a-face-face" not in n for n in notes)
 
 
 BAD_FILES = {
