@@ -10,7 +10,7 @@ Each detector runs twice: with the lossless JPEG path (prep.jpegcrop: scaled dec
 crops cut in the DCT domain; the default when PyTurboJPEG and libjpeg-turbo are installed) and
 with it forced off (full decode, crops re-encoded).
 
-    python bench/crop.py [--count 50] [--workers 1] [--models DIR] [--no-lossless]
+    python bench/crop.py [--count 50] [--workers 1] [--models DIR] [--no-lossless] [--detector NAME]
 
 `--no-lossless` runs only the decode path.
 
@@ -108,6 +108,8 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=50)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--no-lossless", action="store_true", help="only the decode path")
+    parser.add_argument("--detector", action="append", choices=["yunet", "libfacedetection", "haar", "anime"],
+                        help="only this detector (repeatable; default: all)")
     parser.add_argument("--models", type=Path,
                         default=Path(os.environ.get("LORAPREP_TEST_MODELS") or ROOT.parent / "shared" / "models"))
     args = parser.parse_args()
@@ -129,6 +131,8 @@ def main() -> None:
             print(f"lossless JPEG path unavailable: {ENABLE_HINT}")
             modes = [False]
         for name, detector, why in detectors(args.models):
+            if args.detector and name not in args.detector:
+                continue
             if detector is None:
                 print(f"{f'crop + detect ({name})':<30} skipped: {why}")
                 continue
