@@ -24,7 +24,7 @@ from PIL import Image, ImageFilter
 
 from prep import models
 from prep.atomic import write_bytes_atomic
-from prep.errors import ModelNotAvailable, UsageError
+from prep.errors import UsageError
 from prep.faces import FaceDetector
 from prep.images import DEFAULT_MAX_PIXELS, WHITE, flatten_alpha, open_image, save_image_atomic
 from prep.progress import SILENT, Reporter
@@ -71,14 +71,7 @@ class OnnxSegmenter:
     """A registry segmentation model (one input image, first output a (1, 1, H, W) matte in [0, 1])."""
 
     def __init__(self, model_path: Path, spec: SegmenterInput, *, name: str = "onnx", threads: int = 1) -> None:
-        import onnxruntime as ort
-
-        if not Path(model_path).is_file():
-            raise ModelNotAvailable(f"segmentation model file {model_path} does not exist",
-                                    hint=f"run `loraprep models pull {name}`")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        self._session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        self._session = models.onnx_cpu_session(model_path, "segmentation model", name, threads=threads)
         self._input = self._session.get_inputs()[0].name
         self.spec = spec
         self.name = name

@@ -262,6 +262,10 @@ class CropPlan:
     fit: str
     subject: int | None  # index of the face it was built around; None for focal / full crops
 
+    @property
+    def short_side(self) -> int:
+        return min(self.box[2] - self.box[0], self.box[3] - self.box[1])
+
 
 def plan_crops(size: tuple[int, int], faces: Sequence[Face], detection: np.ndarray, scale: float,
                options: CropOptions) -> list[CropPlan]:
@@ -327,22 +331,18 @@ def detect_faces(image: Image.Image | np.ndarray, detector: FaceDetector, detect
     """Faces in full-resolution pixels, found on a reduced copy; also returns that copy (RGB or
     RGBA, for the focal point and dead-space trim) and its scale. `size` is the full resolution
     when `image` is already a scaled decode of it (an RGB array, on the lossless JPEG path)."""
-    if isinstance(image, np.ndarray):
-        if max(image.shape[:2]) > detect_size:
-            image = Image.fromarray(image)
-        else:
-            small_pixels = image
-    if isinstance(image, Image.Image):
-        size = size or image.size
-        small, _ = reduced_copy(image, detect_size)
-        small_pixels = np.asarray(small)
-        rgb = np.asarray(flatten_alpha(small)) if small.mode != "RGB" else small_pixels
+    if isinstance(image, np.ndarray) and max(image.shape[:2]) <= detect_size:
+        small = rgb = image  # a scaled decode already small enough
     else:
-        rgb = small_pixels
-    assert size is not None
-    scale = size[0] / small_pixels.shape[1]
-    faces = [_scale_face(f, scale, size) for f in detector(rgb)]
-    return faces, small_pixels, scale
+        full = Image.fromarray(image) if isinstance(image, np.ndarray) else image
+        size = size or full.size
+        reduced, _ = reduced_copy(full, detect_size)
+        small = np.asarray(reduced)
+        rgb = small if reduced.mode == "RGB" else np.asarray(flatten_alpha(reduced))
+    if size is None:
+        raise ValueError("detect_faces needs the full-resolution size of a scaled decode")
+    scale = size[0] / small.shape[1]
+    return [_scale_face(f, scale, size) for f in detector(rgb)], small, scale
 
 
 @dataclass(frozen=True)
@@ -379,13 +379,13 @@ class EarlierCrops:
                 self._names[folder] = sorted(os.listdir(folder)) if folder.is_dir() else []
             return self._names[folder]
 
-    def of(self, job: _Job, digest: str, key: str) -> tuple[list[Path], list[Path]]:
+    def of(self, job: _Job, source_path: str, digest: str, key: str) -> tuple[list[Path], list[Path]]:
         """Crops an earlier run made from this very source with the same settings (a re-run skips
-        the source), and crops made from an earlier content of the same source path (superseded)."""
+        the source), and crops made from an earlier content of the same source path (superseded).
+        `source_path`: the source as crops record it (relative to the output folder)."""
         folder = self.out / job.rel.parent
         names = self.names(folder)
         prefix = f"{job.rel.stem}-"
-        source_path = relative_to_base(job.path, self.out)
         same: list[Path] = []
         superseded: list[Path] = []
         for name in names[bisect.bisect_left(names, prefix):]:
@@ -403,14 +403,15 @@ class EarlierCrops:
         return same, superseded
 
 
-def crop_image(job: _Job, out: Path, options: CropOptions, detector: FaceDetector,
-               turbo: Any | None = None, earlier: EarlierCrops | None = None) -> CropOutcome:
+def crop_image(job: _Job, out: Path, options: CropOptions, detector: FaceDetector, turbo: Any | None,
+               earlier: EarlierCrops) -> CropOutcome:
     """Detect, plan and write every crop of one source image (unless `earlier` holds them already)."""
     data = job.path.read_bytes() if turbo is not None and job.path.suffix.lower() in (".jpg", ".jpeg") else None
     digest = hashlib.sha256(data).hexdigest() if data is not None else sha256_file(job.path)
+    source_path = relative_to_base(job.path, out)
     key = options.key(detector.name)
     caption = read_caption(caption_path(job.path, options.caption_extension))
-    done, superseded = (earlier or EarlierCrops(out)).of(job, digest, key)
+    done, superseded = earlier.of(job, source_path, digest, key)
     if done and not options.force:
         if caption is not None:  # captions may have been edited since; they are cheap to refresh
             for path in done:
@@ -432,9 +433,9 @@ def crop_image(job: _Job, out: Path, options: CropOptions, detector: FaceDetecto
     plans: list[CropPlan] = []
     skipped: list[str] = []
     for plan in plan_crops(size, faces, detection, scale, options):
-        short = min(plan.box[2] - plan.box[0], plan.box[3] - plan.box[1])
-        if short < options.min_size and options.small == "skip":
-            skipped.append(f"{plan.label} crop is {short}px on its short side, below --min-size {options.min_size}")
+        if plan.short_side < options.min_size and options.small == "skip":
+            skipped.append(f"{plan.label} crop is {plan.short_side}px on its short side, "
+                           f"below --min-size {options.min_size}")
         else:
             plans.append(plan)
     cuts = _lossless_cuts(jpeg, plans, faces) if jpeg is not None else [None] * len(plans)
@@ -451,13 +452,12 @@ def crop_image(job: _Job, out: Path, options: CropOptions, detector: FaceDetecto
             save_image_atomic(cut(image, box, options.colour), target)
         if caption is not None:
             write_caption(caption_path(target, options.caption_extension), caption)
-        short = min(plan.box[2] - plan.box[0], plan.box[3] - plan.box[1])
-        source = Source(relative_to_base(job.path, out), digest, box)
+        source = Source(source_path, digest, box)
         update_meta(target, source=source.to_dict(), faces=[f.to_dict() for f in faces_in_crop(faces, box)],
                     crop={"preset": plan.preset, "box": list(box), "planned_box": list(plan.box),
                           "lossless": lossless_cut is not None, "detector": detector.name, "aspect": options.aspect,
                           "key": key, "fit": plan.fit, "padded": plan.fit == "padded",
-                          "widened": plan.fit == "widened", "upscale": short < options.min_size,
+                          "widened": plan.fit == "widened", "upscale": plan.short_side < options.min_size,
                           "subject_face": plan.subject, "source_faces": [list(f.box) for f in faces]})
         written.append(target)
     if not written and skipped:

@@ -82,21 +82,8 @@ class YuNetDetector:
 
     def __init__(self, model_path: Path, *, score_threshold: float = 0.6, nms_threshold: float = 0.3,
                  top_k: int = 5000, threads: int = 1) -> None:
-        import onnxruntime as ort
-
-        if not Path(model_path).is_file():
-            raise ModelNotAvailable(f"YuNet model file {model_path} does not exist",
-                                    hint="run `loraprep models pull yunet`")
         self.model_path = Path(model_path)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3  # the model's unused initialisers are not the user's concern
-        try:
-            self._session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
-            raise ModelNotAvailable(f"YuNet model file {model_path} could not be loaded: {exc}",
-                                    hint="delete it and run `loraprep models pull yunet` again") from exc
+        self._session = models.onnx_cpu_session(model_path, "YuNet model", "yunet", threads=threads)
         self._input = self._session.get_inputs()[0].name
         self._outputs = [f"{kind}_{stride}" for kind in ("cls", "obj", "bbox", "kps") for stride in YUNET_STRIDES]
         self.score_threshold = score_threshold
@@ -301,14 +288,7 @@ class AnimeYoloDetector:
 
     def __init__(self, model_path: Path, *, input_size: int = 640, score_threshold: float = 0.25,
                  iou_threshold: float = 0.7, threads: int = 1) -> None:
-        import onnxruntime as ort
-
-        if not Path(model_path).is_file():
-            raise ModelNotAvailable(f"anime face model file {model_path} does not exist",
-                                    hint="run `loraprep models pull anime-face`")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        self._session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        self._session = models.onnx_cpu_session(model_path, "anime face model", "anime-face", threads=threads)
         self._input = self._session.get_inputs()[0].name
         shape = self._session.get_inputs()[0].shape
         fixed = shape[-1] if isinstance(shape[-1], int) else None

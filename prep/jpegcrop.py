@@ -85,10 +85,6 @@ class LosslessJpeg:
                 return candidate
         return None
 
-    def crop(self, box: Box) -> bytes | None:
-        """The JPEG bytes of one aligned `box` (see `crop_many`)."""
-        return self.crop_many([box])[0]
-
     def crop_many(self, boxes: Sequence[Box]) -> list[bytes | None]:
         """The JPEG bytes of each aligned box, or None for a box libjpeg-turbo did not return
         exactly. One transform call cuts them all, so the source is entropy-decoded once however

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from prep.errors import ModelNotAvailable, UsageError
 
@@ -157,6 +158,25 @@ def _missing_error(model: ModelSpec, reason: str) -> ModelNotAvailable:
         hint=(f"run `loraprep models pull {model.name}` on a connected machine, or copy {files} "
               f"from https://huggingface.co/{model.repo_id} into {folder}"),
     )
+
+
+def onnx_cpu_session(model_path: str | os.PathLike[str], what: str, name: str, *, threads: int = 1) -> Any:
+    """An onnxruntime CPU session on a registry model file, on `threads` intra-op threads (the prep
+    steps parallelise over images). A missing or unreadable file is `ModelNotAvailable` naming
+    `what` and the `loraprep models pull NAME` that fixes it."""
+    import onnxruntime as ort
+
+    path = Path(model_path)
+    if not path.is_file():
+        raise ModelNotAvailable(f"{what} file {path} does not exist", hint=f"run `loraprep models pull {name}`")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3  # warnings about a model's unused initialisers are not the user's concern
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
+        raise ModelNotAvailable(f"{what} file {path} could not be loaded: {exc}",
+                                hint=f"delete it and run `loraprep models pull {name}` again") from exc
 
 
 def resolve(name: str, *, download: bool = False) -> Path:

@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from prep.background import OnnxSegmenter, SegmenterInput
 from prep.errors import ModelNotAvailable, UsageError
-from prep.faces import CombinedDetector, HaarDetector, LibFaceDetectionDetector, YuNetDetector, detector_from_name
+from prep.faces import (AnimeYoloDetector, CombinedDetector, HaarDetector, LibFaceDetectionDetector, YuNetDetector,
+                        detector_from_name)
 from prep.images import open_image
 from prep.progress import ProgressEvent, Reporter
 
@@ -155,9 +157,15 @@ def test_decode_yunet_places_boxes_and_landmarks_on_the_stride_grid_and_suppress
     assert decode_yunet(outputs, padded, score_threshold=0.95, nms_threshold=0.3).shape == (0, 15)
 
 
-def test_an_unreadable_yunet_file_is_a_named_model_error(tmp_path):
-    broken = tmp_path / "face_detection_yunet.onnx"
+@pytest.mark.parametrize(("build", "pull"), [(YuNetDetector, "yunet"), (AnimeYoloDetector, "anime-face"),
+                                            (lambda path: OnnxSegmenter(path, SegmenterInput(64, letterbox=True), name="anime-seg"),
+                                             "anime-seg")])
+def test_an_unreadable_model_file_is_a_named_model_error(tmp_path, build, pull):
+    broken = tmp_path / "model.onnx"
     broken.write_bytes(b"not an onnx graph")
     with pytest.raises(ModelNotAvailable, match="could not be loaded") as caught:
-        YuNetDetector(broken)
-    assert "models pull yunet" in caught.value.hint
+        build(broken)
+    assert f"models pull {pull}" in caught.value.hint
+    with pytest.raises(ModelNotAvailable, match="does not exist") as caught:
+        build(tmp_path / "missing.onnx")
+    assert f"models pull {pull}" in caught.value.hint
