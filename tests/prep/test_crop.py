@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cropsupport import crop_metas, inside
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -29,16 +30,6 @@ def yunet(yunet_model: Path) -> YuNetDetector:
     return YuNetDetector(yunet_model)
 
 
-def crop_one(source: Path, out: Path, detector, **options) -> list[dict]:
-    result = crop_folder(source, out, CropOptions(workers=1, **options), detector=detector)
-    assert not result.dropped, result.dropped
-    return [read_meta(path) | {"path": path} for path in result.done]
-
-
-def inside(outer, inner) -> bool:
-    return outer[0] <= inner[0] and outer[1] <= inner[1] and outer[2] >= inner[2] and outer[3] >= inner[3]
-
-
 def disjoint(a, b) -> bool:
     return a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
 
@@ -50,27 +41,27 @@ def test_face_crop_holds_every_face_yunet_finds_at_full_resolution(yunet, testda
     full = np.asarray(open_image(testdata / name, flatten=(255, 255, 255)))
     faces = yunet(full)
     assert faces
-    (meta,) = crop_one(testdata / name, tmp_path, yunet)
+    (meta,) = crop_metas(testdata / name, tmp_path, yunet)
     for face in faces:
         assert inside(meta["crop"]["box"], face.box)
 
 
 @pytest.mark.parametrize("name", YUNET_FACES + ["anime/eileen_happy.png"])
 def test_face_crop_holds_the_hand_checked_face(yunet, testdata, faces_truth, tmp_path, name):
-    (meta,) = crop_one(testdata / name, tmp_path, yunet)
+    (meta,) = crop_metas(testdata / name, tmp_path, yunet)
     assert meta["crop"]["preset"] == "face"
     for truth in faces_truth[name]:
         assert inside(meta["crop"]["box"], truth)
 
 
 def test_crop_pixels_are_cut_from_the_full_resolution_source(yunet, testdata, tmp_path):
-    (meta,) = crop_one(testdata / "photos/astronaut.png", tmp_path, yunet)
+    (meta,) = crop_metas(testdata / "photos/astronaut.png", tmp_path, yunet)
     source = open_image(testdata / "photos/astronaut.png")
     assert np.array_equal(np.asarray(open_image(meta["path"])), np.asarray(source.crop(tuple(meta["crop"]["box"]))))
 
 
 def test_faces_in_crop_metadata_are_in_crop_pixels(yunet, testdata, tmp_path):
-    (meta,) = crop_one(testdata / "photos/camera.png", tmp_path, yunet)
+    (meta,) = crop_metas(testdata / "photos/camera.png", tmp_path, yunet)
     box, (face,) = meta["crop"]["box"], meta["faces"]
     (source_face,) = meta["crop"]["source_faces"]
     assert face["box"] == [source_face[0] - box[0], source_face[1] - box[1], source_face[2] - box[0], source_face[3] - box[1]]
@@ -81,7 +72,7 @@ def test_faces_in_crop_metadata_are_in_crop_pixels(yunet, testdata, tmp_path):
 
 @pytest.mark.parametrize("name", NO_FACES)
 def test_no_face_falls_back_to_a_flagged_focal_point_crop(yunet, testdata, tmp_path, name):
-    (meta,) = crop_one(testdata / name, tmp_path, yunet)
+    (meta,) = crop_metas(testdata / name, tmp_path, yunet)
     width, height = Image.open(testdata / name).size
     x0, y0, x1, y1 = meta["crop"]["box"]
     assert meta["faces"] == [] and meta["crop"]["preset"] == "focal"
@@ -91,7 +82,7 @@ def test_no_face_falls_back_to_a_flagged_focal_point_crop(yunet, testdata, tmp_p
 # ---- group shots
 
 def test_one_per_face_gives_one_crop_per_detected_face_and_cuts_none(yunet, testdata, tmp_path):
-    metas = crop_one(testdata / "anime/concert1.jpg", tmp_path, yunet, one_per_face=True)
+    metas = crop_metas(testdata / "anime/concert1.jpg", tmp_path, yunet, one_per_face=True)
     faces = metas[0]["crop"]["source_faces"]
     assert len(faces) >= 2 and len(metas) == len(faces)
     assert sorted(m["crop"]["subject_face"] for m in metas) == list(range(len(faces)))
@@ -123,7 +114,7 @@ def tall_strip(testdata, tmp_path_factory) -> Path:
 def test_extreme_aspect_sources_crop_in_every_aspect_and_fit(yunet, testdata, tall_strip, tmp_path, aspect, fit, source):
     path = tall_strip if source == "strip" else testdata / source
     width, height = Image.open(path).size
-    metas = crop_one(path, tmp_path, yunet, presets=("face", "full"), aspect=aspect, fit=fit)
+    metas = crop_metas(path, tmp_path, yunet, presets=("face", "full"), aspect=aspect, fit=fit)
     assert {m["crop"]["preset"] for m in metas} == {"focal", "full"}
     for meta in metas:
         x0, y0, x1, y1 = meta["crop"]["box"]
@@ -143,8 +134,8 @@ def test_exif_rotated_input_crops_the_same_region_as_the_upright_one(yunet, test
     (tmp_path / "rotated").mkdir()
     upright.save(tmp_path / "upright.jpg", quality=95)
     upright.transpose(undo).save(tmp_path / "rotated/astronaut.jpg", quality=95, exif=exif.tobytes())
-    (plain,) = crop_one(tmp_path / "upright.jpg", tmp_path / "a", yunet)
-    (turned,) = crop_one(tmp_path / "rotated/astronaut.jpg", tmp_path / "b", yunet)
+    (plain,) = crop_metas(tmp_path / "upright.jpg", tmp_path / "a", yunet)
+    (turned,) = crop_metas(tmp_path / "rotated/astronaut.jpg", tmp_path / "b", yunet)
     assert np.abs(np.subtract(plain["crop"]["box"], turned["crop"]["box"])).max() <= 3
     a = np.asarray(open_image(plain["path"]).resize((128, 128)), np.float32)
     b = np.asarray(open_image(turned["path"]).resize((128, 128)), np.float32)

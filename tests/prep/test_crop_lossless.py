@@ -7,13 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cropsupport import crop_metas, inside
 from PIL import Image
 
-from prep.crop import CropOptions, crop_folder
 from prep.faces import YuNetDetector
 from prep.images import open_image
 from prep.jpegcrop import LosslessJpeg, load_turbojpeg, open_lossless
-from prep.sidecars import read_meta
 
 TURBO = load_turbojpeg()
 needs_turbo = pytest.mark.skipif(TURBO is None, reason="PyTurboJPEG or the libjpeg-turbo library is not installed "
@@ -38,16 +37,6 @@ def jpegs(testdata, tmp_path_factory) -> dict[str, Path]:
             "concert1": testdata / "anime/concert1.jpg"}
 
 
-def crops(source: Path, out: Path, detector, **options) -> list[dict]:
-    result = crop_folder(source, out, CropOptions(workers=1, **options), detector=detector)
-    assert not result.dropped, result.dropped
-    return [read_meta(path) | {"path": path} for path in result.done]
-
-
-def inside(outer, inner) -> bool:
-    return outer[0] <= inner[0] and outer[1] <= inner[1] and outer[2] >= inner[2] and outer[3] >= inner[3]
-
-
 def cuts(box, face) -> bool:
     overlapping = box[0] < face[2] and face[0] < box[2] and box[1] < face[3] and face[1] < box[3]
     return overlapping and not inside(box, face)
@@ -69,7 +58,7 @@ CASES = [("astronaut444", {}), ("astronaut420", {}), ("astronaut420", {"presets"
 @pytest.mark.parametrize(("name", "options"), CASES)
 def test_lossless_crop_holds_exactly_the_source_pixels_of_its_box(yunet, jpegs, tmp_path, name, options):
     source = jpegs[name]
-    for meta in crops(source, tmp_path, yunet, **options):
+    for meta in crop_metas(source, tmp_path, yunet, **options):
         assert meta["crop"]["lossless"] is True
         x0, y0, x1, y1 = meta["crop"]["box"]
         assert meta["source"]["box"] == [x0, y0, x1, y1]
@@ -79,7 +68,7 @@ def test_lossless_crop_holds_exactly_the_source_pixels_of_its_box(yunet, jpegs, 
 
 @needs_turbo
 def test_lossless_crop_of_a_444_jpeg_decodes_with_pil_to_the_same_pixels_as_the_source(yunet, jpegs, tmp_path):
-    (meta,) = crops(jpegs["astronaut444"], tmp_path, yunet)
+    (meta,) = crop_metas(jpegs["astronaut444"], tmp_path, yunet)
     assert meta["crop"]["lossless"] is True
     with Image.open(jpegs["astronaut444"]) as source, Image.open(meta["path"]) as crop:
         assert np.array_equal(np.asarray(crop), np.asarray(source.crop(tuple(meta["crop"]["box"]))))
@@ -87,7 +76,7 @@ def test_lossless_crop_of_a_444_jpeg_decodes_with_pil_to_the_same_pixels_as_the_
 
 @needs_turbo
 def test_lossless_crop_carries_no_exif_from_the_source(yunet, jpegs, tmp_path):
-    (meta,) = crops(jpegs["astronaut444"], tmp_path, yunet)
+    (meta,) = crop_metas(jpegs["astronaut444"], tmp_path, yunet)
     assert meta["crop"]["lossless"] is True
     with Image.open(jpegs["astronaut444"]) as source, Image.open(meta["path"]) as crop:
         assert source.getexif().get(0x013B) == "someone" and not crop.getexif()
@@ -98,7 +87,7 @@ def test_lossless_crop_carries_no_exif_from_the_source(yunet, jpegs, tmp_path):
 def test_lossless_box_starts_on_the_imcu_grid_holds_the_planned_box_and_cuts_no_face(yunet, jpegs, tmp_path,
                                                                                       name, options):
     mcu = {"astronaut444": 8}.get(name, 16)
-    for meta in crops(jpegs[name], tmp_path, yunet, **options):
+    for meta in crop_metas(jpegs[name], tmp_path, yunet, **options):
         box, plan = meta["crop"]["box"], meta["crop"]["planned_box"]
         assert box[0] % mcu == 0 and box[1] % mcu == 0
         same_size_shift = (box[2] - box[0], box[3] - box[1]) == (plan[2] - plan[0], plan[3] - plan[1]) \
@@ -125,7 +114,7 @@ def other_sources(testdata, jpegs, tmp_path_factory) -> dict[str, Path]:
 @pytest.mark.parametrize("name", ["rotated", "cmyk", "png"])
 def test_rotated_cmyk_and_non_jpeg_sources_take_the_decode_path_and_crop_the_right_region(yunet, other_sources,
                                                                                           tmp_path, name):
-    (meta,) = crops(other_sources[name], tmp_path, yunet)
+    (meta,) = crop_metas(other_sources[name], tmp_path, yunet)
     assert meta["crop"]["lossless"] is False
     written = np.asarray(open_image(meta["path"]).resize((64, 64)), np.float32)
     upright = open_image(other_sources["png"]).crop(tuple(meta["crop"]["box"]))
@@ -134,13 +123,13 @@ def test_rotated_cmyk_and_non_jpeg_sources_take_the_decode_path_and_crop_the_rig
 
 
 def test_lossless_path_switched_off_decodes_and_reencodes(yunet, jpegs, tmp_path):
-    (meta,) = crops(jpegs["astronaut444"], tmp_path, yunet, lossless_jpeg=False)
+    (meta,) = crop_metas(jpegs["astronaut444"], tmp_path, yunet, lossless_jpeg=False)
     assert meta["crop"]["lossless"] is False and meta["path"].suffix == ".jpg"
 
 
 @needs_turbo
 def test_padded_crop_takes_the_decode_path(yunet, testdata, tmp_path):
-    metas = crops(testdata / "anime/panorama.jpg", tmp_path, yunet, presets=("full",), aspect="1:1", fit="pad")
+    metas = crop_metas(testdata / "anime/panorama.jpg", tmp_path, yunet, presets=("full",), aspect="1:1", fit="pad")
     (meta,) = metas
     assert meta["crop"]["padded"] is True and meta["crop"]["lossless"] is False
 
