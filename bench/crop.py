@@ -3,8 +3,8 @@
 The issue's target: `loraprep crop` (detection on a reduced copy, crops cut from full resolution,
 sidecars written) costs at most 1.5× a plain full-size decode of the same files. Both sides run
 after `prep.allocator.reuse_large_buffers()`, as under the `loraprep` command, with the same
-number of worker threads; the verdict uses CPU time, which a busy shared machine disturbs least. Inputs are the
-test photos upscaled to 4000×3000 JPEGs, generated into a temporary folder.
+number of worker threads; the verdict uses CPU time, which a busy shared machine disturbs least.
+Inputs are the test photos upscaled to 4000×3000 JPEGs, generated into a temporary folder.
 
 Each detector runs twice: with the lossless JPEG path (prep.jpegcrop: scaled decode for detection,
 crops cut in the DCT domain; the default when PyTurboJPEG and libjpeg-turbo are installed) and
