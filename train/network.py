@@ -103,12 +103,12 @@ def add_lora(unet: Any, text_encoders: list[Any], config: NetworkConfig) -> Netw
     for encoder in text_encoders:
         encoder.requires_grad_(False)
     network = Network(unet_lora_config(unet, config))
-    unet.add_adapter(network.unet_config)
+    add_adapter(unet, network.unet_config)
     network.unet_params = _trainable(unet)
     if config.train_text_encoder:
         for encoder in text_encoders:
             te_config = text_encoder_lora_config(config)
-            _add_text_encoder_adapter(encoder, te_config)
+            add_adapter(encoder, te_config)
             network.text_encoder_configs.append(te_config)
             network.text_encoder_params += _trainable(encoder)
     for param in network.unet_params + network.text_encoder_params:
@@ -116,14 +116,17 @@ def add_lora(unet: Any, text_encoders: list[Any], config: NetworkConfig) -> Netw
     return network
 
 
-def _add_text_encoder_adapter(encoder: Any, config: Any) -> None:
-    """transformers models carry peft's mixin (`add_adapter`); fall back to peft's injector."""
-    if hasattr(encoder, "add_adapter"):
-        encoder.add_adapter(config)
-    else:
-        from peft import inject_adapter_in_model
+def add_adapter(model: Any, config: Any, adapter: str = "default") -> None:
+    """Inject a peft adapter into a UNet or text encoder with peft itself.
 
-        inject_adapter_in_model(config, encoder)
+    Why not the models' own `add_adapter`: transformers' glue checks for a peft release of its own
+    choosing (transformers 5.24 refuses peft 0.21) and diffusers' adds nothing we use, so going
+    through peft's injector keeps text-encoder LoRA working with any transformers in range. The
+    injector records `model.peft_config` and merges it with adapters already there.
+    """
+    from peft import inject_adapter_in_model
+
+    inject_adapter_in_model(config, model, adapter_name=adapter)
 
 
 def lora_state_dict(modules: dict[str, Any]) -> dict[str, Any]:

@@ -262,12 +262,13 @@ def apply_lora(base: BaseModel, lora: str | Path, scale: float, adapter: str = "
     from peft.tuners.lora import LoraLayer
 
     from train.export import COMPONENTS, load_into, load_lora_state
+    from train.network import add_adapter
 
     state = load_lora_state(lora, base)
     models = dict(zip(COMPONENTS, [base.unet, *base.text_encoders]))
     for component in state.components:
         model = models[component]
-        model.add_adapter(state.lora_config(component), adapter_name=adapter)
+        add_adapter(model, state.lora_config(component), adapter)
         load_into(model, state, component, adapter)
         for module in model.modules():
             if isinstance(module, LoraLayer):

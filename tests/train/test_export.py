@@ -19,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from prep.errors import ModelMismatch, UsageError
+from train.network import add_adapter
 from train.export import (
     describe_lora,
     load_lora_into,
@@ -42,12 +43,12 @@ def inject(base: BaseModel, *, conv: bool = True, dora: bool = False, text_encod
 
     torch.manual_seed(seed)
     targets = ["to_q", "to_k", "to_v", "to_out.0"] + (["conv1", "conv2"] if conv else [])
-    base.unet.add_adapter(LoraConfig(r=RANK, lora_alpha=alpha, target_modules=targets, use_dora=dora,
+    add_adapter(base.unet, LoraConfig(r=RANK, lora_alpha=alpha, target_modules=targets, use_dora=dora,
                                      rank_pattern={"conv1": CONV_RANK, "conv2": CONV_RANK} if conv else {},
                                      alpha_pattern={"conv1": CONV_ALPHA, "conv2": CONV_ALPHA} if conv else {}))
     if text_encoder:
         for encoder in base.text_encoders:
-            encoder.add_adapter(LoraConfig(r=RANK, lora_alpha=TE_ALPHA,
+            add_adapter(encoder, LoraConfig(r=RANK, lora_alpha=TE_ALPHA,
                                            target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]))
     with torch.no_grad():
         for module in (base.unet, *(base.text_encoders if text_encoder else [])):
@@ -215,7 +216,7 @@ def test_init_weights_refuse_a_network_of_another_rank(exported: dict[str, Expor
     from peft import LoraConfig
 
     base = load_base(exported["sd15"].source)
-    base.unet.add_adapter(LoraConfig(r=8, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    add_adapter(base.unet, LoraConfig(r=8, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
     with pytest.raises(ModelMismatch, match="rank"):
         load_lora_into(base, exported["sd15"].kohya)
 

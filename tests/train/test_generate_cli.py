@@ -11,6 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import cli
+from train.network import add_adapter
 from train.export import save_lora
 from train.model import load_base
 
@@ -22,7 +23,7 @@ def _lora(source: Path, out: Path) -> tuple[Path, Path]:
 
     base = load_base(source)
     torch.manual_seed(0)
-    base.unet.add_adapter(LoraConfig(r=4, lora_alpha=2, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    add_adapter(base.unet, LoraConfig(r=4, lora_alpha=2, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
     with torch.no_grad():
         for name, param in base.unet.named_parameters():
             if "lora_B" in name:
