@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
 DEFAULT_FILE_MODE = 0o644
+# `.NAME.lp<pid>.<random>.tmp`: the writer's pid tells a killed run's leftover from a live write.
+TEMP_PREFIX = ".{name}.lp{pid}."
+TEMP_SUFFIX = ".tmp"
+_TEMP_NAME = re.compile(r"^\..+\.lp(\d+)\.[A-Za-z0-9_]+\.tmp$")
 
 
 @contextlib.contextmanager
@@ -21,7 +26,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb", *, encoding: str
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(target.name), suffix=TEMP_SUFFIX, dir=target.parent)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, mode, encoding=encoding) as handle:
@@ -49,3 +54,51 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
 def finalize_written_file(path: str | os.PathLike[str], file_mode: int = DEFAULT_FILE_MODE) -> None:
     """Give a file written by a library (e.g. safetensors writes 0600) the mode users expect."""
     os.chmod(path, file_mode)
+
+
+def temp_prefix(name: str) -> str:
+    """The prefix of a temporary written beside `name` by this process (see `stale_temporaries`)."""
+    return TEMP_PREFIX.format(name=name, pid=os.getpid())
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Temporaries of our own naming under `folder` whose writing process no longer runs.
+
+    Only names `atomic_open` (or a caller using `temp_prefix`) makes are considered, so a user's
+    own `.something.tmp` is never touched, and a temporary of a loraprep process still running
+    (another command on the same dataset) is left to it.
+    """
+    found = []
+    for path in Path(folder).rglob(f".*{TEMP_SUFFIX}"):
+        match = _TEMP_NAME.match(path.name)
+        if match and not _alive(int(match.group(1))):
+            found.append(path)
+    return sorted(found)
+
+
+def clean_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove what `stale_temporaries` finds (files and folders, e.g. a half-written checkpoint);
+    returns the paths removed so the caller can say so."""
+    import shutil
+
+    removed = []
+    for path in stale_temporaries(folder):
+        with contextlib.suppress(FileNotFoundError):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed.append(path)
+    return removed

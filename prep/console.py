@@ -9,6 +9,7 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID,
                            TextColumn, TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Table
@@ -16,8 +17,23 @@ from rich.table import Table
 from prep.progress import ProgressEvent, Reporter
 from prep.records import Drop
 
-out = Console(soft_wrap=True)  # long paths and messages stay on one line (greppable)
-err = Console(stderr=True, soft_wrap=True)
+def esc(value: object) -> str:
+    """User text (captions, tags, file names, messages that quote them) made inert as rich markup.
+
+    Every interpolation of such text into a string rich parses (print, table cells, notes) goes
+    through this: `[/]` would crash rich and `[blue eyes]` would vanish.
+    """
+    return escape(str(value))
+
+
+def new_console(**options: object) -> Console:
+    """A console as loraprep prints: long paths and messages stay on one line (greppable), and no
+    `:name:` emoji codes, which would turn the prompt syntax `[cat:dog:0.5]` into a picture."""
+    return Console(soft_wrap=True, emoji=False, **options)  # type: ignore[arg-type]
+
+
+out = new_console()
+err = new_console(stderr=True)
 
 
 @contextlib.contextmanager

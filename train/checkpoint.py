@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from prep.atomic import write_bytes_atomic, write_text_atomic
+from prep.atomic import temp_prefix, write_bytes_atomic, write_text_atomic
 from prep.errors import LoraprepError, UsageError
 
 CHECKPOINTS = "checkpoints"
@@ -117,7 +117,7 @@ def save_checkpoint(output_dir: Path, state: LoopState, *, lora: dict[str, Any],
     folder = checkpoint_dir(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{PREFIX}{state.global_step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=folder))
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(final.name), suffix=".tmp", dir=folder))
     rng = capture_rng()
     try:
         write_bytes_atomic(tmp / "lora.safetensors", save_tensors({k: v.contiguous() for k, v in lora.items()}))

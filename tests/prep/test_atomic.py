@@ -7,7 +7,7 @@ import os
 import pytest
 from PIL import Image
 
-from prep.atomic import atomic_open, write_text_atomic
+from prep.atomic import atomic_open, clean_stale_temporaries, stale_temporaries, write_text_atomic
 from prep.images import save_image_atomic
 from prep.records import Manifest, save_manifest
 
@@ -61,3 +61,41 @@ def test_written_files_get_user_readable_mode(tmp_path):
     target = tmp_path / "a.txt"
     write_text_atomic(target, "x")
     assert target.stat().st_mode & 0o777 == 0o644
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (reaped), so no process runs under it."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_temporaries_of_a_killed_writer_are_removed(tmp_path):
+    (tmp_path / "sub").mkdir()
+    killed = tmp_path / "sub" / f".a.txt.lp{_dead_pid()}.x1y2z3ab.tmp"
+    killed.write_bytes(b"half")
+    removed = clean_stale_temporaries(tmp_path)
+    assert removed == [killed] and not killed.exists()
+
+
+def test_live_writers_and_user_files_are_left_alone(tmp_path):
+    live = tmp_path / f".a.txt.lp{os.getpid()}.abcdefgh.tmp"
+    users = tmp_path / ".notes.tmp"
+    plain = tmp_path / "b.txt"
+    for path in (live, users, plain):
+        path.write_bytes(b"x")
+    assert clean_stale_temporaries(tmp_path) == []
+    assert live.exists() and users.exists() and plain.exists()
+
+
+def test_atomic_open_names_its_temporary_after_this_process(tmp_path):
+    target = tmp_path / "c.txt"
+    with atomic_open(target) as handle:
+        handle.write(b"x")
+        (temp,) = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+        assert temp.name.startswith(f".c.txt.lp{os.getpid()}.")
+        assert stale_temporaries(tmp_path) == []
+    assert target.read_bytes() == b"x"
