@@ -628,12 +628,8 @@ class LoraState:
     def components(self) -> list[str]:
         return [c for c in COMPONENTS if self.modules.get(c)]
 
-    def algo(self, component: str) -> str:
-        algos = sorted({m.algo for m in self.modules[component].values()})
-        if len(algos) > 1:
-            raise ModelMismatch(f"{self.source.path.name} mixes {' and '.join(ALGO_LABELS[a] for a in algos)} "
-                                f"modules in its {component}", hint="loraprep applies one algorithm per component")
-        return algos[0]
+    def algos(self, component: str) -> list[str]:
+        return sorted({m.algo for m in self.modules[component].values()})
 
     def dora_axis(self, component: str) -> str | None:
         axes = {m.dora_axis for m in self.modules[component].values()}
@@ -641,10 +637,13 @@ class LoraState:
             raise ModelMismatch(f"{self.source.path.name} mixes row- and column-norm DoRA in its {component}")
         return next(iter(axes - {None}), None)
 
-    def adapter_config(self, component: str) -> Any:
-        """A peft config whose layers hold exactly this component's modules once `load_into` fills them."""
-        modules = self.modules[component]
-        algo = self.algo(component)
+    def adapter_configs(self, component: str) -> list[Any]:
+        """peft configs (one per algorithm) whose layers hold exactly this component's modules once
+        `load_into` fills them."""
+        return [self._adapter_config(component, algo) for algo in self.algos(component)]
+
+    def _adapter_config(self, component: str, algo: str) -> Any:
+        modules = {path: m for path, m in self.modules[component].items() if m.algo == algo}
         targets = sorted(modules)
         ranks = {path: m.rank or 1 for path, m in modules.items()}
         rank = int(_mode(ranks.values()))
@@ -693,7 +692,7 @@ _ADAPTER_PART = re.compile(r"\.(lora_|hada_|lokr_)")
 
 def load_lora_state(path: str | Path, base: BaseModel) -> LoraState:
     """Read a LoRA file (either format, any of LoRA/LoHa/LoKr) and map it onto `base`, refusing a wrong
-    family or shape. `generate` builds adapters with `state.adapter_config(component)` and fills them
+    family or shape. `generate` builds adapters with `state.adapter_configs(component)` and fills them
     with `load_into`; `--init-weights` copies into the network's own adapters (`load_lora_into`)."""
     lora = read_lora(path)
     if lora.family is not None and lora.family != base.family:
@@ -754,14 +753,14 @@ def _adapter_layers(model: torch.nn.Module, adapter: str) -> dict[str, Any]:
 
 
 def load_into(model: torch.nn.Module, state: LoraState, component: str, adapter: str = "default") -> None:
-    """Fill `model`'s adapter `adapter`, built from `state.adapter_config(component)`, with the file's weights."""
+    """Fill `model`'s adapter `adapter`, built from `state.adapter_configs(component)`, with the file's weights."""
     layers = _adapter_layers(model, adapter)
     with torch.no_grad():
         for path, weights in state.modules[component].items():
             layer = layers.get(path)
             if layer is None:
                 raise ModelMismatch(f"{component}.{path} found no adapter layer",
-                                    hint="create the adapter with state.adapter_config(component)")
+                                    hint="create the adapter with state.adapter_configs(component)")
             if weights.algo != "lora":
                 if weights.dora_axis is not None:
                     raise ModelMismatch(f"{state.source.path.name} is a weight-decomposed (DoRA) "

@@ -115,7 +115,7 @@ class ModuleWeights:
                 if "lokr_t2" in t else t["lokr_w2_a"] @ t["lokr_w2_b"]
             if w2.dim() == 4:
                 w1 = w1[:, :, None, None]
-            product = torch.kron(w1, w2)
+            product = torch.kron(w1, w2.contiguous())
         return product.reshape(shape) * self.scale
 
 
@@ -189,7 +189,8 @@ def set_peft_tensors(module: Any, adapter: str, weights: ModuleWeights) -> None:
     config would have chosen (a LyCORIS file may split or decompose each module differently)."""
     device = next(iter(peft_tensors(module, adapter).values())).device
     for name in module.adapter_layer_names:
-        getattr(module, name).pop(adapter, None)
+        if adapter in getattr(module, name):
+            del getattr(module, name)[adapter]
         if name in weights.tensors:
             getattr(module, name)[adapter] = torch.nn.Parameter(
                 weights.tensors[name].to(device=device, dtype=torch.float32), requires_grad=False)

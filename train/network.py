@@ -57,7 +57,7 @@ def unet_targets(unet: Any, preset: str, *, conv: bool) -> UnetTargets:
     return UnetTargets(tuple(linear), tuple(convs))
 
 
-def adapter_config(config: NetworkConfig, targets: list[str], rank_pattern: dict[str, int] | None = None,
+def algo_config(config: NetworkConfig, targets: list[str], rank_pattern: dict[str, int] | None = None,
                    alpha_pattern: dict[str, float] | None = None) -> Any:
     """The peft config of `config.algo` for these target modules (patterns: per-layer rank/alpha)."""
     patterns = dict(rank_pattern=rank_pattern or {}, alpha_pattern=alpha_pattern or {})
@@ -82,12 +82,12 @@ def unet_lora_config(unet: Any, config: NetworkConfig) -> Any:
     targets = unet_targets(unet, config.preset, conv=config.conv_dim > 0)
     conv_rank = {re.escape(n): config.conv_dim for n in targets.conv}
     conv_alpha = {re.escape(n): config.conv_alpha for n in targets.conv}
-    return adapter_config(config, list(targets.linear + targets.conv), conv_rank, conv_alpha)
+    return algo_config(config, list(targets.linear + targets.conv), conv_rank, conv_alpha)
 
 
 def text_encoder_lora_config(config: NetworkConfig) -> Any:
     targets = TE_ATTN + (TE_MLP if config.preset != "attn" else ())
-    return adapter_config(config, list(targets))
+    return algo_config(config, list(targets))
 
 
 @dataclass

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -270,7 +271,10 @@ def apply_lora(base: BaseModel, lora: str | Path, scale: float, adapter: str = "
     models = dict(zip(COMPONENTS, [base.unet, *base.text_encoders]))
     for component in state.components:
         model = models[component]
-        add_adapter(model, state.adapter_config(component), adapter)
+        with warnings.catch_warnings():  # peft warns when a second algorithm joins the first: intended here
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            for config in state.adapter_configs(component):  # one per algorithm (LyCORIS files may mix them)
+                add_adapter(model, config, adapter)
         load_into(model, state, component, adapter)
         for module in model.modules():
             if isinstance(module, BaseTunerLayer) and hasattr(module, "set_scale"):
