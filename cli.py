@@ -16,7 +16,7 @@ from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 
-from prep.console import err, out, print_dropped, rich_reporter
+from prep.console import err, esc, out, print_dropped, rich_reporter
 from prep.errors import LoraprepError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -170,66 +170,84 @@ def parse_resolution(text: str) -> tuple[int, int]:
 @app.command()
 @guard
 def manifest(
-    folder: Annotated[Path, typer.Argument(help="Dataset folder (images + caption sidecars).")],
+    folder: Annotated[Path, typer.Argument(help="Dataset folder (images + caption sidecars), or a manifest file with --check.", metavar="FOLDER")],
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Manifest path (default FOLDER/manifest.json).")] = None,
-    trigger: Annotated[Optional[str], typer.Option(help="Trigger word; kept first in every caption.")] = None,
+    trigger: Annotated[Optional[str], typer.Option(help="Trigger word; kept first in every caption ('' removes it).")] = None,
     keep_tokens: Annotated[Optional[int], typer.Option(help="Leading caption tokens never shuffled (default 1 with a trigger).")] = None,
-    repeats: Annotated[Optional[int], typer.Option(help="Repeats per epoch (default: from N_name folders, else 1).")] = None,
-    class_tokens: Annotated[Optional[str], typer.Option(help="Class tokens, e.g. 'woman' (DreamBooth style).")] = None,
-    reg: Annotated[Optional[list[Path]], typer.Option(help="Regularisation image folder (repeatable); its own subset.")] = None,
-    allow_empty_captions: Annotated[bool, typer.Option(help="Train images without a caption instead of refusing.")] = False,
-    caption_extension: CaptionExt = ".txt",
+    repeats: Annotated[Optional[int], typer.Option(help="Repeats per epoch, 1 or more (default: from N_name folders, else 1).")] = None,
+    class_tokens: Annotated[Optional[str], typer.Option(help="Class tokens, e.g. 'woman' (DreamBooth style; '' removes them).")] = None,
+    reg: Annotated[Optional[list[Path]], typer.Option(help="Regularisation image folder (repeatable); its own subset. N_word folders give repeats and class word.")] = None,
+    reg_repeats: Annotated[Optional[int], typer.Option(help="Repeats of the regularisation images (default: from N_word reg folders, else 1).")] = None,
+    allow_empty_captions: Annotated[bool, typer.Option("--allow-empty-captions", help="Train images without a caption instead of refusing.")] = False,
+    reset: Annotated[bool, typer.Option("--reset", help="Ignore the settings of the manifest being replaced (trigger, repeats, …).")] = False,
+    caption_extension: Annotated[Optional[str], typer.Option("--caption-extension", help="Caption sidecar extension (default: the previous manifest's, else .txt).")] = None,
     check: Annotated[bool, typer.Option("--check", help="Validate an existing manifest against the JSON Schema and its files, then exit.")] = False,
     max_pixels: MaxPixels = 150_000_000,
 ) -> None:
     """Freeze the dataset into manifest.json: images, captions, hashes, buckets, subsets.
 
     The trainer reads only this file and refuses it if images or captions change afterwards. Images
-    without a caption are an error listing them. Bucket settings come from `loraprep bucket` (buckets.json).
+    without a caption are an error listing them. Bucket settings come from `loraprep bucket`
+    (buckets.json). Rebuilding keeps the previous manifest's settings (trigger, keep_tokens, repeats,
+    class tokens, reg folders, buckets) unless a flag changes them, and says which it kept.
     """
     from prep.dataset import ManifestOptions, build_manifest, default_manifest_path, write_manifest
     from prep.verify import check_manifest_file
 
-    target = out_file or default_manifest_path(folder)
     if check:
-        problems = check_manifest_file(target if target.exists() or folder.is_dir() else folder)
+        checked = out_file or (default_manifest_path(folder) if folder.is_dir() else folder)
+        problems = check_manifest_file(checked)
         for problem in problems:
-            err.print(f"[red]✗[/] {problem}", highlight=False)
+            err.print(f"[red]✗[/] {esc(problem)}", highlight=False)
         if problems:
             raise typer.Exit(1)
-        out.print(f"[green]✓[/] {target} is valid and matches its files")
+        out.print(f"[green]✓[/] {esc(checked)} is valid and matches its files")
         return
+    target = out_file or default_manifest_path(folder)
     options = ManifestOptions(caption_extension=caption_extension, trigger=trigger, keep_tokens=keep_tokens,
                               repeats=repeats, class_tokens=class_tokens, reg_dirs=tuple(reg or ()),
-                              allow_empty_captions=allow_empty_captions, max_pixels=max_pixels)
+                              reg_repeats=reg_repeats, allow_empty_captions=allow_empty_captions,
+                              max_pixels=max_pixels, keep_previous=not reset)
     with rich_reporter() as reporter:
         build = build_manifest(folder, options, manifest_path=target, reporter=reporter)
     write_manifest(build, target)
     for note in build.notes:
-        err.print(f"[cyan]•[/] {note}", highlight=False)
+        err.print(f"[cyan]•[/] {esc(note)}", highlight=False)
     m = build.manifest
     subsets = ", ".join(f"{s.name} ×{s.repeats}{' (reg)' if s.is_reg else ''}" for s in m.subsets)
-    out.print(f"[green]✓[/] wrote {target}: {len(m.images)} images, subsets: {subsets}, "
-              f"trigger: {m.trigger or '—'}, keep_tokens: {m.keep_tokens}")
+    out.print(f"[green]✓[/] wrote {esc(target)}: {len(m.images)} images, subsets: {esc(subsets)}, "
+              f"trigger: {esc(m.trigger or '—')}, keep_tokens: {m.keep_tokens}")
     finish(build.dropped)
 
 
 @app.command()
 @guard
 def export(
-    source: Annotated[Path, typer.Argument(help="Dataset folder or manifest.json.")],
+    source: Annotated[Path, typer.Argument(help="Dataset folder or manifest.json.", metavar="SOURCE")],
     fmt: Annotated[str, typer.Option("--format", help="kohya (sd-scripts dataset config TOML), imagefolder (HF metadata.jsonl) or txt (caption sidecars).")] = "kohya",
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Output file (kohya/imagefolder).")] = None,
     caption_extension: Annotated[Optional[str], typer.Option(help="Sidecar extension for --format txt (default: the manifest's).")] = None,
     batch_size: Annotated[int, typer.Option(help="batch_size written into the kohya config.")] = 1,
+    from_manifest: Annotated[bool, typer.Option("--from-manifest", help="--format txt: replace sidecars edited since the manifest was written with the frozen captions (journalled).")] = False,
+    from_files: Annotated[bool, typer.Option("--from-files", help="--format txt: keep sidecars edited since the manifest was written; write the rest.")] = False,
 ) -> None:
-    """Hand the frozen dataset to another trainer: sd-scripts, HF datasets, or plain sidecars."""
+    """Hand the frozen dataset to another trainer: sd-scripts, HF datasets, or plain sidecars.
+
+    The manifest's images are verified first. `--format txt` never overwrites a caption edited by
+    hand since the manifest was written unless told which side wins (--from-manifest or
+    --from-files); every caption it writes is journalled (`loraprep captions undo DIR` reverts it).
+    """
+    from prep.errors import UsageError
     from prep.export import export_dataset
 
-    result = export_dataset(source, fmt, out=out_file, caption_extension=caption_extension, batch_size=batch_size)
+    if from_manifest and from_files:
+        raise UsageError("--from-manifest and --from-files contradict each other", hint="choose one")
+    prefer = "manifest" if from_manifest else "files" if from_files else None
+    result = export_dataset(source, fmt, out=out_file, caption_extension=caption_extension, batch_size=batch_size,
+                            prefer=prefer)
     for note in result.notes:
-        err.print(f"[yellow]•[/] {note}", highlight=False)
-    shown = result.written[0] if len(result.written) == 1 else f"{len(result.written)} files"
+        err.print(f"[yellow]•[/] {esc(note)}", highlight=False)
+    shown = esc(result.written[0]) if len(result.written) == 1 else f"{len(result.written)} files"
     out.print(f"[green]✓[/] {result.format}: wrote {shown}")
 
 
