@@ -38,12 +38,17 @@ def guard(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except LoraprepError as exc:
-            err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+            err.print(f"[bold red]error:[/] {esc(exc.message)}", highlight=False)
             if exc.hint:
-                err.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
+                err.print(f"[yellow]hint:[/] {esc(exc.hint)}", highlight=False)
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _shorten(text: str, width: int) -> str:
+    """One table cell's worth of a long caption."""
+    return text if len(text) < width else text[:width - 3] + "…"
 
 
 def print_json(data: Any) -> None:
@@ -89,14 +94,13 @@ def scan(
         raise typer.Exit(1 if result.dropped else 0)
     with rich_reporter() as reporter:
         result = scan_folder(folder, caption_extension=caption_extension, max_pixels=max_pixels, reporter=reporter)
-    table = Table(title=f"{len(result.entries)} images in {folder}")
+    table = Table(title=f"{len(result.entries)} images in {esc(folder)}")
     for column in ("image", "size", "aspect", "repeats", "caption"):
         table.add_column(column, overflow="fold")
     for e in result.entries:
-        caption = e.caption if e.caption else "[red]none[/]"
-        repeats = f"{e.repeat_folder.repeats}× {e.repeat_folder.class_tokens}" if e.repeat_folder else ""
-        table.add_row(e.rel, f"{e.info.width}×{e.info.height}", f"{e.aspect:.2f}", repeats,
-                      caption if len(caption) < 80 else caption[:77] + "…")
+        caption = esc(_shorten(e.caption, 80)) if e.caption else "[red]none[/]"
+        repeats = f"{e.repeat_folder.repeats}× {esc(e.repeat_folder.class_tokens)}" if e.repeat_folder else ""
+        table.add_row(esc(e.rel), f"{e.info.width}×{e.info.height}", f"{e.aspect:.2f}", repeats, caption)
     out.print(table)
     captioned = sum(1 for e in result.entries if e.caption)
     out.print(f"captioned: {captioned}/{len(result.entries)}")
@@ -148,7 +152,7 @@ def bucket(
         table.add_row(f"{bw}×{bh}", f"{bw / bh:.2f}", str(count), "█" * max(1, round(30 * count / top)))
     out.print(table)
     out.print(f"mean aspect error {report.summary.mean_aspect_error:.4f} "
-              f"(max {report.summary.max_aspect_error:.4f}); settings saved to {report.settings_file}")
+              f"(max {report.summary.max_aspect_error:.4f}); settings saved to {esc(report.settings_file)}")
     finish(report.dropped)
 
 
@@ -248,7 +252,7 @@ def export(
     for note in result.notes:
         err.print(f"[yellow]•[/] {esc(note)}", highlight=False)
     shown = esc(result.written[0]) if len(result.written) == 1 else f"{len(result.written)} files"
-    out.print(f"[green]✓[/] {result.format}: wrote {shown}")
+    out.print(f"[green]✓[/] {esc(result.format)}: wrote {shown}")
 
 
 @app.command("prep")
@@ -297,18 +301,19 @@ def prep_command(
     )
     with rich_reporter() as reporter:
         report = run_pipeline(src, out_dir, options, reporter)
-    table = Table(title=f"loraprep prep → {report.out}")
+    table = Table(title=f"loraprep prep → {esc(report.out)}")
     for column in ("step", "status", "result"):
         table.add_column(column, overflow="fold")
     colours = {"ran": "green", "skipped": "yellow", "off": "dim"}
     for step in report.steps:
-        detail = step.detail + (f"\n[yellow]hint:[/] {step.hint}" if step.hint else "")
-        table.add_row(step.name, f"[{colours[step.status]}]{step.status}[/]", detail)
+        detail = esc(step.detail) + (f"\n[yellow]hint:[/] {esc(step.hint)}" if step.hint else "")
+        table.add_row(esc(step.name), f"[{colours[step.status]}]{esc(step.status)}[/]", detail)
     out.print(table)
     for note in report.notes:
-        err.print(f"[cyan]•[/] {note}", highlight=False)
+        err.print(f"[cyan]•[/] {esc(note)}", highlight=False)
     if report.manifest_path:
-        out.print(f"[green]✓[/] dataset ready: {report.manifest_path}  (next: loraprep train {report.manifest_path} --base MODEL)")
+        out.print(f"[green]✓[/] dataset ready: {esc(report.manifest_path)}  "
+                  f"(next: loraprep train {esc(report.manifest_path)} --base MODEL)")
     finish(report.dropped)
 
 
@@ -365,14 +370,14 @@ def crop(
     with rich_reporter() as reporter:
         result = crop_folder(src, out_dir, options, reporter=reporter)
     summary = summarise_crops(result.done)
-    table = Table(title=f"{summary.crops} crops written to {out_dir}")
+    table = Table(title=f"{summary.crops} crops written to {esc(out_dir)}")
     table.add_column("what")
     table.add_column("count", justify="right")
     for name, count in sorted(summary.by_preset.items()):
-        table.add_row(f"preset {name}", str(count))
+        table.add_row(f"preset {esc(name)}", str(count))
     for name, count in sorted(summary.by_fit.items()):
-        table.add_row(f"aspect {name}", str(count))
-    table.add_row("no face found (focal crop, faces: [])", str(summary.focal))
+        table.add_row(f"aspect {esc(name)}", str(count))
+    table.add_row("no face found (focal crop, faces: \\[])", str(summary.focal))
     table.add_row(f"below --min-size {min_size} (upscale flag)", str(summary.upscale))
     out.print(table)
     finish(result.dropped)
@@ -412,10 +417,10 @@ def clean(
     with rich_reporter() as reporter:
         result = clean_folder(folder, options, reporter=reporter, out=out_dir)
     if dry_run:
-        out.print(f"dry run: nothing changed; before/after sheet written to {result.done[0]}")
+        out.print(f"dry run: nothing changed; before/after sheet written to {esc(result.done[0])}")
     else:
         where = folder if in_place else (out_dir or folder.with_name(folder.name + "-clean"))
-        out.print(f"{len(result.done)} images written ({'in place' if in_place else 'to ' + str(where)})")
+        out.print(f"{len(result.done)} images written ({'in place' if in_place else 'to ' + esc(where)})")
     finish(result.dropped)
 
 
@@ -440,7 +445,7 @@ def sheet(
                            max_pixels=max_pixels)
     with rich_reporter() as reporter:
         result = sheet_folder(folder, out_path, options, reporter=reporter)
-    out.print(f"contact sheet written to {result.done[0]}")
+    out.print(f"contact sheet written to {esc(result.done[0])}")
     finish(result.dropped)
 
 
@@ -521,7 +526,7 @@ def tag(
         per_image.add_column("image", overflow="fold")
         per_image.add_column("removed (why)", overflow="fold")
         for path, removed in result.removed.items():
-            per_image.add_row(rel(path), ", ".join(f"{t} ({why})" for t, why in removed))
+            per_image.add_row(esc(rel(path)), esc(", ".join(f"{t} ({why})" for t, why in removed)))
         out.print(per_image)
         totals = Table(title="Removed in total")
         for column in ("tag", "why", "images"):
@@ -531,7 +536,7 @@ def tag(
             for pair in removed:
                 counted[pair] = counted.get(pair, 0) + 1
         for (name, why), count in sorted(counted.items(), key=lambda kv: (-kv[1], kv[0])):
-            totals.add_row(name, why, str(count))
+            totals.add_row(esc(name), esc(why), str(count))
         out.print(totals)
     if dry_run and result.captions:
         shown = list(result.captions.items())[:20]
@@ -539,18 +544,18 @@ def tag(
         preview.add_column("image", overflow="fold")
         preview.add_column("caption", overflow="fold")
         for path, caption in shown:
-            preview.add_row(rel(path), caption)
+            preview.add_row(esc(rel(path)), esc(caption))
         out.print(preview)
     common = tag_frequency(c.split(", ") for c in result.captions.values())[:12]
-    summary = Table(title=f"{'Would caption' if dry_run else 'Captioned'} {len(result.done)} images in {folder}")
+    summary = Table(title=f"{'Would caption' if dry_run else 'Captioned'} {len(result.done)} images in {esc(folder)}")
     summary.add_column("what")
     summary.add_column("value", overflow="fold")
     summary.add_row("skipped (caption exists; --mode append/overwrite to redo)", str(len(result.skipped)))
     if result.provider:
-        summary.add_row("WD14 ran on", f"{result.provider}, batch {result.batch_size}")
+        summary.add_row("WD14 ran on", f"{esc(result.provider)}, batch {result.batch_size}")
     if trigger or options.always_first:
         summary.add_row("keep_tokens (for the manifest)", str(result.keep_tokens))
-    summary.add_row("most common tags", ", ".join(f"{t} ({n})" for t, n in common))
+    summary.add_row("most common tags", esc(", ".join(f"{t} ({n})" for t, n in common)))
     out.print(summary)
     finish(result.dropped)
 
@@ -575,12 +580,12 @@ def models_list(
     if as_json:
         print_json(rows)
         return
-    table = Table(title=f"Models (cache: {models.cache_dir()})")
+    table = Table(title=f"Models (cache: {esc(models.cache_dir())})")
     for column in ("name", "kind", "here", "source", "about"):
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(row["name"], row["kind"], "[green]yes[/]" if row["available"] else "[dim]no[/]",
-                      f"{row['repo']}@{row['revision'][:10]}", row["description"])
+        table.add_row(esc(row["name"]), esc(row["kind"]), "[green]yes[/]" if row["available"] else "[dim]no[/]",
+                      esc(f"{row['repo']}@{row['revision'][:10]}"), esc(row["description"]))
     out.print(table)
     out.print("Download with `loraprep models pull NAME` (or copy the files into the path `loraprep models path NAME` prints).")
 
@@ -596,9 +601,9 @@ def models_pull(
     for name in names:
         models.spec(name)  # unknown names fail before any download starts
     for name in names:
-        err.print(f"pulling {name} …")
+        err.print(f"pulling {esc(name)} …")
         folder = models.pull(name)
-        out.print(f"[green]✓[/] {name} → {folder}")
+        out.print(f"[green]✓[/] {esc(name)} → {esc(folder)}")
 
 
 @models_app.command("path")
@@ -667,18 +672,18 @@ def captions_stats(
     table.add_column("images", justify="right")
     table.add_column("%", justify="right")
     for name, count in stats.top_tags:
-        table.add_row(name, str(count), f"{stats.percent(count):.1f}")
+        table.add_row(esc(name), str(count), f"{stats.percent(count):.1f}")
     out.print(table)
     out.print(f"captioned {stats.captioned}/{stats.images}; missing {stats.missing}, empty {stats.empty}, "
               f"orphan captions {stats.orphans}")
     tokens = stats.tokens.to_dict()
     mark = stats.tokens.mark
-    out.print(f"caption length in CLIP tokens, counted by {stats.tokens.counter}:", highlight=False)
+    out.print(f"caption length in CLIP tokens, counted by {esc(stats.tokens.counter)}:", highlight=False)
     lengths = Table()
     lengths.add_column("tokens")
     lengths.add_column("images", justify="right")
     for label, count in stats.tokens.histogram():
-        lengths.add_row(f"{mark}{label}", str(count))
+        lengths.add_row(f"{mark}{esc(label)}", str(count))
     out.print(lengths)
     out.print(f"min {mark}{tokens['min']}, median {mark}{tokens['median']}, mean {mark}{tokens['mean']}, "
               f"max {mark}{tokens['max']}")
@@ -686,9 +691,9 @@ def captions_stats(
         if over := stats.tokens.over(limit):
             err.print(f"[yellow]warning:[/] {over} caption(s) longer than {limit} tokens (truncated in training)")
     if tag is not None:
-        out.print(f"{len(stats.tagged)} image(s) tagged '{tag}':")
+        out.print(f"{len(stats.tagged)} image(s) tagged '{esc(tag)}':")
         for image in stats.tagged:
-            out.print(f"  {image}", highlight=False)
+            out.print(f"  {esc(image)}", highlight=False)
 
 
 @captions_app.command("lint")
@@ -722,22 +727,22 @@ def captions_lint(
     for kind, description in KINDS.items():
         if not counts[kind]:
             continue
-        out.print(f"[bold]{kind}[/] ({counts[kind]}): {description}", highlight=False)
+        out.print(f"[bold]{esc(kind)}[/] ({counts[kind]}): {esc(description)}", highlight=False)
         table = Table(show_header=False)
         table.add_column("file", overflow="fold")
         table.add_column("problem", overflow="fold")
         rows = [p for p in report.problems if p.kind == kind]
         for problem in rows[:limit or None]:
-            table.add_row(problem.path, problem.message)
+            table.add_row(esc(problem.path), esc(problem.message))
         if limit and len(rows) > limit:
             table.add_row("…", f"{len(rows) - limit} more (--limit 0 shows all)")
         out.print(table)
         for command in fix_commands(report, str(folder), kind, trigger):
-            out.print(f"  [cyan]fix:[/] {command}", highlight=False)
+            out.print(f"  [cyan]fix:[/] {esc(command)}", highlight=False)
     if report.problems:
         out.print(f"[bold red]{len(report.problems)} problem(s)[/] in {len(report.paths())} of {report.files} files")
         raise typer.Exit(1)
-    out.print(f"[green]no problems[/] in {report.files} files (tokens: {report.counter})")
+    out.print(f"[green]no problems[/] in {report.files} files (tokens: {esc(report.counter)})")
 
 
 @captions_app.command("show")
@@ -761,15 +766,15 @@ def captions_show(
         print_json([v.to_dict() for v in views] if image is None else views[0].to_dict())
         return
     for view in views:
-        faces = "" if view.faces is None else f", faces: {view.faces}"
-        table = Table(title=f"{view.image or view.caption}{faces}", title_justify="left")
+        faces = "" if view.faces is None else f", faces: {view.faces:d}"
+        table = Table(title=f"{esc(view.image or view.caption)}{faces}", title_justify="left")
         table.add_column("tag", overflow="fold")
         table.add_column("score", justify="right")
         table.add_column("images", justify="right")
         for t in view.tags:
-            table.add_row(t.tag, "" if t.score is None else f"{t.score:.2f}", str(t.frequency))
+            table.add_row(esc(t.tag), "" if t.score is None else f"{t.score:.2f}", str(t.frequency))
         out.print(table)
-        out.print(view.text if view.text is not None else "[red](no caption)[/]", highlight=False)
+        out.print(esc(view.text) if view.text is not None else "[red](no caption)[/]", highlight=False)
     if image is None and len(views) < len(dataset.files):
         out.print(f"… {len(dataset.files) - len(views)} more (--limit 0 shows all)")
 
@@ -801,7 +806,7 @@ def _print_edit_summary(plan, summary, result, dry_run: bool, folder: Path) -> N
     from rich.table import Table
 
     verb = "would change" if dry_run else "changed"
-    out.print(f"[bold]{plan.description}[/]: {verb} {summary.files} of {summary.matched} matching caption(s)",
+    out.print(f"[bold]{esc(plan.description)}[/]: {verb} {summary.files} of {summary.matched} matching caption(s)",
               highlight=False)
     if summary.added or summary.removed:
         table = Table(show_edge=False)
@@ -809,21 +814,21 @@ def _print_edit_summary(plan, summary, result, dry_run: bool, folder: Path) -> N
         table.add_column("+captions", justify="right", style="green")
         table.add_column("−captions", justify="right", style="red")
         for tag in dict.fromkeys([*summary.added, *summary.removed]):
-            table.add_row(tag, str(summary.added[tag] or ""), str(summary.removed[tag] or ""))
+            table.add_row(esc(tag), str(summary.added[tag] or ""), str(summary.removed[tag] or ""))
         out.print(table)
     if summary.reordered:
         out.print(f"{summary.reordered} caption(s) only reordered")
     for change in plan.changes[:5]:
-        out.print(f"  {change.caption}: [red]- {', '.join(change.old)}[/]", highlight=False)
-        out.print(f"  {' ' * len(change.caption)}  [green]+ {', '.join(change.new)}[/]", highlight=False)
+        out.print(f"  {esc(change.caption)}: [red]- {esc(', '.join(change.old))}[/]", highlight=False)
+        out.print(f"  {' ' * len(change.caption)}  [green]+ {esc(', '.join(change.new))}[/]", highlight=False)
     if len(plan.changes) > 5:
         out.print(f"  … and {len(plan.changes) - 5} more")
     for caption in result.conflicts:
-        err.print(f"[yellow]warning:[/] {caption} changed on disk since it was read; left as it is", highlight=False)
+        err.print(f"[yellow]warning:[/] {esc(caption)} changed on disk since it was read; left as it is", highlight=False)
     if dry_run:
         out.print("[cyan]dry run: nothing written[/]")
     elif result.entry is not None:
-        out.print(f"undo with [bold]loraprep captions undo {folder}[/]", highlight=False)
+        out.print(f"undo with [bold]loraprep captions undo {esc(folder)}[/]", highlight=False)
 
 
 @captions_app.command("add")
@@ -949,7 +954,7 @@ def captions_undo(
         out.print("nothing to undo")
         return
     verb = "would restore" if dry_run else "restored"
-    out.print(f"undid [bold]{result.entry.description}[/] ({result.entry.time}): {verb} "
+    out.print(f"undid [bold]{esc(result.entry.description)}[/] ({esc(result.entry.time)}): {verb} "
               f"{len(result.restored)} caption(s)" + (f", {len(result.unchanged)} already as before" if result.unchanged else ""),
               highlight=False)
 
@@ -1062,7 +1067,7 @@ def train(
               else f"[green]done:[/] {result.steps} steps")
     for path in [*result.lora_files, result.loss_csv, result.loss_plot]:
         if path is not None:
-            out.print(f"  {path}")
+            out.print(f"  {esc(path)}")
 
 
 def _config_table(settings: Any) -> Any:
@@ -1072,7 +1077,7 @@ def _config_table(settings: Any) -> Any:
     for column in ("section", "setting", "value"):
         table.add_column(column)
     for section, key, value in settings.rows():
-        table.add_row(section, key, "—" if value is None else str(value))
+        table.add_row(esc(section), esc(key), "—" if value is None else esc(value))
     return table
 
 
@@ -1136,7 +1141,7 @@ def generate(
         model = load_base(base, allow_pickle=allow_pickle, dtype=dtype, device=torch_device, config=base_config)
         images = render_images(model, lora, scale, prompt, options, reporter=reporter)
     for path in save_images(images, out_path):
-        out.print(f"[green]✓[/] {path}")
+        out.print(f"[green]✓[/] {esc(path)}")
 
 
 lora_app = typer.Typer(help="Inspect LoRA files (kohya/WebUI or diffusers format).", no_args_is_help=True)
@@ -1160,7 +1165,7 @@ def lora_info(
     if as_json:
         print_json(info.to_dict() | ({"keys": shapes} if keys else {}))
         return
-    table = Table(title=str(file), show_header=False)
+    table = Table(title=esc(file), show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
     ranks = ", ".join(f"{r} ×{n}" for r, n in info.ranks.items())
@@ -1170,16 +1175,16 @@ def lora_info(
             ("modules", ", ".join(f"{c}: {n}" for c, n in info.modules.items())),
             ("rank", ranks), ("alpha", alphas), ("conv layers", str(info.conv_modules)), ("DoRA", str(info.dora))]
     for key, value in rows:
-        table.add_row(key, value)
+        table.add_row(esc(key), esc(value))
     for key, value in sorted(info.metadata.items()):
         if key == "lora_adapter_metadata":
             value = "(peft LoraConfig per component)"
-        table.add_row(key, value if len(value) < 400 else value[:400] + " …")
+        table.add_row(esc(key), esc(value if len(value) < 400 else value[:400] + " …"))
     out.print(table)
     if keys:
         key_table = Table("tensor", "shape")
         for key, shape in sorted(shapes.items()):
-            key_table.add_row(key, "×".join(map(str, shape)) or "scalar")
+            key_table.add_row(esc(key), "×".join(map(str, shape)) or "scalar")
         out.print(key_table)
 
 
