@@ -569,25 +569,33 @@ app.add_typer(models_app, name="models")
 def models_list(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Every registered model with its source, pinned revision, and whether it is downloaded."""
+    """Every registered model: pinned revision, the files expected in its folder, and whether it is here.
+
+    Offline: copy those files into the folder `loraprep models path NAME` prints (upstream names in
+    brackets are saved under the name before them).
+    """
     from rich.table import Table
 
     from prep import models
 
     rows = [{"name": s.name, "kind": s.kind, "repo": s.repo_id, "revision": s.revision, "licence": s.licence,
+             "files": list(s.files), "upstream_files": [s.repo_file(f) for f in s.files],
              "available": models.is_available(s.name), "path": str(models.model_path(s.name)),
              "description": s.description} for s in models.REGISTRY.values()]
     if as_json:
         print_json(rows)
         return
-    table = Table(title=f"Models (cache: {esc(models.cache_dir())})")
-    for column in ("name", "kind", "here", "source", "about"):
+    table = Table(title=f"Models (cache: {esc(models.cache_dir())})", show_lines=True)
+    for column in ("name", "here", "files", "source @ pinned revision"):
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(esc(row["name"]), esc(row["kind"]), "[green]yes[/]" if row["available"] else "[dim]no[/]",
-                      esc(f"{row['repo']}@{row['revision'][:10]}"), esc(row["description"]))
+        files = "\n".join(name if name == upstream else f"{name} (upstream {upstream})"
+                          for name, upstream in zip(row["files"], row["upstream_files"], strict=True))
+        table.add_row(esc(row["name"]), "[green]yes[/]" if row["available"] else "[dim]no[/]", esc(files),
+                      esc(f"{row['repo']} @ {row['revision'][:12]}\n{row['description']}"))
     out.print(table)
-    out.print("Download with `loraprep models pull NAME` (or copy the files into the path `loraprep models path NAME` prints).")
+    out.print("Download with `loraprep models pull NAME`; offline, copy the files into the folder "
+              "`loraprep models path NAME` prints.")
 
 
 @models_app.command("pull")
@@ -595,7 +603,11 @@ def models_list(
 def models_pull(
     names: Annotated[list[str], typer.Argument(help="Model names (see `loraprep models list`).")],
 ) -> None:
-    """Download models at their pinned revisions into the cache (skips files already there)."""
+    """Download models at their pinned revisions into the cache (skips files already there).
+
+    Offline it fails at once, naming each file's download URL and where to save it. A failed pull
+    leaves nothing behind.
+    """
     from prep import models
 
     for name in names:
