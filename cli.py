@@ -21,6 +21,61 @@ from prep.errors import LoraprepError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+
+def _tidy_help() -> None:
+    """Help that reads cleanly at 80 columns: flags show no `<bool>` value, values show click's
+    plain metavars (TEXT, INTEGER, PATH), usage lines name arguments as FOLDER (not `{folder}`), and
+    docstring paragraphs are re-flowed to the terminal instead of keeping the source's line breaks.
+
+    These are presentation hooks into typer's help renderer (typer 0.29 changed all three); if a
+    future typer renames them, help falls back to typer's own rendering.
+    """
+    try:
+        from typer import core, rich_utils
+        option_type = core.TyperOption.display_type_rich
+        core.TyperArgument._usage_display_name  # noqa: B018
+        rich_utils._fix_linebreaks  # noqa: B018
+        rich_utils.Table  # noqa: B018
+    except (ImportError, AttributeError):
+        return
+    plain = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "path": "PATH", "Path": "PATH", "file": "FILE",
+             "directory": "DIR"}
+
+    def option_metavar(self: Any, ctx: Any) -> str | None:
+        if self.is_flag or self.count:
+            return None
+        shown = option_type(self, ctx)
+        if not shown or self.metavar is not None:
+            return shown
+        label = shown.strip("<>.").removeprefix("list[").removesuffix("]")
+        return plain.get(label, label.upper())
+
+    def usage_name(self: Any) -> str:
+        name = self.display_name_raw
+        name = name if self.required else f"[{name}]"
+        return name + ("..." if self.nargs != 1 else "")
+
+    def reflow(paragraphs: list[str], markup_mode: Any) -> str:
+        return "\n\n".join(p if p.startswith("\b") else " ".join(p.split("\n")) for p in paragraphs)
+
+    class FoldingTable(rich_utils.Table):  # type: ignore[name-defined, misc]
+        """Typer's option tables with long names folded onto a second line instead of cut with '…'."""
+
+        def add_row(self, *renderables: Any, **kwargs: Any) -> None:
+            super().add_row(*renderables, **kwargs)
+            for column in self.columns:
+                column.overflow = "fold"
+
+    core.TyperOption.display_type_rich = option_metavar
+    core.TyperArgument.display_type_rich = lambda self, ctx: None
+    core.TyperArgument.display_name_raw = property(lambda self: self.metavar or (self.name or "").upper())
+    core.TyperArgument._usage_display_name = usage_name
+    rich_utils._fix_linebreaks = reflow
+    rich_utils.Table = FoldingTable
+
+
+_tidy_help()
+
 app = typer.Typer(
     name="loraprep",
     help="Turn a folder of raw images into a clean, captioned, bucketed LoRA dataset, and train a LoRA on it.",
@@ -86,14 +141,15 @@ def scan(
     from rich.table import Table
 
     from prep.dataset import scan_summary
-    from prep.scan import scan_folder
+    from prep.scan import require_images, scan_folder
 
     if as_json:
-        result = scan_folder(folder, caption_extension=caption_extension, max_pixels=max_pixels)
+        result = require_images(scan_folder(folder, caption_extension=caption_extension, max_pixels=max_pixels))
         print_json(scan_summary(result))
         raise typer.Exit(1 if result.dropped else 0)
     with rich_reporter() as reporter:
         result = scan_folder(folder, caption_extension=caption_extension, max_pixels=max_pixels, reporter=reporter)
+    require_images(result)
     table = Table(title=f"{len(result.entries)} images in {esc(folder)}")
     for column in ("image", "size", "aspect", "repeats", "caption"):
         table.add_column(column, overflow="fold")
@@ -115,7 +171,7 @@ def bucket(
     folder: Annotated[Path, typer.Argument(help="Dataset folder.")],
     resolution: Annotated[str, typer.Option(help="Training resolution: 512, 1024 or WIDTHxHEIGHT.")] = "512",
     step: Annotated[int, typer.Option(help="Bucket side step in pixels (64; SDXL may use 32).")] = 64,
-    min_size: Annotated[int, typer.Option("--min", help="Smallest bucket side.")] = 256,
+    min_size: Annotated[Optional[int], typer.Option("--min", help="Smallest bucket side (default 256).")] = None,
     max_size: Annotated[Optional[int], typer.Option("--max", help="Largest bucket side (default: 2× resolution).")] = None,
     no_upscale: Annotated[bool, typer.Option("--no-upscale", help="Never enlarge an image to fit its bucket.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print assignments as JSON.")] = False,
@@ -127,11 +183,10 @@ def bucket(
     """
     from rich.table import Table
 
-    from prep.buckets import BucketPlan
-    from prep.dataset import assign_buckets
+    from prep.dataset import assign_buckets, bucket_plan
 
     width, height = parse_resolution(resolution)
-    plan = BucketPlan((width, height), step, min_size, max_size or 2 * max(width, height), no_upscale)
+    plan = bucket_plan((width, height), step, min_size, max_size, no_upscale)
     if as_json:
         report = assign_buckets(folder, plan)
         print_json({"buckets": [list(b) for b in plan.buckets],
@@ -174,7 +229,7 @@ def parse_resolution(text: str) -> tuple[int, int]:
 @app.command()
 @guard
 def manifest(
-    folder: Annotated[Path, typer.Argument(help="Dataset folder (images + caption sidecars), or a manifest file with --check.", metavar="FOLDER")],
+    folder: Annotated[Path, typer.Argument(help="Dataset folder (images + caption sidecars), or a manifest file with --check.")],
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Manifest path (default FOLDER/manifest.json).")] = None,
     trigger: Annotated[Optional[str], typer.Option(help="Trigger word; kept first in every caption ('' removes it).")] = None,
     keep_tokens: Annotated[Optional[int], typer.Option(help="Leading caption tokens never shuffled (default 1 with a trigger).")] = None,
@@ -227,7 +282,7 @@ def manifest(
 @app.command()
 @guard
 def export(
-    source: Annotated[Path, typer.Argument(help="Dataset folder or manifest.json.", metavar="SOURCE")],
+    source: Annotated[Path, typer.Argument(help="Dataset folder or manifest.json.")],
     fmt: Annotated[str, typer.Option("--format", help="kohya (sd-scripts dataset config TOML), imagefolder (HF metadata.jsonl) or txt (caption sidecars).")] = "kohya",
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Output file (kohya/imagefolder).")] = None,
     caption_extension: Annotated[Optional[str], typer.Option(help="Sidecar extension for --format txt (default: the manifest's).")] = None,
@@ -284,19 +339,19 @@ def prep_command(
     from rich.table import Table
 
     from prep.background import CleanOptions
-    from prep.buckets import BucketPlan
     from prep.crop import CropOptions
+    from prep.dataset import bucket_plan
     from prep.pipeline import PrepOptions, run_pipeline
     from prep.tag import TagOptions
 
     width, height = parse_resolution(resolution)
     options = PrepOptions(
         crop=CropOptions(presets=tuple(preset or ("face",)), detector=detector, aspect=aspect,
-                         bucket_resolution=max(width, height)) if crop else None,
+                         bucket_resolution=max(width, height), min_size=min(width, height)) if crop else None,
         clean=CleanOptions(background=background, in_place=True, backup=False) if clean else None,
         tag=TagOptions(model=tagger, model_dir=tagger_dir, trigger=trigger,
                        prune_character=prune_character) if tag else None,
-        buckets=BucketPlan((width, height), 64, 256, 2 * max(width, height)),
+        buckets=bucket_plan((width, height)),
         trigger=trigger, class_tokens=class_tokens, repeats=repeats,
     )
     with rich_reporter() as reporter:
@@ -370,7 +425,10 @@ def crop(
     with rich_reporter() as reporter:
         result = crop_folder(src, out_dir, options, reporter=reporter)
     summary = summarise_crops(result.done)
-    table = Table(title=f"{summary.crops} crops written to {esc(out_dir)}")
+    written = summary.crops - len(result.reused)
+    table = Table(title=f"{written} crops written to {esc(out_dir)}" + (
+        f" ({len(result.reused)} already there with these settings: kept, --force re-cuts them)"
+        if result.reused else ""))
     table.add_column("what")
     table.add_column("count", justify="right")
     for name, count in sorted(summary.by_preset.items()):

@@ -23,7 +23,7 @@ from prep.progress import SILENT, Reporter
 from prep.records import (DEFAULT_CAPTION_EXTENSION, BucketSettings, Drop, Face, ImageRecord, Manifest,
                           Source, Subset, Tags, is_safe_relative, load_manifest, save_manifest)
 from prep.runner import run_step
-from prep.scan import REPEAT_FOLDER, RepeatFolder, ScanEntry, ScanResult, scan_folder
+from prep.scan import REPEAT_FOLDER, NoImages, RepeatFolder, ScanEntry, ScanResult, require_images, scan_folder
 from prep.sidecars import caption_path, check_caption_extension, meta_path, read_meta
 from prep.tags import split_tags
 
@@ -42,6 +42,28 @@ class BucketReport:
     summary: BucketSummary
     dropped: list[Drop]
     settings_file: Path | None
+
+
+def bucket_plan(resolution: tuple[int, int], step: int = 64, min_size: int | None = None,
+                max_size: int | None = None, no_upscale: bool = False) -> BucketPlan:
+    """A validated bucket plan from the user's flags; defaults (min 256, max 2× the resolution) are
+    rounded to the step, so an error only ever names values the user gave, with what to pass."""
+    if step <= 0 or step % 8:
+        raise UsageError(f"--step {step}: the bucket step must be a positive multiple of 8",
+                         hint="64 for SD1/SD2, 32 or 64 for SDXL")
+    for side in resolution:
+        if side % step:
+            down, up = max(step, side // step * step), (side // step + 1) * step
+            shown = "x".join(map(str, resolution)) if resolution[0] != resolution[1] else str(side)
+            raise UsageError(f"--resolution {shown}: {side} is not a multiple of the bucket step {step}",
+                             hint=f"pass --resolution {up} or {down}")
+    if min_size is None:
+        min_size = -(-256 // step) * step
+    if max_size is None:
+        max_size = max(2 * max(resolution), -(-min_size // step) * step)
+    plan = BucketPlan(resolution, step, min_size, max_size, no_upscale)
+    plan.buckets  # the remaining checks name --min/--max, which the user gave  # noqa: B018
+    return plan
 
 
 def plan_from_settings(settings: BucketSettings) -> BucketPlan:
@@ -67,7 +89,8 @@ def assign_buckets(folder: str | os.PathLike[str], plan: BucketPlan, *, write: b
     """Assign every image under `folder` a bucket; with `write`, remember settings in buckets.json."""
     folder = Path(folder)
     plan.buckets  # validates the settings before any work  # noqa: B018
-    scan = scan_folder(folder, caption_extension=caption_extension, max_pixels=max_pixels, reporter=reporter)
+    scan = require_images(scan_folder(folder, caption_extension=caption_extension, max_pixels=max_pixels,
+                                      reporter=reporter), "there is nothing to bucket")
     sizes = [e.size for e in scan.entries]
     assigned = plan.assign_all(sizes)
     assignments = {e.rel: b for e, b in zip(scan.entries, assigned, strict=True)}
@@ -358,8 +381,7 @@ def build_manifest(folder: str | os.PathLike[str], options: ManifestOptions = Ma
                  for r in reg_roots]
     reg_paths = {e.path.resolve() for scan in reg_scans for e in scan.entries}
     if not main_scan.entries and not main_scan.dropped:
-        raise UsageError(f"{folder} holds no images, so there is nothing to freeze",
-                         hint="put images (.png, .jpg, .webp …) in it, or point at the dataset folder")
+        raise NoImages.in_folder(folder, "there is nothing to freeze (no manifest written)")
 
     jobs: list[tuple[ScanEntry, Subset]] = []
     for entry in main_scan.entries:

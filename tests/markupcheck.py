@@ -145,6 +145,8 @@ def _markup_arguments(call: ast.Call) -> list[ast.AST]:
         return []
     name = _call_name(call)
     func = call.func
+    if isinstance(func, ast.Attribute) and _call_name(func.value) == "super":
+        return []  # an override forwarding its own arguments; its callers are checked
     arguments: list[ast.AST] = []
     if name in PRINT_METHODS and isinstance(func, ast.Attribute):
         arguments += [a for a in call.args if not isinstance(a, ast.Name) or a.id.islower()]
