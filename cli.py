@@ -111,6 +111,19 @@ def print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=1, ensure_ascii=False))
 
 
+def sweep_leftovers(folder: Path | None) -> None:
+    """Before a command writes into `folder`: remove the temporaries killed loraprep runs left there
+    (only our own `.NAME.lp<pid>.*.tmp`, of processes no longer running) and say so."""
+    from prep.atomic import clean_stale_temporaries
+
+    if folder is not None and folder.is_dir():
+        removed = clean_stale_temporaries(folder)
+        if removed:
+            err.print(f"[cyan]•[/] removed {len(removed)} temporary file(s) left in {esc(folder)} by an "
+                      f"interrupted run: {esc(', '.join(p.name for p in removed[:3]))}"
+                      + (" …" if len(removed) > 3 else ""), highlight=False)
+
+
 def finish(dropped: list, *, quiet: bool = False) -> None:
     """Show skipped files and exit 1 when there were any (documented exit-code contract)."""
     if not quiet:
@@ -422,6 +435,7 @@ def crop(
                           bucket_resolution=bucket_resolution, detect_size=detect_size,
                           caption_extension=caption_extension, max_pixels=max_pixels, workers=workers,
                           force=force, lossless_jpeg=lossless)
+    sweep_leftovers(out_dir)
     with rich_reporter() as reporter:
         result = crop_folder(src, out_dir, options, reporter=reporter)
     summary = summarise_crops(result.done)
@@ -472,6 +486,8 @@ def clean(
                            in_place=in_place, masks=masks, mask_dir=mask_dir, dry_run=dry_run, sheet=sheet_path,
                            blur_radius=blur, caption_extension=caption_extension, max_pixels=max_pixels,
                            workers=workers)
+    if not dry_run:
+        sweep_leftovers(folder if in_place else (out_dir or folder.with_name(folder.name + "-clean")))
     with rich_reporter() as reporter:
         result = clean_folder(folder, options, reporter=reporter, out=out_dir)
     if dry_run:
@@ -573,6 +589,8 @@ def tag(
         replace=tuple(parse_replacements(replace or []).items()), prune_character=prune_character or bool(lists),
         prune_clothes=prune_clothes, prune_lists=lists, mode=mode, batch_size=batch_size, workers=workers,  # type: ignore[arg-type]
         caption_extension=caption_extension, dry_run=dry_run, download=download, max_pixels=max_pixels)
+    if not dry_run:
+        sweep_leftovers(folder)
     with rich_reporter() as reporter:
         result = tag_folder(folder, options, reporter=reporter)
 
@@ -856,6 +874,8 @@ def _run_caption_edit(folder: Path, operation, having: list[str] | None, lacking
     from prep.captions.edit import Where, parse_tags, plan_edit, summarize
     from prep.captions.journal import apply_plan
 
+    if not dry_run:
+        sweep_leftovers(folder)
     dataset = load_dataset(folder, caption_extension)
     where = Where(tuple(parse_tags(having or [])), tuple(parse_tags(lacking or [])), include_missing)
     plan = plan_edit(dataset, operation, where)
@@ -1014,6 +1034,8 @@ def captions_undo(
     """
     from prep.captions.journal import undo_last
 
+    if not dry_run:
+        sweep_leftovers(folder)
     result = undo_last(folder, force=force, dry_run=dry_run)
     if as_json:
         print_json({"undone": result.entry.description if result.entry else None, "dry_run": dry_run,
@@ -1045,6 +1067,7 @@ def captions_edit(
     from prep.captions.lint import LintOptions
     from prep.review.app import CaptionEditor
 
+    sweep_leftovers(folder)
     CaptionEditor(folder, extension=caption_extension, lint_options=LintOptions(trigger=trigger)).run()
 
 
