@@ -11,7 +11,8 @@ from prep.images import open_image, save_image_atomic
 from train.cache import TensorCache, latent_key, text_key
 from train.config import load_config
 from train.data import load_training_set, placement
-from train.loop import Batcher, load_model
+from train.batcher import Batcher
+from train.prepare import load_model
 from trainsets import make_dataset, rebuild_manifest
 
 
