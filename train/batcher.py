@@ -15,7 +15,6 @@ from train.cache import TensorCache, latent_cache, latent_key, text_key
 from train.config import TrainConfig
 from train.data import (CaptionOptions, Example, TrainingSet, colour_jitter, epoch_batches, load_pixels, placement,
                         process_caption, sample_rng, to_array)
-from train.prepare import weight_dtype
 
 
 @dataclass
@@ -37,7 +36,6 @@ class Batcher:
         self.base, self.data, self.config, self.device = base, data, config, device
         self.prediction_type = config.model.prediction_type if config.model.prediction_type != "auto" \
             else base.prediction_type
-        self.weight_dtype = weight_dtype(config.run.mixed_precision)
         cache_root = Path(config.run.cache_dir) if config.run.cache_dir else Path(config.run.output_dir) / "cache"
         self.latents: TensorCache | None = latent_cache(config.run.cache_latents, cache_root)
         trains_te = config.network.train_text_encoder
@@ -60,6 +58,7 @@ class Batcher:
         return [(i, batches[i:i + accum]) for i in range(0, len(batches), accum)]
 
     def condition(self, indices: Sequence[int], epoch: int, batch_number: int) -> Conditioned:
+        """One micro-batch on the training device: assembled from host copies, then moved once."""
         torch = self._torch
         examples = [self.data.examples[i] for i in indices]
         draws = [self._draw(example, epoch, batch_number, slot) for slot, example in enumerate(examples)]
@@ -94,12 +93,11 @@ class Batcher:
         missing = [i for i, item in enumerate(found) if item is None]
         if missing:
             pixels = torch.stack([self._pixels(examples[i], draws[i][0], draws[i][2]) for i in missing])
+            vae = self.base.vae
             with torch.no_grad():
-                encoded = self.base.vae.encode(pixels.to(self.device, torch.float32)).latent_dist.mode()
+                encoded = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mode()
             for i, latent in zip(missing, (encoded * self.scaling).float().cpu(), strict=True):
-                found[i] = {"latent": latent}
-                if self.latents is not None:
-                    self.latents.put(keys[i], found[i])
+                found[i] = {"latent": latent} if self.latents is None else self.latents.put(keys[i], {"latent": latent})
         return torch.stack([item["latent"] for item in found])
 
     def _latent_key(self, example: Example, flip: bool) -> str:
@@ -117,8 +115,9 @@ class Batcher:
     def _prompt(self, captions: list[str]) -> Any:
         from train.conditioning import PromptEmbeds, encode_prompt, tokenize
 
-        if self.texts is None:
-            return encode_prompt(self.base, tokenize(self.base, captions), clip_skip=self.config.model.clip_skip)
+        if self.texts is None:  # encoded on the encoders' device; with gradients when they train
+            embeds = encode_prompt(self.base, tokenize(self.base, captions), clip_skip=self.config.model.clip_skip)
+            return embeds.to(self.device)
 
         def compute(caption: str) -> dict[str, Any]:
             with self._torch.no_grad():
