@@ -251,7 +251,7 @@ def _repeat_folder_of_reg(reg_root: Path, entry: ScanEntry) -> RepeatFolder | No
     return RepeatFolder(int(match.group(1)), match.group(2).strip(), "") if match else None
 
 
-def _subset_for(entry: ScanEntry, options: ManifestOptions, previous: Previous | None, shuffle: bool) -> Subset:
+def _subset_for(entry: ScanEntry, options: ManifestOptions, previous: Previous | None) -> Subset:
     folder = entry.repeat_folder
     name = folder.folder if folder is not None else "main"
     before = previous.subset(name) if previous else None
@@ -264,11 +264,10 @@ def _subset_for(entry: ScanEntry, options: ManifestOptions, previous: Previous |
         class_tokens = folder.class_tokens if folder else None
     return Subset(name=name, repeats=repeats, class_tokens=class_tokens,
                   keep_tokens=before.keep_tokens if before else None,
-                  shuffle_caption=_shuffle(options, before, shuffle))
+                  shuffle_caption=_shuffle(options, before))
 
 
-def _reg_subset_for(reg_root: Path, entry: ScanEntry, options: ManifestOptions, previous: Previous | None,
-                    shuffle: bool) -> Subset:
+def _reg_subset_for(reg_root: Path, entry: ScanEntry, options: ManifestOptions, previous: Previous | None) -> Subset:
     folder = _repeat_folder_of_reg(reg_root, entry)
     name = REG_PREFIX + reg_root.name + (f"/{folder.folder}" if folder is not None and folder.folder else "")
     before = previous.subset(name) if previous else None
@@ -281,13 +280,14 @@ def _reg_subset_for(reg_root: Path, entry: ScanEntry, options: ManifestOptions, 
         class_tokens = options.class_tokens or None
     return Subset(name=name, repeats=repeats, is_reg=True, class_tokens=class_tokens,
                   keep_tokens=before.keep_tokens if before else None,
-                  shuffle_caption=_shuffle(options, before, shuffle))
+                  shuffle_caption=_shuffle(options, before))
 
 
-def _shuffle(options: ManifestOptions, before: Subset | None, default: bool) -> bool:
+def _shuffle(options: ManifestOptions, before: Subset | None) -> bool:
+    """Given, else the previous manifest's, else on (sd-scripts shuffles after keep_tokens)."""
     if options.shuffle_caption is not None:
         return options.shuffle_caption
-    return before.shuffle_caption if before is not None else default
+    return before.shuffle_caption if before is not None else True
 
 
 def _settings(options: ManifestOptions, previous: Previous | None, root: Path,
@@ -375,7 +375,6 @@ def build_manifest(folder: str | os.PathLike[str], options: ManifestOptions = Ma
     extension = check_caption_extension(options.caption_extension or DEFAULT_CAPTION_EXTENSION)
     plan = plan_from_settings(bucket_settings)
     plan.buckets  # validate  # noqa: B018
-    shuffle = True
 
     reg_roots = list(dict.fromkeys(_import_reg_dir(root, Path(r), notes) for r in options.reg_dirs))
     main_scan = scan_folder(root, caption_extension=extension, max_pixels=options.max_pixels, reporter=reporter)
@@ -388,9 +387,9 @@ def build_manifest(folder: str | os.PathLike[str], options: ManifestOptions = Ma
     jobs: list[tuple[ScanEntry, Subset]] = []
     for entry in main_scan.entries:
         if entry.path.resolve() not in reg_paths:
-            jobs.append((entry, _subset_for(entry, options, previous, shuffle)))
+            jobs.append((entry, _subset_for(entry, options, previous)))
     for reg_root, scan in zip(reg_roots, reg_scans, strict=True):
-        jobs.extend((entry, _reg_subset_for(reg_root, entry, options, previous, shuffle)) for entry in scan.entries)
+        jobs.extend((entry, _reg_subset_for(reg_root, entry, options, previous)) for entry in scan.entries)
 
     missing = [e for e, s in jobs if not (e.caption or "").strip() and not s.is_reg]
     if missing and not options.allow_empty_captions:
