@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 from captionsets import snapshot, write_dataset
+from textual import events
+from textual.keys import _character_to_key
 from typer.testing import CliRunner
 
 from cli import app as cli_app
@@ -41,6 +43,16 @@ async def type_into(pilot, widget_id: str, text: str) -> None:
     pilot.app.query_one(widget_id).value = text
     pilot.app.query_one(widget_id).focus()
     await pilot.press("enter")
+
+
+async def burst(pilot, *keys: str) -> None:
+    """Keys arriving in one read (a paste, a fast typist, SSH): all queued before any is handled,
+    as the terminal driver posts them; `pilot.press` would wait for each to finish instead."""
+    for key in keys:
+        character = key if len(key) == 1 else ("\r" if key == "enter" else None)
+        name = _character_to_key(key) if len(key) == 1 and not key.isalnum() else key
+        pilot.app.post_message(events.Key(name, character))
+    await pilot.pause()
 
 
 def caption(folder, name):
@@ -183,3 +195,29 @@ async def test_accept_is_remembered_until_the_caption_changes(ds):
         await type_into(pilot, "#filter", "todo")
         assert [editor.session.name(i) for i in editor.session.visible] == [
             "camera.png", "chelsea.png", "rocket.jpg", "sylvie.png"]
+
+
+@pytest.mark.parametrize("keys, expected", [
+    (["+", *"dress", "enter"], {"astronaut.txt": b"sks, 1boy, spacesuit, smile, dress\n"}),
+    (["+", *"dress", "enter", "d"], {"astronaut.txt": b"1boy, spacesuit, smile, dress\n"}),
+    (["/", *"day", "enter"], {}),
+    (["n", "d"], {"camera.txt": b"1boy, camera, coat\n"}),
+    (["n", "down", "d", "p", "d"], {"camera.txt": b"sks, camera, coat\n", "astronaut.txt": b"1boy, spacesuit, smile\n"}),
+])
+async def test_keys_typed_ahead_act_on_the_state_the_previous_key_left(ds, keys, expected):
+    before = snapshot(ds)
+    editor = CaptionEditor(ds)
+    async with editor.run_test(size=(80, 24)) as pilot:
+        await burst(pilot, *keys)
+        assert {k: v for k, v in snapshot(ds).items() if before[k] != v} == expected
+        assert not any(item.is_accepted for item in editor.session.items)
+
+
+async def test_filter_typed_ahead_filters_and_changes_nothing(ds):
+    before = snapshot(ds)
+    editor = CaptionEditor(ds)
+    async with editor.run_test(size=(80, 24)) as pilot:
+        await burst(pilot, "/", *"smile", "enter", "n")
+        assert editor.session.filter_text == "smile"
+        assert editor.session.name(editor.current) == "chelsea.png"   # the second of three matches
+    assert snapshot(ds) == before
