@@ -186,7 +186,9 @@ class CaptionEditor(App):
             self._scores = self.session.scores(index)
         self._fill_tags(index, keep=not changed)
         problems = self.session.problems(index)
-        heading = f"{Path(self.session.name(index)).name}" + (f" ⚠ {len(problems)}" if problems else "")
+        locked = self.session.items[index].locked
+        heading = f"{Path(self.session.name(index)).name}" + (f" ⚠ {len(problems)}" if problems else "") + \
+            (" ⚠ not UTF-8: read-only" if locked else "")
         self.query_one("#heading", Static).update(Text(heading, no_wrap=True, overflow="ellipsis"))
         self.query_one("#raw", Static).update(Text(self.session.caption_text(index)))
         if changed and preview:
@@ -199,14 +201,14 @@ class CaptionEditor(App):
         row = (tags_list.highlighted or 0) if keep else 0
         width = max(12, (tags_list.content_region.width or 30) - 1)
         options = []
-        for tag in item.tags:
+        for tag, on in zip(item.tags, item.on):
             score = self.session.score_of(self._scores, tag)
             numbers = (f"{score:.2f}" if score is not None else "    ") + f" ×{self.session.frequency[tag]}"
             name_width = max(4, width - len(numbers) - 1)
             name = tag if len(tag) <= name_width else tag[:name_width - 1] + "…"
             start = name_width + 1
             label = Text(name.ljust(start) + numbers, no_wrap=True, overflow="ellipsis")
-            if tag in item.disabled:
+            if not on:
                 label.stylize("strike dim", 0, len(name))
             label.stylize("cyan", start, start + 4)
             label.stylize("dim", start + 4)
@@ -256,12 +258,13 @@ class CaptionEditor(App):
         self.show_item(self.current, preview=False)
         self.refresh_list()
 
-    def _selected_tag(self) -> str | None:
+    def _selected_position(self) -> int | None:
+        """Where the highlighted tag is in the caption (edits act on that occurrence only)."""
         if self.current is None:
             return None
         tags = self.session.items[self.current].tags
         highlighted = self.query_one("#tags", OptionList).highlighted
-        return tags[highlighted] if highlighted is not None and highlighted < len(tags) else None
+        return highlighted if highlighted is not None and highlighted < len(tags) else None
 
     # ---- actions
 
@@ -276,24 +279,26 @@ class CaptionEditor(App):
             self.action_step(1)
 
     def action_delete_tag(self) -> None:
-        tag = self._selected_tag()
-        if tag is not None and self.current is not None:
-            self.report(self.session.delete_tag(self.current, tag))
+        position = self._selected_position()
+        if position is not None and self.current is not None:
+            self.report(self.session.delete_tag(self.current, position))
             self.after_edit()
 
     def action_toggle_tag(self) -> None:
-        tag = self._selected_tag()
-        if tag is not None and self.current is not None:
-            self.report(self.session.toggle_tag(self.current, tag))
+        position = self._selected_position()
+        if position is not None and self.current is not None:
+            self.report(self.session.toggle_tag(self.current, position))
             self.after_edit()
 
     def action_move_tag(self, offset: int) -> None:
-        tag = self._selected_tag()
-        if tag is not None and self.current is not None:
-            self.report(self.session.move_tag(self.current, tag, offset))
-            tags_list = self.query_one("#tags", OptionList)
+        position = self._selected_position()
+        if position is not None and self.current is not None:
+            outcome = self.session.move_tag(self.current, position, offset)
+            self.report(outcome)
             self.after_edit()
-            tags_list.highlighted = self.session.items[self.current].tags.index(tag)
+            if outcome.ok:
+                last = len(self.session.items[self.current].tags) - 1
+                self.query_one("#tags", OptionList).highlighted = max(0, min(last, position + offset))
 
     def action_add_tag(self) -> None:
         if self.current is not None:

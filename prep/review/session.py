@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prep.atomic import write_text_atomic
-from prep.captions.dataset import STATE_DIR, CaptionDataset, CaptionFile, load_dataset, read_current
+from prep.captions.dataset import (STATE_DIR, CaptionDataset, CaptionFile, decode_caption, load_dataset,
+                                   read_current, split_caption)
 from prep.captions.edit import AddTags, RemoveTags, caption_bytes, tag_key
 from prep.captions.journal import FileState, record, write_guarded
 from prep.captions.lint import LintOptions, LintReport, Problem, lint_dataset
@@ -28,14 +29,24 @@ from prep.tags import split_tags
 
 @dataclass
 class Item:
-    """One image as the editor holds it: the tags shown, and the bytes last seen on disk."""
+    """One image as the editor holds it: the tags shown, and the bytes last seen on disk.
+
+    `on[i]` is False for a tag toggled off (shown, not written). Edits address a tag by its
+    position, so a tag written twice can be fixed one occurrence at a time. `locked` says why the
+    caption cannot be edited here (not UTF-8: rewriting it would replace what the editor cannot read).
+    """
 
     file: CaptionFile
     disk: bytes | None
     tags: list[str]
-    disabled: set[str] = field(default_factory=set)  # toggled off: shown, not written
+    on: list[bool] = field(default_factory=list)
     accepted: bytes | None = None  # the caption bytes a person accepted (stale once they change)
     edited: bool = False
+    locked: str | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.on) != len(self.tags):
+            self.on = [True] * len(self.tags)
 
     @property
     def is_accepted(self) -> bool:
@@ -43,7 +54,20 @@ class Item:
 
     @property
     def written_tags(self) -> list[str]:
-        return [t for t in self.tags if t not in self.disabled]
+        return [t for t, on in zip(self.tags, self.on) if on]
+
+
+def not_utf8(caption: str) -> str:
+    return (f"{caption} is not UTF-8 text: left as it is (convert it first, e.g. "
+            f"`iconv -f latin1 -t utf-8`, then reopen)")
+
+
+def item_for(file: CaptionFile, disk: bytes | None) -> Item:
+    """The editor's view of a caption file's bytes."""
+    text = decode_caption(disk) if disk is not None else ""
+    if text is None:
+        return Item(file, disk, [], locked=not_utf8(file.caption))
+    return Item(file, disk, list(split_caption(text)))
 
 
 REVIEW_FILE = Path(STATE_DIR) / "review.json"
@@ -77,8 +101,8 @@ class Edit:
     after: bytes | None
     tags_before: tuple[str, ...]
     tags_after: tuple[str, ...]
-    disabled_before: frozenset[str]
-    disabled_after: frozenset[str]
+    on_before: tuple[bool, ...]
+    on_after: tuple[bool, ...]
 
 
 @dataclass(frozen=True)
@@ -97,7 +121,7 @@ class Session:
         self.root = Path(root)
         self.dataset = load_dataset(self.root, extension)
         accepted = read_accepted(self.root)
-        self.items = [Item(f, f.raw, list(f.tags)) for f in self.dataset.files if f.image is not None]
+        self.items = [item_for(f, f.raw) for f in self.dataset.files if f.image is not None]
         for item in self.items:
             if item.file.caption in accepted and accepted[item.file.caption] == _digest(item.disk):
                 item.accepted = item.disk
@@ -122,7 +146,8 @@ class Session:
         item = self.items[index]
         if item.disk is None:
             return "(no caption file)"
-        return item.disk.decode("utf-8", "replace").strip()
+        text = item.disk.decode("utf-8", "replace").strip()
+        return f"{item.locked}\n{text}" if item.locked else text
 
     def scores(self, index: int) -> dict[str, tuple[float, str]]:
         image = self.items[index].file.image
@@ -199,24 +224,23 @@ class Session:
 
     # ---- editing
 
-    def _state(self, index: int, tags: list[str], disabled: set[str]) -> Edit:
+    def _state(self, index: int, tags: list[str], on: list[bool]) -> Edit:
         item = self.items[index]
-        written = [t for t in tags if t not in disabled]
+        written = [t for t, keep in zip(tags, on) if keep]
         after = caption_bytes(written) if (written or item.disk is not None) else None
-        return Edit(index, item.disk, after, tuple(item.tags), tuple(tags),
-                    frozenset(item.disabled), frozenset(disabled))
+        return Edit(index, item.disk, after, tuple(item.tags), tuple(tags), tuple(item.on), tuple(on))
 
     def _write(self, edit: Edit, *, undoing: bool = False) -> Outcome:
         """Write one edit's bytes if the file still holds what the editor last saw."""
         item = self.items[edit.index]
         expected, data = (edit.after, edit.before) if undoing else (edit.before, edit.after)
         tags = edit.tags_before if undoing else edit.tags_after
-        disabled = edit.disabled_before if undoing else edit.disabled_after
+        on = edit.on_before if undoing else edit.on_after
         if expected != data and not write_guarded(self.root, item.file.caption, expected, data):
             self.reload(edit.index)
             return Outcome(f"{item.file.caption} changed on disk since it was opened: not saved, reloaded", ok=False)
         self.frequency.subtract(set(item.tags))
-        item.tags, item.disabled, item.disk, item.edited = list(tags), set(disabled), data, True
+        item.tags, item.on, item.disk, item.edited = list(tags), list(on), data, True
         self.frequency.update(set(item.tags))
         self._lint = None
         return Outcome(f"saved {item.file.caption}")
@@ -224,51 +248,60 @@ class Session:
     def reload(self, index: int) -> None:
         item = self.items[index]
         self.frequency.subtract(set(item.tags))
-        item.disk = read_current(self.root, item.file.caption)
-        text = item.disk.decode("utf-8-sig", "replace").strip() if item.disk is not None else ""
-        item.tags, item.disabled = split_tags(text), set()
+        fresh = item_for(item.file, read_current(self.root, item.file.caption))
+        item.disk, item.tags, item.on, item.locked = fresh.disk, fresh.tags, fresh.on, fresh.locked
         self.frequency.update(set(item.tags))
         self._lint = None
 
-    def change(self, index: int, tags: list[str], disabled: set[str] | None = None) -> Outcome:
-        """Set an item's tags (and toggled-off set); saved at once, undoable."""
+    def change(self, index: int, tags: list[str], on: list[bool] | None = None) -> Outcome:
+        """Set an item's tags (and which are on); saved at once, undoable."""
         item = self.items[index]
-        disabled = set(item.disabled if disabled is None else disabled) & set(tags)
-        if tags == item.tags and disabled == item.disabled:
+        if item.locked:
+            return Outcome(item.locked, ok=False)
+        on = list(item.on if on is None else on)
+        if tags == item.tags and on == item.on:
             return Outcome("no change")
-        edit = self._state(index, tags, disabled)
+        edit = self._state(index, tags, on)
         outcome = self._write(edit)
         if outcome.ok:
             self.undo_stack.append([edit])
             self.redo_stack.clear()
         return outcome
 
-    def delete_tag(self, index: int, tag: str) -> Outcome:
+    def delete_tag(self, index: int, position: int) -> Outcome:
+        """Remove the tag at `position` (only that occurrence of a tag written twice)."""
+        item = self.items[index]
+        tag = item.tags[position]
         self.last_operation = RemoveTags((tag,))
-        tags = [t for t in self.items[index].tags if t != tag]
-        outcome = self.change(index, tags)
+        outcome = self.change(index, item.tags[:position] + item.tags[position + 1:],
+                              item.on[:position] + item.on[position + 1:])
         return Outcome(f"removed '{tag}' — {outcome.message}", outcome.ok) if outcome.ok else outcome
 
     def add_tags(self, index: int, text: str) -> Outcome:
-        new = [t for t in dict.fromkeys(split_tags(text)) if t not in self.items[index].tags]
+        item = self.items[index]
+        new = [t for t in dict.fromkeys(split_tags(text)) if t not in item.tags]
         if not new:
             return Outcome("nothing to add")
         self.last_operation = AddTags(tuple(new))
-        outcome = self.change(index, self.items[index].tags + new)
+        outcome = self.change(index, item.tags + new, item.on + [True] * len(new))
         return Outcome(f"added {', '.join(new)} — {outcome.message}", outcome.ok) if outcome.ok else outcome
 
-    def toggle_tag(self, index: int, tag: str) -> Outcome:
-        disabled = set(self.items[index].disabled) ^ {tag}
-        outcome = self.change(index, list(self.items[index].tags), disabled)
-        state = "off" if tag in disabled else "on"
-        return Outcome(f"'{tag}' {state} — {outcome.message}", outcome.ok) if outcome.ok else outcome
+    def toggle_tag(self, index: int, position: int) -> Outcome:
+        """Turn the tag at `position` off (kept in the list, not written) or back on."""
+        item = self.items[index]
+        on = list(item.on)
+        on[position] = not on[position]
+        outcome = self.change(index, list(item.tags), on)
+        state = "on" if on[position] else "off"
+        return Outcome(f"'{item.tags[position]}' {state} — {outcome.message}", outcome.ok) if outcome.ok else outcome
 
-    def move_tag(self, index: int, tag: str, offset: int) -> Outcome:
-        tags = list(self.items[index].tags)
-        position = tags.index(tag)
+    def move_tag(self, index: int, position: int, offset: int) -> Outcome:
+        item = self.items[index]
+        tags, on = list(item.tags), list(item.on)
         target = max(0, min(len(tags) - 1, position + offset))
         tags.insert(target, tags.pop(position))
-        return self.change(index, tags)
+        on.insert(target, on.pop(position))
+        return self.change(index, tags, on)
 
     def accept(self, index: int) -> Outcome:
         """Mark the caption as reviewed; remembered in `.loraprep/review.json` until it changes."""
@@ -283,13 +316,19 @@ class Session:
         if operation is None:
             return Outcome("no tag change to repeat yet: add or delete a tag first", ok=False)
         edits = []
+        locked = sum(1 for index in self.visible if self.items[index].locked)
         for index in self.visible:
             item = self.items[index]
+            if item.locked:
+                continue
             tags = list(operation(tuple(item.tags)))
             if tags != item.tags:
-                edits.append(self._state(index, tags, set(item.disabled) & set(tags)))
+                off = {t for t, on in zip(item.tags, item.on) if not on}
+                edits.append(self._state(index, tags, [t not in off for t in tags]))
+        unreadable = f", {locked} not UTF-8 and left alone" if locked else ""
         if not edits:
-            return Outcome(f"{operation.describe()}: nothing to change in {len(self.visible)} image(s)")
+            return Outcome(f"{operation.describe()}: nothing to change in {len(self.visible)} image(s){unreadable}",
+                           ok=not locked)
         current = [e for e in edits if read_current(self.root, self.items[e.index].file.caption) == e.before]
         for stale in (e for e in edits if e not in current):
             self.reload(stale.index)
@@ -302,7 +341,8 @@ class Session:
             self.redo_stack.clear()
         skipped = len(edits) - len(done)
         return Outcome(f"{operation.describe()}: {len(done)} caption(s) changed"
-                       + (f", {skipped} changed on disk and left alone" if skipped else ""), ok=not skipped)
+                       + (f", {skipped} changed on disk and left alone" if skipped else "") + unreadable,
+                       ok=not skipped and not locked)
 
     def undo(self) -> tuple[Outcome, int | None]:
         """Undo the last edit group; returns the outcome and the item it touched (to show it)."""

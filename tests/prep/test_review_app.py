@@ -175,7 +175,7 @@ def test_apply_to_filtered_leaves_captions_changed_elsewhere_alone(ds):
 
     session = Session(ds)
     session.set_filter("=sks")
-    session.delete_tag(session.visible[0], "smile")
+    session.delete_tag(session.visible[0], 3)   # "smile"
     (ds / "sylvie.txt").write_text("changed elsewhere, smile")
     outcome = session.apply_to_filtered()
     assert not outcome.ok and "changed on disk" in outcome.message
@@ -221,3 +221,45 @@ async def test_filter_typed_ahead_filters_and_changes_nothing(ds):
         assert editor.session.filter_text == "smile"
         assert editor.session.name(editor.current) == "chelsea.png"   # the second of three matches
     assert snapshot(ds) == before
+
+
+LATIN1 = b"sks, caf\xe9, 1girl"   # not UTF-8: the editor cannot read it, so it must not rewrite it
+
+
+@pytest.mark.parametrize("keys", [["+", *"newtag", "enter"], ["d"], ["t"], ["J"], ["down", "A", "y"]])
+async def test_a_caption_that_is_not_utf8_is_never_replaced(ds, keys):
+    (ds / "astronaut.txt").write_bytes(LATIN1)
+    editor = CaptionEditor(ds)
+    async with editor.run_test(size=(80, 24)) as pilot:
+        if "A" in keys:   # make `A` have something to repeat: delete a tag on camera, then back to astronaut
+            await pilot.press("n", "d", "p")
+        await burst(pilot, *keys)
+        assert "not UTF-8" in str(editor.query_one("#heading").render())
+        assert "not UTF-8" in str(editor.query_one("#raw").render())
+    assert caption(ds, "astronaut.png") == LATIN1
+
+
+async def test_apply_to_filtered_skips_a_caption_that_is_not_utf8(ds):
+    (ds / "sylvie.txt").write_bytes(b"sks, \xff\xfe, smile")
+    editor = CaptionEditor(ds)
+    async with editor.run_test(size=(80, 24)) as pilot:
+        await pilot.press("down", "d")         # remove "1boy" from astronaut
+        await pilot.press("A", "y")
+        assert "not UTF-8" in str(editor.query_one("#status").render())
+    assert caption(ds, "camera.png") == b"sks, camera, coat\n"
+    assert caption(ds, "sylvie.png") == b"sks, \xff\xfe, smile"
+
+
+@pytest.mark.parametrize("keys, expected", [
+    (["down", "down", "d"], b"sks, smile, 1girl, smile\n"),                 # the first "smile" only
+    (["down", "down", "down", "down", "d"], b"sks, smile, smile, 1girl\n"), # the last one only
+    (["down", "down", "t"], b"sks, smile, 1girl, smile\n"),
+    (["down", "down", "down", "down", "t"], b"sks, smile, smile, 1girl\n"),
+    (["down", "down", "down", "down", "K"], b"sks, smile, smile, smile, 1girl\n"),
+])
+async def test_delete_and_toggle_act_on_the_highlighted_occurrence_of_a_repeated_tag(tmp_path, keys, expected):
+    ds = write_dataset(tmp_path, {"a.png": "sks, smile, smile, 1girl, smile"})
+    editor = CaptionEditor(ds)
+    async with editor.run_test(size=(80, 24)) as pilot:
+        await burst(pilot, *keys)
+    assert (ds / "a.txt").read_bytes() == expected
