@@ -915,25 +915,53 @@ def captions_undo(
     dry_run: _DryRun = False,
     as_json: _AsJson = False,
 ) -> None:
-    """Revert the last bulk edit exactly (byte for byte), from the journal in DIR/.loraprep/journal/.
+    """Revert the last caption edit exactly (byte for byte), from the journal in DIR/.loraprep/journal/.
 
-    Run it again to undo the edit before that. Refuses if a caption changed since the edit, unless --force.
+    Bulk commands and the editor (`captions edit`) share the journal: this undoes the newest edit,
+    whoever made it. Run it again to undo the one before; `captions redo` re-applies. Refuses if a
+    caption changed since the edit, unless --force.
     """
     from prep.captions.journal import undo_last
 
-    result = undo_last(folder, force=force, dry_run=dry_run)
+    _print_journal_step(undo_last(folder, force=force, dry_run=dry_run), "undo", dry_run, as_json)
+
+
+@captions_app.command("redo")
+@guard
+def captions_redo(
+    folder: _CaptionDir,
+    force: Annotated[bool, typer.Option("--force", help="Write even over captions changed since the undo.")] = False,
+    dry_run: _DryRun = False,
+    as_json: _AsJson = False,
+) -> None:
+    """Re-apply the edit the last `captions undo` (or the editor's `u`) reverted, if nothing was edited since."""
+    from prep.captions.journal import redo_last
+
+    _print_journal_step(redo_last(folder, force=force, dry_run=dry_run), "redo", dry_run, as_json)
+
+
+def _print_journal_step(result, verb: str, dry_run: bool, as_json: bool) -> None:
+    """Say what an undo/redo did, or would do; exit 1 when a caption changed meanwhile was left alone."""
+    from prep.console import esc
+
     if as_json:
-        print_json({"undone": result.entry.description if result.entry else None, "dry_run": dry_run,
+        print_json({f"{verb}ne": result.entry.description if result.entry else None, "dry_run": dry_run,
                     "restored": list(result.restored), "unchanged": list(result.unchanged),
-                    "forced": list(result.conflicts)})
-        return
-    if result.entry is None:
-        out.print("nothing to undo")
-        return
-    verb = "would restore" if dry_run else "restored"
-    out.print(f"undid [bold]{result.entry.description}[/] ({result.entry.time}): {verb} "
-              f"{len(result.restored)} caption(s)" + (f", {len(result.unchanged)} already as before" if result.unchanged else ""),
-              highlight=False)
+                    "forced": list(result.conflicts), "skipped": list(result.skipped)})
+    elif result.entry is None:
+        out.print(f"nothing to {verb}")
+    else:
+        entry = result.entry
+        head = f"would {verb}" if dry_run else f"{verb}ne"
+        count = len(result.restored)
+        out.print(f"{head} [bold]{esc(entry.description)}[/] ({esc(entry.time)}): "
+                  f"{'would restore' if dry_run else 'restored'} {count} caption(s)"
+                  + (f", {len(result.unchanged)} already as before" if result.unchanged else ""), highlight=False)
+        for caption in result.skipped:
+            err.print(f"[yellow]warning:[/] {esc(caption)} changed while it was being restored; left as it is",
+                      highlight=False)
+    if result.skipped:
+        raise typer.Exit(1)
 
 
 @captions_app.command("edit")

@@ -150,7 +150,9 @@ class CaptionEditor(App):
         files = self.query_one(RowList)
         files.set_count(len(self.session.visible))
         self.set_focus(self.query_one("#tags", OptionList))
-        self.set_status(f"{len(self.session.items)} images · {HELP}")
+        cleaned = len(self.session.cleaned)
+        self.set_status(f"{len(self.session.items)} images · "
+                        + (f"removed {cleaned} temporary file(s) an interrupted run left · " if cleaned else "") + HELP)
 
     # ---- rendering
 

@@ -1,10 +1,10 @@
 """The caption editor's state and every edit it can make, with no UI in it.
 
-Each edit is written to disk at once (atomically, through the journal's guarded write), so quitting,
-Ctrl-C or a dropped SSH connection never loses one. A caption changed on disk by someone else since
-the editor read it is never overwritten: the edit is refused and the disk version reloaded.
-Undo/redo restore exact bytes. Edits applied to all filtered images are also journalled, so
-`loraprep captions undo` can revert them after the editor is closed.
+Each edit is journalled and written to disk at once (prep.captions.journal, the journal the bulk
+commands use), so quitting, Ctrl-C, a crash or a dropped SSH connection never loses one, and both
+`u` after a restart and `loraprep captions undo` see it. A caption changed on disk by someone else
+since the editor read it is never overwritten: the edit is refused and the disk version reloaded.
+Undo/redo restore exact bytes. A caption that is not UTF-8 is shown but never rewritten.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prep.atomic import write_text_atomic
+from prep.atomic import clean_stale_temporaries, write_text_atomic
 from prep.captions.dataset import (STATE_DIR, CaptionDataset, CaptionFile, decode_caption, load_dataset,
                                    read_current, split_caption)
 from prep.captions.edit import AddTags, RemoveTags, caption_bytes, tag_key
-from prep.captions.journal import FileState, record, write_guarded
+from prep.captions.journal import FileState, UndoConflict, UndoResult, apply_changes, redo_last, undo_last
 from prep.captions.lint import LintOptions, LintReport, Problem, lint_dataset
 from prep.captions.show import tagger_scores
 from prep.captions.tokens import TokenCounter, load_token_counter
@@ -120,6 +120,7 @@ class Session:
                  counter: TokenCounter | None = None) -> None:
         self.root = Path(root)
         self.dataset = load_dataset(self.root, extension)
+        self.cleaned = clean_stale_temporaries(self.root)  # a killed editor or command's half-written files
         accepted = read_accepted(self.root)
         self.items = [item_for(f, f.raw) for f in self.dataset.files if f.image is not None]
         for item in self.items:
@@ -131,8 +132,10 @@ class Session:
         self._lint: LintReport | None = None
         self._problems: dict[str, list[Problem]] = {}
         self._faces: dict[int, bool] = {}
-        self.undo_stack: list[list[Edit]] = []
-        self.redo_stack: list[list[Edit]] = []
+        self._by_caption = {item.file.caption: i for i, item in enumerate(self.items)}
+        # (journal entry, caption) → tags and on/off before and after: the editor-only state
+        # (tags turned off) that an undo or redo of this session's edits puts back on screen.
+        self._views: dict[tuple[str, str], tuple[tuple[str, ...], tuple[bool, ...], tuple[str, ...], tuple[bool, ...]]] = {}
         self.last_operation: AddTags | RemoveTags | None = None
         self.filter_text = ""
         self.visible: list[int] = list(range(len(self.items)))
@@ -230,20 +233,41 @@ class Session:
         after = caption_bytes(written) if (written or item.disk is not None) else None
         return Edit(index, item.disk, after, tuple(item.tags), tuple(tags), tuple(item.on), tuple(on))
 
-    def _write(self, edit: Edit, *, undoing: bool = False) -> Outcome:
-        """Write one edit's bytes if the file still holds what the editor last saw."""
-        item = self.items[edit.index]
-        expected, data = (edit.after, edit.before) if undoing else (edit.before, edit.after)
-        tags = edit.tags_before if undoing else edit.tags_after
-        on = edit.on_before if undoing else edit.on_after
-        if expected != data and not write_guarded(self.root, item.file.caption, expected, data):
-            self.reload(edit.index)
-            return Outcome(f"{item.file.caption} changed on disk since it was opened: not saved, reloaded", ok=False)
+    def _show(self, index: int, disk: bytes | None, tags: tuple[str, ...], on: tuple[bool, ...]) -> None:
+        item = self.items[index]
         self.frequency.subtract(set(item.tags))
-        item.tags, item.on, item.disk, item.edited = list(tags), list(on), data, True
+        item.tags, item.on, item.disk, item.edited, item.locked = list(tags), list(on), disk, True, None
         self.frequency.update(set(item.tags))
         self._lint = None
-        return Outcome(f"saved {item.file.caption}")
+
+    def _commit(self, description: str, edits: list[Edit]) -> tuple[list[Edit], list[Edit]]:
+        """Journal and write edits (only those whose files still hold what the editor saw).
+
+        The same journal as the bulk commands: `captions undo` sees editor edits and `u` sees theirs.
+        Returns (written, left alone); left-alone items are reloaded from disk.
+        """
+        visible = [e for e in edits if e.before == e.after]  # e.g. moving a tag that is off: nothing on disk
+        for edit in visible:
+            self._show(edit.index, edit.after, edit.tags_after, edit.on_after)
+        to_write = [e for e in edits if e.before != e.after]
+        if not to_write:
+            return visible, []
+        result = apply_changes(self.root, description, [
+            FileState(self.items[e.index].file.caption, e.before, e.after) for e in to_write])
+        written = {s.caption for s in result.written}
+        done, skipped = [], []
+        for edit in to_write:
+            caption = self.items[edit.index].file.caption
+            if caption in written:
+                self._show(edit.index, edit.after, edit.tags_after, edit.on_after)
+                if result.entry is not None:
+                    self._views[(result.entry.name, caption)] = (edit.tags_before, edit.on_before,
+                                                                 edit.tags_after, edit.on_after)
+                done.append(edit)
+            else:
+                self.reload(edit.index)
+                skipped.append(edit)
+        return visible + done, skipped
 
     def reload(self, index: int) -> None:
         item = self.items[index]
@@ -253,20 +277,18 @@ class Session:
         self.frequency.update(set(item.tags))
         self._lint = None
 
-    def change(self, index: int, tags: list[str], on: list[bool] | None = None) -> Outcome:
-        """Set an item's tags (and which are on); saved at once, undoable."""
+    def change(self, index: int, tags: list[str], on: list[bool] | None = None, *, what: str = "edit") -> Outcome:
+        """Set an item's tags (and which are on); journalled and saved at once, undoable."""
         item = self.items[index]
         if item.locked:
             return Outcome(item.locked, ok=False)
         on = list(item.on if on is None else on)
         if tags == item.tags and on == item.on:
             return Outcome("no change")
-        edit = self._state(index, tags, on)
-        outcome = self._write(edit)
-        if outcome.ok:
-            self.undo_stack.append([edit])
-            self.redo_stack.clear()
-        return outcome
+        done, _ = self._commit(f"editor: {what} in {item.file.caption}", [self._state(index, tags, on)])
+        if not done:
+            return Outcome(f"{item.file.caption} changed on disk since it was opened: not saved, reloaded", ok=False)
+        return Outcome(f"saved {item.file.caption}")
 
     def delete_tag(self, index: int, position: int) -> Outcome:
         """Remove the tag at `position` (only that occurrence of a tag written twice)."""
@@ -274,7 +296,7 @@ class Session:
         tag = item.tags[position]
         self.last_operation = RemoveTags((tag,))
         outcome = self.change(index, item.tags[:position] + item.tags[position + 1:],
-                              item.on[:position] + item.on[position + 1:])
+                              item.on[:position] + item.on[position + 1:], what=f"remove '{tag}'")
         return Outcome(f"removed '{tag}' — {outcome.message}", outcome.ok) if outcome.ok else outcome
 
     def add_tags(self, index: int, text: str) -> Outcome:
@@ -283,7 +305,7 @@ class Session:
         if not new:
             return Outcome("nothing to add")
         self.last_operation = AddTags(tuple(new))
-        outcome = self.change(index, item.tags + new, item.on + [True] * len(new))
+        outcome = self.change(index, item.tags + new, item.on + [True] * len(new), what=f"add {', '.join(new)}")
         return Outcome(f"added {', '.join(new)} — {outcome.message}", outcome.ok) if outcome.ok else outcome
 
     def toggle_tag(self, index: int, position: int) -> Outcome:
@@ -291,8 +313,8 @@ class Session:
         item = self.items[index]
         on = list(item.on)
         on[position] = not on[position]
-        outcome = self.change(index, list(item.tags), on)
         state = "on" if on[position] else "off"
+        outcome = self.change(index, list(item.tags), on, what=f"turn '{item.tags[position]}' {state}")
         return Outcome(f"'{item.tags[position]}' {state} — {outcome.message}", outcome.ok) if outcome.ok else outcome
 
     def move_tag(self, index: int, position: int, offset: int) -> Outcome:
@@ -301,7 +323,7 @@ class Session:
         target = max(0, min(len(tags) - 1, position + offset))
         tags.insert(target, tags.pop(position))
         on.insert(target, on.pop(position))
-        return self.change(index, tags, on)
+        return self.change(index, tags, on, what=f"move '{tags[target]}'")
 
     def accept(self, index: int) -> Outcome:
         """Mark the caption as reviewed; remembered in `.loraprep/review.json` until it changes."""
@@ -329,34 +351,45 @@ class Session:
         if not edits:
             return Outcome(f"{operation.describe()}: nothing to change in {len(self.visible)} image(s){unreadable}",
                            ok=not locked)
-        current = [e for e in edits if read_current(self.root, self.items[e.index].file.caption) == e.before]
-        for stale in (e for e in edits if e not in current):
-            self.reload(stale.index)
-        if current:
-            record(self.root, f"editor: {operation.describe()} ({self.filter_text or 'all'})",
-                   [FileState(self.items[e.index].file.caption, e.before, e.after) for e in current])
-        done = [e for e in current if self._write(e).ok]
-        if done:
-            self.undo_stack.append(done)
-            self.redo_stack.clear()
-        skipped = len(edits) - len(done)
+        done, skipped = self._commit(f"editor: {operation.describe()} ({self.filter_text or 'all'})", edits)
         return Outcome(f"{operation.describe()}: {len(done)} caption(s) changed"
-                       + (f", {skipped} changed on disk and left alone" if skipped else "") + unreadable,
+                       + (f", {len(skipped)} changed on disk and left alone" if skipped else "") + unreadable,
                        ok=not skipped and not locked)
 
+    def _restored(self, result: UndoResult, *, forward: bool) -> int | None:
+        """Show what an undo/redo put on disk; returns the first item it touched."""
+        assert result.entry is not None
+        first = None
+        for state in result.entry.files:
+            index = self._by_caption.get(state.caption)
+            if index is None:
+                continue
+            first = index if first is None else first
+            self.reload(index)
+            view = self._views.get((result.entry.path.name, state.caption))
+            if view is not None and self.items[index].disk == (state.after if forward else state.before):
+                tags, on = (view[2], view[3]) if forward else (view[0], view[1])
+                self._show(index, self.items[index].disk, tags, on)
+        return first
+
     def undo(self) -> tuple[Outcome, int | None]:
-        """Undo the last edit group; returns the outcome and the item it touched (to show it)."""
-        if not self.undo_stack:
-            return Outcome("nothing to undo", ok=False), None
-        group = self.undo_stack.pop()
-        done = [e for e in reversed(group) if self._write(e, undoing=True).ok]
-        self.redo_stack.append(list(reversed(done)))
-        return Outcome(f"undone ({len(done)} caption(s))", ok=len(done) == len(group)), group[0].index
+        """Undo the newest journal entry (this editor's, an earlier session's or a bulk command's)."""
+        return self._step(undo_last, forward=False)
 
     def redo(self) -> tuple[Outcome, int | None]:
-        if not self.redo_stack:
-            return Outcome("nothing to redo", ok=False), None
-        group = self.redo_stack.pop()
-        done = [e for e in group if self._write(e).ok]
-        self.undo_stack.append(done)
-        return Outcome(f"redone ({len(done)} caption(s))", ok=len(done) == len(group)), group[0].index
+        return self._step(redo_last, forward=True)
+
+    def _step(self, step, *, forward: bool) -> tuple[Outcome, int | None]:
+        verb = "redo" if forward else "undo"
+        try:
+            result = step(self.root)
+        except UndoConflict as exc:
+            return Outcome(f"not {verb}ne: {exc.message}", ok=False), None
+        if result.entry is None:
+            return Outcome(f"nothing to {verb}", ok=False), None
+        index = self._restored(result, forward=forward)
+        what = result.entry.description.removeprefix("editor: ")
+        message = f"{verb}ne: {what} ({len(result.restored) + len(result.unchanged)} caption(s))"
+        if result.skipped:
+            message += f"; {len(result.skipped)} changed meanwhile and left alone: {', '.join(result.skipped[:3])}"
+        return Outcome(message, ok=not result.skipped), index

@@ -263,3 +263,69 @@ async def test_delete_and_toggle_act_on_the_highlighted_occurrence_of_a_repeated
     async with editor.run_test(size=(80, 24)) as pilot:
         await burst(pilot, *keys)
     assert (ds / "a.txt").read_bytes() == expected
+
+
+async def test_single_edits_survive_a_restart_for_u_and_for_captions_undo(ds):
+    before = snapshot(ds)
+    editor = CaptionEditor(ds)
+    async with editor.run_test(size=(80, 24)) as pilot:
+        await pilot.press("d", "n", "plus", *"tripod", "enter")   # two single-image edits, then quit
+    editor = CaptionEditor(ds)                                   # a new session: `u` sees them
+    async with editor.run_test(size=(80, 24)) as pilot:
+        await pilot.press("u")
+        assert caption(ds, "camera.png") == CAPTIONS["camera.png"].encode()
+        assert editor.session.name(editor.current) == "camera.png"
+        assert "undone" in str(editor.query_one("#status").render())
+    assert CliRunner().invoke(cli_app, ["captions", "undo", str(ds)]).exit_code == 0   # and the CLI the other
+    assert snapshot(ds) == before
+
+
+async def test_undoing_apply_all_in_the_editor_leaves_no_entry_for_captions_undo(ds):
+    before = snapshot(ds)
+    editor = CaptionEditor(ds)
+    async with editor.run_test(size=(80, 24)) as pilot:
+        await type_into(pilot, "#filter", "=sks")
+        await type_into(pilot, "#add", "solo")
+        await pilot.press("A", "y", "u")                       # apply to all filtered, then undo it
+        assert caption(ds, "camera.png") == CAPTIONS["camera.png"].encode()
+    result = CliRunner().invoke(cli_app, ["captions", "undo", str(ds)])
+    assert result.exit_code == 0 and "add solo" in result.stdout   # the single add, not the undone `A`
+    assert snapshot(ds) == before
+
+
+async def test_u_undoes_a_bulk_command_and_shift_u_redoes_it(ds):
+    assert CliRunner().invoke(cli_app, ["captions", "remove", str(ds), "smile"]).exit_code == 0
+    edited = snapshot(ds)
+    editor = CaptionEditor(ds)
+    async with editor.run_test(size=(80, 24)) as pilot:
+        await pilot.press("u")
+        assert caption(ds, "chelsea.png") == CAPTIONS["chelsea.png"].encode()
+        assert "smile" in editor.session.items[editor.current].tags   # the shown item is reloaded
+        await pilot.press("U")
+    assert snapshot(ds) == edited
+
+
+async def test_an_undo_refused_by_an_outside_change_says_so(ds):
+    editor = CaptionEditor(ds)
+    async with editor.run_test(size=(80, 24)) as pilot:
+        await pilot.press("d")
+        (ds / "astronaut.txt").write_text("changed elsewhere")
+        await pilot.press("u")
+        status = str(editor.query_one("#status").render())
+        assert "not undone" in status and "changed since" in status
+    assert (ds / "astronaut.txt").read_text() == "changed elsewhere"
+
+
+async def test_temporaries_of_a_killed_run_are_removed_on_start(ds):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    leftover = ds / f".astronaut.txt.lp{int(dead.stdout)}.x1y2.tmp"
+    leftover.write_bytes(b"half")
+    mine = ds / ".notes.tmp"                                    # not ours: never touched
+    mine.write_bytes(b"keep")
+    editor = CaptionEditor(ds)
+    async with editor.run_test(size=(80, 24)):
+        assert "removed 1 temporary file" in str(editor.query_one("#status").render())
+    assert not leftover.exists() and mine.exists()
