@@ -758,23 +758,30 @@ def captions_show(
 
 def _run_caption_edit(folder: Path, operation, having: list[str] | None, lacking: list[str] | None,
                       dry_run: bool, as_json: bool, caption_extension: str, *, include_missing: bool = False) -> None:
-    """Plan, journal and write one bulk edit; print its diff summary (shared by add/remove/…)."""
+    """Plan, journal and write one bulk edit; print what it really changed (shared by add/remove/…)."""
+    import dataclasses
+
+    from prep.atomic import clean_stale_temporaries
     from prep.captions.dataset import load_dataset
     from prep.captions.edit import Where, parse_tags, plan_edit, summarize
     from prep.captions.journal import apply_plan
 
+    cleaned = [] if dry_run else clean_stale_temporaries(folder)
     dataset = load_dataset(folder, caption_extension)
     where = Where(tuple(parse_tags(having or [])), tuple(parse_tags(lacking or [])), include_missing)
     plan = plan_edit(dataset, operation, where)
     result = apply_plan(folder, plan, dry_run=dry_run)
-    summary = summarize(plan)
+    done = plan if dry_run else dataclasses.replace(plan, changes=result.written)
+    summary = summarize(done)
     if as_json:
         print_json({"operation": plan.description, "dry_run": dry_run, **summary.to_dict(),
                     "written": [c.caption for c in result.written] if not dry_run else [],
                     "conflicts": list(result.conflicts),
-                    "changes": [{"path": c.caption, "before": list(c.old), "after": list(c.new)} for c in plan.changes]})
+                    "changes": [{"path": c.caption, "before": list(c.old), "after": list(c.new)} for c in done.changes]})
     else:
-        _print_edit_summary(plan, summary, result, dry_run, folder)
+        if cleaned:
+            err.print(f"removed {len(cleaned)} temporary file(s) an interrupted run left", highlight=False)
+        _print_edit_summary(done, summary, result, dry_run, folder)
     if result.conflicts:
         raise typer.Exit(1)
 
@@ -782,8 +789,10 @@ def _run_caption_edit(folder: Path, operation, having: list[str] | None, lacking
 def _print_edit_summary(plan, summary, result, dry_run: bool, folder: Path) -> None:
     from rich.table import Table
 
+    from prep.console import esc
+
     verb = "would change" if dry_run else "changed"
-    out.print(f"[bold]{plan.description}[/]: {verb} {summary.files} of {summary.matched} matching caption(s)",
+    out.print(f"[bold]{esc(plan.description)}[/]: {verb} {summary.files} of {summary.matched} matching caption(s)",
               highlight=False)
     if summary.added or summary.removed:
         table = Table(show_edge=False)
@@ -791,21 +800,24 @@ def _print_edit_summary(plan, summary, result, dry_run: bool, folder: Path) -> N
         table.add_column("+captions", justify="right", style="green")
         table.add_column("−captions", justify="right", style="red")
         for tag in dict.fromkeys([*summary.added, *summary.removed]):
-            table.add_row(tag, str(summary.added[tag] or ""), str(summary.removed[tag] or ""))
+            table.add_row(esc(tag), str(summary.added[tag] or ""), str(summary.removed[tag] or ""))
         out.print(table)
     if summary.reordered:
         out.print(f"{summary.reordered} caption(s) only reordered")
     for change in plan.changes[:5]:
-        out.print(f"  {change.caption}: [red]- {', '.join(change.old)}[/]", highlight=False)
-        out.print(f"  {' ' * len(change.caption)}  [green]+ {', '.join(change.new)}[/]", highlight=False)
+        out.print(f"  {esc(change.caption)}: [red]- {esc(', '.join(change.old))}[/]", highlight=False)
+        out.print(f"  {' ' * len(change.caption)}  [green]+ {esc(', '.join(change.new))}[/]", highlight=False)
     if len(plan.changes) > 5:
         out.print(f"  … and {len(plan.changes) - 5} more")
     for caption in result.conflicts:
-        err.print(f"[yellow]warning:[/] {caption} changed on disk since it was read; left as it is", highlight=False)
+        err.print(f"[yellow]warning:[/] {esc(caption)} changed on disk since it was read; left as it is",
+                  highlight=False)
+    if result.conflicts:
+        err.print(f"{len(result.conflicts)} caption(s) left alone: run the command again to edit them", highlight=False)
     if dry_run:
         out.print("[cyan]dry run: nothing written[/]")
     elif result.entry is not None:
-        out.print(f"undo with [bold]loraprep captions undo {folder}[/]", highlight=False)
+        out.print(f"undo with [bold]loraprep captions undo {esc(folder)}[/]", highlight=False)
 
 
 @captions_app.command("add")

@@ -8,20 +8,23 @@ edit moves whatever is in `undone/` to `journal/history/`: it can no longer be r
 So `captions undo` after a session in the editor undoes the editor's last edit, and the editor's
 `u` after `captions undo` undoes the edit before: one history, whoever wrote it.
 
-Each file is written by `write_guarded`, which re-checks the file right before the rename and
-leaves it alone if anything else changed it since it was read; undo and redo likewise touch a file
-only while it still holds what the edit left there. Nothing someone else wrote is overwritten.
+Each file is written by a `GuardedWriter`, which leaves it alone if anything else changed it since
+it was read, checked again at the moment of the swap and just after; undo and redo likewise touch a
+file only while it still holds what the edit left there. Nothing someone else wrote is overwritten.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
+import errno
 import json
 import os
+import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,6 +182,16 @@ def _open_existing(path: str) -> int | None:
         return None
 
 
+def _read_or_none(path: str) -> bytes | None:
+    fd = _open_existing(path)
+    if fd is None:
+        return None
+    try:
+        return _read_fd(fd)
+    finally:
+        os.close(fd)
+
+
 def _temporary_with(folder: str, name: str, data: bytes) -> str:
     fd, tmp = tempfile.mkstemp(prefix=temp_prefix(name), suffix=TEMP_SUFFIX, dir=folder)
     try:
@@ -194,32 +207,101 @@ def _temporary_with(folder: str, name: str, data: bytes) -> str:
     return tmp
 
 
-def write_guarded(root: Path, caption: str, expected: bytes | None, data: bytes | None) -> bool:
-    """Replace the caption with `data` (None: remove it) only if it still holds `expected`.
-
-    The new bytes are written to a temporary first; then the file is opened, compared and checked
-    to be the same file it was (not replaced by another program's rename) right before the rename.
-    After the rename, the old file is read once more through the still-open handle: an in-place
-    append that landed in that instant is put back, and the write reported as a conflict.
-    Returns False, writing nothing, when the file changed.
-    """
-    target = os.path.join(root, caption)
-    if data is None:
-        return _remove_guarded(target, expected)
-    folder, name = os.path.split(target)
-    os.makedirs(folder, exist_ok=True)
-    tmp = _temporary_with(folder, name, data)
+def _load_renameat2() -> Callable[..., int] | None:
     try:
-        fd = _open_existing(target)
-        if expected is None:
-            if fd is not None:
-                os.close(fd)
-                return False
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError, TypeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_RENAMEAT2 = _load_renameat2() if sys.platform.startswith("linux") else None
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def _exchange(first: str, second: str) -> bool:
+    """Swap two names atomically (Linux renameat2); False where the system or filesystem cannot."""
+    if _RENAMEAT2 is None:
+        return False
+    if _RENAMEAT2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):
+        return False
+    raise OSError(code, os.strerror(code), second)
+
+
+class GuardedWriter:
+    """Replaces captions only where they still hold what was read, and loses no one else's write.
+
+    Each new caption is written to a temporary first, then *swapped* with the file atomically
+    (Linux `renameat2(RENAME_EXCHANGE)`), so the file that was there is never unlinked unseen: if it
+    is not what was read (another program rewrote or renamed over it a moment before), it is swapped
+    back. The old file is kept aside until a little later and read again, so an in-place append that
+    reached it after the swap is put back too, and that caption reported as left alone. Elsewhere
+    the file is re-checked (bytes and inode) right before a plain rename, and read again just after.
+    """
+
+    AFTERCHECK = 256  # swapped-out files kept aside at most, to be re-read for late appends
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.late: list[str] = []  # captions given back to a late writer after all
+        self._aside: list[tuple[str, str, bytes, bytes]] = []  # caption, old file, expected, written
+
+    def __enter__(self) -> GuardedWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.finish()
+
+    def write(self, caption: str, expected: bytes | None, data: bytes | None) -> bool:
+        """Put `data` (None: remove the file) in place of `expected`; False (nothing written) when
+        the caption holds something else."""
+        target = os.path.join(self.root, caption)
+        if data is None:
+            return _remove_guarded(target, expected)
+        if _read_or_none(target) != expected:
+            return False
+        folder, name = os.path.split(target)
+        os.makedirs(folder, exist_ok=True)
+        tmp = _temporary_with(folder, name, data)
+        try:
+            if expected is None:
+                try:
+                    os.link(tmp, target)  # creates the caption only if nobody else did meanwhile
+                except FileExistsError:
+                    return False
+                return True
             try:
-                os.link(tmp, target)  # creates the caption only if nobody else did meanwhile
-            except FileExistsError:
+                swapped = _exchange(tmp, target)
+            except FileNotFoundError:
                 return False
-            return True
+            if swapped:
+                return self._check_swap(caption, target, tmp, expected, data)
+            return self._replace_checked(caption, target, tmp, expected, data)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def _check_swap(self, caption: str, target: str, old: str, expected: bytes, data: bytes) -> bool:
+        """`old` now holds what was in place a moment ago: keep ours only if that was `expected`."""
+        if _read_or_none(old) != expected:
+            if _read_or_none(target) == data:
+                _exchange(old, target)  # theirs goes back
+            return False
+        folder, name = os.path.split(target)
+        kept = os.path.join(folder, f"{temp_prefix(name)}aside{os.urandom(4).hex()}{TEMP_SUFFIX}")
+        os.rename(old, kept)  # a name `clean_stale_temporaries` knows, should this process be killed
+        self._aside.append((caption, kept, expected, data))
+        if len(self._aside) > self.AFTERCHECK:
+            self._settle(self._aside.pop(0))
+        return True
+
+    def _replace_checked(self, caption: str, target: str, tmp: str, expected: bytes, data: bytes) -> bool:
+        fd = _open_existing(target)
         if fd is None:
             return False
         try:
@@ -230,12 +312,36 @@ def write_guarded(root: Path, caption: str, expected: bytes | None, data: bytes 
         finally:
             os.close(fd)
         if late != expected:
-            write_guarded(root, caption, data, late)  # their append wins; our edit is reported as skipped
+            self._give_back(caption, data, late)
             return False
         return True
-    finally:
+
+    def _settle(self, aside: tuple[str, str, bytes, bytes]) -> None:
+        caption, kept, expected, data = aside
+        late = _read_or_none(kept)
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+            os.unlink(kept)
+        if late is not None and late != expected:
+            self._give_back(caption, data, late)
+
+    def _give_back(self, caption: str, data: bytes, late: bytes) -> None:
+        """Someone appended to the file we replaced: their bytes win over our edit."""
+        self.late.append(caption)
+        with GuardedWriter(self.root) as writer:
+            writer.write(caption, data, late)
+
+    def finish(self) -> list[str]:
+        """Re-read every file kept aside; returns the captions whose edit was given back."""
+        while self._aside:
+            self._settle(self._aside.pop(0))
+        return self.late
+
+
+def write_guarded(root: Path, caption: str, expected: bytes | None, data: bytes | None) -> bool:
+    """Replace one caption with `data` (None: remove it) only if it still holds `expected`."""
+    with GuardedWriter(root) as writer:
+        written = writer.write(caption, expected, data)
+    return written and caption not in writer.late
 
 
 def _remove_guarded(target: str, expected: bytes | None) -> bool:
@@ -262,16 +368,6 @@ def _remove_guarded(target: str, expected: bytes | None) -> bool:
             os.unlink(aside)
 
 
-def _read_or_none(path: str) -> bytes | None:
-    fd = _open_existing(path)
-    if fd is None:
-        return None
-    try:
-        return _read_fd(fd)
-    finally:
-        os.close(fd)
-
-
 # ---- applying, undoing, redoing
 
 
@@ -296,12 +392,10 @@ def apply_changes(root: Path, description: str, states: Sequence[FileState]) -> 
     if not ready:
         return Written((), tuple(s.caption for s in conflicts), None)
     entry = record(root, description, ready)
-    written = []
-    for state in ready:
-        if write_guarded(root, state.caption, state.before, state.after):
-            written.append(state)
-        else:
-            conflicts.append(state)
+    with GuardedWriter(root) as writer:
+        done = [state for state in ready if writer.write(state.caption, state.before, state.after)]
+    written = [state for state in done if state.caption not in writer.late]
+    conflicts += [state for state in ready if state not in written]
     if len(written) < len(ready):
         entry = _rewrite(entry, description, written)
     return Written(tuple(written), tuple(s.caption for s in conflicts), entry)
@@ -356,9 +450,10 @@ def _revert(root: Path, entry: JournalEntry, *, forward: bool, force: bool, dry_
                                 "restores them anyway")
     if dry_run:
         return UndoResult(entry, tuple(c for c, _, _ in restore), tuple(unchanged), tuple(conflicts))
-    restored, skipped = [], []
-    for caption, now, then in restore:
-        (restored if write_guarded(root, caption, now, then) else skipped).append(caption)
+    with GuardedWriter(root) as writer:
+        done = [caption for caption, now, then in restore if writer.write(caption, now, then)]
+    restored = [caption for caption in done if caption not in writer.late]
+    skipped = [caption for caption, _, _ in restore if caption not in restored]
     destination.mkdir(parents=True, exist_ok=True)
     os.replace(entry.path, destination / entry.path.name)
     return UndoResult(entry, tuple(restored), tuple(unchanged), tuple(conflicts), tuple(skipped))
