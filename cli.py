@@ -869,7 +869,9 @@ def captions_show(
 
 def _run_caption_edit(folder: Path, operation, having: list[str] | None, lacking: list[str] | None,
                       dry_run: bool, as_json: bool, caption_extension: str, *, include_missing: bool = False) -> None:
-    """Plan, journal and write one bulk edit; print its diff summary (shared by add/remove/…)."""
+    """Plan, journal and write one bulk edit; print what it really changed (shared by add/remove/…)."""
+    import dataclasses
+
     from prep.captions.dataset import load_dataset
     from prep.captions.edit import Where, parse_tags, plan_edit, summarize
     from prep.captions.journal import apply_plan
@@ -880,20 +882,23 @@ def _run_caption_edit(folder: Path, operation, having: list[str] | None, lacking
     where = Where(tuple(parse_tags(having or [])), tuple(parse_tags(lacking or [])), include_missing)
     plan = plan_edit(dataset, operation, where)
     result = apply_plan(folder, plan, dry_run=dry_run)
-    summary = summarize(plan)
+    done = plan if dry_run else dataclasses.replace(plan, changes=result.written)
+    summary = summarize(done)
     if as_json:
         print_json({"operation": plan.description, "dry_run": dry_run, **summary.to_dict(),
                     "written": [c.caption for c in result.written] if not dry_run else [],
                     "conflicts": list(result.conflicts),
-                    "changes": [{"path": c.caption, "before": list(c.old), "after": list(c.new)} for c in plan.changes]})
+                    "changes": [{"path": c.caption, "before": list(c.old), "after": list(c.new)} for c in done.changes]})
     else:
-        _print_edit_summary(plan, summary, result, dry_run, folder)
+        _print_edit_summary(done, summary, result, dry_run, folder)
     if result.conflicts:
         raise typer.Exit(1)
 
 
 def _print_edit_summary(plan, summary, result, dry_run: bool, folder: Path) -> None:
     from rich.table import Table
+
+    from prep.console import esc
 
     verb = "would change" if dry_run else "changed"
     out.print(f"[bold]{esc(plan.description)}[/]: {verb} {summary.files} of {summary.matched} matching caption(s)",
@@ -914,7 +919,10 @@ def _print_edit_summary(plan, summary, result, dry_run: bool, folder: Path) -> N
     if len(plan.changes) > 5:
         out.print(f"  … and {len(plan.changes) - 5} more")
     for caption in result.conflicts:
-        err.print(f"[yellow]warning:[/] {esc(caption)} changed on disk since it was read; left as it is", highlight=False)
+        err.print(f"[yellow]warning:[/] {esc(caption)} changed on disk since it was read; left as it is",
+                  highlight=False)
+    if result.conflicts:
+        err.print(f"{len(result.conflicts)} caption(s) left alone: run the command again to edit them", highlight=False)
     if dry_run:
         out.print("[cyan]dry run: nothing written[/]")
     elif result.entry is not None:
@@ -1028,27 +1036,55 @@ def captions_undo(
     dry_run: _DryRun = False,
     as_json: _AsJson = False,
 ) -> None:
-    """Revert the last bulk edit exactly (byte for byte), from the journal in DIR/.loraprep/journal/.
+    """Revert the last caption edit exactly (byte for byte), from the journal in DIR/.loraprep/journal/.
 
-    Run it again to undo the edit before that. Refuses if a caption changed since the edit, unless --force.
+    Bulk commands and the editor (`captions edit`) share the journal: this undoes the newest edit,
+    whoever made it. Run it again to undo the one before; `captions redo` re-applies. Refuses if a
+    caption changed since the edit, unless --force.
     """
     from prep.captions.journal import undo_last
 
     if not dry_run:
         sweep_leftovers(folder)
-    result = undo_last(folder, force=force, dry_run=dry_run)
+    _print_journal_step(undo_last(folder, force=force, dry_run=dry_run), "undo", dry_run, as_json)
+
+
+@captions_app.command("redo")
+@guard
+def captions_redo(
+    folder: _CaptionDir,
+    force: Annotated[bool, typer.Option("--force", help="Write even over captions changed since the undo.")] = False,
+    dry_run: _DryRun = False,
+    as_json: _AsJson = False,
+) -> None:
+    """Re-apply the edit the last `captions undo` (or the editor's `u`) reverted, if nothing was edited since."""
+    from prep.captions.journal import redo_last
+
+    if not dry_run:
+        sweep_leftovers(folder)
+    _print_journal_step(redo_last(folder, force=force, dry_run=dry_run), "redo", dry_run, as_json)
+
+
+def _print_journal_step(result, verb: str, dry_run: bool, as_json: bool) -> None:
+    """Say what an undo/redo did, or would do; exit 1 when a caption changed meanwhile was left alone."""
     if as_json:
-        print_json({"undone": result.entry.description if result.entry else None, "dry_run": dry_run,
+        print_json({f"{verb}ne": result.entry.description if result.entry else None, "dry_run": dry_run,
                     "restored": list(result.restored), "unchanged": list(result.unchanged),
-                    "forced": list(result.conflicts)})
-        return
-    if result.entry is None:
-        out.print("nothing to undo")
-        return
-    verb = "would restore" if dry_run else "restored"
-    out.print(f"undid [bold]{esc(result.entry.description)}[/] ({esc(result.entry.time)}): {verb} "
-              f"{len(result.restored)} caption(s)" + (f", {len(result.unchanged)} already as before" if result.unchanged else ""),
-              highlight=False)
+                    "forced": list(result.conflicts), "skipped": list(result.skipped)})
+    elif result.entry is None:
+        out.print(f"nothing to {verb}")
+    else:
+        entry = result.entry
+        head = f"would {verb}" if dry_run else f"{verb}ne"
+        count = len(result.restored)
+        out.print(f"{head} [bold]{esc(entry.description)}[/] ({esc(entry.time)}): "
+                  f"{'would restore' if dry_run else 'restored'} {count} caption(s)"
+                  + (f", {len(result.unchanged)} already as before" if result.unchanged else ""), highlight=False)
+        for caption in result.skipped:
+            err.print(f"[yellow]warning:[/] {esc(caption)} changed while it was being restored; left as it is",
+                      highlight=False)
+    if result.skipped:
+        raise typer.Exit(1)
 
 
 @captions_app.command("edit")
