@@ -157,6 +157,13 @@ class LibFaceDetectionDetector:
     Its call holds the GIL, so the crop step's worker threads take turns in it; the OpenMP threads
     it starts inside are what spreads it over the cores (measured: half the wall time on two
     cores for 12% more CPU), so they are left at OpenMP's default.
+
+    The library's first call initialises itself: inside a C++ static-initialisation guard it
+    imports a Python module, which needs the GIL. Two threads making that first call together
+    deadlock (one holds the guard and waits for the GIL, the other holds the GIL and waits for the
+    guard; 1 run in 4-7 of `crop --workers 2` hung for good). So the constructor makes the first
+    call itself, on the thread that builds the detector, before any worker exists, and a lock
+    keeps later calls one at a time (they hold the GIL anyway, so the lock costs nothing).
     """
 
     name = "libfacedetection"
@@ -172,11 +179,15 @@ class LibFaceDetectionDetector:
         # the compiled call: `yuface.detect` only adds the threshold and a warning above 960 px
         # (the crop step detects on a reduced copy), raised through the thread-unsafe warnings module
         self._detect = detect
+        self._lock = threading.Lock()
         self.score_threshold = score_threshold
+        self(np.zeros((32, 32, 3), np.uint8))  # the one-time initialisation, here and not in a worker
 
     def __call__(self, image: np.ndarray) -> list[Face]:
         height, width = image.shape[:2]
-        found = np.asarray(self._detect(np.ascontiguousarray(image[:, :, ::-1])), dtype=np.float64)
+        bgr = np.ascontiguousarray(image[:, :, ::-1])
+        with self._lock:
+            found = np.asarray(self._detect(bgr), dtype=np.float64)
         rows = found.reshape(len(found), -1) if found.size else np.zeros((0, 5))  # confidence, x, y, w, h, …
         rows = rows[rows[:, 0] > self.score_threshold * 100]  # confidences are percentages
         return _faces_from_xywh(rows[:, 1:5], rows[:, 0] / 100.0, self.name, (width, height))
