@@ -30,6 +30,8 @@ from prep.records import Face
 DETECTOR_NAMES = ("auto", "yunet", "libfacedetection", "haar", "anime")
 YUNET_FILE = "face_detection_yunet.onnx"
 ANIME_FILE = "anime_face_detection.onnx"
+ANIME_CASCADE_FILE = "lbpcascade_animeface.xml"
+DATA = Path(__file__).resolve().parent / "data"  # the bundled detectors (see prep/data/LICENSES.md)
 
 
 @runtime_checkable
@@ -223,6 +225,50 @@ class HaarDetector:
         return _faces_from_xywh(rows, np.ones(len(rows)), self.name, (width, height))
 
 
+class AnimeCascadeDetector:
+    """nagadomi's lbpcascade_animeface (MIT): an LBP cascade for drawn faces, run by OpenCV.
+
+    Bundled (prep/data/), so drawn faces are found with nothing downloaded. A cascade has no
+    probability; its score is made comparable with the networks' from how many neighbouring
+    windows agreed (`cascade_score`), so merged detectors can rank and suppress boxes together.
+    """
+
+    name = "anime-cascade"
+
+    def __init__(self, path: Path | None = None, *, min_neighbors: int = 5) -> None:
+        import cv2
+
+        path = Path(path) if path is not None else DATA / ANIME_CASCADE_FILE
+        if not path.is_file():
+            raise ModelNotAvailable(f"the anime face cascade {path} is missing",
+                                    hint=f"reinstall loraprep (the file ships in prep/data/), or put "
+                                         f"{ANIME_CASCADE_FILE} there")
+        if cv2.CascadeClassifier(str(path)).empty():
+            raise ModelNotAvailable(f"the anime face cascade {path} could not be loaded",
+                                    hint="reinstall loraprep; the file is damaged")
+        self.path = path
+        self._instances = _PerThread(lambda: cv2.CascadeClassifier(str(path)))
+        self.min_neighbors = min_neighbors
+
+    def __call__(self, image: np.ndarray) -> list[Face]:
+        import cv2
+
+        height, width = image.shape[:2]
+        grey = cv2.equalizeHist(cv2.cvtColor(np.ascontiguousarray(image[:, :, :3]), cv2.COLOR_RGB2GRAY))
+        minimum = max(24, min(width, height) // 24)
+        found, neighbours = self._instances.get().detectMultiScale2(  # type: ignore[attr-defined]
+            grey, scaleFactor=1.1, minNeighbors=self.min_neighbors, minSize=(minimum, minimum))
+        rows = np.asarray(found, dtype=np.float64).reshape(-1, 4)
+        scores = cascade_score(np.asarray(neighbours, dtype=np.float64).reshape(-1))
+        return _faces_from_xywh(rows, scores, self.name, (width, height))
+
+
+def cascade_score(neighbours: np.ndarray) -> np.ndarray:
+    """A cascade hit's neighbour count → a score on the networks' scale: n / (n + 5), so the
+    minimum 5 agreeing windows score 0.5 and 20 score 0.8 (YuNet's typical hit is 0.8–0.95)."""
+    return neighbours / (neighbours + 5.0)
+
+
 # ---- YOLOv8 post-processing (pure functions, tested on a constructed ONNX graph)
 
 def letterbox(image: np.ndarray, size: int, pad_value: int = 114) -> tuple[np.ndarray, float, tuple[int, int]]:
@@ -320,6 +366,22 @@ class AnimeYoloDetector:
         faces = [Face(_clip_box(*row, width, height), float(scores[i]), self.name)
                  for row, i in zip(mapped.tolist(), kept, strict=True)]
         return [f for f in faces if f.box[2] > f.box[0] and f.box[3] > f.box[1]]
+
+
+def detect_scaled(detector: FaceDetector, image: np.ndarray, longest: int = 640) -> list[Face]:
+    """Faces in `image`'s pixels, found on a copy whose longest side is at most `longest`, reduced
+    by a whole factor with a box filter as the crop step does, so both steps see the same faces."""
+    from PIL import Image
+
+    rgb = np.ascontiguousarray(image[:, :, :3])
+    height, width = rgb.shape[:2]
+    factor = -(-max(width, height) // longest)
+    if factor <= 1:
+        return detector(rgb)
+    small = np.asarray(Image.fromarray(rgb).reduce(factor))
+    sx, sy = width / small.shape[1], height / small.shape[0]
+    return [Face(_clip_box(f.box[0] * sx, f.box[1] * sy, f.box[2] * sx, f.box[3] * sy, width, height),
+                 f.score, f.detector) for f in detector(small)]
 
 
 class CombinedDetector:

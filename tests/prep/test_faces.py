@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prep.background import OnnxSegmenter, SegmenterInput
 from prep.errors import ModelNotAvailable, UsageError
 from prep.faces import (AnimeYoloDetector, CombinedDetector, HaarDetector, LibFaceDetectionDetector, YuNetDetector,
                         detector_from_name)
 from prep.images import open_image
+from prep.masks import OnnxSegmenter, SegmenterInput
 from prep.progress import ProgressEvent, Reporter
 
 WITH_FACES = ["photos/astronaut.png", "photos/camera.png", "anime/sylvie_blue_normal.png",
