@@ -462,7 +462,7 @@ def clean(
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write cleaned images here (default: <DIR>-clean beside DIR).")] = None,
     in_place: Annotated[bool, typer.Option("--in-place", help="Overwrite the images; originals are kept once in DIR/.loraprep/backup/.")] = False,
     background: Annotated[Optional[str], typer.Option("--background", help="Replace the background: remove (transparent PNG), white, colour (--colour) or blur.")] = None,
-    segmenter: Annotated[str, typer.Option("--segmenter", help="auto, grabcut (offline, no weights), anime-seg or human-seg (registry models).")] = "auto",
+    segmenter: Annotated[str, typer.Option("--segmenter", help="auto, flat (one-colour backgrounds, flood fill), grabcut (offline, seeded from every face), anime-seg or human-seg (registry models).")] = "auto",
     colour: Colour = "white",
     masks: Annotated[bool, typer.Option("--masks", help="Also write each subject mask as a PNG (into <out>-masks/, or --mask-dir).")] = False,
     mask_dir: Annotated[Optional[Path], typer.Option("--mask-dir", help="Folder for --masks.")] = None,
@@ -476,9 +476,14 @@ def clean(
     """Flatten transparency onto a solid colour (always) and optionally replace busy backgrounds.
 
     Trainers ignore alpha, so transparent pixels become --colour (default white). With --background
-    the subject is segmented: by the image's own alpha when it has one, else by a registry model
-    (`loraprep models pull anime-seg` / `human-seg`) or, offline, by OpenCV GrabCut seeded from the
-    detected face. Captions and `.loraprep.json` metadata travel with each image.
+    the subject is masked: by the image's own alpha when it has one, a one-colour background by
+    flood fill from the border, else by a registry model (`loraprep models pull anime-seg` /
+    `human-seg`) or, offline, by OpenCV GrabCut seeded with every detected face and the body below
+    it. A mask that fails or looks wrong (it would remove a face, or keeps under 5% or over 98% of
+    the picture) leaves that image's background as it was and is listed with the reason (exit 1).
+    --in-place keeps each original in DIR/.loraprep/backup/; re-running skips images already
+    cleaned with the same settings, so an interrupted run is finished by running it again.
+    Captions and `.loraprep.json` metadata travel with each image.
     """
     from prep.background import CleanOptions, clean_folder, parse_colour
 
