@@ -1124,16 +1124,18 @@ def train(
     allow_pickle: Annotated[Optional[bool], typer.Option("--allow-pickle", help="Accept .ckpt/pickle weights (loaded weights_only).", rich_help_panel="Model")] = None,
     prediction_type: Annotated[Optional[str], typer.Option(help="auto | epsilon | v_prediction.", rich_help_panel="Model")] = None,
     clip_skip: Annotated[Optional[int], typer.Option(help="1 = last text-encoder layer, 2 = penultimate.", rich_help_panel="Model")] = None,
+    algo: Annotated[Optional[str], typer.Option(help="lora (default) | loha (Hadamard product: smaller files, learns less of the style) | lokr (Kronecker product: tiny files; --rank 100000 for full-matrix LoKr). LoHa/LoKr files load in the WebUI, ComfyUI and `loraprep generate`, not in diffusers.", rich_help_panel="Network")] = None,
     preset: Annotated[Optional[str], typer.Option(help="attn (default) | attn-mlp | full.", rich_help_panel="Network")] = None,
-    rank: Annotated[Optional[int], typer.Option(help="LoRA rank (dim). Default 16.", rich_help_panel="Network")] = None,
-    alpha: Annotated[Optional[float], typer.Option(help="LoRA alpha; strength scale = alpha/rank. Default 16.", rich_help_panel="Network")] = None,
-    conv_dim: Annotated[Optional[int], typer.Option(help="> 0: LoCon, LoRA on 3×3 convs with this rank.", rich_help_panel="Network")] = None,
-    conv_alpha: Annotated[Optional[float], typer.Option(help="Alpha of the conv LoRA.", rich_help_panel="Network")] = None,
-    dora: Annotated[Optional[bool], typer.Option("--dora/--no-dora", help="Weight-decomposed LoRA (DoRA).", rich_help_panel="Network")] = None,
+    rank: Annotated[Optional[int], typer.Option(help="Rank (dim) of each layer. Default 16.", rich_help_panel="Network")] = None,
+    alpha: Annotated[Optional[float], typer.Option(help="Alpha; strength scale = alpha/rank. Default 16.", rich_help_panel="Network")] = None,
+    conv_dim: Annotated[Optional[int], typer.Option(help="> 0: the algorithm on 3×3 convs too, at this rank (LoCon for lora).", rich_help_panel="Network")] = None,
+    conv_alpha: Annotated[Optional[float], typer.Option(help="Alpha of the conv layers.", rich_help_panel="Network")] = None,
+    factor: Annotated[Optional[int], typer.Option(help="LoKr: split each dimension near this factor (4–16: larger = smaller, looser file); -1 (default) = as square as possible.", rich_help_panel="Network")] = None,
+    dora: Annotated[Optional[bool], typer.Option("--dora/--no-dora", help="Weight-decomposed LoRA (DoRA, --algo lora), in the convention the WebUI and ComfyUI apply exactly.", rich_help_panel="Network")] = None,
     network_dropout: Annotated[Optional[float], typer.Option(help="Dropout inside the LoRA layers.", rich_help_panel="Network")] = None,
     train_text_encoder: Annotated[Optional[bool], typer.Option("--train-text-encoder/--no-train-text-encoder", help="Also train LoRA on the text encoder(s).", rich_help_panel="Network")] = None,
     text_encoder_lr: Annotated[Optional[float], typer.Option(help="Learning rate of the text-encoder LoRA (default: --lr).", rich_help_panel="Network")] = None,
-    init_weights: Annotated[Optional[str], typer.Option(help="Start from an existing LoRA file (kohya or diffusers).", rich_help_panel="Network")] = None,
+    init_weights: Annotated[Optional[str], typer.Option(help="Start from an existing LoRA/LoHa/LoKr file (kohya, LyCORIS or diffusers) of the same shape.", rich_help_panel="Network")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per batch (one bucket per batch).", rich_help_panel="Data")] = None,
     shuffle_caption: Annotated[Optional[bool], typer.Option("--shuffle-caption/--no-shuffle-caption", help="Shuffle tags after the kept ones (default: per subset).", rich_help_panel="Data")] = None,
     keep_tokens: Annotated[Optional[int], typer.Option(help="Leading tags never shuffled or dropped (default: manifest's).", rich_help_panel="Data")] = None,
@@ -1245,7 +1247,7 @@ def _describe_training(metrics: dict) -> str:
 def generate(
     prompt: Annotated[str, typer.Argument(help="What to draw.")],
     base: Annotated[str, typer.Option("--base", help="Base model: diffusers folder, .safetensors file or hub id.")],
-    lora: Annotated[Optional[Path], typer.Option("--lora", help="LoRA file (kohya or diffusers format).")] = None,
+    lora: Annotated[Optional[Path], typer.Option("--lora", help="LoRA file: kohya/LyCORIS (LoRA, LoCon, DoRA, LoHa, LoKr) or diffusers format.")] = None,
     scale: Annotated[float, typer.Option("--scale", help="LoRA strength; 0 renders the base model alone.")] = 1.0,
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Output folder (image-000.png, …) or a .png path for one image.")] = Path("generated"),
     negative: Annotated[str, typer.Option("--negative", "-n", help="Negative prompt.")] = "",
@@ -1289,9 +1291,11 @@ def lora_info(
     keys: Annotated[bool, typer.Option("--keys", help="Also list every tensor with its shape.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Format, base-model family, adapted modules, rank, alpha, size and training metadata of a LoRA."""
+    """Format, family, algorithm (LoRA/LoHa/LoKr), ranks, alpha, LoKr factor, DoRA convention, which
+    clients apply the file exactly, size and training metadata of a LoRA."""
     from rich.table import Table
 
+    from prep.console import esc
     from train.export import describe_lora, read_lora
 
     info = describe_lora(file)
@@ -1299,16 +1303,10 @@ def lora_info(
     if as_json:
         print_json(info.to_dict() | ({"keys": shapes} if keys else {}))
         return
-    table = Table(title=esc(file), show_header=False)
+    table = Table(title=esc(str(file)), show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
-    ranks = ", ".join(f"{r} ×{n}" for r, n in info.ranks.items())
-    alphas = ", ".join(f"{a:g} ×{n}" for a, n in info.alphas.items())
-    rows = [("format", info.format), ("family", info.family or "unknown"),
-            ("size", f"{info.size_bytes / 1e6:.2f} MB, {info.num_tensors} tensors ({', '.join(info.dtypes)})"),
-            ("modules", ", ".join(f"{c}: {n}" for c, n in info.modules.items())),
-            ("rank", ranks), ("alpha", alphas), ("conv layers", str(info.conv_modules)), ("DoRA", str(info.dora))]
-    for key, value in rows:
+    for key, value in _lora_info_rows(info):
         table.add_row(esc(key), esc(value))
     for key, value in sorted(info.metadata.items()):
         if key == "lora_adapter_metadata":
@@ -1320,6 +1318,27 @@ def lora_info(
         for key, shape in sorted(shapes.items()):
             key_table.add_row(esc(key), "×".join(map(str, shape)) or "scalar")
         out.print(key_table)
+
+
+def _lora_info_rows(info: Any) -> list[tuple[str, str]]:
+    labels = {"lora": "LoRA", "loha": "LoHa (LyCORIS)", "lokr": "LoKr (LyCORIS)"}
+    ranks = ", ".join(f"{r} ×{n}" for r, n in info.ranks.items())
+    if info.full_matrix_modules:
+        ranks = ", ".join(filter(None, [ranks, f"full matrix ×{info.full_matrix_modules}"]))
+    dora = "no"
+    if info.dora:
+        dora = {"input": "yes, norm over input columns (dora_scale [1, in])",
+                "output": "yes, norm over output rows (dora_scale [out, 1])"}.get(info.dora_axis, "yes, mixed")
+    rows = [("format", info.format), ("family", info.family or "unknown"),
+            ("algorithm", ", ".join(labels.get(a, a) for a in info.algorithm.split(", "))),
+            ("size", f"{info.size_bytes / 1e6:.2f} MB, {info.num_tensors} tensors ({', '.join(info.dtypes)})"),
+            ("modules", ", ".join(f"{c}: {n}" for c, n in info.modules.items())),
+            ("rank", ranks), ("alpha", ", ".join(f"{a:g} ×{n}" for a, n in info.alphas.items())),
+            ("conv layers", str(info.conv_modules)), ("DoRA", dora)]
+    if info.factor is not None:
+        rows.append(("LoKr factor", str(info.factor)))
+    rows += [(f"applies in {client}", verdict) for client, verdict in info.clients.items()]
+    return rows
 
 
 def main() -> None:
