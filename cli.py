@@ -16,7 +16,7 @@ from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 
-from prep.console import err, out, print_dropped, rich_reporter
+from prep.console import err, esc, out, print_dropped, rich_reporter
 from prep.errors import LoraprepError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -964,6 +964,7 @@ def train(
     base: Annotated[Optional[str], typer.Option("--base", help="Base model: diffusers folder, .safetensors file or hub id.", rich_help_panel="Model")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="TOML file of settings (rank = 8, lr = 2e-4, … or in sections); flags override it.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check manifest + config; print steps, batches, memory; load no weights.")] = False,
+    base_config: Annotated[Optional[str], typer.Option(help="Diffusers config folder of the family, for single-file bases offline.", rich_help_panel="Model")] = None,
     allow_pickle: Annotated[Optional[bool], typer.Option("--allow-pickle", help="Accept .ckpt/pickle weights (loaded weights_only).", rich_help_panel="Model")] = None,
     prediction_type: Annotated[Optional[str], typer.Option(help="auto | epsilon | v_prediction.", rich_help_panel="Model")] = None,
     clip_skip: Annotated[Optional[int], typer.Option(help="1 = last text-encoder layer, 2 = penultimate.", rich_help_panel="Model")] = None,
@@ -1030,11 +1031,16 @@ def train(
         from train.launch import relaunch
 
         raise typer.Exit(relaunch(sys.argv[1:], settings.run.num_processes))
+    from train.plan import inspect_base
+
+    checked = inspect_base(settings)
     out.print(_config_table(settings))
     if dry_run:
         from train.plan import plan_training
 
         out.print(_plan_table(plan_training(manifest, settings, num_processes=settings.run.num_processes)))
+        out.print(f"base model: {esc(str(checked.path))} ({checked.label}, {checked.kind}); checked, not loaded",
+                  highlight=False)
         return
     from train.loop import train as run_training
 
@@ -1128,7 +1134,7 @@ app.add_typer(lora_app, name="lora")
 @lora_app.command("info")
 @guard
 def lora_info(
-    file: Annotated[Path, typer.Argument(help="A LoRA .safetensors file.")],
+    file: Annotated[Path, typer.Argument(help="A LoRA .safetensors file.", exists=True, dir_okay=False)],
     keys: Annotated[bool, typer.Option("--keys", help="Also list every tensor with its shape.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:

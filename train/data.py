@@ -160,16 +160,30 @@ def process_caption(caption: str, *, keep_tokens: int, shuffle: bool, options: C
     """
     if options.caption_dropout and rng.random() < options.caption_dropout:
         return ""
-    tags = split_caption(caption)
-    keep = min(keep_tokens, len(tags))
-    if options.trigger and options.trigger in tags:
-        keep = max(keep, tags.index(options.trigger) + 1)
-    fixed, rest = tags[:keep], tags[keep:]
+    fixed, rest = _kept_and_rest(caption, keep_tokens, options.trigger)
     if options.tag_dropout:
         rest = [t for t in rest if rng.random() >= options.tag_dropout]
     if shuffle:
         rng.shuffle(rest)
     return ", ".join(fixed + rest)
+
+
+def _kept_and_rest(caption: str, keep_tokens: int, trigger: str | None) -> tuple[list[str], list[str]]:
+    tags = split_caption(caption)
+    keep = min(keep_tokens, len(tags))
+    if trigger and trigger in tags:
+        keep = max(keep, tags.index(trigger) + 1)
+    return tags[:keep], tags[keep:]
+
+
+def caption_variants(caption: str, *, keep_tokens: int, shuffle: bool, options: CaptionOptions) -> tuple[str, ...] | None:
+    """Every caption `process_caption` can return for this caption, or None when they are too many to
+    list (tags shuffled or dropped): what lets text-encoder outputs be cached before training."""
+    fixed, rest = _kept_and_rest(caption, keep_tokens, options.trigger)
+    if (options.tag_dropout and rest) or (shuffle and len(rest) > 1):
+        return None
+    whole = ", ".join(fixed + rest)
+    return (whole, "") if options.caption_dropout and whole else (whole,)
 
 
 @dataclass(frozen=True)
