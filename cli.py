@@ -1145,6 +1145,7 @@ def train(
     flip: Annotated[Optional[bool], typer.Option("--flip/--no-flip", help="Random horizontal flips.", rich_help_panel="Data")] = None,
     color_aug: Annotated[Optional[bool], typer.Option("--color-aug/--no-color-aug", help="Small colour jitter (needs --cache-latents off).", rich_help_panel="Data")] = None,
     prior_loss_weight: Annotated[Optional[float], typer.Option(help="Loss weight of regularisation images.", rich_help_panel="Data")] = None,
+    reg_balance: Annotated[Optional[bool], typer.Option("--reg-balance/--no-reg-balance", help="Repeat or leave out regularisation images so an epoch holds as many as training images, as sd-scripts does (default on).", rich_help_panel="Data")] = None,
     optimizer: Annotated[Optional[str], typer.Option(help="adamw | adamw8bit | lion | adafactor | prodigy.", rich_help_panel="Optimizer")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate (default 1e-4; ~1.0 for prodigy).", rich_help_panel="Optimizer")] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help="Weight decay.", rich_help_panel="Optimizer")] = None,

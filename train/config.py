@@ -73,6 +73,7 @@ class DataConfig:
     flip: bool = False
     color_aug: bool = False
     prior_loss_weight: float = 1.0
+    reg_balance: bool = True  # regularisation images repeated/left out to match the training images' count
     verify_files: bool = True
 
 

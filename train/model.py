@@ -238,7 +238,8 @@ def check_base(source: str | os.PathLike[str], *, allow_pickle: bool = False,
     hub id already in models_cache/; pickles need `allow_pickle`; `config` must be a diffusers folder."""
     text = str(source)
     if not text:
-        raise UsageError("no base model given", hint="pass --base MODEL (diffusers folder, .safetensors file or hub id)")
+        raise UsageError("no base model given",
+                         hint="pass --base MODEL (diffusers folder, .safetensors file or hub id)")
     path = Path(text).expanduser()
     if config is not None and not (Path(config).expanduser() / "model_index.json").is_file():
         raise UsageError(f"--base-config {config} is not a diffusers folder (no model_index.json)",

@@ -44,7 +44,7 @@ def plan_training(manifest_path: str | Path, config: TrainConfig, *, num_process
     """Validate manifest and config together and work out steps, epochs and batches per bucket."""
     d = config.data
     data = load_training_set(manifest_path, keep_tokens=d.keep_tokens, shuffle_caption=d.shuffle_caption,
-                             verify=d.verify_files)
+                             verify=d.verify_files, balance_reg=d.reg_balance)
     per_epoch = batches_per_epoch(data.examples, d.batch_size)
     if num_processes > 1:
         per_epoch //= num_processes
