@@ -143,13 +143,13 @@ def load_dataset(root: str | os.PathLike[str], extension: str = DEFAULT_CAPTION_
     pairs = [pair for prefix, names in _walk(root) for pair in _pair(prefix, names, extension)]
     base = os.fspath(root)
     raws = _read_all([os.path.join(base, caption) if exists else None for caption, _, exists in pairs])
-    with _collector_paused():
+    with collector_paused():
         files = [CaptionFile.make(caption, image, raw) for (caption, image, _), raw in zip(pairs, raws)]
     return CaptionDataset(root, extension, tuple(files))
 
 
 @contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
+def collector_paused() -> Iterator[None]:
     """Building 50,000 records allocates only acyclic objects; the cyclic GC would rescan them
     dozens of times for nothing (a third of the load time)."""
     was_enabled = gc.isenabled()
