@@ -12,6 +12,7 @@ import gc
 import os
 from collections import Counter
 from collections.abc import Iterator
+from itertools import chain
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,9 +100,7 @@ class CaptionDataset:
         Ties keep the order tags first appear in, so tables and JSON are the same on every run.
         """
         counts: Counter[str] = Counter()
-        for f in self.files:
-            if f.image is not None:
-                counts.update(list(dict.fromkeys(f.tags)))
+        counts.update(chain.from_iterable(dict.fromkeys(f.tags) for f in self.files if f.image is not None))
         return counts
 
 
