@@ -121,7 +121,8 @@ class Outcome:
 
 
 class Session:
-    """The open dataset: items, filter, undo/redo stacks, and lazily computed lint and face info."""
+    """The open dataset: items, filter, journal-backed undo/redo, vocabulary, and lazily computed lint
+    and face info."""
 
     def __init__(self, root: Path, extension: str = ".txt", lint_options: LintOptions = LintOptions(),
                  counter: TokenCounter | None = None) -> None:
