@@ -16,7 +16,7 @@ from cli import app
 from prep.crop import CropOptions, crop_folder, cut, fit_aspect, keep_faces_whole, largest_box_at, parse_aspect
 from prep.errors import UsageError
 from prep.faces import YuNetDetector
-from prep.images import open_image, sha256_file
+from prep.images import is_image_path, open_image, sha256_file
 from prep.progress import ProgressEvent, Reporter
 from prep.sidecars import caption_path, read_caption, read_meta, write_caption
 
@@ -297,6 +297,40 @@ def test_cli_crop_writes_crops_and_summarises(models_with_yunet, raw_folder, tmp
 
 
 def test_cli_crop_named_detector_without_model_exits_with_pull_hint(raw_folder, tmp_path):
-    result = CliRunner().invoke(app, ["crop", str(raw_folder), "--out", str(tmp_path / "out"), "--detector", "yunet"])
+    result = CliRunner().invoke(app, ["crop", str(raw_folder), "--out", str(tmp_path / "out"), "--detector", "anime"])
     assert result.exit_code == 1
-    assert "loraprep models pull yunet" in " ".join(result.output.split())
+    assert "loraprep models pull anime-face" in " ".join(result.output.split())
+
+
+# ---- out of the box (issue 16): a plain install, nothing downloaded
+
+def covered(outer, inner) -> float:
+    """Share of `inner`'s area inside `outer`."""
+    width = max(0, min(outer[2], inner[2]) - max(outer[0], inner[0]))
+    height = max(0, min(outer[3], inner[3]) - max(outer[1], inner[1]))
+    return width * height / ((inner[2] - inner[0]) * (inner[3] - inner[1]))
+
+
+@pytest.fixture(scope="module")
+def one_per_face(testdata, tmp_path_factory) -> dict[str, list[dict]]:
+    """`loraprep crop tests/data --one-per-face` with the default detector: each source's crops' metadata."""
+    out = tmp_path_factory.mktemp("one-per-face")
+    result = CliRunner().invoke(app, ["crop", str(testdata), "--out", str(out), "--one-per-face"])
+    assert result.exit_code == 0, result.output
+    crops: dict[str, list[dict]] = {}
+    for path in out.rglob("*"):
+        if is_image_path(path):
+            meta = read_meta(path)
+            crops.setdefault("/".join(Path(meta["source"]["path"]).parts[-2:]), []).append(meta["crop"])
+    return crops
+
+
+def test_every_hand_checked_face_lies_inside_a_crop_with_nothing_downloaded(one_per_face, faces_truth):
+    for name, boxes in faces_truth.items():
+        for box in boxes:
+            assert max(covered(c["box"], box) for c in one_per_face[name]) >= 0.9, (name, box)
+
+
+def test_no_crop_is_cut_around_a_face_in_pictures_without_one(one_per_face, faces_truth):
+    for name in [n for n, boxes in faces_truth.items() if not boxes]:
+        assert [c["preset"] for c in one_per_face[name]] == ["focal"], name
