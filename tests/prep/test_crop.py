@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from cli import app
 from prep.crop import CropOptions, crop_folder, cut, fit_aspect, keep_faces_whole, largest_box_at, parse_aspect
 from prep.errors import UsageError
-from prep.faces import YuNetDetector
+from prep.faces import HaarDetector, YuNetDetector
 from prep.images import is_image_path, open_image, sha256_file
 from prep.progress import ProgressEvent, Reporter
 from prep.sidecars import caption_path, read_caption, read_meta, write_caption
@@ -77,6 +77,48 @@ def test_no_face_falls_back_to_a_flagged_focal_point_crop(yunet, testdata, tmp_p
     x0, y0, x1, y1 = meta["crop"]["box"]
     assert meta["faces"] == [] and meta["crop"]["preset"] == "focal"
     assert x1 - x0 == y1 - y0 == min(width, height) and 0 <= x0 and x1 <= width and 0 <= y0 and y1 <= height
+
+
+SPRITES = ["anime/sylvie_blue_normal.png", "anime/sylvie_blue_smile.png", "anime/eileen_happy.png",
+           "anime/lucy_happy.png"]
+
+
+@pytest.mark.parametrize("background", ["transparent", "flat"])
+@pytest.mark.parametrize("name", SPRITES)
+def test_a_full_body_sprite_without_a_found_face_keeps_its_head_in_the_focal_crop(testdata, faces_truth, tmp_path,
+                                                                                    name, background):
+    source = testdata / name
+    if background == "flat":  # the same sprite on one flat colour, no alpha
+        sprite = Image.open(source)
+        source = tmp_path / "flat.png"
+        flat = Image.new("RGB", sprite.size, (90, 160, 220))
+        flat.paste(sprite, mask=sprite.getchannel("A"))
+        flat.save(source)
+    # OpenCV's Haar cascade finds no drawn face in these sprites: the crop falls back to the focal point
+    (meta,) = crop_metas(source, tmp_path / "out", HaarDetector())
+    assert meta["faces"] == [] and meta["crop"]["preset"] == "focal"
+    (face,) = faces_truth[name]
+    assert inside(meta["crop"]["box"], face)
+
+
+@pytest.mark.parametrize(("figure", "size", "expected"), [
+    ((100, 50, 230, 690), (334, 700), (0, 37, 334, 371)),   # headroom above the figure's top
+    ((100, 0, 230, 690), (334, 700), (0, 0, 334, 334)),     # already at the top edge
+    ((400, 40, 600, 700), (1000, 720), (140, 0, 860, 720)),  # wide canvas: centred across on the figure
+])
+def test_top_of_a_figure_is_the_largest_box_from_just_above_its_head(figure, size, expected):
+    from prep.crop import top_of
+
+    assert top_of(figure, 1.0, size) == expected
+
+
+@pytest.mark.parametrize("name", ["photos/coffee.png", "anime/bg_meadow.jpg", "photos/rocket.jpg"])
+def test_pictures_that_are_not_cut_out_figures_keep_the_detail_focal_point(testdata, name):
+    from prep.crop import reduced_copy
+    from prep.focal import figure_box
+
+    small, _ = reduced_copy(open_image(testdata / name), 640)
+    assert figure_box(np.asarray(small)) is None
 
 
 # ---- group shots
