@@ -15,7 +15,8 @@ with it forced off (full decode, crops re-encoded).
 `--no-lossless` runs only the decode path.
 
 `auto` is what `loraprep crop` runs with nothing downloaded (the bundled YuNet and anime cascade,
-libfacedetection when `yuface` is installed, the anime YOLO when its model is in `--models`).
+libfacedetection when `yuface` is installed, the anime YOLO when its model is in `--models`);
+`bundled` is `auto` on a plain install without `yuface`: YuNet and the anime cascade merged.
 `--models` names a folder holding anime_face_detection.onnx (default: $LORAPREP_TEST_MODELS, then
 ../shared/models); detectors whose model is missing are reported and skipped.
 """
@@ -40,10 +41,10 @@ from prep.crop import CropOptions, crop_folder  # noqa: E402
 from prep.errors import ModelNotAvailable  # noqa: E402
 from prep.images import open_image  # noqa: E402
 from prep.jpegcrop import ENABLE_HINT, load_turbojpeg  # noqa: E402
-from prep.faces import (AnimeCascadeDetector, AnimeYoloDetector, FaceDetector, HaarDetector,  # noqa: E402
-                        LibFaceDetectionDetector, YuNetDetector, detector_from_name, yunet_file)
+from prep.faces import (AnimeCascadeDetector, AnimeYoloDetector, CombinedDetector, FaceDetector,  # noqa: E402
+                        HaarDetector, LibFaceDetectionDetector, YuNetDetector, detector_from_name, yunet_file)
 
-DETECTORS = ["auto", "yunet", "anime-cascade", "libfacedetection", "haar", "anime"]
+DETECTORS = ["auto", "bundled", "yunet", "anime-cascade", "libfacedetection", "haar", "anime"]
 
 SOURCES = ["photos/astronaut.png", "photos/camera.png", "photos/chelsea.png", "photos/coffee.png",
            "photos/rocket.jpg", "anime/concert1.jpg"]
@@ -109,6 +110,7 @@ def detectors(models: Path, wanted: list[str]) -> list[tuple[str, FaceDetector |
                 os.environ.pop("LORAPREP_MODELS") if before is None else os.environ.update(LORAPREP_MODELS=before)
 
     for name, build in [("auto", auto),
+                        ("bundled", lambda: CombinedDetector([YuNetDetector(yunet_file()), AnimeCascadeDetector()])),
                         ("yunet", lambda: YuNetDetector(yunet_file())),
                         ("anime-cascade", AnimeCascadeDetector),
                         ("libfacedetection", LibFaceDetectionDetector),

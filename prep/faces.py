@@ -239,11 +239,13 @@ class AnimeCascadeDetector:
     Bundled (prep/data/), so drawn faces are found with nothing downloaded. A cascade has no
     probability; its score is made comparable with the networks' from how many neighbouring
     windows agreed (`cascade_score`), so merged detectors can rank and suppress boxes together.
+    It scans a copy at most `work_size` px long: at 480 it found the same test faces as at 640 in
+    under half the time; drawn faces under 1/20 of the picture's longest side are left to YuNet.
     """
 
     name = "anime-cascade"
 
-    def __init__(self, path: Path | None = None, *, min_neighbors: int = 5) -> None:
+    def __init__(self, path: Path | None = None, *, min_neighbors: int = 5, work_size: int = 480) -> None:
         import cv2
 
         path = Path(path) if path is not None else DATA / ANIME_CASCADE_FILE
@@ -257,17 +259,23 @@ class AnimeCascadeDetector:
         self.path = path
         self._instances = _PerThread(lambda: cv2.CascadeClassifier(str(path)))
         self.min_neighbors = min_neighbors
+        self.work_size = work_size
 
     def __call__(self, image: np.ndarray) -> list[Face]:
         import cv2
 
         height, width = image.shape[:2]
-        grey = cv2.equalizeHist(cv2.cvtColor(np.ascontiguousarray(image[:, :, :3]), cv2.COLOR_RGB2GRAY))
-        minimum = max(24, min(width, height) // 20)
+        grey = cv2.cvtColor(np.ascontiguousarray(image[:, :, :3]), cv2.COLOR_RGB2GRAY)
+        scale = min(1.0, self.work_size / max(width, height))
+        if scale < 1.0:
+            grey = cv2.resize(grey, (max(1, round(width * scale)), max(1, round(height * scale))),
+                              interpolation=cv2.INTER_AREA)
+        grey = cv2.equalizeHist(grey)
+        minimum = max(24, min(grey.shape) // 20)
         # scale steps of 1.15 (not the usual 1.1): the same faces on the test set at 70% of the time
         found, neighbours = self._instances.get().detectMultiScale2(  # type: ignore[attr-defined]
             grey, scaleFactor=1.15, minNeighbors=self.min_neighbors, minSize=(minimum, minimum))
-        rows = np.asarray(found, dtype=np.float64).reshape(-1, 4)
+        rows = np.asarray(found, dtype=np.float64).reshape(-1, 4) / scale
         scores = cascade_score(np.asarray(neighbours, dtype=np.float64).reshape(-1))
         return _faces_from_xywh(rows, scores, self.name, (width, height))
 
