@@ -1078,10 +1078,10 @@ def _print_journal_step(result, verb: str, dry_run: bool, as_json: bool) -> None
                     "restored": list(result.restored), "unchanged": list(result.unchanged),
                     "forced": list(result.conflicts), "skipped": list(result.skipped)})
     elif result.entry is None:
-        out.print(f"nothing to {verb}")
+        out.print(f"nothing to {verb}", markup=False)
     else:
         entry = result.entry
-        head = f"would {verb}" if dry_run else f"{verb}ne"
+        head = esc(f"would {verb}" if dry_run else f"{verb}ne")
         count = len(result.restored)
         out.print(f"{head} [bold]{esc(entry.description)}[/] ({esc(entry.time)}): "
                   f"{'would restore' if dry_run else 'restored'} {count} caption(s)"
