@@ -404,7 +404,7 @@ def crop(
     max_faces: Annotated[Optional[int], typer.Option("--max-faces", help="Skip images with more faces than this.")] = None,
     skip_multi: Annotated[bool, typer.Option("--skip-multi", help="Skip images with more than one face.")] = False,
     one_per_face: Annotated[bool, typer.Option("--one-per-face", help="Group shots: one crop per detected face.")] = False,
-    detector: Annotated[str, typer.Option("--detector", help="auto, yunet, libfacedetection, haar or anime.")] = "auto",
+    detector: Annotated[str, typer.Option("--detector", help="auto (every detector available, merged), yunet, anime-cascade, libfacedetection, haar or anime.")] = "auto",
     detect_size: Annotated[int, typer.Option("--detect-size", help="Longest side of the reduced copy faces are detected on.")] = 640,
     bucket_resolution: Annotated[int, typer.Option("--resolution", help="Training resolution for --aspect bucket.")] = 512,
     colour: Colour = "white",
@@ -419,9 +419,10 @@ def crop(
     Detection runs on a reduced copy; crops are cut from the full-resolution image and written to
     --out with the source's caption and a `.loraprep.json` sidecar (source path and hash, crop box
     in source pixels, faces in crop pixels). Images with no face get one focal-point crop (the
-    centre of detail) and `faces: []`, so you can filter them later. `--detector auto` uses the best
-    detector available and says which; offline it falls back to libfacedetection or OpenCV's Haar
-    cascade, while a named detector whose model is missing stops with a `loraprep models pull` hint.
+    centre of detail; the upper part of a full-body sprite) and `faces: []`, so you can filter them
+    later. `--detector auto` needs no download: it merges the bundled YuNet (photos) and anime
+    cascade (drawn faces), plus libfacedetection and the anime YOLO model when present, and says
+    which ran; a named detector whose model is missing stops with a `loraprep models pull` hint.
     """
     from rich.table import Table
 
