@@ -89,7 +89,8 @@ def estimate_memory(base: str, config: TrainConfig, bucket: tuple[int, int]) -> 
     unet, text, vae = counts
     bytes_per = 2 if config.run.mixed_precision in ("fp16", "bf16") else 4
     weights = (unet + text) * bytes_per + vae * 4
-    rank_fraction = config.network.rank / 320 * 0.04 * (2 if config.network.preset != "attn" else 1)
+    rank = min(config.network.rank, 320)  # a full-matrix LoKr (--rank 100000) is at most the layers' own size
+    rank_fraction = rank / 320 * 0.04 * (2 if config.network.preset != "attn" else 1)
     lora = int(unet * rank_fraction) * 4 * 4
     latent_pixels = (bucket[0] // 8) * (bucket[1] // 8)
     per_pixel = ACTIVATION_BYTES[1 if config.run.gradient_checkpointing else 0] * (unet / 860_000_000) ** 0.5
