@@ -404,7 +404,7 @@ def crop(
     max_faces: Annotated[Optional[int], typer.Option("--max-faces", help="Skip images with more faces than this.")] = None,
     skip_multi: Annotated[bool, typer.Option("--skip-multi", help="Skip images with more than one face.")] = False,
     one_per_face: Annotated[bool, typer.Option("--one-per-face", help="Group shots: one crop per detected face.")] = False,
-    detector: Annotated[str, typer.Option("--detector", help="auto, yunet, libfacedetection, haar or anime.")] = "auto",
+    detector: Annotated[str, typer.Option("--detector", help="auto (every detector available, merged), yunet, anime-cascade, libfacedetection, haar or anime.")] = "auto",
     detect_size: Annotated[int, typer.Option("--detect-size", help="Longest side of the reduced copy faces are detected on.")] = 640,
     bucket_resolution: Annotated[int, typer.Option("--resolution", help="Training resolution for --aspect bucket.")] = 512,
     colour: Colour = "white",
@@ -419,9 +419,10 @@ def crop(
     Detection runs on a reduced copy; crops are cut from the full-resolution image and written to
     --out with the source's caption and a `.loraprep.json` sidecar (source path and hash, crop box
     in source pixels, faces in crop pixels). Images with no face get one focal-point crop (the
-    centre of detail) and `faces: []`, so you can filter them later. `--detector auto` uses the best
-    detector available and says which; offline it falls back to libfacedetection or OpenCV's Haar
-    cascade, while a named detector whose model is missing stops with a `loraprep models pull` hint.
+    centre of detail; the upper part of a full-body sprite) and `faces: []`, so you can filter them
+    later. `--detector auto` needs no download: it merges the bundled YuNet (photos) and anime
+    cascade (drawn faces), plus libfacedetection and the anime YOLO model when present, and says
+    which ran; a named detector whose model is missing stops with a `loraprep models pull` hint.
     """
     from rich.table import Table
 
@@ -1100,10 +1101,10 @@ def _print_journal_step(result, verb: str, dry_run: bool, as_json: bool) -> None
                     "restored": list(result.restored), "unchanged": list(result.unchanged),
                     "forced": list(result.conflicts), "skipped": list(result.skipped)})
     elif result.entry is None:
-        out.print(f"nothing to {esc(verb)}")
+        out.print(f"nothing to {verb}", markup=False)
     else:
         entry = result.entry
-        head = f"would {esc(verb)}" if dry_run else f"{esc(verb)}ne"
+        head = esc(f"would {verb}" if dry_run else f"{verb}ne")
         count = len(result.restored)
         out.print(f"{head} [bold]{esc(entry.description)}[/] ({esc(entry.time)}): "
                   f"{'would restore' if dry_run else 'restored'} {count} caption(s)"
@@ -1147,6 +1148,7 @@ def train(
     base: Annotated[Optional[str], typer.Option("--base", help="Base model: diffusers folder, .safetensors file or hub id.", rich_help_panel="Model")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="TOML file of settings (rank = 8, lr = 2e-4, … or in sections); flags override it.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check manifest + config; print steps, batches, memory; load no weights.")] = False,
+    base_config: Annotated[Optional[str], typer.Option(help="Diffusers config folder of the family, for single-file bases offline.", rich_help_panel="Model")] = None,
     allow_pickle: Annotated[Optional[bool], typer.Option("--allow-pickle", help="Accept .ckpt/pickle weights (loaded weights_only).", rich_help_panel="Model")] = None,
     prediction_type: Annotated[Optional[str], typer.Option(help="auto | epsilon | v_prediction.", rich_help_panel="Model")] = None,
     clip_skip: Annotated[Optional[int], typer.Option(help="1 = last text-encoder layer, 2 = penultimate.", rich_help_panel="Model")] = None,
@@ -1170,6 +1172,7 @@ def train(
     flip: Annotated[Optional[bool], typer.Option("--flip/--no-flip", help="Random horizontal flips.", rich_help_panel="Data")] = None,
     color_aug: Annotated[Optional[bool], typer.Option("--color-aug/--no-color-aug", help="Small colour jitter (needs --cache-latents off).", rich_help_panel="Data")] = None,
     prior_loss_weight: Annotated[Optional[float], typer.Option(help="Loss weight of regularisation images.", rich_help_panel="Data")] = None,
+    reg_balance: Annotated[Optional[bool], typer.Option("--reg-balance/--no-reg-balance", help="Repeat or leave out regularisation images so an epoch holds as many as training images, as sd-scripts does (default on).", rich_help_panel="Data")] = None,
     optimizer: Annotated[Optional[str], typer.Option(help="adamw | adamw8bit | lion | adafactor | prodigy.", rich_help_panel="Optimizer")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate (default 1e-4; ~1.0 for prodigy).", rich_help_panel="Optimizer")] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help="Weight decay.", rich_help_panel="Optimizer")] = None,
@@ -1190,6 +1193,9 @@ def train(
     cache_latents: Annotated[Optional[str], typer.Option(help="memory (default) | disk | off.", rich_help_panel="Run and checkpoints")] = None,
     cache_dir: Annotated[Optional[str], typer.Option(help="Disk latent cache folder (default OUTPUT/cache).", rich_help_panel="Run and checkpoints")] = None,
     cache_text_encoder: Annotated[Optional[bool], typer.Option("--cache-text-encoder/--no-cache-text-encoder", help="Reuse text-encoder outputs when it is frozen.", rich_help_panel="Run and checkpoints")] = None,
+    vae_batch_size: Annotated[Optional[int], typer.Option(help="Images per VAE call while caching latents (default 1).", rich_help_panel="Run and checkpoints")] = None,
+    vae_dtype: Annotated[Optional[str], typer.Option(help="auto (bf16 for SDXL on a bf16 GPU, else fp32) | fp32 | bf16 | fp16.", rich_help_panel="Run and checkpoints")] = None,
+    vae_tiling: Annotated[Optional[bool], typer.Option("--vae-tiling/--no-vae-tiling", help="Encode large buckets in tiles: less memory, slightly different latents.", rich_help_panel="Run and checkpoints")] = None,
     save_every_steps: Annotated[Optional[int], typer.Option(help="Checkpoint every N steps.", rich_help_panel="Run and checkpoints")] = None,
     save_every_epochs: Annotated[Optional[int], typer.Option(help="Checkpoint every N epochs (default 1).", rich_help_panel="Run and checkpoints")] = None,
     save_last: Annotated[Optional[int], typer.Option(help="Keep only the newest K checkpoints.", rich_help_panel="Run and checkpoints")] = None,
@@ -1215,11 +1221,16 @@ def train(
         from train.launch import relaunch
 
         raise typer.Exit(relaunch(sys.argv[1:], settings.run.num_processes))
+    from train.plan import inspect_base
+
+    checked = inspect_base(settings)
     out.print(_config_table(settings))
     if dry_run:
         from train.plan import plan_training
 
         out.print(_plan_table(plan_training(manifest, settings, num_processes=settings.run.num_processes)))
+        out.print(f"base model: {esc(str(checked.path))} ({checked.label}, {checked.kind}); checked, not loaded",
+                  highlight=False)
         return
     from train.loop import train as run_training
 
@@ -1313,7 +1324,7 @@ app.add_typer(lora_app, name="lora")
 @lora_app.command("info")
 @guard
 def lora_info(
-    file: Annotated[Path, typer.Argument(help="A LoRA .safetensors file.")],
+    file: Annotated[Path, typer.Argument(help="A LoRA .safetensors file.", exists=True, dir_okay=False)],
     keys: Annotated[bool, typer.Option("--keys", help="Also list every tensor with its shape.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:

@@ -6,7 +6,7 @@ Why together: each is an output of a step the loop reached, named from the run's
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +93,10 @@ def make_tracker(config: TrainConfig, out: Path) -> Any:
 
 @dataclass
 class Sampler:
-    """`--sample-every N --sample-prompts FILE`: a PNG grid of the prompts every N steps and at the end."""
+    """`--sample-every N --sample-prompts FILE`: a PNG grid of the prompts every N steps and at the end.
+
+    Encoders parked off the accelerator once their outputs were cached come back while it renders.
+    """
 
     base: Any
     prompts: list[Any]
@@ -101,9 +104,12 @@ class Sampler:
     folder: Path
     name: str
     reporter: Reporter
+    parked: list[Any] = field(default_factory=list)
+    device: Any = "cpu"
 
     @classmethod
-    def create(cls, config: TrainConfig, plan: TrainPlan, base: Any, reporter: Reporter) -> Sampler | None:
+    def create(cls, config: TrainConfig, plan: TrainPlan, base: Any, reporter: Reporter, *,
+               parked: list[Any] | None = None, device: Any = "cpu") -> Sampler | None:
         if not config.run.sample_every or not config.run.sample_prompts:
             return None
         from train.sample import SampleDefaults, parse_prompt_file
@@ -112,10 +118,12 @@ class Sampler:
         width, height = manifest.buckets.resolution if manifest.buckets else (512, 512)
         defaults = SampleDefaults(width=width, height=height, seed=config.run.seed, clip_skip=config.model.clip_skip)
         return cls(base, parse_prompt_file(config.run.sample_prompts), defaults,
-                   Path(config.run.output_dir) / "samples", config.run.name, reporter)
+                   Path(config.run.output_dir) / "samples", config.run.name, reporter, list(parked or []), device)
 
     def render(self, step: int) -> Path:
+        from train.prepare import borrowed
         from train.sample import render_samples
 
-        return render_samples(self.base, self.prompts, self.folder / f"{self.name}-step{step:08d}.png",
-                              defaults=self.defaults, reporter=self.reporter)
+        with borrowed(self.parked, self.device):
+            return render_samples(self.base, self.prompts, self.folder / f"{self.name}-step{step:08d}.png",
+                                  defaults=self.defaults, reporter=self.reporter)
