@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from prep.doctor.duplicates import DuplicateGroup
-from prep.doctor.geometry import TINY_FROM, TRIM_FROM, UPSCALE_FROM, BucketUsage, Placement
+from prep.doctor.geometry import ASPECT_FROM, TINY_FROM, TRIM_FROM, UPSCALE_FROM, BucketUsage, Placement
 from prep.doctor.inputs import Item
 from prep.doctor.report import Finding, quarantine_command, quote
 from prep.doctor.sharpness import SharpnessFinding
@@ -57,7 +57,7 @@ def placement_findings(placements: Sequence[Placement], label: str, resolution: 
             found.append(Finding("upscale", "upscale", (p.path,),
                                  f"{_size(p.size)} is enlarged ×{p.scale:.2f} to bucket {_size(p.bucket)}",
                                  f"loraprep bucket {quote(label)} --resolution {resolution} --no-upscale", data))
-        if p.trimmed >= TRIM_FROM:
+        if p.trimmed >= TRIM_FROM or p.aspect >= ASPECT_FROM:
             found.append(Finding("aspect", "aspect", (p.path,),
                                  f"aspect {p.aspect:.2f}:1; bucket {_size(p.bucket)} trims {p.trimmed:.0%} of it",
                                  f"loraprep crop {quote(label.rstrip('/') + '/' + p.path)} --out RECROPPED "

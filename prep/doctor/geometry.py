@@ -17,7 +17,10 @@ from prep.buckets import BucketPlan, cover_and_trim
 Size = tuple[int, int]
 UPSCALE_FROM = 1.02   # enlargements below 2% are resampling, not upscaling
 TINY_FROM = 2.0       # needing twice its size or more: a quarter of the pixels it trains as
-TRIM_FROM = 0.10      # losing a tenth of the image to the bucket trim
+# An extreme aspect ratio: losing a fifth of the image to the bucket trim, or 3:1 and longer (3:2
+# photos lose ~10% to the 64-px bucket grid as a matter of course; that is not worth a finding).
+TRIM_FROM = 0.20
+ASPECT_FROM = 3.0
 
 
 @dataclass(frozen=True)
