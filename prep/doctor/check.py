@@ -51,7 +51,11 @@ def look_at_all(inputs: DoctorInput, options: DoctorOptions, reporter: Reporter 
 def _hashed(looked: Looked) -> Hashed:
     item = looked.item
     lossless = os.path.splitext(item.rel)[1].lower() in LOSSLESS_SUFFIXES
-    return Hashed(item.rel, item.size, lossless, looked.fingerprint, bool(item.caption))
+    try:
+        modified = item.path.stat().st_mtime
+    except OSError:
+        modified = 0.0
+    return Hashed(item.rel, item.size, lossless, looked.fingerprint, bool(item.caption), modified)
 
 
 def check_duplicates(looked: list[Looked], options: DoctorOptions, reporter: Reporter = SILENT):

@@ -10,11 +10,13 @@
    neighbourhood-tolerant) and kept below `compare.NEAR_LIMIT`.
 
 Pairs join into groups (a copy of a copy is in the group of the original). Each group names the
-copy to keep: the most pixels, then a lossless format, then the sharpest, then a captioned one.
+copy to keep: the most pixels, then a lossless format, then clearly the sharpest, then a captioned
+one, then the oldest file.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -40,6 +42,7 @@ class Hashed:
     lossless: bool          # PNG/BMP/TIFF: preferred over a JPEG of the same size
     fingerprint: Fingerprint
     captioned: bool = False
+    modified: float = 0.0   # mtime: of two otherwise equal copies the older is likelier the original
 
 
 @dataclass(frozen=True)
@@ -131,8 +134,10 @@ class _Groups:
 
 
 def _keep_order(image: Hashed) -> tuple:
-    return (-image.size[0] * image.size[1], not image.lossless,
-            -round(image.fingerprint.sharpness, 1), not image.captioned, image.path)
+    # sharpness counts in steps of about 20%: smaller differences are noise of the measure
+    sharpness = -int(math.log(max(image.fingerprint.sharpness, 1e-3)) / 0.2)
+    return (-image.size[0] * image.size[1], not image.lossless, sharpness, not image.captioned,
+            image.modified, image.path)
 
 
 def group_pairs(images: Sequence[Hashed], pairs: Sequence[Pair]) -> list[DuplicateGroup]:
