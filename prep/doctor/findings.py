@@ -20,7 +20,7 @@ def duplicate_findings(groups: Sequence[DuplicateGroup], label: str) -> list[Fin
     found = []
     for group in groups:
         what = "the same pixels" if group.kind == "exact" else "the same picture"
-        how = (" (one mirrored)" if group.mirrored else "") + (
+        how = (" (mirror images among them)" if group.mirrored else "") + (
             f", hash distance {group.distance}" if group.kind == "near" else "")
         message = f"{len(group.images)} images show {what}{how}; keep {group.keep}"
         found.append(Finding("duplicates", f"{group.kind}-duplicate", group.images, message,

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from prep.doctor.report import DoctorReport, Finding
 from prep.errors import LoraprepError
-from prep.images import DEFAULT_MAX_PIXELS, open_image, save_image_atomic
+from prep.images import DEFAULT_MAX_PIXELS, open_image, read_info, save_image_atomic
 from prep.progress import SILENT, Reporter
 from prep.sheet import SheetCell, render_sheet
 
@@ -41,6 +41,10 @@ class SheetOptions:
 class Band:
     title: str
     cells: tuple[tuple[str, tuple[str, ...]], ...]  # (image path, label lines)
+
+
+# The bundled font has no glyph for these: draw them as ASCII.
+_ASCII = str.maketrans({"×": "x", "–": "-", "—": "-", "…": "...", "≈": "~", "→": "->"})
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -74,19 +78,22 @@ def _group_cells(finding: Finding) -> list[tuple[str, tuple[str, ...]]]:
 def _cell(root: Path, path: str, lines: tuple[str, ...], thumb: int, max_pixels: int | None) -> SheetCell:
     try:
         image = open_image(root / path, max_pixels=max_pixels, draft=(thumb, thumb))
-        size = f"{image.width}×{image.height} shown"
+        info = read_info(root / path, max_pixels=max_pixels)
+        size = f"{info.width}×{info.height}"
     except (LoraprepError, OSError):
         image, size = Image.new("RGB", (thumb, thumb), (90, 40, 40)), "unreadable"
-    return SheetCell(image, (), (*lines, size)[:4])
+    return SheetCell(image, (), tuple(line.translate(_ASCII) for line in (*lines, size)[:4]))
 
 
 def _band_image(band: Band, root: Path, options: SheetOptions) -> Image.Image:
     cells = [_cell(root, path, lines, options.thumb, options.max_pixels) for path, lines in band.cells]
     grid = render_sheet(cells, columns=min(options.columns, len(cells)), thumb=options.thumb)
-    font_size = max(12, options.thumb // 14)
-    header = font_size + 10
-    image = Image.new("RGB", (grid.width, grid.height + header), BACKGROUND)
-    ImageDraw.Draw(image).text((6, 4), band.title, fill=TITLE_COLOUR, font=_font(font_size))
+    font = _font(max(12, options.thumb // 14))
+    title = band.title.translate(_ASCII)
+    width = max(grid.width, int(ImageDraw.Draw(grid).textlength(title, font=font)) + 12)
+    header = max(12, options.thumb // 14) + 10
+    image = Image.new("RGB", (width, grid.height + header), BACKGROUND)
+    ImageDraw.Draw(image).text((6, 4), title, fill=TITLE_COLOUR, font=font)
     image.paste(grid, (0, header))
     return image
 
