@@ -40,6 +40,17 @@ def same(image: Image.Image) -> Image.Image:
     return image
 
 
+def stored_rotated(image: Image.Image) -> Image.Image:
+    """The pixels stored turned a quarter left, with EXIF orientation 6 to show them upright."""
+    return image.transpose(Image.Transpose.ROTATE_90)
+
+
+def _orientation_6() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return exif.tobytes()
+
+
 def gaussian_blurred(image: Image.Image) -> Image.Image:
     return image.filter(ImageFilter.GaussianBlur(max(image.size) / 400))
 
@@ -58,7 +69,9 @@ COPIES: dict[str, tuple[Callable[[Image.Image], Image.Image], str, dict]] = {
     "colour": (colour_shifted, ".png", {}),
     "mirrored": (mirrored, ".png", {}),
     "same-pixels": (same, ".webp", {"lossless": True}),
+    "exif-rotated": (stored_rotated, ".png", {"exif": _orientation_6()}),
 }
+EXACT = ("same-pixels", "exif-rotated")
 
 
 def save_copy(image: Image.Image, path: Path, **options: object) -> Path:
