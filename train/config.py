@@ -23,10 +23,12 @@ from typing import Any
 from prep.errors import UsageError
 
 PRESETS = ("attn", "attn-mlp", "full")
+ALGOS = ("lora", "loha", "lokr")
 OPTIMIZERS = ("adamw", "adamw8bit", "lion", "adafactor", "prodigy")
 SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LATENT_CACHE = ("off", "memory", "disk")
+VAE_DTYPES = ("auto", "fp32", "bf16", "fp16")
 PREDICTION_TYPES = ("auto", "epsilon", "v_prediction")
 
 
@@ -35,6 +37,7 @@ class ModelConfig:
     """Which base model to train on and how to read it."""
 
     base: str = ""
+    base_config: str | None = None  # a diffusers folder of the family, for single-file bases offline
     allow_pickle: bool = False
     prediction_type: str = "auto"  # auto: what the model's scheduler says (SD2-v → v_prediction)
     clip_skip: int = 1
@@ -42,13 +45,15 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    """The LoRA itself: where it goes (preset), its size (rank, alpha → scale alpha/rank)."""
+    """The LoRA itself: its algorithm, where it goes (preset), its size (rank, alpha → scale alpha/rank)."""
 
+    algo: str = "lora"  # lora | loha (Hadamard product) | lokr (Kronecker product), as LyCORIS names them
     preset: str = "attn"
     rank: int = 16
     alpha: float = 16.0
-    conv_dim: int = 0  # > 0: LoCon, LoRA on 3×3 convs too
+    conv_dim: int = 0  # > 0: the algorithm on 3×3 convs too (LoCon for lora)
     conv_alpha: float = 1.0
+    factor: int = -1  # LoKr: split each dimension near this factor; -1 = as square as possible (LyCORIS)
     dora: bool = False
     network_dropout: float = 0.0
     train_text_encoder: bool = False
@@ -68,6 +73,7 @@ class DataConfig:
     flip: bool = False
     color_aug: bool = False
     prior_loss_weight: float = 1.0
+    reg_balance: bool = True  # regularisation images repeated/left out to match the training images' count
     verify_files: bool = True
 
 
@@ -104,6 +110,9 @@ class RunConfig:
     cache_latents: str = "memory"
     cache_dir: str | None = None  # disk cache location; default OUTPUT/cache
     cache_text_encoder: bool = True
+    vae_batch_size: int = 1  # images per VAE call while caching latents
+    vae_dtype: str = "auto"  # auto: bf16 for SDXL on a bf16-capable GPU, else fp32
+    vae_tiling: bool = False  # encode large buckets in tiles: less memory, slightly different latents
     save_every_steps: int = 0
     save_every_epochs: int = 1
     save_last: int = 0  # keep only the newest K checkpoints; 0 keeps all
@@ -258,11 +267,26 @@ def _at_least(where: str, value: float, low: float, *, high: float | None = None
         raise UsageError(f"{where} must be {span}, got {value}")
 
 
+def _validate_algo(n: NetworkConfig) -> None:
+    """Settings that belong to one algorithm are refused with the others, rather than silently ignored."""
+    if n.factor == 0 or n.factor < -1:
+        raise UsageError(f"factor must be -1 (as square as possible) or a positive number, got {n.factor}")
+    if n.factor != -1 and n.algo != "lokr":
+        raise UsageError(f"factor is a LoKr setting; --algo is {n.algo}", hint="add --algo lokr, or drop --factor")
+    if n.dora and n.algo != "lora":
+        raise UsageError(f"DoRA is trained with --algo lora; loraprep has no weight-decomposed {n.algo}",
+                         hint="drop --dora, or use --algo lora")
+    if n.network_dropout and n.algo != "lora":
+        raise UsageError(f"network_dropout applies to LoRA layers; {n.algo} has no dropout inside its layers",
+                         hint="drop --network-dropout, or use --algo lora")
+
+
 def validate(config: TrainConfig) -> None:
     """Everything that can be checked without a model or a manifest; raises UsageError."""
     m, n, d, o, l, r = config.model, config.network, config.data, config.optimizer, config.loss, config.run
     _choice("prediction_type", m.prediction_type, PREDICTION_TYPES)
     _at_least("clip_skip", m.clip_skip, 1, high=12)
+    _choice("algo", n.algo, ALGOS)
     _choice("preset", n.preset, PRESETS)
     _at_least("rank", n.rank, 1)
     _at_least("alpha", n.alpha, 0)
@@ -271,6 +295,7 @@ def validate(config: TrainConfig) -> None:
     _at_least("network_dropout", n.network_dropout, 0, high=0.99)
     if n.text_encoder_lr is not None:
         _at_least("text_encoder_lr", n.text_encoder_lr, 0)
+    _validate_algo(n)
     _at_least("batch_size", d.batch_size, 1)
     if d.keep_tokens is not None:
         _at_least("keep_tokens", d.keep_tokens, 0)
@@ -295,6 +320,8 @@ def validate(config: TrainConfig) -> None:
         _at_least("max_steps", r.max_steps, 1)
     _choice("mixed_precision", r.mixed_precision, MIXED_PRECISION)
     _choice("cache_latents", r.cache_latents, LATENT_CACHE)
+    _at_least("vae_batch_size", r.vae_batch_size, 1)
+    _choice("vae_dtype", r.vae_dtype, VAE_DTYPES)
     for name in ("save_every_steps", "save_every_epochs", "save_last", "sample_every"):
         _at_least(name, getattr(r, name), 0)
     _at_least("num_processes", r.num_processes, 1)
