@@ -1221,43 +1221,53 @@ def doctor(
 
 
 def _print_doctor_report(report: Any, limit: int) -> None:
-    from rich.table import Table
-
     from prep.doctor.report import SECTIONS
 
     out.print(f"[bold]loraprep doctor[/] {esc(report.label)}: {report.images} images ({report.source})", highlight=False)
     for section, title in SECTIONS.items():
         found = report.section(section)
-        if not found:
-            continue
-        out.print(f"\n[bold]{esc(title)}[/] ({len(found)})", highlight=False)
-        table = Table(show_header=False, show_lines=section in ("duplicates", "captions"))
-        table.add_column("files", overflow="fold")
-        table.add_column("problem", overflow="fold")
-        for finding in found[:limit or None]:
-            shown = finding.paths if len(finding.paths) <= 8 else (*finding.paths[:8], f"… {len(finding.paths) - 8} more")
-            table.add_row("\n".join(esc(p) for p in shown), esc(finding.message))
-        if limit and len(found) > limit:
-            table.add_row("…", f"{len(found) - limit} more (--limit 0 shows all)")
-        out.print(table)
-        fixes = list(dict.fromkeys(f.fix for f in found if f.fix))
-        for command in fixes[:3]:
-            out.print(f"  [cyan]fix:[/] {esc(command)}", highlight=False)
-        if len(fixes) > 3:
-            out.print(f"  [cyan]fix:[/] … {len(fixes) - 3} more (--json lists every finding's fix)", highlight=False)
-    usage = report.buckets
+        if found:
+            out.print(f"\n[bold]{esc(title)}[/] ({len(found)})", highlight=False)
+            for kind in dict.fromkeys(f.kind for f in found):
+                _print_doctor_findings([f for f in found if f.kind == kind], limit)
+    out.print(_doctor_bucket_table(report.buckets))
+    if report.clean:
+        out.print(f"[green]no problems found[/] in {report.images} images")
+    else:
+        paths = {p for f in report.findings for p in f.paths[:1]}
+        out.print(f"[bold red]{len(report.findings)} finding(s)[/] about {len(paths)} file(s) in {report.images} images")
+
+
+def _print_doctor_findings(found: list, limit: int) -> None:
+    """One kind of finding: a table of files and sentences (at most `limit` rows), then its fixes."""
+    from rich.table import Table
+
+    table = Table(show_lines=any(len(f.paths) > 1 for f in found), header_style="dim")
+    table.add_column("file" if all(len(f.paths) == 1 for f in found) else "files", overflow="fold")
+    table.add_column(esc(found[0].kind), overflow="fold")
+    for finding in found[:limit or None]:
+        shown = finding.paths if len(finding.paths) <= 8 else (*finding.paths[:8], f"… {len(finding.paths) - 8} more")
+        table.add_row("\n".join(esc(p) for p in shown), esc(finding.message))
+    if limit and len(found) > limit:
+        table.add_row("…", f"{len(found) - limit} more {esc(found[0].kind)} (--limit 0 shows all)")
+    out.print(table)
+    fixes = list(dict.fromkeys(f.fix for f in found if f.fix))
+    for command in fixes[:3]:
+        out.print(f"  [cyan]fix:[/] {esc(command)}", highlight=False)
+    if len(fixes) > 3:
+        out.print(f"  [cyan]fix:[/] … {len(fixes) - 3} more (--json gives every finding's fix)", highlight=False)
+
+
+def _doctor_bucket_table(usage: Any) -> Any:
+    from rich.table import Table
+
     table = Table(title=f"bucket usage at {usage.resolution[0]}×{usage.resolution[1]}: "
                         f"{usage.wasted:.1%} of the pixels trimmed on average", title_justify="left")
     for column in ("bucket", "images", "trimmed"):
         table.add_column(column, justify="right")
     for (width, height), count in usage.counts.items():
         table.add_row(f"{width}×{height}", str(count), f"{usage.trimmed[(width, height)]:.1%}")
-    out.print(table)
-    if report.clean:
-        out.print(f"[green]no problems found[/] in {report.images} images")
-    else:
-        paths = {p for f in report.findings for p in f.paths[:1]}
-        out.print(f"[bold red]{len(report.findings)} finding(s)[/] about {len(paths)} file(s) in {report.images} images")
+    return table
 
 
 def _print_doctor_applied(report: Any, applied: Any, kinds: tuple[str, ...]) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from prep.doctor.captions import common_tag_findings, identical_caption_findings, lint_findings
-from prep.doctor.duplicates import Hashed, find_duplicates
+from prep.doctor.duplicates import DuplicateGroup, Hashed, find_duplicates
 from prep.doctor.findings import (bucket_findings, duplicate_findings, face_findings, placement_findings,
                                   sharpness_findings)
 from prep.doctor.fingerprint import Fingerprint, fingerprint, pixel_digest, reduced
@@ -24,6 +24,7 @@ from prep.doctor.inputs import DoctorInput, DoctorOptions, Item, load_input
 from prep.doctor.report import SECTIONS, DoctorReport, Finding, unreadable_findings
 from prep.doctor.sharpness import Measured, judge
 from prep.progress import SILENT, Reporter
+from prep.records import Drop
 from prep.runner import run_step
 
 # colour analysis copies kept for candidate comparisons (≈1.8 MB each); candidates are visited
@@ -38,7 +39,8 @@ class Looked:
     fingerprint: Fingerprint
 
 
-def look_at_all(inputs: DoctorInput, options: DoctorOptions, reporter: Reporter = SILENT) -> tuple[list[Looked], list]:
+def look_at_all(inputs: DoctorInput, options: DoctorOptions,
+                reporter: Reporter = SILENT) -> tuple[list[Looked], list[Drop]]:
     """Every image fingerprinted (reduced decode); unreadable ones come back as drops."""
     def look(item: Item) -> Looked:
         return Looked(item, fingerprint(item.path, item.size, max_pixels=options.max_pixels))
@@ -58,7 +60,8 @@ def _hashed(looked: Looked) -> Hashed:
     return Hashed(item.rel, item.size, lossless, looked.fingerprint, bool(item.caption), modified)
 
 
-def check_duplicates(looked: list[Looked], options: DoctorOptions, reporter: Reporter = SILENT):
+def check_duplicates(looked: list[Looked], options: DoctorOptions,
+                     reporter: Reporter = SILENT) -> list[DuplicateGroup]:
     """Duplicate groups among the looked-at images (see prep.doctor.duplicates)."""
     images = [_hashed(entry) for entry in looked]
 

@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 
 from prep.doctor.compare import NEAR_LIMIT, difference
-from prep.doctor.fingerprint import Fingerprint, hamming, mirrored_coefficients
+from prep.doctor.fingerprint import Fingerprint, mirrored_coefficients
 from prep.progress import SILENT, Reporter
 
 CANDIDATE_DISTANCE = 16

@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from prep.doctor.sharpness import measure
 from prep.images import WHITE, flatten_alpha, open_image
 
@@ -116,8 +114,3 @@ def pixel_digest(path: str | os.PathLike[str], *, max_pixels: int | None = None)
 
 def hamming(a: int, b: int) -> int:
     return (a ^ b).bit_count()
-
-
-def as_image(array: np.ndarray) -> Image.Image:
-    """A float analysis copy back as a PIL image (for contact sheets and debugging)."""
-    return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))

@@ -25,7 +25,7 @@ SECTIONS: dict[str, str] = {
     "aspect": "Extreme aspect ratios",
     "faces": "Faces and crops",
     "captions": "Captions",
-    "buckets": "Bucket usage",
+    "buckets": "Buckets holding a single image",
     "unreadable": "Unreadable files",
 }
 # what `--apply --quarantine KIND` sets aside, per finding kind
@@ -67,7 +67,9 @@ class Finding:
 
     def to_dict(self) -> dict[str, Any]:
         base: dict[str, Any] = {"kind": self.kind}
-        if len(self.paths) == 1 and "images" not in self.data:
+        if "images" in self.data:  # a duplicate group names its images itself
+            pass
+        elif len(self.paths) == 1:
             base["path"] = self.paths[0]
         else:
             base["paths"] = list(self.paths)
