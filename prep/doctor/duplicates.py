@@ -30,7 +30,8 @@ from prep.progress import SILENT, Reporter
 CANDIDATE_DISTANCE = 16
 MIN_CORRELATION = 0.75
 EXACT_DISTANCE = 8  # the same pixels decoded by two codecs' scaling paths differ in a few hash bits
-_CHUNK = 512
+MAX_CANDIDATES = 24  # closest look-alikes compared per image
+_CHUNK_CELLS = 4_000_000  # pairs compared per block of rows (≈ 32 MB of hash XORs)
 
 
 @dataclass(frozen=True)
@@ -89,29 +90,38 @@ def _popcount(values: np.ndarray) -> np.ndarray:
 
 
 def candidate_pairs(fingerprints: Sequence[Fingerprint], max_distance: int = CANDIDATE_DISTANCE,
-                    min_correlation: float = MIN_CORRELATION) -> list[tuple[int, int, int, bool]]:
+                    min_correlation: float = MIN_CORRELATION,
+                    per_image: int = MAX_CANDIDATES) -> list[tuple[int, int, int, bool]]:
     """(i, j, distance, mirrored) for i < j whose hashes are within `max_distance` bits (straight
-    or mirrored) and whose DCT coefficients correlate at least `min_correlation`."""
+    or mirrored) and whose DCT coefficients correlate at least `min_correlation`.
+
+    Each image keeps its `per_image` closest later candidates: groups form through chains of
+    pairs, and a dataset of a thousand near-identical frames must not become half a million pairs.
+    """
     n = len(fingerprints)
     if n < 2:
         return []
     straight = np.array([f.phash for f in fingerprints], dtype=np.uint64)
     mirrored = np.array([f.phash_mirrored for f in fingerprints], dtype=np.uint64)
     coefficients = np.stack([f.coefficients for f in fingerprints])
+    chunk = max(1, min(512, _CHUNK_CELLS // n))
     found = []
-    for start in range(0, n, _CHUNK):
-        rows = straight[start:start + _CHUNK, None]
+    for start in range(0, n, chunk):
+        rows = straight[start:start + chunk, None]
         same = _popcount(rows ^ straight[None, :])
         flip = _popcount(rows ^ mirrored[None, :])
-        close = np.minimum(same, flip) <= max_distance
-        close &= np.arange(n)[None, :] > np.arange(start, start + len(rows))[:, None]
-        for i, j in zip(*np.nonzero(close)):
-            a, b = start + int(i), int(j)
-            d_same, d_flip = int(same[i, j]), int(flip[i, j])
-            use_mirror = d_flip < d_same
-            other = mirrored_coefficients(coefficients[b]) if use_mirror else coefficients[b]
-            if float(coefficients[a] @ other) >= min_correlation:
-                found.append((a, b, min(d_same, d_flip), use_mirror))
+        distance = np.minimum(same, flip)
+        close = (distance <= max_distance) & (np.arange(n)[None, :] > np.arange(start, start + len(rows))[:, None])
+        for i in np.flatnonzero(close.any(axis=1)):
+            a = start + int(i)
+            columns = np.flatnonzero(close[i])
+            if len(columns) > per_image:
+                columns = columns[np.argsort(distance[i, columns], kind="stable")[:per_image]]
+            for b in map(int, columns):
+                use_mirror = bool(flip[i, b] < same[i, b])
+                other = mirrored_coefficients(coefficients[b]) if use_mirror else coefficients[b]
+                if float(coefficients[a] @ other) >= min_correlation:
+                    found.append((a, b, int(distance[i, b]), use_mirror))
     return found
 
 

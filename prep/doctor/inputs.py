@@ -141,8 +141,12 @@ def load_input(target: str | os.PathLike[str], options: DoctorOptions = DoctorOp
     """A dataset folder (searched recursively) or a manifest file, ready to examine."""
     path = Path(target)
     if path.is_file():  # fix commands name the dataset folder: the manifest's own
-        return _from_manifest(path, str(path.parent), options)
-    if not path.is_dir():
+        found = _from_manifest(path, str(path.parent), options)
+    elif path.is_dir():
+        found = _from_folder(path, str(target), options, reporter)
+    else:
         raise UsageError(f"{target} is neither a dataset folder nor a manifest file",
                          hint="pass the folder of images and captions, or its manifest.json")
-    return _from_folder(path, str(target), options, reporter)
+    if not found.items and not found.dropped:
+        raise UsageError(f"no images in {target}", hint="pass the dataset folder (images are searched recursively)")
+    return found

@@ -106,9 +106,13 @@ def test_manifest_input_and_stale_manifest_note(troubled: Path) -> None:
     assert "rebuild it with" in applied.stdout
 
 
-def test_missing_dataset_is_a_usage_error(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["doctor", str(tmp_path / "nowhere")])
-    assert result.exit_code == 2 and "neither a dataset folder nor a manifest" in result.output
+@pytest.mark.parametrize(("make", "said"), [
+    (lambda folder: folder / "nowhere", "neither a dataset folder nor a manifest"),
+    (lambda folder: folder, "no images in"),
+])
+def test_no_dataset_is_a_usage_error(tmp_path: Path, make, said: str) -> None:
+    result = runner.invoke(app, ["doctor", str(make(tmp_path))])
+    assert result.exit_code == 2 and said in result.output
 
 
 def test_prep_ends_with_a_doctor_summary(tmp_path: Path, testdata: Path) -> None:

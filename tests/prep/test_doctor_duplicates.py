@@ -160,3 +160,12 @@ def test_a_copy_of_a_copy_joins_the_group_of_the_original(testdata: Path) -> Non
     (group,) = group_pairs(images, pairs)
     assert set(group.images) == {"a.png", "b.png", "c.png"} and group.kind == "near"
     assert group.distance == 4 and group.identical == (("b.png", "c.png"),)
+
+
+def test_many_identical_frames_stay_a_bounded_number_of_candidates(testdata: Path) -> None:
+    look = fingerprint(testdata / "photos/camera.png", (512, 512))
+    pairs = candidate_pairs([look] * 60, per_image=5)
+    assert len(pairs) == sum(min(5, 59 - i) for i in range(60))
+    images = [Hashed(f"frame{i:02d}.png", (512, 512), True, look) for i in range(60)]
+    (group,) = group_pairs(images, [Pair(a, b, d, m, True, 0.0) for a, b, d, m in pairs])
+    assert len(group.images) == 60 and group.kind == "exact"
