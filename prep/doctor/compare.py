@@ -102,15 +102,17 @@ def _score(a: np.ndarray, b: np.ndarray, warp: np.ndarray | None) -> float | Non
     inside = cv2.erode(valid, np.ones((margin, margin), np.uint8), borderValue=0) > 0
     if inside.sum() < _WINDOW * _WINDOW:
         return None
-    xb, xa = detail_b[inside].astype(np.float64), detail_a[inside].astype(np.float64)
+    everywhere = bool(inside.all())  # the usual case: skip copying the masked pixels out
+    xb = (detail_b.reshape(-1, 3) if everywhere else detail_b[inside]).astype(np.float64)
+    xa = (detail_a.reshape(-1, 3) if everywhere else detail_a[inside]).astype(np.float64)
     try:  # least squares by the normal equations (3×3): the colour matrix mapping b onto a
         colours = np.linalg.solve(xb.T @ xb, xb.T @ xa)
     except np.linalg.LinAlgError:  # b has no detail in some colour direction (e.g. greyscale)
         colours = np.linalg.lstsq(xb, xa, rcond=None)[0]
     detail_b = cv2.transform(detail_b, colours.T.astype(np.float32))  # (not `@`: BLAS is slow on N×3)
     outside = np.maximum(_outside(detail_a, detail_b), _outside(detail_b, detail_a)).max(axis=2)
-    worst = float(cv2.blur(outside * inside, (_WINDOW, _WINDOW)).max())
-    level = float(np.sqrt(np.mean(detail_a[inside] ** 2)))
+    worst = float(cv2.blur(outside if everywhere else outside * inside, (_WINDOW, _WINDOW)).max())
+    level = float(np.sqrt(np.mean(xa ** 2)))
     return worst / max(level, MIN_DETAIL_LEVEL)
 
 
