@@ -1223,7 +1223,8 @@ def doctor(
 def _print_doctor_report(report: Any, limit: int) -> None:
     from prep.doctor.report import SECTIONS
 
-    out.print(f"[bold]loraprep doctor[/] {esc(report.label)}: {report.images} images ({report.source})", highlight=False)
+    out.print(f"[bold]loraprep doctor[/] {esc(report.label)}: {report.images} images ({esc(report.source)})",
+              highlight=False)
     for section, title in SECTIONS.items():
         found = report.section(section)
         if found:
@@ -1261,7 +1262,7 @@ def _print_doctor_findings(found: list, limit: int) -> None:
 def _doctor_bucket_table(usage: Any) -> Any:
     from rich.table import Table
 
-    table = Table(title=f"bucket usage at {usage.resolution[0]}×{usage.resolution[1]}: "
+    table = Table(title=f"bucket usage at {usage.resolution[0]:d}×{usage.resolution[1]:d}: "
                         f"{usage.wasted:.1%} of the pixels trimmed on average", title_justify="left")
     for column in ("bucket", "images", "trimmed"):
         table.add_column(column, justify="right")
@@ -1272,7 +1273,7 @@ def _doctor_bucket_table(usage: Any) -> Any:
 
 def _print_doctor_applied(report: Any, applied: Any, kinds: tuple[str, ...]) -> None:
     if applied.entry is None:
-        out.print(f"--apply: nothing to set aside ({', '.join(kinds)})")
+        out.print(f"--apply: nothing to set aside ({esc(', '.join(kinds))})")
         return
     out.print(f"[bold]moved {len(applied.images)} image(s)[/] with their sidecars into "
               f"{esc(report.root / '.loraprep' / 'quarantine')}:", highlight=False)
