@@ -56,6 +56,7 @@ class PrepReport:
     manifest_path: Path | None = None
     manifest: Manifest | None = None
     notes: list[str] = field(default_factory=list)
+    doctor: Any = None  # prep.doctor.DoctorReport of the finished dataset
 
 
 def _check_folders(src: Path, out: Path) -> None:
@@ -183,4 +184,7 @@ def run_pipeline(src: str | os.PathLike[str], out: str | os.PathLike[str], optio
     report.dropped.extend(d for d in build.dropped if d not in report.dropped)
     report.steps.append(StepReport("manifest", "ran", f"{len(build.manifest.images)} images → {manifest_path}"))
     report.manifest_path, report.manifest = manifest_path, build.manifest
+    from prep.doctor import DoctorOptions, diagnose
+
+    report.doctor = diagnose(out, DoctorOptions(caption_extension=options.caption_extension, buckets=plan), reporter)
     return report
