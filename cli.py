@@ -371,7 +371,7 @@ def prep_command(
         tag=TagOptions(model=tagger, model_dir=tagger_dir, trigger=trigger,
                        prune_character=prune_character) if tag else None,
         buckets=bucket_plan((width, height)),
-        trigger=trigger, class_tokens=class_tokens, repeats=repeats,
+        trigger=trigger, class_tokens=class_tokens, repeats=repeats, overwrite_captions=overwrite_captions,
     )
     with rich_reporter() as reporter:
         report = run_pipeline(src, out_dir, options, reporter)

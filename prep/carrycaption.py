@@ -1,4 +1,4 @@
-"""Carrying a source image's caption to an image made from it (a crop) without losing later edits.
+"""Carrying a source image's caption to an image made from it (a crop, a copy) without losing edits.
 
 A crop's caption starts as a copy of its source's, and re-running `crop` refreshes it so an edit
 to the source caption reaches the crop. But the crop's caption may have been edited since (by hand,
@@ -12,7 +12,6 @@ explicit choice and goes through the caption journal (`loraprep captions undo` r
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Literal
 
 from prep.captions.dataset import read_current
 from prep.captions.journal import FileState, Written, apply_changes, write_guarded
+from prep.progress import Reporter
 from prep.sidecars import caption_bytes, caption_path, read_meta, update_meta
 
 SECTION = "caption_written"
@@ -100,10 +100,38 @@ def overwrite_edited(root: Path, carries: Sequence[Carry], step: str, descriptio
     return written
 
 
+@dataclass(frozen=True)
+class Settled:
+    kept: tuple[str, ...]      # edited captions left as they are (relative to the root)
+    replaced: tuple[str, ...]  # edited captions replaced by explicit choice (journalled)
+
+
+def settle_edited(root: Path, edited: Sequence[Carry], step: str, *, overwrite: bool,
+                  reporter: Reporter) -> Settled:
+    """What a run does with the captions it found edited: keeps and names them, or (`overwrite`)
+    replaces them with their source's caption as one journal entry, and says how to undo that."""
+    edited = sorted(edited, key=lambda c: c.caption)
+    names = [c.caption for c in edited]
+    if not edited:
+        return Settled((), ())
+    if not overwrite:
+        reporter.note(f"{len(names)} caption(s) in {root} were edited since {step} wrote them and differ from their "
+                      f"source's caption; kept as they are: {shown(names)}. To replace them with the source's "
+                      f"caption: --overwrite-captions (journalled; `loraprep captions undo {root}` reverts)")
+        return Settled(tuple(names), ())
+    written = overwrite_edited(root, edited, step, f"{step} --overwrite-captions ({len(edited)} caption(s) "
+                                                   "from their sources)")
+    replaced = [state.caption for state in written.written]
+    if written.entry is not None:
+        reporter.note(f"replaced {len(replaced)} edited caption(s) with their source's caption "
+                      f"(--overwrite-captions): {shown(replaced)}; journalled in {written.entry.relative_to(root)}: "
+                      f"`loraprep captions undo {root}` restores them")
+    if written.conflicts:
+        reporter.note(f"{len(written.conflicts)} caption(s) changed on disk during the run and were left as they "
+                      f"are: {shown(sorted(written.conflicts))}")
+    return Settled(tuple(sorted(written.conflicts)), tuple(replaced))
+
+
 def shown(paths: Sequence[str], limit: int = 5) -> str:
     """A few names of a list, for a one-line note."""
     return ", ".join(paths[:limit]) + (f" … (+{len(paths) - limit})" if len(paths) > limit else "")
-
-
-def relative(root: Path, path: str | os.PathLike[str]) -> str:
-    return Path(path).relative_to(root).as_posix()

@@ -28,7 +28,7 @@ from PIL import Image
 
 from prep.atomic import write_bytes_atomic
 from prep.buckets import BucketPlan, bucket_for
-from prep.carrycaption import Carry, carry_caption, overwrite_edited, plan_carry, shown
+from prep.carrycaption import Carry, carry_caption, plan_carry, settle_edited
 from prep.errors import LoraprepError, UsageError
 from prep.faces import DETECTOR_NAMES, FaceDetector, detector_from_name
 from prep.focal import content_box, figure_box, focal_point
@@ -523,7 +523,8 @@ def crop_folder(src: Path, out: Path, options: CropOptions = CropOptions(), repo
                 detector: FaceDetector | None = None) -> CropRun:
     """Crop every image under `src` into `out` (same sub-folders), never touching `src`.
 
-    Each crop gets the source's caption sidecar (if any) and a metadata sidecar with `source`
+    Each crop gets the source's caption sidecar (if any; on a re-run only where the crop's caption
+    still holds what crop wrote, see prep.carrycaption) and a metadata sidecar with `source`
     (path relative to `out`, sha256, box in source pixels), `faces` (in the CROP's pixel
     coordinates, with score and detector; [] when the detector found none and the crop fell back
     to the focal point) and `crop` (preset, box, detector, fit, padded/widened, upscale flag, and
@@ -560,37 +561,14 @@ def crop_folder(src: Path, out: Path, options: CropOptions = CropOptions(), repo
         result.dropped.extend(Drop(str(done.source), "crop", reason) for reason in done.skipped)
         superseded.extend(done.superseded)
         edited.extend(done.edited_captions)
-    if edited:
-        _settle_edited_captions(out, edited, options.overwrite_captions, result, reporter)
+    settled = settle_edited(out, edited, STEP, overwrite=options.overwrite_captions, reporter=reporter)
+    result.captions_kept.extend(out / name for name in settled.kept)
+    result.captions_replaced.extend(out / name for name in settled.replaced)
     if superseded:
         shown = ", ".join(str(p.relative_to(out)) for p in superseded[:3]) + (" …" if len(superseded) > 3 else "")
         reporter.note(f"{len(superseded)} earlier crop(s) in {out} were cut from a source that has changed since "
                       f"and are left as they were: {shown}; delete them if that version should not be trained")
     return result
-
-
-def _settle_edited_captions(out: Path, edited: list[Carry], overwrite: bool, result: CropRun,
-                            reporter: Reporter) -> None:
-    """Crop captions edited since crop wrote them: kept and named, or (`overwrite`) replaced with
-    their source's caption as one journal entry."""
-    names = sorted(c.caption for c in edited)
-    if not overwrite:
-        result.captions_kept.extend(out / name for name in names)
-        reporter.note(f"{len(names)} crop caption(s) in {out} were edited since crop wrote them and differ from "
-                      f"their source's caption; kept as they are: {shown(names)}. To replace them with the "
-                      f"source's caption: --overwrite-captions (journalled; `loraprep captions undo {out}` reverts)")
-        return
-    written = overwrite_edited(out, sorted(edited, key=lambda c: c.caption), STEP,
-                               f"crop --overwrite-captions ({len(edited)} caption(s) from their sources)")
-    result.captions_replaced.extend(out / s.caption for s in written.written)
-    result.captions_kept.extend(out / name for name in written.conflicts)
-    if written.entry is not None:
-        reporter.note(f"replaced {len(written.written)} edited crop caption(s) with their source's caption "
-                      f"(--overwrite-captions): {shown([s.caption for s in written.written])}; journalled in "
-                      f"{written.entry.relative_to(out)}: `loraprep captions undo {out}` restores them")
-    if written.conflicts:
-        reporter.note(f"{len(written.conflicts)} crop caption(s) changed on disk during the run and were left as "
-                      f"they are: {shown(sorted(written.conflicts))}")
 
 
 @dataclass

@@ -55,7 +55,8 @@ def test_rerun_keeps_a_hand_edited_crop_caption_and_names_it(cropped, extra) -> 
     assert result.exit_code == 0, result.output
     assert (ds / "astronaut-face.txt").read_bytes() == HAND_EDIT
     flat = _flat(result.output)
-    assert "1 crop caption(s)" in flat and "astronaut-face.txt" in flat and "--overwrite-captions" in flat
+    assert "1 caption(s)" in flat and "edited since crop wrote them" in flat
+    assert "astronaut-face.txt" in flat and "--overwrite-captions" in flat
     assert not (ds / ".loraprep" / "journal").exists()  # nothing was replaced, so nothing to undo
 
 
@@ -93,3 +94,22 @@ def test_prep_rerun_keeps_a_hand_edited_crop_caption(cropped, tmp_path) -> None:
     assert result.exit_code == 0, result.output
     assert (ds / "astronaut-face.txt").read_bytes() == HAND_EDIT
     assert "astronaut-face.txt" in _flat(result.output) and "--overwrite-captions" in _flat(result.output)
+
+
+def test_prep_without_crop_keeps_an_edited_caption_when_its_source_image_changes(testdata, tmp_path) -> None:
+    raw, ds = tmp_path / "raw", tmp_path / "ds"
+    raw.mkdir()
+    shutil.copy(testdata / "photos/astronaut.png", raw / "a.png")
+    write_caption(caption_path(raw / "a.png"), "sks woman, smile")
+    args = ["prep", str(raw), "--out", str(ds), "--no-crop", "--no-tag", "--no-clean"]
+    assert runner.invoke(app, args).exit_code == 0
+    (ds / "a.txt").write_bytes(HAND_EDIT)
+    shutil.copy(testdata / "photos/camera.png", raw / "a.png")  # a new picture: the copy is made again
+    kept = runner.invoke(app, args)
+    assert kept.exit_code == 0, kept.output
+    assert (ds / "a.txt").read_bytes() == HAND_EDIT and "a.txt" in _flat(kept.output)
+    replaced = runner.invoke(app, [*args, "--overwrite-captions"])
+    assert replaced.exit_code == 0, replaced.output
+    assert (ds / "a.txt").read_bytes() == b"sks woman, smile\n"
+    assert runner.invoke(app, ["captions", "undo", str(ds)]).exit_code == 0
+    assert (ds / "a.txt").read_bytes() == HAND_EDIT
