@@ -1208,6 +1208,8 @@ def train(
     vae_batch_size: Annotated[Optional[int], typer.Option(help="Images per VAE call while caching latents (default 1).", rich_help_panel="Run and checkpoints")] = None,
     vae_dtype: Annotated[Optional[str], typer.Option(help="auto (bf16 for SDXL on a bf16 GPU, else fp32) | fp32 | bf16 | fp16.", rich_help_panel="Run and checkpoints")] = None,
     vae_tiling: Annotated[Optional[bool], typer.Option("--vae-tiling/--no-vae-tiling", help="Encode large buckets in tiles: less memory, slightly different latents.", rich_help_panel="Run and checkpoints")] = None,
+    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="NHWC memory layout for UNet and VAE convolutions (often faster on GPUs).", rich_help_panel="Run and checkpoints")] = None,
+    torch_compile: Annotated[Optional[str], typer.Option(help="off (default) | default | reduce-overhead | max-autotune: torch.compile the UNet.", rich_help_panel="Run and checkpoints")] = None,
     save_every_steps: Annotated[Optional[int], typer.Option(help="Checkpoint every N steps.", rich_help_panel="Run and checkpoints")] = None,
     save_every_epochs: Annotated[Optional[int], typer.Option(help="Checkpoint every N epochs (default 1).", rich_help_panel="Run and checkpoints")] = None,
     save_last: Annotated[Optional[int], typer.Option(help="Keep only the newest K checkpoints.", rich_help_panel="Run and checkpoints")] = None,
