@@ -483,6 +483,11 @@ def clean(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Change nothing; write a before/after contact sheet instead.")] = False,
     sheet_path: Annotated[Optional[Path], typer.Option("--sheet", help="Where --dry-run writes its sheet (default: <DIR>-clean-preview.png).")] = None,
     blur: Annotated[float, typer.Option("--blur", help="Blur radius for --background blur.")] = 24.0,
+    overwrite_captions: Annotated[bool, typer.Option(
+        "--overwrite-captions",
+        help="Re-running into an existing --out: also replace captions edited there since clean wrote them with "
+             "the input's caption (journalled: `loraprep captions undo OUT` restores them). Default: keep them "
+             "and say which.")] = False,
     workers: Workers = 4,
     caption_extension: CaptionExt = ".txt",
     max_pixels: MaxPixels = 150_000_000,
@@ -497,14 +502,16 @@ def clean(
     the picture) leaves that image's background as it was and is listed with the reason (exit 1).
     --in-place keeps each original in DIR/.loraprep/backup/; re-running skips images already
     cleaned with the same settings, so an interrupted run is finished by running it again.
-    Captions and `.loraprep.json` metadata travel with each image.
+    Captions and `.loraprep.json` metadata travel with each image; re-running into the same --out
+    refreshes a caption there from the input's only while it still holds what clean wrote: one
+    edited since is kept and named (--overwrite-captions replaces it, journalled).
     """
     from prep.background import CleanOptions, clean_folder, parse_colour
 
     options = CleanOptions(colour=parse_colour(colour), background=background, segmenter=segmenter,  # type: ignore[arg-type]
                            in_place=in_place, masks=masks, mask_dir=mask_dir, dry_run=dry_run, sheet=sheet_path,
                            blur_radius=blur, caption_extension=caption_extension, max_pixels=max_pixels,
-                           workers=workers)
+                           workers=workers, overwrite_captions=overwrite_captions)
     if not dry_run:
         sweep_leftovers(folder if in_place else (out_dir or folder.with_name(folder.name + "-clean")))
     with rich_reporter() as reporter:

@@ -6,6 +6,8 @@ whatever junk sits under them. Replacing a busy background (`--background`) need
 seeded from every face). A mask that fails, or is not believable (it would remove a detected
 face, or keep almost nothing or almost everything), leaves that image's background as it was
 and says so: an unchanged background costs a little quality, a whitened face costs the image.
+Written to `--out`, each image's caption follows its input's only while the output's caption still
+holds what clean wrote there (prep.carrycaption): an edit made in the output is kept.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from prep.atomic import write_bytes_atomic
+from prep.carrycaption import SECTION as CAPTION_RECORD
+from prep.carrycaption import Carry, carry_caption, plan_carry, settle_edited
 from prep.errors import LoraprepError, UsageError
 from prep.faces import FaceDetector, detect_scaled
 from prep.images import (DEFAULT_MAX_PIXELS, WHITE, flatten_alpha, open_image, save_image_atomic, sha256_file,
@@ -28,13 +32,14 @@ from prep.masks import SEGMENTER_NAMES, MaskChooser, Segmenter, mask_problem, se
 from prep.progress import SILENT, Reporter
 from prep.records import DEFAULT_CAPTION_EXTENSION, Box, Drop
 from prep.runner import StepResult, run_step
-from prep.sidecars import caption_path, read_caption, read_meta, update_meta, write_caption
+from prep.sidecars import caption_path, read_caption, read_meta, update_meta
 
 Background = Literal["remove", "white", "colour", "blur"]
 BACKGROUNDS = ("remove", "white", "colour", "blur")
 BACKUP_DIR = ".loraprep/backup"  # inside the cleaned folder; scans skip `.loraprep`
 ALPHA_SUFFIXES = frozenset({".png", ".webp"})
 KEPT = "background left as it was: "  # how a report line about an untouched background starts
+STEP = "clean"
 
 
 class CleanInterrupted(LoraprepError):
@@ -88,6 +93,8 @@ class CleanOptions:
       (`backup=False` skips that, for folders that are themselves derived, e.g. `loraprep prep`'s crops).
     masks: also write each subject mask as a greyscale PNG into `mask_dir` (default `<out>-masks`).
     dry_run: change nothing; write a before/after contact sheet to `sheet` instead.
+    overwrite_captions: with `out`, also replace output captions edited since clean wrote them with
+      the input's caption (journalled); by default they are kept and named.
     """
 
     colour: tuple[int, int, int] = WHITE
@@ -103,6 +110,7 @@ class CleanOptions:
     caption_extension: str = DEFAULT_CAPTION_EXTENSION
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
+    overwrite_captions: bool = False
 
     def check(self) -> CleanOptions:
         if self.background is not None and self.background not in BACKGROUNDS:
@@ -111,6 +119,9 @@ class CleanOptions:
             raise UsageError(f"unknown segmenter '{self.segmenter}'", hint=f"choose one of: {', '.join(SEGMENTER_NAMES)}")
         if not all(0 <= c <= 255 for c in self.colour) or len(self.colour) != 3:
             raise UsageError(f"colour {self.colour} is not an RGB triple of 0-255 values")
+        if self.overwrite_captions and self.in_place:
+            raise UsageError("--overwrite-captions applies to --out: --in-place never rewrites a caption",
+                             hint="drop --overwrite-captions, or clean into an --out folder")
         return self
 
     @property
@@ -147,6 +158,17 @@ class CleanResult:
     before: Image.Image | None = None
     after: Image.Image | None = None
     kept: str | None = None  # why the background was left as it was
+    edited_caption: Carry | None = None  # the output's caption, edited since clean wrote it: kept
+
+
+@dataclass
+class CleanRun(StepResult[Path]):
+    """A clean run's written images (`done`) and the images it left out. With `--out`,
+    `captions_kept`: output captions edited since clean wrote them, left as they are;
+    `captions_replaced`: those --overwrite-captions replaced (journalled)."""
+
+    captions_kept: list[Path] = field(default_factory=list)
+    captions_replaced: list[Path] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -250,8 +272,9 @@ def _clean_one(job: _Job, folder: Path, out: Path | None, options: CleanOptions,
         write_bytes_atomic(target, job.path.read_bytes())
     if out is None:
         rewritten.append(job.path)
+    edited = None
     if target != job.path:
-        _carry_sidecars(job.path, target, options.caption_extension)
+        edited = _carry_sidecars(job.path, target, out, options.caption_extension)
         if out is None:
             job.path.unlink()
     if mask_dir is not None and cleaned.matte is not None:
@@ -259,16 +282,21 @@ def _clean_one(job: _Job, folder: Path, out: Path | None, options: CleanOptions,
         save_image_atomic(mask, (mask_dir / job.rel).with_suffix(".png"))
     info["sha256"] = sha256_file(target)
     update_meta(target, clean=info)
-    return CleanResult(job.path, target, kept=cleaned.kept)
+    return CleanResult(job.path, target, kept=cleaned.kept, edited_caption=edited)
 
 
-def _carry_sidecars(source: Path, target: Path, extension: str) -> None:
-    caption = read_caption(caption_path(source, extension))
-    if caption is not None and caption_path(source, extension) != caption_path(target, extension):
-        write_caption(caption_path(target, extension), caption)
-    meta = read_meta(source)
+def _carry_sidecars(source: Path, target: Path, out: Path | None, extension: str) -> Carry | None:
+    """Metadata and caption travel with the image. The input's `caption_written` record stays
+    behind: it vouches for the input's caption file, and carried over it would make an edit in the
+    output that matches it look like clean's own text. The caption follows the input's only where
+    that loses nothing (prep.carrycaption); returns the output caption edited since, left alone."""
+    meta = {name: section for name, section in read_meta(source).items() if name != CAPTION_RECORD}
     if meta:
         update_meta(target, **meta)
+    caption = read_caption(caption_path(source, extension))
+    if out is None or caption is None or caption_path(source, extension) == caption_path(target, extension):
+        return None
+    return carry_caption(out, plan_carry(out, target, caption, extension, STEP), STEP)
 
 
 def _small(image: Image.Image, size: int = 384) -> Image.Image:
@@ -279,12 +307,13 @@ def _small(image: Image.Image, size: int = 384) -> Image.Image:
 
 def clean_folder(folder: Path, options: CleanOptions = CleanOptions(), reporter: Reporter = SILENT,
                  out: Path | None = None, *, segmenter: MaskChooser | Segmenter | None = None,
-                 detector: FaceDetector | None = None) -> StepResult[Path]:
+                 detector: FaceDetector | None = None) -> CleanRun:
     """Clean every image under `folder`: flatten alpha, and replace the background when asked.
 
-    Writes to `out` (same sub-folders, captions and metadata carried), or with `in_place` over the
-    originals, each kept once under `<folder>/.loraprep/backup/`. With neither, `out` defaults to
-    the sibling folder `<folder>-clean`. Each written image's metadata gets a `clean` section.
+    Writes to `out` (same sub-folders, captions and metadata carried; on a re-run an output caption
+    edited since clean wrote it is kept and named, see `CleanOptions.overwrite_captions`), or with
+    `in_place` over the originals, each kept once under `<folder>/.loraprep/backup/`. With neither,
+    `out` defaults to the sibling folder `<folder>-clean`. Each written image's metadata gets a `clean` section.
     An image whose background could not be replaced believably keeps it and is reported in
     `dropped` with the reason (its alpha is still flattened). In place, a re-run skips images
     already cleaned with the same settings, so an interrupted batch is finished by running it again.
@@ -341,8 +370,14 @@ def clean_folder(folder: Path, options: CleanOptions = CleanOptions(), reporter:
     if options.dry_run:
         sheet = options.sheet or folder.with_name(folder.name + "-clean-preview.png")
         _write_preview(cleaned.done, folder, sheet)
-        return StepResult(done=[sheet], dropped=dropped)
-    return StepResult(done=[r.target for r in cleaned.done if r.target is not None], dropped=dropped)
+        return CleanRun(done=[sheet], dropped=dropped)
+    result = CleanRun(done=[r.target for r in cleaned.done if r.target is not None], dropped=dropped)
+    if target is not None:
+        edited = [r.edited_caption for r in cleaned.done if r.edited_caption is not None]
+        settled = settle_edited(target, edited, STEP, overwrite=options.overwrite_captions, reporter=reporter)
+        result.captions_kept.extend(target / name for name in settled.kept)
+        result.captions_replaced.extend(target / name for name in settled.replaced)
+    return result
 
 
 def _write_preview(results: Sequence[CleanResult], folder: Path, sheet: Path) -> None:

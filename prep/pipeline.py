@@ -8,11 +8,15 @@ the pipeline goes on. Source images are never modified: every step writes inside
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from prep.buckets import BucketPlan
+from prep.captions.dataset import read_current
+from prep.captions.journal import FileState, Written, apply_changes, write_guarded
+from prep.carrycaption import shown
 from prep.dataset import ManifestOptions, assign_buckets, build_manifest, default_manifest_path, write_manifest
 from prep.errors import ModelNotAvailable, ModelMismatch, UsageError
 from prep.normalise import NormaliseOptions, normalise_folder
@@ -20,7 +24,7 @@ from prep.progress import SILENT, Reporter
 from prep.records import DEFAULT_CAPTION_EXTENSION, Drop, Manifest
 from prep.atomic import clean_stale_temporaries
 from prep.scan import NoImages, has_images, walk_images
-from prep.sidecars import BadCaption, caption_path, read_caption, write_caption
+from prep.sidecars import caption_bytes, caption_path
 
 Status = Literal["ran", "skipped", "off"]
 
@@ -71,33 +75,62 @@ def _check_folders(src: Path, out: Path) -> None:
         raise UsageError(f"the source folder {src} is inside --out {out}", hint="choose an --out beside the sources")
 
 
-def _images_without_caption(folder: Path, extension: str) -> list[Path]:
-    missing = []
+def _blank(data: bytes | None) -> bool:
+    """No caption file, or one holding only whitespace: what the fallback caption may fill."""
+    if data is None:
+        return True
+    try:
+        return not data.decode("utf-8-sig").strip()
+    except UnicodeDecodeError:  # not text: reported (and the image dropped) by the manifest step
+        return False
+
+
+def fallback_states(folder: Path, extension: str, text: str) -> list[FileState]:
+    """`text` as the caption of every image whose caption is missing or blank, with the exact
+    bytes found there (what the write re-checks); nothing is written."""
+    states = []
     for image in walk_images(folder, []):
-        try:
-            caption = read_caption(caption_path(image, extension))
-        except BadCaption:  # reported (and the image dropped) by the manifest step
-            continue
-        if not caption:
-            missing.append(image)
-    return missing
+        caption = caption_path(image, extension).relative_to(folder).as_posix()
+        before = read_current(folder, caption)
+        if _blank(before):
+            states.append(FileState(caption, before, caption_bytes(text)))
+    return states
+
+
+def write_fallback(folder: Path, states: Sequence[FileState]) -> Written:
+    """Write fallback captions, each only while its file still holds the bytes read: a caption
+    someone else wrote meanwhile wins (it is in `conflicts`). A blank caption file is someone's
+    file, so replacing it goes through the journal (`loraprep captions undo` restores it); a
+    caption that did not exist is created, with nothing to journal."""
+    blank = [state for state in states if state.before is not None]
+    replaced = (apply_changes(folder, f"prep fallback captions ({len(blank)} blank caption(s) filled)", blank)
+                if blank else Written((), (), None))
+    created = [state for state in states if state.before is None
+               and write_guarded(folder, state.caption, None, state.after)]
+    conflicts = [*replaced.conflicts, *(s.caption for s in states if s.before is None and s not in created)]
+    return Written((*replaced.written, *created), tuple(sorted(conflicts)), replaced.entry)
 
 
 def _fallback_captions(folder: Path, options: PrepOptions, report: PrepReport) -> bool:
     """Caption untagged images with the trigger/class tokens; returns whether empty captions remain."""
-    missing = _images_without_caption(folder, options.caption_extension)
-    if not missing:
+    text = ", ".join(w for w in (options.trigger, options.class_tokens) if w)
+    states = fallback_states(folder, options.caption_extension, text)
+    if not states:
         return False
-    words = [w for w in (options.trigger, options.class_tokens) if w]
-    if words:
-        for image in missing:
-            write_caption(caption_path(image, options.caption_extension), ", ".join(words))
-        report.notes.append(f"{len(missing)} image(s) had no caption and got '{', '.join(words)}' "
-                            "(no tagger ran for them)")
-        return False
-    report.notes.append(f"{len(missing)} image(s) have no caption and will train with an empty one: "
-                        "pass --trigger/--class-tokens, or install a tagger (`loraprep models pull wd-swinv2-tagger-v3`)")
-    return True
+    if not text:
+        report.notes.append(f"{len(states)} image(s) have no caption and will train with an empty one: pass "
+                            "--trigger/--class-tokens, or install a tagger (`loraprep models pull wd-swinv2-tagger-v3`)")
+        return True
+    written = write_fallback(folder, states)
+    blanks = sum(1 for state in written.written if state.before is not None)
+    if written.written:
+        report.notes.append(f"{len(written.written)} image(s) had no caption and got '{text}' (no tagger ran for them)"
+                            + (f"; {blanks} of them had a blank caption file, replaced through the journal: "
+                               f"`loraprep captions undo {folder}` restores those" if blanks else ""))
+    if written.conflicts:
+        report.notes.append(f"{len(written.conflicts)} caption(s) were written by someone else while prep ran and "
+                            f"are left as they are: {shown(written.conflicts)}")
+    return any(_blank(read_current(folder, caption)) for caption in written.conflicts)
 
 
 def _check_options(options: PrepOptions) -> None:
