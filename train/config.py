@@ -46,14 +46,24 @@ class NetworkConfig:
 
     preset: str = "attn"
     rank: int = 16
-    alpha: float = 16.0
+    alpha: float | None = None  # None or 0: alpha = rank (scale 1), as sd-scripts reads network_alpha = 0
     conv_dim: int = 0  # > 0: LoCon, LoRA on 3×3 convs too
-    conv_alpha: float = 1.0
+    conv_alpha: float = 1.0  # 0: alpha = conv_dim
     dora: bool = False
     network_dropout: float = 0.0
     train_text_encoder: bool = False
     text_encoder_lr: float | None = None  # None: same as lr
     init_weights: str | None = None  # an existing LoRA file to start from
+
+    @property
+    def lora_alpha(self) -> float:
+        """The alpha the layers train with: sd-scripts' rule, 0 or unset means alpha = rank (scale 1)."""
+        return float(self.alpha) if self.alpha else float(self.rank)
+
+    @property
+    def conv_lora_alpha(self) -> float:
+        """The conv layers' alpha; 0 means alpha = conv_dim, like `alpha`."""
+        return float(self.conv_alpha) if self.conv_alpha else float(self.conv_dim)
 
 
 @dataclass(frozen=True)
@@ -265,7 +275,8 @@ def validate(config: TrainConfig) -> None:
     _at_least("clip_skip", m.clip_skip, 1, high=12)
     _choice("preset", n.preset, PRESETS)
     _at_least("rank", n.rank, 1)
-    _at_least("alpha", n.alpha, 0)
+    if n.alpha is not None:
+        _at_least("alpha", n.alpha, 0)
     _at_least("conv_dim", n.conv_dim, 0)
     _at_least("conv_alpha", n.conv_alpha, 0)
     _at_least("network_dropout", n.network_dropout, 0, high=0.99)

@@ -56,8 +56,8 @@ def unet_lora_config(unet: Any, config: NetworkConfig) -> Any:
 
     targets = unet_targets(unet, config.preset, conv=config.conv_dim > 0)
     conv_rank = {re.escape(n): config.conv_dim for n in targets.conv}
-    conv_alpha = {re.escape(n): config.conv_alpha for n in targets.conv}
-    return LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.network_dropout,
+    conv_alpha = {re.escape(n): config.conv_lora_alpha for n in targets.conv}
+    return LoraConfig(r=config.rank, lora_alpha=config.lora_alpha, lora_dropout=config.network_dropout,
                       init_lora_weights="gaussian", use_dora=config.dora,
                       target_modules=list(targets.linear + targets.conv),
                       rank_pattern=conv_rank, alpha_pattern=conv_alpha)
@@ -67,7 +67,7 @@ def text_encoder_lora_config(config: NetworkConfig) -> Any:
     from peft import LoraConfig
 
     targets = TE_ATTN + (TE_MLP if config.preset != "attn" else ())
-    return LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.network_dropout,
+    return LoraConfig(r=config.rank, lora_alpha=config.lora_alpha, lora_dropout=config.network_dropout,
                       init_lora_weights="gaussian", use_dora=config.dora, target_modules=list(targets))
 
 
