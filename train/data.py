@@ -23,8 +23,8 @@ from PIL import Image
 
 from prep.buckets import BucketPlan, cover_and_trim
 from prep.errors import ManifestError
-from prep.images import open_image
-from prep.records import BucketSettings, ImageRecord, Manifest, load_manifest
+from prep.images import open_image, sha256_text
+from prep.records import BucketSettings, ImageRecord, Manifest, Subset, load_manifest
 from prep.verify import stale_files
 
 Size = tuple[int, int]
@@ -88,11 +88,34 @@ def load_training_set(manifest_path: str | Path, *, keep_tokens: int | None = No
         subset = manifest.subset(record.subset)
         keep = keep_tokens if keep_tokens is not None else (
             subset.keep_tokens if subset.keep_tokens is not None else manifest.keep_tokens)
-        caption = record.caption if record.caption is not None else (subset.class_tokens or manifest.trigger or "")
+        caption = training_caption(record, subset, None if subset.is_reg else manifest.trigger)
         examples.append(Example(index, root / record.path, record, caption, bucket, max(0, subset.repeats),
                                 subset.is_reg, keep,
                                 subset.shuffle_caption if shuffle_caption is None else shuffle_caption))
     return TrainingSet(manifest, root, tuple(e for e in examples if e.repeats > 0))
+
+
+_BLANK_SHA256 = sha256_text("")
+
+
+def training_caption(record: ImageRecord, subset: Subset, trigger: str | None) -> str:
+    """The caption an image trains on, by sd-scripts' rule: its own caption when it has one, else its
+    subset's class tokens.
+
+    An image has no caption when its sidecar was missing or blank (the manifest may have put the
+    trigger alone in it). Such an image then trains on "identifier class" (`sks woman`), the
+    DreamBooth prompt the class tokens stand for: the trigger is put before class tokens that do not
+    already name it, as a `10_sks woman` folder spells it. Regularisation images pass trigger=None
+    and train on the class alone. Without class tokens the caption stays as frozen (trigger or empty).
+    """
+    caption = record.caption or ""
+    uncaptioned = record.caption_sha256 in (None, _BLANK_SHA256) and set(split_caption(caption)) <= {trigger}
+    if not uncaptioned or not subset.class_tokens:
+        return caption
+    class_tokens = subset.class_tokens.strip()
+    if trigger and trigger not in class_tokens.replace(",", " ").split():
+        return f"{trigger} {class_tokens}"
+    return class_tokens
 
 
 def _buckets(manifest: Manifest) -> list[Size]:
