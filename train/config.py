@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 import typing
 from collections.abc import Iterator, Mapping
@@ -21,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from prep.errors import UsageError
+from train.optim import OPTIMIZERS, parse_optimizer_args
+from train.samplers import check_sampler
 
 PRESETS = ("attn", "attn-mlp", "full")
-OPTIMIZERS = ("adamw", "adamw8bit", "lion", "adafactor", "prodigy")
 SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LATENT_CACHE = ("off", "memory", "disk")
@@ -51,9 +53,20 @@ class NetworkConfig:
     conv_alpha: float = 1.0  # 0: alpha = conv_dim
     dora: bool = False
     network_dropout: float = 0.0
+    rank_dropout: float = 0.0  # chance to drop each rank of a layer's LoRA per sample (sd-scripts rank_dropout)
+    module_dropout: float = 0.0  # chance to skip a whole LoRA layer for a step (sd-scripts module_dropout)
+    scale_weight_norms: float | None = None  # max-norm: rescale any layer's ΔW whose norm exceeds this
     train_text_encoder: bool = False
+    train_text_encoder_only: bool = False  # no UNet LoRA (sd-scripts network_train_text_encoder_only)
     text_encoder_lr: float | None = None  # None: same as lr
     init_weights: str | None = None  # an existing LoRA file to start from
+    # per-block learning-rate weights (階層別学習率), sd-scripts' network_args: comma lists or
+    # cosine/sine/linear/reverse_linear/zeros[+base]; or one list in the lora-block-weight layout
+    down_lr_weight: str | None = None
+    mid_lr_weight: str | None = None
+    up_lr_weight: str | None = None
+    block_lr_zero_threshold: float = 0.0
+    block_lr_weights: str | None = None
 
     @property
     def lora_alpha(self) -> float:
@@ -79,15 +92,19 @@ class DataConfig:
     color_aug: bool = False
     prior_loss_weight: float = 1.0
     verify_files: bool = True
+    fixed_resolution: str | None = None  # "512" or "384x512": every image at this size, no buckets
+    dataset_config: str | None = None  # an sd-scripts dataset TOML whose subsets (repeats, …) apply
 
 
 @dataclass(frozen=True)
 class OptimizerConfig:
     optimizer: str = "adamw"
+    optimizer_args: tuple[str, ...] = ()  # key=value pairs passed to the optimizer, sd-scripts style
     lr: float = 1e-4
     weight_decay: float = 1e-2
     scheduler: str = "constant"
     warmup_steps: int = 0
+    warmup_ratio: float = 0.0  # > 0: warmup over this fraction of all steps (sd-scripts' float lr_warmup_steps)
     cycles: int = 1  # cosine_with_restarts: number of hard restarts
     power: float = 1.0  # polynomial decay power
     max_grad_norm: float = 1.0  # 0: no clipping
@@ -119,7 +136,10 @@ class RunConfig:
     save_last: int = 0  # keep only the newest K checkpoints; 0 keeps all
     resume: str | None = None  # a checkpoint folder or "latest"
     sample_every: int = 0
+    sample_every_epochs: int = 0  # wins over sample_every, as sd-scripts' sample_every_n_epochs does
+    sample_at_first: bool = False
     sample_prompts: str | None = None
+    sample_sampler: str = "default"  # the base model's own scheduler; or euler_a, dpmsolver++, ddim, …
     tensorboard: bool = False
     num_processes: int = 1
 
@@ -219,6 +239,8 @@ def build_config(nested: Mapping[str, Mapping[str, Any]], *, base: TrainConfig |
         values = {name: _coerce(f"{section}.{name}", value, hints[name], source)
                   for name, value in nested.get(section, {}).items()}
         sections[section] = dataclasses.replace(getattr(base, section), **values)
+    if sections["network"].train_text_encoder_only:  # sd-scripts: training only the text encoder trains it
+        sections["network"] = dataclasses.replace(sections["network"], train_text_encoder=True)
     config = TrainConfig(**sections)
     validate(config)
     return config
@@ -226,7 +248,7 @@ def build_config(nested: Mapping[str, Mapping[str, Any]], *, base: TrainConfig |
 
 def _coerce(where: str, value: Any, hint: Any, source: str) -> Any:
     """Check one value against its annotation; ints are accepted for floats, strings for paths."""
-    args = typing.get_args(hint)
+    args = typing.get_args(hint) if typing.get_origin(hint) is not tuple else ()
     optional = type(None) in args
     kind = next((a for a in args if a is not type(None)), hint) if args else hint
     if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "")):
@@ -254,6 +276,15 @@ def _coerce(where: str, value: Any, hint: Any, source: str) -> Any:
     elif kind is str:
         if isinstance(value, (str, Path)):
             return str(value)
+        if isinstance(value, list) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                     for v in value):
+            return ",".join(str(v) for v in value)  # a TOML array of weights
+    elif typing.get_origin(kind) is tuple:
+        if isinstance(value, str):
+            return (value,)
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise UsageError(f"{source}: {where} must be a list of text values, got {value!r}")
     raise UsageError(f"{source}: {where} must be {getattr(kind, '__name__', kind)}, got {value!r}")
 
 
@@ -280,6 +311,11 @@ def validate(config: TrainConfig) -> None:
     _at_least("conv_dim", n.conv_dim, 0)
     _at_least("conv_alpha", n.conv_alpha, 0)
     _at_least("network_dropout", n.network_dropout, 0, high=0.99)
+    _at_least("rank_dropout", n.rank_dropout, 0, high=0.99)
+    _at_least("module_dropout", n.module_dropout, 0, high=0.99)
+    if n.scale_weight_norms is not None and not (math.isfinite(n.scale_weight_norms) and n.scale_weight_norms > 0):
+        raise UsageError(f"scale_weight_norms must be a positive number (1 is sd-scripts' advice), got {n.scale_weight_norms}")
+    _check_block_weights(n)
     if n.text_encoder_lr is not None:
         _at_least("text_encoder_lr", n.text_encoder_lr, 0)
     _at_least("batch_size", d.batch_size, 1)
@@ -289,11 +325,15 @@ def validate(config: TrainConfig) -> None:
     _at_least("tag_dropout", d.tag_dropout, 0, high=1)
     _at_least("prior_loss_weight", d.prior_loss_weight, 0)
     _choice("optimizer", o.optimizer, OPTIMIZERS)
+    parse_optimizer_args(o.optimizer_args)
     _choice("scheduler", o.scheduler, SCHEDULERS)
     if not (math.isfinite(o.lr) and o.lr > 0):
         raise UsageError(f"lr must be a positive number, got {o.lr}")
     _at_least("weight_decay", o.weight_decay, 0)
     _at_least("warmup_steps", o.warmup_steps, 0)
+    _at_least("warmup_ratio", o.warmup_ratio, 0, high=0.99)
+    if o.warmup_ratio and o.warmup_steps:
+        raise UsageError("set warmup_steps or warmup_ratio, not both")
     _at_least("cycles", o.cycles, 1)
     _at_least("power", o.power, 0)
     _at_least("max_grad_norm", o.max_grad_norm, 0)
@@ -306,13 +346,45 @@ def validate(config: TrainConfig) -> None:
         _at_least("max_steps", r.max_steps, 1)
     _choice("mixed_precision", r.mixed_precision, MIXED_PRECISION)
     _choice("cache_latents", r.cache_latents, LATENT_CACHE)
-    for name in ("save_every_steps", "save_every_epochs", "save_last", "sample_every"):
+    for name in ("save_every_steps", "save_every_epochs", "save_last", "sample_every", "sample_every_epochs"):
         _at_least(name, getattr(r, name), 0)
+    check_sampler(r.sample_sampler, where="sample_sampler")
+    if d.fixed_resolution is not None:
+        parse_size(d.fixed_resolution, where="fixed_resolution")
     _at_least("num_processes", r.num_processes, 1)
     if not r.name or "/" in r.name or "\\" in r.name:
         raise UsageError(f"name '{r.name}' must be a plain file name (no folders)")
     if d.color_aug and r.cache_latents != "off":
         raise UsageError("color_aug changes pixels every step, so cached latents would be stale",
                          hint="add --cache-latents off, or drop --color-aug")
-    if r.sample_every and not r.sample_prompts:
-        raise UsageError("--sample-every needs --sample-prompts FILE (one prompt per line)")
+    if (r.sample_every or r.sample_every_epochs or r.sample_at_first) and not r.sample_prompts:
+        raise UsageError("sampling needs --sample-prompts FILE (.txt one prompt per line, or sd-scripts .toml/.json)")
+
+
+def parse_size(text: str, *, where: str = "resolution") -> tuple[int, int]:
+    """"512" → (512, 512); "384x512" or "384,512" → (width, height), as sd-scripts' resolution reads."""
+    parts = [p.strip() for p in re.split(r"[x×,]", str(text).lower()) if p.strip()]
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        numbers = []
+    if len(numbers) == 1:
+        numbers *= 2
+    if len(numbers) != 2 or min(numbers) < 8 or any(n % 8 for n in numbers):
+        raise UsageError(f"{where} '{text}' is not a size like 512 or 384x512 (multiples of 8)")
+    return numbers[0], numbers[1]
+
+
+def _check_block_weights(n: NetworkConfig) -> None:
+    """Syntax only; the lengths depend on the model family and are checked by train.blocks at load."""
+    from train.blocks import parse_block_weights, parse_lr_weight
+
+    per_part = (n.down_lr_weight, n.mid_lr_weight, n.up_lr_weight)
+    if n.block_lr_weights is not None and any(w is not None for w in per_part):
+        raise UsageError("set block_lr_weights (one list) or down/mid/up_lr_weight, not both")
+    for name, value in zip(("down_lr_weight", "mid_lr_weight", "up_lr_weight"), per_part):
+        if value is not None:
+            parse_lr_weight(value, where=name, length=12)
+    if n.block_lr_weights is not None:
+        parse_block_weights(n.block_lr_weights, where="block_lr_weights")
+    _at_least("block_lr_zero_threshold", n.block_lr_zero_threshold, 0)

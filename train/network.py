@@ -54,7 +54,9 @@ def unet_lora_config(unet: Any, config: NetworkConfig) -> Any:
     """The peft LoraConfig for the UNet, with per-layer rank/alpha for LoCon convs."""
     from peft import LoraConfig
 
-    targets = unet_targets(unet, config.preset, conv=config.conv_dim > 0)
+    from train.blocks import keep_blocks
+
+    targets = keep_blocks(unet_targets(unet, config.preset, conv=config.conv_dim > 0), unet, config)
     conv_rank = {re.escape(n): config.conv_dim for n in targets.conv}
     conv_alpha = {re.escape(n): config.conv_lora_alpha for n in targets.conv}
     return LoraConfig(r=config.rank, lora_alpha=config.lora_alpha, lora_dropout=config.network_dropout,
@@ -103,8 +105,9 @@ def add_lora(unet: Any, text_encoders: list[Any], config: NetworkConfig) -> Netw
     for encoder in text_encoders:
         encoder.requires_grad_(False)
     network = Network(unet_lora_config(unet, config))
-    add_adapter(unet, network.unet_config)
-    network.unet_params = _trainable(unet)
+    if not config.train_text_encoder_only:
+        add_adapter(unet, network.unet_config)
+        network.unet_params = _trainable(unet)
     if config.train_text_encoder:
         for encoder in text_encoders:
             te_config = text_encoder_lora_config(config)
@@ -113,6 +116,10 @@ def add_lora(unet: Any, text_encoders: list[Any], config: NetworkConfig) -> Netw
             network.text_encoder_params += _trainable(encoder)
     for param in network.unet_params + network.text_encoder_params:
         param.data = param.data.to(torch.float32)
+    from train.regularize import add_lora_dropout
+
+    add_lora_dropout([unet, *(text_encoders if config.train_text_encoder else [])],
+                     rank_dropout=config.rank_dropout, module_dropout=config.module_dropout)
     return network
 
 

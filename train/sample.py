@@ -1,10 +1,15 @@
-"""Sample images: prompt files (sd-scripts syntax), PNG grids during training, and `loraprep generate`.
+"""Sample images: prompt files (sd-scripts syntax), samplers, PNG grids during training, and `loraprep generate`.
 
-A prompt file has one prompt per line; `#` lines and blank lines are skipped. Per-line options follow
-the prompt like sd-scripts': `--n` negative prompt, `--w`/`--h` size, `--s` steps, `--l` CFG scale,
-`--d` seed (`--ss` sampler is accepted and ignored: the base model's own scheduler is used).
+A prompt file is text (`.txt`: one prompt per line, `#` lines and blank lines skipped), TOML or JSON
+in sd-scripts' formats. Per-line options follow the prompt like sd-scripts': `--n` negative prompt,
+`--w`/`--h` size, `--s` steps, `--l` CFG scale, `--d` seed and `--ss` sampler (sd-scripts' names:
+euler_a, dpmsolver++, ddim, … see train.samplers; `default` is the base model's own scheduler).
 
-    a photo of sks woman, smiling --n blurry, lowres --w 512 --h 768 --s 28 --l 7 --d 42
+    a photo of sks woman, smiling --n blurry, lowres --w 512 --h 768 --s 28 --l 7 --d 42 --ss euler_a
+
+TOML holds defaults in `[prompt]` and one `[[prompt.subset]]` per image, with sd-scripts' keys
+(prompt, negative_prompt, width, height, sample_steps, scale, seed, sample_sampler); JSON is a list
+of prompt lines or of such tables.
 
 Sampling never touches the global RNG (each image has its own seeded generator, and the RNG state
 is restored afterwards), so samples taken during training do not change the training run.
@@ -27,12 +32,17 @@ from PIL import Image, ImageDraw
 from prep.errors import UsageError
 from prep.images import save_image_atomic
 from prep.progress import SILENT, Reporter
+from train.samplers import check_sampler, sampler_scheduler
 
 if TYPE_CHECKING:
     from train.model import BaseModel
 
 _OPTION_FIELDS = {"n": "negative", "w": "width", "h": "height", "s": "steps", "l": "cfg", "d": "seed", "ss": "sampler"}
 _INT_FIELDS = {"width", "height", "steps", "seed"}
+# sd-scripts' prompt-table keys (TOML/JSON prompt files) → SamplePrompt fields
+_TABLE_FIELDS = {"prompt": "prompt", "negative_prompt": "negative", "width": "width", "height": "height",
+                 "sample_steps": "steps", "scale": "cfg", "seed": "seed", "sample_sampler": "sampler"}
+
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,7 @@ class SampleDefaults:
     cfg: float = 7.0
     seed: int = 0
     clip_skip: int = 1
+    sampler: str = "default"
 
 
 def parse_prompt_line(line: str, *, where: str = "prompt") -> SamplePrompt | None:
@@ -75,7 +86,10 @@ def parse_prompt_line(line: str, *, where: str = "prompt") -> SamplePrompt | Non
             known = " ".join(f"--{k}" for k in _OPTION_FIELDS)
             raise UsageError(f"{where}: unknown option --{name}", hint=f"known options: {known}")
         value = value.strip()
-        if field in ("negative", "sampler"):
+        if field == "sampler":
+            values[field] = check_sampler(value, where=where)
+            continue
+        if field == "negative":
             values[field] = value
             continue
         try:
@@ -91,17 +105,90 @@ def parse_prompt_line(line: str, *, where: str = "prompt") -> SamplePrompt | Non
 
 
 def parse_prompt_file(path: str | Path) -> list[SamplePrompt]:
-    """Every prompt in a prompt file, in order; errors name the file and line."""
+    """Every prompt in a prompt file (.txt, .toml or .json, as sd-scripts reads them), in order;
+    errors name the file and line or entry."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"prompt file {path} does not exist")
-    prompts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if (prompt := parse_prompt_line(line, where=f"{path.name}:{number}")) is not None:
-            prompts.append(prompt)
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        prompts = _prompts_from_toml(path)
+    elif suffix == ".json":
+        prompts = _prompts_from_json(path)
+    else:
+        prompts = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if (prompt := parse_prompt_line(line, where=f"{path.name}:{number}")) is not None:
+                prompts.append(prompt)
     if not prompts:
-        raise UsageError(f"prompt file {path} has no prompts", hint="write one prompt per line")
+        raise UsageError(f"prompt file {path} has no prompts",
+                         hint="write one prompt per line (.txt), or [[prompt.subset]] tables (.toml)")
     return prompts
+
+
+def _prompts_from_toml(path: Path) -> list[SamplePrompt]:
+    """sd-scripts' TOML prompt file: defaults in [prompt], one [[prompt.subset]] per image."""
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path.name}: not valid TOML ({exc})") from None
+    table = data.get("prompt")
+    if not isinstance(table, dict) or not isinstance(table.get("subset", []), list):
+        raise UsageError(f"{path.name}: expected a [prompt] table with [[prompt.subset]] entries (sd-scripts' format)")
+    defaults = {k: v for k, v in table.items() if k != "subset"}
+    return [parse_prompt_table({**defaults, **entry}, where=f"{path.name} [[prompt.subset]] #{number}")
+            for number, entry in enumerate(table.get("subset", []), start=1)]
+
+
+def _prompts_from_json(path: Path) -> list[SamplePrompt]:
+    """sd-scripts' JSON prompt file: a list of prompt lines or of prompt tables."""
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path.name}: not valid JSON ({exc})") from None
+    if not isinstance(data, list):
+        raise UsageError(f"{path.name}: expected a list of prompts")
+    prompts = []
+    for number, item in enumerate(data, start=1):
+        where = f"{path.name} entry {number}"
+        prompt = parse_prompt_line(item, where=where) if isinstance(item, str) else parse_prompt_table(item, where=where)
+        if prompt is not None:
+            prompts.append(prompt)
+    return prompts
+
+
+def parse_prompt_table(table: Any, *, where: str = "prompt") -> SamplePrompt:
+    """A `SamplePrompt` from a TOML/JSON prompt table with sd-scripts' keys."""
+    if not isinstance(table, dict):
+        raise UsageError(f"{where}: expected a table of prompt settings, got {table!r}")
+    unknown = sorted(set(table) - set(_TABLE_FIELDS) - {"enum"})
+    if unknown:
+        raise UsageError(f"{where}: unknown prompt setting(s) {', '.join(unknown)}",
+                         hint=f"known settings: {', '.join(_TABLE_FIELDS)}")
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        field = _TABLE_FIELDS.get(key)
+        if field is None:
+            continue
+        if field in ("prompt", "negative", "sampler"):
+            if not isinstance(value, str):
+                raise UsageError(f"{where}: {key} must be text, got {value!r}")
+            values[field] = check_sampler(value, where=where) if field == "sampler" else value.strip()
+        elif field in _INT_FIELDS:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+                raise UsageError(f"{where}: {key} needs a whole number, got {value!r}")
+            values[field] = int(value)
+        else:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise UsageError(f"{where}: {key} needs a number, got {value!r}")
+            values[field] = float(value)
+    if not values.get("prompt"):
+        raise UsageError(f"{where}: no prompt")
+    return SamplePrompt(**values)
 
 
 def resolve(prompt: SamplePrompt, defaults: SampleDefaults, index: int) -> SamplePrompt:
@@ -115,6 +202,7 @@ def resolve(prompt: SamplePrompt, defaults: SampleDefaults, index: int) -> Sampl
         width=snap(prompt.width or defaults.width), height=snap(prompt.height or defaults.height),
         steps=max(1, prompt.steps or defaults.steps), cfg=defaults.cfg if prompt.cfg is None else prompt.cfg,
         seed=defaults.seed + index if prompt.seed is None else prompt.seed,
+        sampler=prompt.sampler or defaults.sampler,
     )
 
 
@@ -161,6 +249,7 @@ def _embeds(base: BaseModel, pipe: Any, prompt: str, negative: str, clip_skip: i
 def render(base: BaseModel, prompt: SamplePrompt, *, clip_skip: int = 1, pipe: Any = None) -> Image.Image:
     """One image for a resolved prompt (all fields set), with whatever adapters `base` carries."""
     pipe = pipe or base.pipeline()
+    pipe.scheduler = sampler_scheduler(prompt.sampler or "default", base)
     device = base.unet.device
     generator = torch.Generator(device=device.type if device.type != "mps" else "cpu").manual_seed(int(prompt.seed or 0))
     with _sampling_mode(base):
@@ -238,8 +327,10 @@ class GenerateOptions:
     seed: int = 0
     count: int = 1
     clip_skip: int = 1
+    sampler: str = "default"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "sampler", check_sampler(self.sampler, where="--sampler"))
         for name in ("steps", "count", "clip_skip"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -294,7 +385,7 @@ def generate(base: BaseModel, lora: str | Path | None, scale: float, prompt: str
         base.vae.to(torch.float32)  # SDXL's VAE overflows in fp16 (black images); it is small
     size = native_size(base)
     defaults = SampleDefaults(width=options.width or size, height=options.height or size, steps=options.steps,
-                              cfg=options.cfg, seed=options.seed, clip_skip=options.clip_skip)
+                              cfg=options.cfg, seed=options.seed, clip_skip=options.clip_skip, sampler=options.sampler)
     pipe = base.pipeline()
     images = []
     with reporter.task("generating", options.count) as advance:

@@ -1,0 +1,190 @@
+"""Optimizers and learning-rate schedules by name, with sd-scripts' `optimizer_args`.
+
+Why `optimizer_args` reads like sd-scripts': the guides people learn from give recipes as
+`--optimizer_args "decouple=True" "weight_decay=0.4" "betas=0.9,0.99"`, and those must mean the same
+here. Each `key=value` value is a Python literal (`True`, `0.4`, `0.9,0.99` → a tuple, `None`), as
+sd-scripts reads it with `ast.literal_eval`; we also accept lower-case `true`/`false`/`none` and
+leave any other word as text. Keys are checked against the optimizer's own parameters before it is
+built, so a misspelt `decoupel=True` is an error naming the ones it takes, not a silent default.
+
+This module imports no torch at load time: `train.config` validates names and args with it.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import re
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from prep.errors import UsageError
+
+if TYPE_CHECKING:
+    from train.config import TrainConfig
+
+# name → (module, class); names are sd-scripts' optimizer_type values, lower-cased
+_CLASSES: dict[str, tuple[str, str]] = {
+    "adamw": ("torch.optim", "AdamW"),
+    "adamw8bit": ("bitsandbytes.optim", "AdamW8bit"),
+    "lion": ("lion_pytorch", "Lion"),
+    "adafactor": ("transformers.optimization", "Adafactor"),
+    "prodigy": ("prodigyopt", "Prodigy"),
+    "sgdnesterov": ("torch.optim", "SGD"),
+    "dadaptation": ("dadaptation.experimental", "DAdaptAdamPreprint"),
+    "dadaptadampreprint": ("dadaptation.experimental", "DAdaptAdamPreprint"),
+    "dadaptadam": ("dadaptation", "DAdaptAdam"),
+    "dadaptlion": ("dadaptation", "DAdaptLion"),
+    "dadaptsgd": ("dadaptation", "DAdaptSGD"),
+    "dadaptadagrad": ("dadaptation", "DAdaptAdaGrad"),
+    "dadaptadan": ("dadaptation", "DAdaptAdan"),
+    "dadaptadanip": ("dadaptation.experimental", "DAdaptAdanIP"),
+}
+OPTIMIZERS = tuple(_CLASSES)
+# Our defaults where they differ from the optimizer's own (explicit optimizer_args win).
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "adafactor": {"scale_parameter": False, "relative_step": False, "warmup_init": False},
+    "sgdnesterov": {"momentum": 0.9, "nesterov": True},
+}
+_INSTALL = {"bitsandbytes": "pip install 'loraprep[bnb]' (needs a CUDA GPU), or use --optimizer adamw",
+            "dadaptation": "pip install dadaptation"}
+
+
+def is_adaptive(name: str) -> bool:
+    """D-Adaptation and Prodigy estimate the step size themselves; lr ≈ 1.0 is a multiplier."""
+    return name == "prodigy" or name.startswith("dadapt")
+
+
+def parse_value(text: str) -> Any:
+    """An optimizer_args value: a Python literal as sd-scripts reads it; true/false/none in any case;
+    else the text itself."""
+    text = text.strip()
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        pass
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    return text
+
+
+def parse_optimizer_args(items: Iterable[str]) -> dict[str, Any]:
+    """`["decouple=True", "betas=0.9,0.99"]` → `{"decouple": True, "betas": (0.9, 0.99)}`.
+
+    One item may hold several pairs separated by spaces (`"decouple=True weight_decay=0.4"`), as a
+    quoted sd-scripts command line often has them; a later key overrides an earlier one.
+    """
+    parsed: dict[str, Any] = {}
+    for item in items:
+        for pair in re.split(r"\s+(?=[A-Za-z_][A-Za-z0-9_]*\s*=)", item.strip()):
+            if not pair:
+                continue
+            key, sep, value = pair.partition("=")
+            key = key.strip()
+            if not sep or not key.isidentifier():
+                raise UsageError(f"optimizer argument '{pair}' is not key=value",
+                                 hint='write them like sd-scripts: --optimizer-args "decouple=True" "betas=0.9,0.99"')
+            parsed[key] = parse_value(value)
+    return parsed
+
+
+def optimizer_class(name: str) -> type:
+    """The optimizer class for `name`, imported now; a missing package is a UsageError saying how to get it."""
+    import importlib
+
+    module_name, class_name = _CLASSES[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        package = module_name.split(".")[0]
+        raise UsageError(f"--optimizer {name} needs {package}, which is not installed",
+                         hint=_INSTALL.get(package, f"pip install {package}")) from None
+    return getattr(module, class_name)
+
+
+def optimizer_kwargs(config: TrainConfig) -> dict[str, Any]:
+    """Keyword arguments for the optimizer: weight decay, our defaults, then optimizer_args on top.
+
+    Adafactor follows sd-scripts: warmup_init needs relative_step, so it turns it on.
+    """
+    o = config.optimizer
+    kwargs: dict[str, Any] = {"weight_decay": o.weight_decay, **_DEFAULTS.get(o.optimizer, {})}
+    kwargs.update(parse_optimizer_args(o.optimizer_args))
+    if o.optimizer == "adafactor" and kwargs.get("warmup_init") and not kwargs.get("relative_step"):
+        kwargs["relative_step"] = True
+    return kwargs
+
+
+def relative_step(config: TrainConfig) -> bool:
+    """Adafactor's own time-dependent step size (its lr is then only the schedule's starting point)."""
+    return config.optimizer.optimizer == "adafactor" and bool(optimizer_kwargs(config).get("relative_step"))
+
+
+def _check_keys(cls: type, kwargs: dict[str, Any], name: str) -> None:
+    parameters = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    accepted = [p for p in parameters if p not in ("self", "params")]
+    unknown = sorted(k for k in kwargs if k not in accepted)
+    if unknown:
+        raise UsageError(f"--optimizer {name} ({cls.__name__}) takes no argument {', '.join(unknown)}",
+                         hint=f"it takes: {', '.join(accepted)}")
+
+
+def make_optimizer(groups: Sequence[dict[str, Any]], config: TrainConfig) -> Any:
+    """The named optimizer over parameter groups (each with its own "lr"), with optimizer_args applied."""
+    o = config.optimizer
+    cls = optimizer_class(o.optimizer)
+    kwargs = optimizer_kwargs(config)
+    _check_keys(cls, kwargs, o.optimizer)
+    groups = [dict(g) for g in groups]
+    lr: float | None = o.lr
+    if o.optimizer == "adafactor" and kwargs.get("relative_step"):
+        lr = None  # Adafactor computes its own step; the schedule below starts it at o.lr
+        for group in groups:
+            group.pop("lr", None)
+    try:
+        return cls(groups, lr=lr, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--optimizer {o.optimizer} refused its settings: {exc}",
+                         hint="check --optimizer-args and --lr / --weight-decay") from None
+
+
+def warmup_steps(config: TrainConfig, total_steps: int) -> int:
+    o = config.optimizer
+    return int(o.warmup_ratio * total_steps) if o.warmup_ratio else o.warmup_steps
+
+
+def make_scheduler(optimizer: Any, config: TrainConfig, total_steps: int) -> Any:
+    """The learning-rate schedule; Adafactor with relative_step gets its own (sd-scripts' "adafactor:LR")."""
+    o = config.optimizer
+    if relative_step(config):
+        from transformers.optimization import AdafactorSchedule
+
+        return AdafactorSchedule(optimizer, initial_lr=o.lr)
+    from diffusers.optimization import get_scheduler
+
+    return get_scheduler(o.scheduler, optimizer, num_warmup_steps=warmup_steps(config, total_steps),
+                         num_training_steps=total_steps, num_cycles=o.cycles, power=o.power)
+
+
+def optimizer_notes(config: TrainConfig, learning_rates: Iterable[float]) -> list[str]:
+    """What sd-scripts warns about in these settings, said once at the start of a run."""
+    o = config.optimizer
+    notes = []
+    rates = sorted(set(learning_rates))
+    if is_adaptive(o.optimizer):
+        if o.lr <= 0.1:
+            notes.append(f"{o.optimizer} adapts its own step size; lr={o.lr:g} is very low for it (use ~1.0)")
+        if len(rates) > 1:
+            notes.append(f"{o.optimizer} with several learning rates ({', '.join(f'{r:g}' for r in rates)}): "
+                         "sd-scripts advises one (1.0) for all parts")
+    if relative_step(config):
+        notes.append("Adafactor relative_step: the learning rate is Adafactor's own (starting from --lr); "
+                     "--scheduler, --text-encoder-lr and block weights do not apply")
+    if o.optimizer == "adafactor" and not relative_step(config) and o.max_grad_norm:
+        notes.append("Adafactor with a fixed lr: sd-scripts' recipe sets --max-grad-norm 0")
+    return notes
