@@ -199,7 +199,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise UsageError(f"{path}: not valid TOML ({exc})") from exc
     nested: dict[str, dict[str, Any]] = {}
     for key, value in data.items():
-        if key in SECTIONS:
+        if key in SECTIONS and not (key in FIELD_SECTION and not isinstance(value, dict)):  # `optimizer = "lion"`
             if not isinstance(value, dict):
                 raise UsageError(f"{path}: [{key}] must be a table of settings")
             for name, item in value.items():
