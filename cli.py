@@ -1027,12 +1027,12 @@ def train(
     overrides = {k: v for k, v in locals().items() if k in FIELD_SECTION}
     settings = load_config(config, overrides)
     if settings.run.num_processes > 1 and not os.environ.get("LORAPREP_LAUNCHED"):
-        from train.loop import relaunch
+        from train.launch import relaunch
 
         raise typer.Exit(relaunch(sys.argv[1:], settings.run.num_processes))
     out.print(_config_table(settings))
     if dry_run:
-        from train.loop import plan_training
+        from train.plan import plan_training
 
         out.print(_plan_table(plan_training(manifest, settings, num_processes=settings.run.num_processes)))
         return

@@ -112,7 +112,9 @@ def full_size_one(checkpointing: bool, cached: bool, steps: int) -> dict:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from train.config import LossConfig, NetworkConfig, TrainConfig
-    from train.loop import Conditioned, make_optimizer, training_step
+    from train.batcher import Conditioned
+    from train.loop import training_step
+    from train.optim import make_optimizer
     from train.network import add_lora
 
     device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: only to smoke-test this code path

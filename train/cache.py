@@ -5,6 +5,12 @@ it was cut from its source (crop box), how it was placed in its bucket (resize +
 the VAE. Put all of that in the key and a stale entry can never be found: editing one crop or one
 caption changes exactly that entry's key, and nothing else is recomputed.
 
+Where cached tensors live (one rule, for latents and text-encoder outputs alike): an entry is a
+host (CPU) copy, in memory or in a safetensors file, never a tensor on the training device. Everything
+the cache hands out is that host copy, whether it was just computed (a miss) or found (a hit), so a
+batch assembled from hits and misses is on one device; the Batcher then moves the whole batch to the
+training device once. Encoders run wherever their weights are and their outputs come straight here.
+
 Disk entries are safetensors files written atomically, so a killed run leaves no half-written entry.
 """
 
@@ -52,8 +58,8 @@ class CacheStats:
 class TensorCache:
     """A dict of tensors per key, held in memory, optionally backed by a folder of safetensors files.
 
-    `get_or_compute(key, fn)` is the only way callers use it: on a miss `fn()` runs once and its
-    result is kept. Tensors are stored on the CPU in their own dtype.
+    On a miss `get_or_compute(key, fn)` runs `fn()` once and keeps its result. Entries are host (CPU)
+    copies in their own dtype, and every lookup, hit or miss, returns the host copy (module docstring).
     """
 
     directory: Path | None = None
@@ -82,14 +88,16 @@ class TensorCache:
                 return tensors
         return None
 
-    def put(self, key: str, tensors: dict[str, Any]) -> None:
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    def put(self, key: str, tensors: dict[str, Any]) -> dict[str, Any]:
+        """Keep a host copy of `tensors` (wherever they were computed) and return that copy."""
+        stored = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
         if self.keep_in_memory:
-            self._memory[key] = tensors
+            self._memory[key] = stored
         if self.directory is not None:
             from safetensors.torch import save
 
-            write_bytes_atomic(self.path_for(key), save(tensors))
+            write_bytes_atomic(self.path_for(key), save(stored))
+        return stored
 
     def get_or_compute(self, key: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         found = self.get(key)
@@ -97,9 +105,7 @@ class TensorCache:
             self.stats.hits += 1
             return found
         self.stats.misses += 1
-        tensors = compute()
-        self.put(key, tensors)
-        return tensors
+        return self.put(key, compute())
 
     def get_many(self, keys: list[str]) -> list[dict[str, Any] | None]:
         """Look several keys up at once (callers then compute the misses together), counting hits/misses."""

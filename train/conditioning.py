@@ -12,12 +12,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
-if TYPE_CHECKING:
-    from train.model import BaseModel
+
+class TextModel(Protocol):
+    """What conditioning needs from a base model (train.model.BaseModel is one); a protocol, so this
+    module does not import the loader and the loader does not import it."""
+
+    text_encoders: list[Any]
+    tokenizers: list[Any]
+
+    @property
+    def is_sdxl(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -40,7 +48,7 @@ class PromptEmbeds:
         return PromptEmbeds(torch.cat([i.embeds for i in items]), pooled)
 
 
-def tokenize(base: BaseModel, captions: Sequence[str]) -> list[torch.Tensor]:
+def tokenize(base: TextModel, captions: Sequence[str]) -> list[torch.Tensor]:
     """Token ids [B, 77] per tokenizer (one for SD1/SD2, two for SDXL), padded and truncated."""
     return [
         tokenizer(list(captions), padding="max_length", max_length=tokenizer.model_max_length,
@@ -61,7 +69,7 @@ def _hidden(encoder: Any, ids: torch.Tensor, layer_from_end: int, *, final_norm:
     return hidden, output
 
 
-def encode_prompt(base: BaseModel, token_ids: Sequence[torch.Tensor], *, clip_skip: int = 1) -> PromptEmbeds:
+def encode_prompt(base: TextModel, token_ids: Sequence[torch.Tensor], *, clip_skip: int = 1) -> PromptEmbeds:
     """Embeddings for token ids from `tokenize`. Gradients flow when the text encoders train."""
     if clip_skip < 1:
         raise ValueError("clip_skip counts from 1 (last layer)")
@@ -80,7 +88,7 @@ def sdxl_time_ids(original_size: tuple[int, int], crop_top_left: tuple[int, int]
     return torch.tensor([*original_size, *crop_top_left, *target_size], dtype=torch.float32)
 
 
-def unet_condition(base: BaseModel, prompt: PromptEmbeds, time_ids: torch.Tensor | None = None) -> dict[str, Any]:
+def unet_condition(base: TextModel, prompt: PromptEmbeds, time_ids: torch.Tensor | None = None) -> dict[str, Any]:
     """Keyword arguments for `base.unet(noisy_latents, timesteps, **cond)`.
 
     For SDXL `time_ids` is [B, 6] (stack `sdxl_time_ids` per image) and is required: guessing it

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from prep.errors import UsageError
-from train.optim import OPTIMIZERS, parse_optimizer_args
+from train.optargs import OPTIMIZERS, parse_optimizer_args
 from train.samplers import check_sampler
 
 PRESETS = ("attn", "attn-mlp", "full")

@@ -383,5 +383,3 @@ def _from_pipeline(pipe: Any, family: Family, name: str, fingerprints: dict[str,
         model_id=f"{name}-{model_digest}", pipeline_class=type(pipe), source=source, component_ids=ids,
     )
 
-
-from train.conditioning import PromptEmbeds, encode_prompt, sdxl_time_ids, tokenize, unet_condition  # noqa: E402,F401

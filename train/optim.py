@@ -7,40 +7,20 @@ sd-scripts reads it with `ast.literal_eval`; we also accept lower-case `true`/`f
 leave any other word as text. Keys are checked against the optimizer's own parameters before it is
 built, so a misspelt `decoupel=True` is an error naming the ones it takes, not a silent default.
 
-This module imports no torch at load time: `train.config` validates names and args with it.
+The names and the `key=value` syntax live in `train.optargs`, which `train.config` validates with.
 """
 
 from __future__ import annotations
 
-import ast
 import inspect
-import re
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prep.errors import UsageError
+from train.config import TrainConfig
+from train.network import Network
+from train.optargs import OPTIMIZER_CLASSES, parse_optimizer_args
 
-if TYPE_CHECKING:
-    from train.config import TrainConfig
-
-# name → (module, class); names are sd-scripts' optimizer_type values, lower-cased
-_CLASSES: dict[str, tuple[str, str]] = {
-    "adamw": ("torch.optim", "AdamW"),
-    "adamw8bit": ("bitsandbytes.optim", "AdamW8bit"),
-    "lion": ("lion_pytorch", "Lion"),
-    "adafactor": ("transformers.optimization", "Adafactor"),
-    "prodigy": ("prodigyopt", "Prodigy"),
-    "sgdnesterov": ("torch.optim", "SGD"),
-    "dadaptation": ("dadaptation.experimental", "DAdaptAdamPreprint"),
-    "dadaptadampreprint": ("dadaptation.experimental", "DAdaptAdamPreprint"),
-    "dadaptadam": ("dadaptation", "DAdaptAdam"),
-    "dadaptlion": ("dadaptation", "DAdaptLion"),
-    "dadaptsgd": ("dadaptation", "DAdaptSGD"),
-    "dadaptadagrad": ("dadaptation", "DAdaptAdaGrad"),
-    "dadaptadan": ("dadaptation", "DAdaptAdan"),
-    "dadaptadanip": ("dadaptation.experimental", "DAdaptAdanIP"),
-}
-OPTIMIZERS = tuple(_CLASSES)
 # Our defaults where they differ from the optimizer's own (explicit optimizer_args win).
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "adafactor": {"scale_parameter": False, "relative_step": False, "warmup_init": False},
@@ -55,47 +35,11 @@ def is_adaptive(name: str) -> bool:
     return name == "prodigy" or name.startswith("dadapt")
 
 
-def parse_value(text: str) -> Any:
-    """An optimizer_args value: a Python literal as sd-scripts reads it; true/false/none in any case;
-    else the text itself."""
-    text = text.strip()
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        pass
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered == "none":
-        return None
-    return text
-
-
-def parse_optimizer_args(items: Iterable[str]) -> dict[str, Any]:
-    """`["decouple=True", "betas=0.9,0.99"]` → `{"decouple": True, "betas": (0.9, 0.99)}`.
-
-    One item may hold several pairs separated by spaces (`"decouple=True weight_decay=0.4"`), as a
-    quoted sd-scripts command line often has them; a later key overrides an earlier one.
-    """
-    parsed: dict[str, Any] = {}
-    for item in items:
-        for pair in re.split(r"\s+(?=[A-Za-z_][A-Za-z0-9_]*\s*=)", item.strip()):
-            if not pair:
-                continue
-            key, sep, value = pair.partition("=")
-            key = key.strip()
-            if not sep or not key.isidentifier():
-                raise UsageError(f"optimizer argument '{pair}' is not key=value",
-                                 hint='write them like sd-scripts: --optimizer-args "decouple=True" "betas=0.9,0.99"')
-            parsed[key] = parse_value(value)
-    return parsed
-
-
 def optimizer_class(name: str) -> type:
     """The optimizer class for `name`, imported now; a missing package is a UsageError saying how to get it."""
     import importlib
 
-    module_name, class_name = _CLASSES[name]
+    module_name, class_name = OPTIMIZER_CLASSES[name]
     try:
         module = importlib.import_module(module_name)
     except ImportError:
@@ -134,9 +78,12 @@ def _check_keys(cls: type, kwargs: dict[str, Any], name: str) -> None:
                          hint=f"it takes: {', '.join(accepted)}")
 
 
-def make_optimizer(groups: Sequence[dict[str, Any]], config: TrainConfig) -> Any:
-    """The named optimizer over parameter groups (each with its own "lr"), with optimizer_args applied."""
+def make_optimizer(groups: Network | Sequence[dict[str, Any]], config: TrainConfig) -> Any:
+    """The named optimizer over parameter groups (each with its own "lr"; a Network gives UNet and
+    text-encoder groups at lr / text_encoder_lr), with optimizer_args applied."""
     o = config.optimizer
+    if isinstance(groups, Network):
+        groups = groups.param_groups(o.lr, config.network.text_encoder_lr)
     cls = optimizer_class(o.optimizer)
     kwargs = optimizer_kwargs(config)
     _check_keys(cls, kwargs, o.optimizer)
@@ -151,6 +98,15 @@ def make_optimizer(groups: Sequence[dict[str, Any]], config: TrainConfig) -> Any
     except (TypeError, ValueError) as exc:
         raise UsageError(f"--optimizer {o.optimizer} refused its settings: {exc}",
                          hint="check --optimizer-args and --lr / --weight-decay") from None
+
+
+def training_optimizer(unet: Any, network: Network, config: TrainConfig) -> tuple[Any, list[str]]:
+    """The optimizer over the network's LoRA (per-block learning rates when asked), and what sd-scripts
+    would warn about these settings."""
+    from train.blocks import training_param_groups
+
+    groups, notes = training_param_groups(unet, network, config)
+    return make_optimizer(groups, config), notes + optimizer_notes(config, [g["lr"] for g in groups])
 
 
 def warmup_steps(config: TrainConfig, total_steps: int) -> int:

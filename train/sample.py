@@ -206,6 +206,20 @@ def resolve(prompt: SamplePrompt, defaults: SampleDefaults, index: int) -> Sampl
     )
 
 
+def sample_due(step: int, total_steps: int, *, epoch_done: int | None, every_steps: int = 0,
+               every_epochs: int = 0) -> bool:
+    """Whether the loop renders samples after `step` (epoch_done: the 1-based epoch that just ended).
+
+    sd-scripts' rule: every_epochs, when set, wins and every_steps is ignored; the last step always
+    renders (with only a prompt file given, that is the one grid).
+    """
+    if step >= total_steps:
+        return True
+    if every_epochs:
+        return epoch_done is not None and epoch_done % every_epochs == 0
+    return bool(every_steps) and step % every_steps == 0
+
+
 # ---------------------------------------------------------------- rendering
 
 

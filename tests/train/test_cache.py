@@ -11,7 +11,9 @@ from prep.images import open_image, save_image_atomic
 from train.cache import TensorCache, latent_key, text_key
 from train.config import load_config
 from train.data import load_training_set, placement
-from train.loop import Batcher, load_model
+from train.batcher import Batcher
+from train.prepare import load_model
+from elsewhere import TRAINING_DEVICE, Elsewhere, outputs_elsewhere
 from trainsets import make_dataset, rebuild_manifest
 
 
@@ -96,3 +98,29 @@ def test_a_damaged_disk_entry_is_recomputed(tmp_path: Path) -> None:
     cache.path_for("ab" * 32).write_bytes(b"not safetensors")
     value = cache.get_or_compute("ab" * 32, lambda: {"latent": torch.zeros(2)})
     assert torch.equal(value["latent"], torch.zeros(2)) and cache.stats.misses == 1
+
+
+def test_a_miss_hands_out_the_host_copy_like_a_hit() -> None:
+    cache = TensorCache()
+    computed = cache.get_or_compute("k", lambda: {"x": torch.ones(3).as_subclass(Elsewhere)})
+    found = cache.get_or_compute("k", lambda: {"x": torch.zeros(3)})
+    assert type(computed["x"]) is torch.Tensor and computed["x"].device.type == "cpu"
+    assert torch.equal(computed["x"], found["x"]) and (cache.stats.hits, cache.stats.misses) == (1, 1)
+
+
+@pytest.mark.parametrize("cache_latents", ["memory", "off"])
+def test_a_batch_mixing_cached_and_fresh_entries_lands_on_the_training_device(
+        testdata: Path, tmp_path: Path, tiny_sd15: Path, cache_latents: str) -> None:
+    """Encoders on an accelerator, caches on the host: batch > 1 with some entries cached (issue 15 §1)."""
+    manifest = make_dataset(testdata, tmp_path / "ds")
+    config = load_config(None, {"base": str(tiny_sd15), "output_dir": str(tmp_path / "out"),
+                                "cache_latents": cache_latents, "shuffle_caption": False})
+    base = load_model(config, "cpu")
+    batcher = Batcher(base, load_training_set(manifest, shuffle_caption=False), config, TRAINING_DEVICE)
+    with outputs_elsewhere(*base.text_encoders, base.vae.quant_conv):
+        batcher.condition([0], epoch=0, batch_number=0)
+        batch = batcher.condition([0, 1, 2], epoch=0, batch_number=1)
+    assert batcher.texts.stats.hits == 1 and batcher.texts.stats.misses == 3
+    for tensor in (batch.latents, batch.prompt.embeds, batch.weights):
+        assert tensor.device == TRAINING_DEVICE and tensor.shape[0] == 3
+    assert all(type(entry["embeds"]) is torch.Tensor for entry in batcher.texts._memory.values())

@@ -12,7 +12,9 @@ from typer.testing import CliRunner
 import cli
 from prep.errors import LoraprepError, UsageError
 from train.config import load_config
-from train.loop import TrainingDiverged, load_model, make_optimizer, make_scheduler, min_snr_weights, train
+from train.loop import TrainingDiverged, min_snr_weights, train
+from train.optim import make_optimizer, make_scheduler
+from train.prepare import load_model
 from train.network import Network
 from trainsets import make_dataset
 
@@ -156,7 +158,7 @@ def test_init_weights_from_a_lora_of_another_family_is_refused(manifest: Path, t
     (["train", "m.json", "--num-processes=4"], ["train", "m.json"]),
 ])
 def test_num_processes_relaunches_through_accelerate(argv: list[str], expected: list[str]) -> None:
-    from train.loop import relaunch_command
+    from train.launch import relaunch_command
 
     command = relaunch_command(argv, 2)
     assert command[1:4] == ["-m", "accelerate.commands.launch", "--num_processes"]
@@ -165,7 +167,7 @@ def test_num_processes_relaunches_through_accelerate(argv: list[str], expected: 
 
 def test_regularisation_images_carry_the_prior_loss_weight(testdata: Path, tmp_path: Path, tiny_sd15: Path) -> None:
     from train.data import load_training_set
-    from train.loop import Batcher
+    from train.batcher import Batcher
 
     path = make_dataset(testdata, tmp_path / "ds", images={"photos/astronaut.png": "sks, woman"},
                         reg={"photos/camera.png": "man, camera"})

@@ -10,13 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 from prep.errors import ModelMismatch, ModelNotAvailable, UsageError
-from train.model import (
-    encode_prompt,
-    family_from_checkpoint_keys,
-    family_from_unet_config,
-    load_base,
-    tokenize,
-)
+from train.conditioning import encode_prompt, tokenize
+from train.model import family_from_checkpoint_keys, family_from_unet_config, load_base
 
 
 @pytest.mark.parametrize(("config", "family"), [

@@ -9,7 +9,8 @@ import torch
 
 from prep.errors import UsageError
 from train.config import load_config
-from train.optim import make_optimizer, make_scheduler, optimizer_notes, parse_optimizer_args
+from train.optargs import parse_optimizer_args
+from train.optim import make_optimizer, make_scheduler, optimizer_notes
 
 
 @pytest.mark.parametrize(("items", "expected"), [

@@ -12,7 +12,8 @@ import torch
 from prep.errors import LoraprepError, UsageError
 from train.checkpoint import LoopState, list_checkpoints, save_checkpoint
 from train.config import load_config
-from train.loop import load_model, train
+from train.loop import train
+from train.prepare import load_model
 from trainsets import make_dataset
 
 SETTINGS = {"max_steps": 4, "batch_size": 2, "rank": 4, "alpha": 2, "lr": 1e-3, "flip": True,

@@ -1,0 +1,133 @@
+"""What a run writes besides checkpoints: the LoRA files (with their metadata), sample grids, TensorBoard.
+
+Why together: each is an output of a step the loop reached, named from the run's name and step.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prep.errors import LoraprepError, UsageError
+from prep.progress import Reporter
+from train.checkpoint import LoopState, list_checkpoints
+from train.config import TrainConfig
+from train.data import TrainingSet
+from train.network import Network
+from train.plan import TrainPlan
+
+
+def export_lora(stem: Path, base: Any, network: Network, config: TrainConfig, plan: TrainPlan,
+                state: LoopState) -> list[Path]:
+    """Both LoRA formats via train.export (kohya/WebUI and diffusers/peft), named from `stem`."""
+    from train.export import save_lora
+
+    encoders = base.text_encoders if network.text_encoder_params else ()
+    try:
+        files = save_lora(stem, unet=base.unet, text_encoders=encoders, base=base,
+                                 network_config=config.network, metadata=lora_metadata(config, plan, state, base))
+    except OSError as exc:
+        found = list_checkpoints(Path(config.run.output_dir))
+        kept = f"the last checkpoint {found[-1]} is intact" if found else "no checkpoint was saved"
+        raise LoraprepError(f"could not write {stem.name}.safetensors at step {state.global_step}: "
+                            f"{exc.strerror or exc}; {kept}",
+                            hint="free disk space, then continue with `--resume latest`") from exc
+    return [Path(f) for f in files]
+
+
+def lora_metadata(config: TrainConfig, plan: TrainPlan, state: LoopState, base: Any) -> dict[str, Any]:
+    """What the LoRA file records about its training (sd-scripts `ss_*` fields)."""
+    manifest = plan.data.manifest
+    resolution = manifest.buckets.resolution if manifest.buckets else (512, 512)
+    o, r = config.optimizer, config.run
+    return dict(
+        title=r.name, trigger=manifest.trigger or "", resolution=tuple(resolution),
+        num_train_images=sum(e.repeats for e in plan.data.examples if not e.is_reg),
+        num_reg_images=sum(e.repeats for e in plan.data.examples if e.is_reg),
+        tag_frequency=tag_frequency(plan.data), learning_rate=o.lr, unet_lr=o.lr,
+        text_encoder_lr=(config.network.text_encoder_lr or o.lr) if config.network.train_text_encoder else None,
+        optimizer=o.optimizer + (f"({','.join(o.optimizer_args)})" if o.optimizer_args else ""),
+        lr_scheduler=o.scheduler, max_train_steps=plan.total_steps, steps=state.global_step,
+        epoch=state.epoch, num_epochs=plan.epochs, batch_size=config.data.batch_size * o.grad_accum, seed=r.seed,
+        clip_skip=config.model.clip_skip, noise_offset=config.loss.noise_offset or None,
+        min_snr_gamma=config.loss.min_snr_gamma, mixed_precision=r.mixed_precision,
+        base_model_name=Path(config.model.base).name,
+    )
+
+
+def tag_frequency(data: TrainingSet) -> dict[str, dict[str, int]]:
+    """sd-scripts' ss_tag_frequency: per dataset folder ("<repeats>_<subset>"), how often each tag occurs."""
+    from collections import Counter
+
+    from train.data import split_caption
+
+    found: dict[str, Counter[str]] = {}
+    for example in data.examples:
+        counter = found.setdefault(f"{example.repeats}_{example.record.subset}", Counter())
+        counter.update(split_caption(example.caption))
+    return {k: dict(v) for k, v in found.items()}
+
+
+def prune_exports(out: Path, name: str, keep: int) -> None:
+    if keep <= 0:
+        return
+    steps = sorted({p.name.split("-step")[1][:8] for p in out.glob(f"{name}-step*") if "-step" in p.name})
+    for old in steps[:-keep]:
+        for path in out.glob(f"{name}-step{old}*"):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def make_tracker(config: TrainConfig, out: Path) -> Any:
+    if not config.run.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UsageError("--tensorboard needs the tensorboard package",
+                         hint="pip install 'loraprep[tensorboard]'") from None
+    return SummaryWriter(log_dir=str(out / "tensorboard"))
+
+
+
+
+@dataclass
+class Sampler:
+    """`--sample-prompts FILE`: a PNG grid of the prompts every N steps or epochs (`--sample-every`,
+    `--sample-every-epochs`), optionally before the first step, and always at the end."""
+
+    base: Any
+    prompts: list[Any]
+    defaults: Any
+    folder: Path
+    name: str
+    reporter: Reporter
+    every_steps: int = 0
+    every_epochs: int = 0
+
+    @classmethod
+    def create(cls, config: TrainConfig, plan: TrainPlan, base: Any, reporter: Reporter) -> Sampler | None:
+        if not config.run.sample_prompts:
+            return None
+        from train.sample import SampleDefaults, parse_prompt_file
+
+        manifest = plan.data.manifest
+        width, height = manifest.buckets.resolution if manifest.buckets else (512, 512)
+        defaults = SampleDefaults(width=width, height=height, seed=config.run.seed, clip_skip=config.model.clip_skip,
+                                  sampler=config.run.sample_sampler)
+        return cls(base, parse_prompt_file(config.run.sample_prompts), defaults,
+                   Path(config.run.output_dir) / "samples", config.run.name, reporter,
+                   config.run.sample_every, config.run.sample_every_epochs)
+
+    def due(self, step: int, total_steps: int, *, epoch_done: int | None) -> bool:
+        from train.sample import sample_due
+
+        return sample_due(step, total_steps, epoch_done=epoch_done, every_steps=self.every_steps,
+                          every_epochs=self.every_epochs)
+
+    def render(self, step: int) -> Path:
+        from train.sample import render_samples
+
+        return render_samples(self.base, self.prompts, self.folder / f"{self.name}-step{step:08d}.png",
+                              defaults=self.defaults, reporter=self.reporter)
