@@ -1077,7 +1077,10 @@ def _plan_table(plan: Any) -> Any:
 
 
 def _describe_training(metrics: dict) -> str:
-    return f"epoch {metrics['epoch']}/{metrics['epochs']}  loss {metrics['loss_ema']:.4f}  lr {metrics['lr']:.2e}"
+    text = f"epoch {metrics['epoch']}/{metrics['epochs']}  loss {metrics['loss_ema']:.4f}  lr {metrics['lr']:.2e}"
+    if "keys_scaled" in metrics:  # --scale-weight-norms: sd-scripts' "Keys Scaled" / "Average key norm"
+        text += f"  keys scaled {metrics['keys_scaled']}  avg norm {metrics['mean_norm']:.3f}"
+    return text
 
 
 # ---------------------------------------------------------------- generate, lora (issue 6)

@@ -87,7 +87,7 @@ def make_optimizer(groups: Network | Sequence[dict[str, Any]], config: TrainConf
     cls = optimizer_class(o.optimizer)
     kwargs = optimizer_kwargs(config)
     _check_keys(cls, kwargs, o.optimizer)
-    groups = [dict(g) for g in groups]
+    groups = _one_rate_for_adaptive([dict(g) for g in groups], o.optimizer)
     lr: float | None = o.lr
     if o.optimizer == "adafactor" and kwargs.get("relative_step"):
         lr = None  # Adafactor computes its own step; the schedule below starts it at o.lr
@@ -98,6 +98,21 @@ def make_optimizer(groups: Network | Sequence[dict[str, Any]], config: TrainConf
     except (TypeError, ValueError) as exc:
         raise UsageError(f"--optimizer {o.optimizer} refused its settings: {exc}",
                          hint="check --optimizer-args and --lr / --weight-decay") from None
+
+
+def _one_rate_for_adaptive(groups: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    """D-Adaptation and Prodigy refuse groups with different learning rates (at their first step);
+    DAdaptAdam takes per-group `layer_scale` factors instead, so rates become those. Others: an error now."""
+    rates = sorted({g["lr"] for g in groups if g.get("lr")})
+    if not is_adaptive(name) or len(rates) < 2:
+        return groups
+    if name == "dadaptadam":
+        top = rates[-1]
+        return [{**g, "lr": top, "layer_scale": g["lr"] / top} if g.get("lr") else g for g in groups]
+    raise UsageError(f"--optimizer {name} takes one learning rate for all parameters, these settings give "
+                     f"{', '.join(f'{r:g}' for r in rates)} (text-encoder or per-block rates)",
+                     hint="drop --text-encoder-lr and the block weights, or use dadaptadam (per-group scales) "
+                          "or adamw")
 
 
 def training_optimizer(unet: Any, network: Network, config: TrainConfig) -> tuple[Any, list[str]]:

@@ -109,3 +109,12 @@ def test_optimizer_args_from_toml_and_flags(tmp_path: Path) -> None:
     path.write_text('optimizer = "prodigy"\noptimizer_args = ["decouple=True", "d_coef=2"]\n', encoding="utf-8")
     assert load_config(path).optimizer.optimizer_args == ("decouple=True", "d_coef=2")
     assert load_config(path, {"optimizer_args": ["d_coef=1"]}).optimizer.optimizer_args == ("d_coef=1",)
+
+
+def test_adaptive_optimizers_with_several_rates_fail_early_or_scale_per_group() -> None:
+    config = load_config(None, {"optimizer": "prodigy", "lr": 1.0})
+    groups = [{"params": [_param()], "lr": 1.0}, {"params": [_param()], "lr": 0.5}]
+    with pytest.raises(UsageError, match="one learning rate"):
+        make_optimizer(groups, config)
+    optimizer = make_optimizer(groups, load_config(None, {"optimizer": "dadaptadam", "lr": 1.0}))
+    assert [(g["lr"], g["layer_scale"]) for g in optimizer.param_groups] == [(1.0, 1.0), (1.0, 0.5)]

@@ -20,6 +20,7 @@ from train.sample import (
     parse_prompt_line,
     render_samples,
     resolve,
+    sample_due,
 )
 from train.samplers import SAMPLERS, check_sampler, sampler_scheduler
 
@@ -224,3 +225,15 @@ def test_samples_render_with_a_bf16_unet_and_fp32_vae(tiny_sd15: Path, tmp_path:
     path = render_samples(base, [SamplePrompt("sks", width=64, height=64, steps=1)], tmp_path / "mixed.png")
     with Image.open(path) as image:
         assert image.getextrema() != ((0, 0), (0, 0), (0, 0))  # not a black (NaN) image
+
+
+@pytest.mark.parametrize(("step", "epoch_done", "every_steps", "every_epochs", "due"), [
+    (4, None, 2, 0, True), (3, None, 2, 0, False),
+    (4, None, 2, 1, False),  # sample_every_n_epochs wins: steps are ignored
+    (6, 2, 2, 2, True), (6, 3, 0, 2, False), (6, 3, 0, 1, True),
+    (10, None, 0, 0, True),  # the last step always renders
+    (5, 1, 0, 0, False),
+])
+def test_sampling_schedule_follows_sd_scripts(step: int, epoch_done: int | None, every_steps: int,
+                                             every_epochs: int, due: bool) -> None:
+    assert sample_due(step, 10, epoch_done=epoch_done, every_steps=every_steps, every_epochs=every_epochs) is due
