@@ -974,9 +974,18 @@ def train(
     conv_alpha: Annotated[Optional[float], typer.Option(help="Alpha of the conv LoRA (default 1; 0: = --conv-dim).", rich_help_panel="Network")] = None,
     dora: Annotated[Optional[bool], typer.Option("--dora/--no-dora", help="Weight-decomposed LoRA (DoRA).", rich_help_panel="Network")] = None,
     network_dropout: Annotated[Optional[float], typer.Option(help="Dropout inside the LoRA layers.", rich_help_panel="Network")] = None,
+    rank_dropout: Annotated[Optional[float], typer.Option(help="Chance to drop each LoRA rank per sample while training (sd-scripts rank_dropout).", rich_help_panel="Network")] = None,
+    module_dropout: Annotated[Optional[float], typer.Option(help="Chance to skip a whole LoRA layer for a step (sd-scripts module_dropout).", rich_help_panel="Network")] = None,
+    scale_weight_norms: Annotated[Optional[float], typer.Option(help="Max-norm: cap each layer's LoRA update norm after every step (1 is a good start); reports keys scaled.", rich_help_panel="Network")] = None,
     train_text_encoder: Annotated[Optional[bool], typer.Option("--train-text-encoder/--no-train-text-encoder", help="Also train LoRA on the text encoder(s).", rich_help_panel="Network")] = None,
+    train_text_encoder_only: Annotated[Optional[bool], typer.Option("--train-text-encoder-only", help="Train only the text-encoder LoRA, no UNet LoRA (sd-scripts network_train_text_encoder_only).", rich_help_panel="Network")] = None,
     text_encoder_lr: Annotated[Optional[float], typer.Option(help="Learning rate of the text-encoder LoRA (default: --lr).", rich_help_panel="Network")] = None,
     init_weights: Annotated[Optional[str], typer.Option(help="Start from an existing LoRA file (kohya or diffusers).", rich_help_panel="Network")] = None,
+    down_lr_weight: Annotated[Optional[str], typer.Option(help="Per-block LR weights of the down blocks IN00–IN11 (SDXL IN00–IN08): '0,0,0.5,…' or cosine|sine|linear|reverse_linear|zeros[+BASE]; 0 = block not trained.", rich_help_panel="Block learning rates")] = None,
+    mid_lr_weight: Annotated[Optional[str], typer.Option(help="LR weight of the middle block (SDXL: 3 values).", rich_help_panel="Block learning rates")] = None,
+    up_lr_weight: Annotated[Optional[str], typer.Option(help="Per-block LR weights of the up blocks OUT00–OUT11 (SDXL OUT00–OUT08), like --down-lr-weight.", rich_help_panel="Block learning rates")] = None,
+    block_lr_zero_threshold: Annotated[Optional[float], typer.Option(help="Block weights at or below this count as 0 (not trained).", rich_help_panel="Block learning rates")] = None,
+    block_lr_weights: Annotated[Optional[str], typer.Option(help="One list in the lora-block-weight layout instead: 17/26 values (SD1/SD2) or 12/20 (SDXL), BASE = text encoder; or a preset (ALL, INS, IND, INALL, MIDD, OUTD, OUTS, OUTALL, ALL0.5).", rich_help_panel="Block learning rates")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per batch (one bucket per batch).", rich_help_panel="Data")] = None,
     shuffle_caption: Annotated[Optional[bool], typer.Option("--shuffle-caption/--no-shuffle-caption", help="Shuffle tags after the kept ones (default: per subset).", rich_help_panel="Data")] = None,
     keep_tokens: Annotated[Optional[int], typer.Option(help="Leading tags never shuffled or dropped (default: manifest's).", rich_help_panel="Data")] = None,
@@ -985,11 +994,15 @@ def train(
     flip: Annotated[Optional[bool], typer.Option("--flip/--no-flip", help="Random horizontal flips.", rich_help_panel="Data")] = None,
     color_aug: Annotated[Optional[bool], typer.Option("--color-aug/--no-color-aug", help="Small colour jitter (needs --cache-latents off).", rich_help_panel="Data")] = None,
     prior_loss_weight: Annotated[Optional[float], typer.Option(help="Loss weight of regularisation images.", rich_help_panel="Data")] = None,
-    optimizer: Annotated[Optional[str], typer.Option(help="adamw | adamw8bit | lion | adafactor | prodigy.", rich_help_panel="Optimizer")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default 1e-4; ~1.0 for prodigy).", rich_help_panel="Optimizer")] = None,
+    fixed_resolution: Annotated[Optional[str], typer.Option(help="Train every image at this one size (512 or WIDTHxHEIGHT: scaled to cover, centre-trimmed) instead of its bucket; sd-scripts enable_bucket = false.", rich_help_panel="Data")] = None,
+    dataset_config: Annotated[Optional[str], typer.Option(help="An sd-scripts dataset TOML: its subsets' num_repeats, class_tokens, is_reg, keep_tokens… apply to the manifest's images in those folders.", rich_help_panel="Data")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help="adamw | adamw8bit | lion | adafactor | prodigy | sgdnesterov | dadaptadam | dadaptlion | dadaptsgd | dadaptadagrad | dadaptadan | dadaptation (sd-scripts' names).", rich_help_panel="Optimizer")] = None,
+    optimizer_args: Annotated[Optional[list[str]], typer.Option(help="key=value passed to the optimizer, sd-scripts style (repeatable, or several in one quoted value): decouple=True betas=0.9,0.99 relative_step=False d_coef=2.", rich_help_panel="Optimizer")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default 1e-4; ~1.0 for prodigy and D-Adaptation).", rich_help_panel="Optimizer")] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help="Weight decay.", rich_help_panel="Optimizer")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="constant | constant_with_warmup | cosine | cosine_with_restarts | linear | polynomial.", rich_help_panel="Optimizer")] = None,
     warmup_steps: Annotated[Optional[int], typer.Option(help="LR warmup steps.", rich_help_panel="Optimizer")] = None,
+    warmup_ratio: Annotated[Optional[float], typer.Option(help="LR warmup as a fraction of all steps (sd-scripts' lr_warmup_steps = 0.1).", rich_help_panel="Optimizer")] = None,
     cycles: Annotated[Optional[int], typer.Option(help="Restarts for cosine_with_restarts.", rich_help_panel="Optimizer")] = None,
     max_grad_norm: Annotated[Optional[float], typer.Option(help="Gradient clipping norm (0 = off).", rich_help_panel="Optimizer")] = None,
     grad_accum: Annotated[Optional[int], typer.Option(help="Gradient accumulation steps.", rich_help_panel="Optimizer")] = None,
@@ -1009,8 +1022,11 @@ def train(
     save_every_epochs: Annotated[Optional[int], typer.Option(help="Checkpoint every N epochs (default 1).", rich_help_panel="Run and checkpoints")] = None,
     save_last: Annotated[Optional[int], typer.Option(help="Keep only the newest K checkpoints.", rich_help_panel="Run and checkpoints")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Checkpoint folder, or 'latest'.", rich_help_panel="Run and checkpoints")] = None,
-    sample_every: Annotated[Optional[int], typer.Option(help="Render sample grids every N steps.", rich_help_panel="Run and checkpoints")] = None,
-    sample_prompts: Annotated[Optional[str], typer.Option(help="Prompt file for samples (sd-scripts --n --w --h --s --l --d).", rich_help_panel="Run and checkpoints")] = None,
+    sample_every: Annotated[Optional[int], typer.Option(help="Render sample grids every N steps.", rich_help_panel="Samples")] = None,
+    sample_every_epochs: Annotated[Optional[int], typer.Option(help="Render sample grids every N epochs (wins over --sample-every, as in sd-scripts).", rich_help_panel="Samples")] = None,
+    sample_at_first: Annotated[Optional[bool], typer.Option("--sample-at-first", help="Also render before the first step (the base model's look).", rich_help_panel="Samples")] = None,
+    sample_prompts: Annotated[Optional[str], typer.Option(help="Prompt file: .txt lines with sd-scripts --n --w --h --s --l --d --ss, or sd-scripts .toml/.json. Alone: one grid at the end.", rich_help_panel="Samples")] = None,
+    sample_sampler: Annotated[Optional[str], typer.Option(help="Sampler for prompts without --ss: default (the model's own), euler_a, euler, dpmsolver++, dpmsolver, dpmsingle, ddim, pndm, heun, dpm_2, dpm_2_a, lms, unipc, deis (k_ names too).", rich_help_panel="Samples")] = None,
     tensorboard: Annotated[Optional[bool], typer.Option("--tensorboard", help="Also log to OUTPUT/tensorboard.", rich_help_panel="Run and checkpoints")] = None,
     num_processes: Annotated[Optional[int], typer.Option(help="GPUs: relaunch through `accelerate launch` with N processes.", rich_help_panel="Run and checkpoints")] = None,
 ) -> None:
@@ -1092,7 +1108,11 @@ def generate(
     prompt: Annotated[str, typer.Argument(help="What to draw.")],
     base: Annotated[str, typer.Option("--base", help="Base model: diffusers folder, .safetensors file or hub id.")],
     lora: Annotated[Optional[Path], typer.Option("--lora", help="LoRA file (kohya or diffusers format).")] = None,
-    scale: Annotated[float, typer.Option("--scale", help="LoRA strength; 0 renders the base model alone.")] = 1.0,
+    scale: Annotated[str, typer.Option("--scale", help="LoRA strength; 0 renders the base model alone. A list (0,0.5,1) renders one labelled grid across the values.")] = "1.0",
+    unet_scale: Annotated[Optional[str], typer.Option("--unet-scale", help="UNet weight (default --scale); a list with --te-scale makes an X/Y grid, UNet across, text encoder down.")] = None,
+    te_scale: Annotated[Optional[str], typer.Option("--te-scale", help="Text-encoder weight (default --scale); a list makes the grid's rows.")] = None,
+    block_weights: Annotated[Optional[str], typer.Option("--block-weights", help="lora-block-weight values per block: 17/26 (SD1/SD2) or 12/20 (SDXL), e.g. 1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1, or a preset: ALL, INS, IND, INALL, MIDD, OUTD, OUTS, OUTALL, ALL0.5.")] = None,
+    sampler: Annotated[str, typer.Option("--sampler", help="default (the model's own scheduler), euler_a, euler, dpmsolver++, ddim, … (sd-scripts' names).")] = "default",
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Output folder (image-000.png, …) or a .png path for one image.")] = Path("generated"),
     negative: Annotated[str, typer.Option("--negative", "-n", help="Negative prompt.")] = "",
     width: Annotated[Optional[int], typer.Option(help="Image width (default: the model's native size).")] = None,
@@ -1108,19 +1128,20 @@ def generate(
 ) -> None:
     """Render images with a LoRA, to check what it learned.
 
-    The same seed with [bold]--scale 0[/] (base model) and [bold]--scale 0.8[/] shows the LoRA's effect directly. The LoRA is checked against the base model's family: an SDXL LoRA on an SD1.5 base is an error, not garbage images.
+    The same seed with [bold]--scale 0[/] (base model) and [bold]--scale 0.8[/] shows the LoRA's effect directly; [bold]--scale 0,0.5,1[/] puts them side by side in one grid, and [bold]--unet-scale 0,0.5,1 --te-scale 0,1[/] makes the X/Y plot of UNet × text-encoder weight. The LoRA is checked against the base model's family: an SDXL LoRA on an SD1.5 base is an error, not garbage images.
     """
     from train.model import load_base, pick_device
-    from train.sample import GenerateOptions, generate as render_images, save_images
+    from train.sample import GenerateOptions, generate as render_images, save_images, strengths
 
     options = GenerateOptions(negative=negative, width=width, height=height, steps=steps, cfg=cfg, seed=seed,
-                              count=count, clip_skip=clip_skip)
+                              count=count, clip_skip=clip_skip, sampler=sampler)
+    plan = strengths(scale, unet_scale, te_scale, block_weights)
     torch_device, dtype = pick_device(device)
     with rich_reporter() as reporter:
         reporter.note(f"loading {base} on {torch_device}")
         model = load_base(base, allow_pickle=allow_pickle, dtype=dtype, device=torch_device, config=base_config)
-        images = render_images(model, lora, scale, prompt, options, reporter=reporter)
-    for path in save_images(images, out_path):
+        images = render_images(model, lora, plan, prompt, options, reporter=reporter)
+    for path in save_images(images, out_path, stem="image" if plan.single else "grid"):
         out.print(f"[green]✓[/] {path}")
 
 

@@ -381,33 +381,145 @@ def apply_lora(base: BaseModel, lora: str | Path, scale: float, adapter: str = "
     return state.components
 
 
-def generate(base: BaseModel, lora: str | Path | None, scale: float, prompt: str,
-             options: GenerateOptions = GenerateOptions(), *, reporter: Reporter = SILENT) -> list[Image.Image]:
-    """Render `options.count` images of `prompt` with `lora` at strength `scale`.
+@dataclass(frozen=True)
+class Strengths:
+    """How strongly a LoRA applies: UNet and text-encoder weights (a sweep when either has several),
+    and optional lora-block-weight values (a 12/17/20/26-value list or preset name)."""
 
-    Scale 0 renders the untouched base model (the LoRA is still checked against it). Seeds are
-    `options.seed`, `options.seed + 1`, … so the same seed with and without the LoRA compares directly.
+    unet: tuple[float, ...] = (1.0,)
+    text_encoder: tuple[float, ...] = (1.0,)
+    block_weights: str | None = None
+    xy: bool = False  # label the grid UNet × text encoder (else one "scale" axis)
+
+    @property
+    def cells(self) -> list[tuple[float, float]]:
+        """(UNet, text encoder) per image: the diagonal for a plain --scale list, else every pair."""
+        if not self.xy:
+            return list(zip(self.unet, self.text_encoder, strict=True))
+        return [(u, t) for t in self.text_encoder for u in self.unet]
+
+    @property
+    def single(self) -> bool:
+        return len(self.cells) == 1
+
+
+def parse_scales(text: str | float, *, where: str = "--scale") -> tuple[float, ...]:
+    """"0,0.5,1" → (0.0, 0.5, 1.0): LoRA strengths (negative ones invert a LoRA, as the WebUI allows)."""
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        raise UsageError(f"{where} '{text}' is not a comma-separated list of numbers, e.g. 0,0.5,1") from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise UsageError(f"{where} '{text}' needs at least one finite number")
+    return values
+
+
+def strengths(scale: str | float = 1.0, unet_scale: str | None = None, text_encoder_scale: str | None = None,
+              block_weights: str | None = None) -> Strengths:
+    """`--scale` sets both parts (a list: one image per value); `--unet-scale`/`--te-scale` set one part
+    each, and with either a list the images form an X/Y grid (UNet across, text encoder down)."""
+    scales = parse_scales(scale)
+    if unet_scale is None and text_encoder_scale is None:
+        return Strengths(scales, scales, block_weights)
+    if len(scales) > 1:
+        raise UsageError("--scale with several values cannot be combined with --unet-scale/--te-scale",
+                         hint="give the sweep as --unet-scale 0,0.5,1 --te-scale 0,1")
+    unet = parse_scales(unet_scale, where="--unet-scale") if unet_scale is not None else scales
+    text = parse_scales(text_encoder_scale, where="--te-scale") if text_encoder_scale is not None else scales
+    return Strengths(unet, text, block_weights, xy=True)
+
+
+def generate(base: BaseModel, lora: str | Path | None, scale: float | Strengths, prompt: str,
+             options: GenerateOptions = GenerateOptions(), *, reporter: Reporter = SILENT) -> list[Image.Image]:
+    """Render `options.count` images of `prompt` with `lora` at a strength, or for a sweep of strengths
+    one labelled grid per image seed.
+
+    UNet and text encoder both 0 render the untouched base model (the LoRA is still checked against
+    it). Seeds are `options.seed`, `options.seed + 1`, … so the same seed with and without the LoRA,
+    and every cell of a grid, compare directly.
     """
+    plan = scale if isinstance(scale, Strengths) else Strengths((float(scale),), (float(scale),))
+    cells = plan.cells
     if lora is not None:
-        if scale == 0:
+        if all(u == 0 and t == 0 for u, t in cells):
             from train.export import load_lora_state
             load_lora_state(lora, base)
+            lora = None
         else:
-            components = apply_lora(base, lora, scale)
-            reporter.note(f"LoRA adapts {', '.join(components)} at scale {scale:g}")
+            components = apply_lora(base, lora, 1.0)
+            reporter.note(f"LoRA adapts {', '.join(components)}")
+    elif plan.block_weights is not None or not plan.single:
+        raise UsageError("--block-weights and scale sweeps need a --lora")
+    weights = _block_weights(base, plan.block_weights, reporter) if lora is not None else None
     if base.vae.dtype == torch.float16 and getattr(base.vae.config, "force_upcast", False):
         base.vae.to(torch.float32)  # SDXL's VAE overflows in fp16 (black images); it is small
     size = native_size(base)
     defaults = SampleDefaults(width=options.width or size, height=options.height or size, steps=options.steps,
                               cfg=options.cfg, seed=options.seed, clip_skip=options.clip_skip, sampler=options.sampler)
     pipe = base.pipeline()
-    images = []
-    with reporter.task("generating", options.count) as advance:
-        for index in range(options.count):
-            resolved = resolve(SamplePrompt(prompt, negative=options.negative), defaults, index)
-            images.append(render(base, resolved, clip_skip=options.clip_skip, pipe=pipe))
-            advance(1)
-    return images
+    rendered: list[list[Image.Image]] = []
+    with reporter.task("generating", options.count * len(cells)) as advance:
+        for unet_scale, text_scale in cells:
+            if weights is not None:
+                from train.blocks import set_block_scales
+
+                set_block_scales(base, weights, unet_scale=unet_scale, text_encoder_scale=text_scale)
+            row = []
+            for index in range(options.count):
+                resolved = resolve(SamplePrompt(prompt, negative=options.negative), defaults, index)
+                row.append(render(base, resolved, clip_skip=options.clip_skip, pipe=pipe))
+                advance(1)
+            rendered.append(row)
+    if plan.single:
+        return rendered[0]
+    return [_sweep_grid([cell[index] for cell in rendered], plan) for index in range(options.count)]
+
+
+def _block_weights(base: BaseModel, text: str | None, reporter: Reporter) -> Any:
+    from train.blocks import BlockWeights, lora_block_weights
+
+    if text is None:
+        return BlockWeights({})
+    weights = lora_block_weights(text, "sdxl" if base.is_sdxl else "sd", where="--block-weights")
+    listed = ", ".join(f"{k} {v:g}" for k, v in weights.unet.items() if v != 1) or "all 1"
+    reporter.note(f"block weights: BASE {weights.text_encoder:g}; {listed}")
+    return weights
+
+
+def _sweep_grid(images: Sequence[Image.Image], plan: Strengths) -> Image.Image:
+    if not plan.xy:
+        return xy_grid([list(images)], [f"{s:g}" for s in plan.unet], [""], x_title="LoRA scale")
+    columns = len(plan.unet)
+    rows = [list(images[i:i + columns]) for i in range(0, len(images), columns)]
+    return xy_grid(rows, [f"{u:g}" for u in plan.unet], [f"{t:g}" for t in plan.text_encoder],
+                   x_title="UNet weight", y_title="text encoder weight")
+
+
+def xy_grid(rows: Sequence[Sequence[Image.Image]], x_labels: Sequence[str], y_labels: Sequence[str], *,
+            x_title: str = "", y_title: str = "", pad: int = 4) -> Image.Image:
+    """Images in a table with a title and value labels along the top (X) and the left side (Y)."""
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_h = 12
+    cell_w = max(image.width for row in rows for image in row)
+    cell_h = max(image.height for row in rows for image in row)
+    label_w = int(max([draw.textlength(t) for t in [*y_labels, y_title]] + [0])) + 2 * pad
+    top = (text_h + pad) * (2 if x_title else 1) + pad
+    sheet = Image.new("RGB", (label_w + cell_w * len(x_labels), top + cell_h * len(rows)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    if x_title:
+        draw.text((label_w, pad), x_title, fill=(0, 0, 0))
+    if y_title:
+        draw.text((pad, pad), y_title, fill=(0, 0, 0))
+    for column, label in enumerate(x_labels):
+        x = label_w + column * cell_w + (cell_w - int(draw.textlength(label))) // 2
+        draw.text((x, top - text_h - pad // 2), label, fill=(0, 0, 0))
+    for row_index, (row, label) in enumerate(zip(rows, y_labels, strict=True)):
+        y = top + row_index * cell_h
+        draw.text((pad, y + (cell_h - text_h) // 2), label, fill=(0, 0, 0))
+        for column, image in enumerate(row):
+            sheet.paste(image.convert("RGB"), (label_w + column * cell_w, y))
+    return sheet
 
 
 def save_images(images: Sequence[Image.Image], out: str | Path, stem: str = "image") -> list[Path]:
