@@ -16,10 +16,65 @@ from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 
-from prep.console import err, out, print_dropped, rich_reporter
+from prep.console import err, esc, out, print_dropped, rich_reporter
 from prep.errors import LoraprepError
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _tidy_help() -> None:
+    """Help that reads cleanly at 80 columns: flags show no `<bool>` value, values show click's
+    plain metavars (TEXT, INTEGER, PATH), usage lines name arguments as FOLDER (not `{folder}`), and
+    docstring paragraphs are re-flowed to the terminal instead of keeping the source's line breaks.
+
+    These are presentation hooks into typer's help renderer (typer 0.29 changed all three); if a
+    future typer renames them, help falls back to typer's own rendering.
+    """
+    try:
+        from typer import core, rich_utils
+        option_type = core.TyperOption.display_type_rich
+        core.TyperArgument._usage_display_name  # noqa: B018
+        rich_utils._fix_linebreaks  # noqa: B018
+        rich_utils.Table  # noqa: B018
+    except (ImportError, AttributeError):
+        return
+    plain = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "path": "PATH", "Path": "PATH", "file": "FILE",
+             "directory": "DIR"}
+
+    def option_metavar(self: Any, ctx: Any) -> str | None:
+        if self.is_flag or self.count:
+            return None
+        shown = option_type(self, ctx)
+        if not shown or self.metavar is not None:
+            return shown
+        label = shown.strip("<>.").removeprefix("list[").removesuffix("]")
+        return plain.get(label, label.upper())
+
+    def usage_name(self: Any) -> str:
+        name = self.display_name_raw
+        name = name if self.required else f"[{name}]"
+        return name + ("..." if self.nargs != 1 else "")
+
+    def reflow(paragraphs: list[str], markup_mode: Any) -> str:
+        return "\n\n".join(p if p.startswith("\b") else " ".join(p.split("\n")) for p in paragraphs)
+
+    class FoldingTable(rich_utils.Table):  # type: ignore[name-defined, misc]
+        """Typer's option tables with long names folded onto a second line instead of cut with '…'."""
+
+        def add_row(self, *renderables: Any, **kwargs: Any) -> None:
+            super().add_row(*renderables, **kwargs)
+            for column in self.columns:
+                column.overflow = "fold"
+
+    core.TyperOption.display_type_rich = option_metavar
+    core.TyperArgument.display_type_rich = lambda self, ctx: None
+    core.TyperArgument.display_name_raw = property(lambda self: self.metavar or (self.name or "").upper())
+    core.TyperArgument._usage_display_name = usage_name
+    rich_utils._fix_linebreaks = reflow
+    rich_utils.Table = FoldingTable
+
+
+_tidy_help()
 
 app = typer.Typer(
     name="loraprep",
@@ -38,17 +93,35 @@ def guard(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except LoraprepError as exc:
-            err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+            err.print(f"[bold red]error:[/] {esc(exc.message)}", highlight=False)
             if exc.hint:
-                err.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
+                err.print(f"[yellow]hint:[/] {esc(exc.hint)}", highlight=False)
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
 
 
+def _shorten(text: str, width: int) -> str:
+    """One table cell's worth of a long caption."""
+    return text if len(text) < width else text[:width - 3] + "…"
+
+
 def print_json(data: Any) -> None:
     """Machine-readable output: plain JSON on stdout, nothing else."""
     typer.echo(json.dumps(data, indent=1, ensure_ascii=False))
+
+
+def sweep_leftovers(folder: Path | None) -> None:
+    """Before a command writes into `folder`: remove the temporaries killed loraprep runs left there
+    (only our own `.NAME.lp<pid>.*.tmp`, of processes no longer running) and say so."""
+    from prep.atomic import clean_stale_temporaries
+
+    if folder is not None and folder.is_dir():
+        removed = clean_stale_temporaries(folder)
+        if removed:
+            err.print(f"[cyan]•[/] removed {len(removed)} temporary file(s) left in {esc(folder)} by an "
+                      f"interrupted run: {esc(', '.join(p.name for p in removed[:3]))}"
+                      + (" …" if len(removed) > 3 else ""), highlight=False)
 
 
 def finish(dropped: list, *, quiet: bool = False) -> None:
@@ -81,22 +154,22 @@ def scan(
     from rich.table import Table
 
     from prep.dataset import scan_summary
-    from prep.scan import scan_folder
+    from prep.scan import require_images, scan_folder
 
     if as_json:
-        result = scan_folder(folder, caption_extension=caption_extension, max_pixels=max_pixels)
+        result = require_images(scan_folder(folder, caption_extension=caption_extension, max_pixels=max_pixels))
         print_json(scan_summary(result))
         raise typer.Exit(1 if result.dropped else 0)
     with rich_reporter() as reporter:
         result = scan_folder(folder, caption_extension=caption_extension, max_pixels=max_pixels, reporter=reporter)
-    table = Table(title=f"{len(result.entries)} images in {folder}")
+    require_images(result)
+    table = Table(title=f"{len(result.entries)} images in {esc(folder)}")
     for column in ("image", "size", "aspect", "repeats", "caption"):
         table.add_column(column, overflow="fold")
     for e in result.entries:
-        caption = e.caption if e.caption else "[red]none[/]"
-        repeats = f"{e.repeat_folder.repeats}× {e.repeat_folder.class_tokens}" if e.repeat_folder else ""
-        table.add_row(e.rel, f"{e.info.width}×{e.info.height}", f"{e.aspect:.2f}", repeats,
-                      caption if len(caption) < 80 else caption[:77] + "…")
+        caption = esc(_shorten(e.caption, 80)) if e.caption else "[red]none[/]"
+        repeats = f"{e.repeat_folder.repeats}× {esc(e.repeat_folder.class_tokens)}" if e.repeat_folder else ""
+        table.add_row(esc(e.rel), f"{e.info.width}×{e.info.height}", f"{e.aspect:.2f}", repeats, caption)
     out.print(table)
     captioned = sum(1 for e in result.entries if e.caption)
     out.print(f"captioned: {captioned}/{len(result.entries)}")
@@ -111,7 +184,7 @@ def bucket(
     folder: Annotated[Path, typer.Argument(help="Dataset folder.")],
     resolution: Annotated[str, typer.Option(help="Training resolution: 512, 1024 or WIDTHxHEIGHT.")] = "512",
     step: Annotated[int, typer.Option(help="Bucket side step in pixels (64; SDXL may use 32).")] = 64,
-    min_size: Annotated[int, typer.Option("--min", help="Smallest bucket side.")] = 256,
+    min_size: Annotated[Optional[int], typer.Option("--min", help="Smallest bucket side (default 256).")] = None,
     max_size: Annotated[Optional[int], typer.Option("--max", help="Largest bucket side (default: 2× resolution).")] = None,
     no_upscale: Annotated[bool, typer.Option("--no-upscale", help="Never enlarge an image to fit its bucket.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print assignments as JSON.")] = False,
@@ -123,11 +196,10 @@ def bucket(
     """
     from rich.table import Table
 
-    from prep.buckets import BucketPlan
-    from prep.dataset import assign_buckets
+    from prep.dataset import assign_buckets, bucket_plan
 
     width, height = parse_resolution(resolution)
-    plan = BucketPlan((width, height), step, min_size, max_size or 2 * max(width, height), no_upscale)
+    plan = bucket_plan((width, height), step, min_size, max_size, no_upscale)
     if as_json:
         report = assign_buckets(folder, plan)
         print_json({"buckets": [list(b) for b in plan.buckets],
@@ -148,7 +220,7 @@ def bucket(
         table.add_row(f"{bw}×{bh}", f"{bw / bh:.2f}", str(count), "█" * max(1, round(30 * count / top)))
     out.print(table)
     out.print(f"mean aspect error {report.summary.mean_aspect_error:.4f} "
-              f"(max {report.summary.max_aspect_error:.4f}); settings saved to {report.settings_file}")
+              f"(max {report.summary.max_aspect_error:.4f}); settings saved to {esc(report.settings_file)}")
     finish(report.dropped)
 
 
@@ -170,47 +242,53 @@ def parse_resolution(text: str) -> tuple[int, int]:
 @app.command()
 @guard
 def manifest(
-    folder: Annotated[Path, typer.Argument(help="Dataset folder (images + caption sidecars).")],
+    folder: Annotated[Path, typer.Argument(help="Dataset folder (images + caption sidecars), or a manifest file with --check.")],
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Manifest path (default FOLDER/manifest.json).")] = None,
-    trigger: Annotated[Optional[str], typer.Option(help="Trigger word; kept first in every caption.")] = None,
+    trigger: Annotated[Optional[str], typer.Option(help="Trigger word; kept first in every caption ('' removes it).")] = None,
     keep_tokens: Annotated[Optional[int], typer.Option(help="Leading caption tokens never shuffled (default 1 with a trigger).")] = None,
-    repeats: Annotated[Optional[int], typer.Option(help="Repeats per epoch (default: from N_name folders, else 1).")] = None,
-    class_tokens: Annotated[Optional[str], typer.Option(help="Class tokens, e.g. 'woman' (DreamBooth style).")] = None,
-    reg: Annotated[Optional[list[Path]], typer.Option(help="Regularisation image folder (repeatable); its own subset.")] = None,
-    allow_empty_captions: Annotated[bool, typer.Option(help="Train images without a caption instead of refusing.")] = False,
-    caption_extension: CaptionExt = ".txt",
+    repeats: Annotated[Optional[int], typer.Option(help="Repeats per epoch, 1 or more (default: from N_name folders, else 1).")] = None,
+    class_tokens: Annotated[Optional[str], typer.Option(help="Class tokens, e.g. 'woman' (DreamBooth style; '' removes them).")] = None,
+    reg: Annotated[Optional[list[Path]], typer.Option(help="Regularisation image folder (repeatable); its own subset. N_word folders give repeats and class word.")] = None,
+    reg_repeats: Annotated[Optional[int], typer.Option(help="Repeats of the regularisation images (default: from N_word reg folders, else 1).")] = None,
+    allow_empty_captions: Annotated[bool, typer.Option("--allow-empty-captions", help="Train images without a caption instead of refusing.")] = False,
+    reset: Annotated[bool, typer.Option("--reset", help="Ignore the settings of the manifest being replaced (trigger, repeats, …).")] = False,
+    caption_extension: Annotated[Optional[str], typer.Option("--caption-extension", help="Caption sidecar extension (default: the previous manifest's, else .txt).")] = None,
     check: Annotated[bool, typer.Option("--check", help="Validate an existing manifest against the JSON Schema and its files, then exit.")] = False,
     max_pixels: MaxPixels = 150_000_000,
 ) -> None:
     """Freeze the dataset into manifest.json: images, captions, hashes, buckets, subsets.
 
     The trainer reads only this file and refuses it if images or captions change afterwards. Images
-    without a caption are an error listing them. Bucket settings come from `loraprep bucket` (buckets.json).
+    without a caption are an error listing them. Bucket settings come from `loraprep bucket`
+    (buckets.json). Rebuilding keeps the previous manifest's settings (trigger, keep_tokens, repeats,
+    class tokens, reg folders, buckets) unless a flag changes them, and says which it kept.
     """
     from prep.dataset import ManifestOptions, build_manifest, default_manifest_path, write_manifest
     from prep.verify import check_manifest_file
 
-    target = out_file or default_manifest_path(folder)
     if check:
-        problems = check_manifest_file(target if target.exists() or folder.is_dir() else folder)
+        checked = out_file or (default_manifest_path(folder) if folder.is_dir() else folder)
+        problems = check_manifest_file(checked)
         for problem in problems:
-            err.print(f"[red]✗[/] {problem}", highlight=False)
+            err.print(f"[red]✗[/] {esc(problem)}", highlight=False)
         if problems:
             raise typer.Exit(1)
-        out.print(f"[green]✓[/] {target} is valid and matches its files")
+        out.print(f"[green]✓[/] {esc(checked)} is valid and matches its files")
         return
+    target = out_file or default_manifest_path(folder)
     options = ManifestOptions(caption_extension=caption_extension, trigger=trigger, keep_tokens=keep_tokens,
                               repeats=repeats, class_tokens=class_tokens, reg_dirs=tuple(reg or ()),
-                              allow_empty_captions=allow_empty_captions, max_pixels=max_pixels)
+                              reg_repeats=reg_repeats, allow_empty_captions=allow_empty_captions,
+                              max_pixels=max_pixels, keep_previous=not reset)
     with rich_reporter() as reporter:
         build = build_manifest(folder, options, manifest_path=target, reporter=reporter)
     write_manifest(build, target)
     for note in build.notes:
-        err.print(f"[cyan]•[/] {note}", highlight=False)
+        err.print(f"[cyan]•[/] {esc(note)}", highlight=False)
     m = build.manifest
     subsets = ", ".join(f"{s.name} ×{s.repeats}{' (reg)' if s.is_reg else ''}" for s in m.subsets)
-    out.print(f"[green]✓[/] wrote {target}: {len(m.images)} images, subsets: {subsets}, "
-              f"trigger: {m.trigger or '—'}, keep_tokens: {m.keep_tokens}")
+    out.print(f"[green]✓[/] wrote {esc(target)}: {len(m.images)} images, subsets: {esc(subsets)}, "
+              f"trigger: {esc(m.trigger or '—')}, keep_tokens: {m.keep_tokens}")
     finish(build.dropped)
 
 
@@ -222,15 +300,27 @@ def export(
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Output file (kohya/imagefolder).")] = None,
     caption_extension: Annotated[Optional[str], typer.Option(help="Sidecar extension for --format txt (default: the manifest's).")] = None,
     batch_size: Annotated[int, typer.Option(help="batch_size written into the kohya config.")] = 1,
+    from_manifest: Annotated[bool, typer.Option("--from-manifest", help="--format txt: replace sidecars edited since the manifest was written with the frozen captions (journalled).")] = False,
+    from_files: Annotated[bool, typer.Option("--from-files", help="--format txt: keep sidecars edited since the manifest was written; write the rest.")] = False,
 ) -> None:
-    """Hand the frozen dataset to another trainer: sd-scripts, HF datasets, or plain sidecars."""
+    """Hand the frozen dataset to another trainer: sd-scripts, HF datasets, or plain sidecars.
+
+    The manifest's images are verified first. `--format txt` never overwrites a caption edited by
+    hand since the manifest was written unless told which side wins (--from-manifest or
+    --from-files); every caption it writes is journalled (`loraprep captions undo DIR` reverts it).
+    """
+    from prep.errors import UsageError
     from prep.export import export_dataset
 
-    result = export_dataset(source, fmt, out=out_file, caption_extension=caption_extension, batch_size=batch_size)
+    if from_manifest and from_files:
+        raise UsageError("--from-manifest and --from-files contradict each other", hint="choose one")
+    prefer = "manifest" if from_manifest else "files" if from_files else None
+    result = export_dataset(source, fmt, out=out_file, caption_extension=caption_extension, batch_size=batch_size,
+                            prefer=prefer)
     for note in result.notes:
-        err.print(f"[yellow]•[/] {note}", highlight=False)
-    shown = result.written[0] if len(result.written) == 1 else f"{len(result.written)} files"
-    out.print(f"[green]✓[/] {result.format}: wrote {shown}")
+        err.print(f"[yellow]•[/] {esc(note)}", highlight=False)
+    shown = esc(result.written[0]) if len(result.written) == 1 else f"{len(result.written)} files"
+    out.print(f"[green]✓[/] {esc(result.format)}: wrote {shown}")
 
 
 @app.command("prep")
@@ -262,35 +352,36 @@ def prep_command(
     from rich.table import Table
 
     from prep.background import CleanOptions
-    from prep.buckets import BucketPlan
     from prep.crop import CropOptions
+    from prep.dataset import bucket_plan
     from prep.pipeline import PrepOptions, run_pipeline
     from prep.tag import TagOptions
 
     width, height = parse_resolution(resolution)
     options = PrepOptions(
         crop=CropOptions(presets=tuple(preset or ("face",)), detector=detector, aspect=aspect,
-                         bucket_resolution=max(width, height)) if crop else None,
+                         bucket_resolution=max(width, height), min_size=min(width, height)) if crop else None,
         clean=CleanOptions(background=background, in_place=True, backup=False) if clean else None,
         tag=TagOptions(model=tagger, model_dir=tagger_dir, trigger=trigger,
                        prune_character=prune_character) if tag else None,
-        buckets=BucketPlan((width, height), 64, 256, 2 * max(width, height)),
+        buckets=bucket_plan((width, height)),
         trigger=trigger, class_tokens=class_tokens, repeats=repeats,
     )
     with rich_reporter() as reporter:
         report = run_pipeline(src, out_dir, options, reporter)
-    table = Table(title=f"loraprep prep → {report.out}")
+    table = Table(title=f"loraprep prep → {esc(report.out)}")
     for column in ("step", "status", "result"):
         table.add_column(column, overflow="fold")
     colours = {"ran": "green", "skipped": "yellow", "off": "dim"}
     for step in report.steps:
-        detail = step.detail + (f"\n[yellow]hint:[/] {step.hint}" if step.hint else "")
-        table.add_row(step.name, f"[{colours[step.status]}]{step.status}[/]", detail)
+        detail = esc(step.detail) + (f"\n[yellow]hint:[/] {esc(step.hint)}" if step.hint else "")
+        table.add_row(esc(step.name), f"[{colours[step.status]}]{esc(step.status)}[/]", detail)
     out.print(table)
     for note in report.notes:
-        err.print(f"[cyan]•[/] {note}", highlight=False)
+        err.print(f"[cyan]•[/] {esc(note)}", highlight=False)
     if report.manifest_path:
-        out.print(f"[green]✓[/] dataset ready: {report.manifest_path}  (next: loraprep train {report.manifest_path} --base MODEL)")
+        out.print(f"[green]✓[/] dataset ready: {esc(report.manifest_path)}  "
+                  f"(next: loraprep train {esc(report.manifest_path)} --base MODEL)")
     finish(report.dropped)
 
 
@@ -344,17 +435,21 @@ def crop(
                           bucket_resolution=bucket_resolution, detect_size=detect_size,
                           caption_extension=caption_extension, max_pixels=max_pixels, workers=workers,
                           force=force, lossless_jpeg=lossless)
+    sweep_leftovers(out_dir)
     with rich_reporter() as reporter:
         result = crop_folder(src, out_dir, options, reporter=reporter)
     summary = summarise_crops(result.done)
-    table = Table(title=f"{summary.crops} crops written to {out_dir}")
+    written = summary.crops - len(result.reused)
+    table = Table(title=f"{written} crops written to {esc(out_dir)}" + (
+        f" ({len(result.reused)} already there with these settings: kept, --force re-cuts them)"
+        if result.reused else ""))
     table.add_column("what")
     table.add_column("count", justify="right")
     for name, count in sorted(summary.by_preset.items()):
-        table.add_row(f"preset {name}", str(count))
+        table.add_row(f"preset {esc(name)}", str(count))
     for name, count in sorted(summary.by_fit.items()):
-        table.add_row(f"aspect {name}", str(count))
-    table.add_row("no face found (focal crop, faces: [])", str(summary.focal))
+        table.add_row(f"aspect {esc(name)}", str(count))
+    table.add_row("no face found (focal crop, faces: \\[])", str(summary.focal))
     table.add_row(f"below --min-size {min_size} (upscale flag)", str(summary.upscale))
     out.print(table)
     finish(result.dropped)
@@ -367,7 +462,7 @@ def clean(
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write cleaned images here (default: <DIR>-clean beside DIR).")] = None,
     in_place: Annotated[bool, typer.Option("--in-place", help="Overwrite the images; originals are kept once in DIR/.loraprep/backup/.")] = False,
     background: Annotated[Optional[str], typer.Option("--background", help="Replace the background: remove (transparent PNG), white, colour (--colour) or blur.")] = None,
-    segmenter: Annotated[str, typer.Option("--segmenter", help="auto, grabcut (offline, no weights), anime-seg or human-seg (registry models).")] = "auto",
+    segmenter: Annotated[str, typer.Option("--segmenter", help="auto, flat (one-colour backgrounds, flood fill), grabcut (offline, seeded from every face), anime-seg or human-seg (registry models).")] = "auto",
     colour: Colour = "white",
     masks: Annotated[bool, typer.Option("--masks", help="Also write each subject mask as a PNG (into <out>-masks/, or --mask-dir).")] = False,
     mask_dir: Annotated[Optional[Path], typer.Option("--mask-dir", help="Folder for --masks.")] = None,
@@ -381,9 +476,14 @@ def clean(
     """Flatten transparency onto a solid colour (always) and optionally replace busy backgrounds.
 
     Trainers ignore alpha, so transparent pixels become --colour (default white). With --background
-    the subject is segmented: by the image's own alpha when it has one, else by a registry model
-    (`loraprep models pull anime-seg` / `human-seg`) or, offline, by OpenCV GrabCut seeded from the
-    detected face. Captions and `.loraprep.json` metadata travel with each image.
+    the subject is masked: by the image's own alpha when it has one, a one-colour background by
+    flood fill from the border, else by a registry model (`loraprep models pull anime-seg` /
+    `human-seg`) or, offline, by OpenCV GrabCut seeded with every detected face and the body below
+    it. A mask that fails or looks wrong (it would remove a face, or keeps under 5% or over 98% of
+    the picture) leaves that image's background as it was and is listed with the reason (exit 1).
+    --in-place keeps each original in DIR/.loraprep/backup/; re-running skips images already
+    cleaned with the same settings, so an interrupted run is finished by running it again.
+    Captions and `.loraprep.json` metadata travel with each image.
     """
     from prep.background import CleanOptions, clean_folder, parse_colour
 
@@ -391,13 +491,15 @@ def clean(
                            in_place=in_place, masks=masks, mask_dir=mask_dir, dry_run=dry_run, sheet=sheet_path,
                            blur_radius=blur, caption_extension=caption_extension, max_pixels=max_pixels,
                            workers=workers)
+    if not dry_run:
+        sweep_leftovers(folder if in_place else (out_dir or folder.with_name(folder.name + "-clean")))
     with rich_reporter() as reporter:
         result = clean_folder(folder, options, reporter=reporter, out=out_dir)
     if dry_run:
-        out.print(f"dry run: nothing changed; before/after sheet written to {result.done[0]}")
+        out.print(f"dry run: nothing changed; before/after sheet written to {esc(result.done[0])}")
     else:
         where = folder if in_place else (out_dir or folder.with_name(folder.name + "-clean"))
-        out.print(f"{len(result.done)} images written ({'in place' if in_place else 'to ' + str(where)})")
+        out.print(f"{len(result.done)} images written ({'in place' if in_place else 'to ' + esc(where)})")
     finish(result.dropped)
 
 
@@ -422,7 +524,7 @@ def sheet(
                            max_pixels=max_pixels)
     with rich_reporter() as reporter:
         result = sheet_folder(folder, out_path, options, reporter=reporter)
-    out.print(f"contact sheet written to {result.done[0]}")
+    out.print(f"contact sheet written to {esc(result.done[0])}")
     finish(result.dropped)
 
 
@@ -492,6 +594,8 @@ def tag(
         replace=tuple(parse_replacements(replace or []).items()), prune_character=prune_character or bool(lists),
         prune_clothes=prune_clothes, prune_lists=lists, mode=mode, batch_size=batch_size, workers=workers,  # type: ignore[arg-type]
         caption_extension=caption_extension, dry_run=dry_run, download=download, max_pixels=max_pixels)
+    if not dry_run:
+        sweep_leftovers(folder)
     with rich_reporter() as reporter:
         result = tag_folder(folder, options, reporter=reporter)
 
@@ -503,7 +607,7 @@ def tag(
         per_image.add_column("image", overflow="fold")
         per_image.add_column("removed (why)", overflow="fold")
         for path, removed in result.removed.items():
-            per_image.add_row(rel(path), ", ".join(f"{t} ({why})" for t, why in removed))
+            per_image.add_row(esc(rel(path)), esc(", ".join(f"{t} ({why})" for t, why in removed)))
         out.print(per_image)
         totals = Table(title="Removed in total")
         for column in ("tag", "why", "images"):
@@ -513,7 +617,7 @@ def tag(
             for pair in removed:
                 counted[pair] = counted.get(pair, 0) + 1
         for (name, why), count in sorted(counted.items(), key=lambda kv: (-kv[1], kv[0])):
-            totals.add_row(name, why, str(count))
+            totals.add_row(esc(name), esc(why), str(count))
         out.print(totals)
     if dry_run and result.captions:
         shown = list(result.captions.items())[:20]
@@ -521,18 +625,18 @@ def tag(
         preview.add_column("image", overflow="fold")
         preview.add_column("caption", overflow="fold")
         for path, caption in shown:
-            preview.add_row(rel(path), caption)
+            preview.add_row(esc(rel(path)), esc(caption))
         out.print(preview)
     common = tag_frequency(c.split(", ") for c in result.captions.values())[:12]
-    summary = Table(title=f"{'Would caption' if dry_run else 'Captioned'} {len(result.done)} images in {folder}")
+    summary = Table(title=f"{'Would caption' if dry_run else 'Captioned'} {len(result.done)} images in {esc(folder)}")
     summary.add_column("what")
     summary.add_column("value", overflow="fold")
     summary.add_row("skipped (caption exists; --mode append/overwrite to redo)", str(len(result.skipped)))
     if result.provider:
-        summary.add_row("WD14 ran on", f"{result.provider}, batch {result.batch_size}")
+        summary.add_row("WD14 ran on", f"{esc(result.provider)}, batch {result.batch_size}")
     if trigger or options.always_first:
         summary.add_row("keep_tokens (for the manifest)", str(result.keep_tokens))
-    summary.add_row("most common tags", ", ".join(f"{t} ({n})" for t, n in common))
+    summary.add_row("most common tags", esc(", ".join(f"{t} ({n})" for t, n in common)))
     out.print(summary)
     finish(result.dropped)
 
@@ -546,25 +650,33 @@ app.add_typer(models_app, name="models")
 def models_list(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Every registered model with its source, pinned revision, and whether it is downloaded."""
+    """Every registered model: pinned revision, the files expected in its folder, and whether it is here.
+
+    Offline: copy those files into the folder `loraprep models path NAME` prints (upstream names in
+    brackets are saved under the name before them).
+    """
     from rich.table import Table
 
     from prep import models
 
     rows = [{"name": s.name, "kind": s.kind, "repo": s.repo_id, "revision": s.revision, "licence": s.licence,
+             "files": list(s.files), "upstream_files": [s.repo_file(f) for f in s.files],
              "available": models.is_available(s.name), "path": str(models.model_path(s.name)),
              "description": s.description} for s in models.REGISTRY.values()]
     if as_json:
         print_json(rows)
         return
-    table = Table(title=f"Models (cache: {models.cache_dir()})")
-    for column in ("name", "kind", "here", "source", "about"):
+    table = Table(title=f"Models (cache: {esc(models.cache_dir())})", show_lines=True)
+    for column in ("name", "here", "files", "source @ pinned revision"):
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(row["name"], row["kind"], "[green]yes[/]" if row["available"] else "[dim]no[/]",
-                      f"{row['repo']}@{row['revision'][:10]}", row["description"])
+        files = "\n".join(name if name == upstream else f"{name} (upstream {upstream})"
+                          for name, upstream in zip(row["files"], row["upstream_files"], strict=True))
+        table.add_row(esc(row["name"]), "[green]yes[/]" if row["available"] else "[dim]no[/]", esc(files),
+                      esc(f"{row['repo']} @ {row['revision'][:12]}\n{row['description']}"))
     out.print(table)
-    out.print("Download with `loraprep models pull NAME` (or copy the files into the path `loraprep models path NAME` prints).")
+    out.print("Download with `loraprep models pull NAME`; offline, copy the files into the folder "
+              "`loraprep models path NAME` prints.")
 
 
 @models_app.command("pull")
@@ -572,15 +684,19 @@ def models_list(
 def models_pull(
     names: Annotated[list[str], typer.Argument(help="Model names (see `loraprep models list`).")],
 ) -> None:
-    """Download models at their pinned revisions into the cache (skips files already there)."""
+    """Download models at their pinned revisions into the cache (skips files already there).
+
+    Offline it fails at once, naming each file's download URL and where to save it. A failed pull
+    leaves nothing behind.
+    """
     from prep import models
 
     for name in names:
         models.spec(name)  # unknown names fail before any download starts
     for name in names:
-        err.print(f"pulling {name} …")
+        err.print(f"pulling {esc(name)} …")
         folder = models.pull(name)
-        out.print(f"[green]✓[/] {name} → {folder}")
+        out.print(f"[green]✓[/] {esc(name)} → {esc(folder)}")
 
 
 @models_app.command("path")
@@ -649,18 +765,18 @@ def captions_stats(
     table.add_column("images", justify="right")
     table.add_column("%", justify="right")
     for name, count in stats.top_tags:
-        table.add_row(name, str(count), f"{stats.percent(count):.1f}")
+        table.add_row(esc(name), str(count), f"{stats.percent(count):.1f}")
     out.print(table)
     out.print(f"captioned {stats.captioned}/{stats.images}; missing {stats.missing}, empty {stats.empty}, "
               f"orphan captions {stats.orphans}")
     tokens = stats.tokens.to_dict()
     mark = stats.tokens.mark
-    out.print(f"caption length in CLIP tokens, counted by {stats.tokens.counter}:", highlight=False)
+    out.print(f"caption length in CLIP tokens, counted by {esc(stats.tokens.counter)}:", highlight=False)
     lengths = Table()
     lengths.add_column("tokens")
     lengths.add_column("images", justify="right")
     for label, count in stats.tokens.histogram():
-        lengths.add_row(f"{mark}{label}", str(count))
+        lengths.add_row(f"{mark}{esc(label)}", str(count))
     out.print(lengths)
     out.print(f"min {mark}{tokens['min']}, median {mark}{tokens['median']}, mean {mark}{tokens['mean']}, "
               f"max {mark}{tokens['max']}")
@@ -668,9 +784,9 @@ def captions_stats(
         if over := stats.tokens.over(limit):
             err.print(f"[yellow]warning:[/] {over} caption(s) longer than {limit} tokens (truncated in training)")
     if tag is not None:
-        out.print(f"{len(stats.tagged)} image(s) tagged '{tag}':")
+        out.print(f"{len(stats.tagged)} image(s) tagged '{esc(tag)}':")
         for image in stats.tagged:
-            out.print(f"  {image}", highlight=False)
+            out.print(f"  {esc(image)}", highlight=False)
 
 
 @captions_app.command("lint")
@@ -704,22 +820,22 @@ def captions_lint(
     for kind, description in KINDS.items():
         if not counts[kind]:
             continue
-        out.print(f"[bold]{kind}[/] ({counts[kind]}): {description}", highlight=False)
+        out.print(f"[bold]{esc(kind)}[/] ({counts[kind]}): {esc(description)}", highlight=False)
         table = Table(show_header=False)
         table.add_column("file", overflow="fold")
         table.add_column("problem", overflow="fold")
         rows = [p for p in report.problems if p.kind == kind]
         for problem in rows[:limit or None]:
-            table.add_row(problem.path, problem.message)
+            table.add_row(esc(problem.path), esc(problem.message))
         if limit and len(rows) > limit:
             table.add_row("…", f"{len(rows) - limit} more (--limit 0 shows all)")
         out.print(table)
         for command in fix_commands(report, str(folder), kind, trigger):
-            out.print(f"  [cyan]fix:[/] {command}", highlight=False)
+            out.print(f"  [cyan]fix:[/] {esc(command)}", highlight=False)
     if report.problems:
         out.print(f"[bold red]{len(report.problems)} problem(s)[/] in {len(report.paths())} of {report.files} files")
         raise typer.Exit(1)
-    out.print(f"[green]no problems[/] in {report.files} files (tokens: {report.counter})")
+    out.print(f"[green]no problems[/] in {report.files} files (tokens: {esc(report.counter)})")
 
 
 @captions_app.command("show")
@@ -743,38 +859,43 @@ def captions_show(
         print_json([v.to_dict() for v in views] if image is None else views[0].to_dict())
         return
     for view in views:
-        faces = "" if view.faces is None else f", faces: {view.faces}"
-        table = Table(title=f"{view.image or view.caption}{faces}", title_justify="left")
+        faces = "" if view.faces is None else f", faces: {view.faces:d}"
+        table = Table(title=f"{esc(view.image or view.caption)}{faces}", title_justify="left")
         table.add_column("tag", overflow="fold")
         table.add_column("score", justify="right")
         table.add_column("images", justify="right")
         for t in view.tags:
-            table.add_row(t.tag, "" if t.score is None else f"{t.score:.2f}", str(t.frequency))
+            table.add_row(esc(t.tag), "" if t.score is None else f"{t.score:.2f}", str(t.frequency))
         out.print(table)
-        out.print(view.text if view.text is not None else "[red](no caption)[/]", highlight=False)
+        out.print(esc(view.text) if view.text is not None else "[red](no caption)[/]", highlight=False)
     if image is None and len(views) < len(dataset.files):
         out.print(f"… {len(dataset.files) - len(views)} more (--limit 0 shows all)")
 
 
 def _run_caption_edit(folder: Path, operation, having: list[str] | None, lacking: list[str] | None,
                       dry_run: bool, as_json: bool, caption_extension: str, *, include_missing: bool = False) -> None:
-    """Plan, journal and write one bulk edit; print its diff summary (shared by add/remove/…)."""
+    """Plan, journal and write one bulk edit; print what it really changed (shared by add/remove/…)."""
+    import dataclasses
+
     from prep.captions.dataset import load_dataset
     from prep.captions.edit import Where, parse_tags, plan_edit, summarize
     from prep.captions.journal import apply_plan
 
+    if not dry_run:
+        sweep_leftovers(folder)
     dataset = load_dataset(folder, caption_extension)
     where = Where(tuple(parse_tags(having or [])), tuple(parse_tags(lacking or [])), include_missing)
     plan = plan_edit(dataset, operation, where)
     result = apply_plan(folder, plan, dry_run=dry_run)
-    summary = summarize(plan)
+    done = plan if dry_run else dataclasses.replace(plan, changes=result.written)
+    summary = summarize(done)
     if as_json:
         print_json({"operation": plan.description, "dry_run": dry_run, **summary.to_dict(),
                     "written": [c.caption for c in result.written] if not dry_run else [],
                     "conflicts": list(result.conflicts),
-                    "changes": [{"path": c.caption, "before": list(c.old), "after": list(c.new)} for c in plan.changes]})
+                    "changes": [{"path": c.caption, "before": list(c.old), "after": list(c.new)} for c in done.changes]})
     else:
-        _print_edit_summary(plan, summary, result, dry_run, folder)
+        _print_edit_summary(done, summary, result, dry_run, folder)
     if result.conflicts:
         raise typer.Exit(1)
 
@@ -782,8 +903,10 @@ def _run_caption_edit(folder: Path, operation, having: list[str] | None, lacking
 def _print_edit_summary(plan, summary, result, dry_run: bool, folder: Path) -> None:
     from rich.table import Table
 
+    from prep.console import esc
+
     verb = "would change" if dry_run else "changed"
-    out.print(f"[bold]{plan.description}[/]: {verb} {summary.files} of {summary.matched} matching caption(s)",
+    out.print(f"[bold]{esc(plan.description)}[/]: {verb} {summary.files} of {summary.matched} matching caption(s)",
               highlight=False)
     if summary.added or summary.removed:
         table = Table(show_edge=False)
@@ -791,21 +914,24 @@ def _print_edit_summary(plan, summary, result, dry_run: bool, folder: Path) -> N
         table.add_column("+captions", justify="right", style="green")
         table.add_column("−captions", justify="right", style="red")
         for tag in dict.fromkeys([*summary.added, *summary.removed]):
-            table.add_row(tag, str(summary.added[tag] or ""), str(summary.removed[tag] or ""))
+            table.add_row(esc(tag), str(summary.added[tag] or ""), str(summary.removed[tag] or ""))
         out.print(table)
     if summary.reordered:
         out.print(f"{summary.reordered} caption(s) only reordered")
     for change in plan.changes[:5]:
-        out.print(f"  {change.caption}: [red]- {', '.join(change.old)}[/]", highlight=False)
-        out.print(f"  {' ' * len(change.caption)}  [green]+ {', '.join(change.new)}[/]", highlight=False)
+        out.print(f"  {esc(change.caption)}: [red]- {esc(', '.join(change.old))}[/]", highlight=False)
+        out.print(f"  {' ' * len(change.caption)}  [green]+ {esc(', '.join(change.new))}[/]", highlight=False)
     if len(plan.changes) > 5:
         out.print(f"  … and {len(plan.changes) - 5} more")
     for caption in result.conflicts:
-        err.print(f"[yellow]warning:[/] {caption} changed on disk since it was read; left as it is", highlight=False)
+        err.print(f"[yellow]warning:[/] {esc(caption)} changed on disk since it was read; left as it is",
+                  highlight=False)
+    if result.conflicts:
+        err.print(f"{len(result.conflicts)} caption(s) left alone: run the command again to edit them", highlight=False)
     if dry_run:
         out.print("[cyan]dry run: nothing written[/]")
     elif result.entry is not None:
-        out.print(f"undo with [bold]loraprep captions undo {folder}[/]", highlight=False)
+        out.print(f"undo with [bold]loraprep captions undo {esc(folder)}[/]", highlight=False)
 
 
 @captions_app.command("add")
@@ -915,25 +1041,55 @@ def captions_undo(
     dry_run: _DryRun = False,
     as_json: _AsJson = False,
 ) -> None:
-    """Revert the last bulk edit exactly (byte for byte), from the journal in DIR/.loraprep/journal/.
+    """Revert the last caption edit exactly (byte for byte), from the journal in DIR/.loraprep/journal/.
 
-    Run it again to undo the edit before that. Refuses if a caption changed since the edit, unless --force.
+    Bulk commands and the editor (`captions edit`) share the journal: this undoes the newest edit,
+    whoever made it. Run it again to undo the one before; `captions redo` re-applies. Refuses if a
+    caption changed since the edit, unless --force.
     """
     from prep.captions.journal import undo_last
 
-    result = undo_last(folder, force=force, dry_run=dry_run)
+    if not dry_run:
+        sweep_leftovers(folder)
+    _print_journal_step(undo_last(folder, force=force, dry_run=dry_run), "undo", dry_run, as_json)
+
+
+@captions_app.command("redo")
+@guard
+def captions_redo(
+    folder: _CaptionDir,
+    force: Annotated[bool, typer.Option("--force", help="Write even over captions changed since the undo.")] = False,
+    dry_run: _DryRun = False,
+    as_json: _AsJson = False,
+) -> None:
+    """Re-apply the edit the last `captions undo` (or the editor's `u`) reverted, if nothing was edited since."""
+    from prep.captions.journal import redo_last
+
+    if not dry_run:
+        sweep_leftovers(folder)
+    _print_journal_step(redo_last(folder, force=force, dry_run=dry_run), "redo", dry_run, as_json)
+
+
+def _print_journal_step(result, verb: str, dry_run: bool, as_json: bool) -> None:
+    """Say what an undo/redo did, or would do; exit 1 when a caption changed meanwhile was left alone."""
     if as_json:
-        print_json({"undone": result.entry.description if result.entry else None, "dry_run": dry_run,
+        print_json({f"{verb}ne": result.entry.description if result.entry else None, "dry_run": dry_run,
                     "restored": list(result.restored), "unchanged": list(result.unchanged),
-                    "forced": list(result.conflicts)})
-        return
-    if result.entry is None:
-        out.print("nothing to undo")
-        return
-    verb = "would restore" if dry_run else "restored"
-    out.print(f"undid [bold]{result.entry.description}[/] ({result.entry.time}): {verb} "
-              f"{len(result.restored)} caption(s)" + (f", {len(result.unchanged)} already as before" if result.unchanged else ""),
-              highlight=False)
+                    "forced": list(result.conflicts), "skipped": list(result.skipped)})
+    elif result.entry is None:
+        out.print(f"nothing to {verb}")
+    else:
+        entry = result.entry
+        head = f"would {verb}" if dry_run else f"{verb}ne"
+        count = len(result.restored)
+        out.print(f"{head} [bold]{esc(entry.description)}[/] ({esc(entry.time)}): "
+                  f"{'would restore' if dry_run else 'restored'} {count} caption(s)"
+                  + (f", {len(result.unchanged)} already as before" if result.unchanged else ""), highlight=False)
+        for caption in result.skipped:
+            err.print(f"[yellow]warning:[/] {esc(caption)} changed while it was being restored; left as it is",
+                      highlight=False)
+    if result.skipped:
+        raise typer.Exit(1)
 
 
 @captions_app.command("edit")
@@ -952,6 +1108,7 @@ def captions_edit(
     from prep.captions.lint import LintOptions
     from prep.review.app import CaptionEditor
 
+    sweep_leftovers(folder)
     CaptionEditor(folder, extension=caption_extension, lint_options=LintOptions(trigger=trigger)).run()
 
 
@@ -967,12 +1124,14 @@ def train(
     allow_pickle: Annotated[Optional[bool], typer.Option("--allow-pickle", help="Accept .ckpt/pickle weights (loaded weights_only).", rich_help_panel="Model")] = None,
     prediction_type: Annotated[Optional[str], typer.Option(help="auto | epsilon | v_prediction.", rich_help_panel="Model")] = None,
     clip_skip: Annotated[Optional[int], typer.Option(help="1 = last text-encoder layer, 2 = penultimate.", rich_help_panel="Model")] = None,
+    algo: Annotated[Optional[str], typer.Option(help="lora (default) | loha (Hadamard product: smaller files, learns less of the style) | lokr (Kronecker product: tiny files; --rank 100000 for full-matrix LoKr). LoHa/LoKr files load in the WebUI, ComfyUI and `loraprep generate`, not in diffusers.", rich_help_panel="Network")] = None,
     preset: Annotated[Optional[str], typer.Option(help="attn (default) | attn-mlp | full.", rich_help_panel="Network")] = None,
-    rank: Annotated[Optional[int], typer.Option(help="LoRA rank (dim). Default 16.", rich_help_panel="Network")] = None,
-    alpha: Annotated[Optional[float], typer.Option(help="LoRA alpha; strength scale = alpha/rank. Default and 0: alpha = rank (scale 1), like sd-scripts' --network_alpha=0.", rich_help_panel="Network")] = None,
-    conv_dim: Annotated[Optional[int], typer.Option(help="> 0: LoCon, LoRA on 3×3 convs with this rank.", rich_help_panel="Network")] = None,
-    conv_alpha: Annotated[Optional[float], typer.Option(help="Alpha of the conv LoRA (default 1; 0: = --conv-dim).", rich_help_panel="Network")] = None,
-    dora: Annotated[Optional[bool], typer.Option("--dora/--no-dora", help="Weight-decomposed LoRA (DoRA).", rich_help_panel="Network")] = None,
+    rank: Annotated[Optional[int], typer.Option(help="Rank (dim) of each layer. Default 16.", rich_help_panel="Network")] = None,
+    alpha: Annotated[Optional[float], typer.Option(help="Alpha; strength scale = alpha/rank. Default and 0: alpha = rank (scale 1), like sd-scripts' --network_alpha=0.", rich_help_panel="Network")] = None,
+    conv_dim: Annotated[Optional[int], typer.Option(help="> 0: the algorithm on 3×3 convs too, at this rank (LoCon for lora).", rich_help_panel="Network")] = None,
+    conv_alpha: Annotated[Optional[float], typer.Option(help="Alpha of the conv layers (default 1; 0: = --conv-dim).", rich_help_panel="Network")] = None,
+    factor: Annotated[Optional[int], typer.Option(help="LoKr: split each dimension near this factor (4–16: larger = smaller, looser file); -1 (default) = as square as possible.", rich_help_panel="Network")] = None,
+    dora: Annotated[Optional[bool], typer.Option("--dora/--no-dora", help="Weight-decomposed LoRA (DoRA, --algo lora), in the convention the WebUI and ComfyUI apply exactly.", rich_help_panel="Network")] = None,
     network_dropout: Annotated[Optional[float], typer.Option(help="Dropout inside the LoRA layers.", rich_help_panel="Network")] = None,
     rank_dropout: Annotated[Optional[float], typer.Option(help="Chance to drop each LoRA rank per sample while training (sd-scripts rank_dropout).", rich_help_panel="Network")] = None,
     module_dropout: Annotated[Optional[float], typer.Option(help="Chance to skip a whole LoRA layer for a step (sd-scripts module_dropout).", rich_help_panel="Network")] = None,
@@ -980,7 +1139,7 @@ def train(
     train_text_encoder: Annotated[Optional[bool], typer.Option("--train-text-encoder/--no-train-text-encoder", help="Also train LoRA on the text encoder(s).", rich_help_panel="Network")] = None,
     train_text_encoder_only: Annotated[Optional[bool], typer.Option("--train-text-encoder-only", help="Train only the text-encoder LoRA, no UNet LoRA (sd-scripts network_train_text_encoder_only).", rich_help_panel="Network")] = None,
     text_encoder_lr: Annotated[Optional[float], typer.Option(help="Learning rate of the text-encoder LoRA (default: --lr).", rich_help_panel="Network")] = None,
-    init_weights: Annotated[Optional[str], typer.Option(help="Start from an existing LoRA file (kohya or diffusers).", rich_help_panel="Network")] = None,
+    init_weights: Annotated[Optional[str], typer.Option(help="Start from an existing LoRA/LoHa/LoKr file (kohya, LyCORIS or diffusers) of the same shape.", rich_help_panel="Network")] = None,
     down_lr_weight: Annotated[Optional[str], typer.Option(help="Per-block LR weights of the down blocks IN00–IN11 (SDXL IN00–IN08): '0,0,0.5,…' or cosine|sine|linear|reverse_linear|zeros[+BASE]; 0 = block not trained.", rich_help_panel="Block learning rates")] = None,
     mid_lr_weight: Annotated[Optional[str], typer.Option(help="LR weight of the middle block (SDXL: 3 values).", rich_help_panel="Block learning rates")] = None,
     up_lr_weight: Annotated[Optional[str], typer.Option(help="Per-block LR weights of the up blocks OUT00–OUT11 (SDXL OUT00–OUT08), like --down-lr-weight.", rich_help_panel="Block learning rates")] = None,
@@ -1060,7 +1219,7 @@ def train(
               else f"[green]done:[/] {result.steps} steps")
     for path in [*result.lora_files, result.loss_csv, result.loss_plot]:
         if path is not None:
-            out.print(f"  {path}")
+            out.print(f"  {esc(path)}")
 
 
 def _config_table(settings: Any) -> Any:
@@ -1070,7 +1229,7 @@ def _config_table(settings: Any) -> Any:
     for column in ("section", "setting", "value"):
         table.add_column(column)
     for section, key, value in settings.rows():
-        table.add_row(section, key, "—" if value is None else str(value))
+        table.add_row(esc(section), esc(key), "—" if value is None else esc(value))
     return table
 
 
@@ -1107,7 +1266,7 @@ def _describe_training(metrics: dict) -> str:
 def generate(
     prompt: Annotated[str, typer.Argument(help="What to draw.")],
     base: Annotated[str, typer.Option("--base", help="Base model: diffusers folder, .safetensors file or hub id.")],
-    lora: Annotated[Optional[Path], typer.Option("--lora", help="LoRA file (kohya or diffusers format).")] = None,
+    lora: Annotated[Optional[Path], typer.Option("--lora", help="LoRA file: kohya/LyCORIS (LoRA, LoCon, DoRA, LoHa, LoKr) or diffusers format.")] = None,
     scale: Annotated[str, typer.Option("--scale", help="LoRA strength; 0 renders the base model alone. A list (0,0.5,1) renders one labelled grid across the values.")] = "1.0",
     unet_scale: Annotated[Optional[str], typer.Option("--unet-scale", help="UNet weight (default --scale); a list with --te-scale makes an X/Y grid, UNet across, text encoder down.")] = None,
     te_scale: Annotated[Optional[str], typer.Option("--te-scale", help="Text-encoder weight (default --scale); a list makes the grid's rows.")] = None,
@@ -1142,7 +1301,7 @@ def generate(
         model = load_base(base, allow_pickle=allow_pickle, dtype=dtype, device=torch_device, config=base_config)
         images = render_images(model, lora, plan, prompt, options, reporter=reporter)
     for path in save_images(images, out_path, stem="image" if plan.single else "grid"):
-        out.print(f"[green]✓[/] {path}")
+        out.print(f"[green]✓[/] {esc(path)}")
 
 
 lora_app = typer.Typer(help="Inspect LoRA files (kohya/WebUI or diffusers format).", no_args_is_help=True)
@@ -1156,9 +1315,11 @@ def lora_info(
     keys: Annotated[bool, typer.Option("--keys", help="Also list every tensor with its shape.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Format, base-model family, adapted modules, rank, alpha, size and training metadata of a LoRA."""
+    """Format, family, algorithm (LoRA/LoHa/LoKr), ranks, alpha, LoKr factor, DoRA convention, which
+    clients apply the file exactly, size and training metadata of a LoRA."""
     from rich.table import Table
 
+    from prep.console import esc
     from train.export import describe_lora, read_lora
 
     info = describe_lora(file)
@@ -1166,27 +1327,42 @@ def lora_info(
     if as_json:
         print_json(info.to_dict() | ({"keys": shapes} if keys else {}))
         return
-    table = Table(title=str(file), show_header=False)
+    table = Table(title=esc(str(file)), show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
-    ranks = ", ".join(f"{r} ×{n}" for r, n in info.ranks.items())
-    alphas = ", ".join(f"{a:g} ×{n}" for a, n in info.alphas.items())
-    rows = [("format", info.format), ("family", info.family or "unknown"),
-            ("size", f"{info.size_bytes / 1e6:.2f} MB, {info.num_tensors} tensors ({', '.join(info.dtypes)})"),
-            ("modules", ", ".join(f"{c}: {n}" for c, n in info.modules.items())),
-            ("rank", ranks), ("alpha", alphas), ("conv layers", str(info.conv_modules)), ("DoRA", str(info.dora))]
-    for key, value in rows:
-        table.add_row(key, value)
+    for key, value in _lora_info_rows(info):
+        table.add_row(esc(key), esc(value))
     for key, value in sorted(info.metadata.items()):
         if key == "lora_adapter_metadata":
             value = "(peft LoraConfig per component)"
-        table.add_row(key, value if len(value) < 400 else value[:400] + " …")
+        table.add_row(esc(key), esc(value if len(value) < 400 else value[:400] + " …"))
     out.print(table)
     if keys:
         key_table = Table("tensor", "shape")
         for key, shape in sorted(shapes.items()):
-            key_table.add_row(key, "×".join(map(str, shape)) or "scalar")
+            key_table.add_row(esc(key), "×".join(map(str, shape)) or "scalar")
         out.print(key_table)
+
+
+def _lora_info_rows(info: Any) -> list[tuple[str, str]]:
+    labels = {"lora": "LoRA", "loha": "LoHa (LyCORIS)", "lokr": "LoKr (LyCORIS)"}
+    ranks = ", ".join(f"{r} ×{n}" for r, n in info.ranks.items())
+    if info.full_matrix_modules:
+        ranks = ", ".join(filter(None, [ranks, f"full matrix ×{info.full_matrix_modules}"]))
+    dora = "no"
+    if info.dora:
+        dora = {"input": "yes, norm over input columns (dora_scale [1, in])",
+                "output": "yes, norm over output rows (dora_scale [out, 1])"}.get(info.dora_axis, "yes, mixed")
+    rows = [("format", info.format), ("family", info.family or "unknown"),
+            ("algorithm", ", ".join(labels.get(a, a) for a in info.algorithm.split(", "))),
+            ("size", f"{info.size_bytes / 1e6:.2f} MB, {info.num_tensors} tensors ({', '.join(info.dtypes)})"),
+            ("modules", ", ".join(f"{c}: {n}" for c, n in info.modules.items())),
+            ("rank", ranks), ("alpha", ", ".join(f"{a:g} ×{n}" for a, n in info.alphas.items())),
+            ("conv layers", str(info.conv_modules)), ("DoRA", dora)]
+    if info.factor is not None:
+        rows.append(("LoKr factor", str(info.factor)))
+    rows += [(f"applies in {client}", verdict) for client, verdict in info.clients.items()]
+    return rows
 
 
 def main() -> None:

@@ -1,14 +1,11 @@
 """Background cleanup: flatten transparency (always) and optionally replace the background.
 
 Trainers ignore alpha, so transparent pixels must become a solid colour or the model learns
-whatever junk sits under them. Replacing a busy background (`--background`) needs a subject mask,
-from a segmenter behind one small interface:
-
-- an ONNX segmentation model from the registry (`anime-seg`: skytnt's ISNet for drawn
-  characters; `human-seg`: MODNet for photos), run with onnxruntime;
-- `grabcut`: OpenCV GrabCut, needing no weights, seeded from a detected face (grown to a person
-  box) or, without a face, from a rectangle inset from the border;
-- an image's own alpha channel, when it has one, is its mask and no segmenter runs.
+whatever junk sits under them. Replacing a busy background (`--background`) needs a subject mask
+(prep.masks: the image's own alpha, a flat border flood-filled, a registry model, or GrabCut
+seeded from every face). A mask that fails, or is not believable (it would remove a detected
+face, or keep almost nothing or almost everything), leaves that image's background as it was
+and says so: an unchanged background costs a little quality, a whitened face costs the image.
 """
 
 from __future__ import annotations
@@ -17,16 +14,17 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageFilter
 
-from prep import models
 from prep.atomic import write_bytes_atomic
-from prep.errors import UsageError
-from prep.faces import FaceDetector
-from prep.images import DEFAULT_MAX_PIXELS, WHITE, flatten_alpha, open_image, save_image_atomic
+from prep.errors import LoraprepError, UsageError
+from prep.faces import FaceDetector, detect_scaled
+from prep.images import (DEFAULT_MAX_PIXELS, WHITE, flatten_alpha, open_image, save_image_atomic, sha256_file,
+                         sha256_text)
+from prep.masks import SEGMENTER_NAMES, MaskChooser, Segmenter, mask_problem, segmenter_from_name
 from prep.progress import SILENT, Reporter
 from prep.records import DEFAULT_CAPTION_EXTENSION, Box, Drop
 from prep.runner import StepResult, run_step
@@ -34,169 +32,19 @@ from prep.sidecars import caption_path, read_caption, read_meta, update_meta, wr
 
 Background = Literal["remove", "white", "colour", "blur"]
 BACKGROUNDS = ("remove", "white", "colour", "blur")
-SEGMENTER_NAMES = ("auto", "grabcut", "anime-seg", "human-seg")
 BACKUP_DIR = ".loraprep/backup"  # inside the cleaned folder; scans skip `.loraprep`
 ALPHA_SUFFIXES = frozenset({".png", ".webp"})
+KEPT = "background left as it was: "  # how a report line about an untouched background starts
 
 
-class Segmenter(Protocol):
-    """Subject mask for one RGB uint8 image: float32 (H, W) in [0, 1], 1 = subject."""
+class CleanInterrupted(LoraprepError):
+    """Ctrl-C during an in-place clean: says what was rewritten already and how to finish."""
 
-    name: str
-
-    def __call__(self, image: np.ndarray) -> np.ndarray: ...
+    exit_code = 130
 
 
-# ---- ONNX segmentation models
-
-@dataclass(frozen=True)
-class SegmenterInput:
-    """How a segmentation model wants its input: a fixed letterboxed square, or the image resized
-    so its long side is `size` (sides rounded to `multiple`); normalised as (x/255 - mean) / std."""
-
-    size: int
-    letterbox: bool
-    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    multiple: int = 32
-
-
-SEGMENTER_MODELS: dict[str, tuple[str, SegmenterInput]] = {
-    "anime-seg": ("isnetis.onnx", SegmenterInput(1024, letterbox=True)),
-    "human-seg": ("modnet.onnx", SegmenterInput(512, letterbox=False, mean=(0.5,) * 3, std=(0.5,) * 3)),
-}
-
-
-class OnnxSegmenter:
-    """A registry segmentation model (one input image, first output a (1, 1, H, W) matte in [0, 1])."""
-
-    def __init__(self, model_path: Path, spec: SegmenterInput, *, name: str = "onnx", threads: int = 1) -> None:
-        self._session = models.onnx_cpu_session(model_path, "segmentation model", name, threads=threads)
-        self._input = self._session.get_inputs()[0].name
-        self.spec = spec
-        self.name = name
-
-    def _prepare(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-        import cv2
-
-        height, width = image.shape[:2]
-        size = self.spec.size
-        if self.spec.letterbox:
-            scale = size / max(width, height)
-            new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
-            canvas = np.zeros((size, size, 3), np.float32)
-            left, top = (size - new_w) // 2, (size - new_h) // 2
-            canvas[top:top + new_h, left:left + new_w] = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA)
-            region = (left, top, left + new_w, top + new_h)
-        else:
-            scale = size / max(width, height)
-            m = self.spec.multiple
-            new_w, new_h = max(m, round(width * scale / m) * m), max(m, round(height * scale / m) * m)
-            canvas = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA).astype(np.float32)
-            region = (0, 0, new_w, new_h)
-        tensor = (canvas / 255.0 - np.array(self.spec.mean, np.float32)) / np.array(self.spec.std, np.float32)
-        return tensor.transpose(2, 0, 1)[None].astype(np.float32), region
-
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        import cv2
-
-        tensor, (x0, y0, x1, y1) = self._prepare(image)
-        matte = np.asarray(self._session.run(None, {self._input: tensor})[0], np.float32)
-        matte = matte.reshape(matte.shape[-2:])[y0:y1, x0:x1]
-        matte = cv2.resize(matte, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
-        return np.clip(matte, 0.0, 1.0)
-
-
-# ---- GrabCut (no weights)
-
-def person_box(face: Box, size: tuple[int, int]) -> Box:
-    """A generous box for the person around a face: a few face-widths wide, down to the bottom."""
-    width, height = face[2] - face[0], face[3] - face[1]
-    return (max(0, int(face[0] - 2.2 * width)), max(0, int(face[1] - 0.8 * height)),
-            min(size[0], int(face[2] + 2.2 * width)), size[1])
-
-
-def inset_box(size: tuple[int, int], fraction: float = 0.04) -> Box:
-    dx, dy = max(1, int(size[0] * fraction)), max(1, int(size[1] * fraction))
-    return (dx, dy, size[0] - dx, size[1] - dy)
-
-
-def fill_holes(mask: np.ndarray) -> np.ndarray:
-    """Background pockets enclosed by the subject (between arms, in hair) become subject."""
-    import cv2
-
-    padded = np.pad(mask.astype(np.uint8), 1)
-    flood = padded.copy()
-    cv2.floodFill(flood, None, (0, 0), 1)
-    holes = flood[1:-1, 1:-1] == 0
-    return mask | holes
-
-
-class GrabCutSegmenter:
-    """OpenCV GrabCut on a reduced copy, seeded from a detected face's person box or the border."""
-
-    name = "grabcut"
-
-    def __init__(self, detector: FaceDetector | None = None, *, work_size: int = 320, iterations: int = 4) -> None:
-        self.detector = detector
-        self.work_size = work_size
-        self.iterations = iterations
-
-    def seed_box(self, image: np.ndarray) -> Box:
-        """Person box around the largest face (found on a ≤640 px copy), else a border inset."""
-        import cv2
-
-        height, width = image.shape[:2]
-        scale = min(1.0, 640 / max(width, height))
-        view = cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))),
-                          interpolation=cv2.INTER_AREA) if scale < 1 else image
-        faces = self.detector(np.ascontiguousarray(view)) if self.detector is not None else []
-        if not faces:
-            return inset_box((width, height))
-        largest = max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
-        face = tuple(int(round(v / scale)) for v in largest.box)
-        box = person_box(face, (width, height))  # type: ignore[arg-type]
-        return box if box != (0, 0, width, height) else inset_box((width, height))
-
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        import cv2
-
-        height, width = image.shape[:2]
-        x0, y0, x1, y1 = self.seed_box(image)
-        scale = min(1.0, self.work_size / max(width, height))
-        small = cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))),
-                           interpolation=cv2.INTER_AREA) if scale < 1 else image
-        small = np.ascontiguousarray(small[:, :, ::-1])
-        sx0, sy0 = int(x0 * scale), int(y0 * scale)
-        sx1, sy1 = min(small.shape[1], int(np.ceil(x1 * scale))), min(small.shape[0], int(np.ceil(y1 * scale)))
-        rect = (sx0, sy0, max(1, sx1 - sx0), max(1, sy1 - sy0))
-        labels = np.zeros(small.shape[:2], np.uint8)
-        background, foreground = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-        cv2.grabCut(small, labels, rect, background, foreground, self.iterations, cv2.GC_INIT_WITH_RECT)
-        subject = (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
-        subject = fill_holes(subject)
-        matte = cv2.resize(subject.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-        return np.clip(matte, 0.0, 1.0)
-
-
-def segmenter_from_name(name: str, reporter: Reporter = SILENT, *, detector: FaceDetector | None = None,
-                        model_dir: Path | None = None) -> Segmenter:
-    """The segmenter called `name`; `auto` takes a registry model when pulled, else GrabCut, and says so."""
-    if name == "grabcut":
-        return GrabCutSegmenter(detector)
-    if name in SEGMENTER_MODELS:
-        filename, spec = SEGMENTER_MODELS[name]
-        folder = Path(model_dir) if model_dir is not None else models.resolve(name)
-        return OnnxSegmenter(folder / filename, spec, name=name)
-    if name != "auto":
-        raise UsageError(f"unknown segmenter '{name}'", hint=f"choose one of: {', '.join(SEGMENTER_NAMES)}")
-    for candidate in SEGMENTER_MODELS:
-        if models.is_available(candidate):
-            reporter.note(f"segmenter (auto): {candidate}")
-            return segmenter_from_name(candidate, reporter, model_dir=model_dir)
-    reporter.note("segmenter (auto): grabcut (no segmentation model pulled; "
-                  "`loraprep models pull anime-seg` or `human-seg` for better masks)")
-    return GrabCutSegmenter(detector)
+class CleanFailed(LoraprepError):
+    """One image could not be cleaned for a reason outside the mask (it is left as it was)."""
 
 
 # ---- compositing (pure)
@@ -265,6 +113,12 @@ class CleanOptions:
             raise UsageError(f"colour {self.colour} is not an RGB triple of 0-255 values")
         return self
 
+    @property
+    def key(self) -> str:
+        """Fingerprint of what shapes a cleaned image: an in-place re-run skips images whose
+        `clean` metadata carries this key and whose bytes are still the ones it wrote."""
+        return sha256_text(repr((self.background, self.colour, self.segmenter, self.blur_radius)))[:16]
+
 
 def parse_colour(text: str) -> tuple[int, int, int]:
     """'#ffffff', 'ffffff', '255,255,255' or a colour name ('white') → (r, g, b)."""
@@ -289,9 +143,10 @@ def parse_colour(text: str) -> tuple[int, int, int]:
 @dataclass(frozen=True)
 class CleanResult:
     source: Path
-    target: Path | None  # None: nothing to change (in place) or a dry run
+    target: Path | None  # None: nothing to change (in place), already done, or a dry run
     before: Image.Image | None = None
     after: Image.Image | None = None
+    kept: str | None = None  # why the background was left as it was
 
 
 @dataclass(frozen=True)
@@ -300,19 +155,52 @@ class _Job:
     rel: Path
 
 
-def clean_image(image: Image.Image, options: CleanOptions, segmenter: Segmenter | None
-                ) -> tuple[Image.Image, np.ndarray | None, str]:
-    """The cleaned image, the mask used (None when only flattened) and where the mask came from."""
+@dataclass(frozen=True)
+class Cleaned:
+    """One cleaned image: the pixels, the mask used (None when only flattened), where the mask came
+    from, and, when the background was left alone, why."""
+
+    image: Image.Image
+    matte: np.ndarray | None
+    origin: str
+    kept: str | None = None
+
+
+def subject_mask(rgb: np.ndarray, chooser: MaskChooser, detector: FaceDetector | None
+                 ) -> tuple[np.ndarray, str, None] | tuple[None, str, str]:
+    """(mask, its origin, None), or (None, "none", why there is no believable mask). Any failure
+    inside detection or segmentation costs this image's background only, never the batch."""
+    try:
+        faces: list[Box] = [f.box for f in detect_scaled(detector, rgb)] if detector is not None else []
+        found = chooser(rgb, faces)
+    except Exception as exc:  # cv2.error, onnxruntime's errors...: named, never a traceback
+        detail = (str(exc).strip().splitlines() or [""])[-1][:160]
+        return None, "none", f"the {chooser.name} mask failed ({type(exc).__name__}: {detail})"
+    if found is None:
+        return None, "none", f"no {chooser.name} mask fits this image"
+    matte, origin = found
+    problem = mask_problem(matte, faces)
+    if problem is not None:
+        return None, "none", f"{problem} ({origin})"
+    return matte, origin, None
+
+
+def clean_image(image: Image.Image, options: CleanOptions, chooser: MaskChooser | None,
+                detector: FaceDetector | None = None) -> Cleaned:
+    """The cleaned image. The image's own alpha is its mask; otherwise `chooser` finds one, and a
+    mask that fails or is not believable leaves the background as it was (alpha still flattened)."""
     matte = own_alpha(image)
     if options.background is None:
-        return flatten_alpha(image, options.colour), matte, "alpha" if matte is not None else "none"
+        return Cleaned(flatten_alpha(image, options.colour), matte, "alpha" if matte is not None else "none")
     rgb = np.asarray(flatten_alpha(image, options.colour).convert("RGB"))
-    origin = "alpha"
+    origin, kept = "alpha", None
     if matte is None:
-        if segmenter is None:
+        if chooser is None:
             raise UsageError("a background mode needs a segmenter")
-        matte, origin = segmenter(rgb), segmenter.name
-    return composite(rgb, matte, options.background, options.colour, options.blur_radius), matte, origin
+        matte, origin, kept = subject_mask(rgb, chooser, detector)
+    if matte is None:
+        return Cleaned(flatten_alpha(image, options.colour), None, origin, kept)
+    return Cleaned(composite(rgb, matte, options.background, options.colour, options.blur_radius), matte, origin)
 
 
 def _target(job: _Job, folder: Path, out: Path | None, has_alpha: bool) -> Path:
@@ -323,18 +211,34 @@ def _target(job: _Job, folder: Path, out: Path | None, has_alpha: bool) -> Path:
     return target
 
 
-def _clean_one(job: _Job, folder: Path, out: Path | None, options: CleanOptions,
-               segmenter: Segmenter | None, mask_dir: Path | None) -> CleanResult:
+def _already_clean(path: Path, options: CleanOptions) -> bool:
+    """In place: this image was cleaned with these settings and not changed since."""
+    info = read_meta(path).get("clean") or {}
+    return info.get("key") == options.key and info.get("sha256") == sha256_file(path)
+
+
+def _clean_one(job: _Job, folder: Path, out: Path | None, options: CleanOptions, chooser: MaskChooser | None,
+               detector: FaceDetector | None, mask_dir: Path | None, rewritten: list[Path]) -> CleanResult:
+    if out is None and not options.dry_run and options.background is not None and _already_clean(job.path, options):
+        return CleanResult(job.path, None)
     image = open_image(job.path, max_pixels=options.max_pixels)
-    result, matte, origin = clean_image(image, options, segmenter)
+    try:
+        cleaned = clean_image(image, options, chooser, detector)
+    except LoraprepError:
+        raise
+    except Exception as exc:  # one image's trouble is reported with its name, the batch goes on
+        raise CleanFailed(f"could not clean {job.path}: {type(exc).__name__}: {exc}") from exc
     if options.dry_run:
-        return CleanResult(job.path, None, _small(image), _small(result))
+        return CleanResult(job.path, None, _small(image), _small(cleaned.image), cleaned.kept)
+    result = cleaned.image
     changed = result is not image
     if out is None and not changed:
-        return CleanResult(job.path, None)
+        return CleanResult(job.path, None, kept=cleaned.kept)
     target = _target(job, folder, out, "A" in result.getbands())
-    info = {"alpha_flattened": "A" in image.getbands(), "background": options.background,
-            "colour": list(options.colour), "mask": origin}
+    info: dict[str, object] = {"alpha_flattened": "A" in image.getbands(), "background": options.background,
+                               "colour": list(options.colour), "mask": cleaned.origin, "key": options.key}
+    if cleaned.kept:
+        info["background_kept"] = cleaned.kept
     if out is None and options.backup:
         backup = folder / BACKUP_DIR / job.rel
         if not backup.exists():
@@ -344,15 +248,18 @@ def _clean_one(job: _Job, folder: Path, out: Path | None, options: CleanOptions,
         save_image_atomic(result, target)
     else:
         write_bytes_atomic(target, job.path.read_bytes())
+    if out is None:
+        rewritten.append(job.path)
     if target != job.path:
         _carry_sidecars(job.path, target, options.caption_extension)
         if out is None:
             job.path.unlink()
-    if mask_dir is not None and matte is not None:
-        mask = Image.fromarray(np.round(matte * 255).astype(np.uint8), "L")
+    if mask_dir is not None and cleaned.matte is not None:
+        mask = Image.fromarray(np.round(cleaned.matte * 255).astype(np.uint8), "L")
         save_image_atomic(mask, (mask_dir / job.rel).with_suffix(".png"))
+    info["sha256"] = sha256_file(target)
     update_meta(target, clean=info)
-    return CleanResult(job.path, target)
+    return CleanResult(job.path, target, kept=cleaned.kept)
 
 
 def _carry_sidecars(source: Path, target: Path, extension: str) -> None:
@@ -371,13 +278,18 @@ def _small(image: Image.Image, size: int = 384) -> Image.Image:
 
 
 def clean_folder(folder: Path, options: CleanOptions = CleanOptions(), reporter: Reporter = SILENT,
-                 out: Path | None = None, *, segmenter: Segmenter | None = None,
+                 out: Path | None = None, *, segmenter: MaskChooser | Segmenter | None = None,
                  detector: FaceDetector | None = None) -> StepResult[Path]:
     """Clean every image under `folder`: flatten alpha, and replace the background when asked.
 
     Writes to `out` (same sub-folders, captions and metadata carried), or with `in_place` over the
     originals, each kept once under `<folder>/.loraprep/backup/`. With neither, `out` defaults to
     the sibling folder `<folder>-clean`. Each written image's metadata gets a `clean` section.
+    An image whose background could not be replaced believably keeps it and is reported in
+    `dropped` with the reason (its alpha is still flattened). In place, a re-run skips images
+    already cleaned with the same settings, so an interrupted batch is finished by running it again.
+    `segmenter` and `detector` replace the ones `options` names (tests pass real detectors built
+    on explicit model files).
     A dry run writes only a before/after contact sheet; `done` then holds the sheet's path.
     """
     folder = Path(folder)
@@ -392,12 +304,15 @@ def clean_folder(folder: Path, options: CleanOptions = CleanOptions(), reporter:
         out = folder.with_name(folder.name + "-clean")
         if not options.dry_run:
             reporter.note(f"writing cleaned images to {out} (use --in-place to overwrite, with a backup)")
-    if options.background is not None and segmenter is None:
-        if detector is None and options.segmenter in ("auto", "grabcut"):
+    if segmenter is not None and not isinstance(segmenter, MaskChooser):
+        segmenter = MaskChooser((segmenter,))
+    if options.background is not None:
+        if detector is None:
             from prep.faces import detector_from_name
 
             detector = detector_from_name("auto", reporter)
-        segmenter = segmenter_from_name(options.segmenter, reporter, detector=detector)
+        if segmenter is None:
+            segmenter = segmenter_from_name(options.segmenter, reporter, detector=detector)
     mask_dir = None
     if options.masks and not options.dry_run:
         mask_dir = options.mask_dir or (out or folder).with_name((out or folder).name + "-masks")
@@ -405,11 +320,24 @@ def clean_folder(folder: Path, options: CleanOptions = CleanOptions(), reporter:
 
     problems: list[Drop] = []
     jobs = [_Job(p, p.relative_to(folder)) for p in walk_images(folder, problems)]
-    cleaned = run_step(jobs, lambda job: _clean_one(job, folder, None if options.in_place else out, options,
-                                                    segmenter, mask_dir),
-                       step="clean", name=lambda job: str(job.path), reporter=reporter, label="cleaning",
-                       workers=options.workers)
-    dropped = problems + cleaned.dropped
+    rewritten: list[Path] = []
+    target = None if options.in_place else out
+    try:
+        cleaned = run_step(jobs, lambda job: _clean_one(job, folder, target, options, segmenter, detector, mask_dir,
+                                                        rewritten),
+                           step="clean", name=lambda job: str(job.path), reporter=reporter, label="cleaning",
+                           workers=options.workers)
+    except KeyboardInterrupt:
+        if not options.in_place or options.dry_run:
+            raise
+        raise CleanInterrupted(
+            f"interrupted: {len(rewritten)} of {len(jobs)} images in {folder} were rewritten in place before the stop"
+            + (f" (their originals are kept under {folder / BACKUP_DIR})" if options.backup else "")
+            + "; the others are untouched",
+            hint="run the same command again to finish: images already cleaned with these settings are skipped",
+        ) from None
+    kept = [Drop(str(r.source), "clean", KEPT + r.kept) for r in cleaned.done if r.kept]
+    dropped = problems + cleaned.dropped + kept
     if options.dry_run:
         sheet = options.sheet or folder.with_name(folder.name + "-clean-preview.png")
         _write_preview(cleaned.done, folder, sheet)

@@ -17,6 +17,7 @@ from rich.table import Table
 from prep.progress import ProgressEvent, Reporter
 from prep.records import Drop
 
+
 def esc(value: object) -> str:
     """User text (captions, tags, file names, messages that quote them) made inert as rich markup.
 
@@ -52,13 +53,13 @@ def rich_reporter(console: Console = err, *,
 
     def sink(event: ProgressEvent) -> None:
         if event.kind == "start":
-            tasks[event.label] = progress.add_task(event.label, total=event.total, info="", speed="")
+            tasks[event.label] = progress.add_task(esc(event.label), total=event.total, info="", speed="")
         elif event.kind == "advance" and event.label in tasks:
             task = tasks[event.label]
             progress.advance(task, event.advance)
             if event.metrics and describe_metrics is not None:
                 speed = progress.tasks[task].speed
-                progress.update(task, info=describe_metrics(event.metrics),
+                progress.update(task, info=esc(describe_metrics(event.metrics)),
                                 speed=f"{speed:.2f} it/s" if speed else "")
         elif event.kind == "end" and event.label in tasks:
             task = tasks.pop(event.label)
@@ -66,19 +67,20 @@ def rich_reporter(console: Console = err, *,
             if total is not None:
                 progress.update(task, completed=total)
         elif event.kind == "note":
-            progress.console.print(f"[cyan]•[/] {event.message}")
+            progress.console.print(f"[cyan]•[/] {esc(event.message)}", highlight=False)
 
     with progress:
         yield Reporter(sink)
 
 
 def dropped_table(dropped: Sequence[Drop], title: str = "Skipped files") -> Table:
-    table = Table(title=f"{title} ({len(dropped)})", title_style="bold yellow", show_lines=False)
+    """Every file a step left out, with its reason (file names and reasons quoting them are user text)."""
+    table = Table(title=f"{esc(title)} ({len(dropped)})", title_style="bold yellow", show_lines=False)
     table.add_column("file", overflow="fold")
     table.add_column("step")
     table.add_column("reason", overflow="fold")
     for drop in dropped:
-        table.add_row(drop.path, drop.step, drop.reason)
+        table.add_row(esc(drop.path), esc(drop.step), esc(drop.reason))
     return table
 
 

@@ -37,6 +37,7 @@ from prep.jpegcrop import ENABLE_HINT, LosslessJpeg, load_turbojpeg, open_lossle
 from prep.progress import SILENT, Reporter
 from prep.records import DEFAULT_CAPTION_EXTENSION, Drop, Face, Source, relative_to_base
 from prep.runner import StepResult, run_step
+from prep.scan import NoImages
 from prep.sidecars import caption_path, read_caption, read_meta, update_meta, write_caption
 
 Box = tuple[int, int, int, int]
@@ -351,6 +352,7 @@ class CropOutcome:
     written: tuple[Path, ...]
     skipped: tuple[str, ...]  # reasons for crops left out (too small)
     superseded: tuple[Path, ...] = ()  # earlier crops of this source path, cut before its content changed
+    reused: bool = False  # `written` were already there with these settings; nothing was cut
 
 
 @dataclass(frozen=True)
@@ -416,7 +418,7 @@ def crop_image(job: _Job, out: Path, options: CropOptions, detector: FaceDetecto
         if caption is not None:  # captions may have been edited since; they are cheap to refresh
             for path in done:
                 write_caption(caption_path(path, options.caption_extension), caption)
-        return CropOutcome(job.path, tuple(done), (), tuple(superseded))
+        return CropOutcome(job.path, tuple(done), (), tuple(superseded), reused=True)
     jpeg = open_lossless(turbo, job.path, options.max_pixels, data) if data is not None else None
     image: Image.Image | None = None
     if jpeg is not None:
@@ -491,7 +493,7 @@ def _jobs(src: Path) -> tuple[list[_Job], list[Drop]]:
 
 
 def crop_folder(src: Path, out: Path, options: CropOptions = CropOptions(), reporter: Reporter = SILENT, *,
-                detector: FaceDetector | None = None) -> StepResult[Path]:
+                detector: FaceDetector | None = None) -> CropRun:
     """Crop every image under `src` into `out` (same sub-folders), never touching `src`.
 
     Each crop gets the source's caption sidecar (if any) and a metadata sidecar with `source`
@@ -511,6 +513,8 @@ def crop_folder(src: Path, out: Path, options: CropOptions = CropOptions(), repo
                          hint="write crops to a separate folder so the source stays untouched")
     detector = detector or detector_from_name(options.detector, reporter)
     jobs, problems = _jobs(src)
+    if not jobs and not problems:
+        raise NoImages.in_folder(src, "nothing was cropped")
     wants_lossless = options.lossless_jpeg and any(j.path.suffix.lower() in (".jpg", ".jpeg") for j in jobs)
     turbo = load_turbojpeg() if wants_lossless else None
     if wants_lossless and turbo is None:
@@ -519,10 +523,12 @@ def crop_folder(src: Path, out: Path, options: CropOptions = CropOptions(), repo
     outcome = run_step(jobs, lambda job: crop_image(job, out, options, detector, turbo, earlier), step="crop",
                        name=lambda job: str(job.path), reporter=reporter, label="cropping",
                        workers=options.workers)
-    result: StepResult[Path] = StepResult(dropped=problems + outcome.dropped)
+    result = CropRun(dropped=problems + outcome.dropped)
     superseded: list[Path] = []
     for done in outcome.done:
         result.done.extend(done.written)
+        if done.reused:
+            result.reused.extend(done.written)
         result.dropped.extend(Drop(str(done.source), "crop", reason) for reason in done.skipped)
         superseded.extend(done.superseded)
     if superseded:
@@ -530,6 +536,14 @@ def crop_folder(src: Path, out: Path, options: CropOptions = CropOptions(), repo
         reporter.note(f"{len(superseded)} earlier crop(s) in {out} were cut from a source that has changed since "
                       f"and are left as they were: {shown}; delete them if that version should not be trained")
     return result
+
+
+@dataclass
+class CropRun(StepResult[Path]):
+    """A crop run's crops (`done`: all of them, including `reused` ones already there with these
+    settings, which were not cut again) and the images it left out."""
+
+    reused: list[Path] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

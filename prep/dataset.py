@@ -7,25 +7,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from prep.atomic import write_text_atomic
+from prep.atomic import TEMP_SUFFIX, clean_stale_temporaries, temp_prefix, write_text_atomic
 from prep.buckets import BucketPlan, BucketSummary, summarise
-from prep.errors import ManifestError, UsageError
+from prep.errors import LoraprepError, ManifestError, UsageError
 from prep.images import DEFAULT_MAX_PIXELS, sha256_file, sha256_text
 from prep.progress import SILENT, Reporter
 from prep.records import (DEFAULT_CAPTION_EXTENSION, BucketSettings, Drop, Face, ImageRecord, Manifest,
-                          Source, Subset, Tags, is_safe_relative, save_manifest)
+                          Source, Subset, Tags, is_safe_relative, load_manifest, save_manifest)
 from prep.runner import run_step
-from prep.scan import ScanEntry, ScanResult, scan_folder
-from prep.sidecars import check_caption_extension, read_meta
+from prep.scan import REPEAT_FOLDER, NoImages, RepeatFolder, ScanEntry, ScanResult, require_images, scan_folder
+from prep.sidecars import caption_path, check_caption_extension, meta_path, read_meta
 from prep.tags import split_tags
 
 BUCKETS_FILE = "buckets.json"
+REG_PREFIX = "reg:"  # regularisation subsets are named reg:FOLDER (or reg:FOLDER/N_word)
 MANIFEST_FILE = "manifest.json"
 STEP_SECTIONS = ("crop", "clean", "tag", "normalise")
 
@@ -39,6 +42,28 @@ class BucketReport:
     summary: BucketSummary
     dropped: list[Drop]
     settings_file: Path | None
+
+
+def bucket_plan(resolution: tuple[int, int], step: int = 64, min_size: int | None = None,
+                max_size: int | None = None, no_upscale: bool = False) -> BucketPlan:
+    """A validated bucket plan from the user's flags; defaults (min 256, max 2× the resolution) are
+    rounded to the step, so an error only ever names values the user gave, with what to pass."""
+    if step <= 0 or step % 8:
+        raise UsageError(f"--step {step}: the bucket step must be a positive multiple of 8",
+                         hint="64 for SD1/SD2, 32 or 64 for SDXL")
+    for side in resolution:
+        if side % step:
+            down, up = max(step, side // step * step), (side // step + 1) * step
+            shown = "x".join(map(str, resolution)) if resolution[0] != resolution[1] else str(side)
+            raise UsageError(f"--resolution {shown}: {side} is not a multiple of the bucket step {step}",
+                             hint=f"pass --resolution {up} or {down}")
+    if min_size is None:
+        min_size = -(-256 // step) * step
+    if max_size is None:
+        max_size = max(2 * max(resolution), -(-min_size // step) * step)
+    plan = BucketPlan(resolution, step, min_size, max_size, no_upscale)
+    plan.buckets  # the remaining checks name --min/--max, which the user gave  # noqa: B018
+    return plan
 
 
 def plan_from_settings(settings: BucketSettings) -> BucketPlan:
@@ -64,7 +89,8 @@ def assign_buckets(folder: str | os.PathLike[str], plan: BucketPlan, *, write: b
     """Assign every image under `folder` a bucket; with `write`, remember settings in buckets.json."""
     folder = Path(folder)
     plan.buckets  # validates the settings before any work  # noqa: B018
-    scan = scan_folder(folder, caption_extension=caption_extension, max_pixels=max_pixels, reporter=reporter)
+    scan = require_images(scan_folder(folder, caption_extension=caption_extension, max_pixels=max_pixels,
+                                      reporter=reporter), "there is nothing to bucket")
     sizes = [e.size for e in scan.entries]
     assigned = plan.assign_all(sizes)
     assignments = {e.rel: b for e, b in zip(scan.entries, assigned, strict=True)}
@@ -82,17 +108,30 @@ def assign_buckets(folder: str | os.PathLike[str], plan: BucketPlan, *, write: b
 
 @dataclass(frozen=True)
 class ManifestOptions:
-    caption_extension: str = DEFAULT_CAPTION_EXTENSION
+    """What to freeze. `None` means "not given": a rebuild keeps the previous manifest's value (see
+    `keep_previous`), else the default applies. An empty string clears a trigger or class tokens."""
+
+    caption_extension: str | None = None  # None: the previous manifest's, else .txt
     trigger: str | None = None
-    keep_tokens: int | None = None       # None: 1 when a trigger is set, else 0
-    repeats: int | None = None           # None: from kohya N_name folders, else 1
+    keep_tokens: int | None = None       # None: previous, else 1 when a trigger is set, else 0
+    repeats: int | None = None           # None: previous, else from kohya N_name folders, else 1
     class_tokens: str | None = None
     reg_dirs: tuple[Path, ...] = ()
-    reg_repeats: int = 1
-    buckets: BucketSettings | None = None  # None: buckets.json's settings, else the defaults
+    reg_repeats: int | None = None       # None: previous, else from an N_name reg folder, else 1
+    buckets: BucketSettings | None = None  # None: buckets.json's settings, else previous, else defaults
     allow_empty_captions: bool = False
-    shuffle_caption: bool = True
+    shuffle_caption: bool | None = None  # None: previous, else True
     max_pixels: int | None = DEFAULT_MAX_PIXELS
+    keep_previous: bool = True           # False: ignore an existing manifest's settings (--reset)
+
+    def validate(self) -> None:
+        """Refuse values sd-scripts and the trainer cannot mean (checked before anything is read)."""
+        for flag, value in (("--repeats", self.repeats), ("--reg-repeats", self.reg_repeats)):
+            if value is not None and value < 1:
+                raise UsageError(f"{flag} {value}: repeats must be 1 or more",
+                                 hint="repeats is how many times each image is seen per epoch")
+        if self.keep_tokens is not None and self.keep_tokens < 0:
+            raise UsageError(f"--keep-tokens {self.keep_tokens}: must be 0 or more")
 
 
 @dataclass
@@ -117,8 +156,8 @@ def _frozen_caption(caption: str, trigger: str | None) -> tuple[str, bool]:
 
 
 def _record(entry: ScanEntry, rel: str, subset: str, bucket: tuple[int, int], caption: str,
-            sidecar_caption: str | None) -> ImageRecord:
-    meta = read_meta(entry.path)
+            sidecar_caption: str | None, meta_inside: bool = True) -> ImageRecord:
+    meta = read_meta(entry.path) if meta_inside else {}
     faces = meta.get("faces")
     return ImageRecord(
         path=rel, sha256=sha256_file(entry.path), width=entry.info.width, height=entry.info.height,
@@ -132,25 +171,183 @@ def _record(entry: ScanEntry, rel: str, subset: str, bucket: tuple[int, int], ca
 
 
 def _import_reg_dir(root: Path, reg: Path, notes: list[str]) -> Path:
-    """Regularisation images must live inside the dataset folder (manifest paths never escape)."""
+    """Regularisation images must live inside the dataset folder (manifest paths never escape).
+
+    Outside ones are copied in under a temporary name first, so a killed copy never passes for a
+    complete one on the next run.
+    """
     reg = reg.resolve()
+    if not reg.is_dir():
+        raise UsageError(f"--reg {reg} is not a folder of images")
     if reg == root or root in reg.parents:
         return reg
     target = root / "reg" / reg.name
     if not target.exists():
-        shutil.copytree(reg, target, symlinks=False)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=temp_prefix(target.name), suffix=TEMP_SUFFIX, dir=target.parent))
+        try:
+            shutil.copytree(reg, partial, symlinks=False, dirs_exist_ok=True)
+            os.replace(partial, target)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
         notes.append(f"copied regularisation images from {reg} into {target} (manifest paths stay inside the dataset)")
     return target
 
 
-def _subset_for(entry: ScanEntry, options: ManifestOptions) -> Subset:
+@dataclass(frozen=True)
+class Previous:
+    """The settings of the manifest being replaced, which a rebuild keeps unless told otherwise."""
+
+    manifest: Manifest
+    reg_roots: tuple[Path, ...]
+
+    def subset(self, name: str) -> Subset | None:
+        return next((s for s in self.manifest.subsets if s.name == name), None)
+
+
+def previous_manifest(path: Path, root: Path, notes: list[str]) -> Previous | None:
+    """The manifest at `path` if there is a readable one (a broken one is noted, not fatal: it is
+    about to be replaced)."""
+    if not path.is_file():
+        return None
+    try:
+        manifest = load_manifest(path)
+    except LoraprepError as exc:
+        notes.append(f"the previous manifest could not be read, so none of its settings were kept ({exc.message})")
+        return None
+    return Previous(manifest, tuple(_previous_reg_roots(manifest, path.parent.resolve(), root, notes)))
+
+
+def _previous_reg_roots(manifest: Manifest, base: Path, root: Path, notes: list[str]) -> list[Path]:
+    """The folders the previous manifest's regularisation subsets came from (`reg:NAME[/N_word]`):
+    the nearest folder called NAME above each subset's images."""
+    roots: dict[Path, None] = {}
+    for subset in manifest.subsets:
+        if not subset.is_reg or not subset.name.startswith(REG_PREFIX):
+            continue
+        name, _, inner = subset.name[len(REG_PREFIX):].partition("/")
+        record = next((r for r in manifest.images if r.subset == subset.name), None)
+        if record is None:
+            continue
+        parts = PurePosixPath(record.path).parent.parts
+        inner_parts = tuple(PurePosixPath(inner).parts) if inner else ()
+        found = [i for i, part in enumerate(parts) if part == name and parts[i + 1:i + 1 + len(inner_parts)] == inner_parts]
+        if not found:
+            continue
+        folder = (base / Path(*parts[:found[-1] + 1])).resolve()
+        if folder.is_dir() and (folder == root or root in folder.parents):
+            roots.setdefault(folder)
+        else:
+            notes.append(f"regularisation folder {folder} of the previous manifest is gone; not kept")
+    return list(roots)
+
+
+def _repeat_folder_of_reg(reg_root: Path, entry: ScanEntry) -> RepeatFolder | None:
+    """kohya's `N_word` naming for a reg folder: the folder itself (`reg/1_woman/`) or one inside it."""
     if entry.repeat_folder is not None:
-        folder = entry.repeat_folder
-        return Subset(name=folder.folder, repeats=options.repeats or folder.repeats,
-                      class_tokens=options.class_tokens or folder.class_tokens,
-                      shuffle_caption=options.shuffle_caption)
-    return Subset(name="main", repeats=options.repeats or 1, class_tokens=options.class_tokens,
-                  shuffle_caption=options.shuffle_caption)
+        return entry.repeat_folder
+    match = REPEAT_FOLDER.match(reg_root.name)
+    return RepeatFolder(int(match.group(1)), match.group(2).strip(), "") if match else None
+
+
+def _subset_for(entry: ScanEntry, options: ManifestOptions, previous: Previous | None) -> Subset:
+    folder = entry.repeat_folder
+    name = folder.folder if folder is not None else "main"
+    before = previous.subset(name) if previous else None
+    repeats = options.repeats or (before.repeats if before else None) or (folder.repeats if folder else 1)
+    if options.class_tokens is not None:
+        class_tokens = options.class_tokens or None
+    elif before is not None:
+        class_tokens = before.class_tokens
+    else:
+        class_tokens = folder.class_tokens if folder else None
+    return Subset(name=name, repeats=repeats, class_tokens=class_tokens,
+                  keep_tokens=before.keep_tokens if before else None,
+                  shuffle_caption=_shuffle(options, before))
+
+
+def _reg_subset_for(reg_root: Path, entry: ScanEntry, options: ManifestOptions, previous: Previous | None) -> Subset:
+    folder = _repeat_folder_of_reg(reg_root, entry)
+    name = REG_PREFIX + reg_root.name + (f"/{folder.folder}" if folder is not None and folder.folder else "")
+    before = previous.subset(name) if previous else None
+    repeats = options.reg_repeats or (before.repeats if before else None) or (folder.repeats if folder else 1)
+    if folder is not None:
+        class_tokens: str | None = folder.class_tokens
+    elif before is not None:
+        class_tokens = before.class_tokens
+    else:
+        class_tokens = options.class_tokens or None
+    return Subset(name=name, repeats=repeats, is_reg=True, class_tokens=class_tokens,
+                  keep_tokens=before.keep_tokens if before else None,
+                  shuffle_caption=_shuffle(options, before))
+
+
+def _shuffle(options: ManifestOptions, before: Subset | None) -> bool:
+    """Given, else the previous manifest's, else on (sd-scripts shuffles after keep_tokens)."""
+    if options.shuffle_caption is not None:
+        return options.shuffle_caption
+    return before.shuffle_caption if before is not None else True
+
+
+def _settings(options: ManifestOptions, previous: Previous | None, root: Path,
+              notes: list[str]) -> tuple[ManifestOptions, BucketSettings, list[str]]:
+    """Options with every setting not given taken from the previous manifest, the bucket settings,
+    and a description of what was kept (for the note the CLI prints)."""
+    kept: list[str] = []
+    before = previous.manifest if previous else None
+    extension = options.caption_extension or (before.caption_extension if before else DEFAULT_CAPTION_EXTENSION)
+    if before is not None and options.caption_extension is None and extension != DEFAULT_CAPTION_EXTENSION:
+        kept.append(f"caption extension {extension}")
+    trigger = options.trigger
+    if trigger is None and before is not None and before.trigger:
+        trigger = before.trigger
+        kept.append(f"trigger '{trigger}'")
+    trigger = trigger or None
+    keep_tokens = options.keep_tokens
+    if keep_tokens is None and before is not None and trigger == before.trigger:
+        keep_tokens = before.keep_tokens
+        if keep_tokens != (1 if trigger else 0):
+            kept.append(f"keep_tokens {keep_tokens}")
+    reg_dirs = tuple(options.reg_dirs)
+    if previous is not None:
+        given = {Path(r).resolve() for r in reg_dirs}
+        extra = tuple(r for r in previous.reg_roots if r not in given)
+        if extra:
+            kept.append("regularisation folder(s) " + ", ".join(_rel(r, root) or "." for r in extra))
+        reg_dirs += extra
+    buckets = options.buckets or saved_bucket_settings(root)
+    if buckets is None and before is not None and before.buckets is not None:
+        buckets = before.buckets
+        kept.append("bucket settings " + _describe_buckets(buckets))
+    elif before is not None and before.buckets is not None and buckets != before.buckets and options.buckets is None:
+        notes.append(f"bucket settings from {BUCKETS_FILE} ({_describe_buckets(buckets)}) replace the previous "
+                     f"manifest's ({_describe_buckets(before.buckets)})")
+    merged = dataclasses.replace(options, caption_extension=extension, trigger=trigger, keep_tokens=keep_tokens,
+                                 reg_dirs=reg_dirs)
+    return merged, buckets or BucketSettings(), kept
+
+
+def _describe_buckets(b: BucketSettings) -> str:
+    return (f"{b.resolution[0]}×{b.resolution[1]}, step {b.step}, {b.min}–{b.max}"
+            + (", no upscale" if b.no_upscale else ""))
+
+
+def _kept_subset_settings(subsets: list[Subset], previous: Previous | None, options: ManifestOptions) -> list[str]:
+    """Per-subset settings a rebuild took from the previous manifest (repeats, class tokens)."""
+    if previous is None:
+        return []
+    kept = []
+    for subset in subsets:
+        before = previous.subset(subset.name)
+        if before is None:
+            continue
+        given_repeats = options.reg_repeats if subset.is_reg else options.repeats
+        if given_repeats is None and before.repeats != 1:
+            kept.append(f"{subset.name} ×{before.repeats}")
+        if not subset.is_reg and options.class_tokens is None and before.class_tokens:
+            kept.append(f"{subset.name} class tokens '{before.class_tokens}'")
+    return kept
 
 
 def build_manifest(folder: str | os.PathLike[str], options: ManifestOptions = ManifestOptions(), *,
@@ -158,32 +355,41 @@ def build_manifest(folder: str | os.PathLike[str], options: ManifestOptions = Ma
                    reporter: Reporter = SILENT) -> ManifestBuild:
     """Freeze the dataset in `folder` into a Manifest (not yet written; see `write_manifest`).
 
-    Raises ManifestError listing every image without a caption unless `allow_empty_captions`.
+    A manifest already at `manifest_path` (default FOLDER/manifest.json) is being rebuilt: its
+    settings (trigger, keep_tokens, per-subset repeats and class tokens, regularisation folders,
+    caption extension, bucket settings) are kept unless `options` changes them, and a note says
+    which were kept. Raises ManifestError listing every image without a caption unless
+    `allow_empty_captions`.
     """
+    options.validate()
     root = Path(folder).resolve()
     if not root.is_dir():
         raise UsageError(f"{folder} is not a folder")
-    extension = check_caption_extension(options.caption_extension)
-    base = Path(manifest_path).resolve().parent if manifest_path else root
+    target = Path(manifest_path) if manifest_path else default_manifest_path(root)
+    base = target.resolve().parent
     notes: list[str] = []
-    bucket_settings = options.buckets or saved_bucket_settings(root) or BucketSettings()
+    if removed := clean_stale_temporaries(root):
+        notes.append(f"removed {len(removed)} temporary file(s) left in {root} by an interrupted run")
+    previous = previous_manifest(target, root, notes) if options.keep_previous else None
+    options, bucket_settings, kept = _settings(options, previous, root, notes)
+    extension = check_caption_extension(options.caption_extension or DEFAULT_CAPTION_EXTENSION)
     plan = plan_from_settings(bucket_settings)
     plan.buckets  # validate  # noqa: B018
 
-    reg_roots = [_import_reg_dir(root, Path(r), notes) for r in options.reg_dirs]
+    reg_roots = list(dict.fromkeys(_import_reg_dir(root, Path(r), notes) for r in options.reg_dirs))
     main_scan = scan_folder(root, caption_extension=extension, max_pixels=options.max_pixels, reporter=reporter)
     reg_scans = [scan_folder(r, caption_extension=extension, max_pixels=options.max_pixels, reporter=reporter)
                  for r in reg_roots]
     reg_paths = {e.path.resolve() for scan in reg_scans for e in scan.entries}
+    if not main_scan.entries and not main_scan.dropped:
+        raise NoImages.in_folder(folder, "there is nothing to freeze (no manifest written)")
 
     jobs: list[tuple[ScanEntry, Subset]] = []
     for entry in main_scan.entries:
         if entry.path.resolve() not in reg_paths:
-            jobs.append((entry, _subset_for(entry, options)))
+            jobs.append((entry, _subset_for(entry, options, previous)))
     for reg_root, scan in zip(reg_roots, reg_scans, strict=True):
-        subset = Subset(name=f"reg:{reg_root.name}", repeats=options.reg_repeats, is_reg=True,
-                        class_tokens=options.class_tokens, shuffle_caption=options.shuffle_caption)
-        jobs.extend((entry, subset) for entry in scan.entries)
+        jobs.extend((entry, _reg_subset_for(reg_root, entry, options, previous)) for entry in scan.entries)
 
     missing = [e for e, s in jobs if not (e.caption or "").strip() and not s.is_reg]
     if missing and not options.allow_empty_captions:
@@ -197,17 +403,26 @@ def build_manifest(folder: str | os.PathLike[str], options: ManifestOptions = Ma
 
     buckets = dict(zip((e.path for e, _ in jobs), plan.assign_all([e.size for e, _ in jobs]), strict=True))
     retriggered = 0
+    real_root = os.path.realpath(root)
 
     def freeze(job: tuple[ScanEntry, Subset]) -> ImageRecord:
         nonlocal retriggered
         entry, subset = job
         rel = _rel(entry.path, base)
+        if not _within(entry.path, real_root):
+            raise UsageError(f"{entry.path} resolves outside the dataset folder {root} through a symlink",
+                             hint="copy the file into the dataset; manifests never refer outside it")
         if not is_safe_relative(rel):
             raise UsageError(f"manifest at {base} cannot refer to {entry.path}: it is outside the manifest's folder",
                              hint="write the manifest inside (or above) the dataset folder")
+        sidecar = caption_path(entry.path, extension)
+        if (sidecar.exists() or sidecar.is_symlink()) and not _within(sidecar, real_root):
+            raise UsageError(f"caption {sidecar.name} links outside the dataset folder {root}",
+                             hint="replace the link with the caption file itself")
         caption, changed = _frozen_caption(entry.caption or "", None if subset.is_reg else options.trigger)
         retriggered += changed
-        return _record(entry, rel, subset.name, buckets[entry.path], caption, entry.caption)
+        meta_inside = _within(meta_path(entry.path), real_root)
+        return _record(entry, rel, subset.name, buckets[entry.path], caption, entry.caption, meta_inside)
 
     frozen = run_step(jobs, freeze, step="manifest", name=lambda j: _rel(j[0].path, base),
                       reporter=reporter, label="hashing", workers=4)
@@ -217,17 +432,26 @@ def build_manifest(folder: str | os.PathLike[str], options: ManifestOptions = Ma
     if missing:
         notes.append(f"{len(missing)} image(s) train with an empty caption (--allow-empty-captions)")
 
-    subsets = list(dict.fromkeys(s for _, s in jobs)) or [_subset_for_empty(options)]
+    subsets = _unique_subsets([s for _, s in jobs]) or [_subset_for_empty(options)]
+    kept += _kept_subset_settings(subsets, previous, options)
+    if kept:
+        notes.insert(0, "kept from the previous manifest: " + "; ".join(kept)
+                     + " (a flag changes one; --reset starts from the defaults)")
     keep_tokens = options.keep_tokens if options.keep_tokens is not None else (1 if options.trigger else 0)
     dropped = [*main_scan.dropped, *(d for s in reg_scans for d in s.dropped), *frozen.dropped]
-    manifest = Manifest(images=tuple(frozen.done), subsets=tuple(_unique_subsets(subsets)),
+    manifest = Manifest(images=tuple(frozen.done), subsets=tuple(subsets),
                         buckets=bucket_settings, caption_extension=extension, trigger=options.trigger,
                         keep_tokens=keep_tokens, dropped=tuple(dropped))
     return ManifestBuild(manifest, notes)
 
 
+def _within(path: Path, real_root: str) -> bool:
+    real = os.path.realpath(path)
+    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
 def _subset_for_empty(options: ManifestOptions) -> Subset:
-    return Subset(name="main", repeats=options.repeats or 1, class_tokens=options.class_tokens)
+    return Subset(name="main", repeats=options.repeats or 1, class_tokens=options.class_tokens or None)
 
 
 def _unique_subsets(subsets: list[Subset]) -> list[Subset]:

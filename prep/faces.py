@@ -30,6 +30,8 @@ from prep.records import Face
 DETECTOR_NAMES = ("auto", "yunet", "libfacedetection", "haar", "anime")
 YUNET_FILE = "face_detection_yunet.onnx"
 ANIME_FILE = "anime_face_detection.onnx"
+ANIME_CASCADE_FILE = "lbpcascade_animeface.xml"
+DATA = Path(__file__).resolve().parent / "data"  # the bundled detectors (see prep/data/LICENSES.md)
 
 
 @runtime_checkable
@@ -157,6 +159,13 @@ class LibFaceDetectionDetector:
     Its call holds the GIL, so the crop step's worker threads take turns in it; the OpenMP threads
     it starts inside are what spreads it over the cores (measured: half the wall time on two
     cores for 12% more CPU), so they are left at OpenMP's default.
+
+    The library's first call initialises itself: inside a C++ static-initialisation guard it
+    imports a Python module, which needs the GIL. Two threads making that first call together
+    deadlock (one holds the guard and waits for the GIL, the other holds the GIL and waits for the
+    guard; 1 run in 4-7 of `crop --workers 2` hung for good). So the constructor makes the first
+    call itself, on the thread that builds the detector, before any worker exists, and a lock
+    keeps later calls one at a time (they hold the GIL anyway, so the lock costs nothing).
     """
 
     name = "libfacedetection"
@@ -172,11 +181,15 @@ class LibFaceDetectionDetector:
         # the compiled call: `yuface.detect` only adds the threshold and a warning above 960 px
         # (the crop step detects on a reduced copy), raised through the thread-unsafe warnings module
         self._detect = detect
+        self._lock = threading.Lock()
         self.score_threshold = score_threshold
+        self(np.zeros((32, 32, 3), np.uint8))  # the one-time initialisation, here and not in a worker
 
     def __call__(self, image: np.ndarray) -> list[Face]:
         height, width = image.shape[:2]
-        found = np.asarray(self._detect(np.ascontiguousarray(image[:, :, ::-1])), dtype=np.float64)
+        bgr = np.ascontiguousarray(image[:, :, ::-1])
+        with self._lock:
+            found = np.asarray(self._detect(bgr), dtype=np.float64)
         rows = found.reshape(len(found), -1) if found.size else np.zeros((0, 5))  # confidence, x, y, w, h, …
         rows = rows[rows[:, 0] > self.score_threshold * 100]  # confidences are percentages
         return _faces_from_xywh(rows[:, 1:5], rows[:, 0] / 100.0, self.name, (width, height))
@@ -210,6 +223,50 @@ class HaarDetector:
             grey, scaleFactor=1.1, minNeighbors=self.min_neighbors, minSize=(minimum, minimum))
         rows = np.asarray(found, dtype=np.float64).reshape(-1, 4)
         return _faces_from_xywh(rows, np.ones(len(rows)), self.name, (width, height))
+
+
+class AnimeCascadeDetector:
+    """nagadomi's lbpcascade_animeface (MIT): an LBP cascade for drawn faces, run by OpenCV.
+
+    Bundled (prep/data/), so drawn faces are found with nothing downloaded. A cascade has no
+    probability; its score is made comparable with the networks' from how many neighbouring
+    windows agreed (`cascade_score`), so merged detectors can rank and suppress boxes together.
+    """
+
+    name = "anime-cascade"
+
+    def __init__(self, path: Path | None = None, *, min_neighbors: int = 5) -> None:
+        import cv2
+
+        path = Path(path) if path is not None else DATA / ANIME_CASCADE_FILE
+        if not path.is_file():
+            raise ModelNotAvailable(f"the anime face cascade {path} is missing",
+                                    hint=f"reinstall loraprep (the file ships in prep/data/), or put "
+                                         f"{ANIME_CASCADE_FILE} there")
+        if cv2.CascadeClassifier(str(path)).empty():
+            raise ModelNotAvailable(f"the anime face cascade {path} could not be loaded",
+                                    hint="reinstall loraprep; the file is damaged")
+        self.path = path
+        self._instances = _PerThread(lambda: cv2.CascadeClassifier(str(path)))
+        self.min_neighbors = min_neighbors
+
+    def __call__(self, image: np.ndarray) -> list[Face]:
+        import cv2
+
+        height, width = image.shape[:2]
+        grey = cv2.equalizeHist(cv2.cvtColor(np.ascontiguousarray(image[:, :, :3]), cv2.COLOR_RGB2GRAY))
+        minimum = max(24, min(width, height) // 24)
+        found, neighbours = self._instances.get().detectMultiScale2(  # type: ignore[attr-defined]
+            grey, scaleFactor=1.1, minNeighbors=self.min_neighbors, minSize=(minimum, minimum))
+        rows = np.asarray(found, dtype=np.float64).reshape(-1, 4)
+        scores = cascade_score(np.asarray(neighbours, dtype=np.float64).reshape(-1))
+        return _faces_from_xywh(rows, scores, self.name, (width, height))
+
+
+def cascade_score(neighbours: np.ndarray) -> np.ndarray:
+    """A cascade hit's neighbour count → a score on the networks' scale: n / (n + 5), so the
+    minimum 5 agreeing windows score 0.5 and 20 score 0.8 (YuNet's typical hit is 0.8–0.95)."""
+    return neighbours / (neighbours + 5.0)
 
 
 # ---- YOLOv8 post-processing (pure functions, tested on a constructed ONNX graph)
@@ -309,6 +366,22 @@ class AnimeYoloDetector:
         faces = [Face(_clip_box(*row, width, height), float(scores[i]), self.name)
                  for row, i in zip(mapped.tolist(), kept, strict=True)]
         return [f for f in faces if f.box[2] > f.box[0] and f.box[3] > f.box[1]]
+
+
+def detect_scaled(detector: FaceDetector, image: np.ndarray, longest: int = 640) -> list[Face]:
+    """Faces in `image`'s pixels, found on a copy whose longest side is at most `longest`, reduced
+    by a whole factor with a box filter as the crop step does, so both steps see the same faces."""
+    from PIL import Image
+
+    rgb = np.ascontiguousarray(image[:, :, :3])
+    height, width = rgb.shape[:2]
+    factor = -(-max(width, height) // longest)
+    if factor <= 1:
+        return detector(rgb)
+    small = np.asarray(Image.fromarray(rgb).reduce(factor))
+    sx, sy = width / small.shape[1], height / small.shape[0]
+    return [Face(_clip_box(f.box[0] * sx, f.box[1] * sy, f.box[2] * sx, f.box[3] * sy, width, height),
+                 f.score, f.detector) for f in detector(small)]
 
 
 class CombinedDetector:

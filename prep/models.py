@@ -8,10 +8,13 @@ offline, a missing model is a `ModelNotAvailable` error that says how to get it.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+from prep.atomic import TEMP_SUFFIX, clean_stale_temporaries, temp_prefix
 from prep.errors import ModelNotAvailable, UsageError
 
 CACHE_ENV = "LORAPREP_MODELS"
@@ -33,7 +36,8 @@ class ModelSpec:
         return self.renames.get(local_name, local_name)
 
 
-# Revisions are pinned so a dataset tagged today is tagged the same way next year.
+# Revisions are pinned (the hub commit that holds the files, recorded from each model repository)
+# so a dataset tagged today is tagged the same way next year.
 REGISTRY: dict[str, ModelSpec] = {}
 
 
@@ -46,7 +50,7 @@ register(ModelSpec(
     name="yunet",
     kind="face-detector",
     repo_id="opencv/face_detection_yunet",
-    revision="main",
+    revision="3cc26e7f1014a5ee5d74a42acee58bafc9d0a310",
     files=("face_detection_yunet.onnx",),
     renames={"face_detection_yunet.onnx": "face_detection_yunet_2023mar.onnx"},
     licence="MIT (OpenCV model zoo)",
@@ -59,7 +63,7 @@ register(ModelSpec(
     name="anime-face",
     kind="face-detector",
     repo_id="deepghs/anime_face_detection",
-    revision="main",
+    revision="784dc4c0bb692351ddcdbe6131a050b17d3025d5",
     files=("anime_face_detection.onnx",),
     renames={"anime_face_detection.onnx": "face_detect_v1.4_s/model.onnx"},
     licence="MIT (deepghs/anime_face_detection model card)",
@@ -70,7 +74,7 @@ register(ModelSpec(
     name="anime-seg",
     kind="segmenter",
     repo_id="skytnt/anime-seg",
-    revision="main",
+    revision="493cb60893f47441b26ec4fb9a306bce9e342982",
     files=("isnetis.onnx",),
     licence="Apache-2.0 (skytnt/anime-seg)",
     description="ISNet anime character segmentation, 1024² input; `loraprep clean --segmenter anime-seg`",
@@ -80,7 +84,7 @@ register(ModelSpec(
     name="human-seg",
     kind="segmenter",
     repo_id="Xenova/modnet",
-    revision="main",
+    revision="fa2fa546052fba4c08921230a26cc69a333fca12",
     files=("modnet.onnx",),
     renames={"modnet.onnx": "onnx/model.onnx"},
     licence="Apache-2.0 (ZHKKKe/MODNet, ONNX export by Xenova)",
@@ -150,13 +154,39 @@ def is_available(name: str) -> bool:
     return all((folder / f).is_file() for f in spec(name).files)
 
 
+def download_url(model: ModelSpec, local_name: str) -> str:
+    """Where a browser or curl fetches one file of `model` at its pinned revision."""
+    return f"{hub_endpoint()}/{model.repo_id}/resolve/{model.revision}/{model.repo_file(local_name)}"
+
+
+def manual_steps(model: ModelSpec) -> str:
+    """How to install `model` by hand: each upstream file, its URL, and the exact path to save it as."""
+    folder = model_path(model.name)
+    steps = []
+    for local in model.files:
+        upstream = model.repo_file(local)
+        saved = f"save it as {folder / local}" if PurePosixPath(upstream).name != local else f"save it in {folder}/"
+        steps.append(f"download {upstream} from {download_url(model, local)} and {saved}")
+        if len(steps) == 2 and len(model.files) > 2:
+            steps.append(f"likewise {', '.join(model.files[2:])}")
+            break
+    return "; ".join(steps)
+
+
 def _missing_error(model: ModelSpec, reason: str) -> ModelNotAvailable:
     folder = model_path(model.name)
-    files = ", ".join(model.files)
     return ModelNotAvailable(
         f"model '{model.name}' is not in {folder} ({reason})",
-        hint=(f"run `loraprep models pull {model.name}` on a connected machine, or copy {files} "
-              f"from https://huggingface.co/{model.repo_id} into {folder}"),
+        hint=f"run `loraprep models pull {model.name}` on a connected machine and copy {folder} here, "
+             f"or {manual_steps(model)}",
+    )
+
+
+def _unreachable_error(model: ModelSpec, why: str) -> ModelNotAvailable:
+    """One sentence: what failed, why, and the manual alternative."""
+    return ModelNotAvailable(
+        f"cannot download model '{model.name}': {why}; on a connected machine run "
+        f"`loraprep models pull {model.name}` and copy {model_path(model.name)} here, or {manual_steps(model)}"
     )
 
 
@@ -194,24 +224,92 @@ def offline_mode() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def hub_endpoint() -> str:
+    """The hub's base URL: $HF_ENDPOINT (a mirror) or huggingface.co, read at call time."""
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+PROBE_SECONDS = 1.2  # how long `pull` waits for the hub to answer at all; $LORAPREP_HUB_PROBE_SECONDS overrides
+
+
+def hub_unreachable(timeout: float | None = None) -> str | None:
+    """Why the hub cannot be reached, or None when it answers an HTTP request (any status) within
+    `timeout` seconds, name lookup and proxies ($HTTPS_PROXY) included.
+
+    huggingface_hub retries an unreachable host for ~25 s with a log line per try; this answers in
+    at most `timeout`, so an offline `models pull` fails at once with one clear sentence.
+    """
+    import threading
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    if timeout is None:
+        timeout = float(os.environ.get("LORAPREP_HUB_PROBE_SECONDS") or PROBE_SECONDS)
+    url = hub_endpoint() + "/api/models"
+    host = urlsplit(url).netloc
+    outcome: list[str | None] = []
+
+    def ask() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+            outcome.append(None)
+        except urllib.error.HTTPError:  # an answer, even 4xx/5xx: the hub is there
+            outcome.append(None)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            outcome.append(f"{host} cannot be reached ({getattr(reason, 'strerror', None) or reason})")
+
+    probe = threading.Thread(target=ask, daemon=True)
+    probe.start()
+    probe.join(timeout)
+    if not outcome:
+        return (f"{host} did not answer within {timeout:g} s (no network? on a slow link raise "
+                f"LORAPREP_HUB_PROBE_SECONDS)")
+    return outcome[0]
+
+
 def pull(name: str) -> Path:
-    """Download model `name` at its pinned revision into the cache (idempotent)."""
+    """Download model `name` at its pinned revision into the cache (idempotent).
+
+    Files are downloaded into a temporary folder beside the cache (`prep.atomic` naming, so a killed
+    pull is cleaned up by the next one) and moved into place only when all are there: a failed pull
+    leaves nothing behind.
+    """
     model = spec(name)
     if is_available(name):
         return model_path(name)
     if offline_mode():
-        raise _missing_error(model, "HF_HUB_OFFLINE is set, so nothing is downloaded")
+        raise _unreachable_error(model, "HF_HUB_OFFLINE is set, so nothing is downloaded")
+    if why := hub_unreachable():
+        raise _unreachable_error(model, why)
     folder = model_path(name)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temporaries(folder.parent)
+    staging = Path(tempfile.mkdtemp(prefix=temp_prefix(name), suffix=TEMP_SUFFIX, dir=folder.parent))
     try:
-        from huggingface_hub import hf_hub_download
-        for local_name in model.files:
-            if (folder / local_name).is_file():
-                continue
-            downloaded = Path(hf_hub_download(model.repo_id, model.repo_file(local_name),
-                                              revision=model.revision, local_dir=folder))
-            if downloaded.name != local_name:
-                os.replace(downloaded, folder / local_name)
+        fetched = _download(model, folder, staging)
+        folder.mkdir(exist_ok=True)
+        for local_name, path in fetched.items():
+            os.replace(path, folder / local_name)
     except Exception as exc:  # network errors come in many types; all mean the same here
-        raise _missing_error(model, f"download failed: {type(exc).__name__}: {exc}") from exc
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise _unreachable_error(model, f"the download failed ({type(exc).__name__}{': ' + reason if reason else ''})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def _download(model: ModelSpec, folder: Path, staging: Path) -> dict[str, Path]:
+    """Each missing file of `model` downloaded into `staging`; {local name: downloaded path}."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import logging as hub_logging
+
+    hub_logging.set_verbosity_error()  # its retry warnings would repeat what our one error says
+    fetched = {}
+    for local_name in model.files:
+        if (folder / local_name).is_file():
+            continue
+        fetched[local_name] = Path(hf_hub_download(model.repo_id, model.repo_file(local_name), revision=model.revision,
+                                                   local_dir=staging, endpoint=hub_endpoint(), etag_timeout=10))
+    return fetched

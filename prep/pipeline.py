@@ -18,7 +18,8 @@ from prep.errors import ModelNotAvailable, ModelMismatch, UsageError
 from prep.normalise import NormaliseOptions, normalise_folder
 from prep.progress import SILENT, Reporter
 from prep.records import DEFAULT_CAPTION_EXTENSION, Drop, Manifest
-from prep.scan import walk_images
+from prep.atomic import clean_stale_temporaries
+from prep.scan import NoImages, has_images, walk_images
 from prep.sidecars import BadCaption, caption_path, read_caption, write_caption
 
 Status = Literal["ran", "skipped", "off"]
@@ -97,12 +98,34 @@ def _fallback_captions(folder: Path, options: PrepOptions, report: PrepReport) -
     return True
 
 
+def _check_options(options: PrepOptions) -> None:
+    """Every option of every step checked before anything is created (a bad --aspect must not leave
+    an empty dataset folder behind)."""
+    if options.crop is not None:
+        options.crop.check()
+    if options.clean is not None:
+        options.clean.check()
+    options.buckets.buckets  # validates the bucket settings  # noqa: B018
+    ManifestOptions(repeats=options.repeats).validate()
+
+
+def upscaled_count(manifest: Manifest) -> int:
+    """Images smaller than their bucket on either side: the trainer enlarges them (softer detail)."""
+    return sum(1 for r in manifest.images if r.bucket is not None and (r.width < r.bucket[0] or r.height < r.bucket[1]))
+
+
 def run_pipeline(src: str | os.PathLike[str], out: str | os.PathLike[str], options: PrepOptions,
                  reporter: Reporter = SILENT) -> PrepReport:
     src, out = Path(src), Path(out)
     _check_folders(src, out)
+    _check_options(options)
+    if not has_images(src):
+        raise NoImages.in_folder(src, "no dataset was made (nothing written)")
     out.mkdir(parents=True, exist_ok=True)
     report = PrepReport(out=out)
+    removed = clean_stale_temporaries(out)
+    if removed:
+        report.notes.append(f"removed {len(removed)} temporary file(s) left in {out} by an interrupted run")
 
     if options.crop is not None:
         from prep.crop import crop_folder
@@ -113,6 +136,10 @@ def run_pipeline(src: str | os.PathLike[str], out: str | os.PathLike[str], optio
         result = normalise_folder(src, out, NormaliseOptions(caption_extension=options.caption_extension), reporter)
         report.steps.append(StepReport("copy", "ran", f"{len(result.done)} images copied (crop off)"))
     report.dropped.extend(result.dropped)
+    if not has_images(out):
+        report.steps.append(StepReport("manifest", "skipped", "no usable images: nothing to clean, tag or freeze "
+                                       "(no manifest written); the skipped files say why"))
+        return report
 
     if options.clean is not None:
         from prep.background import clean_folder
@@ -140,12 +167,17 @@ def run_pipeline(src: str | os.PathLike[str], out: str | os.PathLike[str], optio
 
     plan = options.buckets
     assign_buckets(out, plan, caption_extension=options.caption_extension)
-    report.steps.append(StepReport("bucket", "ran", f"{plan.resolution[0]}×{plan.resolution[1]}, step {plan.step}"))
 
     manifest_path = default_manifest_path(out)
     build = build_manifest(out, ManifestOptions(
         caption_extension=options.caption_extension, trigger=options.trigger, class_tokens=options.class_tokens,
         repeats=options.repeats, allow_empty_captions=allow_empty), manifest_path=manifest_path, reporter=reporter)
+    upscaled = upscaled_count(build.manifest)
+    report.steps.append(StepReport(
+        "bucket", "ran", f"{plan.resolution[0]}×{plan.resolution[1]}, step {plan.step}; "
+                         f"{upscaled} of {len(build.manifest.images)} images smaller than their bucket (upscaled in "
+                         "training)" if upscaled else
+                         f"{plan.resolution[0]}×{plan.resolution[1]}, step {plan.step}; no image needs upscaling"))
     write_manifest(build, manifest_path)
     report.notes.extend(build.notes)
     report.dropped.extend(d for d in build.dropped if d not in report.dropped)

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prep.errors import UsageError
-from prep.images import DEFAULT_MAX_PIXELS, ImageInfo, is_image_path, read_info
+from prep.errors import LoraprepError, UsageError
+from prep.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageInfo, is_image_path, read_info
 from prep.progress import SILENT, Reporter
 from prep.records import DEFAULT_CAPTION_EXTENSION, Drop
 from prep.runner import run_step
@@ -23,6 +23,30 @@ from prep.sidecars import caption_path, read_caption
 REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")
 # Folders loraprep itself writes inside a dataset (journals, backups) are not part of it.
 SKIPPED_DIRS = frozenset({".loraprep", "__pycache__", ".git"})
+
+
+class NoImages(LoraprepError):
+    """A folder a command should work on holds no image files at all (exit 1: nothing was done)."""
+
+    @classmethod
+    def in_folder(cls, folder: str | os.PathLike[str], what: str = "nothing was done") -> NoImages:
+        kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
+        return cls(f"{folder} holds no images, so {what}",
+                   hint=f"loraprep reads {kinds} files, searching sub-folders (hidden ones and .loraprep/ "
+                        "excepted); point it at the folder that holds them")
+
+
+def require_images(scan: ScanResult, what: str = "nothing was done") -> ScanResult:
+    """`scan` unchanged, or NoImages when it found no image file at all (unreadable ones count as
+    found: they are reported with their reasons instead)."""
+    if not scan.entries and not scan.dropped:
+        raise NoImages.in_folder(scan.root, what)
+    return scan
+
+
+def has_images(folder: str | os.PathLike[str]) -> bool:
+    """Whether any image file lies under `folder` (stops at the first; nothing is decoded)."""
+    return next(walk_images(Path(folder), []), None) is not None
 
 
 @dataclass(frozen=True)

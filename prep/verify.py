@@ -8,38 +8,56 @@ from pathlib import Path
 
 from prep.errors import ManifestError
 from prep.images import sha256_file, sha256_text
-from prep.records import Manifest, schema_errors
+from prep.records import Manifest, check_inside, resolve_inside, schema_errors
 from prep.sidecars import BadCaption, caption_path, read_caption
+
+
+def image_problems(manifest: Manifest, base: str | os.PathLike[str]) -> list[str]:
+    """Images missing, changed, or resolving outside `base`, since the manifest was written."""
+    base = Path(base)
+    problems = []
+    for record in manifest.images:
+        try:
+            image = resolve_inside(base, record.path)
+        except ManifestError as exc:
+            problems.append(exc.message)
+            continue
+        if not image.is_file():
+            problems.append(f"{record.path}: image is missing")
+        elif sha256_file(image) != record.sha256:
+            problems.append(f"{record.path}: image changed since the manifest was written")
+    return problems
+
+
+def caption_problems(manifest: Manifest, base: str | os.PathLike[str]) -> list[str]:
+    """Caption sidecars edited, deleted, unreadable, or linking outside `base` since freezing."""
+    base = Path(base)
+    problems = []
+    for record in manifest.images:
+        if record.caption_sha256 is None:
+            continue
+        rel = caption_path(record.path, manifest.caption_extension).as_posix()
+        try:
+            sidecar = resolve_inside(base, rel)
+            caption = read_caption(sidecar)
+        except (ManifestError, BadCaption) as exc:
+            problems.append(exc.message)
+            continue
+        if caption is None:
+            problems.append(f"{record.path}: caption {Path(rel).name} was deleted since the manifest was written")
+        elif sha256_text(caption) != record.caption_sha256:
+            problems.append(f"{record.path}: caption {Path(rel).name} changed since the manifest was written")
+    return problems
 
 
 def stale_files(manifest: Manifest, base: str | os.PathLike[str]) -> list[str]:
     """Images missing or changed, and caption sidecars edited, since the manifest was written."""
-    base = Path(base)
-    problems = []
-    for record in manifest.images:
-        image = base / record.path
-        if not image.is_file():
-            problems.append(f"{record.path}: image is missing")
-            continue
-        if sha256_file(image) != record.sha256:
-            problems.append(f"{record.path}: image changed since the manifest was written")
-        if record.caption_sha256 is None:
-            continue
-        sidecar = caption_path(image, manifest.caption_extension)
-        try:
-            caption = read_caption(sidecar)
-        except BadCaption as exc:
-            problems.append(exc.message)
-            continue
-        if caption is None:
-            problems.append(f"{record.path}: caption {sidecar.name} was deleted since the manifest was written")
-        elif sha256_text(caption) != record.caption_sha256:
-            problems.append(f"{record.path}: caption {sidecar.name} changed since the manifest was written")
-    return problems
+    return image_problems(manifest, base) + caption_problems(manifest, base)
 
 
 def check_manifest_file(path: str | os.PathLike[str]) -> list[str]:
-    """Every problem with a manifest file: schema, paths, and stale or missing files."""
+    """Every problem with a manifest file: schema, paths (also through symlinks), and stale or
+    missing files. Problems name `path` as given (a folder means its manifest.json)."""
     path = Path(path)
     if path.is_dir():
         path = path / "manifest.json"
@@ -47,11 +65,14 @@ def check_manifest_file(path: str | os.PathLike[str]) -> list[str]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return [f"{path}: no manifest here"]
+    except IsADirectoryError:
+        return [f"{path} is a folder, not a manifest file"]
     except (ValueError, UnicodeDecodeError) as exc:
         return [f"{path}: not valid JSON ({exc})"]
     try:
         manifest = Manifest.from_dict(data)
+        check_inside(manifest, path.parent)
     except ManifestError as exc:
-        return [exc.message, *schema_errors(data)]
+        return [f"{path}: {exc.message}", *schema_errors(data)]
     problems = schema_errors(data)
     return problems + stale_files(manifest, path.parent)

@@ -26,6 +26,7 @@ from train.optargs import OPTIMIZERS, parse_optimizer_args
 from train.samplers import check_sampler
 
 PRESETS = ("attn", "attn-mlp", "full")
+ALGOS = ("lora", "loha", "lokr")
 SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LATENT_CACHE = ("off", "memory", "disk")
@@ -44,13 +45,15 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    """The LoRA itself: where it goes (preset), its size (rank, alpha → scale alpha/rank)."""
+    """The LoRA itself: its algorithm, where it goes (preset), its size (rank, alpha → scale alpha/rank)."""
 
+    algo: str = "lora"  # lora | loha (Hadamard product) | lokr (Kronecker product), as LyCORIS names them
     preset: str = "attn"
     rank: int = 16
     alpha: float | None = None  # None or 0: alpha = rank (scale 1), as sd-scripts reads network_alpha = 0
-    conv_dim: int = 0  # > 0: LoCon, LoRA on 3×3 convs too
+    conv_dim: int = 0  # > 0: the algorithm on 3×3 convs too (LoCon for lora)
     conv_alpha: float = 1.0  # 0: alpha = conv_dim
+    factor: int = -1  # LoKr: split each dimension near this factor; -1 = as square as possible (LyCORIS)
     dora: bool = False
     network_dropout: float = 0.0
     rank_dropout: float = 0.0  # chance to drop each rank of a layer's LoRA per sample (sd-scripts rank_dropout)
@@ -299,11 +302,30 @@ def _at_least(where: str, value: float, low: float, *, high: float | None = None
         raise UsageError(f"{where} must be {span}, got {value}")
 
 
+def _validate_algo(n: NetworkConfig) -> None:
+    """Settings that belong to one algorithm are refused with the others, rather than silently ignored."""
+    if n.factor == 0 or n.factor < -1:
+        raise UsageError(f"factor must be -1 (as square as possible) or a positive number, got {n.factor}")
+    if n.factor != -1 and n.algo != "lokr":
+        raise UsageError(f"factor is a LoKr setting; --algo is {n.algo}", hint="add --algo lokr, or drop --factor")
+    if n.dora and n.algo != "lora":
+        raise UsageError(f"DoRA is trained with --algo lora; loraprep has no weight-decomposed {n.algo}",
+                         hint="drop --dora, or use --algo lora")
+    if n.network_dropout and n.algo != "lora":
+        raise UsageError(f"network_dropout applies to LoRA layers; {n.algo} has no dropout inside its layers",
+                         hint="drop --network-dropout, or use --algo lora")
+    for name in ("rank_dropout", "module_dropout", "scale_weight_norms"):
+        if getattr(n, name) and n.algo != "lora":
+            raise UsageError(f"{name} works on LoRA's down/up factors; loraprep does not apply it to {n.algo}",
+                             hint=f"drop --{name.replace('_', '-')}, or use --algo lora")
+
+
 def validate(config: TrainConfig) -> None:
     """Everything that can be checked without a model or a manifest; raises UsageError."""
     m, n, d, o, l, r = config.model, config.network, config.data, config.optimizer, config.loss, config.run
     _choice("prediction_type", m.prediction_type, PREDICTION_TYPES)
     _at_least("clip_skip", m.clip_skip, 1, high=12)
+    _choice("algo", n.algo, ALGOS)
     _choice("preset", n.preset, PRESETS)
     _at_least("rank", n.rank, 1)
     if n.alpha is not None:
@@ -318,6 +340,7 @@ def validate(config: TrainConfig) -> None:
     _check_block_weights(n)
     if n.text_encoder_lr is not None:
         _at_least("text_encoder_lr", n.text_encoder_lr, 0)
+    _validate_algo(n)
     _at_least("batch_size", d.batch_size, 1)
     if d.keep_tokens is not None:
         _at_least("keep_tokens", d.keep_tokens, 0)

@@ -30,6 +30,7 @@ import torch
 
 from prep.atomic import finalize_written_file, write_bytes_atomic
 from prep.errors import ModelMismatch, UsageError
+from train.lycoris import ALGO_LABELS, ModuleWeights, algo_of, file_weights, lokr_factor, set_peft_tensors
 
 if TYPE_CHECKING:
     from train.model import BaseModel, Family
@@ -112,59 +113,81 @@ def kohya_name(component: str, path: str, family: Family, unet_config: Mapping[s
 
 
 @dataclass(frozen=True)
-class LoraLayer:
-    """One adapted layer, format-neutral: where it is, its factors, and its effective alpha."""
+class AdaptedLayer:
+    """One adapted layer, format-neutral: where it is, its trained alpha and its tensors in the LyCORIS
+    layout (train.lycoris) with the alpha the file stores."""
 
     component: str
     path: str
-    down: torch.Tensor
-    up: torch.Tensor
-    alpha: float
-    magnitude: torch.Tensor | None = None  # DoRA
+    weights: ModuleWeights
+    alpha: float  # what the layer trains with (alpha/rank = its scale); metadata reports this
+    rank: int  # the configured rank (a full-matrix LoKr's too)
+    is_conv: bool
+    dora_axis: str | None = None
 
     @property
-    def rank(self) -> int:
-        return int(self.down.shape[0])
-
-    @property
-    def is_conv(self) -> bool:
-        return self.down.dim() == 4 and tuple(self.down.shape[2:]) != (1, 1)
+    def algo(self) -> str:
+        return self.weights.algo
 
 
-def collect_layers(model: torch.nn.Module, component: str, adapter: str = "default") -> list[LoraLayer]:
-    """Every peft LoRA layer of `adapter` in `model`, with alpha = effective scale × rank (so rsLoRA
-    and per-layer alpha patterns export as the strength they train with)."""
+def _lora_layer(module: Any, component: str, path: str, adapter: str) -> AdaptedLayer:
+    """A peft LoRA layer's tensors. DoRA layers are written with alpha = rank and the scale folded
+    into `lora_up`, an identical file that WebUI builds which scale after decomposing apply alike."""
+    from train.dora import ColumnDoraVariant
+
+    down = module.lora_A[adapter].weight.detach()
+    up = module.lora_B[adapter].weight.detach()
+    rank = int(down.shape[0])
+    alpha = float(module.lora_alpha[adapter]) if not module.use_rslora.get(adapter) \
+        else float(module.scaling[adapter]) * rank
+    tensors = {"lora_down.weight": down, "lora_up.weight": up}
+    axis = None
+    stored_alpha = alpha
+    if adapter in module.lora_magnitude_vector:
+        magnitude = module.lora_magnitude_vector[adapter].weight.detach()
+        axis = "input" if isinstance(module.lora_variant.get(adapter), ColumnDoraVariant) else "output"
+        shape = (1, -1) if axis == "input" else (-1, 1)
+        tensors["dora_scale"] = magnitude.reshape(shape + (1,) * (up.dim() - 2))
+        tensors["lora_up.weight"] = up * (alpha / rank)
+        stored_alpha = float(rank)
+    is_conv = down.dim() == 4 and tuple(down.shape[2:]) != (1, 1)
+    return AdaptedLayer(component, path, ModuleWeights("lora", tensors, stored_alpha), alpha, rank, is_conv, axis)
+
+
+def _lycoris_layer(module: Any, component: str, path: str, adapter: str) -> AdaptedLayer:
+    weights = file_weights(module, adapter)
+    base = module.get_base_layer()
+    is_conv = isinstance(base, torch.nn.Conv2d) and tuple(base.kernel_size) != (1, 1)
+    alpha = float(module.scaling[adapter]) * int(module.r[adapter])
+    return AdaptedLayer(component, path, weights, alpha, int(module.r[adapter]), is_conv)
+
+
+def collect_layers(model: torch.nn.Module, component: str, adapter: str = "default") -> list[AdaptedLayer]:
+    """Every peft LoRA, LoHa and LoKr layer of `adapter` in `model`, with alpha = effective scale × rank
+    (so rsLoRA and per-layer alpha patterns export as the strength they train with)."""
+    from peft.tuners.loha.layer import LoHaLayer
+    from peft.tuners.lokr.layer import LoKrLayer
     from peft.tuners.lora import LoraLayer as PeftLoraLayer
 
     layers = []
     for name, module in model.named_modules():
-        if not isinstance(module, PeftLoraLayer) or adapter not in module.lora_A:
-            continue
         path = name.removeprefix("base_model.model.")
-        down = module.lora_A[adapter].weight.detach()
-        up = module.lora_B[adapter].weight.detach()
-        rank = int(down.shape[0])
-        alpha = float(module.lora_alpha[adapter]) if not module.use_rslora.get(adapter) \
-            else float(module.scaling[adapter]) * rank
-        magnitude = None
-        if adapter in module.lora_magnitude_vector:
-            magnitude = module.lora_magnitude_vector[adapter].weight.detach()
-        layers.append(LoraLayer(component, path, down, up, alpha, magnitude))
+        if isinstance(module, PeftLoraLayer) and adapter in module.lora_A:
+            layers.append(_lora_layer(module, component, path, adapter))
+        elif isinstance(module, (LoHaLayer, LoKrLayer)) and adapter in module._available_adapters:
+            layers.append(_lycoris_layer(module, component, path, adapter))
     return layers
 
 
-def kohya_state_dict(layers: Iterable[LoraLayer], family: Family, unet_config: Mapping[str, Any],
+def kohya_state_dict(layers: Iterable[AdaptedLayer], family: Family, unet_config: Mapping[str, Any],
                      dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """kohya module names with the LyCORIS suffixes of each layer's algorithm, plus `alpha`."""
     state: dict[str, torch.Tensor] = {}
     for layer in layers:
         name = kohya_name(layer.component, layer.path, family, unet_config)
-        state[f"{name}.lora_down.weight"] = layer.down.to(dtype).contiguous()
-        state[f"{name}.lora_up.weight"] = layer.up.to(dtype).contiguous()
-        state[f"{name}.alpha"] = torch.tensor(layer.alpha, dtype=dtype)
-        if layer.magnitude is not None:
-            # LyCORIS layout (norm over each output channel): [out, 1] linear, [out, 1, 1, 1] conv
-            shape = (layer.up.shape[0],) + (1,) * (layer.up.dim() - 1)
-            state[f"{name}.dora_scale"] = layer.magnitude.reshape(shape).to(dtype).contiguous()
+        for suffix, tensor in layer.weights.tensors.items():
+            state[f"{name}.{suffix}"] = tensor.to(dtype).contiguous()
+        state[f"{name}.alpha"] = torch.tensor(layer.weights.alpha, dtype=dtype)
     return state
 
 
@@ -269,22 +292,40 @@ def architecture(family: Family, prediction_type: str) -> str:
     return "stable-diffusion-v1/lora"
 
 
-def network_args(layers: list[LoraLayer], network_config: Any) -> dict[str, str]:
-    conv = [layer for layer in layers if layer.is_conv]
+def network_module(layers: list[AdaptedLayer]) -> str:
+    """sd-scripts' `networks.lora` for plain LoRA/LoCon; LyCORIS's `lycoris.kohya` for what only it trains."""
+    plain = all(layer.algo == "lora" and layer.dora_axis is None for layer in layers)
+    return "networks.lora" if plain else "lycoris.kohya"
+
+
+def network_args(layers: list[AdaptedLayer], network_config: Any) -> dict[str, str]:
+    """`ss_network_args` as sd-scripts writes the `--network_args` it was given (all values strings)."""
+    def setting(key: str) -> Any:
+        return network_config.get(key) if isinstance(network_config, Mapping) else getattr(network_config, key, None)
+
     args: dict[str, str] = {}
+    lycoris = network_module(layers) == "lycoris.kohya"
+    if lycoris:
+        args["algo"] = layers[0].algo
+    conv = [layer for layer in layers if layer.is_conv]
     if conv:
         args["conv_dim"] = str(_mode(layer.rank for layer in conv))
         args["conv_alpha"] = _number(_mode(layer.alpha for layer in conv))
-    if any(layer.magnitude is not None for layer in layers):
+    if any(layer.algo == "lokr" for layer in layers):
+        factor = setting("factor")
+        args["factor"] = str(factor if factor is not None else lokr_factor([layer.weights for layer in layers]))
+    axes = {layer.dora_axis for layer in layers} - {None}
+    if axes:
         args["dora_wd"] = "True"
+        args["wd_on_output"] = str(axes == {"output"})
     for key in ("preset", "dropout", "network_dropout"):
-        value = network_config.get(key) if isinstance(network_config, Mapping) else getattr(network_config, key, None)
+        value = setting(key)
         if value not in (None, "", 0, 0.0):
             args[key] = str(value)
     return args
 
 
-def build_metadata(layers: list[LoraLayer], base: BaseModel, meta: LoraMetadata, network_config: Any,
+def build_metadata(layers: list[AdaptedLayer], base: BaseModel, meta: LoraMetadata, network_config: Any,
                    *, kohya: bool) -> dict[str, str]:
     """sd-scripts `ss_*` and `modelspec.*` string metadata for a LoRA file."""
     linear = [layer for layer in layers if not layer.is_conv] or layers
@@ -296,7 +337,7 @@ def build_metadata(layers: list[LoraLayer], base: BaseModel, meta: LoraMetadata,
     if meta.trigger and meta.trigger not in comment:
         comment = f"{comment}; trigger: {meta.trigger}" if comment else f"trigger: {meta.trigger}"
     data: dict[str, Any] = {
-        "ss_network_module": "networks.lora",
+        "ss_network_module": network_module(layers),
         "ss_network_dim": str(dim),
         "ss_network_alpha": _number(alpha),
         "ss_network_args": json.dumps(network_args(layers, network_config)),
@@ -367,14 +408,22 @@ def _component_models(unet: torch.nn.Module, text_encoders: Iterable[torch.nn.Mo
     return models
 
 
+def diffusers_can_load(layers: Iterable[AdaptedLayer]) -> bool:
+    """diffusers loads plain LoRA and peft's row-norm DoRA; it has no LoHa/LoKr and no column-norm DoRA."""
+    return all(layer.algo == "lora" and layer.dora_axis != "input" for layer in layers)
+
+
 def save_lora(path_stem: str | Path, *, unet: torch.nn.Module, text_encoders: Iterable[torch.nn.Module | None] = (),
               base: BaseModel, network_config: Any = None,
               metadata: LoraMetadata | Mapping[str, Any] | None = None, adapter: str = "default",
-              dtype: torch.dtype = torch.float16) -> tuple[Path, Path]:
-    """Write `<stem>.safetensors` (kohya) and `<stem>.diffusers.safetensors` (diffusers/peft).
+              dtype: torch.dtype = torch.float16) -> tuple[Path, ...]:
+    """Write `<stem>.safetensors` (kohya/LyCORIS) and, when diffusers can load the network,
+    `<stem>.diffusers.safetensors` (diffusers/peft).
 
     `unet` / `text_encoders` carry peft adapters named `adapter` (text encoders without one are
-    skipped). Returns (kohya_path, diffusers_path). `dtype` is the storage precision of both files.
+    skipped). Returns the paths written, the kohya file first. `dtype` is the storage precision.
+    LoHa, LoKr and column-norm DoRA get no diffusers file (diffusers would misapply or refuse it);
+    an earlier diffusers file of ours under the same name is removed so it cannot be mistaken for this one.
     """
     stem = Path(path_stem)
     stem = stem.with_name(stem.name.removesuffix(DIFFUSERS_SUFFIX).removesuffix(KOHYA_SUFFIX))
@@ -389,6 +438,10 @@ def save_lora(path_stem: str | Path, *, unet: torch.nn.Module, text_encoders: It
     kohya_meta["sshs_model_hash"] = addnet_hash(kohya_state)
     kohya_path = stem.with_name(stem.name + KOHYA_SUFFIX)
     write_safetensors(kohya_path, kohya_state, kohya_meta)
+    diffusers_path = stem.with_name(stem.name + DIFFUSERS_SUFFIX)
+    if not diffusers_can_load(layers):
+        _remove_our_diffusers_file(diffusers_path)
+        return (kohya_path,)
 
     diffusers_state: dict[str, torch.Tensor] = {}
     adapter_meta: dict[str, Any] = {}
@@ -397,9 +450,22 @@ def save_lora(path_stem: str | Path, *, unet: torch.nn.Module, text_encoders: It
         adapter_meta.update({f"{component}.{k}": v for k, v in adapter_config(model, adapter).items()})
     diffusers_meta = build_metadata(layers, base, meta, network_config, kohya=False)
     diffusers_meta.update({"format": "pt", ADAPTER_METADATA_KEY: json.dumps(adapter_meta, indent=2, sort_keys=True)})
-    diffusers_path = stem.with_name(stem.name + DIFFUSERS_SUFFIX)
     write_safetensors(diffusers_path, diffusers_state, diffusers_meta)
     return kohya_path, diffusers_path
+
+
+def _remove_our_diffusers_file(path: Path) -> None:
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            ours = (handle.metadata() or {}).get("loraprep.format") == "diffusers"
+    except Exception:
+        return
+    if ours:
+        path.unlink()
 
 
 # ---------------------------------------------------------------- reading
@@ -438,6 +504,7 @@ def _family_from_metadata(metadata: Mapping[str, str]) -> Family | None:
 
 
 _CROSS_ATTENTION_FAMILY: dict[int, Family] = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+_KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
 
 
 def _family_from_tensors(tensors: Mapping[str, torch.Tensor]) -> Family | None:
@@ -445,8 +512,11 @@ def _family_from_tensors(tensors: Mapping[str, torch.Tensor]) -> Family | None:
     if any(k.startswith(("lora_te2_", "text_encoder_2.")) or "input_blocks" in k or "output_blocks" in k for k in keys):
         return "sdxl"
     for key, value in tensors.items():
-        if "attn2" in key and re.search(r"to_k[._](lora_down|lora_A|lora\.down)", key):
+        if "attn2" in key and re.search(r"to_k[._](lora_A|lora\.down)", key):
             return _CROSS_ATTENTION_FAMILY.get(int(value.shape[1]))
+    for name, weights in _grouped({k: v for k, v in tensors.items() if k.startswith(_KOHYA_PREFIXES)}).items():
+        if name.endswith("attn2_to_k"):
+            return _CROSS_ATTENTION_FAMILY.get(weights.shape[1])
     return None
 
 
@@ -466,89 +536,30 @@ def read_lora(path: str | Path) -> LoraFile:
             tensors = {k: handle.get_tensor(k) for k in handle.keys()}
     except Exception as exc:
         raise ModelMismatch(f"{path.name} is not a readable safetensors file: {exc}") from exc
-    if any(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in tensors):
+    if any(k.startswith(_KOHYA_PREFIXES) for k in tensors):
         fmt = "kohya"
     elif any(".lora_A." in k or ".lora_B." in k for k in tensors):
         fmt = "diffusers"
     else:
         raise ModelMismatch(f"{path.name} is not a LoRA in kohya or diffusers/peft format",
-                            hint="loraprep reads LoRA files it wrote, sd-scripts LoRA/LoCon files and "
-                                 "diffusers `save_lora_weights` files")
+                            hint="loraprep reads LoRA files it wrote, sd-scripts LoRA/LoCon files, LyCORIS "
+                                 "LoHa/LoKr files and diffusers `save_lora_weights` files")
     family = _family_from_metadata(metadata) or _family_from_tensors(tensors)
     return LoraFile(path, fmt, tensors, metadata, family)
 
 
-@dataclass(frozen=True)
-class LoraState:
-    """A LoRA file mapped onto a base model: per component, a peft state dict (module path +
-    `.lora_A.weight` / `.lora_B.weight` / `.lora_magnitude_vector`) and each module's rank and alpha."""
-
-    tensors: dict[str, dict[str, torch.Tensor]]
-    ranks: dict[str, dict[str, int]]
-    alphas: dict[str, dict[str, float]]
-    source: LoraFile
-
-    @property
-    def components(self) -> list[str]:
-        return [c for c in COMPONENTS if self.tensors.get(c)]
-
-    def uses_dora(self, component: str) -> bool:
-        return any(k.endswith("lora_magnitude_vector") for k in self.tensors.get(component, {}))
-
-    def lora_config(self, component: str, **overrides: Any) -> Any:
-        """A peft LoraConfig that recreates exactly this component's layers (ranks, alphas, DoRA)."""
-        from peft import LoraConfig
-
-        ranks, alphas = self.ranks[component], self.alphas[component]
-        rank = int(_mode(ranks.values()))
-        alpha = _mode(alphas.values())
-        kwargs: dict[str, Any] = dict(
-            r=rank, lora_alpha=alpha, target_modules=sorted(ranks), use_dora=self.uses_dora(component),
-            init_lora_weights=False,
-            rank_pattern={re.escape(p): r for p, r in ranks.items() if r != rank},
-            alpha_pattern={re.escape(p): a for p, a in alphas.items() if a != alpha},
-        )
-        kwargs.update(overrides)
-        return LoraConfig(**kwargs)
-
-
-def _module_names(base: BaseModel) -> dict[str, tuple[str, str]]:
-    """kohya name → (component, module path) for every Linear/Conv2d of the base model."""
-    from peft.tuners.lora import LoraLayer as PeftLoraLayer
-
-    names: dict[str, tuple[str, str]] = {}
-    models = dict(zip(COMPONENTS, [base.unet, *base.text_encoders]))
-    unet_config = dict(base.unet.config)
-    for component, model in models.items():
-        for path, module in model.named_modules():
-            path = path.removeprefix("base_model.model.")
-            if not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d, PeftLoraLayer)) or \
-                    ".lora_" in path or "base_layer" in path:
-                continue
-            try:
-                names[kohya_name(component, path, base.family, unet_config)] = (component, path)
-            except UsageError:
-                continue
-    return names
-
-
-def _kohya_to_peft(lora: LoraFile, base: BaseModel) -> dict[str, dict[str, tuple[str, torch.Tensor]]]:
-    names = _module_names(base)
-    grouped: dict[str, dict[str, tuple[str, torch.Tensor]]] = {}
-    unknown = []
-    for key, value in lora.tensors.items():
-        module, _, kind = key.partition(".")
-        if module not in names:
-            unknown.append(module)
-            continue
-        component, path = names[module]
-        grouped.setdefault(component, {}).setdefault(path, {})  # type: ignore[arg-type]
-        grouped[component][path][kind] = value  # type: ignore[index]
-    if unknown:
-        raise ModelMismatch(f"{lora.path.name} adapts {len(set(unknown))} module(s) this base model does not have "
-                            f"(e.g. {sorted(set(unknown))[0]})",
-                            hint="the LoRA was trained on a different architecture; pick a matching base model")
-    return grouped  # type: ignore[return-value]
+def _grouped(tensors: Mapping[str, torch.Tensor], where: str = "the file") -> dict[str, ModuleWeights]:
+    """kohya/LyCORIS tensors by module name, each module's algorithm told by its suffixes."""
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        module, _, suffix = key.partition(".")
+        parts.setdefault(module, {})[suffix] = value
+    modules = {}
+    for module, found in parts.items():
+        algo = algo_of(set(found), f"{where}: {module}")
+        alpha = found.pop("alpha", None)
+        modules[module] = ModuleWeights(algo, found, float(alpha.item()) if alpha is not None else None)
+    return modules
 
 
 def _peft_alpha(config: Mapping[str, Any], path: str, rank: int) -> float:
@@ -561,85 +572,237 @@ def _peft_alpha(config: Mapping[str, Any], path: str, rank: int) -> float:
     return alpha
 
 
-def load_lora_state(path: str | Path, base: BaseModel) -> LoraState:
-    """Read a LoRA file (either format) and map it onto `base`, refusing a wrong family or shape.
+def _diffusers_modules(lora: LoraFile) -> dict[tuple[str, str], ModuleWeights]:
+    """(component, module path) → weights of a diffusers/peft file, in the LyCORIS layout: peft's
+    DoRA magnitude (row norm) becomes an [out, 1, …] `dora_scale`."""
+    found: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for key, value in lora.tensors.items():
+        component, _, rest = key.partition(".")
+        for peft_suffix, suffix in ((".lora_A.weight", "lora_down.weight"), (".lora_B.weight", "lora_up.weight"),
+                                    (".lora_magnitude_vector", "dora_scale")):
+            if rest.endswith(peft_suffix):
+                found.setdefault((component, rest.removesuffix(peft_suffix)), {})[suffix] = value
+                break
+        else:
+            raise ModelMismatch(f"{lora.path.name}: unexpected key '{key}' in a diffusers LoRA file")
+    adapter_meta = lora.adapter_metadata
+    modules = {}
+    for (component, path), tensors in found.items():
+        if "lora_down.weight" not in tensors or "lora_up.weight" not in tensors:
+            raise ModelMismatch(f"{lora.path.name}: {component}.{path} lacks its lora_A or lora_B weight")
+        rank = int(tensors["lora_down.weight"].shape[0])
+        if "dora_scale" in tensors:
+            up = tensors["lora_up.weight"]
+            tensors["dora_scale"] = tensors["dora_scale"].reshape((-1,) + (1,) * (up.dim() - 1))
+        config = {k.partition(".")[2]: v for k, v in adapter_meta.items() if k.startswith(component + ".")}
+        modules[(component, path)] = ModuleWeights("lora", tensors, _peft_alpha(config, path, rank))
+    return modules
 
-    Used by `--init-weights`: build adapters with `state.lora_config(component)` and load
-    `state.tensors[component]` with peft's `set_peft_model_state_dict`.
-    """
+
+def _kohya_component(module: str) -> str:
+    prefix = re.match(r"lora_(unet|te\d?)_", module)
+    return {"unet": "unet", "te": "text_encoder", "te1": "text_encoder", "te2": "text_encoder_2"}.get(
+        prefix[1] if prefix else "", "?")
+
+
+def file_modules(lora: LoraFile) -> dict[tuple[str, str], ModuleWeights]:
+    """(component, name) → weights for every adapted module of a file; the name is the kohya module
+    name for kohya files and the module path for diffusers files."""
+    if lora.format == "diffusers":
+        return _diffusers_modules(lora)
+    return {(_kohya_component(name), name): weights for name, weights in _grouped(lora.tensors, lora.path.name).items()}
+
+
+# ---------------------------------------------------------------- mapping a file onto a base model
+
+
+@dataclass(frozen=True)
+class LoraState:
+    """A LoRA file mapped onto a base model: per component, each adapted module path (as the base
+    model names it) with its weights in the LyCORIS layout."""
+
+    modules: dict[str, dict[str, ModuleWeights]]
+    source: LoraFile
+
+    @property
+    def components(self) -> list[str]:
+        return [c for c in COMPONENTS if self.modules.get(c)]
+
+    def algos(self, component: str) -> list[str]:
+        return sorted({m.algo for m in self.modules[component].values()})
+
+    def dora_axis(self, component: str) -> str | None:
+        axes = {m.dora_axis for m in self.modules[component].values()}
+        if len(axes - {None}) > 1:
+            raise ModelMismatch(f"{self.source.path.name} mixes row- and column-norm DoRA in its {component}")
+        return next(iter(axes - {None}), None)
+
+    def adapter_configs(self, component: str) -> list[Any]:
+        """peft configs (one per algorithm) whose layers hold exactly this component's modules once
+        `load_into` fills them."""
+        return [self._adapter_config(component, algo) for algo in self.algos(component)]
+
+    def _adapter_config(self, component: str, algo: str) -> Any:
+        modules = {path: m for path, m in self.modules[component].items() if m.algo == algo}
+        targets = sorted(modules)
+        ranks = {path: m.rank or 1 for path, m in modules.items()}
+        rank = int(_mode(ranks.values()))
+        rank_pattern = {re.escape(p): r for p, r in ranks.items() if r != rank}
+        if algo == "loha":
+            from peft import LoHaConfig
+            return LoHaConfig(r=rank, alpha=rank, target_modules=targets, rank_pattern=rank_pattern)
+        if algo == "lokr":
+            from peft import LoKrConfig
+            return LoKrConfig(r=rank, alpha=rank, target_modules=targets, rank_pattern=rank_pattern)
+        from peft import LoraConfig
+        alphas = {path: m.scale * m.rank for path, m in modules.items() if m.rank}
+        alpha = _mode(alphas.values())
+        axis = self.dora_axis(component)
+        config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, use_dora=axis is not None,
+                            init_lora_weights=False, rank_pattern=rank_pattern,
+                            alpha_pattern={re.escape(p): a for p, a in alphas.items() if a != alpha})
+        if axis == "input":
+            from train.dora import register
+            register(config)
+        return config
+
+
+def _module_names(base: BaseModel) -> dict[str, tuple[str, str]]:
+    """kohya name → (component, module path) for every Linear/Conv2d of the base model."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    names: dict[str, tuple[str, str]] = {}
+    models = dict(zip(COMPONENTS, [base.unet, *base.text_encoders]))
+    unet_config = dict(base.unet.config)
+    for component, model in models.items():
+        for path, module in model.named_modules():
+            path = path.removeprefix("base_model.model.")
+            if not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d, BaseTunerLayer)) or \
+                    _ADAPTER_PART.search(path) or "base_layer" in path:
+                continue
+            try:
+                names[kohya_name(component, path, base.family, unet_config)] = (component, path)
+            except UsageError:
+                continue
+    return names
+
+
+_ADAPTER_PART = re.compile(r"\.(lora_|hada_|lokr_)")
+
+
+def load_lora_state(path: str | Path, base: BaseModel) -> LoraState:
+    """Read a LoRA file (either format, any of LoRA/LoHa/LoKr) and map it onto `base`, refusing a wrong
+    family or shape. `generate` builds adapters with `state.adapter_configs(component)` and fills them
+    with `load_into`; `--init-weights` copies into the network's own adapters (`load_lora_into`)."""
     lora = read_lora(path)
     if lora.family is not None and lora.family != base.family:
         from train.model import FAMILY_LABELS
         raise ModelMismatch(f"{lora.path.name} is a {FAMILY_LABELS[lora.family]} LoRA but the base model is "
                             f"{FAMILY_LABELS[base.family]}", hint="use a base model of the LoRA's family")
-    tensors: dict[str, dict[str, torch.Tensor]] = {}
-    ranks: dict[str, dict[str, int]] = {}
-    alphas: dict[str, dict[str, float]] = {}
-    if lora.format == "kohya":
-        for component, modules in _kohya_to_peft(lora, base).items():
-            for module_path, parts in modules.items():
-                parts_d: dict[str, torch.Tensor] = parts  # type: ignore[assignment]
-                down, up = parts_d["lora_down.weight"], parts_d["lora_up.weight"]
-                rank = int(down.shape[0])
-                tensors.setdefault(component, {})[f"{module_path}.lora_A.weight"] = down
-                tensors[component][f"{module_path}.lora_B.weight"] = up
-                if "dora_scale" in parts_d:  # peft's layout: [out] linear, [1, out, 1, 1] conv
-                    peft_shape = (1, -1, 1, 1) if up.dim() == 4 else (-1,)
-                    tensors[component][f"{module_path}.lora_magnitude_vector"] = parts_d["dora_scale"].reshape(peft_shape)
-                ranks.setdefault(component, {})[module_path] = rank
-                alphas.setdefault(component, {})[module_path] = float(parts_d.get("alpha", torch.tensor(rank)).item())
-    else:
-        adapter_meta = lora.adapter_metadata
-        models = dict(zip(COMPONENTS, [base.unet, *base.text_encoders]))
-        for key, value in lora.tensors.items():
-            component, _, rest = key.partition(".")
-            if component not in models:
-                raise ModelMismatch(f"{lora.path.name}: unexpected key '{key}' for this base model")
-            rest = model_path(models[component], component, rest)
-            tensors.setdefault(component, {})[rest] = value
-            if rest.endswith(".lora_A.weight"):
-                module_path = rest.removesuffix(".lora_A.weight")
-                rank = int(value.shape[0])
-                config = {k.partition(".")[2]: v for k, v in adapter_meta.items() if k.startswith(component + ".")}
-                ranks.setdefault(component, {})[module_path] = rank
-                alphas.setdefault(component, {})[module_path] = _peft_alpha(config, module_path, rank)
-    _check_shapes(tensors, base, lora.path.name)
-    return LoraState(tensors, ranks, alphas, lora)
-
-
-def _check_shapes(tensors: Mapping[str, Mapping[str, torch.Tensor]], base: BaseModel, name: str) -> None:
     models = dict(zip(COMPONENTS, [base.unet, *base.text_encoders]))
-    for component, state in tensors.items():
+    modules: dict[str, dict[str, ModuleWeights]] = {}
+    if lora.format == "kohya":
+        names = _module_names(base)
+        unknown = sorted(name for _, name in file_modules(lora) if name not in names)
+        if unknown:
+            raise ModelMismatch(f"{lora.path.name} adapts {len(unknown)} module(s) this base model does not have "
+                                f"(e.g. {unknown[0]})",
+                                hint="the LoRA was trained on a different architecture; pick a matching base model")
+        for (_, name), weights in file_modules(lora).items():
+            component, module_path = names[name]
+            modules.setdefault(component, {})[module_path] = weights
+    else:
+        for (component, module_path), weights in file_modules(lora).items():
+            if component not in models:
+                raise ModelMismatch(f"{lora.path.name}: unexpected component '{component}' for this base model")
+            modules.setdefault(component, {})[model_path(models[component], component, module_path)] = weights
+    _check_shapes(modules, base, lora.path.name)
+    return LoraState(modules, lora)
+
+
+def _check_shapes(modules: Mapping[str, Mapping[str, ModuleWeights]], base: BaseModel, name: str) -> None:
+    models = dict(zip(COMPONENTS, [base.unet, *base.text_encoders]))
+    for component, found in modules.items():
         if component not in models:
             raise ModelMismatch(f"{name} has {component} layers but the base model has no {component}")
-        modules = dict(models[component].named_modules())
-        for key, value in state.items():
-            if not key.endswith(".lora_A.weight"):
-                continue
-            path = key.removesuffix(".lora_A.weight")
-            module = modules.get(path)
+        named = dict(models[component].named_modules())
+        for path, weights in found.items():
+            module = named.get(path)
             module = getattr(module, "base_layer", module)
             if module is None:
                 raise ModelMismatch(f"{name} adapts {component}.{path}, which the base model does not have",
                                     hint="the LoRA was trained on a different architecture")
-            expected_in = module.in_features if isinstance(module, torch.nn.Linear) else getattr(module, "in_channels", None)
-            if expected_in is not None and int(value.shape[1]) != expected_in:
-                raise ModelMismatch(f"{name}: {component}.{path} expects {value.shape[1]} inputs, the base model has "
-                                    f"{expected_in}", hint="the LoRA was trained on a different base model family or size")
+            out, inputs = int(module.weight.shape[0]), int(module.weight[0].numel())
+            if weights.shape != (out, inputs):
+                raise ModelMismatch(f"{name}: {component}.{path} expects a {weights.shape[0]}×{weights.shape[1]} "
+                                    f"weight, the base model has {out}×{inputs}",
+                                    hint="the LoRA was trained on a different base model family or size")
+
+
+def _adapter_layers(model: torch.nn.Module, adapter: str) -> dict[str, Any]:
+    from peft.tuners.loha.layer import LoHaLayer
+    from peft.tuners.lokr.layer import LoKrLayer
+    from peft.tuners.lora import LoraLayer as PeftLoraLayer
+
+    layers = {}
+    for name, module in model.named_modules():
+        if isinstance(module, PeftLoraLayer) and adapter in module.lora_A or \
+                isinstance(module, (LoHaLayer, LoKrLayer)) and adapter in module._available_adapters:
+            layers[name.removeprefix("base_model.model.")] = module
+    return layers
 
 
 def load_into(model: torch.nn.Module, state: LoraState, component: str, adapter: str = "default") -> None:
-    """Copy `state`'s weights for `component` into `model`'s existing peft adapter `adapter`."""
-    from peft.utils import set_peft_model_state_dict
-
-    result = set_peft_model_state_dict(model, dict(state.tensors[component]), adapter_name=adapter)
-    unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora" in k]
-    if unexpected:
-        raise ModelMismatch(f"{len(unexpected)} LoRA tensor(s) for {component} found no layer (e.g. {unexpected[0]})",
-                            hint="create the adapter with state.lora_config(component)")
+    """Fill `model`'s adapter `adapter`, built from `state.adapter_configs(component)`, with the file's weights."""
+    layers = _adapter_layers(model, adapter)
+    with torch.no_grad():
+        for path, weights in state.modules[component].items():
+            layer = layers.get(path)
+            if layer is None:
+                raise ModelMismatch(f"{component}.{path} found no adapter layer",
+                                    hint="create the adapter with state.adapter_configs(component)")
+            if weights.algo != "lora":
+                if weights.dora_axis is not None:
+                    raise ModelMismatch(f"{state.source.path.name} is a weight-decomposed (DoRA) "
+                                        f"{ALGO_LABELS[weights.algo]}, which loraprep cannot apply",
+                                        hint="apply it in the WebUI or ComfyUI")
+                set_peft_tensors(layer, adapter, weights)
+                continue
+            layer.lora_A[adapter].weight.copy_(weights.tensors["lora_down.weight"])
+            layer.lora_B[adapter].weight.copy_(weights.tensors["lora_up.weight"])
+            if "dora_scale" in weights.tensors:
+                target = layer.lora_magnitude_vector[adapter].weight
+                target.copy_(weights.tensors["dora_scale"].reshape(target.shape))
 
 
 # ---------------------------------------------------------------- describing (`loraprep lora info`)
+
+CLIENTS = ("loraprep", "WebUI / Forge", "ComfyUI", "sd-scripts", "diffusers")
+
+
+def client_support(fmt: str, algo: str, dora_axis: str | None) -> dict[str, str]:
+    """Which clients apply a file exactly as loraprep trained it, and what the others do instead.
+
+    "exact" claims for the WebUI and ComfyUI are the formulas tests/train/test_clients.py restates.
+    """
+    exact = "exact"
+    if fmt == "diffusers":
+        kohya = "use the kohya .safetensors file"
+        return {"loraprep": exact, "WebUI / Forge": kohya, "ComfyUI": kohya, "sd-scripts": kohya, "diffusers": exact}
+    label = ALGO_LABELS.get(algo, algo)
+    support = {"loraprep": exact, "WebUI / Forge": exact, "ComfyUI": exact, "sd-scripts": exact, "diffusers": exact}
+    if algo != "lora":
+        support["sd-scripts"] = f"only with LyCORIS installed (network_module lycoris.kohya): {label} is LyCORIS's"
+        support["diffusers"] = f"no: diffusers cannot load {label}; use loraprep generate, the WebUI or ComfyUI"
+    if dora_axis is not None:
+        support["sd-scripts"] = "no: ignores dora_scale (applies it as plain LoRA)"
+        support["diffusers"] = "no: drops dora_scale from kohya files (applies it as plain LoRA)"
+    if dora_axis is not None and algo != "lora":
+        support["loraprep"] = f"no: loraprep cannot apply weight-decomposed {label}"
+    if dora_axis == "output":
+        support["WebUI / Forge"] = "no: the WebUI divides by input-column norms, which an [out, 1] dora_scale does not fit"
+        support["ComfyUI"] = "approximate: ComfyUI divides an [out, 1] dora_scale by the base weight's row norm"
+    return support
 
 
 @dataclass(frozen=True)
@@ -647,14 +810,19 @@ class LoraInfo:
     path: Path
     format: str
     family: str | None
+    algorithm: str  # lora | loha | lokr (or several, comma-separated)
     size_bytes: int
     num_tensors: int
     modules: dict[str, int]  # component -> adapted module count
-    ranks: dict[int, int]    # rank -> module count
+    ranks: dict[int, int]    # rank -> module count (full-matrix LoKr modules are counted apart)
+    full_matrix_modules: int
     alphas: dict[float, int]
+    factor: int | None  # LoKr
     dtypes: list[str]
     conv_modules: int
     dora: bool
+    dora_axis: str | None  # "input" (column norm), "output" (row norm)
+    clients: dict[str, str]  # client -> "exact" or what it does instead
     metadata: dict[str, str]
 
     def to_dict(self) -> dict[str, Any]:
@@ -665,75 +833,126 @@ class LoraInfo:
         return data
 
 
+_CONV_NAME = re.compile(r"(conv[12]?|conv_in|conv_out|_op|in_layers_2|out_layers_3|input_blocks_0_0|lora_unet_out_2)$")
+
+
+def _network_arg(metadata: Mapping[str, str], key: str) -> str | None:
+    try:
+        args = json.loads(metadata.get("ss_network_args") or "{}")
+    except json.JSONDecodeError:
+        return None
+    value = args.get(key) if isinstance(args, dict) else None
+    return None if value is None else str(value)
+
+
 def describe_lora(path: str | Path) -> LoraInfo:
-    """Summary of a LoRA file without a base model: format, family, modules, ranks, alphas, size."""
+    """Summary of a LoRA file without a base model: format, family, algorithm, modules, ranks, alphas,
+    LoKr factor, DoRA convention and which clients apply it exactly."""
     lora = read_lora(path)
-    modules: Counter[str] = Counter()
-    ranks: Counter[int] = Counter()
-    alphas: Counter[float] = Counter()
-    conv = 0
-    adapter_meta = lora.adapter_metadata
-    for key, value in lora.tensors.items():
-        if lora.format == "kohya" and key.endswith(".lora_down.weight"):
-            module = key.removesuffix(".lora_down.weight")
-            component = {"lora_unet": "unet", "lora_te": "text_encoder", "lora_te1": "text_encoder",
-                         "lora_te2": "text_encoder_2"}.get(re.match(r"lora_(unet|te\d?)", module)[0], "?")  # type: ignore[index]
-            alpha_tensor = lora.tensors.get(f"{module}.alpha")
-            alpha = float(alpha_tensor.item()) if alpha_tensor is not None else float(value.shape[0])
-        elif lora.format == "diffusers" and key.endswith(".lora_A.weight"):
-            component = key.partition(".")[0]
-            config = {k.partition(".")[2]: v for k, v in adapter_meta.items() if k.startswith(component + ".")}
-            alpha = _peft_alpha(config, key.partition(".")[2].removesuffix(".lora_A.weight"), int(value.shape[0]))
-        else:
-            continue
-        modules[component] += 1
-        ranks[int(value.shape[0])] += 1
-        alphas[round(alpha, 6)] += 1
-        conv += int(value.dim() == 4 and tuple(value.shape[2:]) != (1, 1))
+    found = file_modules(lora)
+    modules: Counter[str] = Counter(component for component, _ in found)
+    ranks = Counter(w.rank for w in found.values() if w.rank is not None)
+    alphas = Counter(round(w.alpha if w.alpha is not None else float(w.rank or 1), 6) for w in found.values())
+    conv = sum(1 for (_, name), w in found.items() if w.is_conv or (w.algo != "lora" and _CONV_NAME.search(name)))
+    algos = sorted({w.algo for w in found.values()})
+    axes = sorted({w.dora_axis for w in found.values() if w.dora_axis})
+    factor = None
+    if "lokr" in algos:
+        stated = _network_arg(lora.metadata, "factor")
+        factor = int(stated) if stated and stated.lstrip("-").isdigit() else lokr_factor(list(found.values()))
+    axis = axes[0] if len(axes) == 1 else None
     return LoraInfo(
-        path=lora.path, format=lora.format, family=lora.family, size_bytes=lora.path.stat().st_size,
-        num_tensors=len(lora.tensors), modules=dict(modules), ranks=dict(sorted(ranks.items())),
-        alphas=dict(sorted(alphas.items())), dtypes=sorted({str(t.dtype).removeprefix("torch.") for t in lora.tensors.values()}),
-        conv_modules=conv, dora=any("dora_scale" in k or "lora_magnitude_vector" in k for k in lora.tensors),
+        path=lora.path, format=lora.format, family=lora.family, algorithm=", ".join(algos),
+        size_bytes=lora.path.stat().st_size, num_tensors=len(lora.tensors), modules=dict(modules),
+        ranks=dict(sorted(ranks.items())), full_matrix_modules=sum(1 for w in found.values() if w.rank is None),
+        alphas=dict(sorted(alphas.items())), factor=factor,
+        dtypes=sorted({str(t.dtype).removeprefix("torch.") for t in lora.tensors.values()}),
+        conv_modules=conv, dora=bool(axes), dora_axis=axis,
+        clients=client_support(lora.format, algos[0] if len(algos) == 1 else "mixed", axis),
         metadata=lora.metadata,
     )
 
 
+# ---------------------------------------------------------------- `--init-weights`
+
+
 def load_lora_into(base: BaseModel, path: str | Path, adapter: str = "default") -> list[str]:
-    """`--init-weights`: copy a LoRA file (either format) into the adapters already on `base`.
+    """`--init-weights`: copy a LoRA file (either format, LoRA/LoHa/LoKr) into the adapters already on `base`.
 
-    The network must have the file's layers at the file's ranks (layers the file lacks keep their
-    fresh initialisation). When the network's alpha differs from the file's, the up weights are
-    rescaled so the LoRA starts out with exactly the file's effect. Returns the components loaded.
+    The network must have the file's layers, algorithm and shapes (layers the file lacks keep their
+    fresh initialisation). When the network's alpha differs from the file's, one factor of each
+    layer is rescaled so the network starts out with exactly the file's effect. Returns the
+    components loaded.
     """
-    from peft.tuners.lora import LoraLayer as PeftLoraLayer
-
     state = load_lora_state(path, base)
     models = dict(zip(COMPONENTS, [base.unet, *base.text_encoders]))
-    hint = "train with the LoRA's --preset, --rank, --conv-dim, --dora and --train-text-encoder settings"
+    hint = ("train with the file's --algo, --preset, --rank, --factor, --conv-dim, --dora and "
+            "--train-text-encoder settings")
     for component in state.components:
-        layers = {name.removeprefix("base_model.model."): module for name, module in models[component].named_modules()
-                  if isinstance(module, PeftLoraLayer) and adapter in module.lora_A}
+        layers = _adapter_layers(models[component], adapter)
         if not layers:
             raise ModelMismatch(f"the LoRA has {component} layers but the network trains no {component}", hint=hint)
-        tensors = state.tensors[component]
         with torch.no_grad():
-            for module_path, rank in state.ranks[component].items():
+            for module_path, weights in state.modules[component].items():
                 layer = layers.get(module_path)
                 if layer is None:
                     raise ModelMismatch(f"the LoRA adapts {component}.{module_path}, which the network does not train",
                                         hint=hint)
-                if layer.r[adapter] != rank:
-                    raise ModelMismatch(f"{component}.{module_path} has rank {rank} in the LoRA and "
-                                        f"{layer.r[adapter]} in the network", hint=hint)
-                file_scale = state.alphas[component][module_path] / rank
-                up_scale = file_scale / float(layer.scaling[adapter])
-                layer.lora_A[adapter].weight.copy_(tensors[f"{module_path}.lora_A.weight"])
-                layer.lora_B[adapter].weight.copy_(tensors[f"{module_path}.lora_B.weight"] * up_scale)
-                magnitude = tensors.get(f"{module_path}.lora_magnitude_vector")
-                if magnitude is not None:
-                    if adapter not in layer.lora_magnitude_vector:
-                        raise ModelMismatch("the LoRA is a DoRA but the network is not", hint=hint)
-                    target = layer.lora_magnitude_vector[adapter].weight
-                    target.copy_(magnitude.reshape(target.shape))
+                _copy_into(layer, adapter, weights, f"{component}.{module_path}", hint)
     return state.components
+
+
+def _layer_algo(layer: Any) -> str:
+    from peft.tuners.loha.layer import LoHaLayer
+    from peft.tuners.lokr.layer import LoKrLayer
+
+    return "loha" if isinstance(layer, LoHaLayer) else "lokr" if isinstance(layer, LoKrLayer) else "lora"
+
+
+def _copy_into(layer: Any, adapter: str, weights: ModuleWeights, where: str, hint: str) -> None:
+    """One file module into one trainable layer, rescaled to the layer's own alpha/rank."""
+    from train.lycoris import peft_tensors
+
+    algo = _layer_algo(layer)
+    if algo != weights.algo:
+        raise ModelMismatch(f"{where} is {ALGO_LABELS[weights.algo]} in the file and {ALGO_LABELS[algo]} in the "
+                            "network", hint=f"train with --algo {weights.algo}")
+    ratio = weights.scale / float(layer.scaling[adapter])
+    if algo == "lora":
+        rank = weights.rank
+        if layer.r[adapter] != rank:
+            raise ModelMismatch(f"{where} has rank {rank} in the LoRA and {layer.r[adapter]} in the network", hint=hint)
+        layer.lora_A[adapter].weight.copy_(weights.tensors["lora_down.weight"])
+        layer.lora_B[adapter].weight.copy_(weights.tensors["lora_up.weight"] * ratio)
+        if "dora_scale" in weights.tensors:
+            _copy_magnitude(layer, adapter, weights, where, hint)
+        return
+    if weights.dora_axis is not None:
+        raise ModelMismatch(f"{where} is a weight-decomposed {ALGO_LABELS[algo]}, which loraprep does not train")
+    current = peft_tensors(layer, adapter)
+    shapes = {k: tuple(v.shape) for k, v in weights.tensors.items()}
+    if shapes != {k: tuple(v.shape) for k, v in current.items()}:
+        raise ModelMismatch(f"{where} is split differently in the file ({_shapes(shapes)}) and the network "
+                            f"({_shapes({k: tuple(v.shape) for k, v in current.items()})})", hint=hint)
+    first = "hada_w1_a" if algo == "loha" else "lokr_w1" if "lokr_w1" in current else "lokr_w1_a"
+    for key, tensor in weights.tensors.items():
+        getattr(layer, key)[adapter].copy_(tensor * (ratio if key == first else 1.0))
+
+
+def _shapes(shapes: Mapping[str, tuple[int, ...]]) -> str:
+    return ", ".join(f"{k} {'×'.join(map(str, v))}" for k, v in sorted(shapes.items()))
+
+
+def _copy_magnitude(layer: Any, adapter: str, weights: ModuleWeights, where: str, hint: str) -> None:
+    from train.dora import ColumnDoraVariant
+
+    if adapter not in layer.lora_magnitude_vector:
+        raise ModelMismatch("the LoRA is a DoRA but the network is not", hint=hint)
+    network_axis = "input" if isinstance(layer.lora_variant.get(adapter), ColumnDoraVariant) else "output"
+    if weights.dora_axis != network_axis:
+        raise ModelMismatch(f"{where}: the file's DoRA normalises each {weights.dora_axis} "
+                            f"({'row' if weights.dora_axis == 'output' else 'column'}), loraprep trains the "
+                            f"{network_axis} convention", hint="start without --init-weights, or apply the file "
+                                                              "with `loraprep generate`")
+    target = layer.lora_magnitude_vector[adapter].weight
+    target.copy_(weights.tensors["dora_scale"].reshape(target.shape))

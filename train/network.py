@@ -1,10 +1,17 @@
-"""LoRA injection with peft: which UNet (and text-encoder) layers get adapters, at what rank.
+"""Adapter injection with peft: which UNet (and text-encoder) layers get adapters, of which kind, at what rank.
 
 Why explicit module names: peft matches `target_modules` by suffix, and `rank_pattern` by regex;
 listing every targeted module by its full, escaped name makes the preset's reach exact and lets
-LoCon give 3×3 convolutions their own rank/alpha (`conv_dim`/`conv_alpha`) without touching the
-1×1 projections. Presets follow sd-scripts: `attn` = to_q/k/v/out, `attn-mlp` adds the transformer
+`conv_dim`/`conv_alpha` give 3×3 convolutions their own rank/alpha without touching the 1×1
+projections. Presets follow sd-scripts: `attn` = to_q/k/v/out, `attn-mlp` adds the transformer
 feed-forward, `full` adds the transformer's proj_in/proj_out too.
+
+Algorithms (`algo`), with peft's layers and LyCORIS's maths and defaults:
+- `lora`: ΔW = (alpha/rank)·B·A; DoRA in the column-norm convention (train.dora).
+- `loha`: ΔW = (alpha/rank)·(W1a·W1b) ⊙ (W2a·W2b), initialised as LyCORIS does (W2a = 0).
+- `lokr`: ΔW = (alpha/rank)·W1 ⊗ W2, each dimension split near `factor`; W2 is a low-rank product
+  unless the rank reaches half its size, and when both halves are full matrices the scale is 1
+  whatever alpha says (LyCORIS's full-matrix mode: pass a huge rank such as 100000 to get it).
 """
 
 from __future__ import annotations
@@ -50,27 +57,40 @@ def unet_targets(unet: Any, preset: str, *, conv: bool) -> UnetTargets:
     return UnetTargets(tuple(linear), tuple(convs))
 
 
-def unet_lora_config(unet: Any, config: NetworkConfig) -> Any:
-    """The peft LoraConfig for the UNet, with per-layer rank/alpha for LoCon convs."""
+def algo_config(config: NetworkConfig, targets: list[str], rank_pattern: dict[str, int] | None = None,
+                   alpha_pattern: dict[str, float] | None = None) -> Any:
+    """The peft config of `config.algo` for these target modules (patterns: per-layer rank/alpha)."""
+    patterns = dict(rank_pattern=rank_pattern or {}, alpha_pattern=alpha_pattern or {})
+    if config.algo == "loha":
+        from peft import LoHaConfig
+        return LoHaConfig(r=config.rank, alpha=config.lora_alpha, target_modules=targets, **patterns)
+    if config.algo == "lokr":
+        from peft import LoKrConfig
+        return LoKrConfig(r=config.rank, alpha=config.lora_alpha, target_modules=targets,
+                          decompose_factor=config.factor, init_weights="lycoris", **patterns)
     from peft import LoraConfig
+    lora = LoraConfig(r=config.rank, lora_alpha=config.lora_alpha, lora_dropout=config.network_dropout,
+                      init_lora_weights="gaussian", use_dora=config.dora, target_modules=targets, **patterns)
+    if config.dora:
+        from train.dora import register
+        register(lora)
+    return lora
 
+
+def unet_lora_config(unet: Any, config: NetworkConfig) -> Any:
+    """The peft config for the UNet, with per-layer rank/alpha for the 3×3 convs; blocks whose
+    learning-rate weight is 0 get no layers (train.blocks)."""
     from train.blocks import keep_blocks
 
     targets = keep_blocks(unet_targets(unet, config.preset, conv=config.conv_dim > 0), unet, config)
     conv_rank = {re.escape(n): config.conv_dim for n in targets.conv}
     conv_alpha = {re.escape(n): config.conv_lora_alpha for n in targets.conv}
-    return LoraConfig(r=config.rank, lora_alpha=config.lora_alpha, lora_dropout=config.network_dropout,
-                      init_lora_weights="gaussian", use_dora=config.dora,
-                      target_modules=list(targets.linear + targets.conv),
-                      rank_pattern=conv_rank, alpha_pattern=conv_alpha)
+    return algo_config(config, list(targets.linear + targets.conv), conv_rank, conv_alpha)
 
 
 def text_encoder_lora_config(config: NetworkConfig) -> Any:
-    from peft import LoraConfig
-
     targets = TE_ATTN + (TE_MLP if config.preset != "attn" else ())
-    return LoraConfig(r=config.rank, lora_alpha=config.lora_alpha, lora_dropout=config.network_dropout,
-                      init_lora_weights="gaussian", use_dora=config.dora, target_modules=list(targets))
+    return algo_config(config, list(targets))
 
 
 @dataclass
@@ -98,7 +118,7 @@ def _trainable(module: Any) -> list[Any]:
 
 
 def add_lora(unet: Any, text_encoders: list[Any], config: NetworkConfig) -> Network:
-    """Freeze the base, add LoRA adapters (fp32, whatever the base dtype) and return what trains."""
+    """Freeze the base, add the adapters of `config.algo` (fp32, whatever the base dtype) and return what trains."""
     import torch
 
     unet.requires_grad_(False)
@@ -116,11 +136,36 @@ def add_lora(unet: Any, text_encoders: list[Any], config: NetworkConfig) -> Netw
             network.text_encoder_params += _trainable(encoder)
     for param in network.unet_params + network.text_encoder_params:
         param.data = param.data.to(torch.float32)
+    for model in (unet, *(text_encoders if config.train_text_encoder else ())):
+        lycoris_conventions(model)
     from train.regularize import add_lora_dropout
 
     add_lora_dropout([unet, *(text_encoders if config.train_text_encoder else [])],
                      rank_dropout=config.rank_dropout, module_dropout=config.module_dropout)
     return network
+
+
+def lycoris_conventions(model: Any, adapter: str = "default") -> None:
+    """Where peft's LoHa/LoKr layers differ from LyCORIS's, do as LyCORIS does.
+
+    LoHa: LyCORIS starts W1a ~ N(0, 0.1), W1b ~ N(0, 1), W2a = 0, W2b ~ N(0, 1) (peft draws He-uniform
+    and zeroes W2b), which sets how fast LoHa learns at a given learning rate. LoKr with both halves
+    full matrices: LyCORIS (and every client) scales by 1, not alpha/rank.
+    """
+    import torch
+    from peft.tuners.loha.layer import LoHaLayer
+    from peft.tuners.lokr.layer import LoKrLayer
+
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, LoHaLayer) and adapter in module.hada_w1_a:
+                module.hada_w1_a[adapter].normal_(0, 0.1)
+                module.hada_w1_b[adapter].normal_(0, 1)
+                module.hada_w2_a[adapter].zero_()
+                module.hada_w2_b[adapter].normal_(0, 1)
+            elif isinstance(module, LoKrLayer) and adapter in module.lokr_w1 and adapter in module.lokr_w2:
+                module.alpha[adapter] = module.r[adapter]
+                module.scaling[adapter] = 1.0
 
 
 def add_adapter(model: Any, config: Any, adapter: str = "default") -> None:
@@ -152,7 +197,8 @@ def load_lora_state(modules: dict[str, Any], tensors: dict[str, Any]) -> None:
         missing, extra = sorted(set(current) - set(tensors)), sorted(set(tensors) - set(current))
         raise UsageError("the checkpoint's LoRA does not match this network "
                          f"(missing {missing[:2]}, unexpected {extra[:2]}, other shape {reshaped[:2]})",
-                         hint="resume with the same --preset, --rank, --conv-dim and --train-text-encoder")
+                         hint="resume with the same --algo, --preset, --rank, --factor, --conv-dim, --dora "
+                              "and --train-text-encoder")
     with torch.no_grad():
         for part, module in modules.items():
             for name, p in module.named_parameters():

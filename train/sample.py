@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -360,11 +361,13 @@ def native_size(base: BaseModel) -> int:
 
 
 def apply_lora(base: BaseModel, lora: str | Path, scale: float, adapter: str = "default") -> list[str]:
-    """Inject `lora` (either format) into `base` at strength `scale`; returns the components it adapts.
+    """Inject `lora` (kohya/LyCORIS or diffusers format; LoRA, LoCon, DoRA, LoHa or LoKr) into `base` at
+    strength `scale`; returns the components it adapts.
 
-    Uses the same reader as `--init-weights`, so DoRA and conv layers load from both formats.
+    Uses the same reader as `--init-weights`. Each layer gets exactly the file's tensors and scale, so
+    what renders is what the WebUI and ComfyUI compute from the same file.
     """
-    from peft.tuners.lora import LoraLayer
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
     from train.export import COMPONENTS, load_into, load_lora_state
     from train.network import add_adapter
@@ -373,10 +376,13 @@ def apply_lora(base: BaseModel, lora: str | Path, scale: float, adapter: str = "
     models = dict(zip(COMPONENTS, [base.unet, *base.text_encoders]))
     for component in state.components:
         model = models[component]
-        add_adapter(model, state.lora_config(component), adapter)
+        with warnings.catch_warnings():  # peft warns when a second algorithm joins the first: intended here
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            for config in state.adapter_configs(component):  # one per algorithm (LyCORIS files may mix them)
+                add_adapter(model, config, adapter)
         load_into(model, state, component, adapter)
         for module in model.modules():
-            if isinstance(module, LoraLayer):
+            if isinstance(module, BaseTunerLayer) and hasattr(module, "set_scale"):
                 module.set_scale(adapter, scale)
     return state.components
 

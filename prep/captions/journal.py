@@ -1,29 +1,42 @@
-"""Writing caption edits safely, and the undo journal that makes every bulk edit reversible.
+"""Writing caption edits safely, and the one undo journal shared by the bulk commands and the editor.
 
-Each bulk edit is recorded in `<dataset>/.loraprep/journal/NNNNNN.json` *before* any caption is
-written, with every file's exact previous bytes (base64) and new bytes. `undo_last` puts the
-previous bytes back only where a file still holds what the edit wrote, so undo is byte-exact and
-never clobbers a later hand edit. A caption that changed on disk since it was loaded is skipped
-with a warning rather than overwritten.
+Every edit, bulk or one tag in the editor, is recorded in `<dataset>/.loraprep/journal/NNNNNN.json`
+*before* any caption is written, with every file's exact previous bytes (base64) and new bytes.
+The journal is a stack: `undo_last` restores the previous bytes of the newest entry and moves it to
+`journal/undone/` (the redo stack); `redo_last` writes its new bytes again and moves it back. A new
+edit moves whatever is in `undone/` to `journal/history/`: it can no longer be redone, and is kept.
+So `captions undo` after a session in the editor undoes the editor's last edit, and the editor's
+`u` after `captions undo` undoes the edit before: one history, whoever wrote it.
+
+Each file is written by a `GuardedWriter`, which leaves it alone if anything else changed it since
+it was read, checked again at the moment of the swap and just after; undo and redo likewise touch a
+file only while it still holds what the edit left there. Nothing someone else wrote is overwritten.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
+import errno
 import json
 import os
+import sys
+import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prep.atomic import write_bytes_atomic, write_text_atomic
+from prep.atomic import DEFAULT_FILE_MODE, TEMP_SUFFIX, temp_prefix, write_text_atomic
 from prep.captions.dataset import STATE_DIR, read_current
 from prep.captions.edit import Change, EditPlan
 from prep.errors import LoraprepError
 
 JOURNAL_SCHEMA = "loraprep.caption-journal/1"
 JOURNAL_DIR = Path(STATE_DIR) / "journal"
+UNDONE = "undone"    # undone entries that can be redone, newest undo first (lowest number)
+HISTORY = "history"  # undone entries a later edit made impossible to redo
 
 
 class UndoConflict(LoraprepError):
@@ -59,23 +72,75 @@ class JournalEntry:
     time: str
     files: tuple[FileState, ...]
 
+    @property
+    def number(self) -> int:
+        return int(self.path.stem)
+
 
 def _entries(folder: Path) -> list[Path]:
-    if not folder.is_dir():
+    """The entry files in `folder`, oldest first."""
+    try:
+        names = [e.name for e in os.scandir(folder) if e.name.endswith(".json") and e.name[:-5].isdigit()]
+    except FileNotFoundError:
         return []
-    return sorted((p for p in folder.glob("*.json") if p.stem.isdigit()), key=lambda p: int(p.stem))
+    return [folder / name for name in sorted(names, key=lambda n: int(n[:-5]))]
 
 
-def record(root: Path, description: str, files: list[FileState]) -> Path:
-    """Append a journal entry (written atomically) and return its path."""
-    folder = journal_dir(root)
-    existing = _entries(folder) + _entries(folder / "undone")
-    number = max((int(p.stem) for p in existing), default=0) + 1
-    path = folder / f"{number:06d}.json"
+def _entry_bytes(description: str, files: Sequence[FileState]) -> bytes:
     data = {"schema": JOURNAL_SCHEMA, "description": description,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "files": [f.to_dict() for f in files]}
-    write_text_atomic(path, json.dumps(data, ensure_ascii=False) + "\n")
-    return path
+    return (json.dumps(data, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _retire_redo_stack(folder: Path) -> None:
+    """A new edit makes the undone entries impossible to redo: keep them, out of the redo stack."""
+    undone = _entries(folder / UNDONE)
+    if undone:
+        (folder / HISTORY).mkdir(parents=True, exist_ok=True)
+        for path in undone:
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(path, folder / HISTORY / path.name)
+
+
+def record(root: Path, description: str, files: Sequence[FileState]) -> Path:
+    """Append a journal entry and return its path.
+
+    The entry is complete on disk (written to a temporary, fsynced) before it gets its number, and
+    it takes the number with a hard link, which fails if another process took it first: two
+    programs editing the same dataset never overwrite each other's entry.
+    """
+    folder = journal_dir(root)
+    folder.mkdir(parents=True, exist_ok=True)
+    _retire_redo_stack(folder)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix("entry.json"), suffix=TEMP_SUFFIX, dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(_entry_bytes(description, files))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, DEFAULT_FILE_MODE)
+        existing = [int(p.stem) for sub in ("", UNDONE, HISTORY) for p in _entries(folder / sub)]
+        number = max(existing, default=0) + 1
+        while True:
+            path = folder / f"{number:06d}.json"
+            try:
+                os.link(tmp, path)
+                return path
+            except FileExistsError:
+                number += 1
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _rewrite(entry: Path, description: str, files: Sequence[FileState]) -> Path | None:
+    """Keep only the files an edit really wrote in its entry (none: the entry goes)."""
+    if not files:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(entry)
+        return None
+    write_text_atomic(entry, _entry_bytes(description, files).decode("utf-8"))
+    return entry
 
 
 def read_entry(path: Path) -> JournalEntry:
@@ -88,87 +153,327 @@ def read_entry(path: Path) -> JournalEntry:
 
 
 def last_entry(root: Path) -> JournalEntry | None:
+    """The newest edit still applied (what `undo_last` would undo)."""
     entries = _entries(journal_dir(root))
     return read_entry(entries[-1]) if entries else None
 
 
-def put_bytes(root: Path, caption: str, data: bytes | None) -> None:
-    """Write a caption atomically, or remove it when `data` is None."""
-    target = Path(root) / caption
-    if data is None:
+def next_redo(root: Path) -> JournalEntry | None:
+    """The most recently undone edit, if nothing was edited since (what `redo_last` would redo)."""
+    entries = _entries(journal_dir(root) / UNDONE)
+    return read_entry(entries[0]) if entries else None
+
+
+# ---- guarded writes
+
+
+def _read_fd(fd: int) -> bytes:
+    parts, offset = [], 0
+    while chunk := os.pread(fd, 1 << 16, offset):
+        parts.append(chunk)
+        offset += len(chunk)
+    return b"".join(parts)
+
+
+def _open_existing(path: str) -> int | None:
+    try:
+        return os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return None
+
+
+def _read_or_none(path: str) -> bytes | None:
+    fd = _open_existing(path)
+    if fd is None:
+        return None
+    try:
+        return _read_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def _temporary_with(folder: str, name: str, data: bytes) -> str:
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(name), suffix=TEMP_SUFFIX, dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, DEFAULT_FILE_MODE)
+    except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(target)
-    else:
-        write_bytes_atomic(target, data)
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def _load_renameat2() -> Callable[..., int] | None:
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError, TypeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_RENAMEAT2 = _load_renameat2() if sys.platform.startswith("linux") else None
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def _exchange(first: str, second: str) -> bool:
+    """Swap two names atomically (Linux renameat2); False where the system or filesystem cannot."""
+    if _RENAMEAT2 is None:
+        return False
+    if _RENAMEAT2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):
+        return False
+    raise OSError(code, os.strerror(code), second)
+
+
+class GuardedWriter:
+    """Replaces captions only where they still hold what was read, and loses no one else's write.
+
+    Each new caption is written to a temporary first, then *swapped* with the file atomically
+    (Linux `renameat2(RENAME_EXCHANGE)`), so the file that was there is never unlinked unseen: if it
+    is not what was read (another program rewrote or renamed over it a moment before), it is swapped
+    back. The old file is kept aside until a little later and read again, so an in-place append that
+    reached it after the swap is put back too, and that caption reported as left alone. Elsewhere
+    the file is re-checked (bytes and inode) right before a plain rename, and read again just after.
+    """
+
+    AFTERCHECK = 256  # swapped-out files kept aside at most, to be re-read for late appends
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.late: list[str] = []  # captions given back to a late writer after all
+        self._aside: list[tuple[str, str, bytes, bytes]] = []  # caption, old file, expected, written
+
+    def __enter__(self) -> GuardedWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.finish()
+
+    def write(self, caption: str, expected: bytes | None, data: bytes | None) -> bool:
+        """Put `data` (None: remove the file) in place of `expected`; False (nothing written) when
+        the caption holds something else."""
+        target = os.path.join(self.root, caption)
+        if data is None:
+            return _remove_guarded(target, expected)
+        if _read_or_none(target) != expected:
+            return False
+        folder, name = os.path.split(target)
+        os.makedirs(folder, exist_ok=True)
+        tmp = _temporary_with(folder, name, data)
+        try:
+            if expected is None:
+                try:
+                    os.link(tmp, target)  # creates the caption only if nobody else did meanwhile
+                except FileExistsError:
+                    return False
+                return True
+            try:
+                swapped = _exchange(tmp, target)
+            except FileNotFoundError:
+                return False
+            if swapped:
+                return self._check_swap(caption, target, tmp, expected, data)
+            return self._replace_checked(caption, target, tmp, expected, data)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def _check_swap(self, caption: str, target: str, old: str, expected: bytes, data: bytes) -> bool:
+        """`old` now holds what was in place a moment ago: keep ours only if that was `expected`."""
+        if _read_or_none(old) != expected:
+            if _read_or_none(target) == data:
+                _exchange(old, target)  # theirs goes back
+            return False
+        folder, name = os.path.split(target)
+        kept = os.path.join(folder, f"{temp_prefix(name)}aside{os.urandom(4).hex()}{TEMP_SUFFIX}")
+        os.rename(old, kept)  # a name `clean_stale_temporaries` knows, should this process be killed
+        self._aside.append((caption, kept, expected, data))
+        if len(self._aside) > self.AFTERCHECK:
+            self._settle(self._aside.pop(0))
+        return True
+
+    def _replace_checked(self, caption: str, target: str, tmp: str, expected: bytes, data: bytes) -> bool:
+        fd = _open_existing(target)
+        if fd is None:
+            return False
+        try:
+            if _read_fd(fd) != expected or os.stat(target).st_ino != os.fstat(fd).st_ino:
+                return False
+            os.replace(tmp, target)
+            late = _read_fd(fd)
+        finally:
+            os.close(fd)
+        if late != expected:
+            self._give_back(caption, data, late)
+            return False
+        return True
+
+    def _settle(self, aside: tuple[str, str, bytes, bytes]) -> None:
+        caption, kept, expected, data = aside
+        late = _read_or_none(kept)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(kept)
+        if late is not None and late != expected:
+            self._give_back(caption, data, late)
+
+    def _give_back(self, caption: str, data: bytes, late: bytes) -> None:
+        """Someone appended to the file we replaced: their bytes win over our edit."""
+        self.late.append(caption)
+        with GuardedWriter(self.root) as writer:
+            writer.write(caption, data, late)
+
+    def finish(self) -> list[str]:
+        """Re-read every file kept aside; returns the captions whose edit was given back."""
+        while self._aside:
+            self._settle(self._aside.pop(0))
+        return self.late
 
 
 def write_guarded(root: Path, caption: str, expected: bytes | None, data: bytes | None) -> bool:
-    """Write only if the file still holds `expected` (what we loaded); False means it changed on disk."""
-    if read_current(root, caption) != expected:
+    """Replace one caption with `data` (None: remove it) only if it still holds `expected`."""
+    with GuardedWriter(root) as writer:
+        written = writer.write(caption, expected, data)
+    return written and caption not in writer.late
+
+
+def _remove_guarded(target: str, expected: bytes | None) -> bool:
+    """Remove a caption that still holds `expected` (it is moved aside and checked before it goes)."""
+    if expected is None:
+        return not os.path.lexists(target)
+    if _read_or_none(target) != expected:
         return False
-    put_bytes(root, caption, data)
-    return True
+    folder, name = os.path.split(target)
+    fd, aside = tempfile.mkstemp(prefix=temp_prefix(name), suffix=TEMP_SUFFIX, dir=folder)
+    os.close(fd)
+    try:
+        os.replace(target, aside)
+    except FileNotFoundError:
+        return False
+    try:
+        if _read_or_none(aside) == expected:
+            return True
+        with contextlib.suppress(FileExistsError):
+            os.link(aside, target)  # changed in the meantime: put it back, unless a new one appeared
+        return False
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(aside)
+
+
+# ---- applying, undoing, redoing
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a journalled write did: the files it changed, the ones it left alone, its entry."""
+
+    written: tuple[FileState, ...]
+    conflicts: tuple[str, ...]  # captions changed by someone else since they were read
+    entry: Path | None
+
+
+def apply_changes(root: Path, description: str, states: Sequence[FileState]) -> Written:
+    """Journal, then write, every state whose file still holds its `before` bytes.
+
+    Files are checked once before the entry is written and again by each guarded write; the entry
+    is then trimmed to the files really written, so undo never meets a file this edit skipped.
+    """
+    ready, conflicts = [], []
+    for state in states:
+        (ready if read_current(root, state.caption) == state.before else conflicts).append(state)
+    if not ready:
+        return Written((), tuple(s.caption for s in conflicts), None)
+    entry = record(root, description, ready)
+    with GuardedWriter(root) as writer:
+        done = [state for state in ready if writer.write(state.caption, state.before, state.after)]
+    written = [state for state in done if state.caption not in writer.late]
+    conflicts += [state for state in ready if state not in written]
+    if len(written) < len(ready):
+        entry = _rewrite(entry, description, written)
+    return Written(tuple(written), tuple(s.caption for s in conflicts), entry)
 
 
 @dataclass(frozen=True)
 class ApplyResult:
     written: tuple[Change, ...]
-    conflicts: tuple[str, ...]  # captions changed on disk since loading: left alone
+    conflicts: tuple[str, ...]  # captions changed on disk since loading, or during the write: left alone
     entry: Path | None
 
 
 def apply_plan(root: Path, plan: EditPlan, *, dry_run: bool = False) -> ApplyResult:
     """Journal, then write, every change whose file is unchanged since it was loaded."""
-    ready: list[Change] = []
-    conflicts: list[str] = []
-    for change in plan.changes:
-        if read_current(root, change.caption) == change.before:
-            ready.append(change)
-        else:
-            conflicts.append(change.caption)
-    if dry_run or not ready:
-        return ApplyResult(tuple(ready), tuple(conflicts), None)
-    entry = record(root, plan.description, [FileState(c.caption, c.before, c.after) for c in ready])
-    for change in ready:
-        put_bytes(root, change.caption, change.after)
-    return ApplyResult(tuple(ready), tuple(conflicts), entry)
+    if dry_run:
+        ready = tuple(c for c in plan.changes if read_current(root, c.caption) == c.before)
+        return ApplyResult(ready, tuple(c.caption for c in plan.changes if c not in ready), None)
+    result = apply_changes(root, plan.description, [FileState(c.caption, c.before, c.after) for c in plan.changes])
+    done = {s.caption for s in result.written}
+    return ApplyResult(tuple(c for c in plan.changes if c.caption in done), result.conflicts, result.entry)
 
 
 @dataclass(frozen=True)
 class UndoResult:
     entry: JournalEntry | None
     restored: tuple[str, ...] = ()
-    unchanged: tuple[str, ...] = ()  # already held their previous bytes
-    conflicts: tuple[str, ...] = field(default=())
+    unchanged: tuple[str, ...] = ()  # already held the bytes being restored
+    conflicts: tuple[str, ...] = field(default=())  # changed since the edit: restored only with force
+    skipped: tuple[str, ...] = ()  # changed while undoing: left alone
+
+
+def _revert(root: Path, entry: JournalEntry, *, forward: bool, force: bool, dry_run: bool,
+            destination: Path) -> UndoResult:
+    """Put an entry's `before` bytes back (`forward`: its `after` bytes) where files allow it."""
+    restore, unchanged, conflicts = [], [], []
+    for state in entry.files:
+        now, then = (state.before, state.after) if forward else (state.after, state.before)
+        current = read_current(root, state.caption)
+        if current == now:
+            restore.append((state.caption, now, then))
+        elif current == then:
+            unchanged.append(state.caption)
+        else:
+            conflicts.append(state.caption)
+            if force:
+                restore.append((state.caption, current, then))
+    if conflicts and not force:
+        shown = ", ".join(conflicts[:5]) + (" …" if len(conflicts) > 5 else "")
+        verb = "redone" if forward else "undone"
+        raise UndoConflict(f"{len(conflicts)} caption(s) changed since '{entry.description}': {shown}",
+                           hint=f"nothing was {verb}; `loraprep captions {'redo' if forward else 'undo'} --force` "
+                                "restores them anyway")
+    if dry_run:
+        return UndoResult(entry, tuple(c for c, _, _ in restore), tuple(unchanged), tuple(conflicts))
+    with GuardedWriter(root) as writer:
+        done = [caption for caption, now, then in restore if writer.write(caption, now, then)]
+    restored = [caption for caption in done if caption not in writer.late]
+    skipped = [caption for caption, _, _ in restore if caption not in restored]
+    destination.mkdir(parents=True, exist_ok=True)
+    os.replace(entry.path, destination / entry.path.name)
+    return UndoResult(entry, tuple(restored), tuple(unchanged), tuple(conflicts), tuple(skipped))
 
 
 def undo_last(root: Path, *, force: bool = False, dry_run: bool = False) -> UndoResult:
-    """Restore the exact previous bytes of the last journalled edit.
+    """Restore the exact previous bytes of the newest journalled edit (the editor's or a command's).
 
     Refuses (UndoConflict) when a file changed since that edit, unless `force`.
     """
     entry = last_entry(root)
     if entry is None:
         return UndoResult(None)
-    restore, unchanged, conflicts = [], [], []
-    for state in entry.files:
-        current = read_current(root, state.caption)
-        if current == state.after:
-            restore.append(state)
-        elif current == state.before:
-            unchanged.append(state.caption)
-        else:
-            conflicts.append(state.caption)
-            if force:
-                restore.append(state)
-    if conflicts and not force:
-        shown = ", ".join(conflicts[:5]) + (" …" if len(conflicts) > 5 else "")
-        raise UndoConflict(f"{len(conflicts)} caption(s) changed since '{entry.description}': {shown}",
-                           hint="nothing was undone; `loraprep captions undo --force` restores them anyway")
-    if not dry_run:
-        for state in restore:
-            put_bytes(root, state.caption, state.before)
-        undone = entry.path.parent / "undone"
-        undone.mkdir(exist_ok=True)
-        os.replace(entry.path, undone / entry.path.name)
-    return UndoResult(entry, tuple(s.caption for s in restore), tuple(unchanged), tuple(conflicts))
+    return _revert(root, entry, forward=False, force=force, dry_run=dry_run,
+                   destination=journal_dir(root) / UNDONE)
+
+
+def redo_last(root: Path, *, force: bool = False, dry_run: bool = False) -> UndoResult:
+    """Write again what the most recently undone edit wrote (only if nothing was edited since)."""
+    entry = next_redo(root)
+    if entry is None:
+        return UndoResult(None)
+    return _revert(root, entry, forward=True, force=force, dry_run=dry_run, destination=journal_dir(root))

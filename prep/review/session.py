@@ -1,10 +1,10 @@
 """The caption editor's state and every edit it can make, with no UI in it.
 
-Each edit is written to disk at once (atomically, through the journal's guarded write), so quitting,
-Ctrl-C or a dropped SSH connection never loses one. A caption changed on disk by someone else since
-the editor read it is never overwritten: the edit is refused and the disk version reloaded.
-Undo/redo restore exact bytes. Edits applied to all filtered images are also journalled, so
-`loraprep captions undo` can revert them after the editor is closed.
+Each edit is journalled and written to disk at once (prep.captions.journal, the journal the bulk
+commands use), so quitting, Ctrl-C, a crash or a dropped SSH connection never loses one, and both
+`u` after a restart and `loraprep captions undo` see it. A caption changed on disk by someone else
+since the editor read it is never overwritten: the edit is refused and the disk version reloaded.
+Undo/redo restore exact bytes. A caption that is not UTF-8 is shown but never rewritten.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prep.atomic import write_text_atomic
-from prep.captions.dataset import STATE_DIR, CaptionDataset, CaptionFile, load_dataset, read_current
+from prep.atomic import clean_stale_temporaries, write_text_atomic
+from prep.captions.dataset import (STATE_DIR, CaptionDataset, CaptionFile, decode_caption, load_dataset,
+                                   read_current, split_caption)
 from prep.captions.edit import AddTags, RemoveTags, caption_bytes, tag_key
-from prep.captions.journal import FileState, record, write_guarded
+from prep.captions.journal import FileState, UndoConflict, UndoResult, apply_changes, redo_last, undo_last
 from prep.captions.lint import LintOptions, LintReport, Problem, lint_dataset
 from prep.captions.show import tagger_scores
 from prep.captions.tokens import TokenCounter, load_token_counter
@@ -28,14 +29,24 @@ from prep.tags import split_tags
 
 @dataclass
 class Item:
-    """One image as the editor holds it: the tags shown, and the bytes last seen on disk."""
+    """One image as the editor holds it: the tags shown, and the bytes last seen on disk.
+
+    `on[i]` is False for a tag toggled off (shown, not written). Edits address a tag by its
+    position, so a tag written twice can be fixed one occurrence at a time. `locked` says why the
+    caption cannot be edited here (not UTF-8: rewriting it would replace what the editor cannot read).
+    """
 
     file: CaptionFile
     disk: bytes | None
     tags: list[str]
-    disabled: set[str] = field(default_factory=set)  # toggled off: shown, not written
+    on: list[bool] = field(default_factory=list)
     accepted: bytes | None = None  # the caption bytes a person accepted (stale once they change)
     edited: bool = False
+    locked: str | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.on) != len(self.tags):
+            self.on = [True] * len(self.tags)
 
     @property
     def is_accepted(self) -> bool:
@@ -43,7 +54,20 @@ class Item:
 
     @property
     def written_tags(self) -> list[str]:
-        return [t for t in self.tags if t not in self.disabled]
+        return [t for t, on in zip(self.tags, self.on) if on]
+
+
+def not_utf8(caption: str) -> str:
+    return (f"{caption} is not UTF-8 text: left as it is (convert it first, e.g. "
+            f"`iconv -f latin1 -t utf-8`, then reopen)")
+
+
+def item_for(file: CaptionFile, disk: bytes | None) -> Item:
+    """The editor's view of a caption file's bytes."""
+    text = decode_caption(disk) if disk is not None else ""
+    if text is None:
+        return Item(file, disk, [], locked=not_utf8(file.caption))
+    return Item(file, disk, list(split_caption(text)))
 
 
 REVIEW_FILE = Path(STATE_DIR) / "review.json"
@@ -77,8 +101,8 @@ class Edit:
     after: bytes | None
     tags_before: tuple[str, ...]
     tags_after: tuple[str, ...]
-    disabled_before: frozenset[str]
-    disabled_after: frozenset[str]
+    on_before: tuple[bool, ...]
+    on_after: tuple[bool, ...]
 
 
 @dataclass(frozen=True)
@@ -96,8 +120,9 @@ class Session:
                  counter: TokenCounter | None = None) -> None:
         self.root = Path(root)
         self.dataset = load_dataset(self.root, extension)
+        self.cleaned = clean_stale_temporaries(self.root)  # a killed editor or command's half-written files
         accepted = read_accepted(self.root)
-        self.items = [Item(f, f.raw, list(f.tags)) for f in self.dataset.files if f.image is not None]
+        self.items = [item_for(f, f.raw) for f in self.dataset.files if f.image is not None]
         for item in self.items:
             if item.file.caption in accepted and accepted[item.file.caption] == _digest(item.disk):
                 item.accepted = item.disk
@@ -107,8 +132,10 @@ class Session:
         self._lint: LintReport | None = None
         self._problems: dict[str, list[Problem]] = {}
         self._faces: dict[int, bool] = {}
-        self.undo_stack: list[list[Edit]] = []
-        self.redo_stack: list[list[Edit]] = []
+        self._by_caption = {item.file.caption: i for i, item in enumerate(self.items)}
+        # (journal entry, caption) → tags and on/off before and after: the editor-only state
+        # (tags turned off) that an undo or redo of this session's edits puts back on screen.
+        self._views: dict[tuple[str, str], tuple[tuple[str, ...], tuple[bool, ...], tuple[str, ...], tuple[bool, ...]]] = {}
         self.last_operation: AddTags | RemoveTags | None = None
         self.filter_text = ""
         self.visible: list[int] = list(range(len(self.items)))
@@ -122,7 +149,8 @@ class Session:
         item = self.items[index]
         if item.disk is None:
             return "(no caption file)"
-        return item.disk.decode("utf-8", "replace").strip()
+        text = item.disk.decode("utf-8", "replace").strip()
+        return f"{item.locked}\n{text}" if item.locked else text
 
     def scores(self, index: int) -> dict[str, tuple[float, str]]:
         image = self.items[index].file.image
@@ -199,76 +227,103 @@ class Session:
 
     # ---- editing
 
-    def _state(self, index: int, tags: list[str], disabled: set[str]) -> Edit:
+    def _state(self, index: int, tags: list[str], on: list[bool]) -> Edit:
         item = self.items[index]
-        written = [t for t in tags if t not in disabled]
+        written = [t for t, keep in zip(tags, on) if keep]
         after = caption_bytes(written) if (written or item.disk is not None) else None
-        return Edit(index, item.disk, after, tuple(item.tags), tuple(tags),
-                    frozenset(item.disabled), frozenset(disabled))
+        return Edit(index, item.disk, after, tuple(item.tags), tuple(tags), tuple(item.on), tuple(on))
 
-    def _write(self, edit: Edit, *, undoing: bool = False) -> Outcome:
-        """Write one edit's bytes if the file still holds what the editor last saw."""
-        item = self.items[edit.index]
-        expected, data = (edit.after, edit.before) if undoing else (edit.before, edit.after)
-        tags = edit.tags_before if undoing else edit.tags_after
-        disabled = edit.disabled_before if undoing else edit.disabled_after
-        if expected != data and not write_guarded(self.root, item.file.caption, expected, data):
-            self.reload(edit.index)
-            return Outcome(f"{item.file.caption} changed on disk since it was opened: not saved, reloaded", ok=False)
+    def _show(self, index: int, disk: bytes | None, tags: tuple[str, ...], on: tuple[bool, ...]) -> None:
+        item = self.items[index]
         self.frequency.subtract(set(item.tags))
-        item.tags, item.disabled, item.disk, item.edited = list(tags), set(disabled), data, True
+        item.tags, item.on, item.disk, item.edited, item.locked = list(tags), list(on), disk, True, None
         self.frequency.update(set(item.tags))
         self._lint = None
-        return Outcome(f"saved {item.file.caption}")
+
+    def _commit(self, description: str, edits: list[Edit]) -> tuple[list[Edit], list[Edit]]:
+        """Journal and write edits (only those whose files still hold what the editor saw).
+
+        The same journal as the bulk commands: `captions undo` sees editor edits and `u` sees theirs.
+        Returns (written, left alone); left-alone items are reloaded from disk.
+        """
+        visible = [e for e in edits if e.before == e.after]  # e.g. moving a tag that is off: nothing on disk
+        for edit in visible:
+            self._show(edit.index, edit.after, edit.tags_after, edit.on_after)
+        to_write = [e for e in edits if e.before != e.after]
+        if not to_write:
+            return visible, []
+        result = apply_changes(self.root, description, [
+            FileState(self.items[e.index].file.caption, e.before, e.after) for e in to_write])
+        written = {s.caption for s in result.written}
+        done, skipped = [], []
+        for edit in to_write:
+            caption = self.items[edit.index].file.caption
+            if caption in written:
+                self._show(edit.index, edit.after, edit.tags_after, edit.on_after)
+                if result.entry is not None:
+                    self._views[(result.entry.name, caption)] = (edit.tags_before, edit.on_before,
+                                                                 edit.tags_after, edit.on_after)
+                done.append(edit)
+            else:
+                self.reload(edit.index)
+                skipped.append(edit)
+        return visible + done, skipped
 
     def reload(self, index: int) -> None:
         item = self.items[index]
         self.frequency.subtract(set(item.tags))
-        item.disk = read_current(self.root, item.file.caption)
-        text = item.disk.decode("utf-8-sig", "replace").strip() if item.disk is not None else ""
-        item.tags, item.disabled = split_tags(text), set()
+        fresh = item_for(item.file, read_current(self.root, item.file.caption))
+        item.disk, item.tags, item.on, item.locked = fresh.disk, fresh.tags, fresh.on, fresh.locked
         self.frequency.update(set(item.tags))
         self._lint = None
 
-    def change(self, index: int, tags: list[str], disabled: set[str] | None = None) -> Outcome:
-        """Set an item's tags (and toggled-off set); saved at once, undoable."""
+    def change(self, index: int, tags: list[str], on: list[bool] | None = None, *, what: str = "edit") -> Outcome:
+        """Set an item's tags (and which are on); journalled and saved at once, undoable."""
         item = self.items[index]
-        disabled = set(item.disabled if disabled is None else disabled) & set(tags)
-        if tags == item.tags and disabled == item.disabled:
+        if item.locked:
+            return Outcome(item.locked, ok=False)
+        on = list(item.on if on is None else on)
+        if tags == item.tags and on == item.on:
             return Outcome("no change")
-        edit = self._state(index, tags, disabled)
-        outcome = self._write(edit)
-        if outcome.ok:
-            self.undo_stack.append([edit])
-            self.redo_stack.clear()
-        return outcome
+        done, _ = self._commit(f"editor: {what} in {item.file.caption}", [self._state(index, tags, on)])
+        if not done:
+            return Outcome(f"{item.file.caption} changed on disk since it was opened: not saved, reloaded", ok=False)
+        return Outcome(f"saved {item.file.caption}")
 
-    def delete_tag(self, index: int, tag: str) -> Outcome:
+    def delete_tag(self, index: int, position: int) -> Outcome:
+        """Remove the tag at `position` (only that occurrence of a tag written twice)."""
+        item = self.items[index]
+        tag = item.tags[position]
         self.last_operation = RemoveTags((tag,))
-        tags = [t for t in self.items[index].tags if t != tag]
-        outcome = self.change(index, tags)
+        outcome = self.change(index, item.tags[:position] + item.tags[position + 1:],
+                              item.on[:position] + item.on[position + 1:], what=f"remove '{tag}'")
         return Outcome(f"removed '{tag}' — {outcome.message}", outcome.ok) if outcome.ok else outcome
 
     def add_tags(self, index: int, text: str) -> Outcome:
-        new = [t for t in dict.fromkeys(split_tags(text)) if t not in self.items[index].tags]
+        item = self.items[index]
+        new = [t for t in dict.fromkeys(split_tags(text)) if t not in item.tags]
         if not new:
             return Outcome("nothing to add")
         self.last_operation = AddTags(tuple(new))
-        outcome = self.change(index, self.items[index].tags + new)
+        outcome = self.change(index, item.tags + new, item.on + [True] * len(new), what=f"add {', '.join(new)}")
         return Outcome(f"added {', '.join(new)} — {outcome.message}", outcome.ok) if outcome.ok else outcome
 
-    def toggle_tag(self, index: int, tag: str) -> Outcome:
-        disabled = set(self.items[index].disabled) ^ {tag}
-        outcome = self.change(index, list(self.items[index].tags), disabled)
-        state = "off" if tag in disabled else "on"
-        return Outcome(f"'{tag}' {state} — {outcome.message}", outcome.ok) if outcome.ok else outcome
+    def toggle_tag(self, index: int, position: int) -> Outcome:
+        """Turn the tag at `position` off (kept in the list, not written) or back on."""
+        item = self.items[index]
+        on = list(item.on)
+        on[position] = not on[position]
+        state = "on" if on[position] else "off"
+        outcome = self.change(index, list(item.tags), on, what=f"turn '{item.tags[position]}' {state}")
+        return Outcome(f"'{item.tags[position]}' {state} — {outcome.message}", outcome.ok) if outcome.ok else outcome
 
-    def move_tag(self, index: int, tag: str, offset: int) -> Outcome:
-        tags = list(self.items[index].tags)
-        position = tags.index(tag)
+    def move_tag(self, index: int, position: int, offset: int) -> Outcome:
+        item = self.items[index]
+        tags, on = list(item.tags), list(item.on)
         target = max(0, min(len(tags) - 1, position + offset))
         tags.insert(target, tags.pop(position))
-        return self.change(index, tags)
+        on.insert(target, on.pop(position))
+        return self.change(index, tags, on, what=f"move '{tags[target]}'")
 
     def accept(self, index: int) -> Outcome:
         """Mark the caption as reviewed; remembered in `.loraprep/review.json` until it changes."""
@@ -283,40 +338,58 @@ class Session:
         if operation is None:
             return Outcome("no tag change to repeat yet: add or delete a tag first", ok=False)
         edits = []
+        locked = sum(1 for index in self.visible if self.items[index].locked)
         for index in self.visible:
             item = self.items[index]
+            if item.locked:
+                continue
             tags = list(operation(tuple(item.tags)))
             if tags != item.tags:
-                edits.append(self._state(index, tags, set(item.disabled) & set(tags)))
+                off = {t for t, on in zip(item.tags, item.on) if not on}
+                edits.append(self._state(index, tags, [t not in off for t in tags]))
+        unreadable = f", {locked} not UTF-8 and left alone" if locked else ""
         if not edits:
-            return Outcome(f"{operation.describe()}: nothing to change in {len(self.visible)} image(s)")
-        current = [e for e in edits if read_current(self.root, self.items[e.index].file.caption) == e.before]
-        for stale in (e for e in edits if e not in current):
-            self.reload(stale.index)
-        if current:
-            record(self.root, f"editor: {operation.describe()} ({self.filter_text or 'all'})",
-                   [FileState(self.items[e.index].file.caption, e.before, e.after) for e in current])
-        done = [e for e in current if self._write(e).ok]
-        if done:
-            self.undo_stack.append(done)
-            self.redo_stack.clear()
-        skipped = len(edits) - len(done)
+            return Outcome(f"{operation.describe()}: nothing to change in {len(self.visible)} image(s){unreadable}",
+                           ok=not locked)
+        done, skipped = self._commit(f"editor: {operation.describe()} ({self.filter_text or 'all'})", edits)
         return Outcome(f"{operation.describe()}: {len(done)} caption(s) changed"
-                       + (f", {skipped} changed on disk and left alone" if skipped else ""), ok=not skipped)
+                       + (f", {len(skipped)} changed on disk and left alone" if skipped else "") + unreadable,
+                       ok=not skipped and not locked)
+
+    def _restored(self, result: UndoResult, *, forward: bool) -> int | None:
+        """Show what an undo/redo put on disk; returns the first item it touched."""
+        assert result.entry is not None
+        first = None
+        for state in result.entry.files:
+            index = self._by_caption.get(state.caption)
+            if index is None:
+                continue
+            first = index if first is None else first
+            self.reload(index)
+            view = self._views.get((result.entry.path.name, state.caption))
+            if view is not None and self.items[index].disk == (state.after if forward else state.before):
+                tags, on = (view[2], view[3]) if forward else (view[0], view[1])
+                self._show(index, self.items[index].disk, tags, on)
+        return first
 
     def undo(self) -> tuple[Outcome, int | None]:
-        """Undo the last edit group; returns the outcome and the item it touched (to show it)."""
-        if not self.undo_stack:
-            return Outcome("nothing to undo", ok=False), None
-        group = self.undo_stack.pop()
-        done = [e for e in reversed(group) if self._write(e, undoing=True).ok]
-        self.redo_stack.append(list(reversed(done)))
-        return Outcome(f"undone ({len(done)} caption(s))", ok=len(done) == len(group)), group[0].index
+        """Undo the newest journal entry (this editor's, an earlier session's or a bulk command's)."""
+        return self._step(undo_last, forward=False)
 
     def redo(self) -> tuple[Outcome, int | None]:
-        if not self.redo_stack:
-            return Outcome("nothing to redo", ok=False), None
-        group = self.redo_stack.pop()
-        done = [e for e in group if self._write(e).ok]
-        self.undo_stack.append(done)
-        return Outcome(f"redone ({len(done)} caption(s))", ok=len(done) == len(group)), group[0].index
+        return self._step(redo_last, forward=True)
+
+    def _step(self, step, *, forward: bool) -> tuple[Outcome, int | None]:
+        verb = "redo" if forward else "undo"
+        try:
+            result = step(self.root)
+        except UndoConflict as exc:
+            return Outcome(f"not {verb}ne: {exc.message}", ok=False), None
+        if result.entry is None:
+            return Outcome(f"nothing to {verb}", ok=False), None
+        index = self._restored(result, forward=forward)
+        what = result.entry.description.removeprefix("editor: ")
+        message = f"{verb}ne: {what} ({len(result.restored) + len(result.unchanged)} caption(s))"
+        if result.skipped:
+            message += f"; {len(result.skipped)} changed meanwhile and left alone: {', '.join(result.skipped[:3])}"
+        return Outcome(message, ok=not result.skipped), index

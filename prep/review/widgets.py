@@ -1,4 +1,4 @@
-"""A file list that stays instant at 50,000 images: it renders only the rows on screen."""
+"""A list that stays instant at 50,000 rows: it renders only the rows on screen."""
 
 from __future__ import annotations
 
@@ -6,43 +6,37 @@ from collections.abc import Callable
 from typing import ClassVar
 
 from rich.segment import Segment
-from textual.binding import Binding, BindingType
+from textual import events
 from textual.geometry import Region, Size
-from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+# The keys a focused list takes, and its action for each: the same names as Textual's OptionList,
+# so the editor's key router drives both kinds of list the same way.
+LIST_KEYS: dict[str, str] = {"up": "cursor_up", "down": "cursor_down", "pageup": "page_up",
+                             "pagedown": "page_down", "home": "first", "end": "last"}
 
-class FileList(ScrollView, can_focus=True):
-    """Rows labelled on demand by `label(row)`; a cursor row; posts `Highlighted` when it moves.
+
+class RowList(ScrollView, can_focus=True):
+    """Rows labelled on demand by `label(row)`, a cursor row, and `on_move(row)` called at once
+    (not through a message) when the cursor moves, so the next key already sees the new row.
 
     Textual's OptionList measures every option up front, which takes seconds for 50,000 rows; here
     a row's text is computed only when it is drawn.
     """
 
-    COMPONENT_CLASSES: ClassVar[set[str]] = {"file-list--cursor"}
+    COMPONENT_CLASSES: ClassVar[set[str]] = {"row-list--cursor"}
     DEFAULT_CSS = """
-    FileList { height: 1fr; }
-    FileList > .file-list--cursor { background: $accent 60%; text-style: bold; }
-    FileList:focus > .file-list--cursor { background: $accent; }
+    RowList { height: 1fr; }
+    RowList > .row-list--cursor { background: $accent 60%; text-style: bold; }
+    RowList:focus > .row-list--cursor { background: $accent; }
     """
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("up", "move(-1)", "Up", show=False),
-        Binding("down", "move(1)", "Down", show=False),
-        Binding("pageup", "page(-1)", "Page up", show=False),
-        Binding("pagedown", "page(1)", "Page down", show=False),
-        Binding("home", "jump(0)", "First", show=False),
-        Binding("end", "jump(-1)", "Last", show=False),
-    ]
 
-    class Highlighted(Message):
-        def __init__(self, row: int) -> None:
-            super().__init__()
-            self.row = row
-
-    def __init__(self, label: Callable[[int], str], *, id: str | None = None) -> None:
+    def __init__(self, label: Callable[[int, int], str], on_move: Callable[[int], None], *,
+                 id: str | None = None) -> None:
         super().__init__(id=id)
         self._label = label
+        self._on_move = on_move
         self._count = 0
         self.cursor = 0
 
@@ -68,23 +62,37 @@ class FileList(ScrollView, can_focus=True):
         self.refresh_line(previous)
         self.refresh_line(row)
         self.scroll_to_region(Region(0, row, 1, 1), animate=False, force=True, immediate=True)
-        self.post_message(self.Highlighted(row))
+        self._on_move(row)
 
-    def action_move(self, offset: int) -> None:
-        self.move_to(self.cursor + offset)
+    def action_cursor_up(self) -> None:
+        self.move_to(self.cursor - 1)
 
-    def action_page(self, direction: int) -> None:
-        self.move_to(self.cursor + direction * max(1, self.scrollable_content_region.height - 1))
+    def action_cursor_down(self) -> None:
+        self.move_to(self.cursor + 1)
 
-    def action_jump(self, row: int) -> None:
-        self.move_to(row if row >= 0 else self._count - 1)
+    def action_page_up(self) -> None:
+        self.move_to(self.cursor - max(1, self.scrollable_content_region.height - 1))
+
+    def action_page_down(self) -> None:
+        self.move_to(self.cursor + max(1, self.scrollable_content_region.height - 1))
+
+    def action_first(self) -> None:
+        self.move_to(0)
+
+    def action_last(self) -> None:
+        self.move_to(self._count - 1)
+
+    def on_click(self, event: events.Click) -> None:
+        row = event.y + self.scroll_offset.y
+        if 0 <= row < self._count:
+            self.move_to(row)
 
     def render_line(self, y: int) -> Strip:
         width = self.scrollable_content_region.width
         row = y + self.scroll_offset.y
         if row >= self._count:
             return Strip.blank(width, self.rich_style)
-        text = self._label(row)
+        text = self._label(row, width)
         text = text[:width].ljust(width)
-        style = self.get_component_rich_style("file-list--cursor") if row == self.cursor else self.rich_style
+        style = self.get_component_rich_style("row-list--cursor") if row == self.cursor else self.rich_style
         return Strip([Segment(text, style)], width)

@@ -135,3 +135,22 @@ def test_show_unknown_image_is_a_usage_error(ds):
 def test_edit_on_a_missing_folder_is_a_usage_error(tmp_path):
     result = run("edit", tmp_path / "nope")
     assert result.exit_code == 2 and "not a folder" in result.output
+
+
+def test_undo_dry_run_says_what_it_would_do_and_changes_nothing(ds):
+    run("remove", ds, "smile")
+    edited = snapshot(ds)
+    result = run("undo", ds, "--dry-run")
+    assert result.exit_code == 0 and "would undo" in result.stdout and "would restore 2" in result.stdout
+    assert "undid" not in result.stdout and "undone" not in result.stdout
+    assert snapshot(ds) == edited
+
+
+def test_redo_reapplies_what_undo_reverted(ds):
+    before = snapshot(ds)
+    run("remove", ds, "smile")
+    edited = snapshot(ds)
+    assert "undone" in run("undo", ds).stdout and snapshot(ds) == before
+    result = run("redo", ds)
+    assert result.exit_code == 0 and "redone" in result.stdout and snapshot(ds) == edited
+    assert "nothing to redo" in run("redo", ds).stdout

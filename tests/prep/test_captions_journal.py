@@ -80,3 +80,46 @@ def test_undo_walks_back_one_edit_at_a_time(tmp_path):
     undo_last(tmp_path)
     assert snapshot(tmp_path) == states[0]
     assert undo_last(tmp_path).entry is None
+
+
+def test_redo_writes_again_what_undo_restored_until_a_new_edit(tmp_path):
+    from prep.captions.journal import next_redo, redo_last
+
+    write_dataset(tmp_path, {"a.png": "a"})
+    apply_plan(tmp_path, plan_edit(load_dataset(tmp_path), AddTags(("b",))))
+    undo_last(tmp_path)
+    assert redo_last(tmp_path).restored == ("a.txt",)
+    assert (tmp_path / "a.txt").read_bytes() == b"a, b\n"
+    undo_last(tmp_path)
+    apply_plan(tmp_path, plan_edit(load_dataset(tmp_path), AddTags(("c",))))   # a new edit: no redo after it
+    assert next_redo(tmp_path) is None and redo_last(tmp_path).entry is None
+    assert (tmp_path / "a.txt").read_bytes() == b"a, c\n"
+    assert len(list((journal_dir(tmp_path) / "history").glob("*.json"))) == 1   # kept, not redoable
+
+
+def test_entries_get_distinct_numbers_and_never_overwrite_one_another(tmp_path):
+    from prep.captions.journal import FileState, read_entry, record
+
+    paths = [record(tmp_path, f"edit {i}", [FileState("a.txt", b"x", str(i).encode())]) for i in range(3)]
+    assert [p.name for p in paths] == ["000001.json", "000002.json", "000003.json"]
+    assert [read_entry(p).description for p in paths] == ["edit 0", "edit 1", "edit 2"]
+    assert not [p for p in journal_dir(tmp_path).iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("expected, data, on_disk, written", [
+    (b"x", b"y", b"x", True),
+    (b"x", b"y", b"x, appended", False),
+    (None, b"y", None, True),
+    (None, b"y", b"created meanwhile", False),
+    (b"x", None, b"x", True),
+    (b"x", None, b"x, appended", False),
+])
+def test_guarded_write_touches_only_a_file_that_still_holds_what_was_read(tmp_path, expected, data, on_disk, written):
+    from prep.captions.journal import write_guarded
+
+    if on_disk is not None:
+        (tmp_path / "a.txt").write_bytes(on_disk)
+    assert write_guarded(tmp_path, "a.txt", expected, data) is written
+    now = (tmp_path / "a.txt").read_bytes() if (tmp_path / "a.txt").exists() else None
+    assert now == (data if written else on_disk)
+    assert [p.name for p in tmp_path.iterdir()] == (["a.txt"] if now is not None else [])

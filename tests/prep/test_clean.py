@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -12,11 +13,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cli import app
-from prep.background import (BACKUP_DIR, CleanOptions, GrabCutSegmenter, OnnxSegmenter, SegmenterInput, clean_folder,
-                             parse_colour)
+from prep.background import BACKUP_DIR, CleanOptions, clean_folder, parse_colour
 from prep.errors import UsageError
 from prep.faces import YuNetDetector
 from prep.images import open_image
+from prep.masks import GrabCutSegmenter, OnnxSegmenter, SegmenterInput
 from prep.sidecars import caption_path, read_caption, read_meta, update_meta, write_caption
 
 SPRITES = ["sylvie_blue_normal.png", "sylvie_blue_smile.png", "eileen_happy.png", "lucy_happy.png"]
@@ -71,8 +72,9 @@ def test_white_background_replaces_the_meadow_around_the_subject(testdata, yunet
     image, _, _ = on_meadow(testdata, "lucy_happy.png")
     (tmp_path / "in").mkdir()
     Image.fromarray(image).save(tmp_path / "in" / "lucy.png")
-    clean_folder(tmp_path / "in", CleanOptions(background="white"), out=tmp_path / "out",
-                 segmenter=GrabCutSegmenter(YuNetDetector(yunet_model)))
+    result = clean_folder(tmp_path / "in", CleanOptions(background="white"), out=tmp_path / "out",
+                          segmenter=GrabCutSegmenter(), detector=YuNetDetector(yunet_model))
+    assert not result.dropped
     cleaned = np.asarray(Image.open(tmp_path / "out" / "lucy.png"))
     assert (cleaned[:40, :40] == 255).all() and (cleaned[:40, -40:] == 255).all()
     assert np.array_equal(cleaned[400, 640], image[400, 640])
@@ -186,3 +188,180 @@ def test_cli_clean_writes_beside_the_folder_by_default(sprites):
 def test_cli_clean_rejects_an_unknown_colour_as_usage_error(sprites):
     result = CliRunner().invoke(app, ["clean", str(sprites), "--colour", "not-a-colour"])
     assert result.exit_code == 2
+
+
+# ---- masks that never destroy the subject (issue 16 §4)
+
+def non_white_kept(original: np.ndarray, cleaned: np.ndarray, box) -> float:
+    """Share of the box's non-white source pixels that the cleaned image left as they were."""
+    x0, y0, x1, y1 = box
+    before, after = original[y0:y1, x0:x1].astype(int), cleaned[y0:y1, x0:x1].astype(int)
+    non_white = ~(before >= 250).all(axis=2)
+    same = (np.abs(after - before) <= 24).all(axis=2)
+    return float((non_white & same).sum() / max(1, non_white.sum()))
+
+
+LABELLED = ["anime/concert1.jpg", "photos/astronaut.png", "photos/camera.png", "anime/eileen_happy.png",
+            "anime/lucy_happy.png", "anime/sylvie_blue_normal.png", "anime/sylvie_blue_smile.png"]
+
+
+@pytest.fixture(scope="module")
+def whitened(testdata, yunet_model, tmp_path_factory) -> Path:
+    """Every labelled test image through `clean --background white` with the default masks."""
+    folder = tmp_path_factory.mktemp("labelled")
+    for name in LABELLED:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(testdata / name, folder / name)
+    out = folder.with_name(folder.name + "-white")
+    result = clean_folder(folder, CleanOptions(background="white"), out=out, detector=YuNetDetector(yunet_model))
+    assert not result.dropped, result.dropped
+    return out
+
+
+@pytest.mark.parametrize("name", LABELLED)
+def test_white_background_keeps_every_labelled_face(whitened, testdata, faces_truth, name):
+    original = np.asarray(open_image(testdata / name, flatten=(255, 255, 255)))
+    cleaned = np.asarray(open_image(whitened / Path(name).with_suffix(".png" if name.endswith(".png") else ".jpg")))
+    for box in faces_truth[name]:
+        assert non_white_kept(original, cleaned, box) >= 0.8
+
+
+def test_every_person_in_a_group_scene_is_sure_foreground(testdata, yunet_model):
+    image = np.asarray(open_image(testdata / "anime/concert1.jpg"))
+    faces = [tuple(b) for b in [[856, 598, 965, 741], [343, 496, 458, 643], [1638, 307, 1916, 647]]]
+    matte = GrabCutSegmenter()(image, faces)
+    for x0, y0, x1, y1 in faces:
+        assert (matte[y0:y1, x0:x1] > 0.5).all()
+
+
+def test_sprite_on_a_flat_colour_is_cut_out_by_flood_fill(testdata, tmp_path):
+    sprite = Image.open(testdata / "anime/lucy_happy.png")
+    on_green = Image.new("RGB", sprite.size, (40, 200, 90))
+    on_green.paste(sprite, mask=sprite.getchannel("A"))
+    (tmp_path / "in").mkdir()
+    on_green.save(tmp_path / "in" / "lucy.png")
+    result = clean_folder(tmp_path / "in", CleanOptions(background="white"), out=tmp_path / "out", detector=None,
+                          segmenter=None)
+    assert not result.dropped
+    cleaned = np.asarray(Image.open(tmp_path / "out" / "lucy.png"))
+    alpha = np.asarray(sprite.getchannel("A"))
+    assert (cleaned[alpha == 0] == 255).all(axis=1).mean() > 0.97  # pockets the sprite encloses stay
+    assert np.array_equal(cleaned[alpha == 255], np.asarray(on_green)[alpha == 255])
+    assert read_meta(tmp_path / "out" / "lucy.png")["clean"]["mask"] == "flat"
+
+
+@pytest.mark.parametrize(("kept", "faces", "problem"), [
+    (0.02, [], "only 2%"),
+    (0.99, [], "over 98%"),
+    (0.5, [(0, 0, 40, 40)], "remove face 1"),
+    (0.5, [(60, 60, 100, 100)], None),
+])
+def test_an_implausible_mask_is_named(kept, faces, problem):
+    from prep.masks import mask_problem
+
+    matte = np.zeros((100, 100), np.float32)
+    matte.reshape(-1)[-round(kept * 10_000):] = 1.0  # the subject fills the bottom rows
+    found = mask_problem(matte, faces)
+    assert (found is None) if problem is None else (problem in found)
+
+
+def test_a_mask_keeping_almost_nothing_leaves_the_background_and_says_so(testdata, tmp_path):
+    (tmp_path / "in").mkdir()
+    Image.open(testdata / "anime/panorama.jpg").reduce(4).save(tmp_path / "in" / "panorama.png")
+    before = (tmp_path / "in" / "panorama.png").read_bytes()
+    result = clean_folder(tmp_path / "in", CleanOptions(background="white", in_place=True, segmenter="grabcut"),
+                          detector=None)
+    (drop,) = result.dropped
+    assert drop.reason.startswith("background left as it was: the mask keeps only")
+    assert (tmp_path / "in" / "panorama.png").read_bytes() == before
+
+
+class OldGrabCut:
+    """The GrabCut seeding this step used before issue 16: a rectangle around the largest face's
+    person box. On a close-up that box is the whole picture, and OpenCV raises
+    `!bgdSamples.empty() && !fgdSamples.empty()`: a real failure of a real library."""
+
+    name = "old-grabcut"
+
+    def __call__(self, image, faces=()):
+        import cv2
+
+        from prep.masks import person_box
+
+        height, width = image.shape[:2]
+        face = max(faces, key=lambda f: (f[2] - f[0]) * (f[3] - f[1]))
+        x0, y0, x1, y1 = person_box(face, (width, height))
+        labels = np.zeros((height, width), np.uint8)
+        models = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+        cv2.grabCut(np.ascontiguousarray(image[:, :, ::-1]), labels, (x0, y0, x1 - x0, y1 - y0), *models, 1,
+                    cv2.GC_INIT_WITH_RECT)
+        return ((labels == 1) | (labels == 3)).astype(np.float32)
+
+
+def test_a_segmenter_crash_skips_that_image_by_name_and_the_in_place_batch_goes_on(testdata, yunet_model, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(testdata / "photos/astronaut.png", folder / "a-wide.png")
+    Image.open(testdata / "photos/astronaut.png").crop((170, 50, 280, 190)).save(folder / "b-close-up.png")
+    close_up = (folder / "b-close-up.png").read_bytes()
+    result = clean_folder(folder, CleanOptions(background="white", in_place=True, workers=1),
+                          segmenter=OldGrabCut(), detector=YuNetDetector(yunet_model))
+    (drop,) = result.dropped
+    assert Path(drop.path).name == "b-close-up.png" and drop.step == "clean"
+    assert "old-grabcut mask failed (error:" in drop.reason and "Traceback" not in drop.reason
+    assert (folder / "b-close-up.png").read_bytes() == close_up
+    assert result.done == [folder / "a-wide.png"] and read_meta(folder / "a-wide.png")["clean"]["mask"] == "old-grabcut"
+
+
+def test_in_place_rerun_skips_images_already_cleaned_with_the_same_settings(sprites, testdata, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.open(testdata / "photos/camera.png").save(folder / "camera.png")
+    options = CleanOptions(background="blur", in_place=True, segmenter="grabcut")
+    first = clean_folder(folder, options, detector=None)
+    blurred = (folder / "camera.png").read_bytes()
+    again = clean_folder(folder, options, detector=None)
+    assert first.done == [folder / "camera.png"] and again.done == [] and not again.dropped
+    assert (folder / "camera.png").read_bytes() == blurred
+    assert clean_folder(folder, CleanOptions(background="white", in_place=True, segmenter="grabcut"),
+                        detector=None).done == [folder / "camera.png"]
+
+
+def test_grabcut_seeds_every_face_and_a_torso_below_it_as_sure_foreground():
+    from prep.masks import GC_BGD, GC_FGD, GC_PR_BGD, GC_PR_FGD, grabcut_seeds
+
+    labels = grabcut_seeds((200, 100), [(20, 10, 40, 30), (150, 20, 170, 40)])
+    assert (labels[10:30, 20:40] == GC_FGD).all() and (labels[20:40, 150:170] == GC_FGD).all()
+    assert (labels[30:60, 22:38] == GC_FGD).all()  # the torso under the first face
+    assert labels[50, 10] == GC_PR_FGD and labels[0, 100] == GC_BGD and labels[50, 100] == GC_PR_BGD
+    assert labels[0, 30] == GC_PR_BGD  # the frame inside a person box stays a background sample
+
+
+def test_an_interrupted_in_place_run_says_what_it_rewrote_and_a_rerun_finishes_it(testdata, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for index in range(24):
+        shutil.copy(testdata / "anime" / SPRITES[index % len(SPRITES)], folder / f"s{index:02d}.png")
+    run = subprocess.Popen([sys.executable, "-m", "cli", "clean", str(folder), "--in-place", "--background", "white",
+                            "--workers", "1"], cwd=Path(__file__).parents[2], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
+    deadline = time.monotonic() + 120
+    # one worker: a second backup means the first image is rewritten completely
+    while len(list((folder / BACKUP_DIR).glob("*.png"))) < 2 and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    run.send_signal(signal.SIGINT)
+    stdout, stderr = run.communicate(timeout=120)
+    rewritten = [p for p in sorted(folder.glob("*.png")) if "clean" in read_meta(p)]
+    assert run.returncode == 130, stdout + stderr
+    assert 0 < len(rewritten) < 24, stdout + stderr
+    assert f"interrupted: {len(rewritten)} of 24 images" in " ".join(stderr.split())
+    stamps = {p: p.stat().st_mtime_ns for p in rewritten}
+    finished = clean_folder(folder, CleanOptions(background="white", in_place=True))
+    assert len(finished.done) == 24 - len(rewritten) and not finished.dropped
+    assert all(p.stat().st_mtime_ns == stamps[p] for p in rewritten)
+    assert all(Image.open(p).mode == "RGB" for p in folder.glob("*.png"))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 from captionsets import snapshot, write_dataset
+from textual import events
+from textual.keys import _character_to_key
 from typer.testing import CliRunner
 
 from cli import app as cli_app
@@ -41,6 +43,16 @@ async def type_into(pilot, widget_id: str, text: str) -> None:
     pilot.app.query_one(widget_id).value = text
     pilot.app.query_one(widget_id).focus()
     await pilot.press("enter")
+
+
+async def burst(pilot, *keys: str) -> None:
+    """Keys arriving in one read (a paste, a fast typist, SSH): all queued before any is handled,
+    as the terminal driver posts them; `pilot.press` would wait for each to finish instead."""
+    for key in keys:
+        character = key if len(key) == 1 else ("\r" if key == "enter" else None)
+        name = _character_to_key(key) if len(key) == 1 and not key.isalnum() else key
+        pilot.app.post_message(events.Key(name, character))
+    await pilot.pause()
 
 
 def caption(folder, name):
@@ -163,7 +175,7 @@ def test_apply_to_filtered_leaves_captions_changed_elsewhere_alone(ds):
 
     session = Session(ds)
     session.set_filter("=sks")
-    session.delete_tag(session.visible[0], "smile")
+    session.delete_tag(session.visible[0], 3)   # "smile"
     (ds / "sylvie.txt").write_text("changed elsewhere, smile")
     outcome = session.apply_to_filtered()
     assert not outcome.ok and "changed on disk" in outcome.message
@@ -183,3 +195,137 @@ async def test_accept_is_remembered_until_the_caption_changes(ds):
         await type_into(pilot, "#filter", "todo")
         assert [editor.session.name(i) for i in editor.session.visible] == [
             "camera.png", "chelsea.png", "rocket.jpg", "sylvie.png"]
+
+
+@pytest.mark.parametrize("keys, expected", [
+    (["+", *"dress", "enter"], {"astronaut.txt": b"sks, 1boy, spacesuit, smile, dress\n"}),
+    (["+", *"dress", "enter", "d"], {"astronaut.txt": b"1boy, spacesuit, smile, dress\n"}),
+    (["/", *"day", "enter"], {}),
+    (["n", "d"], {"camera.txt": b"1boy, camera, coat\n"}),
+    (["n", "down", "d", "p", "d"], {"camera.txt": b"sks, camera, coat\n", "astronaut.txt": b"1boy, spacesuit, smile\n"}),
+])
+async def test_keys_typed_ahead_act_on_the_state_the_previous_key_left(ds, keys, expected):
+    before = snapshot(ds)
+    editor = CaptionEditor(ds)
+    async with editor.run_test(size=(80, 24)) as pilot:
+        await burst(pilot, *keys)
+        assert {k: v for k, v in snapshot(ds).items() if before[k] != v} == expected
+        assert not any(item.is_accepted for item in editor.session.items)
+
+
+async def test_filter_typed_ahead_filters_and_changes_nothing(ds):
+    before = snapshot(ds)
+    editor = CaptionEditor(ds)
+    async with editor.run_test(size=(80, 24)) as pilot:
+        await burst(pilot, "/", *"smile", "enter", "n")
+        assert editor.session.filter_text == "smile"
+        assert editor.session.name(editor.current) == "chelsea.png"   # the second of three matches
+    assert snapshot(ds) == before
+
+
+LATIN1 = b"sks, caf\xe9, 1girl"   # not UTF-8: the editor cannot read it, so it must not rewrite it
+
+
+@pytest.mark.parametrize("keys", [["+", *"newtag", "enter"], ["d"], ["t"], ["J"], ["down", "A", "y"]])
+async def test_a_caption_that_is_not_utf8_is_never_replaced(ds, keys):
+    (ds / "astronaut.txt").write_bytes(LATIN1)
+    editor = CaptionEditor(ds)
+    async with editor.run_test(size=(80, 24)) as pilot:
+        if "A" in keys:   # make `A` have something to repeat: delete a tag on camera, then back to astronaut
+            await pilot.press("n", "d", "p")
+        await burst(pilot, *keys)
+        assert "not UTF-8" in str(editor.query_one("#heading").render())
+        assert "not UTF-8" in str(editor.query_one("#raw").render())
+    assert caption(ds, "astronaut.png") == LATIN1
+
+
+async def test_apply_to_filtered_skips_a_caption_that_is_not_utf8(ds):
+    (ds / "sylvie.txt").write_bytes(b"sks, \xff\xfe, smile")
+    editor = CaptionEditor(ds)
+    async with editor.run_test(size=(80, 24)) as pilot:
+        await pilot.press("down", "d")         # remove "1boy" from astronaut
+        await pilot.press("A", "y")
+        assert "not UTF-8" in str(editor.query_one("#status").render())
+    assert caption(ds, "camera.png") == b"sks, camera, coat\n"
+    assert caption(ds, "sylvie.png") == b"sks, \xff\xfe, smile"
+
+
+@pytest.mark.parametrize("keys, expected", [
+    (["down", "down", "d"], b"sks, smile, 1girl, smile\n"),                 # the first "smile" only
+    (["down", "down", "down", "down", "d"], b"sks, smile, smile, 1girl\n"), # the last one only
+    (["down", "down", "t"], b"sks, smile, 1girl, smile\n"),
+    (["down", "down", "down", "down", "t"], b"sks, smile, smile, 1girl\n"),
+    (["down", "down", "down", "down", "K"], b"sks, smile, smile, smile, 1girl\n"),
+])
+async def test_delete_and_toggle_act_on_the_highlighted_occurrence_of_a_repeated_tag(tmp_path, keys, expected):
+    ds = write_dataset(tmp_path, {"a.png": "sks, smile, smile, 1girl, smile"})
+    editor = CaptionEditor(ds)
+    async with editor.run_test(size=(80, 24)) as pilot:
+        await burst(pilot, *keys)
+    assert (ds / "a.txt").read_bytes() == expected
+
+
+async def test_single_edits_survive_a_restart_for_u_and_for_captions_undo(ds):
+    before = snapshot(ds)
+    editor = CaptionEditor(ds)
+    async with editor.run_test(size=(80, 24)) as pilot:
+        await pilot.press("d", "n", "plus", *"tripod", "enter")   # two single-image edits, then quit
+    editor = CaptionEditor(ds)                                   # a new session: `u` sees them
+    async with editor.run_test(size=(80, 24)) as pilot:
+        await pilot.press("u")
+        assert caption(ds, "camera.png") == CAPTIONS["camera.png"].encode()
+        assert editor.session.name(editor.current) == "camera.png"
+        assert "undone" in str(editor.query_one("#status").render())
+    assert CliRunner().invoke(cli_app, ["captions", "undo", str(ds)]).exit_code == 0   # and the CLI the other
+    assert snapshot(ds) == before
+
+
+async def test_undoing_apply_all_in_the_editor_leaves_no_entry_for_captions_undo(ds):
+    before = snapshot(ds)
+    editor = CaptionEditor(ds)
+    async with editor.run_test(size=(80, 24)) as pilot:
+        await type_into(pilot, "#filter", "=sks")
+        await type_into(pilot, "#add", "solo")
+        await pilot.press("A", "y", "u")                       # apply to all filtered, then undo it
+        assert caption(ds, "camera.png") == CAPTIONS["camera.png"].encode()
+    result = CliRunner().invoke(cli_app, ["captions", "undo", str(ds)])
+    assert result.exit_code == 0 and "add solo" in result.stdout   # the single add, not the undone `A`
+    assert snapshot(ds) == before
+
+
+async def test_u_undoes_a_bulk_command_and_shift_u_redoes_it(ds):
+    assert CliRunner().invoke(cli_app, ["captions", "remove", str(ds), "smile"]).exit_code == 0
+    edited = snapshot(ds)
+    editor = CaptionEditor(ds)
+    async with editor.run_test(size=(80, 24)) as pilot:
+        await pilot.press("u")
+        assert caption(ds, "chelsea.png") == CAPTIONS["chelsea.png"].encode()
+        assert "smile" in editor.session.items[editor.current].tags   # the shown item is reloaded
+        await pilot.press("U")
+    assert snapshot(ds) == edited
+
+
+async def test_an_undo_refused_by_an_outside_change_says_so(ds):
+    editor = CaptionEditor(ds)
+    async with editor.run_test(size=(80, 24)) as pilot:
+        await pilot.press("d")
+        (ds / "astronaut.txt").write_text("changed elsewhere")
+        await pilot.press("u")
+        status = str(editor.query_one("#status").render())
+        assert "not undone" in status and "changed since" in status
+    assert (ds / "astronaut.txt").read_text() == "changed elsewhere"
+
+
+async def test_temporaries_of_a_killed_run_are_removed_on_start(ds):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    leftover = ds / f".astronaut.txt.lp{int(dead.stdout)}.x1y2.tmp"
+    leftover.write_bytes(b"half")
+    mine = ds / ".notes.tmp"                                    # not ours: never touched
+    mine.write_bytes(b"keep")
+    editor = CaptionEditor(ds)
+    async with editor.run_test(size=(80, 24)):
+        assert "removed 1 temporary file" in str(editor.query_one("#status").render())
+    assert not leftover.exists() and mine.exists()
