@@ -246,19 +246,24 @@ def block_param_groups(unet: Any, lr: float, weights: BlockWeights) -> list[dict
 
 def set_block_scales(base: Any, weights: BlockWeights, *, unet_scale: float, text_encoder_scale: float,
                      adapter: str = "default") -> dict[str, float]:
-    """Scale each LoRA layer by its block's weight (× the part's scale); returns block → scale used."""
-    from peft.tuners.lora import LoraLayer
+    """Scale each adapter layer (LoRA, LoHa, LoKr) by its block's weight × the part's scale; returns
+    block → scale used."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    def scalable(module: Any) -> bool:
+        return isinstance(module, BaseTunerLayer) and hasattr(module, "set_scale") and \
+            adapter in getattr(module, "scaling", {})
 
     used: dict[str, float] = {}
     config = dict(base.unet.config)
     for name, module in base.unet.named_modules():
-        if isinstance(module, LoraLayer) and adapter in module.scaling:
+        if scalable(module):
             block = block_of(name.removeprefix("base_model.model."), config)
             used[block] = unet_scale * weights(block)
             module.set_scale(adapter, used[block])
     for encoder in base.text_encoders:
         for module in encoder.modules():
-            if isinstance(module, LoraLayer) and adapter in module.scaling:
+            if scalable(module):
                 used[BASE] = text_encoder_scale * weights.text_encoder
                 module.set_scale(adapter, used[BASE])
     return dict(sorted(used.items()))

@@ -121,3 +121,18 @@ def test_toml_arrays_of_weights_are_read(tmp_path: Path) -> None:
 def test_block_weights_default_to_one() -> None:
     weights = BlockWeights({"IN01": 0.5})
     assert (weights("IN01"), weights("OUT01")) == (0.5, 1.0)
+
+
+def test_generate_block_weights_scale_every_algorithm_by_block(tiny_sd15: Path) -> None:
+    from peft import LoHaConfig
+
+    from train.blocks import set_block_scales
+    from train.network import add_adapter
+
+    base = load_base(tiny_sd15)
+    add_adapter(base.unet, LoHaConfig(r=2, alpha=2, target_modules=["to_q", "to_v"]))
+    used = set_block_scales(base, lora_block_weights("OUTALL", "sd"), unet_scale=0.5, text_encoder_scale=1.0)
+    assert used == {"IN01": 0.0, "IN02": 0.0, "M01": 0.0, "OUT03": 0.5, "OUT04": 0.5, "OUT05": 0.5}
+    scales = {n: m.scaling["default"] for n, m in base.unet.named_modules() if hasattr(m, "hada_w1_a")}
+    assert {s for n, s in scales.items() if n.startswith("up_blocks.1")} == {0.5}
+    assert {s for n, s in scales.items() if not n.startswith("up_blocks.1")} == {0.0}

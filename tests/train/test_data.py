@@ -169,6 +169,7 @@ def test_manifest_class_tokens_reach_the_trainer_for_uncaptioned_and_reg_images(
     (tmp_path / "ds" / "astronaut.txt").unlink()          # no sidecar
     (tmp_path / "ds" / "eileen_happy.txt").write_text("")  # blank sidecar
     (tmp_path / "ds" / "reg" / "chelsea.txt").unlink()
+    (tmp_path / "ds" / "manifest.json").unlink()  # a fresh build: the class tokens given here apply to reg too
     options = ManifestOptions(trigger=TRIGGER, class_tokens="woman", buckets=BucketSettings((64, 64), 64, 64, 128),
                               reg_dirs=(tmp_path / "ds" / "reg",), allow_empty_captions=True)
     write_manifest(build_manifest(tmp_path / "ds", options), tmp_path / "ds" / "manifest.json")
