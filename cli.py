@@ -1139,7 +1139,7 @@ def train(
     train_text_encoder: Annotated[Optional[bool], typer.Option("--train-text-encoder/--no-train-text-encoder", help="Also train LoRA on the text encoder(s).", rich_help_panel="Network")] = None,
     train_text_encoder_only: Annotated[Optional[bool], typer.Option("--train-text-encoder-only", help="Train only the text-encoder LoRA, no UNet LoRA (sd-scripts network_train_text_encoder_only).", rich_help_panel="Network")] = None,
     text_encoder_lr: Annotated[Optional[float], typer.Option(help="Learning rate of the text-encoder LoRA (default: --lr).", rich_help_panel="Network")] = None,
-    init_weights: Annotated[Optional[str], typer.Option(help="Start from an existing LoRA/LoHa/LoKr file (kohya, LyCORIS or diffusers) of the same shape.", rich_help_panel="Network")] = None,
+    init_weights: Annotated[Optional[str], typer.Option(help="Start from an existing LoRA/LoHa/LoKr file (kohya, LyCORIS or diffusers): the network takes the file's layers, algorithm, ranks and alphas (sd-scripts' dim_from_weights); --rank/--alpha/--preset shape only parts the file lacks.", rich_help_panel="Network")] = None,
     down_lr_weight: Annotated[Optional[str], typer.Option(help="Per-block LR weights of the down blocks IN00–IN11 (SDXL IN00–IN08): '0,0,0.5,…' or cosine|sine|linear|reverse_linear|zeros[+BASE]; 0 = block not trained.", rich_help_panel="Block learning rates")] = None,
     mid_lr_weight: Annotated[Optional[str], typer.Option(help="LR weight of the middle block (SDXL: 3 values).", rich_help_panel="Block learning rates")] = None,
     up_lr_weight: Annotated[Optional[str], typer.Option(help="Per-block LR weights of the up blocks OUT00–OUT11 (SDXL OUT00–OUT08), like --down-lr-weight.", rich_help_panel="Block learning rates")] = None,

@@ -22,12 +22,13 @@ from train.batcher import Batcher, Conditioned
 from train.checkpoint import (LoopState, list_checkpoints, load_checkpoint, prune_checkpoints, resolve_resume,
                               restore_rng, save_checkpoint)
 from train.config import LossConfig, TrainConfig
+from train.from_weights import add_lora_from_file
 from train.losslog import LossLog
 from train.network import Network, add_lora, load_lora_state, lora_state_dict
 from train.optim import make_scheduler, training_optimizer
 from train.outputs import Sampler, export_lora, make_tracker, prune_exports
 from train.plan import TrainPlan, plan_training
-from train.prepare import init_from_lora, load_model, make_accelerator
+from train.prepare import load_model, make_accelerator
 
 
 class TrainingDiverged(LoraprepError):
@@ -105,12 +106,13 @@ def train(manifest_path: str | Path, config: TrainConfig, *, reporter: Reporter 
     plan = plan_training(manifest_path, config, num_processes=accelerator.num_processes)
     base = base if base is not None else load_model(config, accelerator.device)
     torch.manual_seed(hash_seed(run.seed, -1))  # the LoRA's random init: same seed, same start
-    network = add_lora(base.unet, base.text_encoders, config.network)
-    if config.network.init_weights:
-        init_from_lora(base, config.network.init_weights)
-    optimizer, notes = training_optimizer(base.unet, network, config)
+    if config.network.init_weights:  # the file decides the network's shape (sd-scripts' dim_from_weights)
+        network, notes = add_lora_from_file(base, config.network.init_weights, config.network)
+    else:
+        network, notes = add_lora(base.unet, base.text_encoders, config.network), []
+    optimizer, optimizer_notes = training_optimizer(base.unet, network, config)
     scheduler = make_scheduler(optimizer, config, plan.total_steps)
-    for note in notes:
+    for note in notes + optimizer_notes:
         reporter.note(note)
     state = LoopState()
     if run.resume:

@@ -52,9 +52,3 @@ def load_model(config: TrainConfig, device: Any) -> Any:
                 encoder.gradient_checkpointing_enable()
     return base
 
-
-def init_from_lora(base: Any, path: str) -> None:
-    """`--init-weights FILE`: start from an existing LoRA (checked against the base's family)."""
-    from train.export import load_lora_into
-
-    load_lora_into(base, path)
