@@ -1119,7 +1119,7 @@ def captions_edit(
 def train(
     manifest: Annotated[Path, typer.Argument(help="manifest.json (or the folder holding it) written by `loraprep manifest`.")],
     base: Annotated[Optional[str], typer.Option("--base", help="Base model: diffusers folder, .safetensors file or hub id.", rich_help_panel="Model")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="TOML file of settings (rank = 8, lr = 2e-4, … or in sections); flags override it.")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="TOML file of settings (rank = 8, lr = 2e-4, … or in sections); flags override it. An sd-scripts training or dataset TOML (network_dim = 4, [[datasets.subsets]], …) is translated with sd-scripts' meaning and defaults.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check manifest + config; print steps, batches, memory; load no weights.")] = False,
     allow_pickle: Annotated[Optional[bool], typer.Option("--allow-pickle", help="Accept .ckpt/pickle weights (loaded weights_only).", rich_help_panel="Model")] = None,
     prediction_type: Annotated[Optional[str], typer.Option(help="auto | epsilon | v_prediction.", rich_help_panel="Model")] = None,
@@ -1200,7 +1200,10 @@ def train(
     from train.config import FIELD_SECTION, load_config
 
     overrides = {k: v for k, v in locals().items() if k in FIELD_SECTION}
-    settings = load_config(config, overrides)
+    notes: list[str] = []
+    settings = load_config(config, overrides, notes=notes)
+    for note in notes:  # what an sd-scripts TOML's translation ignored, and why
+        out.print(f"[cyan]•[/] {esc(note)}", highlight=False)
     if settings.run.num_processes > 1 and not os.environ.get("LORAPREP_LAUNCHED"):
         from train.launch import relaunch
 

@@ -181,18 +181,31 @@ def _fields() -> Iterator[tuple[str, str]]:
 FIELD_SECTION: dict[str, str] = {name: section for section, name in _fields()}
 
 
-def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
-    """Defaults ← TOML file (if any) ← overrides (flat names, e.g. from CLI flags; None values ignored)."""
-    config = TrainConfig()
-    if path is not None:
-        config = build_config(_read_toml(Path(path)), base=config, source=str(path))
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None, *,
+                notes: list[str] | None = None) -> TrainConfig:
+    """Defaults ← an sd-scripts dataset config named by flags (if any) ← TOML file (if any) ← overrides
+    (flat names, e.g. from CLI flags; None values ignored). An sd-scripts TOML is translated
+    (train.kohya); what it ignores is appended to `notes`."""
+    notes = notes if notes is not None else []
+    from_file = _read_toml(Path(path), notes) if path is not None else {}
     flat = {k: v for k, v in (overrides or {}).items() if v is not None}
-    if flat:
-        config = build_config(_nest(flat, source="command line"), base=config, source="command line")
+    from_flags = _nest(flat, source="command line") if flat else {}
+    config = TrainConfig()
+    named = from_flags.get("data", {}).get("dataset_config") or from_file.get("data", {}).get("dataset_config")
+    if named and (path is None or Path(named).resolve() != Path(path).resolve()):
+        from train.kohya import read_dataset_config, translate_dataset
+
+        dataset = translate_dataset(read_dataset_config(named))
+        notes.extend(dataset.notes)
+        config = build_config(_nest(dataset.settings, source=str(named)), base=config, source=str(named))
+    if from_file:
+        config = build_config(from_file, base=config, source=str(path))
+    if from_flags:
+        config = build_config(from_flags, base=config, source="command line")
     return config
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_toml(path: Path, notes: list[str]) -> dict[str, Any]:
     try:
         with open(path, "rb") as handle:
             data = tomllib.load(handle)
@@ -200,6 +213,13 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise UsageError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path}: not valid TOML ({exc})") from exc
+    from train import kohya
+
+    if kohya.is_kohya(data, set(FIELD_SECTION), set(SECTIONS)):
+        translation = kohya.translate(data, path)
+        notes.append(f"{path.name} read as an sd-scripts config ({len(translation.settings)} settings translated)")
+        notes.extend(translation.notes)
+        return _nest(translation.settings, source=str(path))
     nested: dict[str, dict[str, Any]] = {}
     for key, value in data.items():
         if key in SECTIONS and not (key in FIELD_SECTION and not isinstance(value, dict)):  # `optimizer = "lion"`
@@ -386,7 +406,7 @@ def validate(config: TrainConfig) -> None:
 
 def parse_size(text: str, *, where: str = "resolution") -> tuple[int, int]:
     """"512" → (512, 512); "384x512" or "384,512" → (width, height), as sd-scripts' resolution reads."""
-    parts = [p.strip() for p in re.split(r"[x×,]", str(text).lower()) if p.strip()]
+    parts = [p.strip() for p in re.split(r"[x×,]", str(text).lower())]
     try:
         numbers = [int(p) for p in parts]
     except ValueError:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import random
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,8 +69,15 @@ class TrainingSet:
 
 
 def load_training_set(manifest_path: str | Path, *, keep_tokens: int | None = None,
-                      shuffle_caption: bool | None = None, verify: bool = True) -> TrainingSet:
-    """Read and check a manifest; `verify` re-hashes every image and caption sidecar against it."""
+                      shuffle_caption: bool | None = None, verify: bool = True, fixed_size: Size | None = None,
+                      subset_for: Callable[[Manifest, Path], Callable[[ImageRecord, Subset], Subset]] | None = None,
+                      ) -> TrainingSet:
+    """Read and check a manifest; `verify` re-hashes every image and caption sidecar against it.
+
+    `fixed_size` trains every image at one (width, height) instead of its bucket (sd-scripts'
+    enable_bucket = false: scaled to cover it, centre-trimmed). `subset_for(manifest, root)` returns
+    the subset settings each image trains with (an sd-scripts dataset config's subsets).
+    """
     path = Path(manifest_path)
     if path.is_dir():
         path = path / "manifest.json"
@@ -80,18 +87,21 @@ def load_training_set(manifest_path: str | Path, *, keep_tokens: int | None = No
         raise ManifestError(f"{path}: the manifest holds no images", hint="build it with `loraprep manifest DIR`")
     if verify:
         verify_files(manifest, root)
-    if not any(not manifest.subset(r.subset).is_reg for r in manifest.images):
-        raise ManifestError(f"{path}: every image is in a regularisation subset; nothing to learn from")
-    buckets = _buckets(manifest)
+    buckets = [fixed_size] * len(manifest.images) if fixed_size else _buckets(manifest)
+    override = subset_for(manifest, root) if subset_for is not None else None
     examples = []
     for index, (record, bucket) in enumerate(zip(manifest.images, buckets, strict=True)):
         subset = manifest.subset(record.subset)
+        if override is not None:
+            subset = override(record, subset)
         keep = keep_tokens if keep_tokens is not None else (
             subset.keep_tokens if subset.keep_tokens is not None else manifest.keep_tokens)
         caption = training_caption(record, subset, None if subset.is_reg else manifest.trigger)
         examples.append(Example(index, root / record.path, record, caption, bucket, max(0, subset.repeats),
                                 subset.is_reg, keep,
                                 subset.shuffle_caption if shuffle_caption is None else shuffle_caption))
+    if not any(not e.is_reg for e in examples):
+        raise ManifestError(f"{path}: every image is in a regularisation subset; nothing to learn from")
     return TrainingSet(manifest, root, tuple(e for e in examples if e.repeats > 0))
 
 

@@ -41,6 +41,10 @@ def lora_metadata(config: TrainConfig, plan: TrainPlan, state: LoopState, base: 
     """What the LoRA file records about its training (sd-scripts `ss_*` fields)."""
     manifest = plan.data.manifest
     resolution = manifest.buckets.resolution if manifest.buckets else (512, 512)
+    if config.data.fixed_resolution:
+        from train.config import parse_size
+
+        resolution = parse_size(config.data.fixed_resolution)
     o, r = config.optimizer, config.run
     return dict(
         title=r.name, trigger=manifest.trigger or "", resolution=tuple(resolution),
@@ -114,6 +118,10 @@ class Sampler:
 
         manifest = plan.data.manifest
         width, height = manifest.buckets.resolution if manifest.buckets else (512, 512)
+        if config.data.fixed_resolution:
+            from train.config import parse_size
+
+            width, height = parse_size(config.data.fixed_resolution)
         defaults = SampleDefaults(width=width, height=height, seed=config.run.seed, clip_skip=config.model.clip_skip,
                                   sampler=config.run.sample_sampler)
         return cls(base, parse_prompt_file(config.run.sample_prompts), defaults,

@@ -178,3 +178,23 @@ def test_manifest_class_tokens_reach_the_trainer_for_uncaptioned_and_reg_images(
     assert captions["eileen_happy.png"] == ("sks woman", False)
     assert captions["sylvie_blue_normal.png"] == (IMAGES["anime/sylvie_blue_normal.png"], False)
     assert captions["chelsea.png"] == ("woman", True)
+
+
+@pytest.mark.parametrize(("text", "size"), [("64", (64, 64)), ("64x96", (64, 96)), ("96,64", (96, 64))])
+def test_fixed_resolution_puts_every_image_at_one_size(multi_bucket: Path, text: str, size: tuple[int, int]) -> None:
+    from train.config import load_config, parse_size
+    from train.plan import plan_training
+
+    config = load_config(None, {"fixed_resolution": text, "batch_size": 3})
+    plan = plan_training(multi_bucket, config)
+    assert parse_size(text) == size and list(plan.bucket_batches) == [size]
+    assert {load_pixels(e)[0].size for e in plan.data.examples} == {size}  # scaled to cover, centre-trimmed
+
+
+@pytest.mark.parametrize("text", ["0", "63", "64x", "big"])
+def test_fixed_resolution_must_be_a_size(text: str) -> None:
+    from prep.errors import UsageError
+    from train.config import load_config
+
+    with pytest.raises(UsageError, match="fixed_resolution"):
+        load_config(None, {"fixed_resolution": text})
