@@ -404,7 +404,7 @@ def crop(
     max_faces: Annotated[Optional[int], typer.Option("--max-faces", help="Skip images with more faces than this.")] = None,
     skip_multi: Annotated[bool, typer.Option("--skip-multi", help="Skip images with more than one face.")] = False,
     one_per_face: Annotated[bool, typer.Option("--one-per-face", help="Group shots: one crop per detected face.")] = False,
-    detector: Annotated[str, typer.Option("--detector", help="auto, yunet, libfacedetection, haar or anime.")] = "auto",
+    detector: Annotated[str, typer.Option("--detector", help="auto (every detector available, merged), yunet, anime-cascade, libfacedetection, haar or anime.")] = "auto",
     detect_size: Annotated[int, typer.Option("--detect-size", help="Longest side of the reduced copy faces are detected on.")] = 640,
     bucket_resolution: Annotated[int, typer.Option("--resolution", help="Training resolution for --aspect bucket.")] = 512,
     colour: Colour = "white",
@@ -419,9 +419,10 @@ def crop(
     Detection runs on a reduced copy; crops are cut from the full-resolution image and written to
     --out with the source's caption and a `.loraprep.json` sidecar (source path and hash, crop box
     in source pixels, faces in crop pixels). Images with no face get one focal-point crop (the
-    centre of detail) and `faces: []`, so you can filter them later. `--detector auto` uses the best
-    detector available and says which; offline it falls back to libfacedetection or OpenCV's Haar
-    cascade, while a named detector whose model is missing stops with a `loraprep models pull` hint.
+    centre of detail; the upper part of a full-body sprite) and `faces: []`, so you can filter them
+    later. `--detector auto` needs no download: it merges the bundled YuNet (photos) and anime
+    cascade (drawn faces), plus libfacedetection and the anime YOLO model when present, and says
+    which ran; a named detector whose model is missing stops with a `loraprep models pull` hint.
     """
     from rich.table import Table
 
@@ -784,7 +785,7 @@ def captions_stats(
         if over := stats.tokens.over(limit):
             err.print(f"[yellow]warning:[/] {over} caption(s) longer than {limit} tokens (truncated in training)")
     if tag is not None:
-        out.print(f"{len(stats.tagged)} image(s) tagged '{esc(tag)}':")
+        out.print(f"{len(stats.tagged)} image(s) tagged '{esc(tag)}':", highlight=False)
         for image in stats.tagged:
             out.print(f"  {esc(image)}", highlight=False)
 
@@ -795,14 +796,16 @@ def captions_lint(
     folder: _CaptionDir,
     trigger: Annotated[Optional[str], typer.Option("--trigger", help="Check this trigger word is in every caption, first.")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="Token limit per caption (75, 150 or 225).")] = 75,
-    rare_max: Annotated[int, typer.Option("--rare-max", help="Tags in at most this many images are checked as typos.")] = 1,
+    rare_max: Annotated[int, typer.Option("--rare-max", help="Tags in at most this many images are checked for any one-letter difference from a tag 3× as common.")] = 1,
+    typo_ratio: Annotated[int, typer.Option("--typo-ratio", help="Any tag is a likely typo when a tag this many times as common is a swapped, dropped or doubled letter away (smlie → smile).")] = 10,
     limit: Annotated[int, typer.Option("--limit", help="Problems listed per kind (0: all).")] = 20,
     tokenizer: _Tokenizer = None,
     caption_extension: _CaptionExtension = ".txt",
     as_json: _AsJson = False,
 ) -> None:
-    """Find caption problems: missing/empty/orphan captions, trigger missing or not first, duplicate
-    tags, one tag spelled several ways, rare tags that look like typos, captions over the token limit.
+    """Find caption problems: missing/empty/orphan/non-UTF-8 captions, captions on several lines,
+    trigger missing or not first, duplicate tags, one tag spelled several ways, likely typos of
+    common tags, captions over the token limit.
 
     Exit code 1 when there is any problem (use it in scripts and CI).
     """
@@ -812,7 +815,7 @@ def captions_lint(
     from prep.captions.lint import KINDS, LintOptions, fix_commands, lint_dataset
 
     report = lint_dataset(load_dataset(folder, caption_extension), _token_counter(tokenizer),
-                          LintOptions(trigger, max_tokens, rare_max))
+                          LintOptions(trigger, max_tokens, rare_max, typo_ratio))
     if as_json:
         print_json(report.to_dict())
         raise typer.Exit(1 if report.problems else 0)
@@ -893,17 +896,17 @@ def _run_caption_edit(folder: Path, operation, having: list[str] | None, lacking
         print_json({"operation": plan.description, "dry_run": dry_run, **summary.to_dict(),
                     "written": [c.caption for c in result.written] if not dry_run else [],
                     "conflicts": list(result.conflicts),
+                    "skipped": [{"path": caption, "reason": why} for caption, why in plan.skipped],
                     "changes": [{"path": c.caption, "before": list(c.old), "after": list(c.new)} for c in done.changes]})
     else:
         _print_edit_summary(done, summary, result, dry_run, folder)
-    if result.conflicts:
+    if result.conflicts or plan.skipped:
         raise typer.Exit(1)
 
 
 def _print_edit_summary(plan, summary, result, dry_run: bool, folder: Path) -> None:
     from rich.table import Table
 
-    from prep.console import esc
 
     verb = "would change" if dry_run else "changed"
     out.print(f"[bold]{esc(plan.description)}[/]: {verb} {summary.files} of {summary.matched} matching caption(s)",
@@ -923,6 +926,8 @@ def _print_edit_summary(plan, summary, result, dry_run: bool, folder: Path) -> N
         out.print(f"  {' ' * len(change.caption)}  [green]+ {esc(', '.join(change.new))}[/]", highlight=False)
     if len(plan.changes) > 5:
         out.print(f"  … and {len(plan.changes) - 5} more")
+    for caption, why in plan.skipped:
+        err.print(f"[yellow]skipped:[/] {esc(caption)} is {esc(why)}", highlight=False)
     for caption in result.conflicts:
         err.print(f"[yellow]warning:[/] {esc(caption)} changed on disk since it was read; left as it is",
                   highlight=False)
@@ -944,9 +949,9 @@ def captions_add(
     caption_extension: _CaptionExtension = ".txt", as_json: _AsJson = False,
 ) -> None:
     """Add tags to every matching caption that lacks them; creates missing caption files."""
-    from prep.captions.edit import AddTags, parse_tags
+    from prep.captions.edit import AddTags, require_tags
 
-    _run_caption_edit(folder, AddTags(tuple(parse_tags(tags)), front), where, where_not, dry_run, as_json,
+    _run_caption_edit(folder, AddTags(require_tags(tags, "add"), front), where, where_not, dry_run, as_json,
                       caption_extension, include_missing=not where)
 
 
@@ -960,9 +965,10 @@ def captions_remove(
     caption_extension: _CaptionExtension = ".txt", as_json: _AsJson = False,
 ) -> None:
     """Remove tags from every matching caption. Example: `remove DS --regex '.*_background'`."""
-    from prep.captions.edit import RemoveTags, parse_tags
+    from prep.captions.edit import RemoveTags, require_tags
 
-    values = tuple(tags) if regex else tuple(parse_tags(tags))
+    values = require_tags(tags, "remove") if not regex else tuple(t for t in tags if t.strip()) or \
+        require_tags((), "remove")
     _run_caption_edit(folder, RemoveTags(values, regex), where, where_not, dry_run, as_json, caption_extension)
 
 
@@ -994,9 +1000,10 @@ def captions_move_first(
     caption_extension: _CaptionExtension = ".txt", as_json: _AsJson = False,
 ) -> None:
     """Move tags to the front where present (kohya's keep_tokens keeps the first ones unshuffled)."""
-    from prep.captions.edit import MoveFirst, parse_tags
+    from prep.captions.edit import MoveFirst, require_tags
 
-    _run_caption_edit(folder, MoveFirst(tuple(parse_tags(tags))), where, where_not, dry_run, as_json, caption_extension)
+    _run_caption_edit(folder, MoveFirst(require_tags(tags, "move-first")), where, where_not, dry_run, as_json,
+                      caption_extension)
 
 
 @captions_app.command("sort")
@@ -1031,6 +1038,23 @@ def captions_dedupe(
     from prep.captions.edit import Dedupe
 
     _run_caption_edit(folder, Dedupe(loose), where, where_not, dry_run, as_json, caption_extension)
+
+
+@captions_app.command("join-lines")
+@guard
+def captions_join_lines(
+    folder: _CaptionDir,
+    where: _Where = None, where_not: _WhereNot = None, dry_run: _DryRun = False,
+    caption_extension: _CaptionExtension = ".txt", as_json: _AsJson = False,
+) -> None:
+    """Put captions written on several lines on one line (kohya trains on the first line only).
+
+    The other bulk edits leave such captions alone, so an added tag never lands on a line that is
+    not trained; `captions lint` lists them (multi-line).
+    """
+    from prep.captions.edit import JoinLines
+
+    _run_caption_edit(folder, JoinLines(), where, where_not, dry_run, as_json, caption_extension)
 
 
 @captions_app.command("undo")
@@ -1077,10 +1101,10 @@ def _print_journal_step(result, verb: str, dry_run: bool, as_json: bool) -> None
                     "restored": list(result.restored), "unchanged": list(result.unchanged),
                     "forced": list(result.conflicts), "skipped": list(result.skipped)})
     elif result.entry is None:
-        out.print(f"nothing to {verb}")
+        out.print(f"nothing to {verb}", markup=False)
     else:
         entry = result.entry
-        head = f"would {verb}" if dry_run else f"{verb}ne"
+        head = esc(f"would {verb}" if dry_run else f"{verb}ne")
         count = len(result.restored)
         out.print(f"{head} [bold]{esc(entry.description)}[/] ({esc(entry.time)}): "
                   f"{'would restore' if dry_run else 'restored'} {count} caption(s)"
@@ -1099,16 +1123,19 @@ def captions_edit(
     trigger: Annotated[Optional[str], typer.Option("--trigger", help="Trigger word, for the lint checks.")] = None,
     caption_extension: _CaptionExtension = ".txt",
 ) -> None:
-    """Edit captions in a terminal UI (works over SSH, 80×24 and up); every change is saved at once.
+    """Edit captions in a terminal UI (works over SSH, 80×24 and up); every change is saved at once,
+    in the same undo journal as the bulk commands (`captions undo` sees editor edits and `u` sees theirs).
 
-    Keys: n/p next/previous image, a accept, d delete tag, + add tag, t toggle tag, K/J move tag,
-    u/U undo/redo, e next lint problem, / filter (tag, =tag, -tag, lint, lint:KIND, noface, todo), A apply the
-    last tag change to all filtered images, q quit. Previews are drawn only for the selected image.
+    Keys: n/p next/previous image, a accept, d delete tag, + add tags (Tab completes from the
+    dataset's tags), r rename a tag, R replace it in all filtered images, t toggle, K/J move,
+    u/U undo/redo, e next lint problem, / filter (`=1girl =smile -hat`: all must hold; also tag,
+    lint, lint:KIND, noface, todo, done, in:FOLDER), A repeat the last change on all filtered images
+    (asks first), T the dataset's tags with counts, f full paths, ? every key, q quit.
     """
     from prep.captions.lint import LintOptions
     from prep.review.app import CaptionEditor
 
-    sweep_leftovers(folder)
+    # The editor removes leftovers itself, off the UI thread, and says so in its status line.
     CaptionEditor(folder, extension=caption_extension, lint_options=LintOptions(trigger=trigger)).run()
 
 
@@ -1121,6 +1148,7 @@ def train(
     base: Annotated[Optional[str], typer.Option("--base", help="Base model: diffusers folder, .safetensors file or hub id.", rich_help_panel="Model")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="TOML file of settings (rank = 8, lr = 2e-4, … or in sections); flags override it. An sd-scripts training or dataset TOML (network_dim = 4, [[datasets.subsets]], …) is translated with sd-scripts' meaning and defaults.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check manifest + config; print steps, batches, memory; load no weights.")] = False,
+    base_config: Annotated[Optional[str], typer.Option(help="Diffusers config folder of the family, for single-file bases offline.", rich_help_panel="Model")] = None,
     allow_pickle: Annotated[Optional[bool], typer.Option("--allow-pickle", help="Accept .ckpt/pickle weights (loaded weights_only).", rich_help_panel="Model")] = None,
     prediction_type: Annotated[Optional[str], typer.Option(help="auto | epsilon | v_prediction.", rich_help_panel="Model")] = None,
     clip_skip: Annotated[Optional[int], typer.Option(help="1 = last text-encoder layer, 2 = penultimate.", rich_help_panel="Model")] = None,
@@ -1153,6 +1181,7 @@ def train(
     flip: Annotated[Optional[bool], typer.Option("--flip/--no-flip", help="Random horizontal flips.", rich_help_panel="Data")] = None,
     color_aug: Annotated[Optional[bool], typer.Option("--color-aug/--no-color-aug", help="Small colour jitter (needs --cache-latents off).", rich_help_panel="Data")] = None,
     prior_loss_weight: Annotated[Optional[float], typer.Option(help="Loss weight of regularisation images.", rich_help_panel="Data")] = None,
+    reg_balance: Annotated[Optional[bool], typer.Option("--reg-balance/--no-reg-balance", help="Repeat or leave out regularisation images so an epoch holds as many as training images, as sd-scripts does (default on).", rich_help_panel="Data")] = None,
     fixed_resolution: Annotated[Optional[str], typer.Option(help="Train every image at this one size (512 or WIDTHxHEIGHT: scaled to cover, centre-trimmed) instead of its bucket; sd-scripts enable_bucket = false.", rich_help_panel="Data")] = None,
     dataset_config: Annotated[Optional[str], typer.Option(help="An sd-scripts dataset TOML: its subsets' num_repeats, class_tokens, is_reg, keep_tokens… apply to the manifest's images in those folders.", rich_help_panel="Data")] = None,
     optimizer: Annotated[Optional[str], typer.Option(help="adamw | adamw8bit | lion | adafactor | prodigy | sgdnesterov | dadaptadam | dadaptlion | dadaptsgd | dadaptadagrad | dadaptadan | dadaptation (sd-scripts' names).", rich_help_panel="Optimizer")] = None,
@@ -1177,6 +1206,9 @@ def train(
     cache_latents: Annotated[Optional[str], typer.Option(help="memory (default) | disk | off.", rich_help_panel="Run and checkpoints")] = None,
     cache_dir: Annotated[Optional[str], typer.Option(help="Disk latent cache folder (default OUTPUT/cache).", rich_help_panel="Run and checkpoints")] = None,
     cache_text_encoder: Annotated[Optional[bool], typer.Option("--cache-text-encoder/--no-cache-text-encoder", help="Reuse text-encoder outputs when it is frozen.", rich_help_panel="Run and checkpoints")] = None,
+    vae_batch_size: Annotated[Optional[int], typer.Option(help="Images per VAE call while caching latents (default 1).", rich_help_panel="Run and checkpoints")] = None,
+    vae_dtype: Annotated[Optional[str], typer.Option(help="auto (bf16 for SDXL on a bf16 GPU, else fp32) | fp32 | bf16 | fp16.", rich_help_panel="Run and checkpoints")] = None,
+    vae_tiling: Annotated[Optional[bool], typer.Option("--vae-tiling/--no-vae-tiling", help="Encode large buckets in tiles: less memory, slightly different latents.", rich_help_panel="Run and checkpoints")] = None,
     save_every_steps: Annotated[Optional[int], typer.Option(help="Checkpoint every N steps.", rich_help_panel="Run and checkpoints")] = None,
     save_every_epochs: Annotated[Optional[int], typer.Option(help="Checkpoint every N epochs (default 1).", rich_help_panel="Run and checkpoints")] = None,
     save_last: Annotated[Optional[int], typer.Option(help="Keep only the newest K checkpoints.", rich_help_panel="Run and checkpoints")] = None,
@@ -1208,11 +1240,16 @@ def train(
         from train.launch import relaunch
 
         raise typer.Exit(relaunch(sys.argv[1:], settings.run.num_processes))
+    from train.plan import inspect_base
+
+    checked = inspect_base(settings)
     out.print(_config_table(settings))
     if dry_run:
         from train.plan import plan_training
 
         out.print(_plan_table(plan_training(manifest, settings, num_processes=settings.run.num_processes)))
+        out.print(f"base model: {esc(str(checked.path))} ({checked.label}, {checked.kind}); checked, not loaded",
+                  highlight=False)
         return
     from train.loop import train as run_training
 
@@ -1314,7 +1351,7 @@ app.add_typer(lora_app, name="lora")
 @lora_app.command("info")
 @guard
 def lora_info(
-    file: Annotated[Path, typer.Argument(help="A LoRA .safetensors file.")],
+    file: Annotated[Path, typer.Argument(help="A LoRA .safetensors file.", exists=True, dir_okay=False)],
     keys: Annotated[bool, typer.Option("--keys", help="Also list every tensor with its shape.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
@@ -1322,7 +1359,6 @@ def lora_info(
     clients apply the file exactly, size and training metadata of a LoRA."""
     from rich.table import Table
 
-    from prep.console import esc
     from train.export import describe_lora, read_lora
 
     info = describe_lora(file)

@@ -14,7 +14,10 @@ with it forced off (full decode, crops re-encoded).
 
 `--no-lossless` runs only the decode path.
 
-`--models` names a folder holding face_detection_yunet.onnx (default: $LORAPREP_TEST_MODELS, then
+`auto` is what `loraprep crop` runs with nothing downloaded (the bundled YuNet and anime cascade,
+libfacedetection when `yuface` is installed, the anime YOLO when its model is in `--models`);
+`bundled` is `auto` on a plain install without `yuface`: YuNet and the anime cascade merged.
+`--models` names a folder holding anime_face_detection.onnx (default: $LORAPREP_TEST_MODELS, then
 ../shared/models); detectors whose model is missing are reported and skipped.
 """
 
@@ -38,8 +41,10 @@ from prep.crop import CropOptions, crop_folder  # noqa: E402
 from prep.errors import ModelNotAvailable  # noqa: E402
 from prep.images import open_image  # noqa: E402
 from prep.jpegcrop import ENABLE_HINT, load_turbojpeg  # noqa: E402
-from prep.faces import (AnimeYoloDetector, FaceDetector, HaarDetector, LibFaceDetectionDetector,  # noqa: E402
-                        YuNetDetector)
+from prep.faces import (AnimeCascadeDetector, AnimeYoloDetector, CombinedDetector, FaceDetector,  # noqa: E402
+                        HaarDetector, LibFaceDetectionDetector, YuNetDetector, detector_from_name, yunet_file)
+
+DETECTORS = ["auto", "bundled", "yunet", "anime-cascade", "libfacedetection", "haar", "anime"]
 
 SOURCES = ["photos/astronaut.png", "photos/camera.png", "photos/chelsea.png", "photos/coffee.png",
            "photos/rocket.jpg", "anime/concert1.jpg"]
@@ -90,12 +95,29 @@ def line(label: str, count: int, wall: float, cpu: float, base: tuple[float, flo
             f"cpu {cpu:6.2f} s ratio {cpu / base[1]:4.2f}{extra}")
 
 
-def detectors(models: Path) -> list[tuple[str, FaceDetector | None, str]]:
+def detectors(models: Path, wanted: list[str]) -> list[tuple[str, FaceDetector | None, str]]:
     found: list[tuple[str, FaceDetector | None, str]] = []
-    for name, build in [("yunet", lambda: YuNetDetector(models / "face_detection_yunet.onnx")),
+    def auto() -> FaceDetector:
+        with tempfile.TemporaryDirectory() as cache:  # a fresh model cache: only what ships, plus --models
+            if (models / "anime_face_detection.onnx").is_file():
+                (Path(cache) / "anime-face").mkdir()
+                (Path(cache) / "anime-face" / "anime_face_detection.onnx").symlink_to(models / "anime_face_detection.onnx")
+            before = os.environ.get("LORAPREP_MODELS")
+            os.environ["LORAPREP_MODELS"] = cache
+            try:
+                return detector_from_name("auto")
+            finally:
+                os.environ.pop("LORAPREP_MODELS") if before is None else os.environ.update(LORAPREP_MODELS=before)
+
+    for name, build in [("auto", auto),
+                        ("bundled", lambda: CombinedDetector([YuNetDetector(yunet_file()), AnimeCascadeDetector()])),
+                        ("yunet", lambda: YuNetDetector(yunet_file())),
+                        ("anime-cascade", AnimeCascadeDetector),
                         ("libfacedetection", LibFaceDetectionDetector),
                         ("haar", HaarDetector),
                         ("anime", lambda: AnimeYoloDetector(models / "anime_face_detection.onnx"))]:
+        if name not in wanted:
+            continue
         try:
             found.append((name, build(), ""))
         except ModelNotAvailable as exc:
@@ -108,7 +130,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=50)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--no-lossless", action="store_true", help="only the decode path")
-    parser.add_argument("--detector", action="append", choices=["yunet", "libfacedetection", "haar", "anime"],
+    parser.add_argument("--detector", action="append", choices=DETECTORS,
                         help="only this detector (repeatable; default: all)")
     parser.add_argument("--models", type=Path,
                         default=Path(os.environ.get("LORAPREP_TEST_MODELS") or ROOT.parent / "shared" / "models"))
@@ -130,9 +152,7 @@ def main() -> None:
         if True in modes and load_turbojpeg() is None:
             print(f"lossless JPEG path unavailable: {ENABLE_HINT}")
             modes = [False]
-        for name, detector, why in detectors(args.models):
-            if args.detector and name not in args.detector:
-                continue
+        for name, detector, why in detectors(args.models, args.detector or DETECTORS):
             if detector is None:
                 print(f"{f'crop + detect ({name})':<30} skipped: {why}")
                 continue

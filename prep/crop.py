@@ -30,7 +30,7 @@ from prep.atomic import write_bytes_atomic
 from prep.buckets import BucketPlan, bucket_for
 from prep.errors import LoraprepError, UsageError
 from prep.faces import DETECTOR_NAMES, FaceDetector, detector_from_name
-from prep.focal import content_box, focal_point
+from prep.focal import content_box, figure_box, focal_point
 from prep.images import (DEFAULT_MAX_PIXELS, WHITE, flatten_alpha, is_image_path, open_image, save_image_atomic,
                          sha256_file)
 from prep.jpegcrop import ENABLE_HINT, LosslessJpeg, load_turbojpeg, open_lossless
@@ -225,6 +225,15 @@ def largest_box_at(point: tuple[float, float], ratio: float, size: tuple[int, in
     return (max(0, round(x0)), max(0, round(y0)), min(width, round(x1)), min(height, round(y1)))
 
 
+def top_of(figure: FBox, ratio: float, size: tuple[int, int], headroom: float = 0.04) -> Box:
+    """The largest box of aspect `ratio` inside the image, centred on the figure across and
+    starting just above its top (a little headroom), so a standing figure keeps its head."""
+    width, height = size
+    h = min(float(width), height * ratio) / ratio
+    top = max(0.0, figure[1] - headroom * h)
+    return largest_box_at(((figure[0] + figure[2]) / 2, top + h / 2), ratio, size)
+
+
 def bucket_ratio(region: FBox, resolution: int) -> float:
     """Aspect of the bucket nearest the region's own shape (`--aspect bucket`)."""
     plan = BucketPlan(resolution=(resolution, resolution), max_size=max(1024, resolution * 2))
@@ -290,10 +299,15 @@ def plan_crops(size: tuple[int, int], faces: Sequence[Face], detection: np.ndarr
     if not face_presets:
         return plans
     if not faces:
-        point = focal_point(detection)
-        point = (point[0] * scale, point[1] * scale)
         whole = (0.0, 0.0, float(size[0]), float(size[1]))
-        plans.append(CropPlan("focal", "focal", largest_box_at(point, ratio_for(whole), size), "exact", None))
+        figure = figure_box(detection)
+        if figure is not None:  # a cut-out figure: its head is at the top, whatever the detail says
+            top = (figure[0] * scale, figure[1] * scale, figure[2] * scale, figure[3] * scale)
+            box = top_of(top, ratio_for(whole), size)
+        else:
+            point = focal_point(detection)
+            box = largest_box_at((point[0] * scale, point[1] * scale), ratio_for(whole), size)
+        plans.append(CropPlan("focal", "focal", box, "exact", None))
         return plans
     subjects = range(len(faces)) if options.one_per_face else [max(range(len(faces)), key=lambda i: _area(boxes[i]))]
     for index in subjects:

@@ -1,8 +1,10 @@
 """Where to crop when there is no face: the focal point and the dead space around the subject.
 
 Like the WebUI's "auto focal point", the point is the centre of mass of detail (edge energy),
-pulled gently towards the middle so a busy border does not win over the subject. Pure functions
-over small arrays: the crop step hands in its reduced detection image.
+pulled gently towards the middle so a busy border does not win over the subject. A standing figure
+cut out on a transparent or flat background (a character sprite) is the exception: its detail
+sits in the clothes, its head at the top, so there the crop keeps the top (`figure_box`). Pure
+functions over small arrays: the crop step hands in its reduced detection image.
 """
 
 from __future__ import annotations
@@ -58,3 +60,32 @@ def content_box(image: np.ndarray, tolerance: int = 12) -> Box:
     if len(xs) == 0 or len(ys) == 0:
         return (0, 0, width, height)
     return (int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1)
+
+
+FLAT_TOLERANCE = 12
+FLAT_SHARE = 0.75  # sprites cut off at the bottom edge have 84-88% of their border flat, photos at most a third
+
+
+def border_pixels(image: np.ndarray, width: int = 2) -> np.ndarray:
+    """The outermost `width` rings of pixels, as (N, channels)."""
+    channels = image.shape[2]
+    return np.concatenate([image[:width].reshape(-1, channels), image[-width:].reshape(-1, channels),
+                           image[:, :width].reshape(-1, channels), image[:, -width:].reshape(-1, channels)])
+
+
+def flat_border(image: np.ndarray, tolerance: int = FLAT_TOLERANCE, share: float = FLAT_SHARE) -> np.ndarray | None:
+    """The colour (RGB) of a flat background: the median border pixel, when at least `share` of the
+    border lies within `tolerance` of it on every channel; None for a busy border."""
+    ring = border_pixels(image[:, :, :3].astype(np.int16))
+    colour = np.median(ring, axis=0)
+    return colour if float((np.abs(ring - colour) <= tolerance).all(axis=1).mean()) >= share else None
+
+
+def figure_box(image: np.ndarray, tallness: float = 1.3) -> Box | None:
+    """The content box of a standing figure cut out on a transparent or flat background (at least
+    `tallness` times taller than wide), or None for any other picture."""
+    transparent = image.ndim == 3 and image.shape[2] == 4 and float((image[:, :, 3] <= 8).mean()) > 0.05
+    if not transparent and (image.ndim != 3 or flat_border(image) is None):
+        return None
+    box = content_box(image)
+    return box if box[3] - box[1] >= tallness * (box[2] - box[0]) else None

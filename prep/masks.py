@@ -26,6 +26,7 @@ import numpy as np
 from prep import models
 from prep.errors import UsageError
 from prep.faces import FaceDetector, detect_scaled
+from prep.focal import FLAT_TOLERANCE, flat_border
 from prep.progress import SILENT, Reporter
 from prep.records import Box
 
@@ -71,27 +72,16 @@ def mask_problem(matte: np.ndarray, faces: Sequence[Box]) -> str | None:
 
 # ---- flat backgrounds: flood fill from the border
 
-def border_pixels(image: np.ndarray, width: int = 2) -> np.ndarray:
-    """The outermost `width` rings of pixels, as (N, channels)."""
-    return np.concatenate([image[:width].reshape(-1, image.shape[2]), image[-width:].reshape(-1, image.shape[2]),
-                           image[:, :width].reshape(-1, image.shape[2]), image[:, -width:].reshape(-1, image.shape[2])])
-
-
-def flat_background(image: np.ndarray, tolerance: int = 12, share: float = 0.75) -> np.ndarray | None:
-    """Subject mask of an image on one flat colour, or None when its border is not flat.
-
-    The border colour is the median border pixel; when at least `share` of the border lies within
-    `tolerance` of it, the background is every pixel within tolerance that connects to the border.
-    (Sprites cut off at the bottom edge have 84-88% of their border flat, photos at most a third.)
-    """
+def flat_background(image: np.ndarray, tolerance: int = FLAT_TOLERANCE) -> np.ndarray | None:
+    """Subject mask of an image on one flat colour (`prep.focal.flat_border`), or None when its
+    border is not flat: the background is every pixel within `tolerance` of that colour that
+    connects to the border."""
     import cv2
 
-    rgb = image[:, :, :3].astype(np.int16)
-    ring = border_pixels(rgb)
-    colour = np.median(ring, axis=0)
-    if float((np.abs(ring - colour) <= tolerance).all(axis=1).mean()) < share:
+    colour = flat_border(image, tolerance)
+    if colour is None:
         return None
-    near = (np.abs(rgb - colour) <= tolerance).all(axis=2).astype(np.uint8)
+    near = (np.abs(image[:, :, :3].astype(np.int16) - colour) <= tolerance).all(axis=2).astype(np.uint8)
     _, labels = cv2.connectedComponents(near, connectivity=4)
     edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     background = np.isin(labels, edge[edge != 0])  # label 0: the pixels unlike the border colour

@@ -250,6 +250,9 @@ def hub_unreachable(timeout: float | None = None) -> str | None:
     host = urlsplit(url).netloc
     outcome: list[str | None] = []
 
+    silent = (f"{host} did not answer within {timeout:g} s (no network? on a slow link raise "
+              f"LORAPREP_HUB_PROBE_SECONDS)")
+
     def ask() -> None:
         try:
             urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
@@ -258,15 +261,15 @@ def hub_unreachable(timeout: float | None = None) -> str | None:
             outcome.append(None)
         except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
-            outcome.append(f"{host} cannot be reached ({getattr(reason, 'strerror', None) or reason})")
+            if isinstance(reason, TimeoutError):  # the socket's own timeout fired first: same case
+                outcome.append(silent)
+            else:
+                outcome.append(f"{host} cannot be reached ({getattr(reason, 'strerror', None) or reason})")
 
     probe = threading.Thread(target=ask, daemon=True)
     probe.start()
     probe.join(timeout)
-    if not outcome:
-        return (f"{host} did not answer within {timeout:g} s (no network? on a slow link raise "
-                f"LORAPREP_HUB_PROBE_SECONDS)")
-    return outcome[0]
+    return outcome[0] if outcome else silent
 
 
 def pull(name: str) -> Path:

@@ -8,7 +8,8 @@ and bucket, how it was cropped, and the first caption tags.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,24 +78,57 @@ def thumbnail(cell: SheetCell, size: int) -> Image.Image:
     return tile
 
 
+def wrap_label(text: str, fits: Callable[[str], bool]) -> list[str]:
+    """`text` broken into lines that each `fits`: at spaces where it can, then after a '+', '/',
+    '_' or '-', and inside a word only when nothing else fits. No character is dropped."""
+    lines: list[str] = []
+    line = ""
+    for word in re.findall(r"\S+\s*", text):
+        if fits(line + word.rstrip()):
+            line += word
+            continue
+        if line.strip():
+            lines.append(line.rstrip())
+        line = ""
+        for piece in re.findall(r"[^+/_-]*[+/_-]|[^+/_-]+", word):
+            while not fits(line + piece.rstrip()):
+                if line:
+                    lines.append(line.rstrip())
+                    line = ""
+                    continue
+                cut = max(1, max((n for n in range(1, len(piece) + 1) if fits(piece[:n])), default=1))
+                lines.append(piece[:cut])
+                piece = piece[cut:]
+            line += piece
+    if line.strip() or not lines:
+        lines.append(line.rstrip())
+    return lines
+
+
 def render_sheet(cells: Sequence[SheetCell], columns: int = 6, thumb: int = 256) -> Image.Image:
-    """A grid of thumbnails with their labels underneath."""
+    """A grid of thumbnails with their labels underneath, wrapped to the thumbnail's width (every
+    row of labels as tall as the longest one needs: nothing is cut)."""
     font_size = max(10, thumb // 18)
     font = _font(font_size)
-    label_height = LABEL_LINES * (font_size + 3) + 4
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def fits(text: str) -> bool:
+        return measure.textlength(text, font=font) <= thumb - 4
+
+    labels = [[part for line in cell.lines[:LABEL_LINES] for part in wrap_label(line, fits)] for cell in cells]
+    line_height = font_size + 3
+    label_height = max([LABEL_LINES, *(len(lines) for lines in labels)]) * line_height + 4
     columns = max(1, min(columns, len(cells) or 1))
     rows = max(1, math.ceil(len(cells) / columns))
     gap = 6
     sheet = Image.new("RGB", (columns * (thumb + gap) + gap, rows * (thumb + label_height + gap) + gap), (24, 24, 24))
     draw = ImageDraw.Draw(sheet)
-    max_chars = max(8, int(thumb / (font_size * 0.55)))
-    for index, cell in enumerate(cells):
+    for index, (cell, lines) in enumerate(zip(cells, labels, strict=True)):
         x = gap + (index % columns) * (thumb + gap)
         y = gap + (index // columns) * (thumb + label_height + gap)
         sheet.paste(thumbnail(cell, thumb), (x, y))
-        for line_no, line in enumerate(cell.lines[:LABEL_LINES]):
-            text = line if len(line) <= max_chars else line[:max_chars - 2] + ".."
-            draw.text((x + 2, y + thumb + 2 + line_no * (font_size + 3)), text, fill=(230, 230, 230), font=font)
+        for line_no, line in enumerate(lines):
+            draw.text((x + 2, y + thumb + 2 + line_no * line_height), line, fill=(230, 230, 230), font=font)
     return sheet
 
 

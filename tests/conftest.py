@@ -1,4 +1,4 @@
-"""Shared fixtures: the real test images (copied from ../shared/testdata) and the offline YuNet model."""
+"""Shared fixtures: the real test images (copied from ../shared/testdata) and the bundled detectors."""
 
 from __future__ import annotations
 
@@ -27,14 +27,24 @@ def faces_truth() -> dict[str, list[list[int]]]:
 
 @pytest.fixture(scope="session")
 def yunet_model() -> Path:
-    """The YuNet ONNX file, from the folder in $LORAPREP_TEST_MODELS (.ci/run sets it to ../shared/models)."""
-    folder = os.environ.get(MODELS_ENV)
-    if not folder:
-        pytest.skip(f"YuNet model not available: set ${MODELS_ENV} to a folder holding face_detection_yunet.onnx")
-    path = Path(folder) / "face_detection_yunet.onnx"
-    if not path.is_file():
-        pytest.skip(f"YuNet model not available: {path} does not exist")
-    return path
+    """The YuNet ONNX file loraprep ships in prep/data/ (no download, never skipped)."""
+    from prep.faces import DATA as BUNDLED
+    from prep.faces import YUNET_FILE
+
+    return BUNDLED / YUNET_FILE
+
+
+@pytest.fixture(scope="session")
+def anime_cascade() -> Path:
+    """nagadomi's lbpcascade_animeface.xml: the copy in prep/data/, else one in $LORAPREP_TEST_MODELS."""
+    from prep.faces import ANIME_CASCADE_FILE
+    from prep.faces import DATA as BUNDLED
+
+    for folder in (BUNDLED, os.environ.get(MODELS_ENV)):
+        if folder and (Path(folder) / ANIME_CASCADE_FILE).is_file():
+            return Path(folder) / ANIME_CASCADE_FILE
+    pytest.skip(f"anime face cascade not available: {ANIME_CASCADE_FILE} is neither in prep/data/ "
+                f"nor in ${MODELS_ENV}")
 
 
 @pytest.fixture(autouse=True)

@@ -2,19 +2,30 @@
 
 Why one object: the caption and flip draws, the cache keys and the encoders must agree, so the
 Batcher is the one place where an example becomes what the UNet sees, through the caches.
+
+Caches are filled before the first step (`fill_caches`), so training runs without the VAE (and,
+when captions cannot vary, without the text encoders) and the first epoch is not slower than the
+rest. Latents are encoded in fixed groups (per bucket, in manifest order, `vae_batch_size` at a
+time) and a caption is encoded on its own: a batched encode differs from single ones in the last
+bits, so what a cache holds must never depend on which entries happened to be missing. That is what
+makes a run resumed from any checkpoint reach the uninterrupted run's weights bit for bit.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prep.progress import SILENT, Reporter
 from train.cache import TensorCache, latent_cache, latent_key, text_key
 from train.config import TrainConfig
-from train.data import (CaptionOptions, Example, TrainingSet, colour_jitter, epoch_batches, load_pixels, placement,
-                        process_caption, sample_rng, to_array)
+from train.data import (CaptionOptions, Example, TrainingSet, caption_variants, colour_jitter, epoch_batches,
+                        load_pixels, placement, process_caption, sample_rng, to_array)
+
+LatentItem = tuple[str, int, bool]  # (cache key, example position, flipped)
 
 
 @dataclass
@@ -41,12 +52,67 @@ class Batcher:
         trains_te = config.network.train_text_encoder
         self.texts: TensorCache | None = TensorCache() if config.run.cache_text_encoder and not trains_te else None
         ids = base.component_ids or {}
-        self.vae_id = ids.get("vae", base.model_id)
+        vae = base.vae
+        tiled = "/tiled" if getattr(vae, "use_tiling", False) else ""
+        self.vae_id = f"{ids.get('vae', base.model_id)}/{str(vae.dtype).removeprefix('torch.')}{tiled}"
         encoders = ("text_encoder", "text_encoder_2")[:len(base.text_encoders)]
         self.text_id = "+".join(ids.get(k, base.model_id) for k in encoders) + f"/clip_skip={config.model.clip_skip}"
         self.captions = CaptionOptions(data.manifest.trigger, config.data.caption_dropout, config.data.tag_dropout)
-        self.scaling = float(base.vae.config.scaling_factor)
+        self.scaling = float(vae.config.scaling_factor)
         self._torch = torch
+        self._groups = self._latent_groups() if self.latents is not None else {}
+        variants = [caption_variants(e.caption, keep_tokens=e.keep_tokens, shuffle=e.shuffle, options=self.captions)
+                    for e in data.examples]
+        self.fixed_captions = list(dict.fromkeys(c for v in variants if v is not None for c in v))
+        self.captions_vary = any(v is None for v in variants)
+
+    # ------------------------------------------------------------ before training
+
+    @property
+    def needs_vae(self) -> bool:
+        """Whether steps encode images (no latent cache); with one, every latent is filled beforehand."""
+        return self.latents is None
+
+    @property
+    def needs_text_encoders(self) -> bool:
+        """Whether steps run the text encoders: they train, outputs are not cached, or captions vary."""
+        return self.texts is None or self.captions_vary
+
+    def fill_caches(self, reporter: Reporter = SILENT) -> None:
+        """Encode every latent, and every caption that cannot vary, before the first step."""
+        if self.latents is not None:
+            groups = [g for g in dict.fromkeys(self._groups.values())
+                      if not all(self.latents.contains(key) for key, _, _ in g)]
+            if groups:
+                with reporter.task("caching latents", sum(len(g) for g in groups)) as advance:
+                    for group in groups:
+                        self._encode_group(group)
+                        advance(len(group))
+        if self.texts is not None:
+            captions = [c for c in self.fixed_captions if not self.texts.contains(self._text_key(c))]
+            if captions:
+                with reporter.task("caching text-encoder outputs", len(captions)) as advance:
+                    for caption in captions:
+                        self.texts.put(self._text_key(caption), self._encode_text(caption))
+                        advance(1)
+
+    def _latent_groups(self) -> dict[str, tuple[LatentItem, ...]]:
+        """Each latent's fixed VAE group: per bucket, in manifest order (each flip after its image)."""
+        flips = (False, True) if self.config.data.flip else (False,)
+        by_bucket: dict[tuple[int, int], list[LatentItem]] = defaultdict(list)
+        for position, example in enumerate(self.data.examples):
+            for flip in flips:
+                by_bucket[example.bucket].append((self._latent_key(example, flip), position, flip))
+        size = self.config.run.vae_batch_size
+        groups: dict[str, tuple[LatentItem, ...]] = {}
+        for bucket in sorted(by_bucket):
+            items = by_bucket[bucket]
+            for start in range(0, len(items), size):
+                group = tuple(items[start:start + size])
+                groups.update((key, group) for key, _, _ in group)
+        return groups
+
+    # ------------------------------------------------------------ during training
 
     def groups(self, epoch: int, accelerator: Any) -> list[tuple[int, list[tuple[int, ...]]]]:
         """This process's batches of one epoch, grouped for gradient accumulation: (first index, batches)."""
@@ -86,19 +152,31 @@ class Batcher:
                 (example.bucket[1], example.bucket[0]))
 
     def _latents(self, examples: Sequence[Example], draws: Sequence[tuple[bool, str, Any]]) -> Any:
-        """Cached latents where there are some; the misses are encoded together in one VAE call."""
+        """Host latents for the batch: from the cache, else the batch's images in one VAE call."""
         torch = self._torch
+        if self.latents is None:
+            return self._encode(torch.stack([self._pixels(e, flip, rng) for e, (flip, _, rng)
+                                             in zip(examples, draws, strict=True)]))
         keys = [self._latent_key(e, flip) for e, (flip, _, _) in zip(examples, draws, strict=True)]
-        found = self.latents.get_many(keys) if self.latents is not None else [None] * len(keys)
-        missing = [i for i, item in enumerate(found) if item is None]
-        if missing:
-            pixels = torch.stack([self._pixels(examples[i], draws[i][0], draws[i][2]) for i in missing])
-            vae = self.base.vae
-            with torch.no_grad():
-                encoded = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mode()
-            for i, latent in zip(missing, (encoded * self.scaling).float().cpu(), strict=True):
-                found[i] = {"latent": latent} if self.latents is None else self.latents.put(keys[i], {"latent": latent})
+        found = self.latents.get_many(keys)
+        for i, item in enumerate(found):
+            if item is None:  # not there any more (a damaged disk entry): its fixed group again
+                self._encode_group(self._groups[keys[i]])
+                found[i] = self.latents.get(keys[i])
         return torch.stack([item["latent"] for item in found])
+
+    def _encode_group(self, group: Sequence[LatentItem]) -> None:
+        assert self.latents is not None
+        pixels = self._torch.stack([self._pixels(self.data.examples[i], flip, None) for _, i, flip in group])
+        for (key, _, _), latent in zip(group, self._encode(pixels), strict=True):
+            self.latents.put(key, {"latent": latent})
+
+    def _encode(self, pixels: Any) -> Any:
+        """Scaled latents on the host; the VAE runs wherever its weights are, in their dtype."""
+        vae = self.base.vae
+        with self._torch.no_grad():
+            encoded = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mode()
+        return (encoded * self.scaling).float().cpu()
 
     def _latent_key(self, example: Example, flip: bool) -> str:
         place = placement(example.record.size, example.bucket)
@@ -108,9 +186,23 @@ class Batcher:
     def _pixels(self, example: Example, flip: bool, rng: Any) -> Any:
         image, _ = load_pixels(example)
         array = to_array(image, flip=flip)
-        if self.config.data.color_aug:
+        if self.config.data.color_aug and rng is not None:
             array = colour_jitter(array, rng)
         return self._torch.from_numpy(array)
+
+    def _text_key(self, caption: str) -> str:
+        return text_key(caption, encoder_id=self.text_id)
+
+    def _encode_text(self, caption: str) -> dict[str, Any]:
+        """One caption's outputs (on its own, so never dependent on a batch's other captions)."""
+        from train.conditioning import encode_prompt, tokenize
+
+        with self._torch.no_grad():
+            embeds = encode_prompt(self.base, tokenize(self.base, [caption]), clip_skip=self.config.model.clip_skip)
+        found = {"embeds": embeds.embeds[0]}
+        if embeds.pooled is not None:
+            found["pooled"] = embeds.pooled[0]
+        return found
 
     def _prompt(self, captions: list[str]) -> Any:
         from train.conditioning import PromptEmbeds, encode_prompt, tokenize
@@ -118,16 +210,6 @@ class Batcher:
         if self.texts is None:  # encoded on the encoders' device; with gradients when they train
             embeds = encode_prompt(self.base, tokenize(self.base, captions), clip_skip=self.config.model.clip_skip)
             return embeds.to(self.device)
-
-        def compute(caption: str) -> dict[str, Any]:
-            with self._torch.no_grad():
-                embeds = encode_prompt(self.base, tokenize(self.base, [caption]), clip_skip=self.config.model.clip_skip)
-            found = {"embeds": embeds.embeds[0]}
-            if embeds.pooled is not None:
-                found["pooled"] = embeds.pooled[0]
-            return found
-
-        items = [self.texts.get_or_compute(text_key(c, encoder_id=self.text_id), lambda c=c: compute(c))
-                 for c in captions]
+        items = [self.texts.get_or_compute(self._text_key(c), lambda c=c: self._encode_text(c)) for c in captions]
         pooled = self._torch.stack([i["pooled"] for i in items]) if "pooled" in items[0] else None
         return PromptEmbeds(self._torch.stack([i["embeds"] for i in items]), pooled).to(self.device)

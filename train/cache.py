@@ -88,6 +88,10 @@ class TensorCache:
                 return tensors
         return None
 
+    def contains(self, key: str) -> bool:
+        """Whether an entry exists, without reading it (a damaged file still counts; `get` then misses)."""
+        return key in self._memory or (self.directory is not None and self.path_for(key).is_file())
+
     def put(self, key: str, tensors: dict[str, Any]) -> dict[str, Any]:
         """Keep a host copy of `tensors` (wherever they were computed) and return that copy."""
         stored = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}

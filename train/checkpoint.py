@@ -4,7 +4,12 @@ A checkpoint is a folder `OUTPUT/checkpoints/step-00000120/` holding the trainab
 the optimizer and scheduler states, the RNG states and the loop position (global step, epoch,
 batches consumed in the epoch). It is written into a hidden temporary folder beside it and renamed
 into place only when complete, so a full disk or a kill mid-save leaves the previous checkpoint
-intact and `--resume latest` never picks up half a checkpoint.
+intact and `--resume latest` never picks up half a checkpoint. A checkpoint is the last thing a save
+writes (after the step's LoRA files and loss.csv), and it lists those LoRA files, so a resume can
+tell whether they are all there and rewrite any that are not.
+
+Checkpoint files are read with `torch.load(weights_only=True)`: a pickle that would run code (or
+any object other than tensors and plain containers) is refused with a clear error, never loaded.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ class Checkpoint:
     scheduler: dict[str, Any]
     rng: dict[str, Any]
     config: dict[str, Any]
+    exports: tuple[str, ...] = ()  # the step's LoRA files (names in the output folder)
 
 
 def checkpoint_dir(output_dir: Path) -> Path:
@@ -107,8 +113,8 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(output_dir: Path, state: LoopState, *, lora: dict[str, Any], optimizer: dict[str, Any],
-                    scheduler: dict[str, Any], config: dict[str, Any], extra_files: Any = None) -> Path:
-    """Write a complete checkpoint folder or nothing; `extra_files(tmp_dir)` may add exported LoRA files.
+                    scheduler: dict[str, Any], config: dict[str, Any], exports: tuple[str, ...] = ()) -> Path:
+    """Write a complete checkpoint folder or nothing; `exports` names the step's LoRA files already written.
 
     Raises LoraprepError naming the previous checkpoint when the save fails (disk full, permissions).
     """
@@ -125,10 +131,9 @@ def save_checkpoint(output_dir: Path, state: LoopState, *, lora: dict[str, Any],
         write_bytes_atomic(tmp / "scheduler.pt", _torch_bytes(scheduler))
         write_bytes_atomic(tmp / "rng.pt", _torch_bytes({k: v for k, v in rng.items() if k in ("torch", "cuda")}))
         write_text_atomic(tmp / "rng.json", json.dumps({k: rng[k] for k in ("python", "numpy")}))
-        if extra_files is not None:
-            extra_files(tmp)
         write_text_atomic(tmp / "state.json", json.dumps(
-            {"format": FORMAT, "state": asdict(state), "config": config}, indent=1, default=str) + "\n")
+            {"format": FORMAT, "state": asdict(state), "config": config, "exports": list(exports)},
+            indent=1, default=str) + "\n")
         os.chmod(tmp, 0o755)
         if final.exists():
             shutil.rmtree(final)
@@ -171,17 +176,43 @@ def resolve_resume(output_dir: Path, resume: str) -> Path:
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
-    import torch
     from safetensors.torch import load_file
 
-    meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    try:
+        meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: unreadable checkpoint state ({exc})",
+                         hint="resume from another checkpoint folder") from exc
     if meta.get("format") != FORMAT:
         raise UsageError(f"{path}: checkpoint format '{meta.get('format')}' is not {FORMAT}")
     rng = json.loads((path / "rng.json").read_text(encoding="utf-8"))
-    rng.update(torch.load(path / "rng.pt", weights_only=True))
+    rng.update(_load_torch(path / "rng.pt"))
+    try:
+        lora = load_file(path / "lora.safetensors")
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise UsageError(f"{path / 'lora.safetensors'} is damaged ({exc})",
+                         hint="resume from another checkpoint folder") from exc
     return Checkpoint(
-        path=path, state=LoopState(**meta["state"]), lora=load_file(path / "lora.safetensors"),
-        optimizer=torch.load(path / "optimizer.pt", weights_only=True),
-        scheduler=torch.load(path / "scheduler.pt", weights_only=True),
-        rng=rng, config=meta.get("config", {}),
+        path=path, state=LoopState(**meta["state"]), lora=lora, optimizer=_load_torch(path / "optimizer.pt"),
+        scheduler=_load_torch(path / "scheduler.pt"), rng=rng, config=meta.get("config", {}),
+        exports=tuple(meta.get("exports", ())),
     )
+
+
+def _load_torch(path: Path) -> Any:
+    """A checkpoint's torch file, tensors and plain containers only: a pickle that would run code is
+    refused (weights_only) and reported as the checkpoint's problem, not as a traceback."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, weights_only=True)
+    except FileNotFoundError:
+        raise UsageError(f"{path} is missing: the checkpoint is incomplete",
+                         hint="resume from another checkpoint folder") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as exc:
+        raise UsageError(f"{path} holds something other than tensors and plain settings (a pickle that could "
+                         f"run code, or a damaged file); refusing to load it: {str(exc).splitlines()[0]}",
+                         hint="resume only from checkpoints this tool wrote; start without --resume, or pass "
+                              "another checkpoint folder") from exc

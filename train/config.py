@@ -30,6 +30,7 @@ ALGOS = ("lora", "loha", "lokr")
 SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LATENT_CACHE = ("off", "memory", "disk")
+VAE_DTYPES = ("auto", "fp32", "bf16", "fp16")
 PREDICTION_TYPES = ("auto", "epsilon", "v_prediction")
 
 
@@ -38,6 +39,7 @@ class ModelConfig:
     """Which base model to train on and how to read it."""
 
     base: str = ""
+    base_config: str | None = None  # a diffusers folder of the family, for single-file bases offline
     allow_pickle: bool = False
     prediction_type: str = "auto"  # auto: what the model's scheduler says (SD2-v → v_prediction)
     clip_skip: int = 1
@@ -94,6 +96,7 @@ class DataConfig:
     flip: bool = False
     color_aug: bool = False
     prior_loss_weight: float = 1.0
+    reg_balance: bool = True  # regularisation images repeated/left out to match the training images' count
     verify_files: bool = True
     fixed_resolution: str | None = None  # "512" or "384x512": every image at this size, no buckets
     dataset_config: str | None = None  # an sd-scripts dataset TOML whose subsets (repeats, …) apply
@@ -134,6 +137,9 @@ class RunConfig:
     cache_latents: str = "memory"
     cache_dir: str | None = None  # disk cache location; default OUTPUT/cache
     cache_text_encoder: bool = True
+    vae_batch_size: int = 1  # images per VAE call while caching latents
+    vae_dtype: str = "auto"  # auto: bf16 for SDXL on a bf16-capable GPU, else fp32
+    vae_tiling: bool = False  # encode large buckets in tiles: less memory, slightly different latents
     save_every_steps: int = 0
     save_every_epochs: int = 1
     save_last: int = 0  # keep only the newest K checkpoints; 0 keeps all
@@ -389,6 +395,8 @@ def validate(config: TrainConfig) -> None:
         _at_least("max_steps", r.max_steps, 1)
     _choice("mixed_precision", r.mixed_precision, MIXED_PRECISION)
     _choice("cache_latents", r.cache_latents, LATENT_CACHE)
+    _at_least("vae_batch_size", r.vae_batch_size, 1)
+    _choice("vae_dtype", r.vae_dtype, VAE_DTYPES)
     for name in ("save_every_steps", "save_every_epochs", "save_last", "sample_every", "sample_every_epochs"):
         _at_least(name, getattr(r, name), 0)
     check_sampler(r.sample_sampler, where="sample_sampler")

@@ -11,6 +11,7 @@ images or caption sidecars changed since it was written is refused (rebuild it w
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections import defaultdict
@@ -69,10 +70,12 @@ class TrainingSet:
 
 
 def load_training_set(manifest_path: str | Path, *, keep_tokens: int | None = None,
-                      shuffle_caption: bool | None = None, verify: bool = True, fixed_size: Size | None = None,
+                      shuffle_caption: bool | None = None, verify: bool = True, balance_reg: bool = False,
+                      fixed_size: Size | None = None,
                       subset_for: Callable[[Manifest, Path], Callable[[ImageRecord, Subset], Subset]] | None = None,
                       ) -> TrainingSet:
-    """Read and check a manifest; `verify` re-hashes every image and caption sidecar against it.
+    """Read and check a manifest; `verify` re-hashes every image and caption sidecar against it;
+    `balance_reg` repeats or leaves out regularisation images as sd-scripts does (`balanced_reg_repeats`).
 
     `fixed_size` trains every image at one (width, height) instead of its bucket (sd-scripts'
     enable_bucket = false: scaled to cover it, centre-trimmed). `subset_for(manifest, root)` returns
@@ -102,6 +105,8 @@ def load_training_set(manifest_path: str | Path, *, keep_tokens: int | None = No
                                 subset.shuffle_caption if shuffle_caption is None else shuffle_caption))
     if not any(not e.is_reg for e in examples):
         raise ManifestError(f"{path}: every image is in a regularisation subset; nothing to learn from")
+    if balance_reg:
+        examples = _balance_reg(examples)
     return TrainingSet(manifest, root, tuple(e for e in examples if e.repeats > 0))
 
 
@@ -126,6 +131,37 @@ def training_caption(record: ImageRecord, subset: Subset, trigger: str | None) -
     if trigger and trigger not in class_tokens.replace(",", " ").split():
         return f"{trigger} {class_tokens}"
     return class_tokens
+
+
+def balanced_reg_repeats(train_count: int, reg_repeats: Sequence[int]) -> list[int]:
+    """sd-scripts' balance: regularisation images, in order, each with its subset's repeats, until
+    they count (with repeats) as many as the training images; if that takes more than one pass, the
+    next passes add one repeat to each in turn. So an epoch shows as many regularisation samples as
+    training samples (the first pass may overshoot by part of one image's repeats); images beyond
+    that count are not used."""
+    result = [0] * len(reg_repeats)
+    if not reg_repeats or all(r <= 0 for r in reg_repeats):
+        return result
+    count, first = 0, True
+    while count < train_count:
+        for i, repeats in enumerate(reg_repeats):
+            add = repeats if first else (1 if reg_repeats[i] > 0 else 0)
+            result[i] += add
+            count += add
+            if count >= train_count:
+                break
+        first = False
+    return result
+
+
+def _balance_reg(examples: list[Example]) -> list[Example]:
+    train_count = sum(e.repeats for e in examples if not e.is_reg)
+    reg = [i for i, e in enumerate(examples) if e.is_reg]
+    repeats = balanced_reg_repeats(train_count, [examples[i].repeats for i in reg])
+    balanced = list(examples)
+    for i, count in zip(reg, repeats, strict=True):
+        balanced[i] = dataclasses.replace(examples[i], repeats=count)
+    return balanced
 
 
 def _buckets(manifest: Manifest) -> list[Size]:
@@ -193,16 +229,31 @@ def process_caption(caption: str, *, keep_tokens: int, shuffle: bool, options: C
     """
     if options.caption_dropout and rng.random() < options.caption_dropout:
         return ""
-    tags = split_caption(caption)
-    keep = min(keep_tokens, len(tags))
-    if options.trigger and options.trigger in tags:
-        keep = max(keep, tags.index(options.trigger) + 1)
-    fixed, rest = tags[:keep], tags[keep:]
+    fixed, rest = _kept_and_rest(caption, keep_tokens, options.trigger)
     if options.tag_dropout:
         rest = [t for t in rest if rng.random() >= options.tag_dropout]
     if shuffle:
         rng.shuffle(rest)
     return ", ".join(fixed + rest)
+
+
+def _kept_and_rest(caption: str, keep_tokens: int, trigger: str | None) -> tuple[list[str], list[str]]:
+    tags = split_caption(caption)
+    keep = min(keep_tokens, len(tags))
+    if trigger and trigger in tags:
+        keep = max(keep, tags.index(trigger) + 1)
+    return tags[:keep], tags[keep:]
+
+
+def caption_variants(caption: str, *, keep_tokens: int, shuffle: bool,
+                     options: CaptionOptions) -> tuple[str, ...] | None:
+    """Every caption `process_caption` can return for this caption, or None when they are too many to
+    list (tags shuffled or dropped): what lets text-encoder outputs be cached before training."""
+    fixed, rest = _kept_and_rest(caption, keep_tokens, options.trigger)
+    if (options.tag_dropout and rest) or (shuffle and len(rest) > 1):
+        return None
+    whole = ", ".join(fixed + rest)
+    return (whole, "") if options.caption_dropout and whole else (whole,)
 
 
 @dataclass(frozen=True)

@@ -313,7 +313,8 @@ def network_args(layers: list[AdaptedLayer], network_config: Any) -> dict[str, s
         args["conv_alpha"] = _number(_mode(layer.alpha for layer in conv))
     if any(layer.algo == "lokr" for layer in layers):
         factor = setting("factor")
-        args["factor"] = str(factor if factor is not None else lokr_factor([layer.weights for layer in layers]))
+        linear = [layer.weights for layer in layers if not layer.is_conv]
+        args["factor"] = str(factor if factor is not None else lokr_factor(linear))
     axes = {layer.dora_axis for layer in layers} - {None}
     if axes:
         args["dora_wd"] = "True"
@@ -853,13 +854,14 @@ def describe_lora(path: str | Path) -> LoraInfo:
     modules: Counter[str] = Counter(component for component, _ in found)
     ranks = Counter(w.rank for w in found.values() if w.rank is not None)
     alphas = Counter(round(w.alpha if w.alpha is not None else float(w.rank or 1), 6) for w in found.values())
-    conv = sum(1 for (_, name), w in found.items() if w.is_conv or (w.algo != "lora" and _CONV_NAME.search(name)))
+    convs = {key for key, w in found.items() if w.is_conv or (w.algo != "lora" and _CONV_NAME.search(key[1]))}
     algos = sorted({w.algo for w in found.values()})
     axes = sorted({w.dora_axis for w in found.values() if w.dora_axis})
     factor = None
     if "lokr" in algos:
         stated = _network_arg(lora.metadata, "factor")
-        factor = int(stated) if stated and stated.lstrip("-").isdigit() else lokr_factor(list(found.values()))
+        linear = [w for key, w in found.items() if key not in convs]
+        factor = int(stated) if stated and stated.lstrip("-").isdigit() else lokr_factor(linear)
     axis = axes[0] if len(axes) == 1 else None
     return LoraInfo(
         path=lora.path, format=lora.format, family=lora.family, algorithm=", ".join(algos),
@@ -867,7 +869,7 @@ def describe_lora(path: str | Path) -> LoraInfo:
         ranks=dict(sorted(ranks.items())), full_matrix_modules=sum(1 for w in found.values() if w.rank is None),
         alphas=dict(sorted(alphas.items())), factor=factor,
         dtypes=sorted({str(t.dtype).removeprefix("torch.") for t in lora.tensors.values()}),
-        conv_modules=conv, dora=bool(axes), dora_axis=axis,
+        conv_modules=len(convs), dora=bool(axes), dora_axis=axis,
         clients=client_support(lora.format, algos[0] if len(algos) == 1 else "mixed", axis),
         metadata=lora.metadata,
     )

@@ -29,7 +29,7 @@ from prep.errors import UsageError
 IGNORED: dict[str, str] = {
     **dict.fromkeys(("xformers", "sdpa", "mem_eff_attn"), "loraprep always uses PyTorch's SDPA attention"),
     **dict.fromkeys(("persistent_data_loader_workers", "max_data_loader_n_workers", "num_cpu_threads_per_process",
-                     "lowram", "highvram", "vae_batch_size", "cache_info", "ddp_timeout", "ddp_gradient_as_bucket_view",
+                     "lowram", "highvram", "cache_info", "ddp_timeout", "ddp_gradient_as_bucket_view",
                      "ddp_static_graph", "skip_cache_check", "cache_latents", "cache_latents_to_disk",
                      "cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk"),
                     "speed and memory only; loraprep caches latents and text-encoder outputs itself"),
@@ -38,7 +38,6 @@ IGNORED: dict[str, str] = {
                      "training_comment", "metadata_title", "metadata_author", "metadata_description",
                      "metadata_license", "metadata_tags", "no_metadata", "output_config", "config_file",
                      "debug_dataset"), "logging and metadata; see --tensorboard"),
-    **dict.fromkeys(("no_half_vae",), "loraprep keeps the VAE in fp32"),
     **dict.fromkeys(("save_state", "save_state_on_train_end", "save_model_as", "save_precision"),
                     "loraprep checkpoints always hold the training state and write .safetensors"),
     **dict.fromkeys(("dim_from_weights",), "--init-weights always takes the file's ranks and alphas"),
@@ -309,6 +308,8 @@ _MAPPERS: dict[str, Callable[[Any, dict, dict], None]] = {
     "caption_extension": _handled_elsewhere,  # a subset setting: checked against the manifest's
 
     "log_with": _tensorboard,
+    "vae_batch_size": _set("vae_batch_size"),
+    "no_half_vae": lambda v, o, s: s.update(vae_dtype="fp32") if v else None,
 }
 _KNOWN = set(_MAPPERS) | set(IGNORED) | set(UNSUPPORTED) | {"dataset_config"}
 

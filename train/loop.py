@@ -28,7 +28,7 @@ from train.network import Network, add_lora, load_lora_state, lora_state_dict
 from train.optim import make_scheduler, training_optimizer
 from train.outputs import Sampler, export_lora, make_tracker, prune_exports
 from train.plan import TrainPlan, plan_training
-from train.prepare import load_model, make_accelerator
+from train.prepare import load_model, make_accelerator, park
 
 
 class TrainingDiverged(LoraprepError):
@@ -104,6 +104,8 @@ def train(manifest_path: str | Path, config: TrainConfig, *, reporter: Reporter 
     run, out = config.run, Path(config.run.output_dir)
     accelerator = make_accelerator(config)
     plan = plan_training(manifest_path, config, num_processes=accelerator.num_processes)
+    if accelerator.is_main_process:
+        clean_leftovers(config, reporter)
     base = base if base is not None else load_model(config, accelerator.device)
     torch.manual_seed(hash_seed(run.seed, -1))  # the LoRA's random init: same seed, same start
     if config.network.init_weights:  # the file decides the network's shape (sd-scripts' dim_from_weights)
@@ -116,12 +118,17 @@ def train(manifest_path: str | Path, config: TrainConfig, *, reporter: Reporter 
         reporter.note(note)
     state = LoopState()
     if run.resume:
-        state = resume_from(resolve_resume(out, run.resume), base, network, optimizer, scheduler, reporter)
+        state = resume_from(resolve_resume(out, run.resume), base, network, optimizer, scheduler, reporter,
+                            complete=(config, plan) if accelerator.is_main_process else None)
     unet, optimizer = accelerator.prepare(base.unet, optimizer)
     batcher = Batcher(base, plan.data, config, accelerator.device)
+    batcher.fill_caches(reporter)
+    parked = park([*([base.vae] if not batcher.needs_vae else []),
+                   *(base.text_encoders if not batcher.needs_text_encoders else [])])
     log = LossLog.resume(out / "loss.csv", state.global_step) if accelerator.is_main_process else LossLog()
     tracker = make_tracker(config, out) if accelerator.is_main_process else None
-    sampler = Sampler.create(config, plan, base, reporter) if accelerator.is_main_process else None
+    sampler = Sampler.create(config, plan, base, reporter, parked=parked, device=accelerator.device) \
+        if accelerator.is_main_process else None
     reporter.note(f"training {network.parameter_count():,} LoRA parameters on {accelerator.device}, "
                   f"{plan.total_steps} steps ({plan.steps_per_epoch}/epoch)")
     checkpoints: list[Path] = []
@@ -231,15 +238,42 @@ def trainable_modules(base: Any, network: Network) -> dict[str, Any]:
     return modules
 
 
-def resume_from(path: Path, base: Any, network: Network, optimizer: Any, scheduler: Any,
-                reporter: Reporter) -> LoopState:
+def resume_from(path: Path, base: Any, network: Network, optimizer: Any, scheduler: Any, reporter: Reporter,
+                *, complete: tuple[TrainConfig, TrainPlan] | None = None) -> LoopState:
+    """Load the checkpoint into the network, optimizer, scheduler and RNGs; with `complete`, rewrite
+    the checkpoint's LoRA files if a kill left any of them missing."""
     checkpoint = load_checkpoint(path)
     load_lora_state(trainable_modules(base, network), checkpoint.lora)
     optimizer.load_state_dict(checkpoint.optimizer)
     scheduler.load_state_dict(checkpoint.scheduler)
     restore_rng(checkpoint.rng)
     reporter.note(f"resumed from {path} (step {checkpoint.state.global_step}, epoch {checkpoint.state.epoch + 1})")
+    if complete is None:
+        return checkpoint.state
+    config, plan = complete
+    out = Path(config.run.output_dir)
+    missing = [name for name in checkpoint.exports if not (out / name).is_file()]
+    if missing and path.parent.parent.resolve() == out.resolve():
+        export_lora(out / step_stem(config, checkpoint.state.global_step), base, network, config, plan,
+                    checkpoint.state)
+        reporter.note(f"rewrote {', '.join(missing)} (missing after an interrupted save)")
     return checkpoint.state
+
+
+def clean_leftovers(config: TrainConfig, reporter: Reporter) -> None:
+    """Remove temporaries a killed run left (half-written checkpoint folders, LoRA files, cache
+    entries): only our own naming, only of processes no longer running."""
+    from prep.atomic import clean_stale_temporaries
+
+    folders = [Path(config.run.output_dir)] + ([Path(config.run.cache_dir)] if config.run.cache_dir else [])
+    removed = [p for folder in folders if folder.is_dir() for p in clean_stale_temporaries(folder)]
+    if removed:
+        reporter.note(f"removed {len(removed)} leftover temporar{'y' if len(removed) == 1 else 'ies'} "
+                      "of an interrupted run")
+
+
+def step_stem(config: TrainConfig, step: int) -> str:
+    return f"{config.run.name}-step{step:08d}"
 
 
 def should_save(state: LoopState, run: Any, end_of_epoch: bool, total_steps: int) -> bool:
@@ -253,12 +287,13 @@ def should_save(state: LoopState, run: Any, end_of_epoch: bool, total_steps: int
 
 def save(out: Path, state: LoopState, base: Any, network: Network, optimizer: Any, scheduler: Any,
          config: TrainConfig, plan: TrainPlan, log: LossLog) -> Path:
-    """A resumable checkpoint plus exported LoRA files, then pruning to --save-last."""
+    """The step's LoRA files, loss.csv, then the checkpoint that lists them (the commit point), then
+    pruning to --save-last. A kill anywhere before the checkpoint resumes from the previous one."""
+    files = export_lora(out / step_stem(config, state.global_step), base, network, config, plan, state)
+    log.write()
     path = save_checkpoint(out, state, lora=lora_state_dict(trainable_modules(base, network)),
                            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                           config=config.to_dict())
-    export_lora(out / f"{config.run.name}-step{state.global_step:08d}", base, network, config, plan, state)
-    log.write()
+                           config=config.to_dict(), exports=tuple(f.name for f in files))
     prune_checkpoints(out, config.run.save_last)
     prune_exports(out, config.run.name, config.run.save_last)
     return path

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prep.errors import LoraprepError
+
 
 @dataclass
 class LossLog:
@@ -37,13 +39,23 @@ class LossLog:
             tracker.add_scalars("train", {k: m[k] for k in ("loss", "loss_ema", "lr")}, m["step"])
 
     def write(self) -> Path | None:
-        from prep.atomic import write_text_atomic
-
+        """Write loss.csv atomically; a full disk is a LoraprepError that says what is intact."""
         if self.path is None:
             return None
         lines = ["step,epoch,loss,loss_ema,lr"] + [f"{s},{e},{l:.6g},{m:.6g},{r:.6g}" for s, e, l, m, r in self.rows]
-        write_text_atomic(self.path, "\n".join(lines) + "\n")
+        self._write(self.path, ("\n".join(lines) + "\n").encode("utf-8"))
         return self.path
+
+    def _write(self, path: Path, data: bytes) -> None:
+        from prep.atomic import write_bytes_atomic
+
+        try:
+            write_bytes_atomic(path, data)
+        except OSError as exc:
+            step = self.rows[-1][0] if self.rows else 0
+            raise LoraprepError(f"could not write {path} at step {step}: {exc.strerror or exc}; "
+                                f"the previous {path.name} and the checkpoints are intact",
+                                hint="free disk space, then continue with `--resume latest`") from exc
 
     def plot(self) -> Path | None:
         import io
@@ -52,8 +64,6 @@ class LossLog:
 
         matplotlib.use("Agg")
         from matplotlib.figure import Figure
-
-        from prep.atomic import write_bytes_atomic
 
         if self.path is None or not self.rows:
             return None
@@ -69,5 +79,5 @@ class LossLog:
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png")
         path = self.path.with_suffix(".png")
-        write_bytes_atomic(path, buffer.getvalue())
+        self._write(path, buffer.getvalue())
         return path

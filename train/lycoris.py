@@ -156,13 +156,14 @@ def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
     return min(m, n), max(m, n)
 
 
-def lokr_factor(modules: list[ModuleWeights]) -> int | None:
-    """The `factor` LoKr modules were split with, read back as LyCORIS does (-1 when every linear
-    split is the near-square one); None without linear LoKr modules."""
+def lokr_factor(linear: list[ModuleWeights]) -> int | None:
+    """The `factor` LoKr modules were split with, read back as LyCORIS does (-1 when every split is
+    the near-square one); None without LoKr modules. Pass linear modules only: a convolution's
+    kernel hides inside its second half's width."""
     splits = []
-    for module in modules:
+    for module in linear:
         t = module.tensors
-        if module.algo != "lokr" or module.is_conv:
+        if module.algo != "lokr":
             continue
         w1 = t["lokr_w1"].shape if "lokr_w1" in t else (t["lokr_w1_a"].shape[0], t["lokr_w1_b"].shape[1])
         w2 = t["lokr_w2"].shape if "lokr_w2" in t else (t["lokr_w2_a"].shape[0], t["lokr_w2_b"].shape[1])

@@ -218,6 +218,49 @@ def load_base(source: str | os.PathLike[str], *, allow_pickle: bool = False, dty
     return base
 
 
+@dataclass(frozen=True)
+class BaseCheck:
+    """What `check_base` found: the kind of source, where it is on disk, and its family."""
+
+    kind: Literal["folder", "file", "hub"]
+    path: Path
+    family: Family
+
+    @property
+    def label(self) -> str:
+        return FAMILY_LABELS[self.family]
+
+
+def check_base(source: str | os.PathLike[str], *, allow_pickle: bool = False,
+               config: str | os.PathLike[str] | None = None) -> BaseCheck:
+    """Everything `load_base` would refuse, found without loading weights (what `train --dry-run` runs):
+    the source exists and looks like a diffusers folder, a single checkpoint file (its header only) or a
+    hub id already in models_cache/; pickles need `allow_pickle`; `config` must be a diffusers folder."""
+    text = str(source)
+    if not text:
+        raise UsageError("no base model given",
+                         hint="pass --base MODEL (diffusers folder, .safetensors file or hub id)")
+    path = Path(text).expanduser()
+    if config is not None and not (Path(config).expanduser() / "model_index.json").is_file():
+        raise UsageError(f"--base-config {config} is not a diffusers folder (no model_index.json)",
+                         hint="pass a diffusers folder of the base model's family (its config and tokenizer files)")
+    if path.is_dir():
+        return BaseCheck("folder", path, _folder_family(path, allow_pickle=allow_pickle)[0])
+    if path.is_file():
+        return BaseCheck("file", path, _single_file_family(path, allow_pickle=allow_pickle))
+    if _looks_like_hub_id(text):
+        folder = hub_folder(text)
+        if not ((folder / "model_index.json").is_file() and (folder / "unet" / "config.json").is_file()):
+            raise ModelNotAvailable(f"base model '{text}' is no local path, and as a hub id it is not downloaded "
+                                    f"yet (not in {folder})",
+                                    hint="a real run downloads it once on a connected machine; or pass a local "
+                                         "diffusers folder or .safetensors file with --base")
+        return BaseCheck("hub", folder, _folder_family(folder, allow_pickle=allow_pickle)[0])
+    raise UsageError(f"base model '{text}' does not exist: not a folder, a file, or a hub id (owner/name)",
+                     hint="pass a diffusers folder, a .safetensors checkpoint, or a hub id such as "
+                          "stable-diffusion-v1-5/stable-diffusion-v1-5")
+
+
 @contextlib.contextmanager
 def _quiet_loading() -> Iterator[None]:
     """Library progress bars and the `torch_dtype` rename warning (kept for diffusers < 0.36) are
@@ -272,7 +315,9 @@ def _resolve_hub(repo_id: str, *, download: bool) -> Path:
     return folder
 
 
-def _load_folder(folder: Path, *, allow_pickle: bool, dtype: torch.dtype, name: str | None = None) -> BaseModel:
+def _folder_family(folder: Path, *, allow_pickle: bool) -> tuple[Family, bool]:
+    """A diffusers folder's family and whether its UNet weights are safetensors; refuses what is not
+    a Stable Diffusion folder, and pickle-only weights without `allow_pickle`."""
     unet_config_path = folder / "unet" / "config.json"
     if not unet_config_path.is_file():
         raise ModelMismatch(f"{folder} is not a diffusers Stable Diffusion folder (no unet/config.json)",
@@ -282,7 +327,14 @@ def _load_folder(folder: Path, *, allow_pickle: bool, dtype: torch.dtype, name: 
         raise UsageError(f"{folder} holds only pickle (.bin) weights, which can run code when loaded",
                          hint="convert it to safetensors, or pass --allow-pickle if you trust its source "
                               "(then it is loaded with weights_only)")
-    family = family_from_unet_config(json.loads(unet_config_path.read_text()))
+    try:
+        return family_from_unet_config(json.loads(unet_config_path.read_text(encoding="utf-8"))), has_safetensors
+    except ValueError as exc:
+        raise ModelMismatch(f"{unet_config_path} is not valid JSON ({exc})") from exc
+
+
+def _load_folder(folder: Path, *, allow_pickle: bool, dtype: torch.dtype, name: str | None = None) -> BaseModel:
+    family, has_safetensors = _folder_family(folder, allow_pickle=allow_pickle)
     with _quiet_loading():
         cls = pipeline_class_for(family)
     extra: dict[str, Any] = {} if family == "sdxl" else dict(safety_checker=None, feature_extractor=None,
@@ -323,9 +375,9 @@ def _checkpoint_keys(path: Path, *, allow_pickle: bool) -> list[str]:
     return list(state) if isinstance(state, dict) else []
 
 
-def _load_single_file(path: Path, *, allow_pickle: bool, dtype: torch.dtype,
-                      config: str | os.PathLike[str] | None,
-                      original_config: str | os.PathLike[str] | None) -> BaseModel:
+def _single_file_family(path: Path, *, allow_pickle: bool) -> Family:
+    """A single checkpoint file's family from its key names (the safetensors header; a pickle only
+    with `allow_pickle`, memory-mapped with weights_only), refusing anything that is not one."""
     if path.suffix not in SINGLE_FILE_SUFFIXES:
         raise UsageError(f"{path.name}: unknown model file type '{path.suffix}'",
                          hint="pass a .safetensors checkpoint or a diffusers folder")
@@ -333,6 +385,13 @@ def _load_single_file(path: Path, *, allow_pickle: bool, dtype: torch.dtype,
     if family is None:
         raise ModelMismatch(f"{path.name} is not an SD1/SD2/SDXL checkpoint (no text-encoder keys found)",
                             hint="a LoRA file or a bare UNet cannot be a base model; pass a full checkpoint")
+    return family
+
+
+def _load_single_file(path: Path, *, allow_pickle: bool, dtype: torch.dtype,
+                      config: str | os.PathLike[str] | None,
+                      original_config: str | os.PathLike[str] | None) -> BaseModel:
+    family = _single_file_family(path, allow_pickle=allow_pickle)
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     kwargs: dict[str, Any] = dict(torch_dtype=dtype, local_files_only=offline or config is not None)
     if config is not None:

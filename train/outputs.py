@@ -6,7 +6,7 @@ Why together: each is an output of a step the loop reached, named from the run's
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +99,10 @@ def make_tracker(config: TrainConfig, out: Path) -> Any:
 @dataclass
 class Sampler:
     """`--sample-prompts FILE`: a PNG grid of the prompts every N steps or epochs (`--sample-every`,
-    `--sample-every-epochs`), optionally before the first step, and always at the end."""
+    `--sample-every-epochs`), optionally before the first step, and always at the end.
+
+    Encoders parked off the accelerator once their outputs were cached come back while it renders.
+    """
 
     base: Any
     prompts: list[Any]
@@ -107,11 +110,14 @@ class Sampler:
     folder: Path
     name: str
     reporter: Reporter
+    parked: list[Any] = field(default_factory=list)
+    device: Any = "cpu"
     every_steps: int = 0
     every_epochs: int = 0
 
     @classmethod
-    def create(cls, config: TrainConfig, plan: TrainPlan, base: Any, reporter: Reporter) -> Sampler | None:
+    def create(cls, config: TrainConfig, plan: TrainPlan, base: Any, reporter: Reporter, *,
+               parked: list[Any] | None = None, device: Any = "cpu") -> Sampler | None:
         if not config.run.sample_prompts:
             return None
         from train.sample import SampleDefaults, parse_prompt_file
@@ -125,7 +131,7 @@ class Sampler:
         defaults = SampleDefaults(width=width, height=height, seed=config.run.seed, clip_skip=config.model.clip_skip,
                                   sampler=config.run.sample_sampler)
         return cls(base, parse_prompt_file(config.run.sample_prompts), defaults,
-                   Path(config.run.output_dir) / "samples", config.run.name, reporter,
+                   Path(config.run.output_dir) / "samples", config.run.name, reporter, list(parked or []), device,
                    config.run.sample_every, config.run.sample_every_epochs)
 
     def due(self, step: int, total_steps: int, *, epoch_done: int | None) -> bool:
@@ -135,7 +141,9 @@ class Sampler:
                           every_epochs=self.every_epochs)
 
     def render(self, step: int) -> Path:
+        from train.prepare import borrowed
         from train.sample import render_samples
 
-        return render_samples(self.base, self.prompts, self.folder / f"{self.name}-step{step:08d}.png",
-                              defaults=self.defaults, reporter=self.reporter)
+        with borrowed(self.parked, self.device):
+            return render_samples(self.base, self.prompts, self.folder / f"{self.name}-step{step:08d}.png",
+                                  defaults=self.defaults, reporter=self.reporter)

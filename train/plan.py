@@ -9,11 +9,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prep.errors import UsageError
 from train.config import TrainConfig, parse_size
 from train.data import TrainingSet, batches_per_epoch, load_training_set
+
+if TYPE_CHECKING:
+    from train.model import BaseCheck
 
 
 @dataclass(frozen=True)
@@ -30,11 +33,19 @@ class TrainPlan:
     memory: MemoryEstimate
 
 
+def inspect_base(config: TrainConfig) -> BaseCheck:
+    """The base model checked without loading weights (exists, right kind, pickles refused)."""
+    from train.model import check_base
+
+    return check_base(config.model.base, allow_pickle=config.model.allow_pickle, config=config.model.base_config)
+
+
 def plan_training(manifest_path: str | Path, config: TrainConfig, *, num_processes: int = 1) -> TrainPlan:
     """Validate manifest and config together and work out steps, epochs and batches per bucket."""
     d = config.data
     data = load_training_set(manifest_path, keep_tokens=d.keep_tokens, shuffle_caption=d.shuffle_caption,
-                             verify=d.verify_files, fixed_size=parse_size(d.fixed_resolution) if d.fixed_resolution else None,
+                             verify=d.verify_files, balance_reg=d.reg_balance,
+                             fixed_size=parse_size(d.fixed_resolution) if d.fixed_resolution else None,
                              subset_for=kohya_subsets(d.dataset_config) if d.dataset_config else None)
     per_epoch = batches_per_epoch(data.examples, d.batch_size)
     if num_processes > 1:
@@ -88,7 +99,8 @@ def estimate_memory(base: str, config: TrainConfig, bucket: tuple[int, int]) -> 
     unet, text, vae = counts
     bytes_per = 2 if config.run.mixed_precision in ("fp16", "bf16") else 4
     weights = (unet + text) * bytes_per + vae * 4
-    rank_fraction = config.network.rank / 320 * 0.04 * (2 if config.network.preset != "attn" else 1)
+    rank = min(config.network.rank, 320)  # a full-matrix LoKr (--rank 100000) is at most the layers' own size
+    rank_fraction = rank / 320 * 0.04 * (2 if config.network.preset != "attn" else 1)
     lora = int(unet * rank_fraction) * 4 * 4
     latent_pixels = (bucket[0] // 8) * (bucket[1] // 8)
     per_pixel = ACTIVATION_BYTES[1 if config.run.gradient_checkpointing else 0] * (unet / 860_000_000) ** 0.5
@@ -98,6 +110,10 @@ def estimate_memory(base: str, config: TrainConfig, bucket: tuple[int, int]) -> 
 
 def _parameter_counts(base: str) -> tuple[tuple[int, int, int], str]:
     folder = Path(base).expanduser() if base else None
+    if folder is not None and not folder.exists() and base.count("/") == 1:
+        from train.model import hub_folder
+
+        folder = hub_folder(base)  # a hub id: its files, once downloaded
     if folder is not None and folder.is_dir() and (folder / "unet").is_dir():
         parts = []
         for names in (("unet",), ("text_encoder", "text_encoder_2"), ("vae",)):

@@ -6,6 +6,8 @@ file applies the training settings to it.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from prep.errors import UsageError
@@ -13,7 +15,7 @@ from train.config import TrainConfig
 
 
 def weight_dtype(mixed_precision: str) -> Any:
-    """Frozen weights in the mixed-precision dtype; LoRA weights and the VAE always stay fp32."""
+    """Frozen UNet and text-encoder weights in the mixed-precision dtype; LoRA weights stay fp32."""
     import torch
 
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
@@ -26,8 +28,7 @@ def make_accelerator(config: TrainConfig) -> Any:
 
 
 def load_model(config: TrainConfig, device: Any) -> Any:
-    """The base model with UNet and text encoders in the training dtype and the VAE in fp32 (no NaN latents)."""
-    import torch
+    """The base model with UNet and text encoders in the training dtype and the VAE in `vae_dtype`."""
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     from train.model import load_base
@@ -37,13 +38,16 @@ def load_model(config: TrainConfig, device: Any) -> Any:
                          hint="pass --base MODEL (diffusers folder, .safetensors file or hub id)")
     prediction = None if config.model.prediction_type == "auto" else config.model.prediction_type
     base = load_base(config.model.base, allow_pickle=config.model.allow_pickle, device=device,
-                     prediction_type=prediction)
+                     prediction_type=prediction, config=config.model.base_config)
     dtype = weight_dtype(config.run.mixed_precision)
     for module in (base.unet, *base.text_encoders):
         if module.dtype != dtype:
             module.to(dtype=dtype)
-    if base.vae.dtype != torch.float32:
-        base.vae.to(dtype=torch.float32)
+    vae = vae_dtype(config.run.vae_dtype, base.family, device)
+    if base.vae.dtype != vae:
+        base.vae.to(dtype=vae)
+    if config.run.vae_tiling:
+        base.vae.enable_tiling()
     base.unet.set_attn_processor(AttnProcessor2_0())  # PyTorch SDPA: flash/memory-efficient kernels
     if config.run.gradient_checkpointing:
         base.unet.enable_gradient_checkpointing()
@@ -51,4 +55,39 @@ def load_model(config: TrainConfig, device: Any) -> Any:
             for encoder in base.text_encoders:
                 encoder.gradient_checkpointing_enable()
     return base
+
+
+def vae_dtype(choice: str, family: str, device: Any) -> Any:
+    """`auto`: bf16 for SDXL on a GPU that has it (SDXL's VAE overflows in fp16 but is fine in bf16,
+    and it halves the memory of encoding 1024² images), fp32 otherwise (SD1/SD2's VAE, CPUs)."""
+    import torch
+
+    if choice == "auto":
+        on_bf16_gpu = torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if family == "sdxl" and on_bf16_gpu else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
+
+
+def park(modules: Sequence[Any]) -> list[Any]:
+    """Move modules the steps no longer need (encoders whose outputs are all cached) off the
+    accelerator; returns those moved, for `borrowed` to bring back while sampling."""
+    import torch
+
+    moved = [m for m in modules if m.device.type != "cpu"]
+    for module in moved:
+        module.to("cpu")
+    if moved and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return moved
+
+
+@contextlib.contextmanager
+def borrowed(modules: Sequence[Any], device: Any) -> Iterator[None]:
+    """Parked modules back on `device` for a while (rendering samples), then parked again."""
+    for module in modules:
+        module.to(device)
+    try:
+        yield
+    finally:
+        park(modules)
 

@@ -25,6 +25,15 @@ def parse_tags(values: Iterable[str]) -> list[str]:
     return [tag for value in values for tag in split_tags(value)]
 
 
+def require_tags(values: Iterable[str], command: str) -> tuple[str, ...]:
+    """The tags of a command that needs at least one (`captions add DS ''` is a usage error)."""
+    tags = tuple(parse_tags(values))
+    if not tags:
+        raise UsageError(f"`captions {command}` got no tag (empty or only commas)",
+                         hint=f"name the tags, e.g. `loraprep captions {command} DS \"red hair, smile\"`")
+    return tags
+
+
 def _compile(pattern: str) -> re.Pattern[str]:
     try:
         return re.compile(pattern)
@@ -150,7 +159,28 @@ class Dedupe:
         return "dedupe" + (" (ignoring case, spaces, underscores)" if self.loose else "")
 
 
-Operation = AddTags | RemoveTags | ReplaceTag | MoveFirst | SortTags | Dedupe
+@dataclass(frozen=True)
+class JoinLines:
+    """Put a caption written on several lines on one (kohya reads only the first line)."""
+
+    def __call__(self, tags: Tags) -> Tags:
+        return tuple(piece.strip() for tag in tags for piece in tag.splitlines() if piece.strip())
+
+    def describe(self) -> str:
+        return "join lines"
+
+
+Operation = AddTags | RemoveTags | ReplaceTag | MoveFirst | SortTags | Dedupe | JoinLines
+
+
+def skip_reason(f: CaptionFile, operation: Operation) -> str | None:
+    """Why a matching caption must not be rewritten by `operation`, or None."""
+    if f.unreadable:
+        return "not UTF-8 text: left as it is (convert it to UTF-8 first)"
+    if f.text and "\n" in f.text and not isinstance(operation, JoinLines):
+        return ("on several lines, of which kohya reads only the first: join them first "
+                "(`loraprep captions join-lines`)")
+    return None
 
 
 @dataclass(frozen=True)
@@ -162,7 +192,7 @@ class Where:
     include_missing: bool = False  # images without a caption file (only `add` creates one)
 
     def __call__(self, f: CaptionFile) -> bool:
-        if f.unreadable or f.image is None or (not f.exists and not self.include_missing):
+        if f.image is None or (not f.exists and not self.include_missing):
             return False
         present = set(f.tags)
         return all(t in present for t in self.having) and not any(t in present for t in self.lacking)
@@ -193,20 +223,26 @@ class EditPlan:
     description: str
     matched: int
     changes: tuple[Change, ...]
+    skipped: tuple[tuple[str, str], ...] = ()  # (caption, why): matching captions left alone
 
 
 def plan_edit(dataset: CaptionDataset, operation: Operation, where: Where = Where()) -> EditPlan:
-    """Every caption the operation would change (nothing is written)."""
+    """Every caption the operation would change (nothing is written), and those it must not touch."""
     changes = []
+    skipped = []
     matched = 0
     for f in dataset.files:
         if not where(f):
+            continue
+        reason = skip_reason(f, operation)
+        if reason is not None:
+            skipped.append((f.caption, reason))
             continue
         matched += 1
         new = tuple(operation(f.tags))
         if new != f.tags or (not f.exists and new):
             changes.append(Change(f.caption, f.image, f.raw, f.tags, new))
-    return EditPlan(operation.describe(), matched, tuple(changes))
+    return EditPlan(operation.describe(), matched, tuple(changes), tuple(skipped))
 
 
 @dataclass(frozen=True)

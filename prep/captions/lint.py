@@ -20,11 +20,12 @@ KINDS: dict[str, str] = {
     "orphan-caption": "caption file whose image is gone",
     "unreadable-caption": "caption file that is not UTF-8 text",
     "empty-caption": "caption file with no tags",
+    "multi-line": "caption on several lines (kohya trains on the first line only)",
     "trigger-missing": "trigger word absent",
     "trigger-not-first": "trigger word present but not first",
     "duplicate-tag": "same tag twice in one caption (maybe spelled differently)",
     "tag-variants": "tag spelled differently elsewhere (case, spaces, underscores)",
-    "likely-typo": "rare tag one or two letters away from a common one",
+    "likely-typo": "tag one or two letters away from a much more common one",
     "too-long": "caption longer than the token limit",
 }
 
@@ -33,7 +34,8 @@ KINDS: dict[str, str] = {
 class LintOptions:
     trigger: str | None = None
     max_tokens: int = 75
-    rare_max: int = 1  # a tag in at most this many images may be a typo
+    rare_max: int = 1  # a tag in at most this many images is checked for any one-letter slip
+    typo_ratio: int = 10  # a more frequent tag is a typo when one this many times as common is a swap/slip away
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,9 @@ def _file_problems(f: CaptionFile, options: LintOptions, keys: _Keys) -> list[Pr
     if not f.tags:
         return [Problem("empty-caption", name, f"{f.caption} is empty")]
     problems = []
+    if "\n" in (f.text or ""):
+        lines = f.text.count("\n") + 1  # type: ignore[union-attr]
+        problems.append(Problem("multi-line", name, f"{f.caption} has {lines} lines; kohya reads only the first"))
     if options.trigger and options.trigger not in f.tags:
         problems.append(Problem("trigger-missing", name, f"no trigger '{options.trigger}'", options.trigger))
     elif options.trigger and f.tags[0] != options.trigger:
@@ -126,9 +131,44 @@ def _deletions(word: str) -> set[str]:
     return {word} | {word[:i] + word[i + 1:] for i in range(len(word))}
 
 
-def typo_suggestions(counts: Counter[str], rare_max: int = 1, keys: _Keys | None = None) -> dict[str, str]:
-    """Rare tag → a much more common tag one edit away (two for long tags).
+def _one_edit(typo: str, word: str) -> tuple[str, int] | None:
+    """How `typo` becomes `word` in one edit, and where: ("swap" | "insert" | "delete" | "replace", index)."""
+    if len(typo) == len(word):
+        diffs = [i for i, (a, b) in enumerate(zip(typo, word)) if a != b]
+        if len(diffs) == 1:
+            return "replace", diffs[0]
+        if len(diffs) == 2 and diffs[1] == diffs[0] + 1 and typo[diffs[0]] == word[diffs[1]] \
+                and typo[diffs[1]] == word[diffs[0]]:
+            return "swap", diffs[0]
+        return None
+    if abs(len(typo) - len(word)) != 1:
+        return None
+    short, long = sorted((typo, word), key=len)
+    at = next((i for i, (a, b) in enumerate(zip(short, long)) if a != b), len(short))
+    if short[at:] != long[at + 1:]:
+        return None
+    return ("delete" if len(typo) > len(word) else "insert"), at
 
+
+def _slip(typo: str, word: str) -> bool:
+    """A fingers-slipped typo rather than another real word: neighbours swapped anywhere, or a letter
+    dropped or doubled inside a word (`smlie`, `lng hair`, `smille`); never a changed letter (`shirt`
+    / `skirt`) or a letter added or lost at a word's start (`hair` / `chair`)."""
+    edit = _one_edit(typo, word)
+    if edit is None or edit[0] == "replace":
+        return False
+    kind, at = edit
+    longer = typo if kind == "delete" else word
+    return kind == "swap" or (at > 0 and longer[at - 1] != " ")
+
+
+def typo_suggestions(counts: Counter[str], rare_max: int = 1, keys: _Keys | None = None,
+                     ratio: int = 10) -> dict[str, str]:
+    """Tag → the much more common tag it is probably a typo of.
+
+    A rare tag (at most `rare_max` images) is checked against tags at least 3× as common, one edit
+    away (two for long tags). Any other tag is checked against tags `ratio`× as common, for a slip
+    of the fingers only (`_slip`): `smlie` in 11 images next to `smile` in 200 is still a typo.
     Candidates come from a deletion index (every tag with one letter removed), so the cost grows
     with the number of tags, not its square.
     """
@@ -140,12 +180,15 @@ def typo_suggestions(counts: Counter[str], rare_max: int = 1, keys: _Keys | None
                 index[variant].append(tag)
     found = {}
     for tag, n in counts.items():
-        if n > rare_max or len(tag) < 4:
+        if len(tag) < 4:
             continue
         candidates = {c for v in _deletions(tag) for c in index.get(v, ())}
-        limit = 1 if len(tag) < 8 else 2
-        good = [c for c in candidates if counts[c] >= max(3, 3 * n) and keys[c] != keys[tag]
-                and not (c.rstrip("s") == tag.rstrip("s")) and _osa_distance(tag, c) <= limit]
+        candidates = {c for c in candidates if keys[c] != keys[tag] and c.rstrip("s") != tag.rstrip("s")}
+        if n <= rare_max:
+            limit = 1 if len(tag) < 8 else 2
+            good = [c for c in candidates if counts[c] >= max(3, 3 * n) and _osa_distance(tag, c) <= limit]
+        else:
+            good = [c for c in candidates if counts[c] >= ratio * n and _slip(tag, c)]
         if good:
             found[tag] = max(good, key=lambda c: (counts[c], c))
     return found
@@ -157,7 +200,7 @@ def _dataset_problems(dataset: CaptionDataset, counts: Counter[str], options: Li
     for tag, n in counts.items():
         spellings[keys[tag]][tag] = n
     preferred = {tag: group.most_common(1)[0][0] for group in spellings.values() if len(group) > 1 for tag in group}
-    typos = typo_suggestions(counts, options.rare_max, keys)
+    typos = typo_suggestions(counts, options.rare_max, keys, options.typo_ratio)
     problems = []
     for f in dataset.files:
         if f.image is None:
@@ -193,6 +236,8 @@ def fix_commands(report: LintReport, folder: str, kind: str, trigger: str | None
         return [f"loraprep captions move-first {q(folder)} {q(trigger)}"]
     if kind == "duplicate-tag":
         return [f"loraprep captions dedupe {q(folder)} --loose"]
+    if kind == "multi-line":
+        return [f"loraprep captions join-lines {q(folder)}"]
     if kind in ("tag-variants", "likely-typo"):
         pairs = dict.fromkeys((p.tag, p.suggestion) for p in report.problems if p.kind == kind and p.tag and p.suggestion)
         return [f"loraprep captions replace {q(folder)} {q(old)} {q(new)}" for old, new in list(pairs)[:limit]]

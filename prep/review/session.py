@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prep.atomic import clean_stale_temporaries, write_text_atomic
-from prep.captions.dataset import (STATE_DIR, CaptionDataset, CaptionFile, decode_caption, load_dataset,
-                                   read_current, split_caption)
-from prep.captions.edit import AddTags, RemoveTags, caption_bytes, tag_key
+from prep.captions.dataset import (STATE_DIR, CaptionDataset, CaptionFile, collector_paused, decode_caption,
+                                   load_dataset, read_current, split_caption)
+from prep.captions.edit import AddTags, Operation, RemoveTags, ReplaceTag, caption_bytes, tag_key
 from prep.captions.journal import FileState, UndoConflict, UndoResult, apply_changes, redo_last, undo_last
 from prep.captions.lint import LintOptions, LintReport, Problem, lint_dataset
 from prep.captions.show import tagger_scores
 from prep.captions.tokens import TokenCounter, load_token_counter
+from prep.review.filters import Term, parse_filter
 from prep.sidecars import read_meta
 from prep.tags import split_tags
 
@@ -63,11 +64,17 @@ def not_utf8(caption: str) -> str:
 
 
 def item_for(file: CaptionFile, disk: bytes | None) -> Item:
-    """The editor's view of a caption file's bytes."""
+    """The editor's view of a caption file's bytes.
+
+    A caption on several lines shows every line's tags: kohya reads only the first line, and the
+    first edit writes them all on one.
+    """
+    if disk is file.raw and "\n" not in (file.text or ""):
+        return Item(file, disk, list(file.tags), locked=not_utf8(file.caption) if file.unreadable else None)
     text = decode_caption(disk) if disk is not None else ""
     if text is None:
         return Item(file, disk, [], locked=not_utf8(file.caption))
-    return Item(file, disk, list(split_caption(text)))
+    return Item(file, disk, list(split_caption(text.replace("\n", ","))))
 
 
 REVIEW_FILE = Path(STATE_DIR) / "review.json"
@@ -114,15 +121,16 @@ class Outcome:
 
 
 class Session:
-    """The open dataset: items, filter, undo/redo stacks, and lazily computed lint and face info."""
+    """The open dataset: items, filter, journal-backed undo/redo, vocabulary, and lazily computed lint
+    and face info."""
 
     def __init__(self, root: Path, extension: str = ".txt", lint_options: LintOptions = LintOptions(),
                  counter: TokenCounter | None = None) -> None:
         self.root = Path(root)
         self.dataset = load_dataset(self.root, extension)
-        self.cleaned = clean_stale_temporaries(self.root)  # a killed editor or command's half-written files
         accepted = read_accepted(self.root)
-        self.items = [item_for(f, f.raw) for f in self.dataset.files if f.image is not None]
+        with collector_paused():
+            self.items = [item_for(f, f.raw) for f in self.dataset.files if f.image is not None]
         for item in self.items:
             if item.file.caption in accepted and accepted[item.file.caption] == _digest(item.disk):
                 item.accepted = item.disk
@@ -136,9 +144,16 @@ class Session:
         # (journal entry, caption) → tags and on/off before and after: the editor-only state
         # (tags turned off) that an undo or redo of this session's edits puts back on screen.
         self._views: dict[tuple[str, str], tuple[tuple[str, ...], tuple[bool, ...], tuple[str, ...], tuple[bool, ...]]] = {}
-        self.last_operation: AddTags | RemoveTags | None = None
+        self.last_operation: AddTags | RemoveTags | ReplaceTag | None = None
+        self._keys: dict[str, str] = {}
+        self._ranked: list[tuple[str, int]] | None = None
         self.filter_text = ""
         self.visible: list[int] = list(range(len(self.items)))
+
+    def clean_temporaries(self) -> list[Path]:
+        """Remove what a killed editor or command left half-written (only our own, only dead runs'):
+        safe on any thread, and run off the UI thread because it walks the whole folder."""
+        return clean_stale_temporaries(self.root)
 
     # ---- reading
 
@@ -151,6 +166,11 @@ class Session:
             return "(no caption file)"
         text = item.disk.decode("utf-8", "replace").strip()
         return f"{item.locked}\n{text}" if item.locked else text
+
+    def multiline(self, index: int) -> bool:
+        """True when the caption file has several lines (kohya trains on the first one only)."""
+        disk = self.items[index].disk
+        return disk is not None and b"\n" in disk.strip()
 
     def scores(self, index: int) -> dict[str, tuple[float, str]]:
         image = self.items[index].file.image
@@ -187,32 +207,73 @@ class Session:
 
     # ---- filtering and moving
 
-    def matches(self, index: int, text: str) -> bool:
+    def key(self, tag: str) -> str:
+        """`Red_Hair` → `red hair`: how filters and autocomplete compare tags (computed once per tag)."""
+        found = self._keys.get(tag)
+        if found is None:
+            found = self._keys[tag] = tag_key(tag)
+        return found
+
+    def matches(self, index: int, term: Term) -> bool:
         item = self.items[index]
-        query = text.strip()
-        if query == "noface":
-            return self.no_face(index)
-        if query == "todo":
-            return not item.is_accepted
-        if query == "lint" or query.startswith("lint:"):
-            kind = query.partition(":")[2].strip()
+        kind = term.kind
+        if kind == "contains":
+            return any(term.value in self.key(t) for t in item.tags)
+        if kind == "exact":
+            return any(term.value == self.key(t) for t in item.tags)
+        if kind == "without":
+            return all(term.value != self.key(t) for t in item.tags)
+        if kind == "lint":
             self.lint()
-            return any(not kind or p.kind == kind for p in self._problems.get(self.name(index), ()))
-        if query.startswith("-"):
-            return query[1:].strip() not in item.tags
-        if query.startswith("="):
-            return query[1:].strip() in item.tags
-        needle = query.lower()
-        return any(needle in tag.lower() for tag in item.tags)
+            return any(not term.value or p.kind == term.value for p in self._problems.get(self.name(index), ()))
+        if kind == "noface":
+            return self.no_face(index)
+        if kind == "todo":
+            return not item.is_accepted
+        if kind == "done":
+            return item.is_accepted
+        if kind == "folder":
+            return self.name(index).startswith(term.value + "/")
+        raise ValueError(kind)
 
     def set_filter(self, text: str) -> int:
-        """Show only matching images; returns how many match."""
+        """Show only images matching every term; returns how many match.
+
+        Raises UsageError (and keeps the current filter) for a term that cannot match, such as
+        an unknown lint kind.
+        """
+        terms = parse_filter(text)
         self.filter_text = text.strip()
-        if not self.filter_text:
-            self.visible = list(range(len(self.items)))
-        else:
-            self.visible = [i for i in range(len(self.items)) if self.matches(i, self.filter_text)]
+        self.visible = [i for i in range(len(self.items)) if all(self.matches(i, t) for t in terms)]
         return len(self.visible)
+
+    # ---- the dataset's vocabulary
+
+    def ranked_tags(self) -> list[tuple[str, int]]:
+        """Every tag with the number of images carrying it, most common first."""
+        if self._ranked is None:
+            self._ranked = [(t, n) for t, n in sorted(self.frequency.items(), key=lambda tn: (-tn[1], tn[0])) if n > 0]
+        return self._ranked
+
+    def suggest(self, fragment: str, limit: int = 6, exclude: set[str] = frozenset()) -> list[tuple[str, int]]:
+        """Tags for what is being typed: those starting with it first, then those containing it,
+        each most common first (case and `_`/space ignored)."""
+        needle = self.key(fragment)
+        if not needle:
+            return []
+        starts, inside = [], []
+        for tag, count in self.ranked_tags():
+            if tag in exclude:
+                continue
+            key = self.key(tag)
+            if key.startswith(needle):
+                if key != needle or tag != fragment.strip():
+                    starts.append((tag, count))
+                if len(starts) >= limit:
+                    break
+            elif needle in key and len(inside) < limit:
+                inside.append((tag, count))
+        return (starts + inside)[:limit]
 
     def next_problem(self, position: int) -> int | None:
         """The visible position of the next image with a lint problem after `position` (wrapping)."""
@@ -238,7 +299,7 @@ class Session:
         self.frequency.subtract(set(item.tags))
         item.tags, item.on, item.disk, item.edited, item.locked = list(tags), list(on), disk, True, None
         self.frequency.update(set(item.tags))
-        self._lint = None
+        self._lint = self._ranked = None
 
     def _commit(self, description: str, edits: list[Edit]) -> tuple[list[Edit], list[Edit]]:
         """Journal and write edits (only those whose files still hold what the editor saw).
@@ -275,7 +336,7 @@ class Session:
         fresh = item_for(item.file, read_current(self.root, item.file.caption))
         item.disk, item.tags, item.on, item.locked = fresh.disk, fresh.tags, fresh.on, fresh.locked
         self.frequency.update(set(item.tags))
-        self._lint = None
+        self._lint = self._ranked = None
 
     def change(self, index: int, tags: list[str], on: list[bool] | None = None, *, what: str = "edit") -> Outcome:
         """Set an item's tags (and which are on); journalled and saved at once, undoable."""
@@ -332,11 +393,31 @@ class Session:
         write_accepted(self.root, {i.file.caption: _digest(i.disk) for i in self.items if i.is_accepted})
         return Outcome(f"accepted {self.name(index)}")
 
-    def apply_to_filtered(self) -> Outcome:
-        """Repeat the last tag addition/removal on every visible image, as one undo step (journalled)."""
-        operation = self.last_operation
+    def rename_tag(self, index: int, position: int, text: str) -> Outcome:
+        """Replace the tag at `position` in place: by one tag, by several (commas), or by none."""
+        item = self.items[index]
+        old = item.tags[position]
+        new = [t for t in dict.fromkeys(split_tags(text)) if t == old or t not in item.tags]
+        if new == [old]:
+            return Outcome("no change")
+        self.last_operation = ReplaceTag(old, text.strip())
+        tags = item.tags[:position] + new + item.tags[position + 1:]
+        on = item.on[:position] + [item.on[position]] * len(new) + item.on[position + 1:]
+        outcome = self.change(index, tags, on, what=f"rename '{old}' → '{', '.join(new)}'")
+        return Outcome(f"'{old}' → '{', '.join(new) or '(removed)'}' — {outcome.message}", True) if outcome.ok \
+            else outcome
+
+    def affected(self, operation: Operation) -> int:
+        """How many shown images `operation` would change (for the confirmation before it runs)."""
+        return sum(1 for i in self.visible if not self.items[i].locked
+                   and list(operation(tuple(self.items[i].tags))) != self.items[i].tags)
+
+    def apply_to_filtered(self, operation: Operation | None = None) -> Outcome:
+        """Apply `operation` (default: repeat the last tag add/delete/rename) to every shown image,
+        as one journal entry (one undo)."""
+        operation = operation or self.last_operation
         if operation is None:
-            return Outcome("no tag change to repeat yet: add or delete a tag first", ok=False)
+            return Outcome("no tag change to repeat yet: add, delete or rename a tag first", ok=False)
         edits = []
         locked = sum(1 for index in self.visible if self.items[index].locked)
         for index in self.visible:

@@ -154,3 +154,49 @@ def test_redo_reapplies_what_undo_reverted(ds):
     result = run("redo", ds)
     assert result.exit_code == 0 and "redone" in result.stdout and snapshot(ds) == edited
     assert "nothing to redo" in run("redo", ds).stdout
+
+
+@pytest.mark.parametrize("args", [["add", ""], ["add", " , "], ["remove", ""], ["move-first", ","],
+                                  ["remove", "--regex", ""]])
+def test_a_command_given_no_tag_is_a_usage_error(ds, args):
+    before = snapshot(ds)
+    result = run(args[0], ds, *args[1:])
+    assert result.exit_code == 2 and "no tag" in result.output
+    assert snapshot(ds) == before
+
+
+def test_bulk_edits_leave_multi_line_captions_alone_until_joined(tmp_path):
+    folder = write_dataset(tmp_path, {"a.png": "sks, smile", "b.png": "sks, smile\nsecond line, ignored\n"})
+    result = run("add", folder, "solo")
+    assert result.exit_code == 1 and "b.txt is on several lines" in result.stderr
+    assert (folder / "a.txt").read_bytes() == b"sks, smile, solo\n"
+    assert (folder / "b.txt").read_bytes() == b"sks, smile\nsecond line, ignored\n"   # nothing on line 2
+    assert "join-lines" in run("lint", folder).stdout
+    assert run("join-lines", folder).exit_code == 0
+    assert (folder / "b.txt").read_bytes() == b"sks, smile, second line, ignored\n"
+    assert run("add", folder, "solo").exit_code == 0
+    assert (folder / "b.txt").read_bytes() == b"sks, smile, second line, ignored, solo\n"
+
+
+def test_a_caption_that_is_not_utf8_is_named_as_skipped(tmp_path):
+    folder = write_dataset(tmp_path, {"a.png": "sks", "b.png": b"sks, caf\xe9"})
+    result = run("add", folder, "solo")
+    assert result.exit_code == 1 and "b.txt is not UTF-8" in result.stderr
+    assert (folder / "b.txt").read_bytes() == b"sks, caf\xe9"
+
+
+MARKUP = {"a.png": "sks, [/], [blue eyes], smile", "b.png": "sks, [bold]x[/bold]"}
+
+
+@pytest.mark.parametrize("args, shown", [
+    (["show", "a.png"], "[blue eyes]"),
+    (["stats"], "[blue eyes]"),
+    (["stats", "--tag", "[/]"], "[/]"),
+    (["remove", "[blue eyes]"], "- sks, [/], [blue eyes], smile"),
+    (["lint", "--trigger", "[x]"], "no trigger '[x]'"),
+])
+def test_captions_that_look_like_markup_are_printed_as_written(tmp_path, args, shown):
+    folder = write_dataset(tmp_path, MARKUP)
+    result = run(args[0], folder, *args[1:])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert shown in result.output

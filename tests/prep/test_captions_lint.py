@@ -33,6 +33,8 @@ def _lint(tmp_path, extra, **options):
     ({"x.png": "sks, red_hair"}, {}, {("tag-variants", "x.png")}),
     ({"x.png": "sks, smiel"}, {}, {("likely-typo", "x.png")}),
     ({"x.png": "sks, " + ", ".join(f"tag{i}" for i in range(40))}, {"max_tokens": 75}, {("too-long", "x.png")}),
+    ({"x.png": "sks, smile\nlong hair, 1girl\n"}, {}, {("multi-line", "x.png")}),
+    ({"x.png": "sks, smile\r\n"}, {}, set()),                                   # one line and its newline
 ])
 def test_each_problem_is_reported_on_its_file(tmp_path, extra, options, expected):
     assert _lint(tmp_path, extra, **options) == expected
@@ -54,9 +56,26 @@ def test_the_same_problem_is_not_flagged_as_a_typo_and_a_variant(tmp_path):
     ({"flower": 9, "flowers": 1}, {}),                                      # plurals are real tags
     ({"hat": 9, "cat": 1}, {}),                                              # too short to guess
     ({"red hair": 9, "blue hair": 1}, {}),                                   # two edits on a short tag
+    ({"smile": 200, "smlie": 11}, {"smlie": "smile"}),                       # a common typo is still one
+    ({"long hair": 300, "lng hair": 12}, {"lng hair": "long hair"}),         # a dropped letter
+    ({"smile": 200, "smille": 15}, {"smille": "smile"}),                     # a doubled letter
+    ({"smile": 90, "smlie": 11}, {}),                                        # not 10× as common
+    ({"skirt": 300, "shirt": 20}, {}),                                       # another word, not a slip
+    ({"hair": 300, "chair": 12}, {}),                                        # a letter at a word's start
+    ({"red hair": 300, "red chair": 12}, {}),
 ])
 def test_typo_suggestions(counts, expected):
     assert typo_suggestions(Counter(counts)) == expected
+
+
+def test_a_typo_in_eleven_images_is_caught_with_the_default_rare_max(tmp_path):
+    captions = {f"{i:03d}.png": "sks, smile, 1girl" for i in range(200)}
+    captions.update({f"t{i:02d}.png": "sks, smlie, 1girl" for i in range(11)})
+    write_dataset(tmp_path, captions)
+    report = lint_dataset(load_dataset(tmp_path), EstimateCounter(), LintOptions())
+    typos = [p for p in report.problems if p.kind == "likely-typo"]
+    assert len(typos) == 11 and typos[0].message == "'smlie' (11×) looks like 'smile' (200×)"
+    assert fix_commands(report, "DS", "likely-typo", None) == ["loraprep captions replace DS smlie smile"]
 
 
 def test_token_limit_uses_exact_counts_when_the_vocabulary_is_there(tmp_path):

@@ -206,14 +206,14 @@ LABELLED = ["anime/concert1.jpg", "photos/astronaut.png", "photos/camera.png", "
 
 
 @pytest.fixture(scope="module")
-def whitened(testdata, yunet_model, tmp_path_factory) -> Path:
-    """Every labelled test image through `clean --background white` with the default masks."""
+def whitened(testdata, tmp_path_factory) -> Path:
+    """Every labelled test image through `clean --background white` as shipped: default detector and masks."""
     folder = tmp_path_factory.mktemp("labelled")
     for name in LABELLED:
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(testdata / name, folder / name)
     out = folder.with_name(folder.name + "-white")
-    result = clean_folder(folder, CleanOptions(background="white"), out=out, detector=YuNetDetector(yunet_model))
+    result = clean_folder(folder, CleanOptions(background="white"), out=out)
     assert not result.dropped, result.dropped
     return out
 
@@ -226,7 +226,7 @@ def test_white_background_keeps_every_labelled_face(whitened, testdata, faces_tr
         assert non_white_kept(original, cleaned, box) >= 0.8
 
 
-def test_every_person_in_a_group_scene_is_sure_foreground(testdata, yunet_model):
+def test_every_person_in_a_group_scene_is_sure_foreground(testdata):
     image = np.asarray(open_image(testdata / "anime/concert1.jpg"))
     faces = [tuple(b) for b in [[856, 598, 965, 741], [343, 496, 458, 643], [1638, 307, 1916, 647]]]
     matte = GrabCutSegmenter()(image, faces)

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from cli import app
 from prep.crop import CropOptions, crop_folder, cut, fit_aspect, keep_faces_whole, largest_box_at, parse_aspect
 from prep.errors import UsageError
-from prep.faces import YuNetDetector
-from prep.images import open_image, sha256_file
+from prep.faces import HaarDetector, YuNetDetector
+from prep.images import is_image_path, open_image, sha256_file
 from prep.progress import ProgressEvent, Reporter
 from prep.sidecars import caption_path, read_caption, read_meta, write_caption
 
@@ -77,6 +77,48 @@ def test_no_face_falls_back_to_a_flagged_focal_point_crop(yunet, testdata, tmp_p
     x0, y0, x1, y1 = meta["crop"]["box"]
     assert meta["faces"] == [] and meta["crop"]["preset"] == "focal"
     assert x1 - x0 == y1 - y0 == min(width, height) and 0 <= x0 and x1 <= width and 0 <= y0 and y1 <= height
+
+
+SPRITES = ["anime/sylvie_blue_normal.png", "anime/sylvie_blue_smile.png", "anime/eileen_happy.png",
+           "anime/lucy_happy.png"]
+
+
+@pytest.mark.parametrize("background", ["transparent", "flat"])
+@pytest.mark.parametrize("name", SPRITES)
+def test_a_full_body_sprite_without_a_found_face_keeps_its_head_in_the_focal_crop(testdata, faces_truth, tmp_path,
+                                                                                    name, background):
+    source = testdata / name
+    if background == "flat":  # the same sprite on one flat colour, no alpha
+        sprite = Image.open(source)
+        source = tmp_path / "flat.png"
+        flat = Image.new("RGB", sprite.size, (90, 160, 220))
+        flat.paste(sprite, mask=sprite.getchannel("A"))
+        flat.save(source)
+    # OpenCV's Haar cascade finds no drawn face in these sprites: the crop falls back to the focal point
+    (meta,) = crop_metas(source, tmp_path / "out", HaarDetector())
+    assert meta["faces"] == [] and meta["crop"]["preset"] == "focal"
+    (face,) = faces_truth[name]
+    assert inside(meta["crop"]["box"], face)
+
+
+@pytest.mark.parametrize(("figure", "size", "expected"), [
+    ((100, 50, 230, 690), (334, 700), (0, 37, 334, 371)),   # headroom above the figure's top
+    ((100, 0, 230, 690), (334, 700), (0, 0, 334, 334)),     # already at the top edge
+    ((400, 40, 600, 700), (1000, 720), (140, 0, 860, 720)),  # wide canvas: centred across on the figure
+])
+def test_top_of_a_figure_is_the_largest_box_from_just_above_its_head(figure, size, expected):
+    from prep.crop import top_of
+
+    assert top_of(figure, 1.0, size) == expected
+
+
+@pytest.mark.parametrize("name", ["photos/coffee.png", "anime/bg_meadow.jpg", "photos/rocket.jpg"])
+def test_pictures_that_are_not_cut_out_figures_keep_the_detail_focal_point(testdata, name):
+    from prep.crop import reduced_copy
+    from prep.focal import figure_box
+
+    small, _ = reduced_copy(open_image(testdata / name), 640)
+    assert figure_box(np.asarray(small)) is None
 
 
 # ---- group shots
@@ -297,6 +339,40 @@ def test_cli_crop_writes_crops_and_summarises(models_with_yunet, raw_folder, tmp
 
 
 def test_cli_crop_named_detector_without_model_exits_with_pull_hint(raw_folder, tmp_path):
-    result = CliRunner().invoke(app, ["crop", str(raw_folder), "--out", str(tmp_path / "out"), "--detector", "yunet"])
+    result = CliRunner().invoke(app, ["crop", str(raw_folder), "--out", str(tmp_path / "out"), "--detector", "anime"])
     assert result.exit_code == 1
-    assert "loraprep models pull yunet" in " ".join(result.output.split())
+    assert "loraprep models pull anime-face" in " ".join(result.output.split())
+
+
+# ---- out of the box (issue 16): a plain install, nothing downloaded
+
+def covered(outer, inner) -> float:
+    """Share of `inner`'s area inside `outer`."""
+    width = max(0, min(outer[2], inner[2]) - max(outer[0], inner[0]))
+    height = max(0, min(outer[3], inner[3]) - max(outer[1], inner[1]))
+    return width * height / ((inner[2] - inner[0]) * (inner[3] - inner[1]))
+
+
+@pytest.fixture(scope="module")
+def one_per_face(testdata, tmp_path_factory) -> dict[str, list[dict]]:
+    """`loraprep crop tests/data --one-per-face` with the default detector: each source's crops' metadata."""
+    out = tmp_path_factory.mktemp("one-per-face")
+    result = CliRunner().invoke(app, ["crop", str(testdata), "--out", str(out), "--one-per-face"])
+    assert result.exit_code == 0, result.output
+    crops: dict[str, list[dict]] = {}
+    for path in out.rglob("*"):
+        if is_image_path(path):
+            meta = read_meta(path)
+            crops.setdefault("/".join(Path(meta["source"]["path"]).parts[-2:]), []).append(meta["crop"])
+    return crops
+
+
+def test_every_hand_checked_face_lies_inside_a_crop_with_nothing_downloaded(one_per_face, faces_truth):
+    for name, boxes in faces_truth.items():
+        for box in boxes:
+            assert max(covered(c["box"], box) for c in one_per_face[name]) >= 0.9, (name, box)
+
+
+def test_no_crop_is_cut_around_a_face_in_pictures_without_one(one_per_face, faces_truth):
+    for name in [n for n, boxes in faces_truth.items() if not boxes]:
+        assert [c["preset"] for c in one_per_face[name]] == ["focal"], name

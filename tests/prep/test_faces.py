@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from prep.errors import ModelNotAvailable, UsageError
-from prep.faces import (AnimeYoloDetector, CombinedDetector, HaarDetector, LibFaceDetectionDetector, YuNetDetector,
-                        detector_from_name)
+from prep import faces
+from prep.faces import (AnimeCascadeDetector, AnimeYoloDetector, CombinedDetector, HaarDetector,
+                        LibFaceDetectionDetector, YuNetDetector, cascade_score, detector_from_name, merge_boxes)
 from prep.images import open_image
 from prep.masks import OnnxSegmenter, SegmenterInput
 from prep.progress import ProgressEvent, Reporter
@@ -70,29 +72,89 @@ def test_combined_detector_reports_overlapping_boxes_once(yunet, testdata):
     assert len(CombinedDetector([yunet, yunet])(image)) == len(yunet(image)) == 1
 
 
+@pytest.mark.parametrize("name", ["anime/sylvie_blue_normal.png", "anime/sylvie_blue_smile.png",
+                                  "anime/lucy_happy.png", "anime/eileen_happy.png"])
+def test_anime_cascade_frames_the_hand_checked_drawn_faces(anime_cascade, testdata, faces_truth, name):
+    found = AnimeCascadeDetector(anime_cascade)(pixels(testdata, name))
+    (truth,) = faces_truth[name]
+    assert any(iou(f.box, truth) > 0.3 and f.detector == "anime-cascade" and 0.5 <= f.score < 1 for f in found)
+
+
+@pytest.mark.parametrize("name", WITHOUT_FACES + ["photos/rocket.jpg", "anime/panorama.jpg"])
+def test_anime_cascade_finds_nothing_in_pictures_without_faces(anime_cascade, testdata, name):
+    from prep.crop import detect_faces
+
+    assert detect_faces(open_image(testdata / name), AnimeCascadeDetector(anime_cascade), 640)[0] == []
+
+
+@pytest.mark.parametrize(("neighbours", "score"), [(5, 0.5), (20, 0.8), (45, 0.9)])
+def test_cascade_scores_grow_with_agreeing_windows_towards_one(neighbours, score):
+    assert cascade_score(np.array([neighbours], float))[0] == pytest.approx(score)
+
+
+def test_merged_faces_keep_the_first_detectors_box_and_the_best_score():
+    boxes = np.array([[100, 100, 200, 220], [80, 80, 230, 240], [300, 40, 340, 90], [90, 95, 205, 215]], float)
+    # 0: a network's tight box; 1: the cascade's wider box of the same face (IoU 0.5); 2: another
+    # face; 3: a nested duplicate of 0 from a third detector
+    groups = merge_boxes(boxes, [0, 2, 3, 1], iou_threshold=0.6, nested=0.7)
+    assert groups == [(0, [0, 3, 1]), (2, [2])]
+
+
+def test_combined_detector_merges_yunet_and_the_cascade_on_a_group_scene(yunet, anime_cascade, testdata, faces_truth):
+    from prep.crop import detect_faces
+
+    merged, _, _ = detect_faces(open_image(testdata / "anime/concert1.jpg"),
+                                CombinedDetector([yunet, AnimeCascadeDetector(anime_cascade)]), 640)
+    for truth in faces_truth["anime/concert1.jpg"]:
+        (same,) = [f for f in merged if iou(f.box, truth) > 0.3]
+        assert same.detector == "yunet"  # the tight box wins, once per face
+
+
 def notes_of(events: list[ProgressEvent]) -> str:
     return "\n".join(e.message for e in events if e.kind == "note")
 
 
-def test_auto_prefers_yunet_when_its_model_is_there_and_says_so(yunet_model):
-    events: list[ProgressEvent] = []
-    detector = detector_from_name("auto", Reporter(events.append), model_dir=yunet_model.parent)
-    assert detector.name == "yunet"
-    assert "face detector (auto): yunet" in notes_of(events)
-
-
-def test_auto_falls_back_to_an_offline_detector_and_names_what_was_missing():
+def test_auto_needs_no_download_and_says_what_it_merged(anime_cascade):
     events: list[ProgressEvent] = []
     detector = detector_from_name("auto", Reporter(events.append))
-    assert detector.name in ("libfacedetection", "haar")
-    assert f"(auto): {detector.name}" in notes_of(events) and "yunet" in notes_of(events)
+    expected = ["yunet", "anime-cascade"] + (["libfacedetection"] if importlib.util.find_spec("yuface") else [])
+    assert detector.name == "+".join(expected)
+    assert f"face detector (auto): {detector.name}" in notes_of(events)
 
 
-@pytest.mark.parametrize("name", ["yunet", "anime"])
-def test_named_detector_without_its_model_refuses_with_the_pull_hint(name):
+def test_auto_takes_a_pulled_anime_model_too_and_names_what_it_did_not_find(anime_cascade, tmp_path, monkeypatch):
+    cache = tmp_path / "models"
+    (cache / "anime-face").mkdir(parents=True)
+    monkeypatch.setenv("LORAPREP_MODELS", str(cache))
+    events: list[ProgressEvent] = []
+    assert detector_from_name("auto", Reporter(events.append)).name.startswith("yunet+anime-cascade")
+    assert "not available: anime (" in notes_of(events)  # the folder is there, its model file is not
+
+
+def test_auto_without_the_bundled_files_falls_back_to_haar_and_says_why(tmp_path, monkeypatch):
+    monkeypatch.setattr(faces, "DATA", tmp_path)  # an install that lost prep/data/
+    events: list[ProgressEvent] = []
+    detector = detector_from_name("auto", Reporter(events.append))
+    assert detector.name.split("+")[-1] == "haar" and "yunet" not in detector.name
+    assert "not available: yunet" in notes_of(events) and "anime-cascade" in notes_of(events)
+
+
+def test_a_pulled_yunet_in_the_model_cache_is_used_before_the_bundled_copy(yunet_model, tmp_path, monkeypatch):
+    cache = tmp_path / "models"
+    (cache / "yunet").mkdir(parents=True)
+    (cache / "yunet" / "face_detection_yunet.onnx").symlink_to(yunet_model)
+    monkeypatch.setenv("LORAPREP_MODELS", str(cache))
+    assert faces.yunet_file() == cache / "yunet" / "face_detection_yunet.onnx"
+    assert detector_from_name("yunet").model_path == cache / "yunet" / "face_detection_yunet.onnx"
+
+
+def test_named_detector_without_its_model_refuses_with_the_pull_hint(tmp_path):
     with pytest.raises(ModelNotAvailable) as error:
-        detector_from_name(name)
-    assert "loraprep models pull" in error.value.hint
+        detector_from_name("anime")
+    assert "loraprep models pull anime-face" in error.value.hint
+    with pytest.raises(ModelNotAvailable) as error:
+        detector_from_name("yunet", model_dir=tmp_path)  # an explicit folder is never second-guessed
+    assert "loraprep models pull yunet" in error.value.hint
 
 
 def test_unknown_detector_name_is_a_usage_error():

@@ -55,6 +55,15 @@ async def burst(pilot, *keys: str) -> None:
     await pilot.pause()
 
 
+async def preview_drawn(pilot) -> None:
+    """Wait for the preview, which is drawn off the UI thread."""
+    for _ in range(500):
+        if pilot.app.preview_ready():
+            return
+        await pilot.pause(0.01)
+    raise AssertionError("the preview never arrived")
+
+
 def caption(folder, name):
     return (folder / name).with_suffix(".txt").read_bytes()
 
@@ -125,6 +134,8 @@ async def test_apply_to_all_filtered_then_cli_undo_reverts_it(ds):
         await type_into(pilot, "#filter", "=sks")
         await type_into(pilot, "#add", "solo")  # on astronaut, then repeat on every filtered image
         await pilot.press("A")
+        assert "on 2 filtered image(s)?" in str(editor.query_one("#status").render())
+        await pilot.press("y")
         await pilot.press("q")
     assert [caption(ds, n).endswith(b", solo\n") for n in IMAGES] == [True, True, False, False, True]
     editor_undo = CliRunner().invoke(cli_app, ["captions", "undo", str(ds)])
@@ -149,8 +160,9 @@ async def test_next_lint_problem_and_preview_of_the_selected_image_only(ds):
 
     editor = CaptionEditor(ds, lint_options=LintOptions(trigger="sks"))
     async with editor.run_test(size=(80, 24)) as pilot:
-        preview = str(editor.query_one("#preview").render())
-        assert "▀" in preview                          # astronaut.png drawn in half blocks
+        await preview_drawn(pilot)
+        picture = editor.query_one("#preview").picture
+        assert picture.lines and picture.lines[0][0].text[0] == "▀"   # astronaut.png drawn in half blocks
         await pilot.press("e")
         assert editor.session.name(editor.current) == "chelsea.png"
         assert "trigger" in str(editor.query_one("#status").render())
@@ -164,7 +176,8 @@ async def test_opens_without_decoding_images(tmp_path):
     editor = CaptionEditor(folder)
     async with editor.run_test(size=(80, 24)) as pilot:
         assert len(editor.session.items) == 300
-        assert "no preview" in str(editor.query_one("#preview").render())
+        await preview_drawn(pilot)
+        assert "no preview" in editor.query_one("#preview").picture.message
         await pilot.press("end")
         await pilot.press("ctrl+c")
     assert caption(folder, "0000.png") == b"sks, tag0"
@@ -326,6 +339,181 @@ async def test_temporaries_of_a_killed_run_are_removed_on_start(ds):
     mine = ds / ".notes.tmp"                                    # not ours: never touched
     mine.write_bytes(b"keep")
     editor = CaptionEditor(ds)
-    async with editor.run_test(size=(80, 24)):
-        assert "removed 1 temporary file" in str(editor.query_one("#status").render())
+    async with editor.run_test(size=(80, 24)) as pilot:
+        for _ in range(300):                                    # cleaned off the UI thread
+            if "removed 1 temporary file" in status(editor):
+                break
+            await pilot.pause(0.01)
+        assert "removed 1 temporary file" in status(editor)
     assert not leftover.exists() and mine.exists()
+
+
+# ---- what users of BooruDatasetTagManager and taggui expect
+
+
+def status(editor) -> str:
+    return str(editor.query_one("#status").render())
+
+
+async def test_add_box_completes_tags_from_the_dataset_with_counts(ds):
+    editor = CaptionEditor(ds)
+    async with editor.run_test(size=(80, 24)) as pilot:
+        await burst(pilot, "n", "+", *"sm")                       # on camera, which has no smile yet
+        assert "smile ×3" in str(editor.query_one("#suggest").render())
+        await burst(pilot, "tab", "enter")
+        assert caption(ds, "camera.png") == b"sks, 1boy, camera, coat, smile\n"
+        await burst(pilot, "+", *"no_hu", "down", "enter")        # `_` matches a space; ↓ then Enter takes it
+        assert caption(ds, "camera.png") == b"sks, 1boy, camera, coat, smile, no humans\n"
+
+
+@pytest.mark.parametrize("query, expected", [
+    ("=sks =smile", ["astronaut.png", "sylvie.png"]),
+    ("=SKS -1boy", ["sylvie.png"]),
+    ("=sks, -1Boy", ["sylvie.png"]),
+    ("no_humans", ["chelsea.png", "rocket.jpg"]),
+    ("Blue_Hair", ["sylvie.png"]),
+    ("=smile todo", ["astronaut.png", "chelsea.png", "sylvie.png"]),
+    ("=smile noface", ["chelsea.png"]),
+])
+async def test_filter_terms_combine_and_ignore_case_and_underscores(ds, query, expected):
+    editor = CaptionEditor(ds)
+    async with editor.run_test(size=(80, 24)) as pilot:
+        await type_into(pilot, "#filter", query)
+        assert [editor.session.name(i) for i in editor.session.visible] == expected
+
+
+async def test_an_unknown_filter_kind_is_an_error_and_keeps_the_filter(ds):
+    editor = CaptionEditor(ds)
+    async with editor.run_test(size=(80, 24)) as pilot:
+        await type_into(pilot, "#filter", "=smile")
+        await type_into(pilot, "#filter", "lint:bogus")
+        assert "unknown lint kind 'bogus'" in status(editor)
+        assert [editor.session.name(i) for i in editor.session.visible] == ["astronaut.png", "chelsea.png", "sylvie.png"]
+
+
+async def test_clearing_the_filter_keeps_the_selected_image(ds):
+    editor = CaptionEditor(ds)
+    async with editor.run_test(size=(80, 24)) as pilot:
+        await type_into(pilot, "#filter", "=smile")
+        await pilot.press("n")
+        assert editor.session.name(editor.current) == "chelsea.png"
+        await type_into(pilot, "#filter", "")
+        assert len(editor.session.visible) == 5 and editor.session.name(editor.current) == "chelsea.png"
+        assert editor.query_one("#files").cursor == 2
+
+
+async def test_rename_a_tag_in_place_on_one_image(ds):
+    editor = CaptionEditor(ds)
+    async with editor.run_test(size=(80, 24)) as pilot:
+        await burst(pilot, "down", "down", "down", "r", "ctrl+u", *"grin, teeth", "enter")
+    assert caption(ds, "astronaut.png") == b"sks, 1boy, spacesuit, grin, teeth\n"
+    assert caption(ds, "sylvie.png") == CAPTIONS["sylvie.png"].encode()
+
+
+@pytest.mark.parametrize("answer, changed", [("y", True), ("n", False), ("escape", False)])
+async def test_replace_across_the_filtered_images_asks_first(ds, answer, changed):
+    before = snapshot(ds)
+    editor = CaptionEditor(ds)
+    async with editor.run_test(size=(80, 24)) as pilot:
+        await type_into(pilot, "#filter", "=sks")
+        await burst(pilot, "escape", "down", "R", "ctrl+u", *"male", "enter")   # back to the tags; "1boy" → "male"
+        assert "'1boy' → 'male'" in status(editor) and "on 2 filtered image(s)?" in status(editor)
+        assert snapshot(ds) == before                                    # nothing yet
+        await burst(pilot, answer)
+    edited = {k for k, v in snapshot(ds).items() if before[k] != v}
+    assert edited == ({"astronaut.txt", "camera.txt"} if changed else set())
+    if changed:
+        assert caption(ds, "camera.png") == b"sks, male, camera, coat\n"
+
+
+async def test_apply_all_cancelled_changes_nothing(ds):
+    editor = CaptionEditor(ds)
+    async with editor.run_test(size=(80, 24)) as pilot:
+        await burst(pilot, "+", *"solo", "enter")
+        after_add = snapshot(ds)
+        await burst(pilot, "A", "d")                                  # any key but y cancels, and only cancels
+        assert "cancelled" in status(editor)
+    assert snapshot(ds) == after_add
+
+
+async def test_question_mark_lists_every_key_and_the_next_key_only_closes_it(ds):
+    from textual.keys import format_key
+
+    editor = CaptionEditor(ds)
+    async with editor.run_test(size=(80, 24)) as pilot:
+        await pilot.press("question_mark")
+        shown = str(editor.query_one("#help").render())
+        assert editor.query_one("#help").has_class("open")
+        for binding in CaptionEditor.BINDINGS:
+            assert binding.description in shown
+            for key in binding.key.split(","):
+                assert format_key(key) in shown
+        await pilot.press("d")
+        assert not editor.query_one("#help").has_class("open")
+    assert caption(ds, "astronaut.png") == CAPTIONS["astronaut.png"].encode()
+
+
+def test_the_footer_fits_80_columns_and_shows_undo_redo_and_apply_all():
+    footer = CaptionEditor.footer_text().plain
+    assert len(footer) <= 80
+    for key in ("n/p", "u/U", "A", "/", "?", "q", "+", "d", "r"):
+        assert f" {key} " in footer
+
+
+async def test_at_80x24_each_tag_takes_one_line(tmp_path):
+    tags = [f"a rather long tag name number {i} with words" for i in range(30)]
+    folder = write_dataset(tmp_path, {"a.png": ", ".join(tags)})
+    editor = CaptionEditor(folder)
+    async with editor.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        tag_list = editor.query_one("#tags")
+        assert tag_list.virtual_size.height == 30
+        width = tag_list.scrollable_content_region.width
+        line = tag_list.render_line(0)
+        assert line.cell_length == width and "…" in line.text and "×1" in line.text
+
+
+async def test_file_list_shows_sub_folders_and_full_paths_on_demand(tmp_path):
+    folder = write_dataset(tmp_path, {"anime/characters/sylvie_front.png": "sks", "photos/a.png": "sks"})
+    editor = CaptionEditor(folder)
+    async with editor.run_test(size=(80, 24)) as pilot:
+        files = editor.query_one("#files")
+        narrow = files.render_line(0).text
+        assert "/sylvie_front.png" in narrow and narrow.strip().startswith("…")
+        assert "photos/a.png" in files.render_line(1).text
+        await pilot.press("f")
+        await pilot.pause()
+        assert "anime/characters/sylvie_front.png" in files.render_line(0).text
+        await type_into(pilot, "#filter", "in:photos")
+        assert [editor.session.name(i) for i in editor.session.visible] == ["photos/a.png"]
+
+
+async def test_tag_panel_lists_the_dataset_tags_with_counts_and_enter_filters(ds):
+    editor = CaptionEditor(ds)
+    async with editor.run_test(size=(120, 30)) as pilot:
+        await pilot.press("T")
+        vocab = editor.query_one("#vocab")
+        assert vocab.display and vocab.render_line(0).text.split() == ["3", "sks"]
+        await pilot.press("down", "down", "down", "enter")         # sks 3, smile 3, 1boy 2, no humans 2
+        assert editor.query_one("#filter").value == "=no humans"
+        assert [editor.session.name(i) for i in editor.session.visible] == ["chelsea.png", "rocket.jpg"]
+
+
+async def test_captions_and_names_that_look_like_markup_are_shown_as_written(tmp_path):
+    folder = write_dataset(tmp_path, {"a [v2].png": "sks, [/], [blue eyes], [b]bold[/b]", "b.png": "sks"})
+    editor = CaptionEditor(folder)
+    async with editor.run_test(size=(100, 30), notifications=True) as pilot:
+        await pilot.pause()
+        assert str(editor.query_one("#raw").render()) == "sks, [/], [blue eyes], [b]bold[/b]"
+        assert "a [v2].png" in str(editor.query_one("#heading").render())
+        assert "a [v2].png" in editor.query_one("#files").render_line(0).text
+        tags = editor.query_one("#tags")
+        assert [tags.render_line(i).text[:11] for i in range(1, 4)] == ["[/]        ", "[blue eyes]", "[b]bold[/b]"]
+        await pilot.press("down", "d")                               # the message quotes the tag
+        assert "removed '[/]'" in status(editor)
+        (folder / "a [v2].txt").write_text("changed elsewhere")
+        await pilot.press("d")                                        # refused, with a warning notification
+        await pilot.pause(0.1)
+        toasts = " ".join(str(t.render()) for t in editor.screen.query("Toast"))
+        assert "a [v2].txt changed on disk" in toasts
+    assert (folder / "a [v2].txt").read_text() == "changed elsewhere"

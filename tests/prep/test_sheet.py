@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
 from cli import app
@@ -75,3 +75,31 @@ def test_cli_sheet_writes_the_sheet(crops, tmp_path):
     result = CliRunner().invoke(app, ["sheet", str(crops), "--out", str(tmp_path / "s.jpg"), "--thumb", "96"])
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "s.jpg").format == "JPEG"
+
+
+# ---- labels are wrapped, never cut (issue 16 §5)
+
+@pytest.mark.parametrize(("text", "lines"), [
+    ("face, exact, yunet+anime-cascade+libfacedetection", ["face, exact,", "yunet+anime-", "cascade+", "libfacedetec", "tion"]),
+    ("raw/10_sks woman/astronaut-face.png", ["raw/10_sks", "woman/", "astronaut-", "face.png"]),
+    ("512x512 -> bucket 512x512", ["512x512 ->", "bucket", "512x512"]),
+    ("short", ["short"]),
+    ("", [""]),
+])
+def test_labels_wrap_at_spaces_then_separators_and_lose_no_character(text, lines):
+    from prep.sheet import wrap_label
+
+    assert wrap_label(text, lambda line: len(line) <= 12) == lines
+
+
+def test_a_long_detector_label_wraps_within_the_thumbnail_and_the_sheet_grows_to_show_it():
+    from prep.sheet import _font, wrap_label
+
+    label = "face, exact, yunet+anime-cascade+libfacedetection, upscale"
+    short = render_sheet([SheetCell(Image.new("RGB", (64, 64)), (), ("a", "b", "c", "d"))], thumb=96)
+    long = render_sheet([SheetCell(Image.new("RGB", (64, 64)), (), ("a", "b", label, "d"))], thumb=96)
+    font = _font(10)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    wrapped = wrap_label(label, lambda line: measure.textlength(line, font=font) <= 92)
+    assert len(wrapped) > 1 and all(measure.textlength(line, font=font) <= 92 for line in wrapped)
+    assert long.height == short.height + (len(wrapped) - 1) * 13 and long.width == short.width

@@ -83,13 +83,55 @@ def test_disk_cache_recomputes_only_the_recropped_image(testdata: Path, tmp_path
 
 def test_cached_latents_equal_fresh_ones(testdata: Path, tmp_path: Path, tiny_sd15: Path) -> None:
     manifest = make_dataset(testdata, tmp_path / "ds")
-    results = []
-    for mode in ("off", "memory"):
-        config = load_config(None, {"base": str(tiny_sd15), "cache_latents": mode, "output_dir": str(tmp_path)})
-        batcher = Batcher(load_model(config, "cpu"), load_training_set(manifest), config, "cpu")
-        results.append(batcher.condition([0, 1], epoch=0, batch_number=0))
-    assert torch.equal(results[0].latents, results[1].latents)
-    assert torch.allclose(results[0].prompt.embeds, results[1].prompt.embeds, atol=1e-6)
+    config = load_config(None, {"base": str(tiny_sd15), "cache_latents": "off", "output_dir": str(tmp_path)})
+    base = load_model(config, "cpu")
+    fresh = Batcher(base, load_training_set(manifest, shuffle_caption=False), config, "cpu")
+    singles = [fresh.condition([i], epoch=0, batch_number=0) for i in (0, 1)]
+    cached = Batcher(base, load_training_set(manifest, shuffle_caption=False), config.replace(cache_latents="memory"),
+                     "cpu")
+    cached.fill_caches()
+    both = cached.condition([0, 1], epoch=0, batch_number=0)
+    assert cached.latents.stats.misses == 0 and len(cached.latents) == 4
+    assert torch.equal(both.latents, torch.cat([s.latents for s in singles]))
+    assert torch.allclose(both.prompt.embeds, torch.cat([s.prompt.embeds for s in singles]), atol=1e-6)
+
+
+@pytest.mark.parametrize(("settings", "needs_text_encoders"), [
+    ({"shuffle_caption": False, "caption_dropout": 0.1}, False),
+    ({"shuffle_caption": True}, True),
+    ({"shuffle_caption": False, "tag_dropout": 0.1}, True),
+])
+def test_filling_caches_first_frees_the_encoders_when_no_step_needs_them(
+        testdata: Path, tmp_path: Path, tiny_sd15: Path, settings: dict, needs_text_encoders: bool) -> None:
+    manifest = make_dataset(testdata, tmp_path / "ds")
+    config = load_config(None, {"base": str(tiny_sd15), "output_dir": str(tmp_path), "flip": True, **settings})
+    data = load_training_set(manifest, shuffle_caption=config.data.shuffle_caption)
+    batcher = Batcher(load_model(config, "cpu"), data, config, "cpu")
+    batcher.fill_caches()
+    assert len(batcher.latents) == 8 and not batcher.needs_vae  # 4 images, each also flipped
+    assert batcher.needs_text_encoders == needs_text_encoders
+    if not needs_text_encoders:  # each caption, and the empty one for caption dropout
+        assert len(batcher.texts) == 5 and batcher.texts.stats.misses == 0
+        batcher.condition([0, 1, 2, 3], epoch=0, batch_number=0)
+        batcher.condition([0, 1, 2, 3], epoch=1, batch_number=3)
+        assert batcher.texts.stats.misses == 0 and batcher.latents.stats.misses == 0
+
+
+def test_a_cached_latent_does_not_depend_on_what_was_cached_before(testdata: Path, tmp_path: Path,
+                                                                     tiny_sd15: Path) -> None:
+    """A batched VAE encode differs from single ones in the last bits: groups are fixed, never by misses."""
+    manifest = make_dataset(testdata, tmp_path / "ds")
+    config = load_config(None, {"base": str(tiny_sd15), "output_dir": str(tmp_path), "vae_batch_size": 2,
+                                "flip": True})
+    base = load_model(config, "cpu")
+    whole = Batcher(base, load_training_set(manifest), config, "cpu")
+    whole.fill_caches()
+    piecemeal = Batcher(base, load_training_set(manifest), config, "cpu")
+    piecemeal.condition([3, 1], epoch=0, batch_number=0)  # a few entries first, as after a resume
+    piecemeal.fill_caches()
+    assert whole.latents._memory.keys() == piecemeal.latents._memory.keys()
+    assert all(torch.equal(whole.latents._memory[k]["latent"], piecemeal.latents._memory[k]["latent"])
+               for k in whole.latents._memory)
 
 
 def test_a_damaged_disk_entry_is_recomputed(tmp_path: Path) -> None:

@@ -12,8 +12,8 @@ import pytest
 
 from prep.errors import ManifestError
 from prep.records import BucketSettings
-from train.data import (CaptionOptions, epoch_batches, load_pixels, load_training_set, process_caption,
-                        split_caption, to_array)
+from train.data import (CaptionOptions, balanced_reg_repeats, caption_variants, epoch_batches, load_pixels,
+                        load_training_set, process_caption, split_caption, to_array)
 from trainsets import IMAGES, TRIGGER, make_dataset
 
 MULTI = BucketSettings(resolution=(64, 64), step=32, min=32, max=128)
@@ -198,3 +198,44 @@ def test_fixed_resolution_must_be_a_size(text: str) -> None:
 
     with pytest.raises(UsageError, match="fixed_resolution"):
         load_config(None, {"fixed_resolution": text})
+
+
+@pytest.mark.parametrize(("train_count", "reg_repeats", "expected"), [
+    (4, [1, 1, 1, 1], [1, 1, 1, 1]),  # as many: each once
+    (6, [1, 1, 1, 1], [2, 2, 1, 1]),  # too few: a second pass adds one repeat each, in order
+    (9, [1, 1], [5, 4]),
+    (2, [1, 1, 1, 1], [1, 1, 0, 0]),  # too many: the rest are not used
+    (3, [5], [5]),  # the first pass keeps a subset's repeats, even past the count (as sd-scripts)
+    (7, [2, 0, 1], [4, 0, 3]),  # a subset with repeats 0 stays off
+    (5, [], []),
+])
+def test_regularisation_repeats_balance_by_count_like_sd_scripts(train_count: int, reg_repeats: list[int],
+                                                                  expected: list[int]) -> None:
+    assert balanced_reg_repeats(train_count, reg_repeats) == expected
+
+
+@pytest.mark.parametrize(("balance", "reg_samples"), [(True, 8), (False, 1)])
+def test_an_epoch_holds_as_many_regularisation_samples_as_training_ones(testdata: Path, tmp_path: Path,
+                                                                        balance: bool, reg_samples: int) -> None:
+    path = make_dataset(testdata, tmp_path / "ds", repeats=2, reg={"photos/camera.png": "man, camera"})
+    data = load_training_set(path, balance_reg=balance)
+    batches = epoch_batches(data.examples, 1, seed=1, epoch=0)
+    shown = Counter(data.examples[b[0]].is_reg for b in batches)
+    assert shown == {False: 8, True: reg_samples}
+
+
+@pytest.mark.parametrize(("caption", "shuffle", "options", "expected"), [
+    ("sks, a,  b", False, CaptionOptions("sks"), ("sks, a, b",)),
+    ("sks, a, b", False, CaptionOptions("sks", caption_dropout=0.1), ("sks, a, b", "")),
+    ("sks, a", True, CaptionOptions("sks"), ("sks, a",)),  # one tag after the kept ones cannot move
+    ("sks, a, b", True, CaptionOptions("sks"), None),
+    ("sks, a, b", False, CaptionOptions("sks", tag_dropout=0.1), None),
+    ("sks", False, CaptionOptions("sks", tag_dropout=0.1), ("sks",)),  # nothing to drop
+])
+def test_caption_variants_list_what_process_caption_can_return(caption: str, shuffle: bool,
+                                                               options: CaptionOptions, expected: tuple | None) -> None:
+    assert caption_variants(caption, keep_tokens=1, shuffle=shuffle, options=options) == expected
+    if expected is not None:
+        seen = {process_caption(caption, keep_tokens=1, shuffle=shuffle, options=options, rng=random.Random(i))
+                for i in range(200)}
+        assert seen <= set(expected)

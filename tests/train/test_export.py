@@ -234,7 +234,7 @@ def test_lora_without_family_metadata_is_checked_by_shape(exported: dict[str, Ex
         load_lora_state(stripped, load_base(exported["sdxl"].source))
 
 
-def test_dora_exports_lycoris_dora_scale_and_reloads_from_both_files(tiny_sd15: Path, tmp_path: Path) -> None:
+def test_row_norm_dora_files_of_peft_still_reload_from_both_files(tiny_sd15: Path, tmp_path: Path) -> None:
     base = load_base(tiny_sd15)
     inject(base, conv=True, dora=True, text_encoder=True)
     in_memory = our_image(base)
@@ -246,6 +246,48 @@ def test_dora_exports_lycoris_dora_scale_and_reloads_from_both_files(tiny_sd15: 
     assert shapes == [[32, 1], [32, 1, 1, 1]]
     for path in (kohya, diffusers):
         assert np.array_equal(our_image(load_base(tiny_sd15), path), in_memory)
+
+
+def test_trained_dora_renders_from_its_file_and_restarts_from_it(tiny_sd15: Path, tmp_path: Path) -> None:
+    from train.config import NetworkConfig
+    from train.network import add_lora
+
+    def dora_network(alpha: float, seed: int) -> BaseModel:
+        base = load_base(tiny_sd15)
+        torch.manual_seed(seed)
+        add_lora(base.unet, base.text_encoders, NetworkConfig(rank=RANK, alpha=alpha, conv_dim=CONV_RANK, dora=True,
+                                                              train_text_encoder=True))
+        with torch.no_grad():
+            for model in (base.unet, *base.text_encoders):
+                for name, param in model.named_parameters():
+                    if "lora_B" in name:
+                        param.normal_(0, 0.3)
+                    elif "lora_magnitude_vector" in name:
+                        param.mul_(1.5)
+        return base
+
+    base = dora_network(ALPHA, 0)
+    in_memory = our_image(base)
+    assert np.abs(in_memory - our_image(load_base(tiny_sd15))).max() > 10
+    (kohya,) = save_lora(tmp_path / "dora", unet=base.unet, text_encoders=base.text_encoders, base=base,
+                         dtype=torch.float32)
+    assert np.abs(our_image(load_base(tiny_sd15), kohya) - in_memory).max() <= 1  # PIL rounding only
+    fresh = dora_network(7.0, 1)
+    load_lora_into(fresh, kohya)
+    assert np.abs(our_image(fresh) - in_memory).max() <= 1
+
+
+def test_a_row_norm_dora_file_cannot_seed_a_column_norm_network(tiny_sd15: Path, tmp_path: Path) -> None:
+    from train.config import NetworkConfig
+    from train.network import add_lora
+
+    base = load_base(tiny_sd15)
+    inject(base, conv=False, dora=True, text_encoder=False)
+    kohya, _ = save_lora(tmp_path / "rows", unet=base.unet, base=base, dtype=torch.float32)
+    fresh = load_base(tiny_sd15)
+    add_lora(fresh.unet, [], NetworkConfig(rank=RANK, dora=True))
+    with pytest.raises(ModelMismatch, match="normalises each output"):
+        load_lora_into(fresh, kohya)
 
 
 def test_dora_diffusers_file_reloads_in_diffusers(tiny_sd15: Path, tmp_path: Path) -> None:

@@ -111,6 +111,7 @@ def test_the_guides_command_means_the_same(tmp_path: Path) -> None:
     ('sample_prompts = "p.txt"\nsample_every_n_epochs = 1\n', {"sample_sampler": "ddim", "sample_every_epochs": 1}),
     ('network_train_text_encoder_only = true\n', {"train_text_encoder_only": True, "train_text_encoder": True}),
     ('v_parameterization = true\ncolor_aug = true\n', {"prediction_type": "v_prediction", "cache_latents": "off"}),
+    ('vae_batch_size = 4\nno_half_vae = true\n', {"vae_batch_size": 4, "vae_dtype": "fp32"}),
 ])
 def test_sd_scripts_options_translate_with_their_defaults(tmp_path: Path, text: str, expected: dict) -> None:
     config, _ = _settings(tmp_path, text)

@@ -149,12 +149,12 @@ def test_schedulers_warm_up_and_restart(scheduler: str, cycles: int, peaks: int)
     assert restarts == peaks - 1
 
 
-def test_dry_run_prints_the_plan_without_loading_weights(manifest: Path) -> None:
-    result = CliRunner().invoke(cli.app, ["train", str(manifest), "--base", "nowhere/model", "--dry-run",
+def test_dry_run_prints_the_plan_without_loading_weights(manifest: Path, tiny_sd15: Path) -> None:
+    result = CliRunner().invoke(cli.app, ["train", str(manifest), "--base", str(tiny_sd15), "--dry-run",
                                           "--batch-size", "2", "--epochs", "3"])
     assert result.exit_code == 0, result.output
     assert "6 steps, 3 epochs" in result.output and "64×64" in result.output and "GiB" in result.output
-    assert "rank" in result.output  # the settings table
+    assert "rank" in result.output and "SD 1.x" in result.output  # the settings table; the base's family
 
 
 def test_cli_trains_and_reports_the_files(manifest: Path, tmp_path: Path, tiny_sd15: Path) -> None:

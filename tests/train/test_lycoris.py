@@ -295,7 +295,8 @@ def test_settings_of_another_algorithm_are_refused(overrides: dict, message: str
 @pytest.mark.parametrize("algo", ["loha", "lokr"])
 def test_kill_and_resume_equals_an_uninterrupted_run(testdata: Path, tmp_path: Path, tiny_sd15: Path, algo: str) -> None:
     from train.checkpoint import list_checkpoints
-    from train.loop import load_model, train
+    from train.loop import train
+    from train.prepare import load_model
     from trainsets import make_dataset
 
     manifest = make_dataset(testdata, tmp_path / "ds")

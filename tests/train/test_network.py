@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from train.config import NetworkConfig
 from train.model import load_base
@@ -46,10 +47,15 @@ def test_locon_gives_3x3_convs_their_own_rank(tiny_sd15: Path) -> None:
     assert attn and all(s[0] == 4 for s in attn.values())
 
 
-def test_dora_adds_magnitude_vectors(tiny_sd15: Path) -> None:
+def test_dora_adds_a_magnitude_per_input_column(tiny_sd15: Path) -> None:
     base = load_base(tiny_sd15)
     network = add_lora(base.unet, [], NetworkConfig(rank=4, dora=True))
-    assert any("lora_magnitude_vector" in n for n, p in base.unet.named_parameters() if p.requires_grad)
+    magnitudes = {n: p for n, p in base.unet.named_parameters() if "lora_magnitude_vector" in n and p.requires_grad}
+    to_k = next(p for n, p in magnitudes.items() if "attn2.to_k" in n)
+    layer = base.unet.get_submodule(next(n for n in magnitudes if "attn2.to_k" in n).split(".lora_magnitude_vector")[0])
+    weight = layer.get_base_layer().weight
+    assert to_k.shape == (weight.shape[1],)
+    torch.testing.assert_close(to_k, weight.norm(dim=0))  # the column norms, not the row norms: no change at step 0
     assert network.unet_params
 
 
