@@ -58,6 +58,8 @@ def lora_metadata(config: TrainConfig, plan: TrainPlan, state: LoopState, base: 
         clip_skip=config.model.clip_skip, noise_offset=config.loss.noise_offset or None,
         min_snr_gamma=config.loss.min_snr_gamma, mixed_precision=r.mixed_precision,
         base_model_name=Path(config.model.base).name,
+        **({"ss_scale_weight_norms": str(config.network.scale_weight_norms)}
+           if config.network.scale_weight_norms else {}),
     )
 
 

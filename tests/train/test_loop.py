@@ -87,6 +87,11 @@ def test_sd_scripts_knobs_train_together(manifest: Path, tmp_path: Path, tiny_sd
     assert any(m["keys_scaled"] > 0 for m in metrics)
     assert not any(".lora_A" in n for n, _ in base.unet.named_modules() if n.startswith("down_blocks."))
     assert any("several learning rates" in e.message for e in events if e.kind == "note")
+    from train.export import read_lora
+
+    metadata = read_lora(result.lora_files[0]).metadata
+    assert metadata["ss_scale_weight_norms"] == "1e-08" and "rank_dropout" in metadata["ss_network_args"]
+    assert metadata["ss_optimizer"] == "dadaptadam(decouple=True,weight_decay=0.1,betas=0.9,0.99)"
     samples = sorted(p.name for p in (tmp_path / "out" / "samples").iterdir())
     assert samples == ["lora-step00000000.png", "lora-step00000002.png", "lora-step00000004.png"]
 
