@@ -1248,7 +1248,7 @@ def train(
         from train.plan import plan_training
 
         out.print(_plan_table(plan_training(manifest, settings, num_processes=settings.run.num_processes)))
-        out.print(f"base model: {esc(str(checked.path))} ({checked.label}, {checked.kind}); checked, not loaded",
+        out.print(f"base model: {esc(str(checked.path))} ({esc(checked.label)}, {esc(checked.kind)}); checked, not loaded",
                   highlight=False)
         return
     from train.loop import train as run_training
