@@ -82,3 +82,23 @@ def test_alpha_zero_or_unset_means_alpha_equals_rank_and_gradients_flow(tiny_sd1
     base.unet(latents, torch.tensor([10]), encoder_hidden_states=text).sample.square().mean().backward()
     grads = [p.grad for n, p in base.unet.named_parameters() if "lora_B" in n]
     assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_text_encoder_only_trains_no_unet_layers_and_gets_gradients_through_the_frozen_unet(tiny_sd15: Path) -> None:
+    import torch
+
+    from train.conditioning import encode_prompt, tokenize
+    from train.config import load_config
+
+    config = load_config(None, {"rank": 4, "train_text_encoder_only": True})
+    assert config.network.train_text_encoder  # only-the-text-encoder trains the text encoder
+    base = load_base(tiny_sd15)
+    network = add_lora(base.unet, base.text_encoders, config.network)
+    assert not network.unet_params and not _lora_layers(base.unet) and _lora_layers(base.text_encoders[0])
+    for name, param in base.text_encoders[0].named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.1)
+    embeds = encode_prompt(base, tokenize(base, ["sks woman"])).embeds
+    base.unet(torch.randn(1, 4, 8, 8), torch.tensor([10]), encoder_hidden_states=embeds).sample.square().mean().backward()
+    grads = [p.grad for n, p in base.text_encoders[0].named_parameters() if "lora_A" in n]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
