@@ -1,37 +1,115 @@
-"""Trainer benchmark: what latent + text-encoder caching buys, and full-size SD1.5 memory on a GPU.
+"""Trainer benchmark: the product's real `train()` on a real manifest, caches on and off.
 
-    python bench/train.py               # CPU: small SD-shaped pipeline, s/step cached vs uncached, peak RSS
-    python bench/train.py --full-size   # GPU: SD1.5-shaped random UNet at 512², batch 1, rank 16,
-                                        #      s/step and peak VRAM with and without gradient checkpointing
+    python bench/train.py                          # CPU: small SD-shaped pipeline, caches on vs off
+    python bench/train.py --full-size              # GPU: full-size random-weight SD1.5 (512², batch 4) and
+                                                   # SDXL (1024², batch 1, gradient checkpointing)
+    python bench/train.py --full-size --small      # the same plumbing with tiny widths, on a CPU in minutes
+    python bench/train.py --full-size --peer DIFFUSERS/examples/text_to_image
+                                                   # also diffusers' LoRA examples on the same model and
+                                                   # images; prints our/their ratios against the targets
 
-Everything is built from configs with random weights; nothing is downloaded. Each measured setting
-runs in its own subprocess so peak RSS / VRAM belong to that setting alone. The caching comparison
-uses identical settings (same data, seed, steps); only --cache-latents and --cache-text-encoder differ,
-and the timed steps come after the first epoch, when the caches are warm. On a shared, busy CPU,
-`OMP_NUM_THREADS=1 python bench/train.py` gives steadier numbers (two threads fighting other jobs
-for two cores inflate the many small ops of the uncached VAE pass most).
+Every measured setting runs `train.loop.train()` in its own subprocess (so peak memory belongs to
+that setting alone) on a dataset made by the product itself (`prep.pipeline.run_pipeline` over real
+images, `--images`, default tests/data; one square bucket, as the peer's centre crop). Reported:
+time to the first step (model load and the cache pass included), steady-state s/step (the later
+two thirds of the steps: caches are filled before the first step), and with CUDA the peak allocated
+and reserved memory (torch's counters) plus the process peak from nvidia-smi when it exists.
+
+Models are built from configs with random weights (nothing is downloaded; the CLIP tokenizer is the
+offline one from tests/tinymodels.py); `--work DIR` keeps them and the datasets between runs.
+`--peer DIR` runs diffusers' train_text_to_image_lora.py / train_text_to_image_lora_sdxl.py from DIR
+under a small harness (timestamps at each optimizer step, torch's memory counters at exit); their
+code is read from DIR at run time and never enters this project. `--set KEY=VALUE` overrides one of
+our settings in every run (e.g. `--set channels_last=true`, `--set torch_compile=default`) to weigh a
+lever. Without a GPU each run gets OMP_NUM_THREADS=1 unless it is set (steadier on a shared CPU).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "train")]
 
-IMAGES = {"photos/astronaut.png": "sks, woman, astronaut, smile", "photos/chelsea.png": "sks, cat, indoors",
-          "anime/sylvie_blue_normal.png": "sks, 1girl, blue hair", "anime/eileen_happy.png": "sks, 1girl, smile"}
+
+# ---------------------------------------------------------------- models (random weights, from configs)
+
+
+def build_pipeline(kind: str, folder: Path, *, small: bool) -> Path:
+    """An SD1.5- or SDXL-shaped diffusers folder: full size, or tiny widths with the same block types."""
+    if (folder / "model_index.json").is_file():
+        return folder
+    import torch
+    from diffusers import (AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline,
+                           StableDiffusionXLPipeline, UNet2DConditionModel)
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from tinymodels import _build_tokenizer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    tokenizer = _build_tokenizer()
+
+    def text(hidden: int, layers: int, heads: int, inner: int, act: str, cls: type = CLIPTextModel) -> torch.nn.Module:
+        config = CLIPTextConfig(vocab_size=49408, hidden_size=hidden, intermediate_size=inner,
+                                num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=77,
+                                hidden_act=act, projection_dim=hidden, bos_token_id=tokenizer.bos_token_id,
+                                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        with torch.device(device):
+            return cls(config)
+
+    sdxl = kind == "sdxl"
+    with torch.device(device):
+        vae = AutoencoderKL(block_out_channels=(32, 32, 32, 32) if small else (128, 256, 512, 512), layers_per_block=2,
+                            latent_channels=4, norm_num_groups=32, down_block_types=("DownEncoderBlock2D",) * 4,
+                            up_block_types=("UpDecoderBlock2D",) * 4, sample_size=1024 if sdxl else 512,
+                            scaling_factor=0.13025 if sdxl else 0.18215)
+    schedule = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                    steps_offset=1)
+    if not sdxl:
+        with torch.device(device):
+            unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=64 if small else 768,
+                                        **(dict(block_out_channels=(32, 64, 64, 64)) if small else {}))
+        encoder = text(64, 2, 4, 128, "quick_gelu") if small else text(768, 12, 12, 3072, "quick_gelu")
+        pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=encoder, tokenizer=tokenizer,
+                                       scheduler=DDIMScheduler(**schedule, clip_sample=False, set_alpha_to_one=False),
+                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    else:
+        widths = (dict(block_out_channels=(32, 64, 64), transformer_layers_per_block=(1, 1, 1), cross_attention_dim=128,
+                       projection_class_embeddings_input_dim=6 * 256 + 64) if small else
+                  dict(block_out_channels=(320, 640, 1280), transformer_layers_per_block=(1, 2, 10),
+                       cross_attention_dim=2048, projection_class_embeddings_input_dim=2816))
+        with torch.device(device):
+            unet = UNet2DConditionModel(
+                sample_size=128, layers_per_block=2, attention_head_dim=(5, 10, 20), use_linear_projection=True,
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                addition_embed_type="text_time", addition_time_embed_dim=256, **widths)
+        first = text(64, 2, 4, 128, "quick_gelu") if small else text(768, 12, 12, 3072, "quick_gelu")
+        second = (text(64, 2, 4, 128, "gelu", CLIPTextModelWithProjection) if small
+                  else text(1280, 32, 20, 5120, "gelu", CLIPTextModelWithProjection))
+        pipe = StableDiffusionXLPipeline(unet=unet, vae=vae, text_encoder=first, text_encoder_2=second,
+                                         tokenizer=tokenizer, tokenizer_2=_build_tokenizer(),
+                                         scheduler=EulerDiscreteScheduler(**schedule, timestep_spacing="leading"),
+                                         force_zeros_for_empty_prompt=True)
+    pipe.to(torch.float32 if small else torch.float16).save_pretrained(folder, safe_serialization=True)
+    return folder
 
 
 def build_small_sd(folder: Path) -> Path:
-    """An SD1.5-shaped pipeline with few channels: SD1.5's block types, attention and VAE depth."""
+    """The CPU benchmark's SD1.5-shaped pipeline: SD1.5's block types, attention and VAE depth, few channels."""
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -60,159 +138,317 @@ def build_small_sd(folder: Path) -> Path:
     return folder
 
 
-def run_cpu_setting(model: Path, manifest: Path, out: Path, cached: bool, steps: int) -> dict:
-    """Train `steps` steps and time the ones after the first epoch (caches warm)."""
+# ---------------------------------------------------------------- data (made by the product)
+
+
+def make_dataset(images: Path, folder: Path, resolution: int) -> Path:
+    """`loraprep prep --no-crop --no-clean --no-tag` into one square bucket; also the imagefolder export."""
+    from prep.buckets import BucketPlan
+    from prep.export import export_imagefolder
+    from prep.pipeline import PrepOptions, run_pipeline
+    from prep.records import load_manifest
+
+    manifest = folder / "manifest.json"
+    if not manifest.is_file():
+        plan = BucketPlan((resolution, resolution), step=64, min_size=resolution, max_size=resolution)
+        report = run_pipeline(images, folder, PrepOptions(buckets=plan, trigger="sks", class_tokens="1girl"))
+        manifest = report.manifest_path
+    if not (folder / "metadata.jsonl").is_file():
+        export_imagefolder(load_manifest(manifest), folder, folder / "metadata.jsonl")
+    return manifest
+
+
+# ---------------------------------------------------------------- one measured run (a subprocess each)
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    kind: str  # sd15 | sdxl
+    resolution: int
+    batch_size: int
+    gradient_checkpointing: bool
+    cached: bool
+
+
+def full_size_settings(small: bool) -> list[Setting]:
+    side = 64 if small else 512  # small: 64² and 128², so a CPU gets through all four runs in minutes
+    return [Setting("SD1.5 512² batch 4, caches", "sd15", side, 4, False, True),
+            Setting("SD1.5 512² batch 4, no caches", "sd15", side, 4, False, False),
+            Setting("SDXL 1024² batch 1, grad. ckpt, caches", "sdxl", 2 * side, 1, True, True),
+            Setting("SDXL 1024² batch 1, grad. ckpt, no caches", "sdxl", 2 * side, 1, True, False)]
+
+
+def our_settings(setting: Setting, model: Path, out: Path, steps: int, *, cpu: bool, extra: dict) -> dict:
+    return {"base": str(model), "output_dir": str(out), "max_steps": steps, "batch_size": setting.batch_size,
+            "rank": 16, "alpha": 16, "lr": 1e-4, "seed": 0, "mixed_precision": "no" if cpu else "bf16",
+            "gradient_checkpointing": setting.gradient_checkpointing, "save_every_epochs": 0, "flip": False,
+            "shuffle_caption": False, "cache_latents": "memory" if setting.cached else "off",
+            "cache_text_encoder": setting.cached, **extra}
+
+
+def steady(stamps: list[float]) -> float | None:
+    """Mean step time over the later two thirds of the steps (the first third warms kernels up)."""
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    later = gaps[len(gaps) // 3:]
+    return sum(later) / len(later) if later else None
+
+
+def memory_figures() -> dict:
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {"peak_allocated_gb": torch.cuda.max_memory_allocated() / 2 ** 30,
+            "peak_reserved_gb": torch.cuda.max_memory_reserved() / 2 ** 30, "device": torch.cuda.get_device_name()}
+
+
+def one_run(manifest: str, settings: dict) -> dict:
+    """Inside the subprocess: the real train(), timed by its own progress events."""
     from prep.progress import Reporter
     from train.config import load_config
     from train.loop import train
 
     stamps: list[float] = []
     reporter = Reporter(lambda e: stamps.append(time.perf_counter()) if e.kind == "advance" and e.metrics else None)
-    config = load_config(None, {
-        "base": str(model), "output_dir": str(out), "max_steps": steps, "batch_size": 2, "rank": 8, "alpha": 8,
-        "shuffle_caption": False, "cache_latents": "memory" if cached else "off", "cache_text_encoder": cached,
-        "save_every_epochs": 0})
-    train(manifest, config, reporter=reporter)
-    per_epoch = 2
-    timed = [b - a for a, b in zip(stamps[per_epoch - 1:], stamps[per_epoch:])]
-    return {"s_per_step": sum(timed) / len(timed), "steps_timed": len(timed),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    start = time.perf_counter()
+    result = train(manifest, load_config(None, settings), reporter=reporter)
+    return {"steps": result.steps, "first_step_s": stamps[0] - start if stamps else None,
+            "s_per_step": steady(stamps), "final_loss": result.final_loss, **memory_figures()}
 
 
-def cpu_bench(steps: int) -> None:
-    from trainsets import make_dataset
+PEER_SCRIPTS = {"sd15": "train_text_to_image_lora.py", "sdxl": "train_text_to_image_lora_sdxl.py"}
+
+
+def peer_args(setting: Setting, model: Path, data: Path, out: Path, steps: int, *, cpu: bool) -> list[str]:
+    args = ["--pretrained_model_name_or_path", str(model), "--train_data_dir", str(data), "--caption_column", "text",
+            "--resolution", str(setting.resolution), "--center_crop", "--train_batch_size", str(setting.batch_size),
+            "--max_train_steps", str(steps), "--rank", "16", "--learning_rate", "1e-4", "--seed", "0",
+            "--mixed_precision", "no" if cpu else "bf16", "--output_dir", str(out),
+            "--checkpointing_steps", "1000000", "--dataloader_num_workers", "0"]
+    return args + (["--gradient_checkpointing"] if setting.gradient_checkpointing else [])
+
+
+def one_peer(script: str, args: list[str]) -> dict:
+    """Inside the subprocess: diffusers' example script as its own __main__, with a timestamp after
+    each optimizer step. Its `check_min_version` line is skipped (it pins a diffusers dev version)."""
+    import torch
+
+    stamps: list[float] = []
+    step = torch.optim.AdamW.step
+
+    def timed(self, *a, **k):  # noqa: ANN001, ANN202
+        found = step(self, *a, **k)
+        stamps.append(time.perf_counter())
+        return found
+
+    torch.optim.AdamW.step = timed
+    source = re.sub(r"^check_min_version\(.*$", "pass", Path(script).read_text(encoding="utf-8"), flags=re.M)
+    sys.argv = [script, *args]
+    start = time.perf_counter()
+    exec(compile(source, script, "exec"), {"__name__": "__main__", "__file__": script})  # noqa: S102
+    return {"steps": len(stamps), "first_step_s": stamps[0] - start if stamps else None,
+            "s_per_step": steady(stamps), **memory_figures()}
+
+
+class SmiPeak:
+    """The process-level peak of nvidia-smi's memory.used during a run (CUDA context included)."""
+
+    def __init__(self) -> None:
+        self.peak_mib, self._stop = 0, threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            try:
+                text = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                                      capture_output=True, text=True, timeout=5).stdout
+                self.peak_mib = max(self.peak_mib, int(text.split()[0]))
+            except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+                return
+            time.sleep(0.25)
+
+    def __enter__(self) -> SmiPeak:
+        if shutil.which("nvidia-smi"):
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
+def subprocess_json(flag: str, payload: list, log: Path, env: dict | None = None) -> dict:
+    """Run this script with `flag payload` and read the JSON its last line prints. Without a GPU the
+    run gets one OpenMP thread unless OMP_NUM_THREADS says otherwise: on a shared CPU, threads that
+    spin waiting for each other made steps up to 40× slower than one thread."""
+    import torch
+
+    env = {**os.environ, **(env or {})}
+    if not torch.cuda.is_available():
+        env.setdefault("OMP_NUM_THREADS", "1")
+    with SmiPeak() as smi:
+        done = subprocess.run([sys.executable, __file__, flag, json.dumps(payload)], capture_output=True, text=True,
+                              env=env)
+    log.write_text(done.stdout + done.stderr, encoding="utf-8")
+    if done.returncode:
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+        return {"error": f"exit {done.returncode} (log: {log})\n{tail}"}
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    return found | ({"smi_peak_gb": smi.peak_mib / 1024} if smi.peak_mib else {})
+
+
+# ---------------------------------------------------------------- the benchmarks
+
+
+def cpu_bench(steps: int, work: Path) -> None:
+    """Small SD-shaped pipeline on CPU: the real train() with caches vs without."""
     from prep.records import BucketSettings
+    from trainsets import make_dataset as make_small_dataset
 
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        model = build_small_sd(folder / "small-sd")
-        buckets = BucketSettings(resolution=(128, 128), step=64, min=64, max=256)
-        manifest = make_dataset(ROOT / "tests" / "data", folder / "ds", images=IMAGES, side=4096, buckets=buckets)
-        results = {}
-        for cached in (False, True):
-            setting = [str(model), str(manifest), str(folder / f"out{cached}"), cached, steps]
-            args = [sys.executable, __file__, "--one", json.dumps(setting)]
-            line = subprocess.run(args, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-            results[cached] = json.loads(line)
+    images = {"photos/astronaut.png": "sks, woman, astronaut, smile", "photos/chelsea.png": "sks, cat, indoors",
+              "anime/sylvie_blue_normal.png": "sks, 1girl, blue hair", "anime/eileen_happy.png": "sks, 1girl, smile"}
+    model = work / "small-sd"
+    if not (model / "model_index.json").is_file():
+        build_small_sd(model)
+    buckets = BucketSettings(resolution=(128, 128), step=64, min=64, max=256)
+    manifest = work / "ds" / "manifest.json"
+    if not manifest.is_file():
+        manifest = make_small_dataset(ROOT / "tests" / "data", work / "ds", images=images, side=4096, buckets=buckets)
+    results = {}
+    for cached in (False, True):
+        setting = Setting("cpu", "sd15", 128, 2, False, cached)
+        settings = our_settings(setting, model, work / f"out-{cached}", steps, cpu=True, extra={"rank": 8, "alpha": 8})
+        results[cached] = subprocess_json("--one-run", [str(manifest), settings], work / f"cpu-{cached}.log")
     off, on = results[False], results[True]
-    print("small SD1.5-shaped pipeline on CPU, real photos (≤ 512 px) into 128² buckets, batch 2, rank 8, "
-          f"{off['steps_timed']} timed steps after the first epoch")
-    print(f"  no caches:                 {off['s_per_step']:.3f} s/step   peak RSS {off['peak_rss_mb']:.0f} MB")
+    for r in (off, on):
+        if "error" in r:
+            sys.exit(r["error"])
+    print(f"small SD1.5-shaped pipeline on CPU, real photos into 128² buckets, batch 2, rank 8, {steps} steps "
+          "(steady state: the later two thirds)")
+    print(f"  no caches:                   {off['s_per_step']:.3f} s/step   peak RSS {off['peak_rss_mb']:.0f} MB")
     print(f"  latent + text-encoder cache: {on['s_per_step']:.3f} s/step   peak RSS {on['peak_rss_mb']:.0f} MB")
     ratio = on["s_per_step"] / off["s_per_step"]
     print(f"  ratio cached/uncached: {ratio:.2f}  (target ≤ 0.6: {'met' if ratio <= 0.6 else 'NOT met'})")
 
 
-def full_size_one(checkpointing: bool, cached: bool, steps: int) -> dict:
-    """SD1.5-shaped UNet (diffusers defaults + 768-d cross-attention), CLIP-L-shaped text encoder and
-    SD VAE, random weights, 512² (64² latents), batch 1, rank 16, bf16/fp16 weights with fp32 LoRA
-    and the VAE in fp32. Uncached: every step also encodes the image (VAE) and the caption (TE)."""
-    import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from train.config import LossConfig, NetworkConfig, TrainConfig
-    from train.batcher import Conditioned
-    from train.loop import training_step
-    from train.optim import make_optimizer
-    from train.network import add_lora
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: only to smoke-test this code path
-    dtype = torch.bfloat16 if device == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
-    gpu = torch.cuda if device == "cuda" else None
-    unet = UNet2DConditionModel(cross_attention_dim=768, sample_size=64).to(device, dtype)
-    text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                        num_attention_heads=12, max_position_embeddings=77)).to(device, dtype)
-    from diffusers.models.attention_processor import AttnProcessor2_0
-
-    unet.set_attn_processor(AttnProcessor2_0())
-    if checkpointing:
-        unet.enable_gradient_checkpointing()
-    network = add_lora(unet, [text], NetworkConfig(rank=16, alpha=16))
-    optimizer = make_optimizer(network, TrainConfig())
-
-    class Base:  # what training_step needs from a BaseModel
-        noise_scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
-        is_sdxl = False
-
-    vae = None if cached else AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, norm_num_groups=32,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        sample_size=512).to(device, torch.float32)
-    from train.conditioning import PromptEmbeds
-
-    ids = torch.randint(0, 49000, (1, 77), device=device)
-    pixels = torch.rand(1, 3, 512, 512, device=device) * 2 - 1
-
-    def conditioned() -> Conditioned:
-        with torch.no_grad():
-            embeds = text(ids).last_hidden_state
-            latents = (torch.randn(1, 4, 64, 64, device=device) if vae is None
-                       else vae.encode(pixels).latent_dist.mode() * 0.18215)
-        return Conditioned(latents, PromptEmbeds(embeds), None, torch.ones(1, device=device))
-
-    cached_batch = conditioned()
-    generator = torch.Generator(device).manual_seed(0)
-    if gpu:
-        gpu.reset_peak_memory_stats()
-    times = []
-    unet.train()
-    for _ in range(steps):
-        if gpu:
-            gpu.synchronize()
-        start = time.perf_counter()
-        batch = cached_batch if cached else conditioned()
-        with torch.autocast(device, dtype=dtype):
-            loss = training_step(Base(), unet, batch, prediction_type="epsilon", loss=LossConfig(), generator=generator)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if gpu:
-            gpu.synchronize()
-        times.append(time.perf_counter() - start)
-    timed = times[2:] or times
-    return {"s_per_step": sum(timed) / len(timed),
-            "peak_vram_gb": gpu.max_memory_allocated() / 1024 ** 3 if gpu else 0.0,
-            "dtype": str(dtype).replace("torch.", ""), "device": gpu.get_device_name() if gpu else "cpu"}
-
-
-def full_size_bench(steps: int) -> None:
+def full_size_bench(args: argparse.Namespace, work: Path) -> list[dict]:
     import torch
 
-    if not torch.cuda.is_available():
-        print("--full-size needs a CUDA GPU (none found); run it on a GPU machine")
-        return
-    results = {}
-    for checkpointing, cached in ((False, True), (True, True), (False, False)):
-        args = [sys.executable, __file__, "--one-full", json.dumps([checkpointing, cached, steps])]
-        line = subprocess.run(args, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-        r = results[checkpointing, cached] = json.loads(line)
-        label = ("with gradient checkpointing" if checkpointing else "without checkpointing      ") + \
-            (", cached latents+TE" if cached else ", no caches (VAE+TE each step)")
-        print(f"SD1.5-shaped UNet 512², batch 1, rank 16, {r['dtype']} on {r['device']}, {label}: "
-              f"{r['s_per_step']:.3f} s/step, peak VRAM {r['peak_vram_gb']:.2f} GB"
-              + ("  (target ≤ 6 GB: " + ("met)" if r["peak_vram_gb"] <= 6 else "NOT met)") if checkpointing else ""))
-    ratio = results[False, True]["s_per_step"] / results[False, False]["s_per_step"]
-    print(f"full size, cached/uncached step time: {ratio:.2f}")
+    cpu = not torch.cuda.is_available()
+    if cpu and not args.small:
+        sys.exit("--full-size needs a CUDA GPU (none found); add --small to check the plumbing on a CPU")
+    extra = dict(item.split("=", 1) for item in args.set)
+    rows = []
+    for setting in full_size_settings(args.small):
+        if setting.kind not in args.only:
+            continue
+        model = build_pipeline(setting.kind, work / f"{setting.kind}{'-small' if args.small else ''}", small=args.small)
+        data = work / f"ds-{setting.resolution}"
+        manifest = make_dataset(args.images, data, setting.resolution)
+        tag = re.sub(r"\W+", "-", setting.name).strip("-").lower()
+        ours = subprocess_json("--one-run", [str(manifest), our_settings(setting, model, work / f"out-{tag}", args.steps,
+                                                                          cpu=cpu, extra=extra)],
+                               work / f"{tag}.log")
+        row = {"setting": asdict(setting), "ours": ours}
+        if args.peer and setting.cached:  # the examples have no switch for caching: compare each to theirs
+            script = Path(args.peer) / PEER_SCRIPTS[setting.kind]
+            row["peer"] = subprocess_json(
+                "--one-peer", [str(script), peer_args(setting, model, data, work / f"peer-{tag}", args.steps, cpu=cpu)],
+                work / f"peer-{tag}.log", env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+        rows.append(row)
+        print_row(row)
+    print_targets(rows, small=args.small, cpu=cpu)
+    return rows
+
+
+def _figures(result: dict) -> str:
+    if "error" in result:
+        return "FAILED: " + result["error"]
+    text = f"{result['s_per_step']:.3f} s/step, first step after {result['first_step_s']:.1f} s"
+    if "peak_reserved_gb" in result:
+        text += f", peak {result['peak_allocated_gb']:.2f} GB allocated / {result['peak_reserved_gb']:.2f} GB reserved"
+    if "smi_peak_gb" in result:
+        text += f" (nvidia-smi {result['smi_peak_gb']:.2f} GB)"
+    if "peak_rss_mb" in result:
+        text += f", peak RSS {result['peak_rss_mb']:.0f} MB"
+    return text
+
+
+def print_row(row: dict) -> None:
+    print(f"{row['setting']['name']}:\n  loraprep: {_figures(row['ours'])}", flush=True)
+    if "peer" in row:
+        print(f"  diffusers example: {_figures(row['peer'])}", flush=True)
+
+
+def print_targets(rows: list[dict], *, small: bool, cpu: bool) -> None:
+    """Our/their ratios against issue 15's targets (judged only on a GPU at full size)."""
+    found = {(r["setting"]["kind"], r["setting"]["cached"]): r for r in rows if "error" not in r["ours"]}
+    note = " (tiny widths on a CPU: plumbing only, not the targets' conditions)" if small or cpu else ""
+    print(f"targets{note}:")
+    sd15, sd15_off, xl = found.get(("sd15", True)), found.get(("sd15", False)), found.get(("sdxl", True))
+    peer = sd15.get("peer") if sd15 else None
+    if sd15 and peer and "error" not in peer:
+        ratio = sd15["ours"]["s_per_step"] / peer["s_per_step"]
+        print(f"  SD1.5 cached step / diffusers: {ratio:.2f} (≤ 0.6: {_verdict(ratio <= 0.6)})")
+        if sd15_off:
+            ratio = sd15_off["ours"]["s_per_step"] / peer["s_per_step"]
+            print(f"  SD1.5 uncached step / diffusers: {ratio:.2f} (≤ 0.9: {_verdict(ratio <= 0.9)})")
+        if "peak_reserved_gb" in peer:
+            ratio = sd15["ours"]["peak_reserved_gb"] / peer["peak_reserved_gb"]
+            print(f"  SD1.5 peak reserved / diffusers: {ratio:.2f} (≤ 1: {_verdict(ratio <= 1)})")
+    if xl and "peak_reserved_gb" in xl["ours"]:
+        ours = xl["ours"]
+        print(f"  SDXL peak reserved {ours['peak_reserved_gb']:.2f} GB (≤ 12: {_verdict(ours['peak_reserved_gb'] <= 12)}), "
+              f"allocated {ours['peak_allocated_gb']:.2f} GB (≤ 10: {_verdict(ours['peak_allocated_gb'] <= 10)})")
+    xl_peer = xl.get("peer") if xl else None
+    if xl and xl_peer and "error" not in xl_peer:
+        ratio = xl["ours"]["s_per_step"] / xl_peer["s_per_step"]
+        print(f"  SDXL cached step / diffusers: {ratio:.2f} (≤ 1: {_verdict(ratio <= 1)})")
+    if not any(r.get("peer") for r in rows):
+        print("  step-time ratios need --peer DIR (diffusers' examples/text_to_image)")
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--full-size", action="store_true", help="GPU: full-size SD1.5-shaped UNet memory/speed")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--one", help=argparse.SUPPRESS)
-    parser.add_argument("--one-full", help=argparse.SUPPRESS)
+    parser.add_argument("--full-size", action="store_true", help="SD1.5 512² batch 4 and SDXL 1024² batch 1 (GPU)")
+    parser.add_argument("--small", action="store_true", help="with --full-size: tiny widths, to run on a CPU")
+    parser.add_argument("--peer", help="diffusers' examples/text_to_image folder: also run its LoRA examples")
+    parser.add_argument("--steps", type=int, help="steps per run (default 30 full size, 6 small, 10 CPU bench)")
+    parser.add_argument("--images", type=Path, default=ROOT / "tests" / "data", help="real images to train on")
+    parser.add_argument("--only", default="sd15,sdxl", help="with --full-size: sd15, sdxl or both")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one of our settings")
+    parser.add_argument("--work", type=Path, help="keep models, datasets and logs here (default: a temporary folder)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--one-run", help=argparse.SUPPRESS)
+    parser.add_argument("--one-peer", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.one:
-        model, manifest, out, cached, steps = json.loads(args.one)
-        print(json.dumps(run_cpu_setting(Path(model), Path(manifest), Path(out), cached, steps)))
-    elif args.one_full:
-        checkpointing, cached, steps = json.loads(args.one_full)
-        print(json.dumps(full_size_one(checkpointing, cached, steps)))
-    elif args.full_size:
-        full_size_bench(args.steps)
-    else:
-        cpu_bench(args.steps)
+    if args.one_run:
+        print(json.dumps(one_run(*json.loads(args.one_run))))
+        return
+    if args.one_peer:
+        result = one_peer(*json.loads(args.one_peer))
+        print(json.dumps(result))
+        return
+    args.only = args.only.split(",")
+    work = args.work or Path(tempfile.mkdtemp(prefix="loraprep-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        if args.full_size:
+            rows = full_size_bench(argparse.Namespace(**{**vars(args), "steps": args.steps or (6 if args.small else 30)}),
+                                   work)
+            if args.json:
+                args.json.write_text(json.dumps(rows, indent=1), encoding="utf-8")
+        else:
+            cpu_bench(args.steps or 10, work)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

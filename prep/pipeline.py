@@ -46,6 +46,7 @@ class PrepOptions:
     class_tokens: str | None = None
     repeats: int | None = None
     caption_extension: str = DEFAULT_CAPTION_EXTENSION
+    overwrite_captions: bool = False  # the copy step's (crop has its own in CropOptions)
 
 
 @dataclass
@@ -56,6 +57,7 @@ class PrepReport:
     manifest_path: Path | None = None
     manifest: Manifest | None = None
     notes: list[str] = field(default_factory=list)
+    doctor: Any = None  # prep.doctor.DoctorReport of the finished dataset
 
 
 def _check_folders(src: Path, out: Path) -> None:
@@ -133,7 +135,8 @@ def run_pipeline(src: str | os.PathLike[str], out: str | os.PathLike[str], optio
         result = crop_folder(src, out, options.crop, reporter)
         report.steps.append(StepReport("crop", "ran", f"{len(result.done)} crops"))
     else:
-        result = normalise_folder(src, out, NormaliseOptions(caption_extension=options.caption_extension), reporter)
+        result = normalise_folder(src, out, NormaliseOptions(caption_extension=options.caption_extension,
+                                                             overwrite_captions=options.overwrite_captions), reporter)
         report.steps.append(StepReport("copy", "ran", f"{len(result.done)} images copied (crop off)"))
     report.dropped.extend(result.dropped)
     if not has_images(out):
@@ -183,4 +186,7 @@ def run_pipeline(src: str | os.PathLike[str], out: str | os.PathLike[str], optio
     report.dropped.extend(d for d in build.dropped if d not in report.dropped)
     report.steps.append(StepReport("manifest", "ran", f"{len(build.manifest.images)} images → {manifest_path}"))
     report.manifest_path, report.manifest = manifest_path, build.manifest
+    from prep.doctor import DoctorOptions, diagnose
+
+    report.doctor = diagnose(out, DoctorOptions(caption_extension=options.caption_extension, buckets=plan), reporter)
     return report

@@ -31,6 +31,7 @@ SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restart
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LATENT_CACHE = ("off", "memory", "disk")
 VAE_DTYPES = ("auto", "fp32", "bf16", "fp16")
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 PREDICTION_TYPES = ("auto", "epsilon", "v_prediction")
 
 
@@ -140,6 +141,8 @@ class RunConfig:
     vae_batch_size: int = 1  # images per VAE call while caching latents
     vae_dtype: str = "auto"  # auto: bf16 for SDXL on a bf16-capable GPU, else fp32
     vae_tiling: bool = False  # encode large buckets in tiles: less memory, slightly different latents
+    channels_last: bool = False  # UNet and VAE convolutions in NHWC memory layout (often faster on GPUs)
+    torch_compile: str = "off"  # off | default | reduce-overhead | max-autotune: torch.compile the UNet
     save_every_steps: int = 0
     save_every_epochs: int = 1
     save_last: int = 0  # keep only the newest K checkpoints; 0 keeps all
@@ -397,6 +400,7 @@ def validate(config: TrainConfig) -> None:
     _choice("cache_latents", r.cache_latents, LATENT_CACHE)
     _at_least("vae_batch_size", r.vae_batch_size, 1)
     _choice("vae_dtype", r.vae_dtype, VAE_DTYPES)
+    _choice("torch_compile", r.torch_compile, COMPILE_MODES)
     for name in ("save_every_steps", "save_every_epochs", "save_last", "sample_every", "sample_every_epochs"):
         _at_least(name, getattr(r, name), 0)
     check_sampler(r.sample_sampler, where="sample_sampler")

@@ -28,7 +28,7 @@ from train.network import Network, add_lora, load_lora_state, lora_state_dict
 from train.optim import make_scheduler, training_optimizer
 from train.outputs import Sampler, export_lora, make_tracker, prune_exports
 from train.plan import TrainPlan, plan_training
-from train.prepare import load_model, make_accelerator, park
+from train.prepare import compiled, load_model, make_accelerator, park
 
 
 class TrainingDiverged(LoraprepError):
@@ -121,6 +121,7 @@ def train(manifest_path: str | Path, config: TrainConfig, *, reporter: Reporter 
         state = resume_from(resolve_resume(out, run.resume), base, network, optimizer, scheduler, reporter,
                             complete=(config, plan) if accelerator.is_main_process else None)
     unet, optimizer = accelerator.prepare(base.unet, optimizer)
+    unet = compiled(unet, run.torch_compile)
     batcher = Batcher(base, plan.data, config, accelerator.device)
     batcher.fill_caches(reporter)
     parked = park([*([base.vae] if not batcher.needs_vae else []),

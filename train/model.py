@@ -319,9 +319,11 @@ def _folder_family(folder: Path, *, allow_pickle: bool) -> tuple[Family, bool]:
     """A diffusers folder's family and whether its UNet weights are safetensors; refuses what is not
     a Stable Diffusion folder, and pickle-only weights without `allow_pickle`."""
     unet_config_path = folder / "unet" / "config.json"
-    if not unet_config_path.is_file():
-        raise ModelMismatch(f"{folder} is not a diffusers Stable Diffusion folder (no unet/config.json)",
-                            hint="pass the folder that holds model_index.json, or a single .safetensors file")
+    for needed in (folder / "model_index.json", unet_config_path):
+        if not needed.is_file():
+            raise ModelMismatch(f"{folder} is not a diffusers Stable Diffusion folder (no "
+                                f"{needed.relative_to(folder).as_posix()})",
+                                hint="pass the folder that holds model_index.json, or a single .safetensors file")
     has_safetensors = any((folder / "unet").glob("*.safetensors"))
     if not has_safetensors and not allow_pickle:
         raise UsageError(f"{folder} holds only pickle (.bin) weights, which can run code when loaded",

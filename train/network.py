@@ -58,7 +58,7 @@ def unet_targets(unet: Any, preset: str, *, conv: bool) -> UnetTargets:
 
 
 def algo_config(config: NetworkConfig, targets: list[str], rank_pattern: dict[str, int] | None = None,
-                   alpha_pattern: dict[str, float] | None = None) -> Any:
+                alpha_pattern: dict[str, float] | None = None) -> Any:
     """The peft config of `config.algo` for these target modules (patterns: per-layer rank/alpha)."""
     patterns = dict(rank_pattern=rank_pattern or {}, alpha_pattern=alpha_pattern or {})
     if config.algo == "loha":

@@ -88,8 +88,8 @@ class MemoryEstimate:
 # Typical parameter counts when the weights cannot be inspected (hub id not yet downloaded).
 TYPICAL_PARAMS = {"sd1": (860_000_000, 123_000_000, 84_000_000), "sdxl": (2_567_000_000, 817_000_000, 84_000_000)}
 # Activation bytes per latent pixel per sample for an SD1.5 UNet in 16-bit, without and with gradient
-# checkpointing, from `bench/train.py --full-size` on an H100 (bf16, 512², batch 1, rank 16: peak
-# 3.06 GB / 2.22 GB, of which ~2.0 GB weights); scaled by UNet size for other models.
+# checkpointing, from the earlier hand-rolled `bench/train.py --full-size` step on an H100 (bf16, 512²,
+# batch 1, rank 16: peak 3.06 GB / 2.22 GB, of which ~2.0 GB weights); scaled by UNet size for other models.
 ACTIVATION_BYTES = (260_000, 50_000)
 
 

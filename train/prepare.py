@@ -48,6 +48,11 @@ def load_model(config: TrainConfig, device: Any) -> Any:
         base.vae.to(dtype=vae)
     if config.run.vae_tiling:
         base.vae.enable_tiling()
+    if config.run.channels_last:
+        import torch
+
+        for module in (base.unet, base.vae):
+            module.to(memory_format=torch.channels_last)
     base.unet.set_attn_processor(AttnProcessor2_0())  # PyTorch SDPA: flash/memory-efficient kernels
     if config.run.gradient_checkpointing:
         base.unet.enable_gradient_checkpointing()
@@ -55,6 +60,16 @@ def load_model(config: TrainConfig, device: Any) -> Any:
             for encoder in base.text_encoders:
                 encoder.gradient_checkpointing_enable()
     return base
+
+
+def compiled(unet: Any, mode: str) -> Any:
+    """`--torch-compile MODE`: the UNet through torch.compile (the first steps compile; the LoRA
+    weights are shared with the uncompiled module, which saving and sampling keep using)."""
+    if mode == "off":
+        return unet
+    import torch
+
+    return torch.compile(unet, mode=mode)
 
 
 def vae_dtype(choice: str, family: str, device: Any) -> Any:

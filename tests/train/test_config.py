@@ -54,6 +54,9 @@ def test_unknown_keys_are_errors(tmp_path: Path, text: str, overrides: dict, wor
     ({"color_aug": True}, "color_aug"),
     ({"sample_every": 10}, "sample-prompts"),
     ({"name": "a/b"}, "name"),
+    ({"vae_batch_size": 0}, "vae_batch_size"),
+    ({"vae_dtype": "fp8"}, "vae_dtype"),
+    ({"torch_compile": "fast"}, "torch_compile"),
 ])
 def test_bad_values_are_refused_with_the_setting_named(overrides: dict, word: str) -> None:
     with pytest.raises(UsageError, match=word):

@@ -13,8 +13,8 @@ import cli
 from prep.errors import LoraprepError, UsageError
 from train.config import load_config
 from train.loop import TrainingDiverged, min_snr_weights, train
-from train.optim import make_optimizer, make_scheduler
-from train.prepare import load_model
+from train.optim import fused_adamw_applies, make_optimizer, make_scheduler
+from train.prepare import load_model, vae_dtype
 from train.network import Network
 from trainsets import make_dataset
 
@@ -136,6 +136,37 @@ def test_adamw8bit_without_bitsandbytes_says_how_to_install() -> None:
         make_optimizer(Network(None, unet_params=[torch.nn.Parameter(torch.ones(2))]),
                        load_config(None, {"optimizer": "adamw8bit"}))
     assert "loraprep[bnb]" in info.value.hint
+
+
+@pytest.mark.parametrize(("devices", "fused"), [(["cuda", "cuda"], True), (["cpu"], False), (["cuda", "cpu"], False),
+                                                ([], False)])
+def test_adamw_uses_its_fused_kernel_only_when_every_parameter_is_on_a_gpu(devices: list[str], fused: bool) -> None:
+    assert fused_adamw_applies(devices) is fused
+
+
+@pytest.mark.parametrize(("choice", "family", "expected"), [
+    ("auto", "sdxl", torch.float32),  # on a CPU; bf16 only on a GPU that has it
+    ("auto", "sd1", torch.float32),
+    ("bf16", "sd1", torch.bfloat16),
+    ("fp16", "sdxl", torch.float16),
+])
+def test_vae_dtype_is_fp32_unless_asked_or_sdxl_on_a_bf16_gpu(choice: str, family: str, expected: torch.dtype) -> None:
+    assert vae_dtype(choice, family, "cpu") == expected
+
+
+def test_channels_last_and_a_bf16_vae_train_and_key_their_latents(manifest: Path, tmp_path: Path,
+                                                                  tiny_sd15: Path) -> None:
+    from train.batcher import Batcher
+    from train.data import load_training_set
+
+    config = load_config(None, {"base": str(tiny_sd15), "output_dir": str(tmp_path), "max_steps": 1, "rank": 2,
+                                "channels_last": True, "vae_dtype": "bf16"})
+    base = load_model(config, "cpu")
+    conv = base.unet.conv_in.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and base.vae.dtype == torch.bfloat16
+    fp32 = Batcher(load_model(config.replace(vae_dtype="fp32"), "cpu"), load_training_set(manifest), config, "cpu")
+    assert Batcher(base, load_training_set(manifest), config, "cpu").vae_id != fp32.vae_id
+    assert math.isfinite(train(manifest, config, base=base).final_loss)
 
 
 @pytest.mark.parametrize(("scheduler", "cycles", "peaks"), [("cosine_with_restarts", 3, 3), ("cosine", 1, 1)])

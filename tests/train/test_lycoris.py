@@ -300,7 +300,7 @@ def test_kill_and_resume_equals_an_uninterrupted_run(testdata: Path, tmp_path: P
     from trainsets import make_dataset
 
     manifest = make_dataset(testdata, tmp_path / "ds")
-    settings = {"max_steps": 3, "batch_size": 2, "alpha": 2, "lr": 1e-3, "scheduler": "cosine",
+    settings = {"max_steps": 2, "batch_size": 2, "alpha": 2, "lr": 1e-3, "scheduler": "cosine",
                 "base": str(tiny_sd15), "algo": algo, **SETTINGS[algo]}
     straight = load_config(None, {**settings, "output_dir": str(tmp_path / "a")})
     base = load_model(straight, "cpu")
@@ -308,8 +308,8 @@ def test_kill_and_resume_equals_an_uninterrupted_run(testdata: Path, tmp_path: P
     assert [p.name for p in result.lora_files] == ["lora.safetensors"]
     expected = {n: p.detach().clone() for n, p in base.unet.named_parameters() if p.requires_grad}
 
-    interrupted = straight.replace(output_dir=str(tmp_path / "b"), save_every_steps=2)
-    assert train(manifest, interrupted, stop=lambda step: step == 2).stopped_early
+    interrupted = straight.replace(output_dir=str(tmp_path / "b"), save_every_steps=1)
+    assert train(manifest, interrupted, stop=lambda step: step == 1).stopped_early
     assert list_checkpoints(tmp_path / "b")
     resumed = load_model(interrupted, "cpu")
     train(manifest, interrupted.replace(resume="latest"), base=resumed)
