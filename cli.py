@@ -136,6 +136,10 @@ def finish(dropped: list, *, quiet: bool = False) -> None:
 
 CaptionExt = Annotated[str, typer.Option("--caption-extension", help="Caption sidecar extension, used end to end.")]
 MaxPixels = Annotated[int, typer.Option("--max-pixels", help="Refuse images above this many pixels (decompression-bomb guard).")]
+OverwriteCaptions = Annotated[bool, typer.Option(
+    "--overwrite-captions",
+    help="Re-running into an existing dataset: also replace crop captions edited since crop wrote them with "
+         "the source's caption (journalled: `loraprep captions undo` restores them). Default: keep them and say which.")]
 
 
 @app.command()
@@ -342,6 +346,7 @@ def prep_command(
     prune_character: Annotated[bool, typer.Option(help="Drop tags of the character's fixed traits (hair, eyes…).")] = False,
     resolution: Annotated[str, typer.Option(help="Training resolution for buckets: 512, 768, 1024 or WxH.")] = "512",
     repeats: Annotated[Optional[int], typer.Option(help="Repeats per epoch written into the manifest.")] = None,
+    overwrite_captions: OverwriteCaptions = False,
 ) -> None:
     """Run the whole pipeline: crop → clean → tag → bucket → manifest, into a new dataset folder.
 
@@ -360,12 +365,13 @@ def prep_command(
     width, height = parse_resolution(resolution)
     options = PrepOptions(
         crop=CropOptions(presets=tuple(preset or ("face",)), detector=detector, aspect=aspect,
-                         bucket_resolution=max(width, height), min_size=min(width, height)) if crop else None,
+                         bucket_resolution=max(width, height), min_size=min(width, height),
+                         overwrite_captions=overwrite_captions) if crop else None,
         clean=CleanOptions(background=background, in_place=True, backup=False) if clean else None,
         tag=TagOptions(model=tagger, model_dir=tagger_dir, trigger=trigger,
                        prune_character=prune_character) if tag else None,
         buckets=bucket_plan((width, height)),
-        trigger=trigger, class_tokens=class_tokens, repeats=repeats,
+        trigger=trigger, class_tokens=class_tokens, repeats=repeats, overwrite_captions=overwrite_captions,
     )
     with rich_reporter() as reporter:
         report = run_pipeline(src, out_dir, options, reporter)
@@ -413,6 +419,7 @@ def crop(
     bucket_resolution: Annotated[int, typer.Option("--resolution", help="Training resolution for --aspect bucket.")] = 512,
     colour: Colour = "white",
     force: Annotated[bool, typer.Option("--force", help="Re-crop images whose crops exist already with these settings.")] = False,
+    overwrite_captions: OverwriteCaptions = False,
     lossless: Annotated[bool, typer.Option("--lossless/--no-lossless", help="Cut upright JPEGs losslessly (no re-encoding) when libjpeg-turbo is available.")] = True,
     workers: Workers = 4,
     caption_extension: CaptionExt = ".txt",
@@ -427,6 +434,8 @@ def crop(
     later. `--detector auto` needs no download: it merges the bundled YuNet (photos) and anime
     cascade (drawn faces), plus libfacedetection and the anime YOLO model when present, and says
     which ran; a named detector whose model is missing stops with a `loraprep models pull` hint.
+    Re-running refreshes each crop's caption from its source's only while it still holds what crop
+    wrote: a crop caption edited since is kept and named (--overwrite-captions replaces it, journalled).
     """
     from rich.table import Table
 
@@ -439,7 +448,7 @@ def crop(
                           skip_multi=skip_multi, one_per_face=one_per_face, colour=parse_colour(colour),
                           bucket_resolution=bucket_resolution, detect_size=detect_size,
                           caption_extension=caption_extension, max_pixels=max_pixels, workers=workers,
-                          force=force, lossless_jpeg=lossless)
+                          force=force, lossless_jpeg=lossless, overwrite_captions=overwrite_captions)
     sweep_leftovers(out_dir)
     with rich_reporter() as reporter:
         result = crop_folder(src, out_dir, options, reporter=reporter)
@@ -566,7 +575,7 @@ def tag(
     prune_character: Annotated[bool, typer.Option("--prune-character", help="Remove the character's fixed traits (hair, eyes, ears, tails…) so the trigger learns them.")] = False,
     prune_clothes: Annotated[bool, typer.Option("--prune-clothes/--keep-clothes", help="Also remove outfit tags (the outfit becomes part of the trigger) or keep them (default).")] = False,
     prune_list: Annotated[Optional[list[Path]], typer.Option("--prune-list", help="Extra prune list (.toml like prep/data/prune_character.toml, or one pattern a line); implies --prune-character.")] = None,
-    mode: Annotated[str, typer.Option("--mode", help="Existing captions: skip-existing (default), append, or overwrite.")] = "skip-existing",
+    mode: Annotated[str, typer.Option("--mode", help="Existing captions: skip-existing (default), append, or overwrite. append/overwrite write every caption at the end as one journal entry (`loraprep captions undo` restores the previous ones); captions that are not UTF-8, or that change while tagging runs, are left as they are.")] = "skip-existing",
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per inference call (default: 1 on CPU, 8 on GPU).")] = None,
     workers: Annotated[int, typer.Option("--workers", help="Threads decoding and preprocessing ahead of the model (0: in the main thread).")] = 2,
     download: Annotated[bool, typer.Option("--download", help="Download a missing registry model first (needs the hub).")] = False,
@@ -643,6 +652,9 @@ def tag(
         summary.add_row("keep_tokens (for the manifest)", str(result.keep_tokens))
     summary.add_row("most common tags", esc(", ".join(f"{t} ({n})" for t, n in common)))
     out.print(summary)
+    if result.journal is not None:
+        out.print(f"captions replaced are journalled: undo with [bold]loraprep captions undo {esc(folder)}[/]",
+                  highlight=False)
     finish(result.dropped)
 
 

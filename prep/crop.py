@@ -28,6 +28,7 @@ from PIL import Image
 
 from prep.atomic import write_bytes_atomic
 from prep.buckets import BucketPlan, bucket_for
+from prep.carrycaption import Carry, carry_caption, plan_carry, settle_edited
 from prep.errors import LoraprepError, UsageError
 from prep.faces import DETECTOR_NAMES, FaceDetector, detector_from_name
 from prep.focal import content_box, figure_box, focal_point
@@ -38,7 +39,7 @@ from prep.progress import SILENT, Reporter
 from prep.records import DEFAULT_CAPTION_EXTENSION, Drop, Face, Source, relative_to_base
 from prep.runner import StepResult, run_step
 from prep.scan import NoImages
-from prep.sidecars import caption_path, read_caption, read_meta, update_meta, write_caption
+from prep.sidecars import caption_path, read_caption, read_meta, update_meta
 
 Box = tuple[int, int, int, int]
 FBox = tuple[float, float, float, float]
@@ -52,6 +53,7 @@ PRESET_MARGINS: dict[str, FBox] = {
     "upper-body": (1.4, 0.8, 1.4, 3.2),
 }
 KEEP_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp"})
+STEP = "crop"
 
 
 class CropSkipped(LoraprepError):
@@ -74,6 +76,8 @@ class CropOptions:
     lossless_jpeg: cut crops of upright RGB/greyscale JPEGs losslessly (prep.jpegcrop) when
       libjpeg-turbo is available: no full decode, no re-encode, the box moved onto the 8/16 px
       iMCU grid (grown up/left, or shifted at its size). False always takes the decode path.
+    overwrite_captions: a crop caption edited since crop wrote it is kept (and named) unless this
+      is set; then it gets its source's caption again, through the caption journal (undoable).
     """
 
     presets: tuple[str, ...] = ("face",)
@@ -93,6 +97,7 @@ class CropOptions:
     workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
     lossless_jpeg: bool = True
     force: bool = False  # re-crop sources whose crops are already there with these settings
+    overwrite_captions: bool = False  # replace crop captions edited since crop wrote them (journalled)
 
     def check(self) -> CropOptions:
         if not self.presets:
@@ -367,6 +372,7 @@ class CropOutcome:
     skipped: tuple[str, ...]  # reasons for crops left out (too small)
     superseded: tuple[Path, ...] = ()  # earlier crops of this source path, cut before its content changed
     reused: bool = False  # `written` were already there with these settings; nothing was cut
+    edited_captions: tuple[Carry, ...] = ()  # crop captions edited since crop wrote them: kept
 
 
 @dataclass(frozen=True)
@@ -428,11 +434,9 @@ def crop_image(job: _Job, out: Path, options: CropOptions, detector: FaceDetecto
     key = options.key(detector.name)
     caption = read_caption(caption_path(job.path, options.caption_extension))
     done, superseded = earlier.of(job, source_path, digest, key)
-    if done and not options.force:
-        if caption is not None:  # captions may have been edited since; they are cheap to refresh
-            for path in done:
-                write_caption(caption_path(path, options.caption_extension), caption)
-        return CropOutcome(job.path, tuple(done), (), tuple(superseded), reused=True)
+    if done and not options.force:  # the source caption may have been edited since: carry it again
+        edited = _carry_captions(out, done, caption, options.caption_extension)
+        return CropOutcome(job.path, tuple(done), (), tuple(superseded), reused=True, edited_captions=edited)
     jpeg = open_lossless(turbo, job.path, options.max_pixels, data) if data is not None else None
     image: Image.Image | None = None
     if jpeg is not None:
@@ -466,8 +470,6 @@ def crop_image(job: _Job, out: Path, options: CropOptions, detector: FaceDetecto
             if image is None:
                 image = open_image(job.path, max_pixels=options.max_pixels)
             save_image_atomic(cut(image, box, options.colour), target)
-        if caption is not None:
-            write_caption(caption_path(target, options.caption_extension), caption)
         source = Source(source_path, digest, box)
         update_meta(target, source=source.to_dict(), faces=[f.to_dict() for f in faces_in_crop(faces, box)],
                     crop={"preset": plan.preset, "box": list(box), "planned_box": list(plan.box),
@@ -478,7 +480,18 @@ def crop_image(job: _Job, out: Path, options: CropOptions, detector: FaceDetecto
         written.append(target)
     if not written and skipped:
         raise CropSkipped("; ".join(skipped))
-    return CropOutcome(job.path, tuple(written), tuple(skipped), tuple(p for p in superseded if p not in written))
+    edited = _carry_captions(out, written, caption, options.caption_extension)
+    return CropOutcome(job.path, tuple(written), tuple(skipped), tuple(p for p in superseded if p not in written),
+                       edited_captions=edited)
+
+
+def _carry_captions(out: Path, crops: Sequence[Path], caption: str | None, extension: str) -> tuple[Carry, ...]:
+    """Give each crop its source's caption where that loses nothing (prep.carrycaption); returns the
+    crop captions edited since crop wrote them, left as they are."""
+    if caption is None:
+        return ()
+    carries = (carry_caption(out, plan_carry(out, crop, caption, extension, STEP), STEP) for crop in crops)
+    return tuple(c for c in carries if c is not None)
 
 
 def _lossless_cuts(jpeg: LosslessJpeg, plans: Sequence[CropPlan],
@@ -510,7 +523,8 @@ def crop_folder(src: Path, out: Path, options: CropOptions = CropOptions(), repo
                 detector: FaceDetector | None = None) -> CropRun:
     """Crop every image under `src` into `out` (same sub-folders), never touching `src`.
 
-    Each crop gets the source's caption sidecar (if any) and a metadata sidecar with `source`
+    Each crop gets the source's caption sidecar (if any; on a re-run only where the crop's caption
+    still holds what crop wrote, see prep.carrycaption) and a metadata sidecar with `source`
     (path relative to `out`, sha256, box in source pixels), `faces` (in the CROP's pixel
     coordinates, with score and detector; [] when the detector found none and the crop fell back
     to the focal point) and `crop` (preset, box, detector, fit, padded/widened, upscale flag, and
@@ -539,12 +553,17 @@ def crop_folder(src: Path, out: Path, options: CropOptions = CropOptions(), repo
                        workers=options.workers)
     result = CropRun(dropped=problems + outcome.dropped)
     superseded: list[Path] = []
+    edited: list[Carry] = []
     for done in outcome.done:
         result.done.extend(done.written)
         if done.reused:
             result.reused.extend(done.written)
         result.dropped.extend(Drop(str(done.source), "crop", reason) for reason in done.skipped)
         superseded.extend(done.superseded)
+        edited.extend(done.edited_captions)
+    settled = settle_edited(out, edited, STEP, overwrite=options.overwrite_captions, reporter=reporter)
+    result.captions_kept.extend(out / name for name in settled.kept)
+    result.captions_replaced.extend(out / name for name in settled.replaced)
     if superseded:
         shown = ", ".join(str(p.relative_to(out)) for p in superseded[:3]) + (" …" if len(superseded) > 3 else "")
         reporter.note(f"{len(superseded)} earlier crop(s) in {out} were cut from a source that has changed since "
@@ -555,9 +574,13 @@ def crop_folder(src: Path, out: Path, options: CropOptions = CropOptions(), repo
 @dataclass
 class CropRun(StepResult[Path]):
     """A crop run's crops (`done`: all of them, including `reused` ones already there with these
-    settings, which were not cut again) and the images it left out."""
+    settings, which were not cut again) and the images it left out. `captions_kept`: crop captions
+    edited since crop wrote them, left as they are; `captions_replaced`: those --overwrite-captions
+    replaced (journalled)."""
 
     reused: list[Path] = field(default_factory=list)
+    captions_kept: list[Path] = field(default_factory=list)
+    captions_replaced: list[Path] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

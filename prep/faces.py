@@ -39,6 +39,8 @@ AUTO_DETECTORS = ("yunet", "anime-cascade", "anime", "libfacedetection")  # merg
 YUNET_FILE = "face_detection_yunet.onnx"
 ANIME_FILE = "anime_face_detection.onnx"
 ANIME_CASCADE_FILE = "lbpcascade_animeface.xml"
+ANIME_CASCADE_URL = ("https://raw.githubusercontent.com/nagadomi/lbpcascade_animeface/"
+                     "4433ab1ae1166ea75acfe99eb0f18709dac329a0/lbpcascade_animeface.xml")
 DATA = Path(__file__).resolve().parent / "data"  # the bundled detectors (see prep/data/LICENSES.md)
 
 
@@ -236,7 +238,9 @@ class HaarDetector:
 class AnimeCascadeDetector:
     """nagadomi's lbpcascade_animeface (MIT): an LBP cascade for drawn faces, run by OpenCV.
 
-    Bundled (prep/data/), so drawn faces are found with nothing downloaded. A cascade has no
+    Looked for in prep/data/ (where a release bundles it) and in the model cache's
+    `anime-cascade/` folder (where a user drops it: a 250 KB file from nagadomi's repository,
+    `ANIME_CASCADE_URL`); without it `auto` runs on YuNet alone and says so. A cascade has no
     probability; its score is made comparable with the networks' from how many neighbouring
     windows agreed (`cascade_score`), so merged detectors can rank and suppress boxes together.
     It scans a copy at most `work_size` px long: at 480 it found the same test faces as at 640 in
@@ -248,11 +252,11 @@ class AnimeCascadeDetector:
     def __init__(self, path: Path | None = None, *, min_neighbors: int = 5, work_size: int = 480) -> None:
         import cv2
 
-        path = Path(path) if path is not None else DATA / ANIME_CASCADE_FILE
+        path = Path(path) if path is not None else anime_cascade_file()
         if not path.is_file():
-            raise ModelNotAvailable(f"the anime face cascade {path} is missing",
-                                    hint=f"reinstall loraprep (the file ships in prep/data/), or put "
-                                         f"{ANIME_CASCADE_FILE} there")
+            raise ModelNotAvailable(f"the anime face cascade {ANIME_CASCADE_FILE} is not installed",
+                                    hint=f"download {ANIME_CASCADE_URL} and save it as {path} "
+                                         "(MIT, 250 KB), or use --detector yunet")
         if cv2.CascadeClassifier(str(path)).empty():
             raise ModelNotAvailable(f"the anime face cascade {path} could not be loaded",
                                     hint="reinstall loraprep; the file is damaged")
@@ -470,6 +474,12 @@ def yunet_file(model_dir: Path | None = None) -> Path:
     if models.is_available("yunet"):
         return models.model_path("yunet") / YUNET_FILE
     return DATA / YUNET_FILE
+
+
+def anime_cascade_file() -> Path:
+    """The bundled cascade when this install ships one, else its place in the model cache."""
+    bundled = DATA / ANIME_CASCADE_FILE
+    return bundled if bundled.is_file() else models.cache_dir() / "anime-cascade" / ANIME_CASCADE_FILE
 
 
 def _build(name: str, model_dir: Path | None) -> FaceDetector:

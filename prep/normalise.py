@@ -2,22 +2,26 @@
 
 Used by `loraprep prep` when cropping is skipped: originals are never touched; upright RGB JPEGs
 are copied byte for byte, everything else is re-encoded losslessly as PNG (alpha kept for `clean`).
+A copy's caption follows its source's only while it holds what this step wrote (prep.carrycaption).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prep.atomic import atomic_open
+from prep.carrycaption import Carry, carry_caption, plan_carry, settle_edited
 from prep.images import DEFAULT_MAX_PIXELS, open_image, read_info, save_image_atomic, sha256_file
 from prep.progress import SILENT, Reporter
 from prep.records import DEFAULT_CAPTION_EXTENSION, Source, relative_to_base
 from prep.runner import StepResult, run_step
 from prep.scan import walk_images
-from prep.sidecars import caption_path, read_caption, read_meta, update_meta, write_caption
+from prep.sidecars import caption_path, read_caption, read_meta, update_meta
+
+STEP = "copy"
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,19 @@ class NormaliseOptions:
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     force: bool = False
     workers: int = 2
+    overwrite_captions: bool = False  # replace copies' captions edited since they were copied (journalled)
+
+
+@dataclass(frozen=True)
+class Copied:
+    target: Path
+    edited_caption: Carry | None = None  # the copy's caption, edited since it was copied: kept
+
+
+@dataclass
+class NormaliseResult(StepResult[Path]):
+    captions_kept: list[Path] = field(default_factory=list)
+    captions_replaced: list[Path] = field(default_factory=list)
 
 
 def _target(src_root: Path, image: Path, out: Path, copy_bytes: bool) -> Path:
@@ -33,34 +50,39 @@ def _target(src_root: Path, image: Path, out: Path, copy_bytes: bool) -> Path:
     return (out / rel).with_suffix(image.suffix.lower() if copy_bytes else ".png")
 
 
-def normalise_one(image: Path, src_root: Path, out: Path, options: NormaliseOptions) -> Path:
+def normalise_one(image: Path, src_root: Path, out: Path, options: NormaliseOptions) -> Copied:
     info = read_info(image, max_pixels=options.max_pixels)
     copy_bytes = info.format == "JPEG" and info.orientation == 1 and info.mode == "RGB" and info.frames == 1
     target = _target(src_root, image, out, copy_bytes)
     digest = sha256_file(image)
-    if not options.force and target.exists() and read_meta(target).get("source", {}).get("sha256") == digest:
-        return target  # idempotent: already done for this exact source
-    if copy_bytes:
-        with open(image, "rb") as source, atomic_open(target, "wb") as handle:
-            shutil.copyfileobj(source, handle)
-    else:
-        save_image_atomic(open_image(image, max_pixels=options.max_pixels), target)
+    done = not options.force and target.exists() and read_meta(target).get("source", {}).get("sha256") == digest
+    if not done:  # (idempotent: an image already copied from this exact source is not copied again)
+        if copy_bytes:
+            with open(image, "rb") as source, atomic_open(target, "wb") as handle:
+                shutil.copyfileobj(source, handle)
+        else:
+            save_image_atomic(open_image(image, max_pixels=options.max_pixels), target)
+        update_meta(target, source=Source(relative_to_base(image, out), digest).to_dict(),
+                    normalise={"copied": copy_bytes, "from_mode": info.mode, "orientation": info.orientation})
     caption = read_caption(caption_path(image, options.caption_extension))
-    if caption is not None:
-        write_caption(caption_path(target, options.caption_extension), caption)
-    update_meta(target, source=Source(relative_to_base(image, out), digest).to_dict(),
-                normalise={"copied": copy_bytes, "from_mode": info.mode, "orientation": info.orientation})
-    return target
+    if caption is None:
+        return Copied(target)
+    carry = plan_carry(out, target, caption, options.caption_extension, STEP)
+    return Copied(target, carry_caption(out, carry, STEP))
 
 
 def normalise_folder(src: str | os.PathLike[str], out: str | os.PathLike[str],
-                     options: NormaliseOptions = NormaliseOptions(), reporter: Reporter = SILENT) -> StepResult[Path]:
+                     options: NormaliseOptions = NormaliseOptions(), reporter: Reporter = SILENT) -> NormaliseResult:
     src, out = Path(src), Path(out)
-    result: StepResult[Path] = StepResult()
+    result = NormaliseResult()
     images = list(walk_images(src, result.dropped))
-    step = run_step(images, lambda p: normalise_one(p, src, out, options), step="copy",
+    step = run_step(images, lambda p: normalise_one(p, src, out, options), step=STEP,
                     name=lambda p: p.relative_to(src).as_posix(), reporter=reporter, label="copying",
                     workers=options.workers)
-    result.done = step.done
+    result.done = [copied.target for copied in step.done]
     result.dropped.extend(step.dropped)
+    edited = [copied.edited_caption for copied in step.done if copied.edited_caption is not None]
+    settled = settle_edited(out, edited, STEP, overwrite=options.overwrite_captions, reporter=reporter)
+    result.captions_kept.extend(out / name for name in settled.kept)
+    result.captions_replaced.extend(out / name for name in settled.replaced)
     return result

@@ -46,6 +46,7 @@ class PrepOptions:
     class_tokens: str | None = None
     repeats: int | None = None
     caption_extension: str = DEFAULT_CAPTION_EXTENSION
+    overwrite_captions: bool = False  # the copy step's (crop has its own in CropOptions)
 
 
 @dataclass
@@ -134,7 +135,8 @@ def run_pipeline(src: str | os.PathLike[str], out: str | os.PathLike[str], optio
         result = crop_folder(src, out, options.crop, reporter)
         report.steps.append(StepReport("crop", "ran", f"{len(result.done)} crops"))
     else:
-        result = normalise_folder(src, out, NormaliseOptions(caption_extension=options.caption_extension), reporter)
+        result = normalise_folder(src, out, NormaliseOptions(caption_extension=options.caption_extension,
+                                                             overwrite_captions=options.overwrite_captions), reporter)
         report.steps.append(StepReport("copy", "ran", f"{len(result.done)} images copied (crop off)"))
     report.dropped.extend(result.dropped)
     if not has_images(out):

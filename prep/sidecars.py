@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from prep.atomic import write_text_atomic
+from prep.atomic import write_bytes_atomic, write_text_atomic
 from prep.errors import BadImage, UsageError
 from prep.records import DEFAULT_CAPTION_EXTENSION
 
@@ -44,8 +44,13 @@ def read_caption(path: str | os.PathLike[str]) -> str | None:
     return text.strip()
 
 
+def caption_bytes(caption: str) -> bytes:
+    """A caption as loraprep writes it: stripped, one newline, UTF-8 (what guarded writes compare)."""
+    return (caption.strip() + "\n").encode("utf-8")
+
+
 def write_caption(path: str | os.PathLike[str], caption: str) -> None:
-    write_text_atomic(path, caption.strip() + "\n")
+    write_bytes_atomic(path, caption_bytes(caption))
 
 
 # Per-image metadata written by prep steps (crop box and faces, tagger scores, clean settings), one

@@ -1,9 +1,13 @@
 """The tag step: walk a folder, tag/caption every image, write `.txt` captions and per-tag scores.
 
 Decoding and preprocessing run in a thread pool ahead of inference (PIL and onnxruntime release
-the GIL), so the model never waits for the disk. Captions are written atomically; existing ones
-are kept (`skip-existing`, the default) or extended (`append`) unless `overwrite` is asked for.
-Scores go to the image's `.loraprep.json` sidecar (`tags` section) for the manifest.
+the GIL), so the model never waits for the disk. Existing captions are kept (`skip-existing`, the
+default: new captions are written as tagging goes, so an interrupted run resumes where it stopped)
+or extended (`append`) unless `overwrite` is asked for. `append` and `overwrite` change what people
+wrote, so they write nothing until every image is tagged, then journal every caption they write as
+one entry (`loraprep captions undo` restores the previous bytes) and write each only if it still
+holds what was read when it was tagged: a concurrent edit wins and is reported. A caption that is not
+UTF-8 is never rewritten. Scores go to the image's `.loraprep.json` sidecar (`tags` section).
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ import numpy as np
 from PIL import Image
 
 from prep import models
+from prep.captions.dataset import decode_caption, read_current
+from prep.captions.journal import FileState, Written, apply_changes, write_guarded
 from prep.errors import LoraprepError, ModelNotAvailable, UsageError
 from prep.images import DEFAULT_MAX_PIXELS, open_image
 from prep.progress import SILENT, Reporter
 from prep.records import DEFAULT_CAPTION_EXTENSION, Drop, Tags
 from prep.runner import StepResult
-from prep.sidecars import caption_path, check_caption_extension, read_caption, update_meta, write_caption
+from prep.sidecars import BadCaption, caption_bytes, caption_path, check_caption_extension, update_meta
 from prep.tagging.blip import BlipCaptioner, BlipSettings
 from prep.tagging.wd14 import Thresholds, Wd14Tagger
 from prep.tags import (PruneOptions, PruneRules, apply_trigger, dedupe, exclude_tags, keep_tokens_for,
@@ -116,9 +122,15 @@ class TagOptions:
 
 @dataclass
 class TagResult(StepResult[Path]):
-    """`done`: images captioned (or that would be, in a dry run); plus what the summary shows."""
+    """`done`: images captioned (or that would be, in a dry run); plus what the summary shows.
+
+    `changed`: images whose caption another program changed while tagging ran (left as it is, also
+    in `dropped`); `journal`: the entry holding every caption this run replaced (append/overwrite).
+    """
 
     skipped: list[Path] = field(default_factory=list)
+    changed: list[Path] = field(default_factory=list)
+    journal: Path | None = None
     captions: dict[Path, str] = field(default_factory=dict)
     removed: dict[Path, list[tuple[str, str]]] = field(default_factory=dict)
     provider: str | None = None
@@ -201,7 +213,19 @@ class _Loaded:
     path: Path
     array: np.ndarray | None
     image: Image.Image | None
-    existing: str | None
+    existing: str | None  # the caption being extended (append)
+    before: bytes | None  # the caption's exact bytes when the image was read (None: no caption)
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A caption append/overwrite will write once every image is tagged, and the image's metadata."""
+
+    image: Path
+    state: FileState
+    sections: dict[str, Any]
+
+CHANGED_MEANWHILE = "its caption changed on disk while tagging ran (another program wrote it): left as it is"
 
 
 class _Run:
@@ -223,16 +247,34 @@ class _Run:
         if self.blip is not None:
             reporter.note(f"BLIP {self.blip.name} on {self.blip.device}")
         self.writer = ThreadPoolExecutor(max_workers=1)
-        self.writes: list[tuple[Path, Future[None]]] = []
+        self.writes: list[tuple[Path, Future[bool]]] = []
+        self.pending: list[_Pending] = []
 
     def rel(self, path: Path) -> str:
         return path.relative_to(self.folder).as_posix()
 
+    def caption_of(self, path: Path) -> str:
+        """The image's caption sidecar, relative to the folder (as the journal names it)."""
+        return self.rel(caption_path(path, self.options.caption_extension))
+
     def load(self, path: Path) -> _Loaded:
-        existing = read_caption(caption_path(path, self.options.caption_extension)) if self.options.mode == "append" else None
+        before = read_current(self.folder, self.caption_of(path))
+        existing = self.existing_text(path, before)
         image = open_image(path, max_pixels=self.options.max_pixels)
         array = self.tagger.preprocess(image) if self.tagger is not None else None
-        return _Loaded(path, array, image if self.blip is not None else None, existing)
+        return _Loaded(path, array, image if self.blip is not None else None, existing, before)
+
+    def existing_text(self, path: Path, before: bytes | None) -> str | None:
+        """The caption append extends. A caption that is not UTF-8 is never rewritten: its image is
+        left out, saying why (its bytes could not be restored as text, nor its tags read)."""
+        if before is None or self.options.mode == "skip-existing":
+            return None
+        text = decode_caption(before)
+        if text is None:
+            raise BadCaption.at(caption_path(path, self.options.caption_extension),
+                                "caption is not UTF-8 text: left as it is, not tagged",
+                                hint="re-save it as UTF-8 (e.g. `iconv -f cp1252 -t utf-8`) and tag again")
+        return text if self.options.mode == "append" else None
 
     def process(self, batch: list[_Loaded]) -> None:
         tags = self.tagger.predict(np.stack([item.array for item in batch])) if self.tagger else [None] * len(batch)
@@ -256,20 +298,58 @@ class _Run:
         sections: dict[str, Any] = {STEP: self.meta(sentence, removed)}
         if tags is not None:
             sections["tags"] = tags.to_dict()
+        if self.options.mode != "skip-existing":
+            state = FileState(self.caption_of(item.path), item.before, caption_bytes(caption))
+            self.pending.append(_Pending(item.path, state, sections))
+            return
+        # only where there is still no caption: one that appeared since the folder was listed wins
+        state = FileState(self.caption_of(item.path), None, caption_bytes(caption))
         # Writes are fsynced; a writer thread keeps them off the inference loop.
-        self.writes.append((item.path, self.writer.submit(_write, item.path, self.options.caption_extension,
-                                                          caption, sections)))
+        self.writes.append((item.path, self.writer.submit(_create, self.folder, state, item.path, sections)))
 
     def settle_writes(self) -> None:
         """Wait for the writer; an image whose files could not be written is dropped, not done."""
         self.writer.shutdown(wait=True)
         for path, future in self.writes:
             error = future.exception()
-            if error is None:
+            if error is None and future.result():
                 self.result.done.append(path)
+            elif error is None:
+                self.left_alone(path)
             else:
-                reason = error.message if isinstance(error, LoraprepError) else f"cannot write caption: {error}"
-                self.result.dropped.append(Drop(self.rel(path), STEP, reason))
+                self.drop_write_error(path, error)
+
+    def commit(self, reporter: Reporter) -> None:
+        """append/overwrite: journal every caption the run changes as one entry, then write each one
+        that still holds what was read when its image was tagged (prep.captions.journal)."""
+        if not self.pending:
+            return
+        changes = [p.state for p in self.pending if p.state.before != p.state.after]
+        with reporter.task("writing captions", len(self.pending)) as advance:
+            written = (apply_changes(self.folder, f"tag --mode {self.options.mode} ({len(changes)} caption(s))",
+                                     changes) if changes else Written((), (), None))
+            done = {state.caption for state in written.written}
+            for pending in self.pending:
+                if pending.state.before == pending.state.after or pending.state.caption in done:
+                    try:
+                        update_meta(pending.image, **pending.sections)
+                    except (LoraprepError, OSError) as error:
+                        self.drop_write_error(pending.image, error)
+                    else:
+                        self.result.done.append(pending.image)
+                else:
+                    self.left_alone(pending.image)
+                advance()
+        self.result.journal = written.entry
+
+    def left_alone(self, path: Path) -> None:
+        self.result.changed.append(path)
+        self.result.captions.pop(path, None)
+        self.result.dropped.append(Drop(self.rel(path), STEP, CHANGED_MEANWHILE))
+
+    def drop_write_error(self, path: Path, error: BaseException) -> None:
+        reason = error.message if isinstance(error, LoraprepError) else f"cannot write caption: {error}"
+        self.result.dropped.append(Drop(self.rel(path), STEP, reason))
 
     def meta(self, sentence: str | None, removed: list[tuple[str, str]]) -> dict[str, Any]:
         o = self.options
@@ -315,12 +395,16 @@ def tag_folder(folder: Path, options: TagOptions, reporter: Reporter = SILENT) -
                 run.process(loaded)
             advance(len(chunk))
     run.settle_writes()
+    run.commit(reporter)
     return run.result
 
 
-def _write(image: Path, extension: str, caption: str, sections: dict[str, Any]) -> None:
-    write_caption(caption_path(image, extension), caption)
+def _create(root: Path, state: FileState, image: Path, sections: dict[str, Any]) -> bool:
+    """skip-existing: write a caption where there was none, unless one appeared meanwhile (False)."""
+    if not write_guarded(root, state.caption, state.before, state.after):
+        return False
     update_meta(image, **sections)
+    return True
 
 
 def prefetch(items: Sequence[T], fn: Callable[[T], R], *, workers: int, depth: int) -> Iterator[tuple[T, R | Exception]]:

@@ -227,8 +227,9 @@ class CaptionEditor(App):
         if isinstance(event, events.Key) and not event.is_forwarded:
             await self.handle_key(event)
         elif isinstance(event, events.Paste) and not event.is_forwarded:
-            if isinstance(self.focused, Input):
-                self.focused.insert_text_at_cursor(" ".join(event.text.splitlines()))
+            if isinstance(self.focused, Input):  # pasted lines of tags become comma-separated tags
+                separator = ", " if self.focused.id == "add" else " "
+                self.focused.insert_text_at_cursor(separator.join(filter(None, map(str.strip, event.text.splitlines()))))
                 self._input_changed(self.focused)
         else:
             await super().on_event(event)

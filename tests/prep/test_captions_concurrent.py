@@ -15,13 +15,14 @@ from typer.testing import CliRunner
 from cli import app
 
 # Appends `, wN` to random captions until told to stop, in place (O_APPEND) or by writing a new
-# file and renaming it over the caption, and logs each append once it is done.
+# file and renaming it over the caption, and logs each append to a file once it is done.
 WRITER = r"""
 import os, random, sys, time
-folder, mode, stop = sys.argv[1:4]
+folder, mode, stop, ready, log = sys.argv[1:6]
 names = sorted(n for n in os.listdir(folder) if n.endswith(".txt"))
 rng = random.Random(0)
-print("ready", flush=True)
+out = open(log, "w")
+open(ready, "w").close()
 i = 0
 while not os.path.exists(stop):
     name = rng.choice(names)
@@ -38,7 +39,8 @@ while not os.path.exists(stop):
         with open(tmp, "wb") as f:
             f.write(data + token)
         os.replace(tmp, path)
-    print(name, f"w{i}", flush=True)
+    out.write(f"{name} w{i}\n")
+    out.flush()
     i += 1
     time.sleep(0.002)
 """
@@ -49,17 +51,22 @@ CAPTIONS = 250
 @pytest.mark.parametrize("mode", ["append", "rename"])
 def test_bulk_add_loses_no_concurrent_write_and_reports_what_it_changed(tmp_path, mode):
     ds = write_dataset(tmp_path / "ds", {f"{i:04d}.png": f"1girl, tag{i % 13}, smile" for i in range(CAPTIONS)})
-    stop = tmp_path / "stop"
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(ds), mode, str(stop)],
-                              stdout=subprocess.PIPE, text=True)
+    stop, ready, log = tmp_path / "stop", tmp_path / "ready", tmp_path / "appended"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(ds), mode, str(stop), str(ready), str(log)])
     try:
-        assert writer.stdout is not None and writer.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 60
+        while not ready.exists() and writer.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ready.exists(), "the writer did not start"
         time.sleep(0.05)
         result = CliRunner().invoke(app, ["captions", "add", str(ds), "newtag", "--front"])
     finally:
         stop.touch()
-        log, _ = writer.communicate(timeout=30)
-    appends = [line.split() for line in log.splitlines()]
+        writer.wait(timeout=60)
+    assert writer.returncode == 0, "the writer failed (its traceback is in the captured stderr)"
+    lines = log.read_text().splitlines()
+    appends = [tuple(line.split()) for line in lines if re.fullmatch(r"\d{4}\.txt w\d+", line)]
+    assert len(appends) == len(lines), f"unexpected writer output: {[x for x in lines if len(x.split()) != 2]}"
     final = {p.name: p.read_text() for p in ds.glob("*.txt")}
 
     lost = [(name, token) for name, token in appends if not re.search(rf", {token}\b", final[name])]

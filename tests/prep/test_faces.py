@@ -281,3 +281,20 @@ def test_libfacedetection_crop_on_two_workers_never_deadlocks(testdata, tmp_path
                           capture_output=True, text=True, timeout=900, cwd=Path(__file__).parents[2])
     assert done.returncode == 0, done.stderr[-2000:]
     assert "all runs finished" in done.stdout
+
+
+def test_a_missing_anime_cascade_says_where_to_get_it_and_where_to_put_it(tmp_path):
+    with pytest.raises(ModelNotAvailable) as caught:
+        AnimeCascadeDetector(tmp_path / "anime-cascade" / faces.ANIME_CASCADE_FILE)
+    assert faces.ANIME_CASCADE_URL in caught.value.hint and str(tmp_path / "anime-cascade") in caught.value.hint
+
+
+def test_auto_uses_an_anime_cascade_dropped_into_the_model_cache(anime_cascade, monkeypatch, tmp_path):
+    import shutil
+
+    monkeypatch.setattr(faces, "DATA", tmp_path / "no-bundle")
+    monkeypatch.setenv("LORAPREP_MODELS", str(tmp_path / "cache"))
+    (tmp_path / "cache" / "anime-cascade").mkdir(parents=True)
+    shutil.copy(anime_cascade, tmp_path / "cache" / "anime-cascade" / faces.ANIME_CASCADE_FILE)
+    detector = faces.detector_from_name("auto")
+    assert "anime-cascade" in detector.name

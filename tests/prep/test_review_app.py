@@ -517,3 +517,16 @@ async def test_captions_and_names_that_look_like_markup_are_shown_as_written(tmp
         toasts = " ".join(str(t.render()) for t in editor.screen.query("Toast"))
         assert "a [v2].txt changed on disk" in toasts
     assert (folder / "a [v2].txt").read_text() == "changed elsewhere"
+
+
+async def test_a_paste_goes_into_the_box_and_never_runs_as_commands(ds):
+    before = snapshot(ds)
+    editor = CaptionEditor(ds)
+    async with editor.run_test(size=(80, 24)) as pilot:
+        editor.post_message(events.Paste("d\nq"))          # focus on the tags: ignored, not `d` and `q`
+        await pilot.pause()
+        assert snapshot(ds) == before
+        await pilot.press("plus")
+        editor.post_message(events.Paste("dress\nhat\n"))
+        await burst(pilot, "enter")
+    assert caption(ds, "astronaut.png") == b"sks, 1boy, spacesuit, smile, dress, hat\n"

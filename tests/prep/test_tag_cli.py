@@ -117,3 +117,67 @@ def test_models_pull_fails_clearly(names, code, text) -> None:
     result = runner.invoke(app, ["models", "pull", *names])
     assert result.exit_code == code
     assert text in _flat(result.output)
+
+
+# ---- captions someone wrote: journalled, never clobbered, never rewritten when not UTF-8
+
+ODD_CAPTION = b"\xef\xbb\xbfmy caption,  hand written \r\n\r\n"  # BOM, CRLF, spaces: undo must give these bytes back
+
+
+@pytest.mark.parametrize("mode", ["overwrite", "append"])
+def test_changing_captions_is_journalled_and_captions_undo_restores_them_byte_exactly(wd14_model, dataset, mode) -> None:
+    (dataset / "rocket.txt").write_bytes(ODD_CAPTION)
+    result = runner.invoke(app, ["tag", str(dataset), "--model-dir", str(wd14_model), "--mode", mode])
+    assert result.exit_code == 0, result.output
+    assert (dataset / "rocket.txt").read_bytes() != ODD_CAPTION and (dataset / "astronaut.txt").exists()
+    assert "loraprep captions undo" in _flat(result.output)
+    undone = runner.invoke(app, ["captions", "undo", str(dataset)])
+    assert undone.exit_code == 0, undone.output
+    assert (dataset / "rocket.txt").read_bytes() == ODD_CAPTION
+    assert not (dataset / "astronaut.txt").exists()  # created by the run: undo removes it
+
+
+@pytest.mark.parametrize("mode", ["overwrite", "append"])
+def test_a_caption_that_is_not_utf8_is_never_rewritten(wd14_model, dataset, mode) -> None:
+    latin1 = "café, crème brûlée\n".encode("latin-1")
+    (dataset / "rocket.txt").write_bytes(latin1)
+    result = runner.invoke(app, ["tag", str(dataset), "--model-dir", str(wd14_model), "--mode", mode])
+    assert result.exit_code == 1, result.output
+    assert (dataset / "rocket.txt").read_bytes() == latin1
+    assert "not UTF-8" in _flat(result.output) and "rocket" in result.output
+    assert (dataset / "astronaut.txt").exists() and "tag" not in read_meta(dataset / "rocket.jpg")
+
+
+def test_a_caption_changed_between_tagging_and_writing_is_left_as_the_other_program_wrote_it(
+        wd14_model, dataset, monkeypatch) -> None:
+    import contextlib
+
+    import cli
+    from prep.progress import Reporter
+
+    (dataset / "rocket.txt").write_text("before\n", encoding="utf-8")
+    (dataset / "astronaut.txt").write_text("before too\n", encoding="utf-8")
+    drawing = cli.rich_reporter
+
+    @contextlib.contextmanager
+    def editing_when_tagging_ends(*args, **kwargs):
+        """The CLI's real reporter; when every image is tagged (captions read, none written yet),
+        another program rewrites one caption."""
+        with drawing(*args, **kwargs) as shown:
+            def sink(event):
+                if event.kind == "end" and event.label == "tagging":
+                    (dataset / "rocket.txt").write_text("edited meanwhile\n", encoding="utf-8")
+                shown.emit(event)
+            yield Reporter(sink)
+
+    monkeypatch.setattr(cli, "rich_reporter", editing_when_tagging_ends)
+    result = runner.invoke(app, ["tag", str(dataset), "--model-dir", str(wd14_model), "--mode", "overwrite"])
+    assert result.exit_code == 1, result.output
+    assert (dataset / "rocket.txt").read_text(encoding="utf-8") == "edited meanwhile\n"
+    assert "changed on disk while tagging" in _flat(result.output) and "rocket.jpg" in result.output
+    assert (dataset / "astronaut.txt").read_text(encoding="utf-8") != "before too\n"
+    monkeypatch.setattr(cli, "rich_reporter", drawing)
+    undone = runner.invoke(app, ["captions", "undo", str(dataset)])  # the journal holds only what was written
+    assert undone.exit_code == 0, undone.output
+    assert (dataset / "astronaut.txt").read_text(encoding="utf-8") == "before too\n"
+    assert (dataset / "rocket.txt").read_text(encoding="utf-8") == "edited meanwhile\n"
