@@ -529,8 +529,10 @@ def sheet(
     caption_extension: CaptionExt = ".txt",
     max_pixels: MaxPixels = 150_000_000,
 ) -> None:
-    """A contact sheet to judge crops by eye: thumbnails with face boxes (green), crop boxes on the
-    source (orange), each image's size and bucket, how it was cropped and its first caption tags."""
+    """A contact sheet to judge crops by eye.
+
+    Thumbnails with face boxes (green), crop boxes on the source (orange), each image's size and
+    bucket, how it was cropped and its first caption tags."""
     from prep.sheet import SheetOptions, sheet_folder
 
     options = SheetOptions(columns=columns, thumb=thumb, show_source=not crops_only,
@@ -1401,10 +1403,12 @@ def train(
     tensorboard: Annotated[Optional[bool], typer.Option("--tensorboard", help="Also log to OUTPUT/tensorboard.", rich_help_panel="Run and checkpoints")] = None,
     num_processes: Annotated[Optional[int], typer.Option(help="GPUs: relaunch through `accelerate launch` with N processes.", rich_help_panel="Run and checkpoints")] = None,
 ) -> None:
-    """Train a LoRA on a manifest: reads only manifest.json (frozen captions, hashes, buckets) and writes
-    OUTPUT/NAME.safetensors (kohya/WebUI/ComfyUI) and NAME.diffusers.safetensors (diffusers), plus
-    checkpoints, loss.csv and loss.png. Settings come from --config TOML and flags; every value is
-    printed at start. Example: loraprep train DS/manifest.json --base ./sd15 --rank 8 --max-steps 1000
+    """Train a LoRA on a manifest (the bundled trainer).
+
+    Reads only manifest.json (frozen captions, hashes, buckets) and writes OUTPUT/NAME.safetensors
+    (kohya/WebUI/ComfyUI) and NAME.diffusers.safetensors (diffusers), plus checkpoints, loss.csv and
+    loss.png. Settings come from --config TOML and flags; every value is printed at start.
+    Example: loraprep train DS/manifest.json --base ./sd15 --rank 8 --max-steps 1000
     """
     import os
     import sys
