@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 import typing
 from collections.abc import Iterator, Mapping
@@ -21,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from prep.errors import UsageError
+from train.optargs import OPTIMIZERS, parse_optimizer_args
+from train.samplers import check_sampler
 
 PRESETS = ("attn", "attn-mlp", "full")
 ALGOS = ("lora", "loha", "lokr")
-OPTIMIZERS = ("adamw", "adamw8bit", "lion", "adafactor", "prodigy")
 SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LATENT_CACHE = ("off", "memory", "disk")
@@ -51,15 +53,36 @@ class NetworkConfig:
     algo: str = "lora"  # lora | loha (Hadamard product) | lokr (Kronecker product), as LyCORIS names them
     preset: str = "attn"
     rank: int = 16
-    alpha: float = 16.0
+    alpha: float | None = None  # None or 0: alpha = rank (scale 1), as sd-scripts reads network_alpha = 0
     conv_dim: int = 0  # > 0: the algorithm on 3×3 convs too (LoCon for lora)
-    conv_alpha: float = 1.0
+    conv_alpha: float = 1.0  # 0: alpha = conv_dim
     factor: int = -1  # LoKr: split each dimension near this factor; -1 = as square as possible (LyCORIS)
     dora: bool = False
     network_dropout: float = 0.0
+    rank_dropout: float = 0.0  # chance to drop each rank of a layer's LoRA per sample (sd-scripts rank_dropout)
+    module_dropout: float = 0.0  # chance to skip a whole LoRA layer for a step (sd-scripts module_dropout)
+    scale_weight_norms: float | None = None  # max-norm: rescale any layer's ΔW whose norm exceeds this
     train_text_encoder: bool = False
+    train_text_encoder_only: bool = False  # no UNet LoRA (sd-scripts network_train_text_encoder_only)
     text_encoder_lr: float | None = None  # None: same as lr
     init_weights: str | None = None  # an existing LoRA file to start from
+    # per-block learning-rate weights (階層別学習率), sd-scripts' network_args: comma lists or
+    # cosine/sine/linear/reverse_linear/zeros[+base]; or one list in the lora-block-weight layout
+    down_lr_weight: str | None = None
+    mid_lr_weight: str | None = None
+    up_lr_weight: str | None = None
+    block_lr_zero_threshold: float = 0.0
+    block_lr_weights: str | None = None
+
+    @property
+    def lora_alpha(self) -> float:
+        """The alpha the layers train with: sd-scripts' rule, 0 or unset means alpha = rank (scale 1)."""
+        return float(self.alpha) if self.alpha else float(self.rank)
+
+    @property
+    def conv_lora_alpha(self) -> float:
+        """The conv layers' alpha; 0 means alpha = conv_dim, like `alpha`."""
+        return float(self.conv_alpha) if self.conv_alpha else float(self.conv_dim)
 
 
 @dataclass(frozen=True)
@@ -76,15 +99,19 @@ class DataConfig:
     prior_loss_weight: float = 1.0
     reg_balance: bool = True  # regularisation images repeated/left out to match the training images' count
     verify_files: bool = True
+    fixed_resolution: str | None = None  # "512" or "384x512": every image at this size, no buckets
+    dataset_config: str | None = None  # an sd-scripts dataset TOML whose subsets (repeats, …) apply
 
 
 @dataclass(frozen=True)
 class OptimizerConfig:
     optimizer: str = "adamw"
+    optimizer_args: tuple[str, ...] = ()  # key=value pairs passed to the optimizer, sd-scripts style
     lr: float = 1e-4
     weight_decay: float = 1e-2
     scheduler: str = "constant"
     warmup_steps: int = 0
+    warmup_ratio: float = 0.0  # > 0: warmup over this fraction of all steps (sd-scripts' float lr_warmup_steps)
     cycles: int = 1  # cosine_with_restarts: number of hard restarts
     power: float = 1.0  # polynomial decay power
     max_grad_norm: float = 1.0  # 0: no clipping
@@ -121,7 +148,10 @@ class RunConfig:
     save_last: int = 0  # keep only the newest K checkpoints; 0 keeps all
     resume: str | None = None  # a checkpoint folder or "latest"
     sample_every: int = 0
+    sample_every_epochs: int = 0  # wins over sample_every, as sd-scripts' sample_every_n_epochs does
+    sample_at_first: bool = False
     sample_prompts: str | None = None
+    sample_sampler: str = "default"  # the base model's own scheduler; or euler_a, dpmsolver++, ddim, …
     tensorboard: bool = False
     num_processes: int = 1
 
@@ -160,18 +190,31 @@ def _fields() -> Iterator[tuple[str, str]]:
 FIELD_SECTION: dict[str, str] = {name: section for section, name in _fields()}
 
 
-def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
-    """Defaults ← TOML file (if any) ← overrides (flat names, e.g. from CLI flags; None values ignored)."""
-    config = TrainConfig()
-    if path is not None:
-        config = build_config(_read_toml(Path(path)), base=config, source=str(path))
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None, *,
+                notes: list[str] | None = None) -> TrainConfig:
+    """Defaults ← an sd-scripts dataset config named by flags (if any) ← TOML file (if any) ← overrides
+    (flat names, e.g. from CLI flags; None values ignored). An sd-scripts TOML is translated
+    (train.kohya); what it ignores is appended to `notes`."""
+    notes = notes if notes is not None else []
+    from_file = _read_toml(Path(path), notes) if path is not None else {}
     flat = {k: v for k, v in (overrides or {}).items() if v is not None}
-    if flat:
-        config = build_config(_nest(flat, source="command line"), base=config, source="command line")
+    from_flags = _nest(flat, source="command line") if flat else {}
+    config = TrainConfig()
+    named = from_flags.get("data", {}).get("dataset_config") or from_file.get("data", {}).get("dataset_config")
+    if named and (path is None or Path(named).resolve() != Path(path).resolve()):
+        from train.kohya import read_dataset_config, translate_dataset
+
+        dataset = translate_dataset(read_dataset_config(named))
+        notes.extend(dataset.notes)
+        config = build_config(_nest(dataset.settings, source=str(named)), base=config, source=str(named))
+    if from_file:
+        config = build_config(from_file, base=config, source=str(path))
+    if from_flags:
+        config = build_config(from_flags, base=config, source="command line")
     return config
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_toml(path: Path, notes: list[str]) -> dict[str, Any]:
     try:
         with open(path, "rb") as handle:
             data = tomllib.load(handle)
@@ -179,9 +222,16 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise UsageError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path}: not valid TOML ({exc})") from exc
+    from train import kohya
+
+    if kohya.is_kohya(data, set(FIELD_SECTION), set(SECTIONS)):
+        translation = kohya.translate(data, path)
+        notes.append(f"{path.name} read as an sd-scripts config ({len(translation.settings)} settings translated)")
+        notes.extend(translation.notes)
+        return _nest(translation.settings, source=str(path))
     nested: dict[str, dict[str, Any]] = {}
     for key, value in data.items():
-        if key in SECTIONS:
+        if key in SECTIONS and not (key in FIELD_SECTION and not isinstance(value, dict)):  # `optimizer = "lion"`
             if not isinstance(value, dict):
                 raise UsageError(f"{path}: [{key}] must be a table of settings")
             for name, item in value.items():
@@ -221,6 +271,8 @@ def build_config(nested: Mapping[str, Mapping[str, Any]], *, base: TrainConfig |
         values = {name: _coerce(f"{section}.{name}", value, hints[name], source)
                   for name, value in nested.get(section, {}).items()}
         sections[section] = dataclasses.replace(getattr(base, section), **values)
+    if sections["network"].train_text_encoder_only:  # sd-scripts: training only the text encoder trains it
+        sections["network"] = dataclasses.replace(sections["network"], train_text_encoder=True)
     config = TrainConfig(**sections)
     validate(config)
     return config
@@ -228,7 +280,7 @@ def build_config(nested: Mapping[str, Mapping[str, Any]], *, base: TrainConfig |
 
 def _coerce(where: str, value: Any, hint: Any, source: str) -> Any:
     """Check one value against its annotation; ints are accepted for floats, strings for paths."""
-    args = typing.get_args(hint)
+    args = typing.get_args(hint) if typing.get_origin(hint) is not tuple else ()
     optional = type(None) in args
     kind = next((a for a in args if a is not type(None)), hint) if args else hint
     if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "")):
@@ -256,6 +308,15 @@ def _coerce(where: str, value: Any, hint: Any, source: str) -> Any:
     elif kind is str:
         if isinstance(value, (str, Path)):
             return str(value)
+        if isinstance(value, list) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                     for v in value):
+            return ",".join(str(v) for v in value)  # a TOML array of weights
+    elif typing.get_origin(kind) is tuple:
+        if isinstance(value, str):
+            return (value,)
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise UsageError(f"{source}: {where} must be a list of text values, got {value!r}")
     raise UsageError(f"{source}: {where} must be {getattr(kind, '__name__', kind)}, got {value!r}")
 
 
@@ -282,6 +343,10 @@ def _validate_algo(n: NetworkConfig) -> None:
     if n.network_dropout and n.algo != "lora":
         raise UsageError(f"network_dropout applies to LoRA layers; {n.algo} has no dropout inside its layers",
                          hint="drop --network-dropout, or use --algo lora")
+    for name in ("rank_dropout", "module_dropout", "scale_weight_norms"):
+        if getattr(n, name) and n.algo != "lora":
+            raise UsageError(f"{name} works on LoRA's down/up factors; loraprep does not apply it to {n.algo}",
+                             hint=f"drop --{name.replace('_', '-')}, or use --algo lora")
 
 
 def validate(config: TrainConfig) -> None:
@@ -292,10 +357,16 @@ def validate(config: TrainConfig) -> None:
     _choice("algo", n.algo, ALGOS)
     _choice("preset", n.preset, PRESETS)
     _at_least("rank", n.rank, 1)
-    _at_least("alpha", n.alpha, 0)
+    if n.alpha is not None:
+        _at_least("alpha", n.alpha, 0)
     _at_least("conv_dim", n.conv_dim, 0)
     _at_least("conv_alpha", n.conv_alpha, 0)
     _at_least("network_dropout", n.network_dropout, 0, high=0.99)
+    _at_least("rank_dropout", n.rank_dropout, 0, high=0.99)
+    _at_least("module_dropout", n.module_dropout, 0, high=0.99)
+    if n.scale_weight_norms is not None and not (math.isfinite(n.scale_weight_norms) and n.scale_weight_norms > 0):
+        raise UsageError(f"scale_weight_norms must be a positive number (1 is sd-scripts' advice), got {n.scale_weight_norms}")
+    _check_block_weights(n)
     if n.text_encoder_lr is not None:
         _at_least("text_encoder_lr", n.text_encoder_lr, 0)
     _validate_algo(n)
@@ -306,11 +377,15 @@ def validate(config: TrainConfig) -> None:
     _at_least("tag_dropout", d.tag_dropout, 0, high=1)
     _at_least("prior_loss_weight", d.prior_loss_weight, 0)
     _choice("optimizer", o.optimizer, OPTIMIZERS)
+    parse_optimizer_args(o.optimizer_args)
     _choice("scheduler", o.scheduler, SCHEDULERS)
     if not (math.isfinite(o.lr) and o.lr > 0):
         raise UsageError(f"lr must be a positive number, got {o.lr}")
     _at_least("weight_decay", o.weight_decay, 0)
     _at_least("warmup_steps", o.warmup_steps, 0)
+    _at_least("warmup_ratio", o.warmup_ratio, 0, high=0.99)
+    if o.warmup_ratio and o.warmup_steps:
+        raise UsageError("set warmup_steps or warmup_ratio, not both")
     _at_least("cycles", o.cycles, 1)
     _at_least("power", o.power, 0)
     _at_least("max_grad_norm", o.max_grad_norm, 0)
@@ -326,13 +401,45 @@ def validate(config: TrainConfig) -> None:
     _at_least("vae_batch_size", r.vae_batch_size, 1)
     _choice("vae_dtype", r.vae_dtype, VAE_DTYPES)
     _choice("torch_compile", r.torch_compile, COMPILE_MODES)
-    for name in ("save_every_steps", "save_every_epochs", "save_last", "sample_every"):
+    for name in ("save_every_steps", "save_every_epochs", "save_last", "sample_every", "sample_every_epochs"):
         _at_least(name, getattr(r, name), 0)
+    check_sampler(r.sample_sampler, where="sample_sampler")
+    if d.fixed_resolution is not None:
+        parse_size(d.fixed_resolution, where="fixed_resolution")
     _at_least("num_processes", r.num_processes, 1)
     if not r.name or "/" in r.name or "\\" in r.name:
         raise UsageError(f"name '{r.name}' must be a plain file name (no folders)")
     if d.color_aug and r.cache_latents != "off":
         raise UsageError("color_aug changes pixels every step, so cached latents would be stale",
                          hint="add --cache-latents off, or drop --color-aug")
-    if r.sample_every and not r.sample_prompts:
-        raise UsageError("--sample-every needs --sample-prompts FILE (one prompt per line)")
+    if (r.sample_every or r.sample_every_epochs or r.sample_at_first) and not r.sample_prompts:
+        raise UsageError("sampling needs --sample-prompts FILE (.txt one prompt per line, or sd-scripts .toml/.json)")
+
+
+def parse_size(text: str, *, where: str = "resolution") -> tuple[int, int]:
+    """"512" → (512, 512); "384x512" or "384,512" → (width, height), as sd-scripts' resolution reads."""
+    parts = [p.strip() for p in re.split(r"[x×,]", str(text).lower())]
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        numbers = []
+    if len(numbers) == 1:
+        numbers *= 2
+    if len(numbers) != 2 or min(numbers) < 8 or any(n % 8 for n in numbers):
+        raise UsageError(f"{where} '{text}' is not a size like 512 or 384x512 (multiples of 8)")
+    return numbers[0], numbers[1]
+
+
+def _check_block_weights(n: NetworkConfig) -> None:
+    """Syntax only; the lengths depend on the model family and are checked by train.blocks at load."""
+    from train.blocks import parse_block_weights, parse_lr_weight
+
+    per_part = (n.down_lr_weight, n.mid_lr_weight, n.up_lr_weight)
+    if n.block_lr_weights is not None and any(w is not None for w in per_part):
+        raise UsageError("set block_lr_weights (one list) or down/mid/up_lr_weight, not both")
+    for name, value in zip(("down_lr_weight", "mid_lr_weight", "up_lr_weight"), per_part):
+        if value is not None:
+            parse_lr_weight(value, where=name, length=12)
+    if n.block_lr_weights is not None:
+        parse_block_weights(n.block_lr_weights, where="block_lr_weights")
+    _at_least("block_lr_zero_threshold", n.block_lr_zero_threshold, 0)

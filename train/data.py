@@ -15,7 +15,7 @@ import dataclasses
 import math
 import random
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +24,8 @@ from PIL import Image
 
 from prep.buckets import BucketPlan, cover_and_trim
 from prep.errors import ManifestError
-from prep.images import open_image
-from prep.records import BucketSettings, ImageRecord, Manifest, load_manifest
+from prep.images import open_image, sha256_text
+from prep.records import BucketSettings, ImageRecord, Manifest, Subset, load_manifest
 from prep.verify import stale_files
 
 Size = tuple[int, int]
@@ -70,10 +70,17 @@ class TrainingSet:
 
 
 def load_training_set(manifest_path: str | Path, *, keep_tokens: int | None = None,
-                      shuffle_caption: bool | None = None, verify: bool = True,
-                      balance_reg: bool = False) -> TrainingSet:
+                      shuffle_caption: bool | None = None, verify: bool = True, balance_reg: bool = False,
+                      fixed_size: Size | None = None,
+                      subset_for: Callable[[Manifest, Path], Callable[[ImageRecord, Subset], Subset]] | None = None,
+                      ) -> TrainingSet:
     """Read and check a manifest; `verify` re-hashes every image and caption sidecar against it;
-    `balance_reg` repeats or leaves out regularisation images as sd-scripts does (`balanced_reg_repeats`)."""
+    `balance_reg` repeats or leaves out regularisation images as sd-scripts does (`balanced_reg_repeats`).
+
+    `fixed_size` trains every image at one (width, height) instead of its bucket (sd-scripts'
+    enable_bucket = false: scaled to cover it, centre-trimmed). `subset_for(manifest, root)` returns
+    the subset settings each image trains with (an sd-scripts dataset config's subsets).
+    """
     path = Path(manifest_path)
     if path.is_dir():
         path = path / "manifest.json"
@@ -83,21 +90,47 @@ def load_training_set(manifest_path: str | Path, *, keep_tokens: int | None = No
         raise ManifestError(f"{path}: the manifest holds no images", hint="build it with `loraprep manifest DIR`")
     if verify:
         verify_files(manifest, root)
-    if not any(not manifest.subset(r.subset).is_reg for r in manifest.images):
-        raise ManifestError(f"{path}: every image is in a regularisation subset; nothing to learn from")
-    buckets = _buckets(manifest)
+    buckets = [fixed_size] * len(manifest.images) if fixed_size else _buckets(manifest)
+    override = subset_for(manifest, root) if subset_for is not None else None
     examples = []
     for index, (record, bucket) in enumerate(zip(manifest.images, buckets, strict=True)):
         subset = manifest.subset(record.subset)
+        if override is not None:
+            subset = override(record, subset)
         keep = keep_tokens if keep_tokens is not None else (
             subset.keep_tokens if subset.keep_tokens is not None else manifest.keep_tokens)
-        caption = record.caption if record.caption is not None else (subset.class_tokens or manifest.trigger or "")
+        caption = training_caption(record, subset, None if subset.is_reg else manifest.trigger)
         examples.append(Example(index, root / record.path, record, caption, bucket, max(0, subset.repeats),
                                 subset.is_reg, keep,
                                 subset.shuffle_caption if shuffle_caption is None else shuffle_caption))
+    if not any(not e.is_reg for e in examples):
+        raise ManifestError(f"{path}: every image is in a regularisation subset; nothing to learn from")
     if balance_reg:
         examples = _balance_reg(examples)
     return TrainingSet(manifest, root, tuple(e for e in examples if e.repeats > 0))
+
+
+_BLANK_SHA256 = sha256_text("")
+
+
+def training_caption(record: ImageRecord, subset: Subset, trigger: str | None) -> str:
+    """The caption an image trains on, by sd-scripts' rule: its own caption when it has one, else its
+    subset's class tokens.
+
+    An image has no caption when its sidecar was missing or blank (the manifest may have put the
+    trigger alone in it). Such an image then trains on "identifier class" (`sks woman`), the
+    DreamBooth prompt the class tokens stand for: the trigger is put before class tokens that do not
+    already name it, as a `10_sks woman` folder spells it. Regularisation images pass trigger=None
+    and train on the class alone. Without class tokens the caption stays as frozen (trigger or empty).
+    """
+    caption = record.caption or ""
+    uncaptioned = record.caption_sha256 in (None, _BLANK_SHA256) and set(split_caption(caption)) <= {trigger}
+    if not uncaptioned or not subset.class_tokens:
+        return caption
+    class_tokens = subset.class_tokens.strip()
+    if trigger and trigger not in class_tokens.replace(",", " ").split():
+        return f"{trigger} {class_tokens}"
+    return class_tokens
 
 
 def balanced_reg_repeats(train_count: int, reg_repeats: Sequence[int]) -> list[int]:

@@ -319,7 +319,8 @@ def network_args(layers: list[AdaptedLayer], network_config: Any) -> dict[str, s
     if axes:
         args["dora_wd"] = "True"
         args["wd_on_output"] = str(axes == {"output"})
-    for key in ("preset", "dropout", "network_dropout"):
+    for key in ("preset", "dropout", "network_dropout", "rank_dropout", "module_dropout", "down_lr_weight",
+                "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold", "block_lr_weights"):
         value = setting(key)
         if value not in (None, "", 0, 0.0):
             args[key] = str(value)

@@ -22,12 +22,13 @@ from train.batcher import Batcher, Conditioned
 from train.checkpoint import (LoopState, list_checkpoints, load_checkpoint, prune_checkpoints, resolve_resume,
                               restore_rng, save_checkpoint)
 from train.config import LossConfig, TrainConfig
+from train.from_weights import add_lora_from_file
 from train.losslog import LossLog
 from train.network import Network, add_lora, load_lora_state, lora_state_dict
-from train.optim import make_optimizer, make_scheduler
+from train.optim import make_scheduler, training_optimizer
 from train.outputs import Sampler, export_lora, make_tracker, prune_exports
 from train.plan import TrainPlan, plan_training
-from train.prepare import compiled, init_from_lora, load_model, make_accelerator, park
+from train.prepare import compiled, load_model, make_accelerator, park
 
 
 class TrainingDiverged(LoraprepError):
@@ -107,11 +108,14 @@ def train(manifest_path: str | Path, config: TrainConfig, *, reporter: Reporter 
         clean_leftovers(config, reporter)
     base = base if base is not None else load_model(config, accelerator.device)
     torch.manual_seed(hash_seed(run.seed, -1))  # the LoRA's random init: same seed, same start
-    network = add_lora(base.unet, base.text_encoders, config.network)
-    if config.network.init_weights:
-        init_from_lora(base, config.network.init_weights)
-    optimizer = make_optimizer(network, config)
+    if config.network.init_weights:  # the file decides the network's shape (sd-scripts' dim_from_weights)
+        network, notes = add_lora_from_file(base, config.network.init_weights, config.network)
+    else:
+        network, notes = add_lora(base.unet, base.text_encoders, config.network), []
+    optimizer, optimizer_notes = training_optimizer(base.unet, network, config)
     scheduler = make_scheduler(optimizer, config, plan.total_steps)
+    for note in notes + optimizer_notes:
+        reporter.note(note)
     state = LoopState()
     if run.resume:
         state = resume_from(resolve_resume(out, run.resume), base, network, optimizer, scheduler, reporter,
@@ -130,6 +134,8 @@ def train(manifest_path: str | Path, config: TrainConfig, *, reporter: Reporter 
                   f"{plan.total_steps} steps ({plan.steps_per_epoch}/epoch)")
     checkpoints: list[Path] = []
     stopped = False
+    if sampler is not None and run.sample_at_first and state.global_step == 0:
+        sampler.render(0)
     with reporter.task("training", plan.total_steps) as advance:
         advance(state.global_step)
         while state.global_step < plan.total_steps and not stopped:
@@ -140,13 +146,14 @@ def train(manifest_path: str | Path, config: TrainConfig, *, reporter: Reporter 
                 end_of_epoch = index == len(groups) - 1
                 state.advance(loss, len(groups[index][1]), end_of_epoch=end_of_epoch)
                 metrics = {"step": state.global_step, "epoch": epoch + 1, "epochs": plan.epochs, "loss": loss,
-                           "loss_ema": state.loss_ema, "lr": scheduler.get_last_lr()[0]}
+                           "loss_ema": state.loss_ema, "lr": scheduler.get_last_lr()[0],
+                           **max_norm_metrics(base, network, config)}
                 log.add(metrics, tracker)
                 advance(1, metrics=metrics)
                 if accelerator.is_main_process and should_save(state, run, end_of_epoch, plan.total_steps):
                     checkpoints.append(save(out, state, base, network, optimizer, scheduler, config, plan, log))
-                if sampler is not None and (state.global_step % run.sample_every == 0
-                                            or state.global_step == plan.total_steps):
+                if sampler is not None and sampler.due(state.global_step, plan.total_steps,
+                                                       epoch_done=epoch + 1 if end_of_epoch else None):
                     sampler.render(state.global_step)
                 stopped = stop is not None and stop(state.global_step) and state.global_step < plan.total_steps
                 if state.global_step >= plan.total_steps or stopped:
@@ -186,6 +193,17 @@ def optimizer_step(accelerator: Any, base: Any, unet: Any, network: Network, opt
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return total
+
+
+def max_norm_metrics(base: Any, network: Network, config: TrainConfig) -> dict[str, Any]:
+    """`--scale-weight-norms`: cap each LoRA layer's update norm after the step; sd-scripts' per-step report."""
+    if not config.network.scale_weight_norms:
+        return {}
+    from train.regularize import apply_max_norm
+
+    modules = [base.unet, *(base.text_encoders if network.text_encoder_params else [])]
+    report = apply_max_norm(modules, config.network.scale_weight_norms)
+    return {"keys_scaled": report.keys_scaled, "mean_norm": report.mean_norm, "max_norm": report.max_norm}
 
 
 def hash_seed(*parts: int) -> int:

@@ -37,6 +37,8 @@ class LossLog:
         self.rows.append((m["step"], m["epoch"], m["loss"], m["loss_ema"], m["lr"]))
         if tracker is not None:
             tracker.add_scalars("train", {k: m[k] for k in ("loss", "loss_ema", "lr")}, m["step"])
+            if "keys_scaled" in m:  # --scale-weight-norms, as sd-scripts logs it under max_norm/
+                tracker.add_scalars("max_norm", {k: m[k] for k in ("keys_scaled", "mean_norm", "max_norm")}, m["step"])
 
     def write(self) -> Path | None:
         """Write loss.csv atomically; a full disk is a LoraprepError that says what is intact."""

@@ -63,13 +63,13 @@ def algo_config(config: NetworkConfig, targets: list[str], rank_pattern: dict[st
     patterns = dict(rank_pattern=rank_pattern or {}, alpha_pattern=alpha_pattern or {})
     if config.algo == "loha":
         from peft import LoHaConfig
-        return LoHaConfig(r=config.rank, alpha=config.alpha, target_modules=targets, **patterns)
+        return LoHaConfig(r=config.rank, alpha=config.lora_alpha, target_modules=targets, **patterns)
     if config.algo == "lokr":
         from peft import LoKrConfig
-        return LoKrConfig(r=config.rank, alpha=config.alpha, target_modules=targets,
+        return LoKrConfig(r=config.rank, alpha=config.lora_alpha, target_modules=targets,
                           decompose_factor=config.factor, init_weights="lycoris", **patterns)
     from peft import LoraConfig
-    lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.network_dropout,
+    lora = LoraConfig(r=config.rank, lora_alpha=config.lora_alpha, lora_dropout=config.network_dropout,
                       init_lora_weights="gaussian", use_dora=config.dora, target_modules=targets, **patterns)
     if config.dora:
         from train.dora import register
@@ -78,10 +78,13 @@ def algo_config(config: NetworkConfig, targets: list[str], rank_pattern: dict[st
 
 
 def unet_lora_config(unet: Any, config: NetworkConfig) -> Any:
-    """The peft config for the UNet, with per-layer rank/alpha for the 3×3 convs."""
-    targets = unet_targets(unet, config.preset, conv=config.conv_dim > 0)
+    """The peft config for the UNet, with per-layer rank/alpha for the 3×3 convs; blocks whose
+    learning-rate weight is 0 get no layers (train.blocks)."""
+    from train.blocks import keep_blocks
+
+    targets = keep_blocks(unet_targets(unet, config.preset, conv=config.conv_dim > 0), unet, config)
     conv_rank = {re.escape(n): config.conv_dim for n in targets.conv}
-    conv_alpha = {re.escape(n): config.conv_alpha for n in targets.conv}
+    conv_alpha = {re.escape(n): config.conv_lora_alpha for n in targets.conv}
     return algo_config(config, list(targets.linear + targets.conv), conv_rank, conv_alpha)
 
 
@@ -122,8 +125,9 @@ def add_lora(unet: Any, text_encoders: list[Any], config: NetworkConfig) -> Netw
     for encoder in text_encoders:
         encoder.requires_grad_(False)
     network = Network(unet_lora_config(unet, config))
-    add_adapter(unet, network.unet_config)
-    network.unet_params = _trainable(unet)
+    if not config.train_text_encoder_only:
+        add_adapter(unet, network.unet_config)
+        network.unet_params = _trainable(unet)
     if config.train_text_encoder:
         for encoder in text_encoders:
             te_config = text_encoder_lora_config(config)
@@ -134,6 +138,10 @@ def add_lora(unet: Any, text_encoders: list[Any], config: NetworkConfig) -> Netw
         param.data = param.data.to(torch.float32)
     for model in (unet, *(text_encoders if config.train_text_encoder else ())):
         lycoris_conventions(model)
+    from train.regularize import add_lora_dropout
+
+    add_lora_dropout([unet, *(text_encoders if config.train_text_encoder else [])],
+                     rank_dropout=config.rank_dropout, module_dropout=config.module_dropout)
     return network
 
 

@@ -41,6 +41,10 @@ def lora_metadata(config: TrainConfig, plan: TrainPlan, state: LoopState, base: 
     """What the LoRA file records about its training (sd-scripts `ss_*` fields)."""
     manifest = plan.data.manifest
     resolution = manifest.buckets.resolution if manifest.buckets else (512, 512)
+    if config.data.fixed_resolution:
+        from train.config import parse_size
+
+        resolution = parse_size(config.data.fixed_resolution)
     o, r = config.optimizer, config.run
     return dict(
         title=r.name, trigger=manifest.trigger or "", resolution=tuple(resolution),
@@ -48,11 +52,14 @@ def lora_metadata(config: TrainConfig, plan: TrainPlan, state: LoopState, base: 
         num_reg_images=sum(e.repeats for e in plan.data.examples if e.is_reg),
         tag_frequency=tag_frequency(plan.data), learning_rate=o.lr, unet_lr=o.lr,
         text_encoder_lr=(config.network.text_encoder_lr or o.lr) if config.network.train_text_encoder else None,
-        optimizer=o.optimizer, lr_scheduler=o.scheduler, max_train_steps=plan.total_steps, steps=state.global_step,
+        optimizer=o.optimizer + (f"({','.join(o.optimizer_args)})" if o.optimizer_args else ""),
+        lr_scheduler=o.scheduler, max_train_steps=plan.total_steps, steps=state.global_step,
         epoch=state.epoch, num_epochs=plan.epochs, batch_size=config.data.batch_size * o.grad_accum, seed=r.seed,
         clip_skip=config.model.clip_skip, noise_offset=config.loss.noise_offset or None,
         min_snr_gamma=config.loss.min_snr_gamma, mixed_precision=r.mixed_precision,
         base_model_name=Path(config.model.base).name,
+        **({"ss_scale_weight_norms": str(config.network.scale_weight_norms)}
+           if config.network.scale_weight_norms else {}),
     )
 
 
@@ -93,7 +100,8 @@ def make_tracker(config: TrainConfig, out: Path) -> Any:
 
 @dataclass
 class Sampler:
-    """`--sample-every N --sample-prompts FILE`: a PNG grid of the prompts every N steps and at the end.
+    """`--sample-prompts FILE`: a PNG grid of the prompts every N steps or epochs (`--sample-every`,
+    `--sample-every-epochs`), optionally before the first step, and always at the end.
 
     Encoders parked off the accelerator once their outputs were cached come back while it renders.
     """
@@ -106,19 +114,33 @@ class Sampler:
     reporter: Reporter
     parked: list[Any] = field(default_factory=list)
     device: Any = "cpu"
+    every_steps: int = 0
+    every_epochs: int = 0
 
     @classmethod
     def create(cls, config: TrainConfig, plan: TrainPlan, base: Any, reporter: Reporter, *,
                parked: list[Any] | None = None, device: Any = "cpu") -> Sampler | None:
-        if not config.run.sample_every or not config.run.sample_prompts:
+        if not config.run.sample_prompts:
             return None
         from train.sample import SampleDefaults, parse_prompt_file
 
         manifest = plan.data.manifest
         width, height = manifest.buckets.resolution if manifest.buckets else (512, 512)
-        defaults = SampleDefaults(width=width, height=height, seed=config.run.seed, clip_skip=config.model.clip_skip)
+        if config.data.fixed_resolution:
+            from train.config import parse_size
+
+            width, height = parse_size(config.data.fixed_resolution)
+        defaults = SampleDefaults(width=width, height=height, seed=config.run.seed, clip_skip=config.model.clip_skip,
+                                  sampler=config.run.sample_sampler)
         return cls(base, parse_prompt_file(config.run.sample_prompts), defaults,
-                   Path(config.run.output_dir) / "samples", config.run.name, reporter, list(parked or []), device)
+                   Path(config.run.output_dir) / "samples", config.run.name, reporter, list(parked or []), device,
+                   config.run.sample_every, config.run.sample_every_epochs)
+
+    def due(self, step: int, total_steps: int, *, epoch_done: int | None) -> bool:
+        from train.sample import sample_due
+
+        return sample_due(step, total_steps, epoch_done=epoch_done, every_steps=self.every_steps,
+                          every_epochs=self.every_epochs)
 
     def render(self, step: int) -> Path:
         from train.prepare import borrowed

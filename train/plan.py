@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prep.errors import UsageError
-from train.config import TrainConfig
+from train.config import TrainConfig, parse_size
 from train.data import TrainingSet, batches_per_epoch, load_training_set
 
 if TYPE_CHECKING:
@@ -44,7 +44,9 @@ def plan_training(manifest_path: str | Path, config: TrainConfig, *, num_process
     """Validate manifest and config together and work out steps, epochs and batches per bucket."""
     d = config.data
     data = load_training_set(manifest_path, keep_tokens=d.keep_tokens, shuffle_caption=d.shuffle_caption,
-                             verify=d.verify_files, balance_reg=d.reg_balance)
+                             verify=d.verify_files, balance_reg=d.reg_balance,
+                             fixed_size=parse_size(d.fixed_resolution) if d.fixed_resolution else None,
+                             subset_for=kohya_subsets(d.dataset_config) if d.dataset_config else None)
     per_epoch = batches_per_epoch(data.examples, d.batch_size)
     if num_processes > 1:
         per_epoch //= num_processes
@@ -59,6 +61,14 @@ def plan_training(manifest_path: str | Path, config: TrainConfig, *, num_process
     return TrainPlan(Path(manifest_path), data, per_epoch, steps_per_epoch, total,
                      math.ceil(total / steps_per_epoch), buckets, memory)
 
+
+
+def kohya_subsets(path: str) -> Any:
+    """The manifest's images with the subsets of an sd-scripts dataset config (train.kohya)."""
+    from train.kohya import read_dataset_config, subset_mapper
+
+    dataset = read_dataset_config(path)
+    return lambda manifest, root: subset_mapper(dataset, manifest, root)
 
 
 @dataclass(frozen=True)

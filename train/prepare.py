@@ -106,9 +106,3 @@ def borrowed(modules: Sequence[Any], device: Any) -> Iterator[None]:
     finally:
         park(modules)
 
-
-def init_from_lora(base: Any, path: str) -> None:
-    """`--init-weights FILE`: start from an existing LoRA (checked against the base's family)."""
-    from train.export import load_lora_into
-
-    load_lora_into(base, path)

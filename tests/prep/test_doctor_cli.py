@@ -81,8 +81,8 @@ def test_sheet_draws_the_duplicate_group_side_by_side(troubled: Path, tmp_path: 
     sheet = tmp_path / "problems.png"
     result = runner.invoke(app, ["doctor", str(troubled), "--sheet", str(sheet)])
     assert result.exit_code == 1 and sheet.is_file()
-    image = Image.open(sheet)
-    assert image.width >= 2 * 192 and image.height > 192  # a group of two side by side, then more bands
+    with Image.open(sheet) as image:
+        assert image.width >= 2 * 192 and image.height > 192  # a group of two side by side, then more bands
 
 
 def test_apply_then_restore(troubled: Path) -> None:

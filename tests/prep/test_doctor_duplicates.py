@@ -169,3 +169,11 @@ def test_many_identical_frames_stay_a_bounded_number_of_candidates(testdata: Pat
     images = [Hashed(f"frame{i:02d}.png", (512, 512), True, look) for i in range(60)]
     (group,) = group_pairs(images, [Pair(a, b, d, m, True, 0.0) for a, b, d, m in pairs])
     assert len(group.images) == 60 and group.kind == "exact"
+
+
+def test_only_pixel_identical_copies_make_an_exact_group(tmp_path: Path, testdata: Path) -> None:
+    copy_originals(testdata, tmp_path, ["photos/rocket.jpg", "photos/coffee.png"])
+    copies = {make_copy(testdata, "photos/rocket.jpg", variant, tmp_path) for variant in EXACT}
+    (entry,) = diagnose(tmp_path).to_dict()["duplicates"]
+    assert entry["kind"] == "exact" and set(entry["images"]) == {"photos/rocket.jpg", *copies}
+    assert entry["difference"] == 0 and entry["identical"] == [entry["images"]]

@@ -135,6 +135,71 @@ def test_regularisation_images_are_marked(testdata: Path, tmp_path: Path) -> Non
     assert [e.record.path for e in data.examples if e.is_reg] == ["reg/camera.png"]
 
 
+def _sha(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@pytest.mark.parametrize(("caption", "sidecar", "class_tokens", "trigger", "expected"), [
+    ("sks", None, "woman", "sks", "sks woman"),              # no sidecar: identifier + class
+    ("sks", "", "woman", "sks", "sks woman"),                # blank sidecar counts as none
+    ("sks", None, "sks woman", "sks", "sks woman"),          # 10_sks woman folder: already named
+    ("", None, "woman", None, "woman"),                      # no trigger, or a reg image: the class alone
+    ("sks", None, None, "sks", "sks"),                       # no class tokens: frozen caption
+    ("sks", "sks", "woman", "sks", "sks"),                   # a hand-written trigger-only caption wins
+    ("sks, smile", "sks, smile", "woman", "sks", "sks, smile"),
+])
+def test_images_without_a_caption_train_on_their_class_tokens(caption: str, sidecar: str | None,
+                                                              class_tokens: str | None, trigger: str | None,
+                                                              expected: str) -> None:
+    from prep.records import ImageRecord, Subset
+    from train.data import training_caption
+
+    record = ImageRecord("a.png", "0" * 64, 64, 64, caption=caption,
+                         caption_sha256=None if sidecar is None else _sha(sidecar))
+    assert training_caption(record, Subset(class_tokens=class_tokens), trigger) == expected
+
+
+def test_manifest_class_tokens_reach_the_trainer_for_uncaptioned_and_reg_images(testdata: Path,
+                                                                               tmp_path: Path) -> None:
+    from prep.dataset import ManifestOptions, build_manifest, write_manifest
+
+    make_dataset(testdata, tmp_path / "ds", reg={"photos/chelsea.png": "unused"})
+    (tmp_path / "ds" / "astronaut.txt").unlink()          # no sidecar
+    (tmp_path / "ds" / "eileen_happy.txt").write_text("")  # blank sidecar
+    (tmp_path / "ds" / "reg" / "chelsea.txt").unlink()
+    (tmp_path / "ds" / "manifest.json").unlink()  # a fresh build: the class tokens given here apply to reg too
+    options = ManifestOptions(trigger=TRIGGER, class_tokens="woman", buckets=BucketSettings((64, 64), 64, 64, 128),
+                              reg_dirs=(tmp_path / "ds" / "reg",), allow_empty_captions=True)
+    write_manifest(build_manifest(tmp_path / "ds", options), tmp_path / "ds" / "manifest.json")
+    captions = {e.path.name: (e.caption, e.is_reg) for e in load_training_set(tmp_path / "ds").examples}
+    assert captions["astronaut.png"] == ("sks woman", False)
+    assert captions["eileen_happy.png"] == ("sks woman", False)
+    assert captions["sylvie_blue_normal.png"] == (IMAGES["anime/sylvie_blue_normal.png"], False)
+    assert captions["chelsea.png"] == ("woman", True)
+
+
+@pytest.mark.parametrize(("text", "size"), [("64", (64, 64)), ("64x96", (64, 96)), ("96,64", (96, 64))])
+def test_fixed_resolution_puts_every_image_at_one_size(multi_bucket: Path, text: str, size: tuple[int, int]) -> None:
+    from train.config import load_config, parse_size
+    from train.plan import plan_training
+
+    config = load_config(None, {"fixed_resolution": text, "batch_size": 3})
+    plan = plan_training(multi_bucket, config)
+    assert parse_size(text) == size and list(plan.bucket_batches) == [size]
+    assert {load_pixels(e)[0].size for e in plan.data.examples} == {size}  # scaled to cover, centre-trimmed
+
+
+@pytest.mark.parametrize("text", ["0", "63", "64x", "big"])
+def test_fixed_resolution_must_be_a_size(text: str) -> None:
+    from prep.errors import UsageError
+    from train.config import load_config
+
+    with pytest.raises(UsageError, match="fixed_resolution"):
+        load_config(None, {"fixed_resolution": text})
+
+
 @pytest.mark.parametrize(("train_count", "reg_repeats", "expected"), [
     (4, [1, 1, 1, 1], [1, 1, 1, 1]),  # as many: each once
     (6, [1, 1, 1, 1], [2, 2, 1, 1]),  # too few: a second pass adds one repeat each, in order

@@ -64,6 +64,38 @@ def test_a_few_steps_train_only_the_lora(request: pytest.FixtureRequest, manifes
         assert (tmp_path / "out" / "samples" / "lora-step00000002.png").stat().st_size > 0
 
 
+@pytest.mark.slow
+def test_sd_scripts_knobs_train_together(manifest: Path, tmp_path: Path, tiny_sd15: Path) -> None:
+    """Rank/module dropout, max-norm (reported each step), per-block rates, optimizer args and
+    epoch samples with a chosen sampler, in one short run."""
+    from prep.progress import Reporter
+
+    (tmp_path / "prompts.toml").write_text('[prompt]\nwidth = 64\nheight = 64\nsample_steps = 2\n'
+                                           '[[prompt.subset]]\nprompt = "sks, 1girl"\n', encoding="utf-8")
+    config = load_config(None, {
+        "base": str(tiny_sd15), "output_dir": str(tmp_path / "out"), "epochs": 2, "batch_size": 2, "rank": 4,
+        "alpha": 0, "lr": 1.0, "rank_dropout": 0.3, "module_dropout": 0.2, "scale_weight_norms": 1e-8,
+        "up_lr_weight": "1,1,1,0.5,0.5,0.5", "down_lr_weight": "zeros", "optimizer": "dadaptadam",
+        "optimizer_args": ["decouple=True", "weight_decay=0.1", "betas=0.9,0.99"], "sample_prompts": str(tmp_path / "prompts.toml"),
+        "sample_every_epochs": 1, "sample_at_first": True, "sample_sampler": "k_euler_a"})
+    events = []
+    base = load_model(config, "cpu")
+    result = train(manifest, config, base=base, reporter=Reporter(events.append))
+    metrics = [e.metrics for e in events if e.metrics]
+    assert result.steps == 4 and len(metrics) == 4
+    assert all(m["max_norm"] <= 1.01e-8 and m["keys_scaled"] >= 0 for m in metrics)
+    assert any(m["keys_scaled"] > 0 for m in metrics)
+    assert not any(".lora_A" in n for n, _ in base.unet.named_modules() if n.startswith("down_blocks."))
+    assert any("several learning rates" in e.message for e in events if e.kind == "note")
+    from train.export import read_lora
+
+    metadata = read_lora(result.lora_files[0]).metadata
+    assert metadata["ss_scale_weight_norms"] == "1e-08" and "rank_dropout" in metadata["ss_network_args"]
+    assert metadata["ss_optimizer"] == "dadaptadam(decouple=True,weight_decay=0.1,betas=0.9,0.99)"
+    samples = sorted(p.name for p in (tmp_path / "out" / "samples").iterdir())
+    assert samples == ["lora-step00000000.png", "lora-step00000002.png", "lora-step00000004.png"]
+
+
 def test_nan_loss_stops_naming_the_cause_and_last_checkpoint(manifest: Path, tmp_path: Path, tiny_sd15: Path) -> None:
     config = load_config(None, {"base": str(tiny_sd15), "output_dir": str(tmp_path), "max_steps": 4,
                                 "batch_size": 2, "rank": 4, "lr": 1e36, "max_grad_norm": 0, "save_every_steps": 1})

@@ -66,3 +66,39 @@ def test_text_encoder_lora_has_its_own_learning_rate(tiny_sdxl: Path) -> None:
     groups = network.param_groups(1e-4, 5e-5)
     assert [g["lr"] for g in groups] == [1e-4, 5e-5]
     assert len(groups[1]["params"]) == sum(1 for e in base.text_encoders for p in e.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize(("alpha", "rank", "scale"), [(None, 8, 1.0), (0, 8, 1.0), (0.0, 4, 1.0), (2, 8, 0.25)])
+def test_alpha_zero_or_unset_means_alpha_equals_rank_and_gradients_flow(tiny_sd15: Path, alpha: float | None,
+                                                                         rank: int, scale: float) -> None:
+    import torch
+
+    base = load_base(tiny_sd15)
+    add_lora(base.unet, [], NetworkConfig(rank=rank, alpha=alpha))
+    scalings = {m.scaling["default"] for m in base.unet.modules() if hasattr(m, "scaling") and "default" in m.scaling}
+    assert scalings == {scale}
+    torch.manual_seed(0)
+    latents, text = torch.randn(1, 4, 8, 8), torch.randn(1, 77, base.unet.config.cross_attention_dim)
+    base.unet(latents, torch.tensor([10]), encoder_hidden_states=text).sample.square().mean().backward()
+    grads = [p.grad for n, p in base.unet.named_parameters() if "lora_B" in n]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_text_encoder_only_trains_no_unet_layers_and_gets_gradients_through_the_frozen_unet(tiny_sd15: Path) -> None:
+    import torch
+
+    from train.conditioning import encode_prompt, tokenize
+    from train.config import load_config
+
+    config = load_config(None, {"rank": 4, "train_text_encoder_only": True})
+    assert config.network.train_text_encoder  # only-the-text-encoder trains the text encoder
+    base = load_base(tiny_sd15)
+    network = add_lora(base.unet, base.text_encoders, config.network)
+    assert not network.unet_params and not _lora_layers(base.unet) and _lora_layers(base.text_encoders[0])
+    for name, param in base.text_encoders[0].named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.1)
+    embeds = encode_prompt(base, tokenize(base, ["sks woman"])).embeds
+    base.unet(torch.randn(1, 4, 8, 8), torch.tensor([10]), encoder_hidden_states=embeds).sample.square().mean().backward()
+    grads = [p.grad for n, p in base.text_encoders[0].named_parameters() if "lora_A" in n]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
