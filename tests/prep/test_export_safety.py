@@ -23,13 +23,9 @@ runner = CliRunner()
 
 
 @pytest.fixture()
-def ds(tmp_path, testdata):
+def ds(captioned_sprites):
     """Two captioned images frozen with trigger `sks` (so the frozen captions differ from the sidecars)."""
-    root = tmp_path / "ds"
-    root.mkdir()
-    for name in ("eileen_happy.png", "lucy_happy.png"):
-        shutil.copy(testdata / "anime" / name, root / name)
-        (root / name).with_suffix(".txt").write_text("1girl, smile\n")
+    root = captioned_sprites
     write_manifest(build_manifest(root, ManifestOptions(trigger="sks")), root / "manifest.json")
     return root
 

@@ -19,13 +19,8 @@ runner = CliRunner()
 
 
 @pytest.fixture()
-def ds(tmp_path, testdata):
-    root = tmp_path / "ds"
-    root.mkdir()
-    for name in ("eileen_happy.png", "lucy_happy.png"):
-        shutil.copy(testdata / "anime" / name, root / name)
-        (root / name).with_suffix(".txt").write_text("1girl, smile\n")
-    return root
+def ds(captioned_sprites):
+    return captioned_sprites
 
 
 def _freeze(root, **options):
