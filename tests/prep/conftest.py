@@ -18,3 +18,13 @@ def captioned_sprites(tmp_path, testdata) -> Path:
         shutil.copy(testdata / "anime" / name, root / name)
         (root / name).with_suffix(".txt").write_text("1girl, smile\n")
     return root
+
+
+@pytest.fixture()
+def models_with_yunet(yunet_model, tmp_path, monkeypatch) -> Path:
+    """A model cache holding YuNet as `models pull yunet` leaves it (a link to the bundled file)."""
+    cache = tmp_path / "models"
+    (cache / "yunet").mkdir(parents=True)
+    (cache / "yunet" / "face_detection_yunet.onnx").symlink_to(yunet_model)
+    monkeypatch.setenv("LORAPREP_MODELS", str(cache))
+    return cache

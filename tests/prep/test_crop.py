@@ -321,15 +321,6 @@ def test_padding_uses_the_fill_colour_outside_the_image():
 
 # ---- command line
 
-@pytest.fixture()
-def models_with_yunet(yunet_model, tmp_path, monkeypatch) -> Path:
-    cache = tmp_path / "models"
-    (cache / "yunet").mkdir(parents=True)
-    (cache / "yunet" / "face_detection_yunet.onnx").symlink_to(yunet_model)
-    monkeypatch.setenv("LORAPREP_MODELS", str(cache))
-    return cache
-
-
 def test_cli_crop_writes_crops_and_summarises(models_with_yunet, raw_folder, tmp_path):
     result = CliRunner().invoke(app, ["crop", str(raw_folder), "--out", str(tmp_path / "out"),
                                       "--preset", "face,upper-body", "--detector", "yunet"])

@@ -17,15 +17,6 @@ HAND_EDIT = b"sks woman, smile, spacesuit, red lips  \r\n"  # odd bytes on purpo
 
 
 @pytest.fixture()
-def models_with_yunet(yunet_model, tmp_path, monkeypatch) -> Path:
-    cache = tmp_path / "models"
-    (cache / "yunet").mkdir(parents=True)
-    (cache / "yunet" / "face_detection_yunet.onnx").symlink_to(yunet_model)
-    monkeypatch.setenv("LORAPREP_MODELS", str(cache))
-    return cache
-
-
-@pytest.fixture()
 def cropped(models_with_yunet, testdata, tmp_path) -> tuple[Path, Path]:
     """raw/astronaut.png with a caption, cropped once into ds/ (its crop is ds/astronaut-face.png)."""
     raw, ds = tmp_path / "raw", tmp_path / "ds"
