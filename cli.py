@@ -512,14 +512,14 @@ def clean(
                            in_place=in_place, masks=masks, mask_dir=mask_dir, dry_run=dry_run, sheet=sheet_path,
                            blur_radius=blur, caption_extension=caption_extension, max_pixels=max_pixels,
                            workers=workers, overwrite_captions=overwrite_captions)
+    where = folder if in_place else (out_dir or folder.with_name(folder.name + "-clean"))
     if not dry_run:
-        sweep_leftovers(folder if in_place else (out_dir or folder.with_name(folder.name + "-clean")))
+        sweep_leftovers(where)
     with rich_reporter() as reporter:
         result = clean_folder(folder, options, reporter=reporter, out=out_dir)
     if dry_run:
         out.print(f"dry run: nothing changed; before/after sheet written to {esc(result.done[0])}")
     else:
-        where = folder if in_place else (out_dir or folder.with_name(folder.name + "-clean"))
         out.print(f"{len(result.done)} images written ({'in place' if in_place else 'to ' + esc(where)})")
     finish(result.dropped)
 
