@@ -21,7 +21,8 @@ from prep.errors import LoraprepError, ManifestError, UsageError
 from prep.images import DEFAULT_MAX_PIXELS, sha256_file, sha256_text
 from prep.progress import SILENT, Reporter
 from prep.records import (DEFAULT_CAPTION_EXTENSION, BucketSettings, Drop, Face, ImageRecord, Manifest,
-                          Source, Subset, Tags, is_safe_relative, load_manifest, save_manifest)
+                          Source, Subset, Tags, is_safe_relative, is_within, load_manifest,
+                          save_manifest)
 from prep.runner import run_step
 from prep.scan import REPEAT_FOLDER, NoImages, RepeatFolder, ScanEntry, ScanResult, require_images, scan_folder
 from prep.sidecars import caption_path, check_caption_extension, meta_path, read_meta
@@ -446,8 +447,7 @@ def build_manifest(folder: str | os.PathLike[str], options: ManifestOptions = Ma
 
 
 def _within(path: Path, real_root: str) -> bool:
-    real = os.path.realpath(path)
-    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+    return is_within(os.path.realpath(path), real_root)
 
 
 def _subset_for_empty(options: ManifestOptions) -> Subset:

@@ -292,7 +292,8 @@ def is_safe_relative(path: str) -> bool:
     return ".." not in path.split("/")
 
 
-def _within(real: str, real_base: str) -> bool:
+def is_within(real: str, real_base: str) -> bool:
+    """Whether the resolved path `real` is `real_base` or lies under it (both already realpath'd)."""
     return real == real_base or real.startswith(real_base.rstrip(os.sep) + os.sep)
 
 
@@ -301,7 +302,7 @@ def resolve_inside(base: str | os.PathLike[str], rel: str) -> Path:
     `base` (itself resolved, so a dataset folder that is a symlink is fine)."""
     real_base = os.path.realpath(base)
     real = os.path.realpath(os.path.join(real_base, rel))
-    if not _within(real, real_base):
+    if not is_within(real, real_base):
         raise ManifestError(
             f"'{rel}' resolves to {real}, outside the dataset folder {real_base} (through a symlink)",
             hint="loraprep never reads or writes outside a dataset: copy those files into it, "
@@ -323,11 +324,11 @@ def paths_outside(manifest: Manifest, base: str | os.PathLike[str]) -> list[str]
         parent, _, name = record.path.rpartition("/")
         if parent not in folders:
             real_parent = os.path.realpath(os.path.join(real_base, parent))
-            folders[parent] = (real_parent, _symlinks_in(real_parent)) if _within(real_parent, real_base) else None
+            folders[parent] = (real_parent, _symlinks_in(real_parent)) if is_within(real_parent, real_base) else None
         folder = folders[parent]
         if folder is None:
             outside.append(record.path)
-        elif name in folder[1] and not _within(os.path.realpath(os.path.join(folder[0], name)), real_base):
+        elif name in folder[1] and not is_within(os.path.realpath(os.path.join(folder[0], name)), real_base):
             outside.append(record.path)
     return outside
 
