@@ -292,6 +292,10 @@ def is_safe_relative(path: str) -> bool:
     return ".." not in path.split("/")
 
 
+_OUTSIDE_HINT = ("loraprep never reads or writes outside a dataset: copy those files into it, "
+                 "or remove the link, and rebuild with `loraprep manifest`")
+
+
 def is_within(real: str, real_base: str) -> bool:
     """Whether the resolved path `real` is `real_base` or lies under it (both already realpath'd)."""
     return real == real_base or real.startswith(real_base.rstrip(os.sep) + os.sep)
@@ -305,8 +309,7 @@ def resolve_inside(base: str | os.PathLike[str], rel: str) -> Path:
     if not is_within(real, real_base):
         raise ManifestError(
             f"'{rel}' resolves to {real}, outside the dataset folder {real_base} (through a symlink)",
-            hint="loraprep never reads or writes outside a dataset: copy those files into it, "
-                 "or remove the link, and rebuild with `loraprep manifest`",
+            hint=_OUTSIDE_HINT,
         )
     return Path(real)
 
@@ -350,8 +353,7 @@ def check_inside(manifest: Manifest, base: str | os.PathLike[str]) -> None:
         raise ManifestError(
             f"{len(outside)} image path(s) resolve outside the dataset folder {os.path.realpath(base)} "
             f"through a symlink: {shown}",
-            hint="loraprep never reads or writes outside a dataset: copy those files into it, "
-                 "or remove the link, and rebuild with `loraprep manifest`",
+            hint=_OUTSIDE_HINT,
         )
 
 
