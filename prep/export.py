@@ -141,8 +141,8 @@ def plan_txt(manifest: Manifest, base: Path, extension: str) -> TxtPlan:
     writes, edited, edited_writes = [], [], []
     for record in manifest.images:
         rel = caption_path(record.path, extension).as_posix()
-        target = resolve_inside(base, rel)
-        before = read_current(base, rel) if target.exists() or target.is_symlink() else None
+        resolve_inside(base, rel)  # refuses a sidecar that links outside the dataset
+        before = read_current(base, rel)  # None when there is no file (or a dangling link)
         after = _frozen_bytes(record.caption)
         if before == after:
             continue
