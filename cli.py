@@ -28,14 +28,15 @@ def _tidy_help() -> None:
     docstring paragraphs are re-flowed to the terminal instead of keeping the source's line breaks.
 
     These are presentation hooks into typer's help renderer (typer 0.29 changed all three); if a
-    future typer renames them, help falls back to typer's own rendering.
+    future typer renames them, help falls back to typer's own rendering. typer imports its
+    `rich_utils` (and with it rich's markdown and traceback modules) only to render help or an
+    error, so its hooks are set when help is first rendered, not on every start.
     """
     try:
-        from typer import core, rich_utils
+        from typer import core
         option_type = core.TyperOption.display_type_rich
         core.TyperArgument._usage_display_name  # noqa: B018
-        rich_utils._fix_linebreaks  # noqa: B018
-        rich_utils.Table  # noqa: B018
+        formatters = {cls: cls.format_help for cls in (core.TyperCommand, core.TyperGroup)}
     except (ImportError, AttributeError):
         return
     plain = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "path": "PATH", "Path": "PATH", "file": "FILE",
@@ -55,23 +56,42 @@ def _tidy_help() -> None:
         name = name if self.required else f"[{name}]"
         return name + ("..." if self.nargs != 1 else "")
 
-    def reflow(paragraphs: list[str], markup_mode: Any) -> str:
-        return "\n\n".join(p if p.startswith("\b") else " ".join(p.split("\n")) for p in paragraphs)
+    @functools.cache
+    def tidy_renderer() -> None:
+        try:
+            from typer import rich_utils
+            rich_utils._fix_linebreaks  # noqa: B018
+            rich_utils.Table  # noqa: B018
+        except (ImportError, AttributeError):
+            return
 
-    class FoldingTable(rich_utils.Table):  # type: ignore[name-defined, misc]
-        """Typer's option tables with long names folded onto a second line instead of cut with '…'."""
+        def reflow(paragraphs: list[str], markup_mode: Any) -> str:
+            return "\n\n".join(p if p.startswith("\b") else " ".join(p.split("\n")) for p in paragraphs)
 
-        def add_row(self, *renderables: Any, **kwargs: Any) -> None:
-            super().add_row(*renderables, **kwargs)
-            for column in self.columns:
-                column.overflow = "fold"
+        class FoldingTable(rich_utils.Table):  # type: ignore[name-defined, misc]
+            """Typer's option tables with long names folded onto a second line instead of cut with '…'."""
+
+            def add_row(self, *renderables: Any, **kwargs: Any) -> None:
+                super().add_row(*renderables, **kwargs)
+                for column in self.columns:
+                    column.overflow = "fold"
+
+        rich_utils._fix_linebreaks = reflow
+        rich_utils.Table = FoldingTable
+
+    def tidied(format_help: Callable[..., None]) -> Callable[..., None]:
+        def format_help_tidily(self: Any, ctx: Any, formatter: Any) -> None:
+            tidy_renderer()
+            return format_help(self, ctx, formatter)
+
+        return format_help_tidily
 
     core.TyperOption.display_type_rich = option_metavar
     core.TyperArgument.display_type_rich = lambda self, ctx: None
     core.TyperArgument.display_name_raw = property(lambda self: self.metavar or (self.name or "").upper())
     core.TyperArgument._usage_display_name = usage_name
-    rich_utils._fix_linebreaks = reflow
-    rich_utils.Table = FoldingTable
+    for cls, format_help in formatters.items():
+        cls.format_help = tidied(format_help)
 
 
 _tidy_help()
