@@ -337,11 +337,17 @@ class GuardedWriter:
         return self.late
 
 
+def write_all(root: Path, writes: Sequence[tuple[str, bytes | None, bytes | None]]) -> set[str]:
+    """Guarded-write every (caption, expected, data); returns the captions that hold `data` now:
+    not those that held something else, nor those given back to a late writer when it finished."""
+    with GuardedWriter(root) as writer:
+        done = [caption for caption, expected, data in writes if writer.write(caption, expected, data)]
+    return set(done).difference(writer.late)
+
+
 def write_guarded(root: Path, caption: str, expected: bytes | None, data: bytes | None) -> bool:
     """Replace one caption with `data` (None: remove it) only if it still holds `expected`."""
-    with GuardedWriter(root) as writer:
-        written = writer.write(caption, expected, data)
-    return written and caption not in writer.late
+    return caption in write_all(root, [(caption, expected, data)])
 
 
 def _remove_guarded(target: str, expected: bytes | None) -> bool:
@@ -392,10 +398,9 @@ def apply_changes(root: Path, description: str, states: Sequence[FileState]) -> 
     if not ready:
         return Written((), tuple(s.caption for s in conflicts), None)
     entry = record(root, description, ready)
-    with GuardedWriter(root) as writer:
-        done = [state for state in ready if writer.write(state.caption, state.before, state.after)]
-    written = [state for state in done if state.caption not in writer.late]
-    conflicts += [state for state in ready if state not in written]
+    done = write_all(root, [(state.caption, state.before, state.after) for state in ready])
+    written = [state for state in ready if state.caption in done]
+    conflicts += [state for state in ready if state.caption not in done]
     if len(written) < len(ready):
         entry = _rewrite(entry, description, written)
     return Written(tuple(written), tuple(s.caption for s in conflicts), entry)
@@ -450,10 +455,9 @@ def _revert(root: Path, entry: JournalEntry, *, forward: bool, force: bool, dry_
                                 "restores them anyway")
     if dry_run:
         return UndoResult(entry, tuple(c for c, _, _ in restore), tuple(unchanged), tuple(conflicts))
-    with GuardedWriter(root) as writer:
-        done = [caption for caption, now, then in restore if writer.write(caption, now, then)]
-    restored = [caption for caption in done if caption not in writer.late]
-    skipped = [caption for caption, _, _ in restore if caption not in restored]
+    done = write_all(root, restore)
+    restored = [caption for caption, _, _ in restore if caption in done]
+    skipped = [caption for caption, _, _ in restore if caption not in done]
     destination.mkdir(parents=True, exist_ok=True)
     os.replace(entry.path, destination / entry.path.name)
     return UndoResult(entry, tuple(restored), tuple(unchanged), tuple(conflicts), tuple(skipped))
