@@ -416,8 +416,9 @@ class ApplyResult:
 def apply_plan(root: Path, plan: EditPlan, *, dry_run: bool = False) -> ApplyResult:
     """Journal, then write, every change whose file is unchanged since it was loaded."""
     if dry_run:
-        ready = tuple(c for c in plan.changes if read_current(root, c.caption) == c.before)
-        return ApplyResult(ready, tuple(c.caption for c in plan.changes if c not in ready), None)
+        current = [read_current(root, c.caption) == c.before for c in plan.changes]
+        return ApplyResult(tuple(c for c, ok in zip(plan.changes, current) if ok),
+                           tuple(c.caption for c, ok in zip(plan.changes, current) if not ok), None)
     result = apply_changes(root, plan.description, [FileState(c.caption, c.before, c.after) for c in plan.changes])
     done = {s.caption for s in result.written}
     return ApplyResult(tuple(c for c in plan.changes if c.caption in done), result.conflicts, result.entry)
