@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prep.atomic import DEFAULT_FILE_MODE, TEMP_SUFFIX, temp_prefix, write_text_atomic
+from prep.atomic import DEFAULT_FILE_MODE, TEMP_SUFFIX, temp_prefix, write_bytes_atomic
 from prep.captions.dataset import STATE_DIR, read_current
 from prep.captions.edit import Change, EditPlan
 from prep.errors import LoraprepError
@@ -112,13 +112,8 @@ def record(root: Path, description: str, files: Sequence[FileState]) -> Path:
     folder = journal_dir(root)
     folder.mkdir(parents=True, exist_ok=True)
     _retire_redo_stack(folder)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix("entry.json"), suffix=TEMP_SUFFIX, dir=folder)
+    tmp = _temporary_with(os.fspath(folder), "entry.json", _entry_bytes(description, files))
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(_entry_bytes(description, files))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, DEFAULT_FILE_MODE)
         existing = [int(p.stem) for sub in ("", UNDONE, HISTORY) for p in _entries(folder / sub)]
         number = max(existing, default=0) + 1
         while True:
@@ -139,7 +134,7 @@ def _rewrite(entry: Path, description: str, files: Sequence[FileState]) -> Path 
         with contextlib.suppress(FileNotFoundError):
             os.unlink(entry)
         return None
-    write_text_atomic(entry, _entry_bytes(description, files).decode("utf-8"))
+    write_bytes_atomic(entry, _entry_bytes(description, files))
     return entry
 
 
