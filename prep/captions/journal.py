@@ -382,7 +382,7 @@ class Written:
 
 
 def apply_changes(root: Path, description: str, states: Sequence[FileState]) -> Written:
-    """Journal, then write, every state whose file still holds its `before` bytes.
+    """Journal, then write, every state whose file still holds its `before` bytes (none: no entry).
 
     Files are checked once before the entry is written and again by each guarded write; the entry
     is then trimmed to the files really written, so undo never meets a file this edit skipped.
