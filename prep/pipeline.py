@@ -209,11 +209,10 @@ def run_pipeline(src: str | os.PathLike[str], out: str | os.PathLike[str], optio
         caption_extension=options.caption_extension, trigger=options.trigger, class_tokens=options.class_tokens,
         repeats=options.repeats, allow_empty_captions=allow_empty), manifest_path=manifest_path, reporter=reporter)
     upscaled = upscaled_count(build.manifest)
-    report.steps.append(StepReport(
-        "bucket", "ran", f"{plan.resolution[0]}×{plan.resolution[1]}, step {plan.step}; "
-                         f"{upscaled} of {len(build.manifest.images)} images smaller than their bucket (upscaled in "
-                         "training)" if upscaled else
-                         f"{plan.resolution[0]}×{plan.resolution[1]}, step {plan.step}; no image needs upscaling"))
+    upscaling = (f"{upscaled} of {len(build.manifest.images)} images smaller than their bucket (upscaled in training)"
+                 if upscaled else "no image needs upscaling")
+    report.steps.append(StepReport("bucket", "ran", f"{plan.resolution[0]}×{plan.resolution[1]}, step {plan.step}; "
+                                                    f"{upscaling}"))
     write_manifest(build, manifest_path)
     report.notes.extend(build.notes)
     report.dropped.extend(d for d in build.dropped if d not in report.dropped)
