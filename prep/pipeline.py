@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from prep.buckets import BucketPlan
 from prep.captions.dataset import read_current
-from prep.captions.journal import FileState, Written, apply_changes, write_guarded
+from prep.captions.journal import FileState, Written, apply_changes, write_all
 from prep.carrycaption import shown
 from prep.dataset import ManifestOptions, assign_buckets, build_manifest, default_manifest_path, write_manifest
 from prep.errors import ModelNotAvailable, ModelMismatch, UsageError
@@ -103,11 +103,11 @@ def write_fallback(folder: Path, states: Sequence[FileState]) -> Written:
     file, so replacing it goes through the journal (`loraprep captions undo` restores it); a
     caption that did not exist is created, with nothing to journal."""
     blank = [state for state in states if state.before is not None]
-    replaced = (apply_changes(folder, f"prep fallback captions ({len(blank)} blank caption(s) filled)", blank)
-                if blank else Written((), (), None))
-    created = [state for state in states if state.before is None
-               and write_guarded(folder, state.caption, None, state.after)]
-    conflicts = [*replaced.conflicts, *(s.caption for s in states if s.before is None and s not in created)]
+    missing = [state for state in states if state.before is None]
+    replaced = apply_changes(folder, f"prep fallback captions ({len(blank)} blank caption(s) filled)", blank)
+    done = write_all(folder, [(state.caption, None, state.after) for state in missing])
+    created = [state for state in missing if state.caption in done]
+    conflicts = [*replaced.conflicts, *(state.caption for state in missing if state.caption not in done)]
     return Written((*replaced.written, *created), tuple(sorted(conflicts)), replaced.entry)
 
 
@@ -209,11 +209,10 @@ def run_pipeline(src: str | os.PathLike[str], out: str | os.PathLike[str], optio
         caption_extension=options.caption_extension, trigger=options.trigger, class_tokens=options.class_tokens,
         repeats=options.repeats, allow_empty_captions=allow_empty), manifest_path=manifest_path, reporter=reporter)
     upscaled = upscaled_count(build.manifest)
-    report.steps.append(StepReport(
-        "bucket", "ran", f"{plan.resolution[0]}×{plan.resolution[1]}, step {plan.step}; "
-                         f"{upscaled} of {len(build.manifest.images)} images smaller than their bucket (upscaled in "
-                         "training)" if upscaled else
-                         f"{plan.resolution[0]}×{plan.resolution[1]}, step {plan.step}; no image needs upscaling"))
+    upscaling = (f"{upscaled} of {len(build.manifest.images)} images smaller than their bucket (upscaled in training)"
+                 if upscaled else "no image needs upscaling")
+    report.steps.append(StepReport("bucket", "ran", f"{plan.resolution[0]}×{plan.resolution[1]}, step {plan.step}; "
+                                                    f"{upscaling}"))
     write_manifest(build, manifest_path)
     report.notes.extend(build.notes)
     report.dropped.extend(d for d in build.dropped if d not in report.dropped)

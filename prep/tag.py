@@ -24,7 +24,7 @@ from PIL import Image
 
 from prep import models
 from prep.captions.dataset import decode_caption, read_current
-from prep.captions.journal import FileState, Written, apply_changes, write_guarded
+from prep.captions.journal import FileState, apply_changes, write_guarded
 from prep.errors import LoraprepError, ModelNotAvailable, UsageError
 from prep.images import DEFAULT_MAX_PIXELS, open_image
 from prep.progress import SILENT, Reporter
@@ -326,8 +326,8 @@ class _Run:
             return
         changes = [p.state for p in self.pending if p.state.before != p.state.after]
         with reporter.task("writing captions", len(self.pending)) as advance:
-            written = (apply_changes(self.folder, f"tag --mode {self.options.mode} ({len(changes)} caption(s))",
-                                     changes) if changes else Written((), (), None))
+            written = apply_changes(self.folder, f"tag --mode {self.options.mode} ({len(changes)} caption(s))",
+                                    changes)
             done = {state.caption for state in written.written}
             for pending in self.pending:
                 if pending.state.before == pending.state.after or pending.state.caption in done:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prep.atomic import DEFAULT_FILE_MODE, TEMP_SUFFIX, temp_prefix, write_text_atomic
+from prep.atomic import DEFAULT_FILE_MODE, TEMP_SUFFIX, temp_prefix, write_bytes_atomic
 from prep.captions.dataset import STATE_DIR, read_current
 from prep.captions.edit import Change, EditPlan
 from prep.errors import LoraprepError
@@ -112,13 +112,8 @@ def record(root: Path, description: str, files: Sequence[FileState]) -> Path:
     folder = journal_dir(root)
     folder.mkdir(parents=True, exist_ok=True)
     _retire_redo_stack(folder)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix("entry.json"), suffix=TEMP_SUFFIX, dir=folder)
+    tmp = _temporary_with(os.fspath(folder), "entry.json", _entry_bytes(description, files))
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(_entry_bytes(description, files))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, DEFAULT_FILE_MODE)
         existing = [int(p.stem) for sub in ("", UNDONE, HISTORY) for p in _entries(folder / sub)]
         number = max(existing, default=0) + 1
         while True:
@@ -139,7 +134,7 @@ def _rewrite(entry: Path, description: str, files: Sequence[FileState]) -> Path 
         with contextlib.suppress(FileNotFoundError):
             os.unlink(entry)
         return None
-    write_text_atomic(entry, _entry_bytes(description, files).decode("utf-8"))
+    write_bytes_atomic(entry, _entry_bytes(description, files))
     return entry
 
 
@@ -337,11 +332,17 @@ class GuardedWriter:
         return self.late
 
 
+def write_all(root: Path, writes: Sequence[tuple[str, bytes | None, bytes | None]]) -> set[str]:
+    """Guarded-write every (caption, expected, data); returns the captions that hold `data` now:
+    not those that held something else, nor those given back to a late writer when it finished."""
+    with GuardedWriter(root) as writer:
+        done = [caption for caption, expected, data in writes if writer.write(caption, expected, data)]
+    return set(done).difference(writer.late)
+
+
 def write_guarded(root: Path, caption: str, expected: bytes | None, data: bytes | None) -> bool:
     """Replace one caption with `data` (None: remove it) only if it still holds `expected`."""
-    with GuardedWriter(root) as writer:
-        written = writer.write(caption, expected, data)
-    return written and caption not in writer.late
+    return caption in write_all(root, [(caption, expected, data)])
 
 
 def _remove_guarded(target: str, expected: bytes | None) -> bool:
@@ -381,7 +382,7 @@ class Written:
 
 
 def apply_changes(root: Path, description: str, states: Sequence[FileState]) -> Written:
-    """Journal, then write, every state whose file still holds its `before` bytes.
+    """Journal, then write, every state whose file still holds its `before` bytes (none: no entry).
 
     Files are checked once before the entry is written and again by each guarded write; the entry
     is then trimmed to the files really written, so undo never meets a file this edit skipped.
@@ -392,10 +393,9 @@ def apply_changes(root: Path, description: str, states: Sequence[FileState]) -> 
     if not ready:
         return Written((), tuple(s.caption for s in conflicts), None)
     entry = record(root, description, ready)
-    with GuardedWriter(root) as writer:
-        done = [state for state in ready if writer.write(state.caption, state.before, state.after)]
-    written = [state for state in done if state.caption not in writer.late]
-    conflicts += [state for state in ready if state not in written]
+    done = write_all(root, [(state.caption, state.before, state.after) for state in ready])
+    written = [state for state in ready if state.caption in done]
+    conflicts += [state for state in ready if state.caption not in done]
     if len(written) < len(ready):
         entry = _rewrite(entry, description, written)
     return Written(tuple(written), tuple(s.caption for s in conflicts), entry)
@@ -411,8 +411,9 @@ class ApplyResult:
 def apply_plan(root: Path, plan: EditPlan, *, dry_run: bool = False) -> ApplyResult:
     """Journal, then write, every change whose file is unchanged since it was loaded."""
     if dry_run:
-        ready = tuple(c for c in plan.changes if read_current(root, c.caption) == c.before)
-        return ApplyResult(ready, tuple(c.caption for c in plan.changes if c not in ready), None)
+        current = [read_current(root, c.caption) == c.before for c in plan.changes]
+        return ApplyResult(tuple(c for c, ok in zip(plan.changes, current) if ok),
+                           tuple(c.caption for c, ok in zip(plan.changes, current) if not ok), None)
     result = apply_changes(root, plan.description, [FileState(c.caption, c.before, c.after) for c in plan.changes])
     done = {s.caption for s in result.written}
     return ApplyResult(tuple(c for c in plan.changes if c.caption in done), result.conflicts, result.entry)
@@ -450,10 +451,9 @@ def _revert(root: Path, entry: JournalEntry, *, forward: bool, force: bool, dry_
                                 "restores them anyway")
     if dry_run:
         return UndoResult(entry, tuple(c for c, _, _ in restore), tuple(unchanged), tuple(conflicts))
-    with GuardedWriter(root) as writer:
-        done = [caption for caption, now, then in restore if writer.write(caption, now, then)]
-    restored = [caption for caption in done if caption not in writer.late]
-    skipped = [caption for caption, _, _ in restore if caption not in restored]
+    done = write_all(root, restore)
+    restored = [caption for caption, _, _ in restore if caption in done]
+    skipped = [caption for caption, _, _ in restore if caption not in done]
     destination.mkdir(parents=True, exist_ok=True)
     os.replace(entry.path, destination / entry.path.name)
     return UndoResult(entry, tuple(restored), tuple(unchanged), tuple(conflicts), tuple(skipped))

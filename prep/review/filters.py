@@ -25,7 +25,7 @@ from prep.errors import UsageError
 from prep.tags import tag_key
 
 WORDS = ("lint", "noface", "todo", "done")
-_START = re.compile(r"(?:^|\s)(?=[=!-]|(?:lint|noface|todo|done)(?::|\s|$)|in:)")
+_START = re.compile(rf"(?:^|\s)(?=[=!-]|(?:{'|'.join(WORDS)})(?::|\s|$)|in:)")
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,7 @@ def split_terms(text: str) -> list[str]:
     """`=blue hair -hat, todo` → ["=blue hair", "-hat", "todo"]."""
     pieces = []
     for part in text.split(","):
-        starts = [m.end() for m in _START.finditer(part)] or [0]
-        starts = sorted(set([0] + starts))
+        starts = sorted({0, *(m.end() for m in _START.finditer(part))})
         for begin, end in zip(starts, starts[1:] + [len(part)]):
             piece = part[begin:end].strip()
             if piece:
