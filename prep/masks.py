@@ -25,7 +25,7 @@ import numpy as np
 
 from prep import models
 from prep.errors import UsageError
-from prep.faces import FaceDetector, detect_scaled
+from prep.faces import FaceDetector, detect_faces
 from prep.focal import FLAT_TOLERANCE, flat_border
 from prep.progress import SILENT, Reporter
 from prep.records import Box
@@ -230,7 +230,7 @@ class GrabCutSegmenter:
         import cv2
 
         if faces is None:
-            faces = [f.box for f in detect_scaled(self.detector, image)] if self.detector is not None else []
+            faces = [f.box for f in detect_faces(image, self.detector)[0]] if self.detector is not None else []
         height, width = image.shape[:2]
         scale = min(1.0, self.work_size / max(width, height))
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
