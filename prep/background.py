@@ -341,7 +341,7 @@ def clean_folder(folder: Path, options: CleanOptions = CleanOptions(), reporter:
 
             detector = detector_from_name("auto", reporter)
         if segmenter is None:
-            segmenter = segmenter_from_name(options.segmenter, reporter, detector=detector)
+            segmenter = segmenter_from_name(options.segmenter, reporter)
     mask_dir = None
     if options.masks and not options.dry_run:
         mask_dir = options.mask_dir or (out or folder).with_name((out or folder).name + "-masks")

@@ -268,12 +268,12 @@ class MaskChooser:
         return None
 
 
-def segmenter_from_name(name: str, reporter: Reporter = SILENT, *, detector: FaceDetector | None = None,
-                        model_dir: Path | None = None) -> MaskChooser:
+def segmenter_from_name(name: str, reporter: Reporter = SILENT, *, model_dir: Path | None = None) -> MaskChooser:
     """The segmenter(s) called `name`. `auto`: a flat border by flood fill, else a pulled registry
-    model, else GrabCut seeded from the faces; it says which it will use."""
+    model, else GrabCut seeded from the faces the caller passes (a chooser always passes them);
+    it says which it will use."""
     if name == "grabcut":
-        return MaskChooser((GrabCutSegmenter(detector),))
+        return MaskChooser((GrabCutSegmenter(),))
     if name == "flat":
         return MaskChooser((FlatSegmenter(),))
     if name in SEGMENTER_MODELS:
@@ -288,4 +288,4 @@ def segmenter_from_name(name: str, reporter: Reporter = SILENT, *, detector: Fac
             return MaskChooser((FlatSegmenter(), *segmenter_from_name(candidate, model_dir=model_dir).segmenters))
     reporter.note("segmenter (auto): flat backgrounds by flood fill, else GrabCut seeded from every face "
                   "(`loraprep models pull anime-seg` or `human-seg` for better masks of busy scenes)")
-    return MaskChooser((FlatSegmenter(), GrabCutSegmenter(detector)))
+    return MaskChooser((FlatSegmenter(), GrabCutSegmenter()))
