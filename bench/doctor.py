@@ -76,8 +76,8 @@ def near_copy(image: Image.Image, how: str) -> Image.Image:
     return image  # "jpeg": the same picture, recompressed at q70 when saved
 
 
-def write_one(job: tuple[Path, int, str, bool]) -> tuple[str, str] | None:
-    """Write image number `i` (as PNG when `png`); returns (copy, original) names for a planted copy."""
+def write_one(job: tuple[Path, int, str, bool]) -> None:
+    """Write image number `i` (as PNG when `png`), or its planted copy (named as `_planted` says)."""
     folder, i, role, png = job
     sub = folder / f"{i // 1000:03d}"
     sub.mkdir(parents=True, exist_ok=True)
@@ -93,15 +93,13 @@ def write_one(job: tuple[Path, int, str, bool]) -> tuple[str, str] | None:
         else:
             (sub / name).write_bytes(_jpeg(image, 70 if how == "jpeg" else 90))
         (sub / f"img{i:06d}.txt").write_text(caption + f", copy{i}")
-        original_name = f"{int(original) // 1000:03d}/img{int(original):06d}.jpg"
-        return f"{sub.name}/{name}", original_name
+        return
     image = picture(i)
     if png:
         image.save(sub / f"img{i:06d}.png")
     else:
         (sub / f"img{i:06d}.jpg").write_bytes(_jpeg(image, 90))
     (sub / f"img{i:06d}.txt").write_text(caption + f", unique{i}")
-    return None
 
 
 def _jpeg(image: Image.Image, quality: int) -> bytes:
@@ -121,18 +119,18 @@ def generate(folder: Path, count: int, png_share: float, workers: int) -> list[t
     # PNGs only among the second half: the originals of copies (first half) stay JPEGs
     jobs = [(folder, i, role, i >= count // 2 and role == "original" and rng.random() < png_share)
             for i, role in enumerate(roles)]
-    if marker.exists() and marker.read_text() == f"{count} {png_share}":
-        return [p for p in map(_planted, jobs) if p is not None]
-    folder.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    with ProcessPoolExecutor(workers) as pool:
-        planted = [p for p in pool.map(write_one, jobs, chunksize=64) if p is not None]
-    marker.write_text(f"{count} {png_share}")
-    print(f"generated {count} images in {time.perf_counter() - started:.0f} s")
-    return planted
+    if not (marker.exists() and marker.read_text() == f"{count} {png_share}"):
+        folder.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        with ProcessPoolExecutor(workers) as pool:
+            list(pool.map(write_one, jobs, chunksize=64))
+        marker.write_text(f"{count} {png_share}")
+        print(f"generated {count} images in {time.perf_counter() - started:.0f} s")
+    return [p for p in map(_planted, jobs) if p is not None]
 
 
 def _planted(job: tuple[Path, int, str, bool]) -> tuple[str, str] | None:
+    """(copy, original) names, relative to the folder, when job `i` is a planted copy."""
     _, i, role, _ = job
     if not role.startswith("copy:"):
         return None

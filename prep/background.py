@@ -25,7 +25,7 @@ from prep.atomic import write_bytes_atomic
 from prep.carrycaption import SECTION as CAPTION_RECORD
 from prep.carrycaption import Carry, carry_caption, plan_carry, settle_edited
 from prep.errors import LoraprepError, UsageError
-from prep.faces import FaceDetector, detect_scaled
+from prep.faces import FaceDetector, detect_faces
 from prep.images import (DEFAULT_MAX_PIXELS, WHITE, flatten_alpha, open_image, save_image_atomic, sha256_file,
                          sha256_text)
 from prep.masks import SEGMENTER_NAMES, MaskChooser, Segmenter, mask_problem, segmenter_from_name
@@ -193,7 +193,7 @@ def subject_mask(rgb: np.ndarray, chooser: MaskChooser, detector: FaceDetector |
     """(mask, its origin, None), or (None, "none", why there is no believable mask). Any failure
     inside detection or segmentation costs this image's background only, never the batch."""
     try:
-        faces: list[Box] = [f.box for f in detect_scaled(detector, rgb)] if detector is not None else []
+        faces: list[Box] = [f.box for f in detect_faces(rgb, detector)[0]] if detector is not None else []
         found = chooser(rgb, faces)
     except Exception as exc:  # cv2.error, onnxruntime's errors...: named, never a traceback
         detail = (str(exc).strip().splitlines() or [""])[-1][:160]
@@ -341,7 +341,7 @@ def clean_folder(folder: Path, options: CleanOptions = CleanOptions(), reporter:
 
             detector = detector_from_name("auto", reporter)
         if segmenter is None:
-            segmenter = segmenter_from_name(options.segmenter, reporter, detector=detector)
+            segmenter = segmenter_from_name(options.segmenter, reporter)
     mask_dir = None
     if options.masks and not options.dry_run:
         mask_dir = options.mask_dir or (out or folder).with_name((out or folder).name + "-masks")

@@ -30,10 +30,9 @@ from prep.atomic import write_bytes_atomic
 from prep.buckets import BucketPlan, bucket_for
 from prep.carrycaption import Carry, carry_caption, plan_carry, settle_edited
 from prep.errors import LoraprepError, UsageError
-from prep.faces import DETECTOR_NAMES, FaceDetector, detector_from_name
+from prep.faces import DETECT_SIZE, DETECTOR_NAMES, FaceDetector, detect_faces, detector_from_name
 from prep.focal import content_box, figure_box, focal_point
-from prep.images import (DEFAULT_MAX_PIXELS, WHITE, flatten_alpha, is_image_path, open_image, save_image_atomic,
-                         sha256_file)
+from prep.images import DEFAULT_MAX_PIXELS, WHITE, is_image_path, open_image, save_image_atomic, sha256_file
 from prep.jpegcrop import ENABLE_HINT, LosslessJpeg, load_turbojpeg, open_lossless
 from prep.progress import SILENT, Reporter
 from prep.records import DEFAULT_CAPTION_EXTENSION, Drop, Face, Source, relative_to_base
@@ -91,7 +90,7 @@ class CropOptions:
     one_per_face: bool = False
     colour: tuple[int, int, int] = WHITE
     bucket_resolution: int = 512
-    detect_size: int = 640
+    detect_size: int = DETECT_SIZE
     caption_extension: str = DEFAULT_CAPTION_EXTENSION
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
@@ -326,43 +325,6 @@ def plan_crops(size: tuple[int, int], faces: Sequence[Face], detection: np.ndarr
 
 def _area(box: Box) -> int:
     return (box[2] - box[0]) * (box[3] - box[1])
-
-
-def _scale_face(face: Face, scale: float, size: tuple[int, int]) -> Face:
-    x0, y0, x1, y1 = face.box
-    box = (max(0, math.floor(x0 * scale)), max(0, math.floor(y0 * scale)),
-           min(size[0], math.ceil(x1 * scale)), min(size[1], math.ceil(y1 * scale)))
-    return Face(box, face.score, face.detector)
-
-
-def reduced_copy(image: Image.Image, longest: int) -> tuple[Image.Image, float]:
-    """A copy whose longest side is at most `longest` (alpha kept), and the full/reduced scale.
-
-    An integer box-filter reduction: several times cheaper than a resampling resize (or a second,
-    draft-mode decode) of a full-size image, and all the detectors need.
-    """
-    factor = math.ceil(max(image.size) / longest)
-    small = image.reduce(factor) if factor > 1 else image
-    return small, image.width / small.width
-
-
-def detect_faces(image: Image.Image | np.ndarray, detector: FaceDetector, detect_size: int,
-                 size: tuple[int, int] | None = None) -> tuple[list[Face], np.ndarray, float]:
-    """Faces in full-resolution pixels, found on a reduced copy; also returns that copy (RGB or
-    RGBA, for the focal point and dead-space trim) and its scale. `size` is the full resolution
-    when `image` is already a scaled decode of it (an RGB array, on the lossless JPEG path)."""
-    if isinstance(image, np.ndarray) and max(image.shape[:2]) <= detect_size:
-        small = rgb = image  # a scaled decode already small enough
-    else:
-        full = Image.fromarray(image) if isinstance(image, np.ndarray) else image
-        size = size or full.size
-        reduced, _ = reduced_copy(full, detect_size)
-        small = np.asarray(reduced)
-        rgb = small if reduced.mode == "RGB" else np.asarray(flatten_alpha(reduced))
-    if size is None:
-        raise ValueError("detect_faces needs the full-resolution size of a scaled decode")
-    scale = size[0] / small.shape[1]
-    return [_scale_face(f, scale, size) for f in detector(rgb)], small, scale
 
 
 @dataclass(frozen=True)

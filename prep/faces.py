@@ -22,18 +22,22 @@ Origins and licences of the bundled files: prep/data/LICENSES.md.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+from PIL import Image
 
 from prep import models
 from prep.errors import ModelNotAvailable, UsageError
+from prep.images import flatten_alpha
 from prep.progress import SILENT, Reporter
 from prep.records import Face
 
+DETECT_SIZE = 640  # longest side of the reduced copy detection runs on (crop's --detect-size default)
 DETECTOR_NAMES = ("auto", "yunet", "anime-cascade", "libfacedetection", "haar", "anime")
 AUTO_DETECTORS = ("yunet", "anime-cascade", "anime", "libfacedetection")  # merged under `auto`, when present
 YUNET_FILE = "face_detection_yunet.onnx"
@@ -389,20 +393,42 @@ class AnimeYoloDetector:
         return [f for f in faces if f.box[2] > f.box[0] and f.box[3] > f.box[1]]
 
 
-def detect_scaled(detector: FaceDetector, image: np.ndarray, longest: int = 640) -> list[Face]:
-    """Faces in `image`'s pixels, found on a copy whose longest side is at most `longest`, reduced
-    by a whole factor with a box filter as the crop step does, so both steps see the same faces."""
-    from PIL import Image
+def _scale_face(face: Face, scale: float, size: tuple[int, int]) -> Face:
+    x0, y0, x1, y1 = face.box
+    box = (max(0, math.floor(x0 * scale)), max(0, math.floor(y0 * scale)),
+           min(size[0], math.ceil(x1 * scale)), min(size[1], math.ceil(y1 * scale)))
+    return Face(box, face.score, face.detector)
 
-    rgb = np.ascontiguousarray(image[:, :, :3])
-    height, width = rgb.shape[:2]
-    factor = -(-max(width, height) // longest)
-    if factor <= 1:
-        return detector(rgb)
-    small = np.asarray(Image.fromarray(rgb).reduce(factor))
-    sx, sy = width / small.shape[1], height / small.shape[0]
-    return [Face(_clip_box(f.box[0] * sx, f.box[1] * sy, f.box[2] * sx, f.box[3] * sy, width, height),
-                 f.score, f.detector) for f in detector(small)]
+
+def reduced_copy(image: Image.Image, longest: int) -> tuple[Image.Image, float]:
+    """A copy whose longest side is at most `longest` (alpha kept), and the full/reduced scale.
+
+    An integer box-filter reduction: several times cheaper than a resampling resize (or a second,
+    draft-mode decode) of a full-size image, and all the detectors need.
+    """
+    factor = math.ceil(max(image.size) / longest)
+    small = image.reduce(factor) if factor > 1 else image
+    return small, image.width / small.width
+
+
+def detect_faces(image: Image.Image | np.ndarray, detector: FaceDetector, detect_size: int = DETECT_SIZE,
+                 size: tuple[int, int] | None = None) -> tuple[list[Face], np.ndarray, float]:
+    """Faces in full-resolution pixels, found on a reduced copy; also returns that copy (RGB or
+    RGBA, for the focal point and dead-space trim) and its scale. `size` is the full resolution
+    when `image` is already a scaled decode of it (an RGB array, on the lossless JPEG path);
+    without it, `image` is the full resolution. Crop and clean both detect through here, so both
+    steps see the same faces."""
+    if isinstance(image, np.ndarray) and max(image.shape[:2]) <= detect_size:
+        small = rgb = image  # a scaled decode (or a picture) already small enough
+        size = size or (image.shape[1], image.shape[0])
+    else:
+        full = Image.fromarray(image) if isinstance(image, np.ndarray) else image
+        size = size or full.size
+        reduced, _ = reduced_copy(full, detect_size)
+        small = np.asarray(reduced)
+        rgb = small if reduced.mode == "RGB" else np.asarray(flatten_alpha(reduced))
+    scale = size[0] / small.shape[1]
+    return [_scale_face(f, scale, size) for f in detector(rgb)], small, scale
 
 
 class CombinedDetector:

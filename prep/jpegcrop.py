@@ -53,7 +53,7 @@ class LosslessJpeg:
         """The cheapest scaled decode (RGB array) whose longest side exceeds `longest` / 2 (or the full size).
 
         The scales halve, so that side is at most `longest` unless even 1/8 is larger: detection
-        then sees a copy of (longest/2, longest] pixels, as `crop.reduced_copy` gives the decode path.
+        then sees a copy of (longest/2, longest] pixels, as `faces.reduced_copy` gives the decode path.
         """
         side = max(self.size)
         num, denom = next((f for f in _REDUCED_DECODES if -(-side * f[0] // f[1]) * 2 > longest), (1, 1))

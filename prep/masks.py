@@ -25,7 +25,7 @@ import numpy as np
 
 from prep import models
 from prep.errors import UsageError
-from prep.faces import FaceDetector, detect_scaled
+from prep.faces import FaceDetector, detect_faces
 from prep.focal import FLAT_TOLERANCE, flat_border
 from prep.progress import SILENT, Reporter
 from prep.records import Box
@@ -230,7 +230,7 @@ class GrabCutSegmenter:
         import cv2
 
         if faces is None:
-            faces = [f.box for f in detect_scaled(self.detector, image)] if self.detector is not None else []
+            faces = [f.box for f in detect_faces(image, self.detector)[0]] if self.detector is not None else []
         height, width = image.shape[:2]
         scale = min(1.0, self.work_size / max(width, height))
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
@@ -268,12 +268,12 @@ class MaskChooser:
         return None
 
 
-def segmenter_from_name(name: str, reporter: Reporter = SILENT, *, detector: FaceDetector | None = None,
-                        model_dir: Path | None = None) -> MaskChooser:
+def segmenter_from_name(name: str, reporter: Reporter = SILENT, *, model_dir: Path | None = None) -> MaskChooser:
     """The segmenter(s) called `name`. `auto`: a flat border by flood fill, else a pulled registry
-    model, else GrabCut seeded from the faces; it says which it will use."""
+    model, else GrabCut seeded from the faces the caller passes (a chooser always passes them);
+    it says which it will use."""
     if name == "grabcut":
-        return MaskChooser((GrabCutSegmenter(detector),))
+        return MaskChooser((GrabCutSegmenter(),))
     if name == "flat":
         return MaskChooser((FlatSegmenter(),))
     if name in SEGMENTER_MODELS:
@@ -288,4 +288,4 @@ def segmenter_from_name(name: str, reporter: Reporter = SILENT, *, detector: Fac
             return MaskChooser((FlatSegmenter(), *segmenter_from_name(candidate, model_dir=model_dir).segmenters))
     reporter.note("segmenter (auto): flat backgrounds by flood fill, else GrabCut seeded from every face "
                   "(`loraprep models pull anime-seg` or `human-seg` for better masks of busy scenes)")
-    return MaskChooser((FlatSegmenter(), GrabCutSegmenter(detector)))
+    return MaskChooser((FlatSegmenter(), GrabCutSegmenter()))

@@ -54,7 +54,8 @@ class SheetCell:
     lines: tuple[str, ...] = field(default_factory=tuple)
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+def label_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's bundled font at `size` px (its fixed bitmap font where Pillow lacks FreeType)."""
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow built without FreeType
@@ -109,7 +110,7 @@ def render_sheet(cells: Sequence[SheetCell], columns: int = 6, thumb: int = 256)
     """A grid of thumbnails with their labels underneath, wrapped to the thumbnail's width (every
     row of labels as tall as the longest one needs: nothing is cut)."""
     font_size = max(10, thumb // 18)
-    font = _font(font_size)
+    font = label_font(font_size)
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
 
     def fits(text: str) -> bool:

@@ -11,13 +11,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from prep.doctor.report import DoctorReport, Finding
 from prep.errors import LoraprepError
 from prep.images import DEFAULT_MAX_PIXELS, open_image, read_info, save_image_atomic
 from prep.progress import SILENT, Reporter
-from prep.sheet import SheetCell, render_sheet
+from prep.sheet import SheetCell, label_font, render_sheet
 
 BACKGROUND = (24, 24, 24)
 TITLE_COLOUR = (255, 200, 80)
@@ -45,13 +45,6 @@ class Band:
 
 # The bundled font has no glyph for these: draw them as ASCII.
 _ASCII = str.maketrans({"×": "x", "–": "-", "—": "-", "…": "...", "≈": "~", "→": "->"})
-
-
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow without FreeType
-        return ImageFont.load_default()
 
 
 def bands(report: DoctorReport, columns: int) -> list[Band]:
@@ -88,7 +81,7 @@ def _cell(root: Path, path: str, lines: tuple[str, ...], thumb: int, max_pixels:
 def _band_image(band: Band, root: Path, options: SheetOptions) -> Image.Image:
     cells = [_cell(root, path, lines, options.thumb, options.max_pixels) for path, lines in band.cells]
     grid = render_sheet(cells, columns=min(options.columns, len(cells)), thumb=options.thumb)
-    font = _font(max(12, options.thumb // 14))
+    font = label_font(max(12, options.thumb // 14))
     title = band.title.translate(_ASCII)
     width = max(grid.width, int(ImageDraw.Draw(grid).textlength(title, font=font)) + 12)
     header = max(12, options.thumb // 14) + 10
@@ -125,7 +118,7 @@ def problem_sheet(report: DoctorReport, out: str | Path, options: SheetOptions =
         reporter.note(f"the sheet shows the first {len(shown)} of {len(chosen)} problem bands")
     if not images:
         empty = Image.new("RGB", (480, 60), BACKGROUND)
-        ImageDraw.Draw(empty).text((10, 20), "no problem images", fill=TITLE_COLOUR, font=_font(16))
+        ImageDraw.Draw(empty).text((10, 20), "no problem images", fill=TITLE_COLOUR, font=label_font(16))
         images = [empty]
     save_image_atomic(stack(images), out)
     return out

@@ -114,7 +114,7 @@ def test_top_of_a_figure_is_the_largest_box_from_just_above_its_head(figure, siz
 
 @pytest.mark.parametrize("name", ["photos/coffee.png", "anime/bg_meadow.jpg", "photos/rocket.jpg"])
 def test_pictures_that_are_not_cut_out_figures_keep_the_detail_focal_point(testdata, name):
-    from prep.crop import reduced_copy
+    from prep.faces import reduced_copy
     from prep.focal import figure_box
 
     small, _ = reduced_copy(open_image(testdata / name), 640)

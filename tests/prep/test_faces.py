@@ -82,7 +82,7 @@ def test_anime_cascade_frames_the_hand_checked_drawn_faces(anime_cascade, testda
 
 @pytest.mark.parametrize("name", WITHOUT_FACES + ["photos/rocket.jpg", "anime/panorama.jpg"])
 def test_anime_cascade_finds_nothing_in_pictures_without_faces(anime_cascade, testdata, name):
-    from prep.crop import detect_faces
+    from prep.faces import detect_faces
 
     assert detect_faces(open_image(testdata / name), AnimeCascadeDetector(anime_cascade), 640)[0] == []
 
@@ -101,7 +101,7 @@ def test_merged_faces_keep_the_first_detectors_box_and_the_best_score():
 
 
 def test_combined_detector_merges_yunet_and_the_cascade_on_a_group_scene(yunet, anime_cascade, testdata, faces_truth):
-    from prep.crop import detect_faces
+    from prep.faces import detect_faces
 
     merged, _, _ = detect_faces(open_image(testdata / "anime/concert1.jpg"),
                                 CombinedDetector([yunet, AnimeCascadeDetector(anime_cascade)]), 640)

@@ -93,12 +93,12 @@ def test_labels_wrap_at_spaces_then_separators_and_lose_no_character(text, lines
 
 
 def test_a_long_detector_label_wraps_within_the_thumbnail_and_the_sheet_grows_to_show_it():
-    from prep.sheet import _font, wrap_label
+    from prep.sheet import label_font, wrap_label
 
     label = "face, exact, yunet+anime-cascade+libfacedetection, upscale"
     short = render_sheet([SheetCell(Image.new("RGB", (64, 64)), (), ("a", "b", "c", "d"))], thumb=96)
     long = render_sheet([SheetCell(Image.new("RGB", (64, 64)), (), ("a", "b", label, "d"))], thumb=96)
-    font = _font(10)
+    font = label_font(10)
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     wrapped = wrap_label(label, lambda line: measure.textlength(line, font=font) <= 92)
     assert len(wrapped) > 1 and all(measure.textlength(line, font=font) <= 92 for line in wrapped)
