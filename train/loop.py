@@ -132,6 +132,7 @@ def train(manifest_path: str | Path, config: TrainConfig, *, reporter: Reporter 
         if accelerator.is_main_process else None
     reporter.note(f"training {network.parameter_count():,} LoRA parameters on {accelerator.device}, "
                   f"{plan.total_steps} steps ({plan.steps_per_epoch}/epoch)")
+    max_norm = max_norm_step(base, network, config)
     checkpoints: list[Path] = []
     stopped = False
     if sampler is not None and run.sample_at_first and state.global_step == 0:
@@ -147,7 +148,7 @@ def train(manifest_path: str | Path, config: TrainConfig, *, reporter: Reporter 
                 state.advance(loss, len(groups[index][1]), end_of_epoch=end_of_epoch)
                 metrics = {"step": state.global_step, "epoch": epoch + 1, "epochs": plan.epochs, "loss": loss,
                            "loss_ema": state.loss_ema, "lr": scheduler.get_last_lr()[0],
-                           **max_norm_metrics(base, network, config)}
+                           **max_norm()}
                 log.add(metrics, tracker)
                 advance(1, metrics=metrics)
                 if accelerator.is_main_process and should_save(state, run, end_of_epoch, plan.total_steps):
@@ -195,15 +196,21 @@ def optimizer_step(accelerator: Any, base: Any, unet: Any, network: Network, opt
     return total
 
 
-def max_norm_metrics(base: Any, network: Network, config: TrainConfig) -> dict[str, Any]:
-    """`--scale-weight-norms`: cap each LoRA layer's update norm after the step; sd-scripts' per-step report."""
-    if not config.network.scale_weight_norms:
-        return {}
-    from train.regularize import apply_max_norm
+def max_norm_step(base: Any, network: Network, config: TrainConfig) -> Callable[[], dict[str, Any]]:
+    """`--scale-weight-norms`: what to call after each step to cap each LoRA layer's update norm; it
+    returns sd-scripts' per-step report (nothing without the setting). The layers are found once."""
+    limit = config.network.scale_weight_norms
+    if not limit:
+        return dict
+    from train.regularize import apply_max_norm, lora_layers
 
-    modules = [base.unet, *(base.text_encoders if network.text_encoder_params else [])]
-    report = apply_max_norm(modules, config.network.scale_weight_norms)
-    return {"keys_scaled": report.keys_scaled, "mean_norm": report.mean_norm, "max_norm": report.max_norm}
+    layers = lora_layers([base.unet, *(base.text_encoders if network.text_encoder_params else [])])
+
+    def step() -> dict[str, Any]:
+        report = apply_max_norm(layers, limit)
+        return {"keys_scaled": report.keys_scaled, "mean_norm": report.mean_norm, "max_norm": report.max_norm}
+
+    return step
 
 
 def hash_seed(*parts: int) -> int:

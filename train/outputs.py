@@ -13,7 +13,7 @@ from typing import Any
 from prep.errors import LoraprepError, UsageError
 from prep.progress import Reporter
 from train.checkpoint import LoopState, list_checkpoints
-from train.config import TrainConfig
+from train.config import TrainConfig, parse_size
 from train.data import TrainingSet
 from train.network import Network
 from train.plan import TrainPlan
@@ -40,14 +40,9 @@ def export_lora(stem: Path, base: Any, network: Network, config: TrainConfig, pl
 def lora_metadata(config: TrainConfig, plan: TrainPlan, state: LoopState, base: Any) -> dict[str, Any]:
     """What the LoRA file records about its training (sd-scripts `ss_*` fields)."""
     manifest = plan.data.manifest
-    resolution = manifest.buckets.resolution if manifest.buckets else (512, 512)
-    if config.data.fixed_resolution:
-        from train.config import parse_size
-
-        resolution = parse_size(config.data.fixed_resolution)
     o, r = config.optimizer, config.run
     return dict(
-        title=r.name, trigger=manifest.trigger or "", resolution=tuple(resolution),
+        title=r.name, trigger=manifest.trigger or "", resolution=training_resolution(config, plan),
         num_train_images=sum(e.repeats for e in plan.data.examples if not e.is_reg),
         num_reg_images=sum(e.repeats for e in plan.data.examples if e.is_reg),
         tag_frequency=tag_frequency(plan.data), learning_rate=o.lr, unet_lr=o.lr,
@@ -61,6 +56,14 @@ def lora_metadata(config: TrainConfig, plan: TrainPlan, state: LoopState, base: 
         **({"ss_scale_weight_norms": str(config.network.scale_weight_norms)}
            if config.network.scale_weight_norms else {}),
     )
+
+
+def training_resolution(config: TrainConfig, plan: TrainPlan) -> tuple[int, int]:
+    """(width, height) the run trains at: --fixed-resolution, else the manifest's bucket resolution (512² without)."""
+    if config.data.fixed_resolution:
+        return parse_size(config.data.fixed_resolution)
+    manifest = plan.data.manifest
+    return tuple(manifest.buckets.resolution) if manifest.buckets else (512, 512)
 
 
 def tag_frequency(data: TrainingSet) -> dict[str, dict[str, int]]:
@@ -124,12 +127,7 @@ class Sampler:
             return None
         from train.sample import SampleDefaults, parse_prompt_file
 
-        manifest = plan.data.manifest
-        width, height = manifest.buckets.resolution if manifest.buckets else (512, 512)
-        if config.data.fixed_resolution:
-            from train.config import parse_size
-
-            width, height = parse_size(config.data.fixed_resolution)
+        width, height = training_resolution(config, plan)
         defaults = SampleDefaults(width=width, height=height, seed=config.run.seed, clip_skip=config.model.clip_skip,
                                   sampler=config.run.sample_sampler)
         return cls(base, parse_prompt_file(config.run.sample_prompts), defaults,

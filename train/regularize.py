@@ -16,14 +16,15 @@ magnitude still applies.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 
-def _lora_layers(modules: Iterable[torch.nn.Module], adapter: str) -> list[Any]:
+def lora_layers(modules: Iterable[torch.nn.Module], adapter: str = "default") -> list[Any]:
+    """The peft LoRA layers of `modules` that hold `adapter`."""
     from peft.tuners.lora import LoraLayer
 
     return [m for module in modules for m in module.modules()
@@ -51,7 +52,7 @@ def add_lora_dropout(modules: Iterable[torch.nn.Module], *, rank_dropout: float,
     """Install rank/module dropout on every LoRA layer of `modules`; returns how many layers got it."""
     if not rank_dropout and not module_dropout:
         return 0
-    layers = _lora_layers(modules, adapter)
+    layers = lora_layers(modules, adapter)
     hook = _dropout_hook(rank_dropout, module_dropout)
     for layer in layers:
         layer.lora_A[adapter].register_forward_hook(hook)
@@ -76,19 +77,19 @@ def _delta(down: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def apply_max_norm(modules: Iterable[torch.nn.Module], limit: float, adapter: str = "default") -> NormReport:
-    """Shrink each LoRA layer whose ΔW norm exceeds `limit` back to it (sd-scripts' scale_weight_norms)."""
-    norms, scaled = [], 0
-    for layer in _lora_layers(modules, adapter):
-        down, up = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
-        delta = _delta(down.float(), up.float()) * float(layer.scaling[adapter])
-        norm = delta.norm().clamp(min=limit / 2)
-        ratio = float(torch.clamp(norm, max=limit) / norm)
-        if ratio != 1.0:
-            scaled += 1
-            down.mul_(ratio ** 0.5)
-            up.mul_(ratio ** 0.5)
-        norms.append(float(delta.norm()) * ratio)
-    if not norms:
+def apply_max_norm(layers: Sequence[Any], limit: float, adapter: str = "default") -> NormReport:
+    """Shrink each LoRA layer (from `lora_layers`) whose ΔW norm exceeds `limit` back to it
+    (sd-scripts' scale_weight_norms). The norms come to the host in one transfer, not one per layer."""
+    if not layers:
         return NormReport(0, 0.0, 0.0)
-    return NormReport(scaled, sum(norms) / len(norms), max(norms))
+    raw = [(_delta(layer.lora_A[adapter].weight.float(), layer.lora_B[adapter].weight.float())
+            * float(layer.scaling[adapter])).norm() for layer in layers]
+    norms = torch.stack([n.to(raw[0].device) for n in raw])
+    clamped = norms.clamp(min=limit / 2)
+    ratios, found = torch.stack([torch.clamp(clamped, max=limit) / clamped, norms]).tolist()
+    for layer, ratio in zip(layers, ratios, strict=True):
+        if ratio != 1.0:
+            layer.lora_A[adapter].weight.mul_(ratio ** 0.5)
+            layer.lora_B[adapter].weight.mul_(ratio ** 0.5)
+    scaled = [norm * ratio for norm, ratio in zip(found, ratios, strict=True)]
+    return NormReport(sum(ratio != 1.0 for ratio in ratios), sum(scaled) / len(scaled), max(scaled))

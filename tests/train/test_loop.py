@@ -1,4 +1,4 @@
-"""End-to-end training on tiny SD1.5/SD2-v/SDXL pipelines, loss maths, optimizers, schedulers, the CLI."""
+"""End-to-end training on tiny SD1.5/SD2-v/SDXL pipelines, loss maths, optimizers, the CLI."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import cli
 from prep.errors import LoraprepError, UsageError
 from train.config import load_config
 from train.loop import TrainingDiverged, min_snr_weights, train
-from train.optim import fused_adamw_applies, make_optimizer, make_scheduler
+from train.optim import fused_adamw_applies, make_optimizer
 from train.prepare import load_model, vae_dtype
 from train.network import Network
 from trainsets import make_dataset
@@ -167,22 +167,6 @@ def test_channels_last_and_a_bf16_vae_train_and_key_their_latents(manifest: Path
     fp32 = Batcher(load_model(config.replace(vae_dtype="fp32"), "cpu"), load_training_set(manifest), config, "cpu")
     assert Batcher(base, load_training_set(manifest), config, "cpu").vae_id != fp32.vae_id
     assert math.isfinite(train(manifest, config, base=base).final_loss)
-
-
-@pytest.mark.parametrize(("scheduler", "cycles", "peaks"), [("cosine_with_restarts", 3, 3), ("cosine", 1, 1)])
-def test_schedulers_warm_up_and_restart(scheduler: str, cycles: int, peaks: int) -> None:
-    param = torch.nn.Parameter(torch.ones(1))
-    config = load_config(None, {"scheduler": scheduler, "cycles": cycles, "warmup_steps": 5, "lr": 1.0})
-    optimizer = make_optimizer(Network(None, unet_params=[param]), config)
-    schedule = make_scheduler(optimizer, config, 95)
-    lrs = []
-    for _ in range(95):
-        lrs.append(schedule.get_last_lr()[0])
-        optimizer.step()
-        schedule.step()
-    assert lrs[0] == 0 and lrs[5] == pytest.approx(1.0)
-    restarts = sum(1 for a, b in zip(lrs[5:], lrs[6:]) if b > a + 0.5)
-    assert restarts == peaks - 1
 
 
 def test_dry_run_prints_the_plan_without_loading_weights(manifest: Path, tiny_sd15: Path) -> None:

@@ -1,4 +1,4 @@
-"""Optimizers by sd-scripts' names with its optimizer_args, D-Adaptation, Adafactor's relative step."""
+"""Optimizers by sd-scripts' names with its optimizer_args, D-Adaptation, Adafactor's relative step, schedules."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 
 from prep.errors import UsageError
 from train.config import load_config
+from train.network import Network
 from train.optargs import parse_optimizer_args
 from train.optim import make_optimizer, make_scheduler, optimizer_notes
 
@@ -92,16 +93,32 @@ def test_adaptive_optimizers_warn_about_a_low_lr_and_several_rates() -> None:
     assert any("~1.0" in n for n in notes) and any("several learning rates" in n for n in notes)
 
 
-def test_warmup_ratio_is_a_fraction_of_all_steps() -> None:
-    config = load_config(None, {"lr": 1.0, "scheduler": "constant_with_warmup", "warmup_ratio": 0.1})
-    optimizer = make_optimizer([{"params": [_param()], "lr": 1.0}], config)
-    schedule = make_scheduler(optimizer, config, 100)
+def _learning_rates(optimizer: torch.optim.Optimizer, schedule: object, steps: int) -> list[float]:
+    """The scheduled learning rate before each of `steps` optimizer steps."""
     lrs = []
-    for _ in range(12):
+    for _ in range(steps):
         lrs.append(schedule.get_last_lr()[0])
         optimizer.step()
         schedule.step()
+    return lrs
+
+
+def test_warmup_ratio_is_a_fraction_of_all_steps() -> None:
+    config = load_config(None, {"lr": 1.0, "scheduler": "constant_with_warmup", "warmup_ratio": 0.1})
+    optimizer = make_optimizer([{"params": [_param()], "lr": 1.0}], config)
+    lrs = _learning_rates(optimizer, make_scheduler(optimizer, config, 100), 12)
     assert lrs[5] == pytest.approx(0.5) and lrs[10] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(("scheduler", "cycles", "peaks"), [("cosine_with_restarts", 3, 3), ("cosine", 1, 1)])
+def test_schedulers_warm_up_and_restart(scheduler: str, cycles: int, peaks: int) -> None:
+    param = torch.nn.Parameter(torch.ones(1))
+    config = load_config(None, {"scheduler": scheduler, "cycles": cycles, "warmup_steps": 5, "lr": 1.0})
+    optimizer = make_optimizer(Network(None, unet_params=[param]), config)
+    lrs = _learning_rates(optimizer, make_scheduler(optimizer, config, 95), 95)
+    assert lrs[0] == 0 and lrs[5] == pytest.approx(1.0)
+    restarts = sum(1 for a, b in zip(lrs[5:], lrs[6:]) if b > a + 0.5)
+    assert restarts == peaks - 1
 
 
 def test_optimizer_args_from_toml_and_flags(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import torch
 from train.config import NetworkConfig
 from train.model import load_base
 from train.network import add_adapter, add_lora
-from train.regularize import _dropout_hook, add_lora_dropout, apply_max_norm
+from train.regularize import _dropout_hook, add_lora_dropout, apply_max_norm, lora_layers
 
 
 def _train_mode() -> torch.nn.Module:
@@ -73,10 +73,10 @@ def test_max_norm_shrinks_big_updates_to_the_limit_and_leaves_small_ones(conv: b
     torch.manual_seed(0)
     model, layer = _linear_lora(conv=conv)
     big = float(layer.get_delta_weight("default").norm())
-    report = apply_max_norm([model], big / 4)
+    report = apply_max_norm(lora_layers([model]), big / 4)
     assert report.keys_scaled == 1 and report.max_norm == pytest.approx(big / 4, rel=1e-5)
     assert float(layer.get_delta_weight("default").norm()) == pytest.approx(big / 4, rel=1e-5)
-    untouched = apply_max_norm([model], big)
+    untouched = apply_max_norm(lora_layers([model]), big)
     assert untouched.keys_scaled == 0 and untouched.mean_norm == pytest.approx(big / 4, rel=1e-5)
 
 
