@@ -703,18 +703,19 @@ def load_lora_state(path: str | Path, base: BaseModel) -> LoraState:
                             f"{FAMILY_LABELS[base.family]}", hint="use a base model of the LoRA's family")
     models = dict(zip(COMPONENTS, [base.unet, *base.text_encoders]))
     modules: dict[str, dict[str, ModuleWeights]] = {}
+    found = file_modules(lora)
     if lora.format == "kohya":
         names = _module_names(base)
-        unknown = sorted(name for _, name in file_modules(lora) if name not in names)
+        unknown = sorted(name for _, name in found if name not in names)
         if unknown:
             raise ModelMismatch(f"{lora.path.name} adapts {len(unknown)} module(s) this base model does not have "
                                 f"(e.g. {unknown[0]})",
                                 hint="the LoRA was trained on a different architecture; pick a matching base model")
-        for (_, name), weights in file_modules(lora).items():
+        for (_, name), weights in found.items():
             component, module_path = names[name]
             modules.setdefault(component, {})[module_path] = weights
     else:
-        for (component, module_path), weights in file_modules(lora).items():
+        for (component, module_path), weights in found.items():
             if component not in models:
                 raise ModelMismatch(f"{lora.path.name}: unexpected component '{component}' for this base model")
             modules.setdefault(component, {})[model_path(models[component], component, module_path)] = weights
