@@ -30,7 +30,8 @@ import torch
 
 from prep.atomic import finalize_written_file, write_bytes_atomic
 from prep.errors import ModelMismatch, UsageError
-from train.lycoris import ALGO_LABELS, ModuleWeights, algo_of, file_weights, lokr_factor, set_peft_tensors
+from train.lycoris import (ALGO_LABELS, ModuleWeights, algo_of, file_weights, layer_algo, lokr_factor,
+                           set_peft_tensors)
 
 if TYPE_CHECKING:
     from train.model import BaseModel, Family
@@ -165,18 +166,8 @@ def _lycoris_layer(module: Any, component: str, path: str, adapter: str) -> Adap
 def collect_layers(model: torch.nn.Module, component: str, adapter: str = "default") -> list[AdaptedLayer]:
     """Every peft LoRA, LoHa and LoKr layer of `adapter` in `model`, with alpha = effective scale × rank
     (so rsLoRA and per-layer alpha patterns export as the strength they train with)."""
-    from peft.tuners.loha.layer import LoHaLayer
-    from peft.tuners.lokr.layer import LoKrLayer
-    from peft.tuners.lora import LoraLayer as PeftLoraLayer
-
-    layers = []
-    for name, module in model.named_modules():
-        path = name.removeprefix("base_model.model.")
-        if isinstance(module, PeftLoraLayer) and adapter in module.lora_A:
-            layers.append(_lora_layer(module, component, path, adapter))
-        elif isinstance(module, (LoHaLayer, LoKrLayer)) and adapter in module._available_adapters:
-            layers.append(_lycoris_layer(module, component, path, adapter))
-    return layers
+    return [(_lora_layer if layer_algo(module) == "lora" else _lycoris_layer)(module, component, path, adapter)
+            for path, module in _adapter_layers(model, adapter).items()]
 
 
 def kohya_state_dict(layers: Iterable[AdaptedLayer], family: Family, unet_config: Mapping[str, Any],
@@ -906,18 +897,11 @@ def load_lora_into(base: BaseModel, path: str | Path, adapter: str = "default") 
     return state.components
 
 
-def _layer_algo(layer: Any) -> str:
-    from peft.tuners.loha.layer import LoHaLayer
-    from peft.tuners.lokr.layer import LoKrLayer
-
-    return "loha" if isinstance(layer, LoHaLayer) else "lokr" if isinstance(layer, LoKrLayer) else "lora"
-
-
 def _copy_into(layer: Any, adapter: str, weights: ModuleWeights, where: str, hint: str) -> None:
     """One file module into one trainable layer, rescaled to the layer's own alpha/rank."""
     from train.lycoris import peft_tensors
 
-    algo = _layer_algo(layer)
+    algo = layer_algo(layer)
     if algo != weights.algo:
         raise ModelMismatch(f"{where} is {ALGO_LABELS[weights.algo]} in the file and {ALGO_LABELS[algo]} in the "
                             "network", hint=f"train with --algo {weights.algo}")

@@ -179,6 +179,14 @@ def lokr_factor(linear: list[ModuleWeights]) -> int | None:
 # ---------------------------------------------------------------- peft layers ↔ LyCORIS tensors
 
 
+def layer_algo(module: Any) -> str:
+    """The algorithm of a peft adapter layer: "loha", "lokr", else "lora"."""
+    from peft.tuners.loha.layer import LoHaLayer
+    from peft.tuners.lokr.layer import LoKrLayer
+
+    return "loha" if isinstance(module, LoHaLayer) else "lokr" if isinstance(module, LoKrLayer) else "lora"
+
+
 def peft_tensors(module: Any, adapter: str) -> dict[str, torch.Tensor]:
     """The LyCORIS tensors of a peft LoHa/LoKr layer's adapter (same names, detached)."""
     return {name: getattr(module, name)[adapter].detach() for name in module.adapter_layer_names
@@ -209,9 +217,10 @@ def file_weights(module: Any, adapter: str) -> ModuleWeights:
     """
     tensors = peft_tensors(module, adapter)
     scale, rank = float(module.scaling[adapter]), int(module.r[adapter])
-    probe = ModuleWeights("lokr" if "lokr_w1" in tensors or "lokr_w1_a" in tensors else "loha", tensors, None)
-    if probe.rank is None:
+    algo = layer_algo(module)
+    inner = ModuleWeights(algo, tensors, None).rank
+    if inner is None:
         if scale != 1.0:
             tensors["lokr_w1"] = tensors["lokr_w1"] * scale
-        return ModuleWeights(probe.algo, tensors, float(rank))
-    return ModuleWeights(probe.algo, tensors, scale * probe.rank)
+        return ModuleWeights(algo, tensors, float(rank))
+    return ModuleWeights(algo, tensors, scale * inner)
