@@ -134,7 +134,7 @@ class AdaptedLayer:
 def _lora_layer(module: Any, component: str, path: str, adapter: str) -> AdaptedLayer:
     """A peft LoRA layer's tensors. DoRA layers are written with alpha = rank and the scale folded
     into `lora_up`, an identical file that WebUI builds which scale after decomposing apply alike."""
-    from train.dora import ColumnDoraVariant
+    from train.dora import layer_dora_axis
 
     down = module.lora_A[adapter].weight.detach()
     up = module.lora_B[adapter].weight.detach()
@@ -146,7 +146,7 @@ def _lora_layer(module: Any, component: str, path: str, adapter: str) -> Adapted
     stored_alpha = alpha
     if adapter in module.lora_magnitude_vector:
         magnitude = module.lora_magnitude_vector[adapter].weight.detach()
-        axis = "input" if isinstance(module.lora_variant.get(adapter), ColumnDoraVariant) else "output"
+        axis = layer_dora_axis(module, adapter)
         shape = (1, -1) if axis == "input" else (-1, 1)
         tensors["dora_scale"] = magnitude.reshape(shape + (1,) * (up.dim() - 2))
         tensors["lora_up.weight"] = up * (alpha / rank)
@@ -932,11 +932,11 @@ def _shapes(shapes: Mapping[str, tuple[int, ...]]) -> str:
 
 
 def _copy_magnitude(layer: Any, adapter: str, weights: ModuleWeights, where: str, hint: str) -> None:
-    from train.dora import ColumnDoraVariant
+    from train.dora import layer_dora_axis
 
     if adapter not in layer.lora_magnitude_vector:
         raise ModelMismatch("the LoRA is a DoRA but the network is not", hint=hint)
-    network_axis = "input" if isinstance(layer.lora_variant.get(adapter), ColumnDoraVariant) else "output"
+    network_axis = layer_dora_axis(layer, adapter)
     if weights.dora_axis != network_axis:
         raise ModelMismatch(f"{where}: the file's DoRA normalises each {weights.dora_axis} "
                             f"({'row' if weights.dora_axis == 'output' else 'column'}), loraprep trains the "
