@@ -20,6 +20,7 @@ import hashlib
 import json
 import re
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -685,8 +686,8 @@ _ADAPTER_PART = re.compile(r"\.(lora_|hada_|lokr_)")
 
 def load_lora_state(path: str | Path, base: BaseModel) -> LoraState:
     """Read a LoRA file (either format, any of LoRA/LoHa/LoKr) and map it onto `base`, refusing a wrong
-    family or shape. `generate` builds adapters with `state.adapter_configs(component)` and fills them
-    with `load_into`; `--init-weights` copies into the network's own adapters (`load_lora_into`)."""
+    family or shape. `generate` and `--init-weights` build adapters shaped like it and fill them
+    (`add_file_adapters`); `load_lora_into` copies it into adapters already there."""
     lora = read_lora(path)
     if lora.family is not None and lora.family != base.family:
         from train.model import FAMILY_LABELS
@@ -744,6 +745,20 @@ def _adapter_layers(model: torch.nn.Module, adapter: str) -> dict[str, Any]:
                 isinstance(module, (LoHaLayer, LoKrLayer)) and adapter in module._available_adapters:
             layers[name.removeprefix("base_model.model.")] = module
     return layers
+
+
+def add_file_adapters(model: torch.nn.Module, state: LoraState, component: str, adapter: str = "default") -> list[Any]:
+    """Add adapter `adapter` to `model` shaped like the file's `component` (one peft config per algorithm:
+    LyCORIS files may mix them) and fill it with the file's weights; returns the configs."""
+    from train.network import add_adapter
+
+    configs = state.adapter_configs(component)
+    with warnings.catch_warnings():  # peft warns when a second algorithm joins the first: intended here
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+        for config in configs:
+            add_adapter(model, config, adapter)
+    load_into(model, state, component, adapter)
+    return configs
 
 
 def load_into(model: torch.nn.Module, state: LoraState, component: str, adapter: str = "default") -> None:
