@@ -98,13 +98,18 @@ def sgm_unet_path(path: str, layers_per_block: int, up_has_attention: Iterable[b
     raise UsageError(f"cannot name UNet module '{path}' in the original SDXL layout")
 
 
+def sgm_unet_name(path: str, unet_config: Mapping[str, Any]) -> str:
+    """`sgm_unet_path` with the block layout read from the diffusers UNet's config."""
+    up_attention = ["CrossAttn" in t for t in unet_config["up_block_types"]]
+    return sgm_unet_path(path, int(unet_config["layers_per_block"]), up_attention)
+
+
 def kohya_name(component: str, path: str, family: Family, unet_config: Mapping[str, Any] | None = None) -> str:
     """kohya module name (`lora_unet_…`, `lora_te1_…`) of a module path inside a diffusers component."""
     if component == "unet":
         if family == "sdxl":
             assert unet_config is not None
-            up_attention = ["CrossAttn" in t for t in unet_config["up_block_types"]]
-            path = sgm_unet_path(path, int(unet_config["layers_per_block"]), up_attention)
+            path = sgm_unet_name(path, unet_config)
     elif not path.startswith("text_model."):
         # transformers 5 flattened CLIPTextModel; sd-scripts' names keep the `text_model` level.
         path = "text_model." + path
