@@ -185,8 +185,9 @@ def block_of(path: str, unet_config: Mapping[str, Any]) -> str:
 
 def lora_module_path(parameter_name: str) -> str:
     """`down_blocks.0.attentions.0….to_q.lora_A.default.weight` → the adapted module's path."""
-    path = parameter_name.removeprefix("base_model.model.")
-    return re.split(r"\.(?:lora|hada|lokr)_", path)[0]
+    from train.export import ADAPTER_PART
+
+    return ADAPTER_PART.split(parameter_name.removeprefix("base_model.model."), maxsplit=1)[0]
 
 
 def keep_targets(targets: Iterable[str], weights: BlockWeights | None, unet_config: Mapping[str, Any]) -> list[str]:

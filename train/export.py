@@ -666,6 +666,10 @@ class LoraState:
         return config
 
 
+# where peft's adapter sub-modules and parameters begin in a module or parameter path
+ADAPTER_PART = re.compile(r"\.(?:lora|hada|lokr)_")
+
+
 def _module_names(base: BaseModel) -> dict[str, tuple[str, str]]:
     """kohya name → (component, module path) for every Linear/Conv2d of the base model."""
     from peft.tuners.tuners_utils import BaseTunerLayer
@@ -677,16 +681,13 @@ def _module_names(base: BaseModel) -> dict[str, tuple[str, str]]:
         for path, module in model.named_modules():
             path = path.removeprefix("base_model.model.")
             if not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d, BaseTunerLayer)) or \
-                    _ADAPTER_PART.search(path) or "base_layer" in path:
+                    ADAPTER_PART.search(path) or "base_layer" in path:
                 continue
             try:
                 names[kohya_name(component, path, base.family, unet_config)] = (component, path)
             except UsageError:
                 continue
     return names
-
-
-_ADAPTER_PART = re.compile(r"\.(lora_|hada_|lokr_)")
 
 
 def load_lora_state(path: str | Path, base: BaseModel) -> LoraState:
