@@ -45,6 +45,11 @@ BASE_MODEL_VERSION: dict[str, str] = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "s
 FAMILY_FROM_VERSION = {v: k for k, v in BASE_MODEL_VERSION.items()}
 
 
+def base_components(base: BaseModel) -> dict[str, torch.nn.Module]:
+    """The base model's parts by component name: unet, text_encoder (and text_encoder_2 for SDXL)."""
+    return dict(zip(COMPONENTS, [base.unet, *base.text_encoders]))
+
+
 def kohya_prefix(component: str, family: Family) -> str:
     if component == "unet":
         return "lora_unet_"
@@ -675,7 +680,7 @@ def _module_names(base: BaseModel) -> dict[str, tuple[str, str]]:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     names: dict[str, tuple[str, str]] = {}
-    models = dict(zip(COMPONENTS, [base.unet, *base.text_encoders]))
+    models = base_components(base)
     unet_config = dict(base.unet.config)
     for component, model in models.items():
         for path, module in model.named_modules():
@@ -699,7 +704,7 @@ def load_lora_state(path: str | Path, base: BaseModel) -> LoraState:
         from train.model import FAMILY_LABELS
         raise ModelMismatch(f"{lora.path.name} is a {FAMILY_LABELS[lora.family]} LoRA but the base model is "
                             f"{FAMILY_LABELS[base.family]}", hint="use a base model of the LoRA's family")
-    models = dict(zip(COMPONENTS, [base.unet, *base.text_encoders]))
+    models = base_components(base)
     modules: dict[str, dict[str, ModuleWeights]] = {}
     found = file_modules(lora)
     if lora.format == "kohya":
@@ -717,12 +722,12 @@ def load_lora_state(path: str | Path, base: BaseModel) -> LoraState:
             if component not in models:
                 raise ModelMismatch(f"{lora.path.name}: unexpected component '{component}' for this base model")
             modules.setdefault(component, {})[model_path(models[component], component, module_path)] = weights
-    _check_shapes(modules, base, lora.path.name)
+    _check_shapes(modules, models, lora.path.name)
     return LoraState(modules, lora)
 
 
-def _check_shapes(modules: Mapping[str, Mapping[str, ModuleWeights]], base: BaseModel, name: str) -> None:
-    models = dict(zip(COMPONENTS, [base.unet, *base.text_encoders]))
+def _check_shapes(modules: Mapping[str, Mapping[str, ModuleWeights]], models: Mapping[str, torch.nn.Module],
+                  name: str) -> None:
     for component, found in modules.items():
         if component not in models:
             raise ModelMismatch(f"{name} has {component} layers but the base model has no {component}")
@@ -901,7 +906,7 @@ def load_lora_into(base: BaseModel, path: str | Path, adapter: str = "default") 
     components loaded.
     """
     state = load_lora_state(path, base)
-    models = dict(zip(COMPONENTS, [base.unet, *base.text_encoders]))
+    models = base_components(base)
     hint = ("train with the file's --algo, --preset, --rank, --factor, --conv-dim, --dora and "
             "--train-text-encoder settings")
     for component in state.components:

@@ -25,11 +25,11 @@ from train.network import (Network, add_adapter, lycoris_conventions, text_encod
 def add_lora_from_file(base: Any, path: str | Path, config: NetworkConfig) -> tuple[Network, list[str]]:
     """Freeze the base, add adapters shaped like `path` (fresh ones where it has none) and return what
     trains, plus notes saying what the file decided."""
-    from train.export import COMPONENTS, add_file_adapters, load_lora_state
+    from train.export import COMPONENTS, add_file_adapters, base_components, load_lora_state
     from train.regularize import add_lora_dropout
 
     state = load_lora_state(path, base)
-    models = dict(zip(COMPONENTS, [base.unet, *base.text_encoders]))
+    models = base_components(base)
     trains = {"unet": not config.train_text_encoder_only,
               **{c: config.train_text_encoder for c in COMPONENTS[1:len(models)]}}
     for model in models.values():

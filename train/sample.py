@@ -368,10 +368,10 @@ def apply_lora(base: BaseModel, lora: str | Path, scale: float, adapter: str = "
     """
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    from train.export import COMPONENTS, add_file_adapters, load_lora_state
+    from train.export import add_file_adapters, base_components, load_lora_state
 
     state = load_lora_state(lora, base)
-    models = dict(zip(COMPONENTS, [base.unet, *base.text_encoders]))
+    models = base_components(base)
     for component in state.components:
         model = models[component]
         add_file_adapters(model, state, component, adapter)
