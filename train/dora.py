@@ -112,6 +112,11 @@ class ColumnDoraVariant(LoraVariant):
         raise NotImplementedError("column-norm DoRA layers compute their own forward pass")
 
 
+def layer_dora_axis(module: Any, adapter: str) -> str:
+    """The norm a peft DoRA layer's `adapter` takes: "input" (columns, this module's) or "output" (peft's rows)."""
+    return DORA_AXIS if isinstance(module.lora_variant.get(adapter), ColumnDoraVariant) else "output"
+
+
 class _ColumnDoraMixin:
     """The parts shared by the linear and the convolution layer."""
 

@@ -20,6 +20,7 @@ import hashlib
 import json
 import re
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -30,7 +31,8 @@ import torch
 
 from prep.atomic import finalize_written_file, write_bytes_atomic
 from prep.errors import ModelMismatch, UsageError
-from train.lycoris import ALGO_LABELS, ModuleWeights, algo_of, file_weights, lokr_factor, set_peft_tensors
+from train.lycoris import (ALGO_LABELS, ModuleWeights, algo_of, file_weights, layer_algo, lokr_factor,
+                           set_peft_tensors)
 
 if TYPE_CHECKING:
     from train.model import BaseModel, Family
@@ -41,6 +43,11 @@ ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # diffusers.loaders.lora_base.LO
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 BASE_MODEL_VERSION: dict[str, str] = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
 FAMILY_FROM_VERSION = {v: k for k, v in BASE_MODEL_VERSION.items()}
+
+
+def base_components(base: BaseModel) -> dict[str, torch.nn.Module]:
+    """The base model's parts by component name: unet, text_encoder (and text_encoder_2 for SDXL)."""
+    return dict(zip(COMPONENTS, [base.unet, *base.text_encoders]))
 
 
 def kohya_prefix(component: str, family: Family) -> str:
@@ -96,13 +103,18 @@ def sgm_unet_path(path: str, layers_per_block: int, up_has_attention: Iterable[b
     raise UsageError(f"cannot name UNet module '{path}' in the original SDXL layout")
 
 
+def sgm_unet_name(path: str, unet_config: Mapping[str, Any]) -> str:
+    """`sgm_unet_path` with the block layout read from the diffusers UNet's config."""
+    up_attention = ["CrossAttn" in t for t in unet_config["up_block_types"]]
+    return sgm_unet_path(path, int(unet_config["layers_per_block"]), up_attention)
+
+
 def kohya_name(component: str, path: str, family: Family, unet_config: Mapping[str, Any] | None = None) -> str:
     """kohya module name (`lora_unet_…`, `lora_te1_…`) of a module path inside a diffusers component."""
     if component == "unet":
         if family == "sdxl":
             assert unet_config is not None
-            up_attention = ["CrossAttn" in t for t in unet_config["up_block_types"]]
-            path = sgm_unet_path(path, int(unet_config["layers_per_block"]), up_attention)
+            path = sgm_unet_name(path, unet_config)
     elif not path.startswith("text_model."):
         # transformers 5 flattened CLIPTextModel; sd-scripts' names keep the `text_model` level.
         path = "text_model." + path
@@ -133,7 +145,7 @@ class AdaptedLayer:
 def _lora_layer(module: Any, component: str, path: str, adapter: str) -> AdaptedLayer:
     """A peft LoRA layer's tensors. DoRA layers are written with alpha = rank and the scale folded
     into `lora_up`, an identical file that WebUI builds which scale after decomposing apply alike."""
-    from train.dora import ColumnDoraVariant
+    from train.dora import layer_dora_axis
 
     down = module.lora_A[adapter].weight.detach()
     up = module.lora_B[adapter].weight.detach()
@@ -145,7 +157,7 @@ def _lora_layer(module: Any, component: str, path: str, adapter: str) -> Adapted
     stored_alpha = alpha
     if adapter in module.lora_magnitude_vector:
         magnitude = module.lora_magnitude_vector[adapter].weight.detach()
-        axis = "input" if isinstance(module.lora_variant.get(adapter), ColumnDoraVariant) else "output"
+        axis = layer_dora_axis(module, adapter)
         shape = (1, -1) if axis == "input" else (-1, 1)
         tensors["dora_scale"] = magnitude.reshape(shape + (1,) * (up.dim() - 2))
         tensors["lora_up.weight"] = up * (alpha / rank)
@@ -165,18 +177,8 @@ def _lycoris_layer(module: Any, component: str, path: str, adapter: str) -> Adap
 def collect_layers(model: torch.nn.Module, component: str, adapter: str = "default") -> list[AdaptedLayer]:
     """Every peft LoRA, LoHa and LoKr layer of `adapter` in `model`, with alpha = effective scale × rank
     (so rsLoRA and per-layer alpha patterns export as the strength they train with)."""
-    from peft.tuners.loha.layer import LoHaLayer
-    from peft.tuners.lokr.layer import LoKrLayer
-    from peft.tuners.lora import LoraLayer as PeftLoraLayer
-
-    layers = []
-    for name, module in model.named_modules():
-        path = name.removeprefix("base_model.model.")
-        if isinstance(module, PeftLoraLayer) and adapter in module.lora_A:
-            layers.append(_lora_layer(module, component, path, adapter))
-        elif isinstance(module, (LoHaLayer, LoKrLayer)) and adapter in module._available_adapters:
-            layers.append(_lycoris_layer(module, component, path, adapter))
-    return layers
+    return [(_lora_layer if layer_algo(module) == "lora" else _lycoris_layer)(module, component, path, adapter)
+            for path, module in _adapter_layers(model, adapter).items()]
 
 
 def kohya_state_dict(layers: Iterable[AdaptedLayer], family: Family, unet_config: Mapping[str, Any],
@@ -669,18 +671,22 @@ class LoraState:
         return config
 
 
+# where peft's adapter sub-modules and parameters begin in a module or parameter path
+ADAPTER_PART = re.compile(r"\.(?:lora|hada|lokr)_")
+
+
 def _module_names(base: BaseModel) -> dict[str, tuple[str, str]]:
     """kohya name → (component, module path) for every Linear/Conv2d of the base model."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     names: dict[str, tuple[str, str]] = {}
-    models = dict(zip(COMPONENTS, [base.unet, *base.text_encoders]))
+    models = base_components(base)
     unet_config = dict(base.unet.config)
     for component, model in models.items():
         for path, module in model.named_modules():
             path = path.removeprefix("base_model.model.")
             if not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d, BaseTunerLayer)) or \
-                    _ADAPTER_PART.search(path) or "base_layer" in path:
+                    ADAPTER_PART.search(path) or "base_layer" in path:
                 continue
             try:
                 names[kohya_name(component, path, base.family, unet_config)] = (component, path)
@@ -689,41 +695,39 @@ def _module_names(base: BaseModel) -> dict[str, tuple[str, str]]:
     return names
 
 
-_ADAPTER_PART = re.compile(r"\.(lora_|hada_|lokr_)")
-
-
 def load_lora_state(path: str | Path, base: BaseModel) -> LoraState:
     """Read a LoRA file (either format, any of LoRA/LoHa/LoKr) and map it onto `base`, refusing a wrong
-    family or shape. `generate` builds adapters with `state.adapter_configs(component)` and fills them
-    with `load_into`; `--init-weights` copies into the network's own adapters (`load_lora_into`)."""
+    family or shape. `generate` and `--init-weights` build adapters shaped like it and fill them
+    (`add_file_adapters`); `load_lora_into` copies it into adapters already there."""
     lora = read_lora(path)
     if lora.family is not None and lora.family != base.family:
         from train.model import FAMILY_LABELS
         raise ModelMismatch(f"{lora.path.name} is a {FAMILY_LABELS[lora.family]} LoRA but the base model is "
                             f"{FAMILY_LABELS[base.family]}", hint="use a base model of the LoRA's family")
-    models = dict(zip(COMPONENTS, [base.unet, *base.text_encoders]))
+    models = base_components(base)
     modules: dict[str, dict[str, ModuleWeights]] = {}
+    found = file_modules(lora)
     if lora.format == "kohya":
         names = _module_names(base)
-        unknown = sorted(name for _, name in file_modules(lora) if name not in names)
+        unknown = sorted(name for _, name in found if name not in names)
         if unknown:
             raise ModelMismatch(f"{lora.path.name} adapts {len(unknown)} module(s) this base model does not have "
                                 f"(e.g. {unknown[0]})",
                                 hint="the LoRA was trained on a different architecture; pick a matching base model")
-        for (_, name), weights in file_modules(lora).items():
+        for (_, name), weights in found.items():
             component, module_path = names[name]
             modules.setdefault(component, {})[module_path] = weights
     else:
-        for (component, module_path), weights in file_modules(lora).items():
+        for (component, module_path), weights in found.items():
             if component not in models:
                 raise ModelMismatch(f"{lora.path.name}: unexpected component '{component}' for this base model")
             modules.setdefault(component, {})[model_path(models[component], component, module_path)] = weights
-    _check_shapes(modules, base, lora.path.name)
+    _check_shapes(modules, models, lora.path.name)
     return LoraState(modules, lora)
 
 
-def _check_shapes(modules: Mapping[str, Mapping[str, ModuleWeights]], base: BaseModel, name: str) -> None:
-    models = dict(zip(COMPONENTS, [base.unet, *base.text_encoders]))
+def _check_shapes(modules: Mapping[str, Mapping[str, ModuleWeights]], models: Mapping[str, torch.nn.Module],
+                  name: str) -> None:
     for component, found in modules.items():
         if component not in models:
             raise ModelMismatch(f"{name} has {component} layers but the base model has no {component}")
@@ -752,6 +756,20 @@ def _adapter_layers(model: torch.nn.Module, adapter: str) -> dict[str, Any]:
                 isinstance(module, (LoHaLayer, LoKrLayer)) and adapter in module._available_adapters:
             layers[name.removeprefix("base_model.model.")] = module
     return layers
+
+
+def add_file_adapters(model: torch.nn.Module, state: LoraState, component: str, adapter: str = "default") -> list[Any]:
+    """Add adapter `adapter` to `model` shaped like the file's `component` (one peft config per algorithm:
+    LyCORIS files may mix them) and fill it with the file's weights; returns the configs."""
+    from train.network import add_adapter
+
+    configs = state.adapter_configs(component)
+    with warnings.catch_warnings():  # peft warns when a second algorithm joins the first: intended here
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+        for config in configs:
+            add_adapter(model, config, adapter)
+    load_into(model, state, component, adapter)
+    return configs
 
 
 def load_into(model: torch.nn.Module, state: LoraState, component: str, adapter: str = "default") -> None:
@@ -888,7 +906,7 @@ def load_lora_into(base: BaseModel, path: str | Path, adapter: str = "default") 
     components loaded.
     """
     state = load_lora_state(path, base)
-    models = dict(zip(COMPONENTS, [base.unet, *base.text_encoders]))
+    models = base_components(base)
     hint = ("train with the file's --algo, --preset, --rank, --factor, --conv-dim, --dora and "
             "--train-text-encoder settings")
     for component in state.components:
@@ -905,18 +923,11 @@ def load_lora_into(base: BaseModel, path: str | Path, adapter: str = "default") 
     return state.components
 
 
-def _layer_algo(layer: Any) -> str:
-    from peft.tuners.loha.layer import LoHaLayer
-    from peft.tuners.lokr.layer import LoKrLayer
-
-    return "loha" if isinstance(layer, LoHaLayer) else "lokr" if isinstance(layer, LoKrLayer) else "lora"
-
-
 def _copy_into(layer: Any, adapter: str, weights: ModuleWeights, where: str, hint: str) -> None:
     """One file module into one trainable layer, rescaled to the layer's own alpha/rank."""
     from train.lycoris import peft_tensors
 
-    algo = _layer_algo(layer)
+    algo = layer_algo(layer)
     if algo != weights.algo:
         raise ModelMismatch(f"{where} is {ALGO_LABELS[weights.algo]} in the file and {ALGO_LABELS[algo]} in the "
                             "network", hint=f"train with --algo {weights.algo}")
@@ -947,11 +958,11 @@ def _shapes(shapes: Mapping[str, tuple[int, ...]]) -> str:
 
 
 def _copy_magnitude(layer: Any, adapter: str, weights: ModuleWeights, where: str, hint: str) -> None:
-    from train.dora import ColumnDoraVariant
+    from train.dora import layer_dora_axis
 
     if adapter not in layer.lora_magnitude_vector:
         raise ModelMismatch("the LoRA is a DoRA but the network is not", hint=hint)
-    network_axis = "input" if isinstance(layer.lora_variant.get(adapter), ColumnDoraVariant) else "output"
+    network_axis = layer_dora_axis(layer, adapter)
     if weights.dora_axis != network_axis:
         raise ModelMismatch(f"{where}: the file's DoRA normalises each {weights.dora_axis} "
                             f"({'row' if weights.dora_axis == 'output' else 'column'}), loraprep trains the "

@@ -11,7 +11,6 @@ without --train-text-encoder) are left out of the new LoRA, and that is said.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +25,11 @@ from train.network import (Network, add_adapter, lycoris_conventions, text_encod
 def add_lora_from_file(base: Any, path: str | Path, config: NetworkConfig) -> tuple[Network, list[str]]:
     """Freeze the base, add adapters shaped like `path` (fresh ones where it has none) and return what
     trains, plus notes saying what the file decided."""
-    from train.export import COMPONENTS, load_into, load_lora_state
+    from train.export import COMPONENTS, add_file_adapters, base_components, load_lora_state
     from train.regularize import add_lora_dropout
 
     state = load_lora_state(path, base)
-    models = dict(zip(COMPONENTS, [base.unet, *base.text_encoders]))
+    models = base_components(base)
     trains = {"unet": not config.train_text_encoder_only,
               **{c: config.train_text_encoder for c in COMPONENTS[1:len(models)]}}
     for model in models.values():
@@ -45,12 +44,7 @@ def add_lora_from_file(base: Any, path: str | Path, config: NetworkConfig) -> tu
                              " to continue them)")
             continue
         if component in state.components:
-            with warnings.catch_warnings():  # a second algorithm joining the first is intended
-                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-                configs = state.adapter_configs(component)
-                for adapter_config in configs:
-                    add_adapter(model, adapter_config)
-            load_into(model, state, component)
+            configs = add_file_adapters(model, state, component)
             notes.append(f"{component} from {Path(path).name}: {_describe(configs)}")
         else:
             adapter_config = unet_lora_config(model, config) if component == "unet" else text_encoder_lora_config(config)

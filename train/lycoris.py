@@ -87,10 +87,10 @@ class ModuleWeights:
             return int(t["lora_up.weight"].shape[0]), int(t["lora_down.weight"][0].numel())
         if self.algo == "loha":
             return _factor_shape(t, "hada_w1_a", "hada_w1_b", "hada_t1")
-        out1, in1 = t["lokr_w1"].shape if "lokr_w1" in t else (t["lokr_w1_a"].shape[0], t["lokr_w1_b"].shape[1])
+        out1, in1 = _lokr_half(t, "1")
         out2, in2 = (int(t["lokr_w2"].shape[0]), int(t["lokr_w2"][0].numel())) if "lokr_w2" in t else \
             _factor_shape(t, "lokr_w2_a", "lokr_w2_b", "lokr_t2")
-        return int(out1) * out2, int(in1) * in2
+        return out1 * out2, in1 * in2
 
     @property
     def is_conv(self) -> bool:
@@ -131,6 +131,15 @@ def _factor_shape(t: Mapping[str, torch.Tensor], a: str, b: str, core: str) -> t
     return int(t[a].shape[0]), int(t[b][0].numel())
 
 
+def _lokr_half(t: Mapping[str, torch.Tensor], half: str) -> tuple[int, int]:
+    """(rows, columns) of LoKr's w1 or w2 (a full matrix, or the product of its _a and _b factors);
+    a convolution's kernel positions are not counted."""
+    if f"lokr_w{half}" in t:
+        rows, columns = t[f"lokr_w{half}"].shape[:2]
+        return int(rows), int(columns)
+    return int(t[f"lokr_w{half}_a"].shape[0]), int(t[f"lokr_w{half}_b"].shape[1])
+
+
 def _hada_half(t: Mapping[str, torch.Tensor], half: str) -> torch.Tensor:
     a, b = t[f"hada_w{half}_a"], t[f"hada_w{half}_b"]
     if f"hada_t{half}" in t:
@@ -165,9 +174,8 @@ def lokr_factor(linear: list[ModuleWeights]) -> int | None:
         t = module.tensors
         if module.algo != "lokr":
             continue
-        w1 = t["lokr_w1"].shape if "lokr_w1" in t else (t["lokr_w1_a"].shape[0], t["lokr_w1_b"].shape[1])
-        w2 = t["lokr_w2"].shape if "lokr_w2" in t else (t["lokr_w2_a"].shape[0], t["lokr_w2_b"].shape[1])
-        splits.append((int(w1[0]), int(w1[1]), int(w1[0] * w2[0]), int(w1[1] * w2[1])))
+        (out1, in1), (out2, in2) = _lokr_half(t, "1"), _lokr_half(t, "2")
+        splits.append((out1, in1, out1 * out2, in1 * in2))
     if not splits:
         return None
     if all(factorization(out)[0] == a and factorization(inp)[0] == c for a, c, out, inp in splits):
@@ -177,6 +185,14 @@ def lokr_factor(linear: list[ModuleWeights]) -> int | None:
 
 
 # ---------------------------------------------------------------- peft layers ↔ LyCORIS tensors
+
+
+def layer_algo(module: Any) -> str:
+    """The algorithm of a peft adapter layer: "loha", "lokr", else "lora"."""
+    from peft.tuners.loha.layer import LoHaLayer
+    from peft.tuners.lokr.layer import LoKrLayer
+
+    return "loha" if isinstance(module, LoHaLayer) else "lokr" if isinstance(module, LoKrLayer) else "lora"
 
 
 def peft_tensors(module: Any, adapter: str) -> dict[str, torch.Tensor]:
@@ -209,9 +225,10 @@ def file_weights(module: Any, adapter: str) -> ModuleWeights:
     """
     tensors = peft_tensors(module, adapter)
     scale, rank = float(module.scaling[adapter]), int(module.r[adapter])
-    probe = ModuleWeights("lokr" if "lokr_w1" in tensors or "lokr_w1_a" in tensors else "loha", tensors, None)
-    if probe.rank is None:
+    algo = layer_algo(module)
+    inner = ModuleWeights(algo, tensors, None).rank
+    if inner is None:
         if scale != 1.0:
             tensors["lokr_w1"] = tensors["lokr_w1"] * scale
-        return ModuleWeights(probe.algo, tensors, float(rank))
-    return ModuleWeights(probe.algo, tensors, scale * probe.rank)
+        return ModuleWeights(algo, tensors, float(rank))
+    return ModuleWeights(algo, tensors, scale * inner)

@@ -136,12 +136,12 @@ def add_lora(unet: Any, text_encoders: list[Any], config: NetworkConfig) -> Netw
             network.text_encoder_params += _trainable(encoder)
     for param in network.unet_params + network.text_encoder_params:
         param.data = param.data.to(torch.float32)
-    for model in (unet, *(text_encoders if config.train_text_encoder else ())):
+    trained = [unet, *(text_encoders if config.train_text_encoder else [])]
+    for model in trained:
         lycoris_conventions(model)
     from train.regularize import add_lora_dropout
 
-    add_lora_dropout([unet, *(text_encoders if config.train_text_encoder else [])],
-                     rank_dropout=config.rank_dropout, module_dropout=config.module_dropout)
+    add_lora_dropout(trained, rank_dropout=config.rank_dropout, module_dropout=config.module_dropout)
     return network
 
 

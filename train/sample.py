@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -369,18 +368,13 @@ def apply_lora(base: BaseModel, lora: str | Path, scale: float, adapter: str = "
     """
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    from train.export import COMPONENTS, load_into, load_lora_state
-    from train.network import add_adapter
+    from train.export import add_file_adapters, base_components, load_lora_state
 
     state = load_lora_state(lora, base)
-    models = dict(zip(COMPONENTS, [base.unet, *base.text_encoders]))
+    models = base_components(base)
     for component in state.components:
         model = models[component]
-        with warnings.catch_warnings():  # peft warns when a second algorithm joins the first: intended here
-            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-            for config in state.adapter_configs(component):  # one per algorithm (LyCORIS files may mix them)
-                add_adapter(model, config, adapter)
-        load_into(model, state, component, adapter)
+        add_file_adapters(model, state, component, adapter)
         for module in model.modules():
             if isinstance(module, BaseTunerLayer) and hasattr(module, "set_scale"):
                 module.set_scale(adapter, scale)
