@@ -101,7 +101,8 @@ def _companions(root: Path, image: str, caption_extension: str, moving: set[str]
     image of the same name that stays (`photo.jpg` set aside, `photo.png` kept) stays with it."""
     path = root / image
     staying = [p for p in path.parent.glob(glob.escape(path.stem) + ".*")
-               if is_image_path(p) and p != path and p.relative_to(root).as_posix() not in moving]
+               if p.stem == path.stem and is_image_path(p) and p != path
+               and p.relative_to(root).as_posix() not in moving]
     files = [image]
     if not staying:
         for sidecar in (caption_path(path, caption_extension), meta_path(path)):

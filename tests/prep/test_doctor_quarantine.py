@@ -98,6 +98,19 @@ def test_a_caption_shared_with_the_kept_image_stays(tmp_path: Path, testdata: Pa
     assert (tmp_path / "photo.txt").is_file() and (tmp_path / "photo.png").is_file()
 
 
+def test_an_image_whose_name_only_starts_alike_does_not_hold_back_the_sidecars(tmp_path: Path,
+                                                                              testdata: Path) -> None:
+    shutil.copyfile(testdata / "photos/astronaut.png", tmp_path / "orig.png")
+    shutil.copyfile(testdata / "photos/coffee.png", tmp_path / "photo.x.png")
+    make_copy(testdata, "photos/astronaut.png", "jpeg70", tmp_path)
+    shutil.move(tmp_path / "copies/astronaut-jpeg70.jpg", tmp_path / "photo.jpg")
+    (tmp_path / "photo.txt").write_text("sks, woman\n")
+    result = set_aside(diagnose(tmp_path))
+    assert result.images == ("photo.jpg",)
+    assert sorted(m.source for m in result.moved) == ["photo.jpg", "photo.txt"]
+    assert not (tmp_path / "photo.txt").exists() and (tmp_path / "photo.x.png").is_file()
+
+
 @pytest.mark.parametrize(("kinds", "moved"), [
     (("blurry",), {"soft.png"}),
     (("duplicates", "blurry"), {"soft.png", "copies/astronaut-resized.png", "copies/astronaut-jpeg70.jpg"}),
