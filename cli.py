@@ -134,14 +134,10 @@ def print_json(data: Any) -> None:
 def sweep_leftovers(folder: Path | None) -> None:
     """Before a command writes into `folder`: remove the temporaries killed loraprep runs left there
     (only our own `.NAME.lp<pid>.*.tmp`, of processes no longer running) and say so."""
-    from prep.atomic import clean_stale_temporaries
+    from prep import atomic
 
-    if folder is not None and folder.is_dir():
-        removed = clean_stale_temporaries(folder)
-        if removed:
-            err.print(f"[cyan]•[/] removed {len(removed)} temporary file(s) left in {esc(folder)} by an "
-                      f"interrupted run: {esc(', '.join(p.name for p in removed[:3]))}"
-                      + (" …" if len(removed) > 3 else ""), highlight=False)
+    if folder is not None and folder.is_dir() and (note := atomic.sweep_leftovers(folder)):
+        err.print(f"[cyan]•[/] {esc(note)}", highlight=False)
 
 
 def finish(dropped: list, *, quiet: bool = False) -> None:

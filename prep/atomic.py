@@ -102,3 +102,13 @@ def clean_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
                 path.unlink()
             removed.append(path)
     return removed
+
+
+def sweep_leftovers(folder: str | os.PathLike[str]) -> str | None:
+    """Before a command writes into `folder`: `clean_stale_temporaries` there, and the one-line
+    note that says what went (None when nothing did), the same for every command."""
+    removed = clean_stale_temporaries(folder)
+    if not removed:
+        return None
+    names = ", ".join(p.name for p in removed[:3]) + (" …" if len(removed) > 3 else "")
+    return f"removed {len(removed)} temporary file(s) left in {folder} by an interrupted run: {names}"

@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from prep.atomic import TEMP_SUFFIX, clean_stale_temporaries, temp_prefix, write_text_atomic
+from prep.atomic import TEMP_SUFFIX, sweep_leftovers, temp_prefix, write_text_atomic
 from prep.buckets import BucketPlan, BucketSummary, summarise
 from prep.errors import LoraprepError, ManifestError, UsageError
 from prep.images import DEFAULT_MAX_PIXELS, sha256_file, sha256_text
@@ -369,8 +369,8 @@ def build_manifest(folder: str | os.PathLike[str], options: ManifestOptions = Ma
     target = Path(manifest_path) if manifest_path else default_manifest_path(root)
     base = target.resolve().parent
     notes: list[str] = []
-    if removed := clean_stale_temporaries(root):
-        notes.append(f"removed {len(removed)} temporary file(s) left in {root} by an interrupted run")
+    if note := sweep_leftovers(root):
+        notes.append(note)
     previous = previous_manifest(target, root, notes) if options.keep_previous else None
     options, bucket_settings, kept = _settings(options, previous, root, notes)
     extension = check_caption_extension(options.caption_extension or DEFAULT_CAPTION_EXTENSION)

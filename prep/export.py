@@ -11,7 +11,7 @@ from typing import Literal
 
 import tomli_w
 
-from prep.atomic import clean_stale_temporaries, write_text_atomic
+from prep.atomic import sweep_leftovers, write_text_atomic
 from prep.captions.dataset import decode_caption, read_current
 from prep.captions.journal import FileState, write_guarded
 from prep.captions.journal import record as record_journal
@@ -220,7 +220,7 @@ def export_dataset(source: str | os.PathLike[str], fmt: str, *, out: str | os.Pa
     manifest_file = source / "manifest.json" if source.is_dir() else source
     manifest = load_manifest(manifest_file)
     base = manifest_file.parent
-    removed = clean_stale_temporaries(base)
+    swept = sweep_leftovers(base)
     problems = image_problems(manifest, base)
     if problems:
         shown = "\n  ".join(problems[:10])
@@ -235,6 +235,6 @@ def export_dataset(source: str | os.PathLike[str], fmt: str, *, out: str | os.Pa
     else:
         extension = check_caption_extension(caption_extension or manifest.caption_extension)
         result = export_txt(manifest, base, extension, prefer=prefer)
-    if removed:
-        result.notes.insert(0, f"removed {len(removed)} temporary file(s) left in {base} by an interrupted run")
+    if swept:
+        result.notes.insert(0, swept)
     return result

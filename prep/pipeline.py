@@ -22,7 +22,7 @@ from prep.errors import ModelNotAvailable, ModelMismatch, UsageError
 from prep.normalise import NormaliseOptions, normalise_folder
 from prep.progress import SILENT, Reporter
 from prep.records import DEFAULT_CAPTION_EXTENSION, Drop, Manifest
-from prep.atomic import clean_stale_temporaries
+from prep.atomic import sweep_leftovers
 from prep.scan import NoImages, has_images, walk_images
 from prep.sidecars import caption_bytes, caption_path
 
@@ -158,9 +158,8 @@ def run_pipeline(src: str | os.PathLike[str], out: str | os.PathLike[str], optio
         raise NoImages.in_folder(src, "no dataset was made (nothing written)")
     out.mkdir(parents=True, exist_ok=True)
     report = PrepReport(out=out)
-    removed = clean_stale_temporaries(out)
-    if removed:
-        report.notes.append(f"removed {len(removed)} temporary file(s) left in {out} by an interrupted run")
+    if note := sweep_leftovers(out):
+        report.notes.append(note)
 
     if options.crop is not None:
         from prep.crop import crop_folder
