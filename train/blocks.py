@@ -3,7 +3,7 @@
 Why kohya's names: the guides' 階層別学習率 (per-block learning rates) and the lora-block-weight
 extension's presets (`1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1`) address the original (LDM/sgm) UNet layout:
 `input_blocks.N` → INnn, `middle_block.k` → M0k, `output_blocks.N` → OUTnn; BASE is the text encoder.
-A diffusers module path is named through `train.export.sgm_unet_name`, the same mapping the kohya
+A diffusers module path is named through `train.names.sgm_unet_name`, the same mapping the kohya
 LoRA file uses, so a block here is the block those tools mean.
 
 Two list layouts are read:
@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from prep.errors import UsageError
+from train.names import ADAPTER_PART, sgm_unet_name
 
 BASE = "BASE"
 BLOCK_IDS_26 = (BASE, *(f"IN{i:02d}" for i in range(12)), "M00", *(f"OUT{i:02d}" for i in range(12)))
@@ -175,8 +176,6 @@ def unet_family(unet_config: Mapping[str, Any]) -> str:
 
 def block_of(path: str, unet_config: Mapping[str, Any]) -> str:
     """The kohya block ID (IN04, M01, OUT10) of a diffusers UNet module path."""
-    from train.export import sgm_unet_name
-
     original = sgm_unet_name(path, unet_config)
     kind, index = original.split(".")[:2]
     prefix = {"input_blocks": "IN", "middle_block": "M", "output_blocks": "OUT"}.get(kind)
@@ -185,8 +184,6 @@ def block_of(path: str, unet_config: Mapping[str, Any]) -> str:
 
 def lora_module_path(parameter_name: str) -> str:
     """`down_blocks.0.attentions.0….to_q.lora_A.default.weight` → the adapted module's path."""
-    from train.export import ADAPTER_PART
-
     return ADAPTER_PART.split(parameter_name.removeprefix("base_model.model."), maxsplit=1)[0]
 
 

@@ -26,9 +26,9 @@ from train.export import (
     load_lora_state,
     read_lora,
     save_lora,
-    sgm_unet_path,
 )
 from train.model import BaseModel, load_base
+from train.names import sgm_unet_path
 from train.sample import GenerateOptions, generate
 
 RANK, ALPHA, CONV_RANK, CONV_ALPHA, TE_ALPHA = 4, 2.0, 2, 1.0, 8.0
