@@ -175,8 +175,7 @@ def full_size_settings(small: bool) -> list[Setting]:
     side = 64 if small else 512  # small: 64² and 128², so a CPU gets through all four runs in minutes
     return [Setting("SD1.5 512² batch 4, caches", "sd15", side, 4, False, True),
             Setting("SD1.5 512² batch 4, no caches", "sd15", side, 4, False, False),
-            Setting("SDXL 1024² batch 1, grad. ckpt, caches", "sdxl", 2 * side, 1, True, True),
-            Setting("SDXL 1024² batch 1, grad. ckpt, no caches", "sdxl", 2 * side, 1, True, False)]
+            Setting("SDXL 1024² batch 1, grad. ckpt, caches", "sdxl", 2 * side, 1, True, True)]
 
 
 def our_settings(setting: Setting, model: Path, out: Path, steps: int, *, cpu: bool, extra: dict) -> dict:
@@ -203,18 +202,82 @@ def memory_figures() -> dict:
             "peak_reserved_gb": torch.cuda.max_memory_reserved() / 2 ** 30, "device": torch.cuda.get_device_name()}
 
 
-def one_run(manifest: str, settings: dict) -> dict:
-    """Inside the subprocess: the real train(), timed by its own progress events."""
+def one_run(manifest: str, settings: dict, profile_steps: int = 0) -> dict:
+    """Inside the subprocess: the real train(), timed by its own progress events.
+
+    With CUDA, memory is also read per phase (model load + cache pass, then training alone, the peak
+    counters reset between them), so a peak can be placed. `profile_steps` > 0 runs that many more
+    steps under torch.profiler after the timed ones and returns the summary of where their time went.
+    """
+    import torch
+
     from prep.progress import Reporter
     from train.config import load_config
     from train.loop import train
 
     stamps: list[float] = []
-    reporter = Reporter(lambda e: stamps.append(time.perf_counter()) if e.kind == "advance" and e.metrics else None)
+    phases: dict[str, dict] = {}
+    cuda = torch.cuda.is_available()
+    timed_steps = settings["max_steps"]
+    profiler = profile_window(timed_steps, profile_steps) if cuda and profile_steps else None
+
+    def sink(event) -> None:  # noqa: ANN001
+        if cuda and event.kind == "start" and event.label == "training":
+            phases["load_and_caches"] = memory_figures()  # encoders already parked when the loop starts
+            torch.cuda.reset_peak_memory_stats()
+        if event.kind == "advance" and event.metrics:
+            stamps.append(time.perf_counter())
+            if profiler is not None:
+                profiler.after_step(len(stamps))
+
+    reporter = Reporter(sink)
     start = time.perf_counter()
-    result = train(manifest, load_config(None, settings), reporter=reporter)
-    return {"steps": result.steps, "first_step_s": stamps[0] - start if stamps else None,
-            "s_per_step": steady(stamps), "final_loss": result.final_loss, **memory_figures()}
+    result = train(manifest, load_config(None, {**settings, "max_steps": timed_steps + profile_steps}),
+                   reporter=reporter)
+    found = {"steps": result.steps, "first_step_s": stamps[0] - start if stamps else None,
+             "s_per_step": steady(stamps[:timed_steps]), "final_loss": result.final_loss, **memory_figures()}
+    if cuda:
+        phases["training"] = memory_figures()
+        found["phases"] = phases
+        found["peak_allocated_gb"] = max(p["peak_allocated_gb"] for p in phases.values())
+        found["peak_reserved_gb"] = max(p["peak_reserved_gb"] for p in phases.values())
+    if profiler is not None:
+        found["profile"] = profiler.summary(stamps)
+    return found
+
+
+class profile_window:  # noqa: N801 (used like a function)
+    """torch.profiler over steps first+1 … first+count (CPU and CUDA activity), then a summary: the
+    GPU's busy share of those steps' wall time and the kernels and operators that took longest."""
+
+    def __init__(self, first: int, count: int) -> None:
+        import torch
+
+        self.first, self.count = first, count
+        self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                       torch.profiler.ProfilerActivity.CUDA])
+
+    def after_step(self, done: int) -> None:
+        if done == self.first:
+            self.prof.start()
+        elif done == self.first + self.count:
+            import torch
+
+            torch.cuda.synchronize()
+            self.prof.stop()
+
+    def summary(self, stamps: list[float]) -> dict:
+        events = self.prof.key_averages()
+        device_us = sum(e.self_device_time_total for e in events)
+        wall = stamps[self.first + self.count - 1] - stamps[self.first - 1] if len(stamps) >= self.first + self.count \
+            else None
+        top = sorted(events, key=lambda e: e.self_device_time_total, reverse=True)[:18]
+        cpu_top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
+        per_step = lambda us: round(us / 1000 / self.count, 3)  # noqa: E731
+        return {"steps": self.count, "wall_ms_per_step": round(wall * 1000 / self.count, 2) if wall else None,
+                "gpu_busy_ms_per_step": per_step(device_us),
+                "device_ops": [(e.key[:70], per_step(e.self_device_time_total), e.count // self.count) for e in top],
+                "cpu_ops": [(e.key[:70], per_step(e.self_cpu_time_total), e.count // self.count) for e in cpu_top]}
 
 
 PEER_SCRIPTS = {"sd15": "train_text_to_image_lora.py", "sdxl": "train_text_to_image_lora_sdxl.py"}
@@ -333,46 +396,214 @@ def cpu_bench(steps: int, work: Path) -> None:
     print(f"  ratio cached/uncached: {ratio:.2f}  (target ≤ 0.6: {'met' if ratio <= 0.6 else 'NOT met'})")
 
 
-def full_size_bench(args: argparse.Namespace, work: Path) -> list[dict]:
+@dataclass(frozen=True)
+class Lever:
+    """One of our settings changed against a measured setting (`env`: variables for that run only)."""
+
+    name: str
+    on: str  # the Setting.name it changes
+    changes: tuple[tuple[str, object], ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+
+
+LEVERS = [
+    Lever("fused AdamW off", "SD1.5 512² batch 4, caches", (("optimizer_args", ["fused=False"]),)),
+    Lever("--channels-last", "SD1.5 512² batch 4, caches", (("channels_last", True),)),
+    Lever("caption shuffle on (text encoders run each step)", "SD1.5 512² batch 4, caches",
+          (("shuffle_caption", True),)),
+    Lever("--vae-dtype bf16", "SD1.5 512² batch 4, no caches", (("vae_dtype", "bf16"),)),
+    Lever("--vae-batch-size 4", "SD1.5 512² batch 4, caches", (("vae_batch_size", 4),)),
+    Lever("expandable_segments allocator", "SDXL 1024² batch 1, grad. ckpt, caches",
+          env=(("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True"),)),
+    Lever("--vae-dtype fp32", "SDXL 1024² batch 1, grad. ckpt, caches", (("vae_dtype", "fp32"),)),
+    Lever("--channels-last", "SDXL 1024² batch 1, grad. ckpt, caches", (("channels_last", True),)),
+    Lever("--torch-compile default", "SD1.5 512² batch 4, caches", (("torch_compile", "default"),)),
+]
+
+
+class Deadline:
+    """Skip what would start after `seconds` (a device lease ends at a fixed time; results must come back)."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.end = time.monotonic() + seconds if seconds else None
+
+    def passed(self, what: str) -> bool:
+        if self.end is not None and time.monotonic() > self.end:
+            print(f"skipped (deadline): {what}", flush=True)
+            return True
+        return False
+
+
+def full_size_bench(args: argparse.Namespace, work: Path) -> dict:
+    """The issue's settings in order of importance, each result saved as it arrives (`--json`)."""
     import torch
 
     cpu = not torch.cuda.is_available()
     if cpu and not args.small:
         sys.exit("--full-size needs a CUDA GPU (none found); add --small to check the plumbing on a CPU")
     extra = dict(item.split("=", 1) for item in args.set)
-    rows = []
-    for setting in full_size_settings(args.small):
-        if setting.kind not in args.only:
-            continue
-        model = build_pipeline(setting.kind, work / f"{setting.kind}{'-small' if args.small else ''}", small=args.small)
+    deadline = Deadline(args.deadline)
+    found: dict = {"environment": environment(), "rows": [], "levers": [], "generate": []}
+
+    def save() -> None:
+        if args.json:
+            args.json.write_text(json.dumps(found, indent=1), encoding="utf-8")
+
+    save()
+    settings = {s.name: s for s in full_size_settings(args.small) if s.kind in args.only}
+    models: dict[str, Path] = {}
+    manifests: dict[str, Path] = {}
+
+    def prepared(setting: Setting) -> tuple[Path, Path, Path]:
+        if setting.kind not in models:
+            models[setting.kind] = build_pipeline(setting.kind, work / f"{setting.kind}{'-small' if args.small else ''}",
+                                                  small=args.small)
         data = work / f"ds-{setting.resolution}"
-        manifest = make_dataset(args.images, data, setting.resolution)
+        manifests[setting.kind] = make_dataset(args.images, data, setting.resolution)
+        return models[setting.kind], data, manifests[setting.kind]
+
+    def ours(setting: Setting, tag: str, changes: dict, env: dict | None = None, profile: int = 0) -> dict:
+        model, _, manifest = prepared(setting)
+        config = our_settings(setting, model, work / f"out-{tag}", args.steps, cpu=cpu, extra={**extra, **changes})
+        return subprocess_json("--one-run", [str(manifest), config, profile], work / f"{tag}.log", env=env)
+
+    for setting in settings.values():
+        if deadline.passed(setting.name):
+            continue
         tag = re.sub(r"\W+", "-", setting.name).strip("-").lower()
-        ours = subprocess_json("--one-run", [str(manifest), our_settings(setting, model, work / f"out-{tag}", args.steps,
-                                                                          cpu=cpu, extra=extra)],
-                               work / f"{tag}.log")
-        row = {"setting": asdict(setting), "ours": ours}
-        if args.peer and setting.cached:  # the examples have no switch for caching: compare each to theirs
+        row = {"setting": asdict(setting), "ours": ours(setting, tag, {}, profile=args.profile if setting.cached else 0)}
+        found["rows"].append(row)
+        save()
+        if args.peer and setting.cached and not deadline.passed(f"peer {setting.name}"):
+            model, data, _ = prepared(setting)
             script = Path(args.peer) / PEER_SCRIPTS[setting.kind]
             row["peer"] = subprocess_json(
                 "--one-peer", [str(script), peer_args(setting, model, data, work / f"peer-{tag}", args.steps, cpu=cpu)],
                 work / f"peer-{tag}.log", env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
-        rows.append(row)
+            save()
         print_row(row)
-    print_targets(rows, small=args.small, cpu=cpu)
-    return rows
+        if args.generate and setting.cached and not deadline.passed(f"generate {setting.kind}"):
+            lora = work / f"out-{tag}" / "lora.diffusers.safetensors"
+            side = setting.resolution
+            result = subprocess_json("--one-generate", [str(models[setting.kind]), str(lora), side, args.generate],
+                                     work / f"generate-{setting.kind}.log")
+            found["generate"].append({"kind": setting.kind, "side": side, **result})
+            save()
+            print_generate(found["generate"][-1])
+    print_targets(found["rows"], small=args.small, cpu=cpu)
+    if args.levers:
+        measured = {r["setting"]["name"]: r["ours"] for r in found["rows"]}
+        for lever in LEVERS:
+            setting = settings.get(lever.on)
+            if setting is None or deadline.passed(f"lever {lever.name} on {lever.on}"):
+                continue
+            tag = re.sub(r"\W+", "-", f"{lever.on} {lever.name}").strip("-").lower()
+            result = ours(setting, tag, dict(lever.changes), env=dict(lever.env))
+            found["levers"].append({"lever": lever.name, "on": lever.on, "result": result,
+                                    "baseline": measured.get(lever.on)})
+            save()
+            print_lever(found["levers"][-1])
+    return found
+
+
+def environment() -> dict:
+    import importlib.metadata as md
+
+    import torch
+
+    names = ("torch", "diffusers", "transformers", "peft", "accelerate", "huggingface_hub", "safetensors")
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            versions[name] = None
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return {"device": device, "python": sys.version.split()[0], "versions": versions}
+
+
+def one_generate(model: str, lora: str, side: int, count: int) -> dict:
+    """Inside the subprocess: s/image of `loraprep generate`'s code path (load_base + generate, as the
+    CLI calls them) and of a plain diffusers pipeline with the same LoRA file loaded by
+    `load_lora_weights`; same model, size, 20 steps, fp16 on CUDA. One warm-up image each."""
+    import torch
+
+    from train.model import load_base, pick_device
+    from train.sample import GenerateOptions, generate
+
+    device, dtype = pick_device("auto")
+    prompt = "sks, 1girl, smile, upper body"
+    steps = 20
+
+    def timed(render) -> float:  # noqa: ANN001
+        render(1)  # warm-up: kernels chosen, memory pools filled
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        render(count)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - start) / count
+
+    base = load_base(model, dtype=dtype, device=device)
+    ours = timed(lambda n: generate(base, lora, 1.0, prompt, GenerateOptions(width=side, height=side, steps=steps,
+                                                                             count=n, seed=0)))
+    del base
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=dtype, safety_checker=None).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(Path(lora).parent), weight_name=Path(lora).name)
+
+    def plain(n: int) -> None:
+        for index in range(n):
+            generator = torch.Generator(device=device.type).manual_seed(index)
+            pipe(prompt, width=side, height=side, num_inference_steps=steps, guidance_scale=7.0,
+                 generator=generator)
+
+    theirs = timed(plain)
+    return {"steps": steps, "count": count, "ours_s_per_image": ours, "diffusers_s_per_image": theirs,
+            "ratio": ours / theirs, "dtype": str(dtype)}
+
+
+def print_generate(row: dict) -> None:
+    if "error" in row:
+        print(f"generate {row['kind']} {row['side']}²: FAILED: {row['error']}", flush=True)
+        return
+    print(f"generate {row['kind']} {row['side']}², {row['steps']} steps: loraprep {row['ours_s_per_image']:.3f} s/image, "
+          f"diffusers + load_lora_weights {row['diffusers_s_per_image']:.3f} s/image → {row['ratio']:.2f} "
+          f"(≤ 1.05: {_verdict(row['ratio'] <= 1.05)})", flush=True)
+
+
+def print_lever(row: dict) -> None:
+    base = row.get("baseline") or {}
+    print(f"lever {row['lever']} on {row['on']}:\n  with it: {_figures(row['result'])}\n"
+          f"  without: {_figures(base) if base else 'not measured'}", flush=True)
 
 
 def _figures(result: dict) -> str:
     if "error" in result:
         return "FAILED: " + result["error"]
-    text = f"{result['s_per_step']:.3f} s/step, first step after {result['first_step_s']:.1f} s"
+    step = result.get("s_per_step")
+    text = f"{step:.3f} s/step" if step is not None else "no steady step time"
+    if result.get("first_step_s") is not None:
+        text += f", first step after {result['first_step_s']:.1f} s"
     if "peak_reserved_gb" in result:
         text += f", peak {result['peak_allocated_gb']:.2f} GB allocated / {result['peak_reserved_gb']:.2f} GB reserved"
+    for phase, figures in result.get("phases", {}).items():
+        text += (f"\n    {phase}: peak {figures['peak_allocated_gb']:.2f} GB allocated / "
+                 f"{figures['peak_reserved_gb']:.2f} GB reserved")
     if "smi_peak_gb" in result:
         text += f" (nvidia-smi {result['smi_peak_gb']:.2f} GB)"
     if "peak_rss_mb" in result:
         text += f", peak RSS {result['peak_rss_mb']:.0f} MB"
+    if "profile" in result:
+        prof = result["profile"]
+        text += (f"\n    profile of {prof['steps']} steps: {prof['wall_ms_per_step']} ms/step wall, GPU busy "
+                 f"{prof['gpu_busy_ms_per_step']} ms/step; top device ops (ms/step, calls/step):")
+        text += "".join(f"\n      {ms:8.3f} {calls:5d}  {name}" for name, ms, calls in prof["device_ops"][:10])
     return text
 
 
@@ -425,11 +656,21 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one of our settings")
     parser.add_argument("--work", type=Path, help="keep models, datasets and logs here (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--levers", action="store_true", help="with --full-size: also each lever against its setting")
+    parser.add_argument("--generate", type=int, default=0, metavar="N",
+                        help="with --full-size: also time N generated images, ours vs diffusers (20 steps)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="with --full-size: N more steps of each cached run under torch.profiler (CUDA)")
+    parser.add_argument("--deadline", type=float, help="with --full-size: start nothing after this many seconds")
     parser.add_argument("--one-run", help=argparse.SUPPRESS)
+    parser.add_argument("--one-generate", help=argparse.SUPPRESS)
     parser.add_argument("--one-peer", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one_run:
         print(json.dumps(one_run(*json.loads(args.one_run))))
+        return
+    if args.one_generate:
+        print(json.dumps(one_generate(*json.loads(args.one_generate))))
         return
     if args.one_peer:
         result = one_peer(*json.loads(args.one_peer))
@@ -440,10 +681,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     try:
         if args.full_size:
-            rows = full_size_bench(argparse.Namespace(**{**vars(args), "steps": args.steps or (6 if args.small else 30)}),
-                                   work)
-            if args.json:
-                args.json.write_text(json.dumps(rows, indent=1), encoding="utf-8")
+            full_size_bench(argparse.Namespace(**{**vars(args), "steps": args.steps or (6 if args.small else 30)}), work)
         else:
             cpu_bench(args.steps or 10, work)
     finally:

@@ -37,15 +37,15 @@ def load_model(config: TrainConfig, device: Any) -> Any:
         raise UsageError("no base model given",
                          hint="pass --base MODEL (diffusers folder, .safetensors file or hub id)")
     prediction = None if config.model.prediction_type == "auto" else config.model.prediction_type
-    base = load_base(config.model.base, allow_pickle=config.model.allow_pickle, device=device,
+    # Loaded on the host, then each module moved in its training dtype: moving fp32 weights to the
+    # GPU first and casting there held an fp32 copy of the whole model at once (SDXL: 13 GB allocated,
+    # and the freed fp32 blocks stayed reserved through training).
+    base = load_base(config.model.base, allow_pickle=config.model.allow_pickle, device="cpu",
                      prediction_type=prediction, config=config.model.base_config)
     dtype = weight_dtype(config.run.mixed_precision)
     for module in (base.unet, *base.text_encoders):
-        if module.dtype != dtype:
-            module.to(dtype=dtype)
-    vae = vae_dtype(config.run.vae_dtype, base.family, device)
-    if base.vae.dtype != vae:
-        base.vae.to(dtype=vae)
+        module.to(device=device, dtype=dtype)
+    base.vae.to(device=device, dtype=vae_dtype(config.run.vae_dtype, base.family, device))
     if config.run.vae_tiling:
         base.vae.enable_tiling()
     if config.run.channels_last:
