@@ -106,7 +106,14 @@ def train(manifest_path: str | Path, config: TrainConfig, *, reporter: Reporter 
     plan = plan_training(manifest_path, config, num_processes=accelerator.num_processes)
     if accelerator.is_main_process:
         clean_leftovers(config, reporter)
-    base = base if base is not None else load_model(config, accelerator.device)
+    # The UNet waits on the host while the caches fill and the encoders are parked: the cache pass
+    # and the steps then never hold all of the model on the accelerator at once.
+    base = base if base is not None else load_model(config, accelerator.device, unet_device="cpu")
+    batcher = Batcher(base, plan.data, config, accelerator.device)
+    batcher.fill_caches(reporter)
+    parked = park([*([base.vae] if not batcher.needs_vae else []),
+                   *(base.text_encoders if not batcher.needs_text_encoders else [])])
+    base.unet.to(accelerator.device)
     torch.manual_seed(hash_seed(run.seed, -1))  # the LoRA's random init: same seed, same start
     if config.network.init_weights:  # the file decides the network's shape (sd-scripts' dim_from_weights)
         network, notes = add_lora_from_file(base, config.network.init_weights, config.network)
@@ -122,10 +129,6 @@ def train(manifest_path: str | Path, config: TrainConfig, *, reporter: Reporter 
                             complete=(config, plan) if accelerator.is_main_process else None)
     unet, optimizer = accelerator.prepare(base.unet, optimizer)
     unet = compiled(unet, run.torch_compile)
-    batcher = Batcher(base, plan.data, config, accelerator.device)
-    batcher.fill_caches(reporter)
-    parked = park([*([base.vae] if not batcher.needs_vae else []),
-                   *(base.text_encoders if not batcher.needs_text_encoders else [])])
     log = LossLog.resume(out / "loss.csv", state.global_step) if accelerator.is_main_process else LossLog()
     tracker = make_tracker(config, out) if accelerator.is_main_process else None
     sampler = Sampler.create(config, plan, base, reporter, parked=parked, device=accelerator.device) \

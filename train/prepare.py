@@ -27,8 +27,10 @@ def make_accelerator(config: TrainConfig) -> Any:
     return Accelerator(mixed_precision=config.run.mixed_precision)
 
 
-def load_model(config: TrainConfig, device: Any) -> Any:
-    """The base model with UNet and text encoders in the training dtype and the VAE in `vae_dtype`."""
+def load_model(config: TrainConfig, device: Any, *, unet_device: Any = None) -> Any:
+    """The base model with UNet and text encoders in the training dtype and the VAE in `vae_dtype`,
+    all on `device` except the UNet when `unet_device` says where it waits (the trainer keeps it on
+    the host until the caches are filled)."""
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     from train.model import load_base
@@ -43,7 +45,8 @@ def load_model(config: TrainConfig, device: Any) -> Any:
     base = load_base(config.model.base, allow_pickle=config.model.allow_pickle, device="cpu",
                      prediction_type=prediction, config=config.model.base_config)
     dtype = weight_dtype(config.run.mixed_precision)
-    for module in (base.unet, *base.text_encoders):
+    base.unet.to(device=unet_device if unet_device is not None else device, dtype=dtype)
+    for module in base.text_encoders:
         module.to(device=device, dtype=dtype)
     base.vae.to(device=device, dtype=vae_dtype(config.run.vae_dtype, base.family, device))
     if config.run.vae_tiling:

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One GPU lease, one command: the trainer's full-size figures (bench/train.py --full-size) with the
+# peer examples, levers, generate timings and profiles, written to one JSON.
+#
+#   bash bench/gpu_run.sh OUT_DIR [DEADLINE_S] [extra bench/train.py flags…]
+#
+# Expects, beside the checkout (both git-ignored, carried to the machine):
+#   .whl/   cp312 manylinux wheels of what the machine lacks (diffusers, jsonschema, datasets, …;
+#           list in bench/README or ../shared/tools/README.md), installed into /tmp/site
+#   .peer/  diffusers' examples/text_to_image/train_text_to_image_lora{,_sdxl}.py of a fetched checkout
+# Nothing is downloaded; the models are built from configs with random weights.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:?usage: bench/gpu_run.sh OUT_DIR [DEADLINE_S] [flags]}
+deadline=${2:-400}
+shift $(( $# >= 2 ? 2 : 1 ))
+mkdir -p "$out"; out=$(cd "$out" && pwd)
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+# Models and datasets in RAM when /dev/shm has room (a 7 GB SDXL folder is read once per run).
+work=/tmp/loraprep-bench
+if [ "$(df --output=avail -k /dev/shm 2>/dev/null | tail -1)" -gt 30000000 ] 2>/dev/null; then
+  work=/dev/shm/loraprep-bench
+fi
+peer=()
+[ -f .peer/train_text_to_image_lora.py ] && peer=(--peer .peer)
+python3 bench/train.py --full-size "${peer[@]}" --levers --lever-steps 20 --generate 3 --profile 3 \
+  --deadline "$deadline" --work "$work" --json "$out/results.json" "$@" 2>&1 | tee "$out/log.txt"
+(cd "$work" && tar czf "$out/logs.tgz" *.log) 2>/dev/null  # one file: a lease returns few
+exit 0
