@@ -17,6 +17,12 @@ and reserved memory (torch's counters) plus the process peak from nvidia-smi whe
 
 Models are built from configs with random weights (nothing is downloaded; the CLIP tokenizer is the
 offline one from tests/tinymodels.py); `--work DIR` keeps them and the datasets between runs.
+`--levers` then runs each lever of LEVERS (one setting or allocator variable changed) against its setting;
+`--generate N` times N images of `generate`'s code path against a plain diffusers pipeline with the
+same LoRA loaded by `load_lora_weights`; `--profile N` adds N steps under torch.profiler to each cached
+run and prints where their GPU time went; `--deadline S` starts nothing after S seconds (a GPU lease
+ends at a fixed time) and `--json` is rewritten after every result. bench/gpu_run.sh is the one
+command for a lease.
 `--peer DIR` runs diffusers' train_text_to_image_lora.py / train_text_to_image_lora_sdxl.py from DIR
 under a small harness (timestamps at each optimizer step, torch's memory counters at exit); their
 code is read from DIR at run time and never enters this project. `--set KEY=VALUE` overrides one of
@@ -472,7 +478,7 @@ def full_size_bench(args: argparse.Namespace, work: Path) -> dict:
     for setting in settings.values():
         if deadline.passed(setting.name):
             continue
-        tag = re.sub(r"\W+", "-", setting.name).strip("-").lower()
+        tag = re.sub(r"[^A-Za-z0-9]+", "-", setting.name).strip("-").lower()
         row = {"setting": asdict(setting), "ours": ours(setting, tag, {}, profile=args.profile if setting.cached else 0)}
         found["rows"].append(row)
         save()
@@ -499,7 +505,7 @@ def full_size_bench(args: argparse.Namespace, work: Path) -> dict:
             setting = settings.get(lever.on)
             if setting is None or deadline.passed(f"lever {lever.name} on {lever.on}"):
                 continue
-            tag = re.sub(r"\W+", "-", f"{lever.on} {lever.name}").strip("-").lower()
+            tag = re.sub(r"[^A-Za-z0-9]+", "-", f"{lever.on} {lever.name}").strip("-").lower()
             result = ours(setting, tag, dict(lever.changes), env=dict(lever.env), steps=args.lever_steps)
             found["levers"].append({"lever": lever.name, "on": lever.on, "result": result,
                                     "baseline": measured.get(lever.on)})
@@ -530,6 +536,7 @@ def one_generate(model: str, lora: str, side: int, count: int) -> dict:
     `load_lora_weights`; same model, size, 20 steps, fp16 on CUDA. One warm-up image each."""
     import torch
 
+    from prep.progress import Reporter
     from train.model import load_base, pick_device
     from train.sample import GenerateOptions, generate
 
@@ -547,9 +554,14 @@ def one_generate(model: str, lora: str, side: int, count: int) -> dict:
             torch.cuda.synchronize()
         return (time.perf_counter() - start) / count
 
+    # Ours as the CLI runs it: one generate() call (the LoRA applied once), 1 + count images, timed
+    # between the progress events of the first and the last image (each image is decoded when it fires).
+    stamps: list[float] = []
+    reporter = Reporter(lambda e: stamps.append(time.perf_counter()) if e.kind == "advance" else None)
     base = load_base(model, dtype=dtype, device=device)
-    ours = timed(lambda n: generate(base, lora, 1.0, prompt, GenerateOptions(width=side, height=side, steps=steps,
-                                                                             count=n, seed=0)))
+    generate(base, lora, 1.0, prompt, GenerateOptions(width=side, height=side, steps=steps, count=1 + count, seed=0),
+             reporter=reporter)
+    ours = (stamps[-1] - stamps[0]) / count
     del base
     if device.type == "cuda":
         torch.cuda.empty_cache()
