@@ -224,6 +224,9 @@ def one_run(manifest: str, settings: dict, profile_steps: int = 0) -> dict:
     stamps: list[float] = []
     phases: dict[str, dict] = {}
     cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     timed_steps = settings["max_steps"]
     profiler = profile_window(timed_steps, profile_steps) if cuda and profile_steps else None
 
@@ -412,26 +415,48 @@ class Lever:
     env: tuple[tuple[str, str], ...] = ()
 
 
-LEVERS = [  # in order of what a short GPU lease should measure first
-    Lever("expandable_segments allocator", "SDXL 1024² batch 1, grad. ckpt, caches",
-          env=(("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True"),)),
-    Lever("fused AdamW off", "SD1.5 512² batch 4, caches", (("optimizer_args", ["fused=False"]),)),
-    Lever("--channels-last", "SD1.5 512² batch 4, caches", (("channels_last", True),)),
-    Lever("caption shuffle on (text encoders run each step)", "SD1.5 512² batch 4, caches",
-          (("shuffle_caption", True),)),
-    Lever("--vae-dtype bf16", "SD1.5 512² batch 4, no caches", (("vae_dtype", "bf16"),)),
-    Lever("--vae-batch-size 4", "SD1.5 512² batch 4, caches", (("vae_batch_size", 4),)),
-    Lever("--vae-dtype fp32", "SDXL 1024² batch 1, grad. ckpt, caches", (("vae_dtype", "fp32"),)),
-    Lever("--channels-last", "SDXL 1024² batch 1, grad. ckpt, caches", (("channels_last", True),)),
-    Lever("--torch-compile default", "SD1.5 512² batch 4, caches", (("torch_compile", "default"),)),
+SD15, SD15_OFF, SDXL = ("SD1.5 512² batch 4, caches", "SD1.5 512² batch 4, no caches",
+                        "SDXL 1024² batch 1, grad. ckpt, caches")
+LEVERS = [  # in order of what a short GPU lease should measure first; one family's plain levers share a process
+    Lever("fused AdamW off", SD15, (("optimizer_args", ["fused=False"]),)),
+    Lever("--channels-last", SD15, (("channels_last", True),)),
+    Lever("caption shuffle on (text encoders run each step)", SD15, (("shuffle_caption", True),)),
+    Lever("--vae-batch-size 4", SD15, (("vae_batch_size", 4),)),
+    Lever("--vae-dtype bf16", SD15_OFF, (("vae_dtype", "bf16"),)),
+    Lever("--workers 0 (images decoded in the loop)", SD15_OFF, (("workers", 0),)),
+    Lever("--channels-last", SDXL, (("channels_last", True),)),
+    Lever("--vae-dtype fp32", SDXL, (("vae_dtype", "fp32"),)),
+    Lever("--torch-compile default", SD15, (("torch_compile", "default"),)),
+    Lever("expandable_segments allocator", SDXL, env=(("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True"),)),
 ]
+
+
+def _kind(setting_name: str) -> str:
+    return "sdxl" if setting_name.startswith("SDXL") else "sd15"
+
+
+def lever_groups(levers: list[Lever]) -> list[list[Lever]]:
+    """Levers that can share one process (no environment of their own, no torch.compile) grouped per
+    family, in order; the others alone. A shared process pays Python's and the libraries' start once."""
+    groups: list[list[Lever]] = []
+    for lever in levers:
+        alone = bool(lever.env) or dict(lever.changes).get("torch_compile", "off") != "off"
+        if not alone and groups and _kind(groups[-1][0].on) == _kind(lever.on) and not groups[-1][0].env \
+                and dict(groups[-1][0].changes).get("torch_compile", "off") == "off":
+            groups[-1].append(lever)
+        else:
+            groups.append([lever])
+    return groups
 
 
 class Deadline:
     """Skip what would start after `seconds` (a device lease ends at a fixed time; results must come back)."""
 
     def __init__(self, seconds: float | None) -> None:
-        self.end = time.monotonic() + seconds if seconds else None
+        self.end = time.monotonic() + seconds if seconds is not None else None
+
+    def left(self) -> float | None:
+        return None if self.end is None else self.end - time.monotonic()
 
     def passed(self, what: str) -> bool:
         if self.end is not None and time.monotonic() > self.end:
@@ -482,7 +507,8 @@ def full_size_bench(args: argparse.Namespace, work: Path) -> dict:
         row = {"setting": asdict(setting), "ours": ours(setting, tag, {}, profile=args.profile if setting.cached else 0)}
         found["rows"].append(row)
         save()
-        if args.peer and setting.cached and not deadline.passed(f"peer {setting.name}"):
+        if args.peer and setting.cached and setting.kind in args.peer_kinds \
+                and not deadline.passed(f"peer {setting.name}"):
             model, data, _ = prepared(setting)
             script = Path(args.peer) / PEER_SCRIPTS[setting.kind]
             row["peer"] = subprocess_json(
@@ -501,16 +527,25 @@ def full_size_bench(args: argparse.Namespace, work: Path) -> dict:
     print_targets(found["rows"], small=args.small, cpu=cpu)
     if args.levers:
         measured = {r["setting"]["name"]: r["ours"] for r in found["rows"]}
-        for lever in LEVERS:
-            setting = settings.get(lever.on)
-            if setting is None or deadline.passed(f"lever {lever.name} on {lever.on}"):
+        for group in lever_groups([lever for lever in LEVERS if lever.on in settings]):
+            setting = settings[group[0].on]
+            if deadline.passed(f"levers {', '.join(lever.name for lever in group)} on {setting.name}"):
                 continue
-            tag = re.sub(r"[^A-Za-z0-9]+", "-", f"{lever.on} {lever.name}").strip("-").lower()
-            result = ours(setting, tag, dict(lever.changes), env=dict(lever.env), steps=args.lever_steps)
-            found["levers"].append({"lever": lever.name, "on": lever.on, "result": result,
-                                    "baseline": measured.get(lever.on)})
-            save()
-            print_lever(found["levers"][-1])
+            runs = []
+            for lever in group:
+                setting = settings[lever.on]
+                tag = re.sub(r"[^A-Za-z0-9]+", "-", f"{lever.on} {lever.name}").strip("-").lower()
+                model, _, manifest = prepared(setting)
+                runs.append([str(manifest), our_settings(setting, model, work / f"out-{tag}", args.lever_steps or args.steps,
+                                                         cpu=cpu, extra={**extra, **dict(lever.changes)}), 0])
+            tag = re.sub(r"[^A-Za-z0-9]+", "-", f"{setting.name} {group[0].name}").strip("-").lower()
+            results = subprocess_json("--many-runs", {"runs": runs, "seconds": deadline.left()},
+                                      work / f"levers-{tag}.log", env=dict(group[0].env))
+            for lever, result in zip(group, results.get("runs", [results] * len(group)), strict=False):
+                found["levers"].append({"lever": lever.name, "on": lever.on, "result": result,
+                                        "baseline": measured.get(lever.on)})
+                save()
+                print_lever(found["levers"][-1])
     return found
 
 
@@ -528,6 +563,25 @@ def environment() -> dict:
             versions[name] = None
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     return {"device": device, "python": sys.version.split()[0], "versions": versions}
+
+
+def profiled_once(render, device) -> dict:  # noqa: ANN001
+    """One more image of `render(1)` under torch.profiler (CUDA only): wall, GPU busy, top CPU ops."""
+    import torch
+
+    if device.type != "cuda":
+        return {}
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                            torch.profiler.ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        render(1)
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+    events = prof.key_averages()
+    top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:14]
+    return {"wall_ms": round(wall * 1000, 1),
+            "gpu_busy_ms": round(sum(e.self_device_time_total for e in events) / 1000, 1),
+            "cpu_ops": [(e.key[:70], round(e.self_cpu_time_total / 1000, 2), e.count) for e in top]}
 
 
 def one_generate(model: str, lora: str, side: int, count: int) -> dict:
@@ -562,6 +616,8 @@ def one_generate(model: str, lora: str, side: int, count: int) -> dict:
     generate(base, lora, 1.0, prompt, GenerateOptions(width=side, height=side, steps=steps, count=1 + count, seed=0),
              reporter=reporter)
     ours = (stamps[-1] - stamps[0]) / count
+    ours_profile = profiled_once(lambda n: generate(base, lora, 1.0, prompt, GenerateOptions(
+        width=side, height=side, steps=steps, count=n, seed=0)), device)
     del base
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -579,7 +635,8 @@ def one_generate(model: str, lora: str, side: int, count: int) -> dict:
 
     theirs = timed(plain)
     return {"steps": steps, "count": count, "ours_s_per_image": ours, "diffusers_s_per_image": theirs,
-            "ratio": ours / theirs, "dtype": str(dtype)}
+            "ratio": ours / theirs, "dtype": str(dtype),
+            "profiles": {"ours (LoRA applied again, per call)": ours_profile, "diffusers": profiled_once(plain, device)}}
 
 
 def print_generate(row: dict) -> None:
@@ -671,6 +728,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="keep models, datasets and logs here (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--levers", action="store_true", help="with --full-size: also each lever against its setting")
+    parser.add_argument("--peer-kinds", default="sd15,sdxl", help="with --peer: which families' examples to run")
     parser.add_argument("--lever-steps", type=int, help="steps per lever run (default: --steps)")
     parser.add_argument("--generate", type=int, default=0, metavar="N",
                         help="with --full-size: also time N generated images, ours vs diffusers (20 steps)")
@@ -679,10 +737,20 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, help="with --full-size: start nothing after this many seconds")
     parser.add_argument("--one-run", help=argparse.SUPPRESS)
     parser.add_argument("--one-generate", help=argparse.SUPPRESS)
+    parser.add_argument("--many-runs", help=argparse.SUPPRESS)
     parser.add_argument("--one-peer", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one_run:
         print(json.dumps(one_run(*json.loads(args.one_run))))
+        return
+    if args.many_runs:
+        payload = json.loads(args.many_runs)
+        deadline, done = Deadline(payload["seconds"]), []
+        for run in payload["runs"]:
+            if deadline.passed(f"lever run {len(done) + 1} of {len(payload['runs'])}"):
+                break
+            done.append(one_run(*run))
+        print(json.dumps({"runs": done}))
         return
     if args.one_generate:
         print(json.dumps(one_generate(*json.loads(args.one_generate))))
@@ -692,6 +760,7 @@ def main() -> None:
         print(json.dumps(result))
         return
     args.only = args.only.split(",")
+    args.peer_kinds = args.peer_kinds.split(",")
     work = args.work or Path(tempfile.mkdtemp(prefix="loraprep-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     try:

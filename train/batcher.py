@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,10 @@ class Batcher:
                     for e in data.examples]
         self.fixed_captions = list(dict.fromkeys(c for v in variants if v is not None for c in v))
         self.captions_vary = any(v is None for v in variants)
+        self._pool: ThreadPoolExecutor | None = None
+        if self.latents is None and config.data.workers > 0:  # persistent: one pool for the whole run
+            self._pool = ThreadPoolExecutor(config.data.workers, thread_name_prefix="loraprep-pixels")
+        self._ahead: dict[tuple[tuple[int, ...], int, int], Future] = {}
 
     # ------------------------------------------------------------ before training
 
@@ -123,12 +128,37 @@ class Batcher:
         accum = self.config.optimizer.grad_accum
         return [(i, batches[i:i + accum]) for i in range(0, len(batches), accum)]
 
+    def prefetch(self, indices: Sequence[int], epoch: int, batch_number: int) -> None:
+        """Start decoding a coming micro-batch's images on the worker threads (no latent cache only),
+        so the step that needs them does not wait for the disk and the decoder. The draws are seeded
+        by (seed, epoch, batch, slot), so pixels made ahead are exactly those made in place."""
+        key = (tuple(indices), epoch, batch_number)
+        if self._pool is not None and key not in self._ahead:
+            self._ahead[key] = self._pool.submit(self._batch_pixels, key[0], epoch, batch_number)
+
+    def prefetch_group(self, group: tuple[int, list[tuple[int, ...]]], epoch: int) -> None:
+        """`prefetch` every micro-batch of one optimizer step's group (as `groups` returns them)."""
+        first_batch, micro_batches = group
+        for offset, indices in enumerate(micro_batches):
+            self.prefetch(indices, epoch, first_batch + offset)
+
+    def close(self) -> None:
+        """Stop the worker threads (batches decoded ahead and not used are dropped)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool, self._ahead = None, {}
+
     def condition(self, indices: Sequence[int], epoch: int, batch_number: int) -> Conditioned:
         """One micro-batch on the training device: assembled from host copies, then moved once."""
         torch = self._torch
         examples = [self.data.examples[i] for i in indices]
         draws = [self._draw(example, epoch, batch_number, slot) for slot, example in enumerate(examples)]
-        latents = self._latents(examples, draws)
+        if self.latents is None:
+            ahead = self._ahead.pop((tuple(indices), epoch, batch_number), None)
+            pixels = ahead.result() if ahead is not None else self._stack_pixels(examples, draws)
+            latents = self._encode(pixels)
+        else:
+            latents = self._latents(examples, draws)
         prompt = self._prompt([caption for _, caption, _ in draws])
         time_ids = None
         if self.base.is_sdxl:
@@ -151,12 +181,17 @@ class Batcher:
         return ((place.original[1], place.original[0]), (place.trim[1], place.trim[0]),
                 (example.bucket[1], example.bucket[0]))
 
+    def _batch_pixels(self, indices: Sequence[int], epoch: int, batch_number: int) -> Any:
+        examples = [self.data.examples[i] for i in indices]
+        draws = [self._draw(example, epoch, batch_number, slot) for slot, example in enumerate(examples)]
+        return self._stack_pixels(examples, draws)
+
+    def _stack_pixels(self, examples: Sequence[Example], draws: Sequence[tuple[bool, str, Any]]) -> Any:
+        return self._torch.stack([self._pixels(e, flip, rng) for e, (flip, _, rng) in zip(examples, draws, strict=True)])
+
     def _latents(self, examples: Sequence[Example], draws: Sequence[tuple[bool, str, Any]]) -> Any:
-        """Host latents for the batch: from the cache, else the batch's images in one VAE call."""
+        """Host latents for the batch from the cache (a lost entry is encoded again with its fixed group)."""
         torch = self._torch
-        if self.latents is None:
-            return self._encode(torch.stack([self._pixels(e, flip, rng) for e, (flip, _, rng)
-                                             in zip(examples, draws, strict=True)]))
         keys = [self._latent_key(e, flip) for e, (flip, _, _) in zip(examples, draws, strict=True)]
         found = self.latents.get_many(keys)
         for i, item in enumerate(found):

@@ -100,6 +100,7 @@ class DataConfig:
     reg_balance: bool = True  # regularisation images repeated/left out to match the training images' count
     verify_files: bool = True
     fixed_resolution: str | None = None  # "512" or "384x512": every image at this size, no buckets
+    workers: int = 2  # threads decoding the next batch's images while a step runs (only without a latent cache)
     dataset_config: str | None = None  # an sd-scripts dataset TOML whose subsets (repeats, …) apply
 
 
@@ -406,6 +407,7 @@ def validate(config: TrainConfig) -> None:
     check_sampler(r.sample_sampler, where="sample_sampler")
     if d.fixed_resolution is not None:
         parse_size(d.fixed_resolution, where="fixed_resolution")
+    _at_least("workers", d.workers, 0)
     _at_least("num_processes", r.num_processes, 1)
     if not r.name or "/" in r.name or "\\" in r.name:
         raise UsageError(f"name '{r.name}' must be a plain file name (no folders)")

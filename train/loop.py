@@ -11,7 +11,7 @@ and optimizer setup (train.prepare, train.optim), outputs (train.outputs) and th
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from train.checkpoint import (LoopState, list_checkpoints, load_checkpoint, prun
 from train.config import LossConfig, TrainConfig
 from train.from_weights import add_lora_from_file
 from train.losslog import LossLog
-from train.network import Network, add_lora, load_lora_state, lora_state_dict
+from train.network import Network, add_lora, load_lora_state, lora_state_dict, plain_lora_layers, uncast_inputs
 from train.optim import make_scheduler, training_optimizer
 from train.outputs import Sampler, export_lora, make_tracker, prune_exports
 from train.plan import TrainPlan, plan_training
@@ -136,6 +136,7 @@ def train(manifest_path: str | Path, config: TrainConfig, *, reporter: Reporter 
     reporter.note(f"training {network.parameter_count():,} LoRA parameters on {accelerator.device}, "
                   f"{plan.total_steps} steps ({plan.steps_per_epoch}/epoch)")
     max_norm = max_norm_step(base, network, config)
+    uncast = plain_lora_layers(base.unet) if config.run.mixed_precision != "no" else []
     checkpoints: list[Path] = []
     stopped = False
     if sampler is not None and run.sample_at_first and state.global_step == 0:
@@ -145,8 +146,10 @@ def train(manifest_path: str | Path, config: TrainConfig, *, reporter: Reporter 
         while state.global_step < plan.total_steps and not stopped:
             epoch, groups = state.epoch, batcher.groups(state.epoch, accelerator)
             for index in range(state.batch_in_epoch // config.optimizer.grad_accum, len(groups)):
+                for ahead in groups[index:index + 2]:  # this step's images and the next one's decode meanwhile
+                    batcher.prefetch_group(ahead, epoch)
                 loss = optimizer_step(accelerator, base, unet, network, optimizer, scheduler, batcher,
-                                      groups[index], epoch, state.global_step, config)
+                                      groups[index], epoch, state.global_step, config, uncast)
                 end_of_epoch = index == len(groups) - 1
                 state.advance(loss, len(groups[index][1]), end_of_epoch=end_of_epoch)
                 metrics = {"step": state.global_step, "epoch": epoch + 1, "epochs": plan.epochs, "loss": loss,
@@ -162,13 +165,15 @@ def train(manifest_path: str | Path, config: TrainConfig, *, reporter: Reporter 
                 stopped = stop is not None and stop(state.global_step) and state.global_step < plan.total_steps
                 if state.global_step >= plan.total_steps or stopped:
                     break
+    batcher.close()
     return finish(out, base, network, config, plan, state, log, checkpoints, accelerator, tracker, stopped=stopped)
 
 
 def optimizer_step(accelerator: Any, base: Any, unet: Any, network: Network, optimizer: Any, scheduler: Any,
                    batcher: Batcher, group: tuple[int, list[tuple[int, ...]]], epoch: int, step: int,
-                   config: TrainConfig) -> float:
-    """Accumulate gradients over the group's micro-batches, clip, and take one optimizer step."""
+                   config: TrainConfig, uncast: Sequence[Any] = ()) -> float:
+    """Accumulate gradients over the group's micro-batches, clip, and take one optimizer step.
+    `uncast`: the UNet's plain LoRA layers, whose input cast autocast makes redundant (uncast_inputs)."""
     import torch
 
     first_batch, micro_batches = group
@@ -179,7 +184,7 @@ def optimizer_step(accelerator: Any, base: Any, unet: Any, network: Network, opt
     total = 0.0
     for offset, indices in enumerate(micro_batches):
         batch = batcher.condition(indices, epoch, first_batch + offset)
-        with accelerator.autocast():
+        with accelerator.autocast(), uncast_inputs(uncast):
             loss = training_step(base, unet, batch, prediction_type=batcher.prediction_type,
                                  loss=config.loss, generator=generator)
         value = float(loss.detach())

@@ -16,7 +16,9 @@ Algorithms (`algo`), with peft's layers and LyCORIS's maths and defaults:
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -204,3 +206,26 @@ def load_lora_state(modules: dict[str, Any], tensors: dict[str, Any]) -> None:
             for name, p in module.named_parameters():
                 if p.requires_grad:
                     p.copy_(tensors[f"{part}.{name}"].to(p.dtype))
+
+
+def plain_lora_layers(model: Any) -> list[Any]:
+    """`model`'s peft LoRA Linear/Conv2d layers without a variant (no DoRA): those whose forward only
+    casts its input to the adapter's dtype and multiplies (see `uncast_inputs`)."""
+    from peft.tuners.lora.layer import Conv2d, Linear
+
+    return [m for m in model.modules() if type(m) in (Linear, Conv2d) and not m.lora_variant]
+
+
+@contextlib.contextmanager
+def uncast_inputs(layers: Sequence[Any]) -> Iterator[None]:
+    """Inside autocast, skip peft's cast of each layer's input to the fp32 LoRA weights: autocast casts
+    it straight back to bf16/fp16 for the matmul, so the result is bit-identical and two copy kernels
+    per layer and step (and their backward) are saved. Outside autocast the cast is needed (fp32
+    adapters on a bf16 model), so it is switched off only for the duration of this block."""
+    for layer in layers:
+        layer.cast_input_dtype_enabled = False
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.cast_input_dtype_enabled = True

@@ -452,8 +452,8 @@ def generate(base: BaseModel, lora: str | Path | None, scale: float | Strengths,
     elif plan.block_weights is not None or not plan.single:
         raise UsageError("--block-weights and scale sweeps need a --lora")
     weights = _block_weights(base, plan.block_weights, reporter) if lora is not None else None
-    if base.vae.dtype == torch.float16 and getattr(base.vae.config, "force_upcast", False):
-        base.vae.to(torch.float32)  # SDXL's VAE overflows in fp16 (black images); it is small
+    if base.is_sdxl and base.vae.dtype == torch.float16 and getattr(base.vae.config, "force_upcast", False):
+        base.vae.to(torch.float32)  # SDXL's VAE overflows in fp16 (black images), as its pipeline knows
     size = native_size(base)
     defaults = SampleDefaults(width=options.width or size, height=options.height or size, steps=options.steps,
                               cfg=options.cfg, seed=options.seed, clip_skip=options.clip_skip, sampler=options.sampler)

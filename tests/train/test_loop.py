@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -222,3 +223,75 @@ def test_regularisation_images_carry_the_prior_loss_weight(testdata: Path, tmp_p
     data = load_training_set(path)
     batch = Batcher(load_model(config, "cpu"), data, config, "cpu").condition([0, 1], epoch=0, batch_number=0)
     assert {e.is_reg: w for e, w in zip(data.examples, batch.weights.tolist(), strict=True)} == {False: 1.0, True: 0.25}
+
+
+def _lora_weights(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in unet.named_parameters() if "lora_" in n}
+
+
+@pytest.fixture
+def fresh_accelerate_state() -> Iterator[None]:
+    """accelerate keeps one process-wide state whose mixed precision cannot change: start and end clean."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_skipping_the_lora_input_cast_under_autocast_changes_no_bit(manifest: Path, tmp_path: Path, tiny_sdxl: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """bf16 autocast with gradient checkpointing (the recompute runs outside the skip): the same weights
+    as a run that casts every LoRA input to fp32 first, to the last bit."""
+    from train import loop
+
+    config = load_config(None, {"base": str(tiny_sdxl), "max_steps": 3, "batch_size": 2, "rank": 4, "lr": 1e-3,
+                                "mixed_precision": "bf16", "gradient_checkpointing": True})
+    skipped = load_model(config, "cpu")
+    train(manifest, config.replace(output_dir=str(tmp_path / "skip")), base=skipped)
+    assert loop.plain_lora_layers(skipped.unet)  # there was something to skip
+    monkeypatch.setattr(loop, "plain_lora_layers", lambda unet: [])
+    casting = load_model(config, "cpu")
+    train(manifest, config.replace(output_dir=str(tmp_path / "cast")), base=casting)
+    ours, reference = _lora_weights(skipped.unet), _lora_weights(casting.unet)
+    assert ours.keys() == reference.keys()
+    assert all(torch.equal(ours[k], reference[k]) for k in ours)
+    assert all(getattr(m, "cast_input_dtype_enabled", True) for m in skipped.unet.modules())  # switched back on
+
+
+@pytest.mark.slow
+def test_images_decoded_ahead_on_worker_threads_train_exactly_as_in_place(manifest: Path, tmp_path: Path,
+                                                                           tiny_sd15: Path) -> None:
+    """No latent cache, flips and colour jitter drawn per sample: the worker threads' pixels are the
+    loop's own, so two workers and none reach the same LoRA."""
+    settings = {"base": str(tiny_sd15), "max_steps": 3, "batch_size": 2, "rank": 4, "lr": 1e-3,
+                "cache_latents": "off", "flip": True, "color_aug": True}
+    runs = {}
+    for workers in (0, 2):
+        config = load_config(None, {**settings, "workers": workers, "output_dir": str(tmp_path / str(workers))})
+        base = load_model(config, "cpu")
+        train(manifest, config, base=base)
+        runs[workers] = _lora_weights(base.unet)
+    assert all(torch.equal(runs[0][k], runs[2][k]) for k in runs[0])
+
+
+def test_prefetched_batches_are_the_batches_made_in_place(manifest: Path, tiny_sd15: Path) -> None:
+    from train.batcher import Batcher
+    from train.data import load_training_set
+
+    config = load_config(None, {"base": str(tiny_sd15), "cache_latents": "off", "flip": True, "color_aug": True,
+                                "workers": 2})
+    data = load_training_set(manifest)
+    base = load_model(config, "cpu")
+    ahead, in_place = Batcher(base, data, config, "cpu"), Batcher(base, data, config.replace(workers=0), "cpu")
+    try:
+        for batch_number, indices in enumerate([(0, 1), (2, 3), (1, 0)]):
+            ahead.prefetch(indices, 1, batch_number)
+        for batch_number, indices in enumerate([(0, 1), (2, 3), (1, 0)]):
+            assert torch.equal(ahead.condition(indices, 1, batch_number).latents,
+                               in_place.condition(indices, 1, batch_number).latents)
+        assert not ahead._ahead  # each prefetched batch was used once
+    finally:
+        ahead.close()
