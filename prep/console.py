@@ -1,6 +1,6 @@
 """Rendering helpers for the CLI: a rich progress sink for `Reporter`, tables of dropped files.
 
-Library code never imports this module; only cli.py does.
+Library code never imports this module; only cli.py and the `commands` modules do.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A static check that user text never reaches rich markup unescaped (used by tests/test_markup_static.py).
+"""A static check that user text never reaches rich markup unescaped (used by tests/prep/test_markup_cli.py).
 
 rich parses as markup every string given to `Console.print`, `Table.add_row`, `Table(title=...)`,
 `add_column` headers and `Text.from_markup`. In those places every value that is not a literal must
@@ -20,13 +20,19 @@ ROW_METHODS = {"add_row"}
 MARKUP_KEYWORDS = {"title", "caption", "header"}
 SAFE_CALLS = {"esc", "len"}
 NUMBER_CALLS = {"len", "round", "max", "min", "sum", "int", "float", "abs"}
-# Identifiers that hold counts and sizes in cli.py (never text). Keep this list short and obvious.
+# Identifiers that hold counts and sizes in the CLI modules (never text). Keep this list short and obvious.
 NUMERIC = {"count", "counts", "captioned", "crops", "focal", "upscale", "min_size", "keep_tokens", "batch_size",
            "distinct_tags", "missing", "empty", "orphans", "files", "matched", "reordered", "steps", "total_steps",
            "epochs", "steps_per_epoch", "width", "height", "bw", "bh", "batches", "over", "limit", "frequency",
            "added", "removed", "shape", "repeats", "tokens", "top", "images", "step"}
 # Our own symbols, never user text.
 SYMBOLS = {"mark"}
+
+
+def cli_sources(root: Path) -> list[Path]:
+    """Every file that renders console output for a command: cli.py and each `commands/` module, so a
+    command group added as a new module is checked without anyone remembering to list it."""
+    return [root / "cli.py", *sorted((root / "commands").glob("*.py"))]
 
 
 @dataclass(frozen=True)
@@ -192,5 +198,5 @@ def violations(path: Path) -> list[Violation]:
             if _call_name(node) in PRINT_METHODS and _is_renderable(argument):
                 continue
             if not safe(argument, scope):
-                found.append(Violation(path.name, argument.lineno, lines[argument.lineno - 1].strip()))
+                found.append(Violation(path.as_posix(), argument.lineno, lines[argument.lineno - 1].strip()))
     return found

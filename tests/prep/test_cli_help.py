@@ -48,3 +48,26 @@ def test_help_reads_cleanly_at_80_columns(path, command):
             if opt.startswith("--") and not param.hidden:
                 assert opt[:16] in text, f"{opt} is missing from `{' '.join(path)} --help`"
     assert not re.search(r"--[\w-]*…", text), "an option name is cut off"  # long names fold instead
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
+CLI_MODULES = [ROOT / "cli.py", *sorted((ROOT / "commands").glob("*.py"))]
+
+
+@pytest.mark.parametrize("path", CLI_MODULES, ids=[p.name for p in CLI_MODULES])
+def test_no_cli_module_grows_past_500_lines(path):
+    """A command group that outgrows its module splits into another module, not a 1,600-line cli.py."""
+    assert len(path.read_text(encoding="utf-8").splitlines()) <= 520, f"{path.name}: split it"
+
+
+def test_every_command_module_is_assembled_by_the_one_rule():
+    """Each commands/ module with a Typer is added to `loraprep` by cli.GROUPS, none by hand elsewhere."""
+    import importlib
+
+    import cli
+
+    modules = {p.stem for p in CLI_MODULES[1:] if p.stem not in {"__init__", "common"}}
+    assembled = {m.__name__.rsplit(".", 1)[1] for m in cli.GROUPS}
+    assert modules == assembled
+    assert all(hasattr(importlib.import_module(f"commands.{name}"), "app") for name in modules)
+    assert "add_typer" not in "".join(p.read_text(encoding="utf-8") for p in CLI_MODULES[1:])

@@ -19,14 +19,21 @@ from prep.jpegcrop import ENABLE_HINT
 from prep.records import Drop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from markupcheck import safe, violations  # noqa: E402
+from markupcheck import cli_sources, safe, violations  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 CAPTION = "[/], [blue eyes], [cat:dog:0.5], :smile:, back\\slash"
 
 
-@pytest.mark.parametrize("source", ["cli.py", "prep/console.py"])
+SOURCES = [path.relative_to(ROOT).as_posix() for path in cli_sources(ROOT)] + ["prep/console.py"]
+
+
+def test_every_command_module_is_checked():
+    assert {"cli.py", "commands/common.py", "commands/lora.py", "commands/captions.py"} <= set(SOURCES)
+
+
+@pytest.mark.parametrize("source", SOURCES)
 def test_no_unescaped_user_text_reaches_rich_markup(source):
     """Every value interpolated into printed markup, table cells or titles is esc()'d or a number."""
     found = violations(ROOT / source)

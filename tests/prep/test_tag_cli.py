@@ -152,12 +152,12 @@ def test_a_caption_changed_between_tagging_and_writing_is_left_as_the_other_prog
         wd14_model, dataset, monkeypatch) -> None:
     import contextlib
 
-    import cli
+    from commands import tagging
     from prep.progress import Reporter
 
     (dataset / "rocket.txt").write_text("before\n", encoding="utf-8")
     (dataset / "astronaut.txt").write_text("before too\n", encoding="utf-8")
-    drawing = cli.rich_reporter
+    drawing = tagging.rich_reporter
 
     @contextlib.contextmanager
     def editing_when_tagging_ends(*args, **kwargs):
@@ -170,13 +170,13 @@ def test_a_caption_changed_between_tagging_and_writing_is_left_as_the_other_prog
                 shown.emit(event)
             yield Reporter(sink)
 
-    monkeypatch.setattr(cli, "rich_reporter", editing_when_tagging_ends)
+    monkeypatch.setattr(tagging, "rich_reporter", editing_when_tagging_ends)
     result = runner.invoke(app, ["tag", str(dataset), "--model-dir", str(wd14_model), "--mode", "overwrite"])
     assert result.exit_code == 1, result.output
     assert (dataset / "rocket.txt").read_text(encoding="utf-8") == "edited meanwhile\n"
     assert "changed on disk while tagging" in _flat(result.output) and "rocket.jpg" in result.output
     assert (dataset / "astronaut.txt").read_text(encoding="utf-8") != "before too\n"
-    monkeypatch.setattr(cli, "rich_reporter", drawing)
+    monkeypatch.setattr(tagging, "rich_reporter", drawing)
     undone = runner.invoke(app, ["captions", "undo", str(dataset)])  # the journal holds only what was written
     assert undone.exit_code == 0, undone.output
     assert (dataset / "astronaut.txt").read_text(encoding="utf-8") == "before too\n"

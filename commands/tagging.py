@@ -1,0 +1,121 @@
+"""`loraprep tag`: auto-captioning with WD14 tags and/or BLIP sentences."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from commands.common import CaptionExt, MaxPixels, finish, guard, split_option, sweep_leftovers
+from prep.console import esc, out, rich_reporter
+
+app = typer.Typer()
+
+
+@app.command()
+@guard
+def tag(
+    folder: Annotated[Path, typer.Argument(help="Dataset folder (searched recursively). Images are never modified.")],
+    model: Annotated[str, typer.Option("--model", help="WD14 tagger from the registry (`loraprep models list`).")] = "wd-swinv2-tagger-v3",
+    model_dir: Annotated[Optional[Path], typer.Option("--model-dir", help="Any folder holding model.onnx + selected_tags.csv (overrides --model).")] = None,
+    captioner: Annotated[str, typer.Option("--captioner", help="wd14 (tags), blip (a sentence) or both (sentence first, then tags).")] = "wd14",
+    combine: Annotated[Optional[str], typer.Option("--combine", help="Same choice named by result: tags (= wd14), caption (= blip) or both; overrides --captioner.")] = None,
+    blip_model: Annotated[str, typer.Option("--blip-model", help="blip-large or blip-base.")] = "blip-large",
+    blip_dir: Annotated[Optional[Path], typer.Option("--blip-dir", help="Any BLIP folder saved by transformers (overrides --blip-model).")] = None,
+    beams: Annotated[int, typer.Option("--beams", help="BLIP beam search width.")] = 3,
+    min_length: Annotated[int, typer.Option("--min-length", help="BLIP caption minimum length (tokens).")] = 5,
+    max_length: Annotated[int, typer.Option("--max-length", help="BLIP caption maximum length (tokens).")] = 40,
+    general: Annotated[float, typer.Option("--general", help="Score a general tag needs.")] = 0.35,
+    character: Annotated[float, typer.Option("--character", help="Score a character tag needs (kept separate: false characters are costly).")] = 0.85,
+    mcut: Annotated[bool, typer.Option("--mcut", help="Cut each image's scores at their widest gap instead of --general/--character.")] = False,
+    rating: Annotated[str, typer.Option("--rating", help="Where the rating tag goes: first, last or none.")] = "none",
+    max_tags: Annotated[Optional[int], typer.Option("--max-tags", help="Keep at most this many tagger tags (highest scores first).")] = None,
+    trigger: Annotated[Optional[str], typer.Option("--trigger", help="Trigger word put first in every caption (keep_tokens protects it).")] = None,
+    always_first: Annotated[Optional[list[str]], typer.Option("--always-first", help="Tags put first, in this order, before the trigger (repeat or comma-separate).")] = None,
+    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Tags never written (repeat or comma-separate).")] = None,
+    replace: Annotated[Optional[list[str]], typer.Option("--replace", help="OLD=NEW renames a tag; OLD= removes it (repeatable).")] = None,
+    prune_character: Annotated[bool, typer.Option("--prune-character", help="Remove the character's fixed traits (hair, eyes, ears, tails…) so the trigger learns them.")] = False,
+    prune_clothes: Annotated[bool, typer.Option("--prune-clothes/--keep-clothes", help="Also remove outfit tags (the outfit becomes part of the trigger) or keep them (default).")] = False,
+    prune_list: Annotated[Optional[list[Path]], typer.Option("--prune-list", help="Extra prune list (.toml like prep/data/prune_character.toml, or one pattern a line); implies --prune-character.")] = None,
+    mode: Annotated[str, typer.Option("--mode", help="Existing captions: skip-existing (default), append, or overwrite. append/overwrite write every caption at the end as one journal entry (`loraprep captions undo` restores the previous ones); captions that are not UTF-8, or that change while tagging runs, are left as they are.")] = "skip-existing",
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per inference call (default: 1 on CPU, 8 on GPU).")] = None,
+    workers: Annotated[int, typer.Option("--workers", help="Threads decoding and preprocessing ahead of the model (0: in the main thread).")] = 2,
+    download: Annotated[bool, typer.Option("--download", help="Download a missing registry model first (needs the hub).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Write nothing; show per image which tags would be removed and why.")] = False,
+    caption_extension: CaptionExt = ".txt",
+    max_pixels: MaxPixels = 150_000_000,
+) -> None:
+    """Auto-caption a dataset: WD14 tags (onnxruntime) and/or BLIP sentences (transformers) into .txt sidecars.
+
+    Tags use spaces (kaomoji like ^_^ keep their underscores); character tags come first, then
+    general tags by score. Per-tag scores go to each image's `.loraprep.json` for the manifest.
+    For a character LoRA add `--trigger NAME --prune-character`: the character's fixed traits are
+    removed so the trigger word learns them. Offline, a model that is not in models_cache/ stops
+    with a `loraprep models pull` hint before any file is touched.
+    """
+    from rich.table import Table
+
+    from prep.tag import TagOptions, captioner_for, tag_folder
+    from prep.tagging.blip import BlipSettings
+    from prep.tagging.wd14 import Thresholds
+    from prep.tags import parse_replacements, tag_frequency
+
+    lists = tuple(prune_list or ())
+    options = TagOptions(
+        model=model, model_dir=model_dir, captioner=captioner_for(combine) if combine else captioner,  # type: ignore[arg-type]
+        blip_model=blip_model, blip_dir=blip_dir,
+        blip=BlipSettings(beams=beams, min_length=min_length, max_length=max_length),
+        thresholds=Thresholds(general, character, mcut), rating=rating, max_tags=max_tags,  # type: ignore[arg-type]
+        trigger=trigger, always_first=split_option(always_first), exclude=split_option(exclude),
+        replace=tuple(parse_replacements(replace or []).items()), prune_character=prune_character or bool(lists),
+        prune_clothes=prune_clothes, prune_lists=lists, mode=mode, batch_size=batch_size, workers=workers,  # type: ignore[arg-type]
+        caption_extension=caption_extension, dry_run=dry_run, download=download, max_pixels=max_pixels)
+    if not dry_run:
+        sweep_leftovers(folder)
+    with rich_reporter() as reporter:
+        result = tag_folder(folder, options, reporter=reporter)
+
+    def rel(path: Path) -> str:
+        return path.relative_to(folder).as_posix()
+
+    if result.removed:
+        per_image = Table(title="Tags removed by pruning" + (" (dry run: nothing written)" if dry_run else ""))
+        per_image.add_column("image", overflow="fold")
+        per_image.add_column("removed (why)", overflow="fold")
+        for path, removed in result.removed.items():
+            per_image.add_row(esc(rel(path)), esc(", ".join(f"{t} ({why})" for t, why in removed)))
+        out.print(per_image)
+        totals = Table(title="Removed in total")
+        for column in ("tag", "why", "images"):
+            totals.add_column(column, justify="right" if column == "images" else "left")
+        counted: dict[tuple[str, str], int] = {}
+        for removed in result.removed.values():
+            for pair in removed:
+                counted[pair] = counted.get(pair, 0) + 1
+        for (name, why), count in sorted(counted.items(), key=lambda kv: (-kv[1], kv[0])):
+            totals.add_row(esc(name), esc(why), str(count))
+        out.print(totals)
+    if dry_run and result.captions:
+        shown = list(result.captions.items())[:20]
+        preview = Table(title=f"Captions that would be written ({len(shown)} of {len(result.captions)})")
+        preview.add_column("image", overflow="fold")
+        preview.add_column("caption", overflow="fold")
+        for path, caption in shown:
+            preview.add_row(esc(rel(path)), esc(caption))
+        out.print(preview)
+    common = tag_frequency(c.split(", ") for c in result.captions.values())[:12]
+    summary = Table(title=f"{'Would caption' if dry_run else 'Captioned'} {len(result.done)} images in {esc(folder)}")
+    summary.add_column("what")
+    summary.add_column("value", overflow="fold")
+    summary.add_row("skipped (caption exists; --mode append/overwrite to redo)", str(len(result.skipped)))
+    if result.provider:
+        summary.add_row("WD14 ran on", f"{esc(result.provider)}, batch {result.batch_size}")
+    if trigger or options.always_first:
+        summary.add_row("keep_tokens (for the manifest)", str(result.keep_tokens))
+    summary.add_row("most common tags", esc(", ".join(f"{t} ({n})" for t, n in common)))
+    out.print(summary)
+    if result.journal is not None:
+        out.print(f"captions replaced are journalled: undo with [bold]loraprep captions undo {esc(folder)}[/]",
+                  highlight=False)
+    finish(result.dropped)
