@@ -5,8 +5,12 @@
 #   bash bench/gpu_run.sh OUT_DIR [DEADLINE_S] [extra bench/train.py flags…]
 #
 # Expects, beside the checkout (both git-ignored, carried to the machine):
-#   .whl/   cp312 manylinux wheels of what the machine lacks (diffusers, jsonschema, datasets, …;
-#           list in bench/README or ../shared/tools/README.md), installed into /tmp/site
+#   .whl/   cp312 manylinux wheels of what the machine lacks, installed into /tmp/site. On 2026-12-04
+#           (torch 2.11, transformers 5.17, peft 0.21, accelerate 1.15, hub 1.33 there): diffusers,
+#           importlib_metadata, jsonschema, jsonschema-specifications, referencing, rpds-py, tomli-w,
+#           prodigyopt, lion-pytorch, instant-clip-tokenizer, lazy-importer, textual, linkify-it-py,
+#           uc-micro-py, mdit-py-plugins, platformdirs, and for the peer datasets, dill, multiprocess
+#           (pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux…)
 #   .peer/  diffusers' examples/text_to_image/train_text_to_image_lora{,_sdxl}.py of a fetched checkout
 # Nothing is downloaded; the models are built from configs with random weights.
 set -uo pipefail
