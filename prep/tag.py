@@ -27,6 +27,7 @@ from prep.captions.dataset import decode_caption, read_current
 from prep.captions.journal import FileState, apply_changes, write_guarded
 from prep.errors import LoraprepError, ModelNotAvailable, UsageError
 from prep.images import DEFAULT_MAX_PIXELS, open_image
+from prep.naming import with_own_sidecars
 from prep.progress import SILENT, Reporter
 from prep.records import DEFAULT_CAPTION_EXTENSION, Drop, Tags
 from prep.runner import StepResult
@@ -372,6 +373,7 @@ def tag_folder(folder: Path, options: TagOptions, reporter: Reporter = SILENT) -
     or inconsistent; a bad image becomes a Drop with its reason and the rest continue.
     """
     images, problems = find_images(folder)
+    images = with_own_sidecars(folder, images, options.caption_extension, STEP, problems)
     skip = [options.mode == "skip-existing" and caption_path(p, options.caption_extension).exists() for p in images]
     todo = [path for path, skipped in zip(images, skip) if not skipped]
     if not todo:  # nothing to do: do not even open the models (re-runs are instant)

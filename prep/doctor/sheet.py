@@ -22,7 +22,7 @@ from prep.sheet import SheetCell, label_font, render_sheet
 BACKGROUND = (24, 24, 24)
 TITLE_COLOUR = (255, 200, 80)
 # Sections shown as one band per finding (a group side by side) vs. many findings per band.
-GROUPED_KINDS = ("exact-duplicate", "near-duplicate", "identical-captions")
+GROUPED_KINDS = ("exact-duplicate", "near-duplicate", "identical-captions", "shared-sidecar")
 ROW_KINDS = ("blurry", "low-detail", "tiny", "upscale", "aspect", "no-face", "small-crop", "single-image-bucket")
 TITLES = {"blurry": "blurry", "low-detail": "low detail", "tiny": "tiny", "upscale": "upscaled by its bucket",
           "aspect": "extreme aspect ratio", "no-face": "no face found", "small-crop": "crop below --min-size",
