@@ -23,9 +23,10 @@ import numpy as np
 from PIL import Image
 
 from prep import models
+from prep.atomic import check_writable
 from prep.captions.dataset import decode_caption, read_current
 from prep.captions.journal import FileState, apply_changes, write_guarded
-from prep.errors import LoraprepError, ModelNotAvailable, UsageError
+from prep.errors import LoraprepError, ModelNotAvailable, UsageError, is_disk_error
 from prep.images import DEFAULT_MAX_PIXELS, open_image
 from prep.naming import with_own_sidecars
 from prep.progress import SILENT, Reporter
@@ -313,6 +314,8 @@ class _Run:
         self.writer.shutdown(wait=True)
         for path, future in self.writes:
             error = future.exception()
+            if is_disk_error(error):  # every later write would fail the same way
+                raise error
             if error is None and future.result():
                 self.result.done.append(path)
             elif error is None:
@@ -335,6 +338,8 @@ class _Run:
                     try:
                         update_meta(pending.image, **pending.sections)
                     except (LoraprepError, OSError) as error:
+                        if is_disk_error(error):
+                            raise
                         self.drop_write_error(pending.image, error)
                     else:
                         self.result.done.append(pending.image)
@@ -373,6 +378,8 @@ def tag_folder(folder: Path, options: TagOptions, reporter: Reporter = SILENT) -
     or inconsistent; a bad image becomes a Drop with its reason and the rest continue.
     """
     images, problems = find_images(folder)
+    if not options.dry_run:
+        check_writable(folder)  # before the models load and every image is tagged for nothing
     images = with_own_sidecars(folder, images, options.caption_extension, STEP, problems)
     skip = [options.mode == "skip-existing" and caption_path(p, options.caption_extension).exists() for p in images]
     todo = [path for path, skipped in zip(images, skip) if not skipped]

@@ -8,6 +8,7 @@ tell whether a file changed on disk since it was loaded, and so the undo journal
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import os
 from collections import Counter
@@ -188,6 +189,10 @@ def _read(path: str, _flags: int = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)) ->
         fd = os.open(path, _flags)
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:  # a caption of a name that long cannot exist
+            return None
+        raise
     try:
         parts = []
         while chunk := os.read(fd, 1 << 16):

@@ -91,7 +91,8 @@ def diagnose(target: str | os.PathLike[str], options: DoctorOptions = DoctorOpti
 
     groups = check_duplicates(looked, options, reporter)
     findings += duplicate_findings(groups, label)
-    findings += sharpness_findings(judge([Measured(e.item.rel, e.fingerprint.sharpness, e.fingerprint.detail)
+    findings += sharpness_findings(judge([Measured(e.item.rel, e.fingerprint.sharpness, e.fingerprint.detail,
+                                                   e.fingerprint.judged)
                                           for e in looked], options.blur_sensitivity), label)
     readable = [e.item for e in looked]
     placements = place_all([i.rel for i in readable], [i.size for i in readable], inputs.plan,

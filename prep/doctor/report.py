@@ -31,7 +31,7 @@ SECTIONS: dict[str, str] = {
 # what `--apply --quarantine KIND` sets aside, per finding kind
 QUARANTINE_KINDS: dict[str, tuple[str, ...]] = {
     "duplicates": ("exact-duplicate", "near-duplicate"),
-    "blurry": ("blurry", "low-detail"),
+    "blurry": ("blurry", "low-detail", "too-small-to-judge"),
     "tiny": ("tiny",),
     "aspect": ("aspect",),
     "no-face": ("no-face",),
