@@ -114,8 +114,9 @@ def sidecar_problem(image: Path, extension: str, limit: int = NAME_MAX) -> str |
     for sidecar in (caption_path(image, extension), image.with_name(image.stem + META_SUFFIX)):
         if too_long(sidecar, limit):
             size = len(os.fsencode(sidecar.name))
-            return (f"file name too long: its sidecar {sidecar.name[:40]}… would be {size} bytes, over the "
-                    f"{limit}-byte limit of the file system; shorten the image's name")
+            shown = sidecar.name if len(sidecar.name) <= 48 else f"{sidecar.name[:24]}…{sidecar.name[-20:]}"
+            return (f"file name too long: its sidecar {shown} would be {size} bytes, over the {limit}-byte "
+                    "limit of the file system; shorten the image's name")
     return None
 
 
