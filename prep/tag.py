@@ -378,14 +378,14 @@ def tag_folder(folder: Path, options: TagOptions, reporter: Reporter = SILENT) -
     or inconsistent; a bad image becomes a Drop with its reason and the rest continue.
     """
     images, problems = find_images(folder)
-    if not options.dry_run:
-        check_writable(folder)  # before the models load and every image is tagged for nothing
     images = with_own_sidecars(folder, images, options.caption_extension, STEP, problems)
     skip = [options.mode == "skip-existing" and caption_path(p, options.caption_extension).exists() for p in images]
     todo = [path for path, skipped in zip(images, skip) if not skipped]
     if not todo:  # nothing to do: do not even open the models (re-runs are instant)
         reporter.note(f"nothing to tag: all {len(images)} images have captions (--mode append/overwrite to redo)")
         return TagResult(dropped=problems, skipped=images, keep_tokens=options.keep_tokens)
+    if not options.dry_run:
+        check_writable(folder)  # a read-only folder: said before the models load and every image is tagged
     run = _Run(folder, options, reporter)
     run.result.dropped.extend(problems)
     run.result.skipped = [path for path, skipped in zip(images, skip) if skipped]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prep.errors import UsageError
-from prep.images import is_image_path
+from prep.images import IMAGE_EXTENSIONS
 from prep.records import Drop, is_within
 
 # Folders loraprep itself writes inside a dataset (journals, backups) are not part of it.
@@ -80,43 +80,50 @@ class _Walk:
                 return []
             self.seen.add((stat.st_dev, stat.st_ino))
             with os.scandir(folder) as listing:
-                children = sorted(listing, key=lambda e: e.name)
+                children = sorted(listing, key=_name)
         except OSError as exc:
             self.problems.append(Drop(rel or ".", STEP, f"cannot list folder: {exc.strerror or exc}"))
             return []
         real_folder = os.path.join(self.real_root, rel) if rel else self.real_root
         found = []
         for child in children:
-            if hidden(child.name):
+            name = child.name
+            if name.startswith(".") or name in SKIPPED_DIRS:
                 continue
-            child_rel = f"{rel}/{child.name}" if rel else child.name
             try:
                 is_dir = child.is_dir()  # follows links
             except OSError as exc:
-                self.problems.append(Drop(child_rel, STEP, f"cannot stat: {exc.strerror or exc}"))
+                self.problems.append(Drop(_join(rel, name), STEP, f"cannot stat: {exc.strerror or exc}"))
                 continue
             if is_dir and child.is_symlink():
                 reason = folder_link_problem(child.path, real_folder, self.real_root)
                 if reason is not None:
-                    self.problems.append(Drop(child_rel, STEP, reason))
+                    self.problems.append(Drop(_join(rel, name), STEP, reason))
                 continue
-            found.append((child.name, is_dir))
+            found.append((name, is_dir))
         return found
 
     def images(self, folder: Path, rel: str) -> Iterator[Path]:
         for name, is_dir in self.entries(folder, rel):
-            path = folder / name
             if is_dir:
-                yield from self.images(path, f"{rel}/{name}" if rel else name)
-            elif is_image_path(name):
-                yield path
+                yield from self.images(folder / name, _join(rel, name))
+            elif os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+                yield folder / name
 
     def folders(self, folder: Path, rel: str) -> Iterator[Folder]:
         entries = self.entries(folder, rel)
         yield Folder(folder, rel, tuple(name for name, is_dir in entries if not is_dir))
         for name, is_dir in entries:
             if is_dir:
-                yield from self.folders(folder / name, f"{rel}/{name}" if rel else name)
+                yield from self.folders(folder / name, _join(rel, name))
+
+
+def _name(entry: os.DirEntry) -> str:
+    return entry.name
+
+
+def _join(rel: str, name: str) -> str:
+    return f"{rel}/{name}" if rel else name
 
 
 def walk_images(root: str | os.PathLike[str], problems: list[Drop]) -> Iterator[Path]:

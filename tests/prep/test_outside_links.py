@@ -126,3 +126,15 @@ def test_the_editor_shows_and_edits_only_the_dataset(layout) -> None:
     session.add_tags(0, "edited")
     assert "edited" in (root / "a.txt").read_text()
     assert tree_hashes(outside, skip=(root,)) == before
+
+
+def test_a_regularisation_folder_is_copied_in_without_its_folder_links(layout, tmp_path, testdata) -> None:
+    root, outside, _ = layout
+    reg = tmp_path / "reg-src"
+    _picture(testdata, "photos/chelsea.png", (200, 200), reg / "r.png")
+    os.symlink("..", reg / "up")
+    os.symlink(outside, reg / "linked")
+    result = runner.invoke(app, ["manifest", str(root), "--reg", str(reg)])
+    assert result.exit_code in (0, 1), result.output
+    copied = sorted(p.relative_to(root / "reg").as_posix() for p in (root / "reg").rglob("*"))
+    assert copied == ["reg-src", "reg-src/r.png"]
