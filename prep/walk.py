@@ -50,6 +50,8 @@ def folder_link_problem(link: str, real_parent: str, real_root: str) -> str | No
     """Why the walk does not enter the folder link `link` (in the folder whose real path is
     `real_parent`), or None when its target is a folder of the dataset reached anyway."""
     target = os.path.realpath(link)
+    if is_within(real_root, target) and target != real_root:
+        return f"symlink loop: the folder link leads back to {target}, which holds the dataset: not entered"
     if not is_within(target, real_root):
         return f"folder link to {target} leads outside the dataset folder: not entered; {OUTSIDE_HINT}"
     inside = os.path.relpath(target, real_root)

@@ -26,7 +26,7 @@ SECTIONS: dict[str, str] = {
     "faces": "Faces and crops",
     "captions": "Captions",
     "buckets": "Buckets holding a single image",
-    "unreadable": "Unreadable files",
+    "unreadable": "Unreadable files, and folder links not entered",
 }
 # what `--apply --quarantine KIND` sets aside, per finding kind
 QUARANTINE_KINDS: dict[str, tuple[str, ...]] = {

@@ -45,7 +45,7 @@ def test_images_are_found_once_under_their_own_names_and_no_folder_link_is_enter
 
 @pytest.mark.parametrize("link, reason", [
     ("linked", "leads outside the dataset folder: not entered"),
-    ("up", "leads outside the dataset folder: not entered"),
+    ("up", "symlink loop: the folder link leads back to"),
     ("sub/back", "symlink loop"),
     ("peek", "hidden folder"),
 ])
