@@ -29,7 +29,7 @@ from prep.faces import FaceDetector, detect_faces
 from prep.images import (DEFAULT_MAX_PIXELS, WHITE, flatten_alpha, open_image, save_image_atomic, sha256_file,
                          sha256_text)
 from prep.masks import SEGMENTER_NAMES, MaskChooser, Segmenter, mask_problem, segmenter_from_name
-from prep.naming import Renamed, output_stems, with_own_sidecars
+from prep.naming import Renamed, check_output_name, output_stems, with_own_sidecars
 from prep.progress import SILENT, Reporter
 from prep.records import DEFAULT_CAPTION_EXTENSION, Box, Drop
 from prep.runner import StepResult, run_step
@@ -265,6 +265,7 @@ def _clean_one(job: _Job, folder: Path, out: Path | None, options: CleanOptions,
     if out is None and not changed:
         return CleanResult(job.path, None, kept=cleaned.kept)
     target = _target(job, folder, out, "A" in result.getbands())
+    check_output_name(target, options.caption_extension)
     info: dict[str, object] = {"alpha_flattened": "A" in image.getbands(), "background": options.background,
                                "colour": list(options.colour), "mask": cleaned.origin, "key": options.key}
     if cleaned.kept:

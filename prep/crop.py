@@ -37,7 +37,7 @@ from prep.jpegcrop import ENABLE_HINT, LosslessJpeg, load_turbojpeg, open_lossle
 from prep.progress import SILENT, Reporter
 from prep.records import DEFAULT_CAPTION_EXTENSION, Drop, Face, Source, relative_to_base
 from prep.runner import StepResult, run_step
-from prep.naming import Renamed, output_stems
+from prep.naming import Renamed, check_output_name, output_stems
 from prep.scan import NoImages
 from prep.walk import check_separate
 from prep.sidecars import caption_path, read_caption, read_meta, update_meta
@@ -428,10 +428,12 @@ def crop_image(job: _Job, out: Path, options: CropOptions, detector: FaceDetecto
                            f"below --min-size {options.min_size}")
         else:
             plans.append(plan)
+    targets = [out / job.rel.parent / f"{job.name_stem}-{plan.label}{_output_suffix(job.path)}" for plan in plans]
+    for target in targets:  # every crop of the source can be named, with its sidecars, or none is cut
+        check_output_name(target, options.caption_extension)
     cuts = _lossless_cuts(jpeg, plans, faces) if jpeg is not None else [None] * len(plans)
     written: list[Path] = []
-    for plan, lossless_cut in zip(plans, cuts, strict=True):
-        target = out / job.rel.parent / f"{job.name_stem}-{plan.label}{_output_suffix(job.path)}"
+    for plan, lossless_cut, target in zip(plans, cuts, targets, strict=True):
         if lossless_cut is not None:
             box, encoded = lossless_cut
             write_bytes_atomic(target, encoded)

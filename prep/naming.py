@@ -139,3 +139,16 @@ def with_own_sidecars(root: Path, images: Sequence[Path], extension: str, step: 
             left_out[image] = problem
     problems.extend(Drop(image.relative_to(root).as_posix(), step, prefix + reason) for image, reason in left_out.items())
     return [image for image in images if image not in left_out]
+
+
+def check_output_name(target: Path, extension: str) -> None:
+    """Refuse, before anything is written for it, an output that could not be named, or whose
+    caption or metadata file could not (a 250-byte source name): the image alone would be half a
+    result."""
+    from prep.errors import BadImage
+
+    if too_long(target):
+        raise BadImage.at(target, f"file name too long: {len(os.fsencode(target.name))} bytes, over the "
+                                  f"{NAME_MAX}-byte limit of the file system; shorten the source's name")
+    if (problem := sidecar_problem(target, extension)) is not None:
+        raise BadImage.at(target, problem)

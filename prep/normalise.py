@@ -15,7 +15,7 @@ from pathlib import Path
 from prep.atomic import atomic_open
 from prep.carrycaption import Carry, carry_caption, plan_carry, settle_edited
 from prep.images import DEFAULT_MAX_PIXELS, open_image, read_info, save_image_atomic, sha256_file
-from prep.naming import Renamed, output_stems
+from prep.naming import Renamed, check_output_name, output_stems
 from prep.progress import SILENT, Reporter
 from prep.records import DEFAULT_CAPTION_EXTENSION, Source, relative_to_base
 from prep.runner import StepResult, run_step
@@ -61,6 +61,7 @@ def normalise_one(image: Path, src_root: Path, out: Path, options: NormaliseOpti
     info = read_info(image, max_pixels=options.max_pixels)
     copy_bytes = info.format == "JPEG" and info.orientation == 1 and info.mode == "RGB" and info.frames == 1
     target = _target(src_root, image, out, copy_bytes, stem)
+    check_output_name(target, options.caption_extension)
     digest = sha256_file(image)
     done = not options.force and target.exists() and read_meta(target).get("source", {}).get("sha256") == digest
     if not done:  # (idempotent: an image already copied from this exact source is not copied again)

@@ -194,3 +194,16 @@ def test_a_read_only_dataset_ends_every_writing_command_in_one_line(ds: Path, tm
         assert result["exit_code"] == 1 and not result["traceback"], result["output"]
         assert "read-only file system" in result["output"] and "remount" in result["output"], result["output"]
     assert tree_hashes(ds.parent, skip=(wd14_model,)) == {k: v for k, v in before.items() if k != "results.txt"}
+
+
+@pytest.mark.parametrize("command", [["prep", "--no-crop", "--no-tag"], ["crop", "--detector", "yunet"], ["clean"]],
+                         ids=["prep copy", "crop", "clean --out"])
+def test_a_source_whose_output_sidecars_cannot_be_named_is_left_out_whole(ds: Path, tmp_path: Path,
+                                                                         command: list[str]) -> None:
+    shutil.copy(ds / "a.png", ds / LONG)
+    out = tmp_path / "out"
+    result = runner.invoke(app, [command[0], str(ds), "--out", str(out), *command[1:]])
+    _clean_exit(result)
+    written = [p.name for p in out.rglob("*")]
+    assert not any(name.startswith("xxxx") for name in written)  # no image without its sidecars
+    assert any(name.startswith("a") for name in written)
