@@ -107,11 +107,12 @@ def captions_lint(
     from prep.captions.dataset import load_dataset
     from prep.captions.lint import KINDS, LintOptions, fix_commands, lint_dataset
 
-    report = lint_dataset(load_dataset(folder, caption_extension), _token_counter(tokenizer),
-                          LintOptions(trigger, max_tokens, rare_max, typo_ratio))
+    dataset = load_dataset(folder, caption_extension)
+    report = lint_dataset(dataset, _token_counter(tokenizer), LintOptions(trigger, max_tokens, rare_max, typo_ratio))
     if as_json:
         print_json(report.to_dict())
         raise typer.Exit(1 if report.problems else 0)
+    _note_left_out(dataset)
     counts = report.by_kind()
     for kind, description in KINDS.items():
         if not counts[kind]:
@@ -168,6 +169,14 @@ def captions_show(
         out.print(f"… {len(dataset.files) - len(views)} more (--limit 0 shows all)")
 
 
+def _note_left_out(dataset) -> None:
+    """Folder links not entered and images sharing a caption file: said, never silently skipped."""
+    for drop in dataset.skipped[:10]:
+        err.print(f"[yellow]left out:[/] {esc(drop.path)}: {esc(drop.reason)}", highlight=False)
+    if len(dataset.skipped) > 10:
+        err.print(f"[yellow]left out:[/] … and {len(dataset.skipped) - 10} more", highlight=False)
+
+
 def _run_caption_edit(folder: Path, operation, having: list[str] | None, lacking: list[str] | None,
                       dry_run: bool, as_json: bool, caption_extension: str, *, include_missing: bool = False) -> None:
     """Plan, journal and write one bulk edit; print what it really changed (shared by add/remove/…)."""
@@ -192,6 +201,7 @@ def _run_caption_edit(folder: Path, operation, having: list[str] | None, lacking
                     "skipped": [{"path": caption, "reason": why} for caption, why in plan.skipped],
                     "changes": [{"path": c.caption, "before": list(c.old), "after": list(c.new)} for c in done.changes]})
     else:
+        _note_left_out(dataset)
         _print_edit_summary(done, summary, result, dry_run, folder)
     if result.conflicts or plan.skipped:
         raise typer.Exit(1)

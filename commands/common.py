@@ -16,7 +16,7 @@ from typing import Annotated, Any, Optional, TypeVar
 import typer
 
 from prep.console import err, esc, print_dropped
-from prep.errors import LoraprepError
+from prep.errors import LoraprepError, from_os_error
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -28,7 +28,8 @@ def guard(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except LoraprepError as exc:
+        except (LoraprepError, OSError) as caught:  # a full or read-only disk too: one line, no traceback
+            exc = caught if isinstance(caught, LoraprepError) else from_os_error(caught)
             err.print(f"[bold red]error:[/] {esc(exc.message)}", highlight=False)
             if exc.hint:
                 err.print(f"[yellow]hint:[/] {esc(exc.hint)}", highlight=False)

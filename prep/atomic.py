@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import os
 import re
 import tempfile
@@ -25,20 +27,51 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb", *, encoding: str
     On any exception the temporary file is removed and `path` is untouched.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(target.name), suffix=TEMP_SUFFIX, dir=target.parent)
+    with naming(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(target.name), suffix=TEMP_SUFFIX, dir=target.parent)
     tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, mode, encoding=encoding) as handle:
+        with naming(target), os.fdopen(fd, mode, encoding=encoding) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, file_mode)
-        os.replace(tmp, target)
+        with naming(target):
+            os.chmod(tmp, file_mode)
+            os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+# Errors only the written file can cause: they name it, whatever raised them.
+_WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.ENAMETOOLONG})
+
+
+@contextlib.contextmanager
+def naming(target: str | os.PathLike[str]) -> Iterator[None]:
+    """Let an OSError of writing `target` name `target`: a full disk raises from `write()` with no
+    file name at all, and a read-only one names the temporary, which the user never sees."""
+    try:
+        yield
+    except OSError as exc:
+        named = os.fsdecode(exc.filename) if isinstance(exc.filename, (str, bytes)) else None
+        temporary = named is not None and os.path.basename(named).startswith(temp_prefix(Path(target).name))
+        if named == os.fspath(target) or not (exc.errno in _WRITE_ERRORS or temporary):
+            raise
+        raise OSError(exc.errno, exc.strerror, os.fspath(target)) from exc
+
+
+def check_writable(folder: str | os.PathLike[str]) -> None:
+    """Raise the OSError a write into `folder` would meet (read-only disk, no permission, no space
+    for even an empty file), by creating and removing one temporary there; nothing is left."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix("check"), suffix=TEMP_SUFFIX, dir=folder)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, os.fspath(folder)) from exc
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
@@ -56,9 +89,25 @@ def finalize_written_file(path: str | os.PathLike[str], file_mode: int = DEFAULT
     os.chmod(path, file_mode)
 
 
+# What a temporary's name adds after the prefix: mkstemp's 8 random characters or the journal's
+# `aside` + 8 hex digits, and `.tmp`, with room to spare.
+_TEMP_TAIL = 24
+NAME_MAX = 255  # bytes in one file name on every common file system
+
+
 def temp_prefix(name: str) -> str:
-    """The prefix of a temporary written beside `name` by this process (see `stale_temporaries`)."""
-    return TEMP_PREFIX.format(name=name, pid=os.getpid())
+    """The prefix of a temporary written beside `name` by this process (see `stale_temporaries`).
+
+    Any legal file name gets a temporary name that is legal too: a name too long to be repeated
+    in it (a 250-byte `photo….txt`) is cut, and a hash of the whole name keeps it apart from its
+    neighbours."""
+    pid = os.getpid()
+    room = NAME_MAX - _TEMP_TAIL - len(TEMP_PREFIX.format(name="", pid=pid))
+    encoded = os.fsencode(name)
+    if len(encoded) > room:
+        digest = hashlib.sha256(encoded).hexdigest()[:12]
+        name = encoded[:room - len(digest) - 1].decode("utf-8", "ignore") + "~" + digest
+    return TEMP_PREFIX.format(name=name, pid=pid)
 
 
 def _alive(pid: int) -> bool:

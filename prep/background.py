@@ -29,10 +29,12 @@ from prep.faces import FaceDetector, detect_faces
 from prep.images import (DEFAULT_MAX_PIXELS, WHITE, flatten_alpha, open_image, save_image_atomic, sha256_file,
                          sha256_text)
 from prep.masks import SEGMENTER_NAMES, MaskChooser, Segmenter, mask_problem, segmenter_from_name
+from prep.naming import Renamed, check_output_name, output_stems, with_own_sidecars
 from prep.progress import SILENT, Reporter
 from prep.records import DEFAULT_CAPTION_EXTENSION, Box, Drop
 from prep.runner import StepResult, run_step
 from prep.sidecars import caption_path, read_caption, read_meta, update_meta
+from prep.walk import check_separate
 
 Background = Literal["remove", "white", "colour", "blur"]
 BACKGROUNDS = ("remove", "white", "colour", "blur")
@@ -169,12 +171,19 @@ class CleanRun(StepResult[Path]):
 
     captions_kept: list[Path] = field(default_factory=list)
     captions_replaced: list[Path] = field(default_factory=list)
+    renamed: list[Renamed] = field(default_factory=list)  # --out: sources sharing a stem, written apart
 
 
 @dataclass(frozen=True)
 class _Job:
     path: Path
     rel: Path
+    stem: str = ""  # what its outputs are named from (prep.naming: unique in its folder)
+    shared: bool = False  # its caption and metadata files are another source's too: not carried
+
+    def output(self, base: Path, suffix: str | None = None) -> Path:
+        """The job's image under `base` (same sub-folder), named from its stem."""
+        return base / self.rel.parent / ((self.stem or self.rel.stem) + (suffix or self.rel.suffix))
 
 
 @dataclass(frozen=True)
@@ -226,8 +235,7 @@ def clean_image(image: Image.Image, options: CleanOptions, chooser: MaskChooser 
 
 
 def _target(job: _Job, folder: Path, out: Path | None, has_alpha: bool) -> Path:
-    base = folder if out is None else out
-    target = base / job.rel
+    target = folder / job.rel if out is None else job.output(out)
     if has_alpha and target.suffix.lower() not in ALPHA_SUFFIXES:
         target = target.with_suffix(".png")
     return target
@@ -257,6 +265,7 @@ def _clean_one(job: _Job, folder: Path, out: Path | None, options: CleanOptions,
     if out is None and not changed:
         return CleanResult(job.path, None, kept=cleaned.kept)
     target = _target(job, folder, out, "A" in result.getbands())
+    check_output_name(target, options.caption_extension)
     info: dict[str, object] = {"alpha_flattened": "A" in image.getbands(), "background": options.background,
                                "colour": list(options.colour), "mask": cleaned.origin, "key": options.key}
     if cleaned.kept:
@@ -274,12 +283,12 @@ def _clean_one(job: _Job, folder: Path, out: Path | None, options: CleanOptions,
         rewritten.append(job.path)
     edited = None
     if target != job.path:
-        edited = _carry_sidecars(job.path, target, out, options.caption_extension)
+        edited = None if job.shared else _carry_sidecars(job.path, target, out, options.caption_extension)
         if out is None:
             job.path.unlink()
     if mask_dir is not None and cleaned.matte is not None:
         mask = Image.fromarray(np.round(cleaned.matte * 255).astype(np.uint8), "L")
-        save_image_atomic(mask, (mask_dir / job.rel).with_suffix(".png"))
+        save_image_atomic(mask, job.output(mask_dir, ".png"))
     info["sha256"] = sha256_file(target)
     update_meta(target, clean=info)
     return CleanResult(job.path, target, kept=cleaned.kept, edited_caption=edited)
@@ -305,6 +314,23 @@ def _small(image: Image.Image, size: int = 384) -> Image.Image:
     return copy
 
 
+def _jobs(folder: Path, problems: list[Drop], *, in_place: bool, extension: str) -> tuple[list[_Job], list[Renamed]]:
+    """One job per image. Written elsewhere, sources of one folder sharing a stem (`a.png`,
+    `a.jpg`) are named apart (prep.naming); in place, where names cannot change, they are left out
+    with the reason: one's clean record would overwrite the other's in their shared metadata file,
+    and flattening a transparent `a.gif` to `a.png` would write over the other image."""
+    from prep.scan import walk_images
+
+    paths = list(walk_images(folder, problems))
+    if not in_place:
+        rels = [p.relative_to(folder) for p in paths]
+        stems, renamed = output_stems(rels)
+        shared = {source for group in renamed for source in group.sources}
+        return [_Job(p, rel, stems[rel], rel in shared) for p, rel in zip(paths, rels)], renamed
+    kept = with_own_sidecars(folder, paths, extension, "clean", problems, prefix="not cleaned in place: ")
+    return [_Job(p, p.relative_to(folder)) for p in kept], []
+
+
 def clean_folder(folder: Path, options: CleanOptions = CleanOptions(), reporter: Reporter = SILENT,
                  out: Path | None = None, *, segmenter: MaskChooser | Segmenter | None = None,
                  detector: FaceDetector | None = None) -> CleanRun:
@@ -327,8 +353,8 @@ def clean_folder(folder: Path, options: CleanOptions = CleanOptions(), reporter:
         raise UsageError(f"{folder} is not a folder")
     if options.in_place and out is not None:
         raise UsageError("--in-place and --out exclude each other")
-    if out is not None and Path(out).resolve().is_relative_to(folder.resolve()):
-        raise UsageError(f"--out {out} is inside {folder}", hint="write to a separate folder, or use --in-place")
+    if out is not None:
+        check_separate(folder, out, what="the folder")
     if not options.in_place and out is None:
         out = folder.with_name(folder.name + "-clean")
         if not options.dry_run:
@@ -345,10 +371,12 @@ def clean_folder(folder: Path, options: CleanOptions = CleanOptions(), reporter:
     mask_dir = None
     if options.masks and not options.dry_run:
         mask_dir = options.mask_dir or (out or folder).with_name((out or folder).name + "-masks")
-    from prep.scan import walk_images
-
+        check_separate(folder, mask_dir, option="--mask-dir", what="the folder")
     problems: list[Drop] = []
-    jobs = [_Job(p, p.relative_to(folder)) for p in walk_images(folder, problems)]
+    jobs, renamed = _jobs(folder, problems, in_place=options.in_place and not options.dry_run,
+                          extension=options.caption_extension)
+    for group in renamed:
+        reporter.note(group.message("cleaned images"))
     rewritten: list[Path] = []
     target = None if options.in_place else out
     try:
@@ -371,7 +399,8 @@ def clean_folder(folder: Path, options: CleanOptions = CleanOptions(), reporter:
         sheet = options.sheet or folder.with_name(folder.name + "-clean-preview.png")
         _write_preview(cleaned.done, folder, sheet)
         return CleanRun(done=[sheet], dropped=dropped)
-    result = CleanRun(done=[r.target for r in cleaned.done if r.target is not None], dropped=dropped)
+    result = CleanRun(done=[r.target for r in cleaned.done if r.target is not None], dropped=dropped,
+                      renamed=renamed)
     if target is not None:
         edited = [r.edited_caption for r in cleaned.done if r.edited_caption is not None]
         settled = settle_edited(target, edited, STEP, overwrite=options.overwrite_captions, reporter=reporter)

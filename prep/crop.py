@@ -37,7 +37,9 @@ from prep.jpegcrop import ENABLE_HINT, LosslessJpeg, load_turbojpeg, open_lossle
 from prep.progress import SILENT, Reporter
 from prep.records import DEFAULT_CAPTION_EXTENSION, Drop, Face, Source, relative_to_base
 from prep.runner import StepResult, run_step
+from prep.naming import Renamed, check_output_name, output_stems
 from prep.scan import NoImages
+from prep.walk import check_separate
 from prep.sidecars import caption_path, read_caption, read_meta, update_meta
 
 Box = tuple[int, int, int, int]
@@ -341,6 +343,12 @@ class CropOutcome:
 class _Job:
     path: Path
     rel: Path
+    stem: str = ""  # what its crops are named from (prep.naming: unique in its folder)
+    shared: bool = False  # its caption file is another source's too: its crops do not take it
+
+    @property
+    def name_stem(self) -> str:
+        return self.stem or self.rel.stem
 
 
 def _output_suffix(source: Path) -> str:
@@ -369,7 +377,7 @@ class EarlierCrops:
         `source_path`: the source as crops record it (relative to the output folder)."""
         folder = self.out / job.rel.parent
         names = self.names(folder)
-        prefix = f"{job.rel.stem}-"
+        prefix = f"{job.name_stem}-"
         same: list[Path] = []
         superseded: list[Path] = []
         for name in names[bisect.bisect_left(names, prefix):]:
@@ -394,7 +402,7 @@ def crop_image(job: _Job, out: Path, options: CropOptions, detector: FaceDetecto
     digest = hashlib.sha256(data).hexdigest() if data is not None else sha256_file(job.path)
     source_path = relative_to_base(job.path, out)
     key = options.key(detector.name)
-    caption = read_caption(caption_path(job.path, options.caption_extension))
+    caption = None if job.shared else read_caption(caption_path(job.path, options.caption_extension))
     done, superseded = earlier.of(job, source_path, digest, key)
     if done and not options.force:  # the source caption may have been edited since: carry it again
         edited = _carry_captions(out, done, caption, options.caption_extension)
@@ -420,10 +428,12 @@ def crop_image(job: _Job, out: Path, options: CropOptions, detector: FaceDetecto
                            f"below --min-size {options.min_size}")
         else:
             plans.append(plan)
+    targets = [out / job.rel.parent / f"{job.name_stem}-{plan.label}{_output_suffix(job.path)}" for plan in plans]
+    for target in targets:  # every crop of the source can be named, with its sidecars, or none is cut
+        check_output_name(target, options.caption_extension)
     cuts = _lossless_cuts(jpeg, plans, faces) if jpeg is not None else [None] * len(plans)
     written: list[Path] = []
-    for plan, lossless_cut in zip(plans, cuts, strict=True):
-        target = out / job.rel.parent / f"{job.rel.stem}-{plan.label}{_output_suffix(job.path)}"
+    for plan, lossless_cut, target in zip(plans, cuts, targets, strict=True):
         if lossless_cut is not None:
             box, encoded = lossless_cut
             write_bytes_atomic(target, encoded)
@@ -471,14 +481,19 @@ def _lossless_cuts(jpeg: LosslessJpeg, plans: Sequence[CropPlan],
     return cuts
 
 
-def _jobs(src: Path) -> tuple[list[_Job], list[Drop]]:
+def _jobs(src: Path) -> tuple[list[_Job], list[Drop], list[Renamed]]:
+    """One job per source image; sources of one folder that share a stem (`a.png`, `a.jpg`) get
+    crops named apart (`a_png-face.png`, `a_jpg-face.jpg`), never one caption for two pictures."""
     from prep.scan import walk_images
 
     problems: list[Drop] = []
     if src.is_file():
-        return [_Job(src, Path(src.name))], problems
+        return [_Job(src, Path(src.name))], problems, []
     paths = list(walk_images(src, problems))
-    return [_Job(p, p.relative_to(src)) for p in paths], problems
+    rels = [p.relative_to(src) for p in paths]
+    stems, renamed = output_stems(rels)
+    shared = {source for group in renamed for source in group.sources}
+    return [_Job(p, rel, stems[rel], rel in shared) for p, rel in zip(paths, rels)], problems, renamed
 
 
 def crop_folder(src: Path, out: Path, options: CropOptions = CropOptions(), reporter: Reporter = SILENT, *,
@@ -498,13 +513,14 @@ def crop_folder(src: Path, out: Path, options: CropOptions = CropOptions(), repo
     options = options.check()
     if not src.exists():
         raise UsageError(f"{src} does not exist")
-    if src.is_dir() and out.resolve().is_relative_to(src.resolve()):
-        raise UsageError(f"--out {out} is inside the source folder {src}",
-                         hint="write crops to a separate folder so the source stays untouched")
+    if src.is_dir():
+        check_separate(src, out)
     detector = detector or detector_from_name(options.detector, reporter)
-    jobs, problems = _jobs(src)
+    jobs, problems, renamed = _jobs(src)
     if not jobs and not problems:
         raise NoImages.in_folder(src, "nothing was cropped")
+    for group in renamed:
+        reporter.note(group.message("crops"))
     wants_lossless = options.lossless_jpeg and any(j.path.suffix.lower() in (".jpg", ".jpeg") for j in jobs)
     turbo = load_turbojpeg() if wants_lossless else None
     if wants_lossless and turbo is None:
@@ -513,7 +529,7 @@ def crop_folder(src: Path, out: Path, options: CropOptions = CropOptions(), repo
     outcome = run_step(jobs, lambda job: crop_image(job, out, options, detector, turbo, earlier), step="crop",
                        name=lambda job: str(job.path), reporter=reporter, label="cropping",
                        workers=options.workers)
-    result = CropRun(dropped=problems + outcome.dropped)
+    result = CropRun(dropped=problems + outcome.dropped, renamed=renamed)
     superseded: list[Path] = []
     edited: list[Carry] = []
     for done in outcome.done:
@@ -543,6 +559,7 @@ class CropRun(StepResult[Path]):
     reused: list[Path] = field(default_factory=list)
     captions_kept: list[Path] = field(default_factory=list)
     captions_replaced: list[Path] = field(default_factory=list)
+    renamed: list[Renamed] = field(default_factory=list)  # sources sharing a stem, cropped under new names
 
 
 @dataclass(frozen=True)

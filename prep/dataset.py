@@ -19,6 +19,7 @@ from prep.atomic import TEMP_SUFFIX, sweep_leftovers, temp_prefix, write_text_at
 from prep.buckets import BucketPlan, BucketSummary, summarise
 from prep.errors import LoraprepError, ManifestError, UsageError
 from prep.images import DEFAULT_MAX_PIXELS, sha256_file, sha256_text
+from prep.naming import shares_sidecars, sidecar_groups
 from prep.progress import SILENT, Reporter
 from prep.records import (DEFAULT_CAPTION_EXTENSION, BucketSettings, Drop, Face, ImageRecord, Manifest,
                           Source, Subset, Tags, is_safe_relative, is_within, load_manifest,
@@ -27,6 +28,7 @@ from prep.runner import run_step
 from prep.scan import REPEAT_FOLDER, NoImages, RepeatFolder, ScanEntry, ScanResult, require_images, scan_folder
 from prep.sidecars import caption_path, check_caption_extension, meta_path, read_meta
 from prep.tags import split_tags
+from prep.walk import copy_ignoring
 
 BUCKETS_FILE = "buckets.json"
 REG_PREFIX = "reg:"  # regularisation subsets are named reg:FOLDER (or reg:FOLDER/N_word)
@@ -187,7 +189,7 @@ def _import_reg_dir(root: Path, reg: Path, notes: list[str]) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = Path(tempfile.mkdtemp(prefix=temp_prefix(target.name), suffix=TEMP_SUFFIX, dir=target.parent))
         try:
-            shutil.copytree(reg, partial, symlinks=False, dirs_exist_ok=True)
+            shutil.copytree(reg, partial, symlinks=False, dirs_exist_ok=True, ignore=copy_ignoring(reg))
             os.replace(partial, target)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
@@ -392,6 +394,8 @@ def build_manifest(folder: str | os.PathLike[str], options: ManifestOptions = Ma
     for reg_root, scan in zip(reg_roots, reg_scans, strict=True):
         jobs.extend((entry, _reg_subset_for(reg_root, entry, options, previous)) for entry in scan.entries)
 
+    shared = _sharing_sidecars([e.path for e, _ in jobs], extension, base)
+    jobs = [(e, s) for e, s in jobs if e.path not in shared]
     missing = [e for e, s in jobs if not (e.caption or "").strip() and not s.is_reg]
     if missing and not options.allow_empty_captions:
         listed = "\n  ".join(_rel(e.path, base) for e in missing[:20])
@@ -439,11 +443,20 @@ def build_manifest(folder: str | os.PathLike[str], options: ManifestOptions = Ma
         notes.insert(0, "kept from the previous manifest: " + "; ".join(kept)
                      + " (a flag changes one; --reset starts from the defaults)")
     keep_tokens = options.keep_tokens if options.keep_tokens is not None else (1 if options.trigger else 0)
-    dropped = [*main_scan.dropped, *(d for s in reg_scans for d in s.dropped), *frozen.dropped]
+    dropped = [*main_scan.dropped, *(d for s in reg_scans for d in s.dropped), *shared.values(), *frozen.dropped]
     manifest = Manifest(images=tuple(frozen.done), subsets=tuple(subsets),
                         buckets=bucket_settings, caption_extension=extension, trigger=options.trigger,
                         keep_tokens=keep_tokens, dropped=tuple(dropped))
     return ManifestBuild(manifest, notes)
+
+
+def _sharing_sidecars(images: list[Path], extension: str, base: Path) -> dict[Path, Drop]:
+    """Images that share their caption and metadata files with another, each with why it is left
+    out: the caption (and the source and crop box in the metadata) may be the other picture's."""
+    return {image: Drop(_rel(image, base), "manifest",
+                        shares_sidecars(_rel(group[1] if image == group[0] else group[0], base),
+                                        caption_path(image, extension).name))
+            for group in sidecar_groups(images, extension) for image in group}
 
 
 def _within(path: Path, real_root: str) -> bool:

@@ -15,6 +15,7 @@ from pathlib import Path
 from prep.atomic import atomic_open
 from prep.carrycaption import Carry, carry_caption, plan_carry, settle_edited
 from prep.images import DEFAULT_MAX_PIXELS, open_image, read_info, save_image_atomic, sha256_file
+from prep.naming import Renamed, check_output_name, output_stems
 from prep.progress import SILENT, Reporter
 from prep.records import DEFAULT_CAPTION_EXTENSION, Source, relative_to_base
 from prep.runner import StepResult, run_step
@@ -43,17 +44,24 @@ class Copied:
 class NormaliseResult(StepResult[Path]):
     captions_kept: list[Path] = field(default_factory=list)
     captions_replaced: list[Path] = field(default_factory=list)
+    renamed: list[Renamed] = field(default_factory=list)  # sources sharing a stem, copied under new names
 
 
-def _target(src_root: Path, image: Path, out: Path, copy_bytes: bool) -> Path:
+def _target(src_root: Path, image: Path, out: Path, copy_bytes: bool, stem: str | None = None) -> Path:
+    """The copy's path: the source's, under `out`, named from `stem` (unique in its folder, see
+    prep.naming: `anim.gif` and `anim.webp` must not both become `anim.png`)."""
     rel = image.relative_to(src_root)
-    return (out / rel).with_suffix(image.suffix.lower() if copy_bytes else ".png")
+    return out / rel.parent / ((stem or rel.stem) + (image.suffix.lower() if copy_bytes else ".png"))
 
 
-def normalise_one(image: Path, src_root: Path, out: Path, options: NormaliseOptions) -> Copied:
+def normalise_one(image: Path, src_root: Path, out: Path, options: NormaliseOptions, stem: str | None = None,
+                  shared: bool = False) -> Copied:
+    """Copy one image (once: a copy of this exact source is kept); `shared`: its caption file is
+    another source's too (prep.naming), so the copy does not take it."""
     info = read_info(image, max_pixels=options.max_pixels)
     copy_bytes = info.format == "JPEG" and info.orientation == 1 and info.mode == "RGB" and info.frames == 1
-    target = _target(src_root, image, out, copy_bytes)
+    target = _target(src_root, image, out, copy_bytes, stem)
+    check_output_name(target, options.caption_extension)
     digest = sha256_file(image)
     done = not options.force and target.exists() and read_meta(target).get("source", {}).get("sha256") == digest
     if not done:  # (idempotent: an image already copied from this exact source is not copied again)
@@ -64,7 +72,7 @@ def normalise_one(image: Path, src_root: Path, out: Path, options: NormaliseOpti
             save_image_atomic(open_image(image, max_pixels=options.max_pixels), target)
         update_meta(target, source=Source(relative_to_base(image, out), digest).to_dict(),
                     normalise={"copied": copy_bytes, "from_mode": info.mode, "orientation": info.orientation})
-    caption = read_caption(caption_path(image, options.caption_extension))
+    caption = None if shared else read_caption(caption_path(image, options.caption_extension))
     if caption is None:
         return Copied(target)
     carry = plan_carry(out, target, caption, options.caption_extension, STEP)
@@ -76,7 +84,16 @@ def normalise_folder(src: str | os.PathLike[str], out: str | os.PathLike[str],
     src, out = Path(src), Path(out)
     result = NormaliseResult()
     images = list(walk_images(src, result.dropped))
-    step = run_step(images, lambda p: normalise_one(p, src, out, options), step=STEP,
+    stems, result.renamed = output_stems([p.relative_to(src) for p in images])
+    shared = {source for group in result.renamed for source in group.sources}
+    for group in result.renamed:
+        reporter.note(group.message("copies"))
+
+    def copy(image: Path) -> Copied:
+        rel = image.relative_to(src)
+        return normalise_one(image, src, out, options, stems[rel], rel in shared)
+
+    step = run_step(images, copy, step=STEP,
                     name=lambda p: p.relative_to(src).as_posix(), reporter=reporter, label="copying",
                     workers=options.workers)
     result.done = [copied.target for copied in step.done]

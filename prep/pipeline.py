@@ -25,6 +25,7 @@ from prep.records import DEFAULT_CAPTION_EXTENSION, Drop, Manifest
 from prep.atomic import sweep_leftovers
 from prep.scan import NoImages, has_images, walk_images
 from prep.sidecars import caption_bytes, caption_path
+from prep.walk import check_separate
 
 Status = Literal["ran", "skipped", "off"]
 
@@ -67,12 +68,7 @@ class PrepReport:
 def _check_folders(src: Path, out: Path) -> None:
     if not src.is_dir():
         raise UsageError(f"{src} is not a folder of images")
-    src_real, out_real = src.resolve(), out.resolve()
-    if out_real == src_real or out_real.is_relative_to(src_real):
-        raise UsageError(f"--out {out} is inside the source folder {src}",
-                         hint="write the dataset to a separate folder; sources are never modified")
-    if src_real.is_relative_to(out_real):
-        raise UsageError(f"the source folder {src} is inside --out {out}", hint="choose an --out beside the sources")
+    check_separate(src, out)
 
 
 def _blank(data: bytes | None) -> bool:

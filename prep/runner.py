@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from prep.errors import LoraprepError
+from prep.errors import LoraprepError, is_disk_error
 from prep.progress import SILENT, Reporter
 from prep.records import Drop
 
@@ -34,7 +34,8 @@ class StepResult(Generic[R]):
 
 def run_step(items: Sequence[T], fn: Callable[[T], R], *, step: str, name: Callable[[T], str],
              reporter: Reporter = SILENT, label: str | None = None, workers: int = 1) -> StepResult[R]:
-    """Apply `fn` to every item, in order. A `LoraprepError` or OSError drops that item only.
+    """Apply `fn` to every item, in order. A `LoraprepError` or OSError drops that item only; a
+    full or read-only disk (`prep.errors.is_disk_error`) ends the run with that error.
 
     `workers > 1` runs `fn` in a thread pool (decoders and onnxruntime release the GIL).
     """
@@ -46,6 +47,8 @@ def run_step(items: Sequence[T], fn: Callable[[T], R], *, step: str, name: Calla
         except LoraprepError as exc:
             return Drop(name(item), step, getattr(exc, "reason", None) or exc.message)
         except OSError as exc:
+            if is_disk_error(exc):  # a full or read-only disk fails every item: stop, say it once
+                raise
             return Drop(name(item), step, f"{type(exc).__name__}: {exc.strerror or exc}")
 
     with reporter.task(label or step, len(items)) as advance:

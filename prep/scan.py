@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,12 +16,12 @@ from prep.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageInfo, is_imag
 from prep.progress import SILENT, Reporter
 from prep.records import DEFAULT_CAPTION_EXTENSION, Drop
 from prep.runner import run_step
+from prep.naming import shares_sidecars, sidecar_groups
 from prep.sidecars import caption_path, read_caption
+from prep.walk import SKIPPED_DIRS, walk_images  # noqa: F401  (the one walk every command shares)
 
 # kohya's DreamBooth folder convention: "10_sks woman" = 10 repeats, class tokens "sks woman".
 REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")
-# Folders loraprep itself writes inside a dataset (journals, backups) are not part of it.
-SKIPPED_DIRS = frozenset({".loraprep", "__pycache__", ".git"})
 
 
 class NoImages(LoraprepError):
@@ -100,54 +99,10 @@ def _repeat_folder(root: Path, image: Path) -> RepeatFolder | None:
     return None
 
 
-def walk_images(root: Path, problems: list[Drop]) -> Iterator[Path]:
-    """Image files under root, sorted, following symlinked folders once (loops are reported)."""
-    seen_dirs: set[str] = set()
-
-    def rel(path: Path) -> str:
-        return path.relative_to(root).as_posix()
-
-    def visit(folder: Path) -> Iterator[Path]:
-        try:
-            real = os.path.realpath(folder)
-        except OSError as exc:
-            problems.append(Drop(rel(folder), "scan", f"cannot resolve folder: {exc}"))
-            return
-        if real in seen_dirs:
-            problems.append(Drop(rel(folder), "scan", "symlink loop: folder already visited"))
-            return
-        seen_dirs.add(real)
-        try:
-            children = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError as exc:
-            problems.append(Drop(rel(folder) or ".", "scan", f"cannot list folder: {exc.strerror or exc}"))
-            return
-        for child in children:
-            if child.name.startswith(".") or child.name in SKIPPED_DIRS:
-                continue
-            path = Path(child.path)
-            try:
-                is_dir = child.is_dir()  # follows symlinks
-            except OSError as exc:
-                problems.append(Drop(rel(path), "scan", f"cannot stat: {exc.strerror or exc}"))
-                continue
-            if is_dir:
-                yield from visit(path)
-            elif is_image_path(path):
-                yield path
-
-    yield from visit(root)
-
-
 def _duplicate_stem_warnings(root: Path, images: list[Path], extension: str) -> list[Drop]:
-    by_caption: dict[Path, list[Path]] = {}
-    for image in images:
-        by_caption.setdefault(caption_path(image, extension), []).append(image)
-    return [
-        Drop(str(group[1].relative_to(root)), "scan",
-             f"shares caption file {sidecar.name} with {group[0].name}; rename one of them")
-        for sidecar, group in by_caption.items() if len(group) > 1
-    ]
+    return [Drop(image.relative_to(root).as_posix(), "scan",
+                 shares_sidecars(group[0].relative_to(root).as_posix(), caption_path(image, extension).name))
+            for group in sidecar_groups(images, extension) for image in group[1:]]
 
 
 def scan_folder(root: str | os.PathLike[str], *, caption_extension: str = DEFAULT_CAPTION_EXTENSION,

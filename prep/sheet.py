@@ -79,6 +79,15 @@ def thumbnail(cell: SheetCell, size: int) -> Image.Image:
     return tile
 
 
+_CONTROL = {code: "?" for code in (*range(0x20), 0x7f)} | {ord("\t"): " ", ord("\n"): "\\n", ord("\r"): "\\r"}
+
+
+def one_line(text: str) -> str:
+    """`text` as one drawable line: a line break in a caption or a file name shows as `\\n` (PIL
+    cannot measure text that spans lines, and a label must say the break is there)."""
+    return text.replace("\r\n", "\n").translate(_CONTROL)
+
+
 def wrap_label(text: str, fits: Callable[[str], bool]) -> list[str]:
     """`text` broken into lines that each `fits`: at spaces where it can, then after a '+', '/',
     '_' or '-', and inside a word only when nothing else fits. No character is dropped."""
@@ -116,7 +125,8 @@ def render_sheet(cells: Sequence[SheetCell], columns: int = 6, thumb: int = 256)
     def fits(text: str) -> bool:
         return measure.textlength(text, font=font) <= thumb - 4
 
-    labels = [[part for line in cell.lines[:LABEL_LINES] for part in wrap_label(line, fits)] for cell in cells]
+    labels = [[part for line in cell.lines[:LABEL_LINES] for part in wrap_label(one_line(line), fits)]
+              for cell in cells]
     line_height = font_size + 3
     label_height = max([LABEL_LINES, *(len(lines) for lines in labels)]) * line_height + 4
     columns = max(1, min(columns, len(cells) or 1))

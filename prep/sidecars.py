@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -34,6 +35,10 @@ def read_caption(path: str | os.PathLike[str]) -> str | None:
         data = path.read_bytes()
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:  # a sidecar that long cannot exist
+            return None
+        raise
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -71,6 +76,10 @@ def read_meta(image_path: str | os.PathLike[str]) -> dict:
         data = json.loads(meta_path(image_path).read_text(encoding="utf-8"))
     except (FileNotFoundError, ValueError, UnicodeDecodeError):
         return {}
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:  # the image's name leaves no room for one
+            return {}
+        raise
     return data if isinstance(data, dict) else {}
 
 

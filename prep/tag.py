@@ -23,10 +23,12 @@ import numpy as np
 from PIL import Image
 
 from prep import models
+from prep.atomic import check_writable
 from prep.captions.dataset import decode_caption, read_current
 from prep.captions.journal import FileState, apply_changes, write_guarded
-from prep.errors import LoraprepError, ModelNotAvailable, UsageError
+from prep.errors import LoraprepError, ModelNotAvailable, UsageError, is_disk_error
 from prep.images import DEFAULT_MAX_PIXELS, open_image
+from prep.naming import with_own_sidecars
 from prep.progress import SILENT, Reporter
 from prep.records import DEFAULT_CAPTION_EXTENSION, Drop, Tags
 from prep.runner import StepResult
@@ -312,6 +314,8 @@ class _Run:
         self.writer.shutdown(wait=True)
         for path, future in self.writes:
             error = future.exception()
+            if is_disk_error(error):  # every later write would fail the same way
+                raise error
             if error is None and future.result():
                 self.result.done.append(path)
             elif error is None:
@@ -334,6 +338,8 @@ class _Run:
                     try:
                         update_meta(pending.image, **pending.sections)
                     except (LoraprepError, OSError) as error:
+                        if is_disk_error(error):
+                            raise
                         self.drop_write_error(pending.image, error)
                     else:
                         self.result.done.append(pending.image)
@@ -372,11 +378,14 @@ def tag_folder(folder: Path, options: TagOptions, reporter: Reporter = SILENT) -
     or inconsistent; a bad image becomes a Drop with its reason and the rest continue.
     """
     images, problems = find_images(folder)
+    images = with_own_sidecars(folder, images, options.caption_extension, STEP, problems)
     skip = [options.mode == "skip-existing" and caption_path(p, options.caption_extension).exists() for p in images]
     todo = [path for path, skipped in zip(images, skip) if not skipped]
     if not todo:  # nothing to do: do not even open the models (re-runs are instant)
         reporter.note(f"nothing to tag: all {len(images)} images have captions (--mode append/overwrite to redo)")
         return TagResult(dropped=problems, skipped=images, keep_tokens=options.keep_tokens)
+    if not options.dry_run:
+        check_writable(folder)  # a read-only folder: said before the models load and every image is tagged
     run = _Run(folder, options, reporter)
     run.result.dropped.extend(problems)
     run.result.skipped = [path for path, skipped in zip(images, skip) if skipped]

@@ -143,12 +143,19 @@ def save_checkpoint(output_dir: Path, state: LoopState, *, lora: dict[str, Any],
         previous = [p for p in list_checkpoints(output_dir) if p != final]
         kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
         raise LoraprepError(f"could not save the checkpoint for step {state.global_step}: "
-                            f"{exc.strerror or exc}; {kept}",
-                            hint="free disk space, then continue with `--resume latest`") from exc
+                            f"{exc.strerror or exc}; {kept}", hint=resume_hint(bool(previous))) from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def resume_hint(resumable: bool) -> str:
+    """What to do after a full disk stopped a run: `--resume latest` only where a checkpoint exists
+    (without one it is a usage error, exit 2)."""
+    if resumable:
+        return "free disk space, then continue with `--resume latest`"
+    return "free disk space, then run the same command again (no checkpoint was saved yet, so it starts over)"
 
 
 def prune_checkpoints(output_dir: Path, keep: int) -> list[Path]:

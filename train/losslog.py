@@ -51,13 +51,16 @@ class LossLog:
     def _write(self, path: Path, data: bytes) -> None:
         from prep.atomic import write_bytes_atomic
 
+        from train.checkpoint import list_checkpoints, resume_hint
+
         try:
             write_bytes_atomic(path, data)
         except OSError as exc:
             step = self.rows[-1][0] if self.rows else 0
+            saved = list_checkpoints(path.parent)
+            kept = "and the checkpoints are intact" if saved else "is intact (no checkpoint was saved yet)"
             raise LoraprepError(f"could not write {path} at step {step}: {exc.strerror or exc}; "
-                                f"the previous {path.name} and the checkpoints are intact",
-                                hint="free disk space, then continue with `--resume latest`") from exc
+                                f"the previous {path.name} {kept}", hint=resume_hint(bool(saved))) from exc
 
     def plot(self) -> Path | None:
         import io

@@ -12,7 +12,7 @@ from typing import Any
 
 from prep.errors import LoraprepError, UsageError
 from prep.progress import Reporter
-from train.checkpoint import LoopState, list_checkpoints
+from train.checkpoint import LoopState, list_checkpoints, resume_hint
 from train.config import TrainConfig, parse_size
 from train.data import TrainingSet
 from train.network import Network
@@ -32,8 +32,7 @@ def export_lora(stem: Path, base: Any, network: Network, config: TrainConfig, pl
         found = list_checkpoints(Path(config.run.output_dir))
         kept = f"the last checkpoint {found[-1]} is intact" if found else "no checkpoint was saved"
         raise LoraprepError(f"could not write {stem.name}.safetensors at step {state.global_step}: "
-                            f"{exc.strerror or exc}; {kept}",
-                            hint="free disk space, then continue with `--resume latest`") from exc
+                            f"{exc.strerror or exc}; {kept}", hint=resume_hint(bool(found))) from exc
     return [Path(f) for f in files]
 
 

@@ -8,10 +8,11 @@ tell whether a file changed on disk since it was loaded, and so the undo journal
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from itertools import chain
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,8 +20,10 @@ from pathlib import Path
 
 from prep.errors import UsageError
 from prep.images import IMAGE_EXTENSIONS
-from prep.records import DEFAULT_CAPTION_EXTENSION
+from prep.records import DEFAULT_CAPTION_EXTENSION, Drop
+from prep.naming import shares_sidecars
 from prep.sidecars import META_SUFFIX, check_caption_extension
+from prep.walk import walk_folders
 
 STATE_DIR = ".loraprep"
 
@@ -81,6 +84,8 @@ class CaptionDataset:
     extension: str
     files: tuple[CaptionFile, ...]
     _index: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+    # folder links not entered (prep.walk) and images sharing a caption file with another
+    skipped: tuple[Drop, ...] = ()
 
     def __post_init__(self) -> None:
         self._index.update({f.caption: i for i, f in enumerate(self.files)})
@@ -104,18 +109,17 @@ class CaptionDataset:
         return counts
 
 
-def _walk(root: Path) -> list[tuple[str, list[str]]]:
-    """(relative folder, file names) for every folder, skipping hidden ones such as `.loraprep/`."""
-    found = []
-    for folder, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel = os.path.relpath(folder, root)
-        found.append(("" if rel == "." else Path(rel).as_posix() + "/", filenames))
-    return found
+def _walk(root: Path, problems: list[Drop]) -> list[tuple[str, tuple[str, ...]]]:
+    """(relative folder + "/", file names) for every folder of the dataset, as every command walks
+    it (prep.walk: hidden folders skipped, folder links never entered)."""
+    return [(folder.rel + "/" if folder.rel else "", folder.files) for folder in walk_folders(root, problems)]
 
 
-def _pair(prefix: str, names: list[str], extension: str) -> list[tuple[str, str | None, bool]]:
-    """(caption path, image path or None, caption exists) for one folder's files, in name order."""
+def _pair(prefix: str, names: Sequence[str], extension: str,
+          shared: list[Drop]) -> list[tuple[str, str | None, bool]]:
+    """(caption path, image path or None, caption exists) for one folder's files, in name order.
+    Images sharing one caption file with an earlier one are added to `shared`: one caption cannot
+    describe two pictures, and the captions tools show only the first."""
     images: dict[str, str] = {}
     captions: set[str] = set()
     for name in sorted(names):
@@ -127,7 +131,10 @@ def _pair(prefix: str, names: list[str], extension: str) -> list[tuple[str, str 
         if "." + suffix == extension:
             captions.add(stem)
         elif "." + suffix.lower() in IMAGE_EXTENSIONS:
-            images.setdefault(stem, name)
+            if stem in images:
+                shared.append(Drop(prefix + name, "captions", shares_sidecars(images[stem], stem + extension)))
+            else:
+                images[stem] = name
     pairs = [(prefix + stem + extension, prefix + image, stem in captions) for stem, image in images.items()]
     pairs += [(prefix + stem + extension, None, True) for stem in captions if stem not in images]
     return sorted(pairs)
@@ -139,12 +146,13 @@ def load_dataset(root: str | os.PathLike[str], extension: str = DEFAULT_CAPTION_
     if not root.is_dir():
         raise UsageError(f"{root} is not a folder", hint="pass the dataset folder holding images and .txt captions")
     extension = check_caption_extension(extension)
-    pairs = [pair for prefix, names in _walk(root) for pair in _pair(prefix, names, extension)]
+    skipped: list[Drop] = []
+    pairs = [pair for prefix, names in _walk(root, skipped) for pair in _pair(prefix, names, extension, skipped)]
     base = os.fspath(root)
     raws = _read_all([os.path.join(base, caption) if exists else None for caption, _, exists in pairs])
     with collector_paused():
         files = [CaptionFile.make(caption, image, raw) for (caption, image, _), raw in zip(pairs, raws)]
-    return CaptionDataset(root, extension, tuple(files))
+    return CaptionDataset(root, extension, tuple(files), skipped=tuple(skipped))
 
 
 @contextlib.contextmanager
@@ -181,6 +189,10 @@ def _read(path: str, _flags: int = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)) ->
         fd = os.open(path, _flags)
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:  # a caption of a name that long cannot exist
+            return None
+        raise
     try:
         parts = []
         while chunk := os.read(fd, 1 << 16):

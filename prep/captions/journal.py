@@ -28,10 +28,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prep.atomic import DEFAULT_FILE_MODE, TEMP_SUFFIX, temp_prefix, write_bytes_atomic
+from prep.atomic import DEFAULT_FILE_MODE, TEMP_SUFFIX, naming, temp_prefix, write_bytes_atomic
 from prep.captions.dataset import STATE_DIR, read_current
 from prep.captions.edit import Change, EditPlan
 from prep.errors import LoraprepError
+from prep.naming import name_max, too_long
 
 JOURNAL_SCHEMA = "loraprep.caption-journal/1"
 JOURNAL_DIR = Path(STATE_DIR) / "journal"
@@ -188,17 +189,18 @@ def _read_or_none(path: str) -> bytes | None:
 
 
 def _temporary_with(folder: str, name: str, data: bytes) -> str:
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(name), suffix=TEMP_SUFFIX, dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, DEFAULT_FILE_MODE)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with naming(os.path.join(folder, name)):  # a full disk names the caption, not the temporary
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(name), suffix=TEMP_SUFFIX, dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp, DEFAULT_FILE_MODE)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
     return tmp
 
 
@@ -372,6 +374,18 @@ def _remove_guarded(target: str, expected: bytes | None) -> bool:
 # ---- applying, undoing, redoing
 
 
+def check_nameable(root: Path, captions: Sequence[str]) -> None:
+    """Refuse, before the first write, an edit one of whose captions cannot be named on this file
+    system (a 250-byte image name with a longer caption extension): nothing is half-applied."""
+    limit = name_max(root)
+    long = [caption for caption in captions if too_long(caption, limit)]
+    if long:
+        shown = ", ".join(name[:60] + ("…" if len(name) > 60 else "") for name in long[:3])
+        raise LoraprepError(f"{len(long)} caption file name(s) are longer than the file system's {limit}-byte "
+                            f"limit: {shown}; nothing was written",
+                            hint="shorten those images' names (or use a shorter --caption-extension) and run it again")
+
+
 @dataclass(frozen=True)
 class Written:
     """What a journalled write did: the files it changed, the ones it left alone, its entry."""
@@ -387,6 +401,7 @@ def apply_changes(root: Path, description: str, states: Sequence[FileState]) -> 
     Files are checked once before the entry is written and again by each guarded write; the entry
     is then trimmed to the files really written, so undo never meets a file this edit skipped.
     """
+    check_nameable(root, [state.caption for state in states])
     ready, conflicts = [], []
     for state in states:
         (ready if read_current(root, state.caption) == state.before else conflicts).append(state)

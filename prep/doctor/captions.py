@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from pathlib import PurePosixPath
 
 from prep.captions.dataset import CaptionDataset
 from prep.captions.lint import LintOptions, LintReport, fix_commands, lint_dataset
 from prep.captions.tokens import TokenCounter
 from prep.doctor.report import Finding, quote
+from prep.sidecars import META_SUFFIX
 from prep.tags import split_tags, tag_key
 
 COMMON_MIN_IMAGES = 8  # below this many images, "nearly every image" means nothing
@@ -103,3 +105,27 @@ def identical_caption_findings(dataset: CaptionDataset, label: str, same_picture
             f"loraprep tag {quote(label)} --mode append",
             {"caption": texts[key]}))
     return found
+
+
+def shared_sidecar_findings(groups: Sequence[Sequence[str]], label: str, extension: str) -> list[Finding]:
+    """Images of one folder that share a caption and metadata file (`a.png` and `a.jpg` both own
+    `a.txt`): one caption trains two pictures, and a step writing one's metadata overwrites the
+    other's. The fix renames all but the first, keeping the extension in the name, and tags them."""
+    found = []
+    where = label.rstrip("/") + "/"
+    for group in groups:
+        first = PurePosixPath(group[0])
+        caption = first.with_suffix(extension).as_posix()
+        renames = [f"mv {quote(where + other)} {quote(where + _with_extension_in_stem(other))}" for other in group[1:]]
+        found.append(Finding(
+            "captions", "shared-sidecar", tuple(group),
+            f"{' and '.join(group)} share one caption file, {caption} (and {first.stem}{META_SUFFIX}): both "
+            "train on one caption, and a step writing one's metadata overwrites the other's",
+            " && ".join([*renames, f"loraprep tag {quote(label)}"]), {"caption": caption}))
+    return found
+
+
+def _with_extension_in_stem(path: str) -> str:
+    """`sub/a.png` → `sub/a_png.png`: the name prep.naming gives such an image's outputs."""
+    pure = PurePosixPath(path)
+    return pure.with_name(f"{pure.stem}_{pure.suffix.lstrip('.').lower()}{pure.suffix}").as_posix()

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from prep.doctor.captions import common_tag_findings, identical_caption_findings, lint_findings
+from prep.doctor.captions import (common_tag_findings, identical_caption_findings, lint_findings,
+                                  shared_sidecar_findings)
 from prep.doctor.duplicates import DuplicateGroup, Hashed, find_duplicates
 from prep.doctor.findings import (bucket_findings, duplicate_findings, face_findings, placement_findings,
                                   sharpness_findings)
@@ -90,7 +91,8 @@ def diagnose(target: str | os.PathLike[str], options: DoctorOptions = DoctorOpti
 
     groups = check_duplicates(looked, options, reporter)
     findings += duplicate_findings(groups, label)
-    findings += sharpness_findings(judge([Measured(e.item.rel, e.fingerprint.sharpness, e.fingerprint.detail)
+    findings += sharpness_findings(judge([Measured(e.item.rel, e.fingerprint.sharpness, e.fingerprint.detail,
+                                                   e.fingerprint.judged)
                                           for e in looked], options.blur_sensitivity), label)
     readable = [e.item for e in looked]
     placements = place_all([i.rel for i in readable], [i.size for i in readable], inputs.plan,
@@ -102,6 +104,7 @@ def diagnose(target: str | os.PathLike[str], options: DoctorOptions = DoctorOpti
     findings += lint_findings(inputs.captions, counter, label, inputs.trigger, options.max_tokens)
     same_picture = {path: n for n, group in enumerate(groups) for path in group.images}
     findings += identical_caption_findings(inputs.captions, label, same_picture)
+    findings += shared_sidecar_findings(inputs.shared, label, inputs.captions.extension)
     findings += common_tag_findings(inputs.captions, label, inputs.trigger, inputs.class_tokens, options.common_share)
 
     bucket_use = usage(placements, inputs.plan)

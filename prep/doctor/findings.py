@@ -13,7 +13,7 @@ from prep.doctor.duplicates import DuplicateGroup
 from prep.doctor.geometry import ASPECT_FROM, TINY_FROM, TRIM_FROM, UPSCALE_FROM, BucketUsage, Placement
 from prep.doctor.inputs import Item
 from prep.doctor.report import Finding, quarantine_command, quote
-from prep.doctor.sharpness import SharpnessFinding
+from prep.doctor.sharpness import MIN_JUDGE_SIDE, SharpnessFinding
 
 
 def duplicate_findings(groups: Sequence[DuplicateGroup], label: str) -> list[Finding]:
@@ -32,7 +32,10 @@ def sharpness_findings(judged: Sequence[SharpnessFinding], label: str) -> list[F
     found = []
     for j in judged:
         below = "" if j.z is None else f", {j.z:.1f} spreads below"
-        if j.kind == "blurry":
+        if j.kind == "too-small-to-judge":
+            message = (f"its picture holds the detail of one under {MIN_JUDGE_SIDE} px across, enlarged "
+                       "(or blurred away): too small to judge its sharpness; it trains as a smear")
+        elif j.kind == "blurry":
             message = f"blurry: sharpness {j.score:.2f} against the dataset's median {j.median:.2f}{below}"
         else:
             message = f"little detail: {j.score:.0f} against the dataset's median {j.median:.0f}{below}"

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from prep.doctor.sharpness import measure
+from prep.doctor.sharpness import Judged, judgeable, measure
 from prep.images import WHITE, flatten_alpha, open_image
 
 ANALYSIS_AREA = 384 * 384
@@ -40,6 +40,7 @@ class Fingerprint:
     coefficients: np.ndarray = field(repr=False)  # 63 AC coefficients, unit length (float32)
     sharpness: float
     detail: float
+    judged: Judged = "ok"  # whether there is detail enough to judge sharpness (sharpness.judgeable)
 
 
 def analysis_size(size: tuple[int, int], area: int = ANALYSIS_AREA) -> tuple[int, int]:
@@ -89,7 +90,7 @@ def fingerprint_grey(grey: np.ndarray) -> Fingerprint:
     ac = dct[1:]
     norm = float(np.linalg.norm(ac))
     coefficients = (ac / norm if norm > 1e-6 else np.zeros_like(ac)).astype(np.float32)
-    return Fingerprint(_bits(dct), _bits(mirrored), coefficients, *measure(grey))
+    return Fingerprint(_bits(dct), _bits(mirrored), coefficients, *measure(grey), judgeable(grey))
 
 
 def fingerprint(path: str | os.PathLike[str], size: tuple[int, int], *,

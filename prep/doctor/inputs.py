@@ -18,6 +18,7 @@ from prep.captions.dataset import CaptionDataset, CaptionFile, load_dataset
 from prep.dataset import MANIFEST_FILE, plan_from_settings, saved_bucket_settings
 from prep.errors import LoraprepError, UsageError
 from prep.images import DEFAULT_MAX_PIXELS
+from prep.naming import sidecar_groups
 from prep.progress import SILENT, Reporter
 from prep.records import DEFAULT_CAPTION_EXTENSION, BucketSettings, Drop, Manifest, load_manifest
 from prep.scan import scan_folder
@@ -76,6 +77,7 @@ class DoctorInput:
     trigger: str | None
     class_tokens: tuple[str, ...]
     manifest: Path | None         # the manifest involved, if any (stale after a quarantine)
+    shared: tuple[tuple[str, ...], ...] = ()  # images sharing one caption/metadata file (prep.naming)
 
 
 def _plan(settings: BucketSettings | None) -> BucketPlan | None:
@@ -112,10 +114,12 @@ def _from_folder(root: Path, label: str, options: DoctorOptions, reporter: Repor
                           crop if isinstance(crop, dict) else {}))
     plan = (options.buckets or _plan(saved_bucket_settings(root))
             or _plan(manifest.buckets if manifest else None) or BucketPlan())
+    shared = tuple(tuple(image.relative_to(root).as_posix() for image in group)
+                   for group in sidecar_groups([entry.path for entry in scan.entries], extension))
     return DoctorInput(root, "folder", label, tuple(items), tuple(scan.dropped), load_dataset(root, extension),
                        plan, options.trigger or (manifest.trigger if manifest else None),
                        options.class_tokens or _class_tokens(manifest),
-                       manifest_path if manifest is not None else None)
+                       manifest_path if manifest is not None else None, shared)
 
 
 def _from_manifest(path: Path, label: str, options: DoctorOptions) -> DoctorInput:

@@ -26,12 +26,12 @@ SECTIONS: dict[str, str] = {
     "faces": "Faces and crops",
     "captions": "Captions",
     "buckets": "Buckets holding a single image",
-    "unreadable": "Unreadable files",
+    "unreadable": "Unreadable files, and folder links not entered",
 }
 # what `--apply --quarantine KIND` sets aside, per finding kind
 QUARANTINE_KINDS: dict[str, tuple[str, ...]] = {
     "duplicates": ("exact-duplicate", "near-duplicate"),
-    "blurry": ("blurry", "low-detail"),
+    "blurry": ("blurry", "low-detail", "too-small-to-judge"),
     "tiny": ("tiny",),
     "aspect": ("aspect",),
     "no-face": ("no-face",),

@@ -17,15 +17,16 @@ from prep.doctor.report import DoctorReport, Finding
 from prep.errors import LoraprepError
 from prep.images import DEFAULT_MAX_PIXELS, open_image, read_info, save_image_atomic
 from prep.progress import SILENT, Reporter
-from prep.sheet import SheetCell, label_font, render_sheet
+from prep.sheet import SheetCell, label_font, one_line, render_sheet
 
 BACKGROUND = (24, 24, 24)
 TITLE_COLOUR = (255, 200, 80)
 # Sections shown as one band per finding (a group side by side) vs. many findings per band.
-GROUPED_KINDS = ("exact-duplicate", "near-duplicate", "identical-captions")
-ROW_KINDS = ("blurry", "low-detail", "tiny", "upscale", "aspect", "no-face", "small-crop", "single-image-bucket")
-TITLES = {"blurry": "blurry", "low-detail": "low detail", "tiny": "tiny", "upscale": "upscaled by its bucket",
-          "aspect": "extreme aspect ratio", "no-face": "no face found", "small-crop": "crop below --min-size",
+GROUPED_KINDS = ("exact-duplicate", "near-duplicate", "identical-captions", "shared-sidecar")
+ROW_KINDS = ("blurry", "low-detail", "too-small-to-judge", "tiny", "upscale", "aspect", "no-face", "small-crop",
+             "single-image-bucket")
+TITLES = {"blurry": "blurry", "low-detail": "low detail", "too-small-to-judge": "too small to judge", "tiny": "tiny",
+          "upscale": "upscaled by its bucket", "aspect": "extreme aspect ratio", "no-face": "no face found", "small-crop": "crop below --min-size",
           "single-image-bucket": "alone in its bucket"}
 
 
@@ -82,7 +83,7 @@ def _band_image(band: Band, root: Path, options: SheetOptions) -> Image.Image:
     cells = [_cell(root, path, lines, options.thumb, options.max_pixels) for path, lines in band.cells]
     grid = render_sheet(cells, columns=min(options.columns, len(cells)), thumb=options.thumb)
     font = label_font(max(12, options.thumb // 14))
-    title = band.title.translate(_ASCII)
+    title = one_line(band.title).translate(_ASCII)
     width = max(grid.width, int(ImageDraw.Draw(grid).textlength(title, font=font)) + 12)
     header = max(12, options.thumb // 14) + 10
     image = Image.new("RGB", (width, grid.height + header), BACKGROUND)

@@ -176,7 +176,10 @@ class CaptionEditor(App):
         self.pane = self.query_one(PreviewPane)
         self.query_one("#files", RowList).set_count(len(self.session.visible))
         self.set_focus(self.query_one("#tags", RowList))
-        self.set_status(f"{len(self.session.items)} images · ? shows every key")
+        left_out = len(self.session.dataset.skipped)
+        self.set_status(f"{len(self.session.items)} images · ? shows every key" + (
+            f" · {left_out} left out (folder links, shared captions): `loraprep captions lint` lists them"
+            if left_out else ""))
         threading.Thread(target=self._clean_temporaries, name="loraprep-clean", daemon=True).start()
 
     def _clean_temporaries(self) -> None:

@@ -83,3 +83,23 @@ def test_judge_says_how_far_below_the_median() -> None:
 def test_low_detail_is_judged_on_detail() -> None:
     measured = [Measured(f"{i}.png", 3.5, d) for i, d in enumerate([800, 650, 900, 700, 750, 20])]
     assert [(f.path, f.kind) for f in judge(measured)] == [("5.png", "low-detail")]
+
+
+def test_pictures_enlarged_from_a_few_pixels_are_too_small_to_judge_not_blurry(tmp_path: Path, testdata: Path) -> None:
+    """8×8 noise blown up (the way a probe made 20,000 of them): its detail is that of 8 pixels, so
+    its sharpness cannot be judged; it must not be called blurry, nor move the dataset's medians."""
+    import numpy as np
+
+    copy_originals(testdata, tmp_path)
+    rng = np.random.default_rng(0)
+    kernels = (Image.Resampling.BICUBIC, Image.Resampling.BILINEAR, Image.Resampling.LANCZOS)
+    for i, (kernel, side) in enumerate((k, s) for k in kernels for s in (64, 200, 600)):
+        noise = Image.fromarray(rng.integers(0, 256, (8, 8, 3)).astype(np.uint8))
+        noise.resize((side, side), kernel).save(tmp_path / f"noise{i}.png")
+    noise.save(tmp_path / "native8.png")  # 8×8 as it is: too few pixels to judge (tiny says so)
+    report = diagnose(tmp_path)
+    flagged = _flagged(report)
+    assert {path: kind for path, kind in flagged.items()} == {f"noise{i}.png": "too-small-to-judge" for i in range(9)}
+    finding = next(f for f in report.section("blurry") if f.paths[0] == "noise0.png")
+    assert "too small to judge" in finding.message and finding.fix.endswith("--quarantine blurry")
+    assert [f.section for f in report.findings if f.paths[0] == "native8.png" and f.section != "captions"] == ["tiny"]

@@ -106,7 +106,11 @@ def test_a_full_disk_while_saving_leaves_the_previous_checkpoint_intact(tmp_path
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000010"]  # no temp folder left
 
 
-def test_a_full_disk_while_writing_the_loss_log_is_a_clean_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("checkpoint", [True, False], ids=["after-a-checkpoint", "before-any-checkpoint"])
+def test_a_full_disk_while_writing_the_loss_log_is_a_clean_error_whose_hint_matches_the_state(
+        tmp_path: Path, checkpoint: bool) -> None:
+    if checkpoint:
+        _save(tmp_path, 3, 4)
     log = LossLog(tmp_path / "loss.csv")
     for step in range(1, 4):
         log.add({"step": step, "epoch": 1, "loss": 0.1, "loss_ema": 0.1, "lr": 1e-4})
@@ -114,7 +118,9 @@ def test_a_full_disk_while_writing_the_loss_log_is_a_clean_error(tmp_path: Path)
     log.add({"step": 4, "epoch": 1, "loss": 0.1, "loss_ema": 0.1, "lr": 1e-4})
     with _file_size_limit(40), pytest.raises(LoraprepError, match="could not write .*loss.csv at step 4") as caught:
         log.write()
-    assert "--resume latest" in caught.value.hint
+    # `--resume latest` without a checkpoint is a usage error (exit 2): hinted only where one exists
+    assert ("--resume latest" in caught.value.hint) == checkpoint
+    assert checkpoint or "run the same command again" in caught.value.hint
     assert (tmp_path / "loss.csv").read_text().count("\n") == 4  # header + the 3 rows written before
 
 
@@ -133,6 +139,18 @@ def test_every_checkpoint_has_its_loss_rows_when_a_save_fails(testdata: Path, tm
     (tmp_path / "out" / "lora-step00000002.safetensors").rmdir()
     resumed = train(manifest, _settings(tiny_sd15, tmp_path / "out", resume="latest"))
     assert resumed.steps == 3 and resumed.loss_csv.read_text().count("\n") == 4
+
+
+def test_a_write_failing_before_any_checkpoint_does_not_hint_a_resume_that_would_fail(
+        testdata: Path, tmp_path: Path, tiny_sd15: Path) -> None:
+    manifest = make_dataset(testdata, tmp_path / "ds")
+    (tmp_path / "out" / "lora-step00000001.safetensors").mkdir(parents=True)  # step 1's LoRA cannot be written
+    with pytest.raises(LoraprepError, match="lora-step00000001") as caught:
+        train(manifest, _settings(tiny_sd15, tmp_path / "out"))
+    assert list_checkpoints(tmp_path / "out") == []
+    assert "--resume" not in caught.value.hint and "run the same command again" in caught.value.hint
+    with pytest.raises(UsageError):  # what the old hint led to
+        train(manifest, _settings(tiny_sd15, tmp_path / "out", resume="latest"))
 
 
 def test_resume_rewrites_a_lora_file_an_interrupted_save_left_missing(testdata: Path, tmp_path: Path,
