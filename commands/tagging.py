@@ -39,6 +39,8 @@ def tag(
     prune_clothes: Annotated[bool, typer.Option("--prune-clothes/--keep-clothes", help="Also remove outfit tags (the outfit becomes part of the trigger) or keep them (default).")] = False,
     prune_list: Annotated[Optional[list[Path]], typer.Option("--prune-list", help="Extra prune list (.toml like prep/data/prune_character.toml, or one pattern a line); implies --prune-character.")] = None,
     mode: Annotated[str, typer.Option("--mode", help="Existing captions: skip-existing (default), append, or overwrite. append/overwrite write every caption at the end as one journal entry (`loraprep captions undo` restores the previous ones); captions that are not UTF-8, or that change while tagging runs, are left as they are.")] = "skip-existing",
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda. auto: onnxruntime's GPU provider if it has one, else the WD v3 timm weights on torch's CUDA (when pulled: `models pull NAME-timm`), else the CPU.")] = "auto",
+    backend: Annotated[str, typer.Option("--backend", help="WD tagger engine: auto, onnx (model.onnx) or timm (v3 config.json + model.safetensors on torch).")] = "auto",
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per inference call (default: 1 on CPU, 8 on GPU).")] = None,
     workers: Annotated[int, typer.Option("--workers", help="Threads decoding and preprocessing ahead of the model (0: in the main thread).")] = 2,
     download: Annotated[bool, typer.Option("--download", help="Download a missing registry model first (needs the hub).")] = False,
@@ -70,10 +72,11 @@ def tag(
         trigger=trigger, always_first=split_option(always_first), exclude=split_option(exclude),
         replace=tuple(parse_replacements(replace or []).items()), prune_character=prune_character or bool(lists),
         prune_clothes=prune_clothes, prune_lists=lists, mode=mode, batch_size=batch_size, workers=workers,  # type: ignore[arg-type]
-        caption_extension=caption_extension, dry_run=dry_run, download=download, max_pixels=max_pixels)
+        caption_extension=caption_extension, dry_run=dry_run, download=download, max_pixels=max_pixels,
+        device=device, backend=backend)  # type: ignore[arg-type]
     if not dry_run:
         sweep_leftovers(folder)
-    with rich_reporter() as reporter:
+    with rich_reporter(describe_metrics=lambda metrics: "", speed_unit="images/s") as reporter:
         result = tag_folder(folder, options, reporter=reporter)
 
     def rel(path: Path) -> str:

@@ -109,6 +109,14 @@ _wd14("wd-convnext-tagger-v3", "d39e46de298d27340111b64965e20b8185c407e6",
       "WD14 ConvNeXt v3, 448px, ~395 MB")
 _wd14("wd-eva02-large-tagger-v3", "b25b82a03f7282e41aa2f257a52c7583b710bd1c",
       "WD14 EVA02-Large v3: most accurate, slowest, 448px, ~1.3 GB")
+# The v3 repositories also hold the timm weights they were trained as (same pinned commit): the
+# `-timm` twins run on torch (`tag --backend timm`, or automatically on CUDA without onnxruntime-gpu).
+_TIMM_FILES = ("config.json", "model.safetensors", "selected_tags.csv")
+for _onnx in [s for s in list(REGISTRY.values()) if s.kind == "tagger" and s.name.endswith("-v3")]:
+    register(ModelSpec(name=_onnx.name + "-timm", kind="tagger", repo_id=_onnx.repo_id, revision=_onnx.revision,
+                       files=_TIMM_FILES, licence=_onnx.licence,
+                       description=f"timm weights of {_onnx.name} for GPU tagging on torch (`tag --device cuda`)"))
+
 _wd14("wd-v1-4-moat-tagger-v2", "8452cddf280b952281b6e102411c50e981cb2908",
       "WD14 MOAT v2 (the older v1.4 tag set), 448px, ~330 MB")
 

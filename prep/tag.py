@@ -32,7 +32,8 @@ from prep.records import DEFAULT_CAPTION_EXTENSION, Drop, Tags
 from prep.runner import StepResult
 from prep.sidecars import BadCaption, caption_bytes, caption_path, check_caption_extension, update_meta
 from prep.tagging.blip import BlipCaptioner, BlipSettings
-from prep.tagging.wd14 import Thresholds, Wd14Tagger
+from prep.tagging.device import BACKENDS, DEVICES, Backend, Device, Placement
+from prep.tagging.wd14 import Thresholds, Wd14Tagger, resize_bgr, square_rgb
 from prep.tags import (PruneOptions, PruneRules, apply_trigger, dedupe, exclude_tags, keep_tokens_for,
                        load_prune_rules, prune_tags, replace_tags, split_tags)
 
@@ -85,6 +86,8 @@ class TagOptions:
     dry_run: bool = False
     download: bool = False
     providers: tuple[str, ...] | None = None
+    backend: Backend = "auto"  # WD taggers: onnx (model.onnx) or timm (v3 timm weights on torch)
+    device: Device = "auto"
     threads: int | None = None  # onnxruntime intra-op threads (None: one per core)
     max_pixels: int | None = DEFAULT_MAX_PIXELS
 
@@ -97,6 +100,8 @@ class TagOptions:
             (self.max_tags is None or self.max_tags >= 0, "--max-tags must be 0 or more"),
             (self.batch_size is None or self.batch_size >= 1, "--batch-size must be at least 1"),
             (self.workers >= 0, "--workers must be 0 (decode in the main thread) or more"),
+            (self.backend in BACKENDS, f"--backend must be {', '.join(BACKENDS)}, not '{self.backend}'"),
+            (self.device in DEVICES, f"--device must be {', '.join(DEVICES)}, not '{self.device}'"),
         ]
         for ok, message in checks:
             if not ok:
@@ -196,10 +201,73 @@ def default_batch_size(tagger: Wd14Tagger | None) -> int:
     return CPU_BATCH if tagger.on_cpu else GPU_BATCH
 
 
-def load_tagger(options: TagOptions) -> Wd14Tagger:
-    name = options.model_dir.name if options.model_dir else options.model
-    return Wd14Tagger(model_folder(options.model, options.model_dir, options.download), name=name,
-                      thresholds=options.thresholds, providers=options.providers, threads=options.threads)
+TIMM_SUFFIX = "-timm"
+
+
+@dataclass(frozen=True)
+class TaggerFiles:
+    """Where a WD tagger's files are: model.onnx and/or the timm weights (v3), and its label list."""
+
+    name: str
+    onnx: Path | None
+    timm: Path | None
+    timm_hint: str = ""
+
+
+def tagger_files(options: TagOptions) -> TaggerFiles:
+    """`--model-dir` (either kind of weights in one folder), else the registry's model and its
+    `-timm` twin, whichever are pulled. Neither: ModelNotAvailable with the `models pull` hint."""
+    from prep.tagging.wd14 import MODEL_FILE
+    from prep.tagging.wd_timm import has_timm_files
+
+    if options.model_dir is not None:
+        folder = model_folder(options.model, options.model_dir, options.download)
+        return TaggerFiles(folder.name, folder if (folder / MODEL_FILE).is_file() else None,
+                           folder if has_timm_files(folder) else None,
+                           "copy the repository's config.json and model.safetensors into the folder")
+    name = options.model
+    models.spec(name)
+    twin = name if name.endswith(TIMM_SUFFIX) else name + TIMM_SUFFIX
+    twin = twin if twin in models.REGISTRY else None
+    onnx = models.model_path(name) if not name.endswith(TIMM_SUFFIX) and models.is_available(name) else None
+    timm = models.model_path(twin) if twin and models.is_available(twin) else None
+    hint = f"`loraprep models pull {twin}` fetches them" if twin else ""
+    if onnx is None and timm is None:
+        if twin and (name == twin or options.backend == "timm"):
+            timm = models.resolve(twin, download=options.download)
+        else:
+            onnx = models.resolve(name, download=options.download)
+    return TaggerFiles(name.removesuffix(TIMM_SUFFIX), onnx, timm, hint)
+
+
+def place_tagger(files: TaggerFiles, options: TagOptions) -> Placement:
+    """Backend and device for this run (prep.tagging.device.place, asking the machine only what the
+    request leaves open: a CPU run never imports torch)."""
+    from prep.tagging import device
+
+    gpu = options.device != "cpu" and not options.providers
+    onnx_gpu = gpu and files.onnx is not None and device.onnx_gpu_available()
+    torch_cuda = gpu and (files.timm is not None or files.onnx is not None) and device.torch_cuda_available()
+    return device.place(options.backend, options.device, has_onnx=files.onnx is not None,
+                        has_timm=files.timm is not None, onnx_gpu=onnx_gpu, torch_cuda=torch_cuda,
+                        timm_hint=files.timm_hint)
+
+
+def load_tagger(options: TagOptions, reporter: Reporter = SILENT, files: TaggerFiles | None = None) -> Wd14Tagger:
+    files = files or tagger_files(options)
+    placement = place_tagger(files, options)
+    if placement.note:
+        reporter.note(placement.note)
+    if placement.backend == "timm":
+        from prep.tagging.wd_timm import TimmScorer
+
+        assert files.timm is not None
+        return Wd14Tagger(files.timm, name=files.name, thresholds=options.thresholds,
+                          scorer=TimmScorer(files.timm, placement.device))
+    assert files.onnx is not None
+    providers = options.providers or (("CPUExecutionProvider",) if placement.device == "cpu" else None)
+    return Wd14Tagger(files.onnx, name=files.name, thresholds=options.thresholds, providers=providers,
+                      threads=options.threads)
 
 
 def load_blip(options: TagOptions) -> BlipCaptioner:
@@ -232,23 +300,53 @@ class _Run:
     """One tagging run: the loaded models, the options, and the result being filled in."""
 
     def __init__(self, folder: Path, options: TagOptions, reporter: Reporter) -> None:
-        self.folder, self.options = folder, options
+        self.folder, self.options, self.reporter = folder, options, reporter
         self.rules = load_prune_rules(options.prune_lists) if options.prunes else None
-        self.tagger = load_tagger(options) if options.uses_tagger else None
-        self.blip = load_blip(options) if options.uses_blip else None
+        # A missing model fails here, at once; opening it (seconds) overlaps the first decodes.
+        self.files = tagger_files(options) if options.uses_tagger else None
+        self.blip_dir = model_folder(options.blip_model, options.blip_dir, options.download) if options.uses_blip else None
+        self.tagger: Wd14Tagger | None = None
+        self.blip: BlipCaptioner | None = None
+        self.opening = ThreadPoolExecutor(max_workers=1)
+        self.opened: Future[tuple[Wd14Tagger | None, BlipCaptioner | None, list[str]]] = self.opening.submit(self.open_models)
+        self.is_ready = False
+        self.result = TagResult(batch_size=options.batch_size or CPU_BATCH, keep_tokens=options.keep_tokens)
+        self.writer = ThreadPoolExecutor(max_workers=1)
+        self.writes: list[tuple[Path, Future[bool]]] = []
+        self.pending: list[_Pending] = []
+
+    def open_models(self) -> tuple[Wd14Tagger | None, BlipCaptioner | None, list[str]]:
+        """Runs on a thread while the first images decode; notes are kept for the main thread."""
+        notes = Reporter(lambda event: kept.append(event.message) if event.kind == "note" else None)
+        kept: list[str] = []
+        tagger = load_tagger(self.options, notes, self.files) if self.files is not None else None
+        blip = None
+        if self.blip_dir is not None:
+            name = self.options.blip_dir.name if self.options.blip_dir else self.options.blip_model
+            blip = BlipCaptioner(self.blip_dir, name=name, settings=self.options.blip)
+        return tagger, blip, kept
+
+    def ready(self) -> int:
+        """Wait for the models (raising their errors here, before anything is written); the batch size."""
+        if self.is_ready:
+            return self.result.batch_size
+        self.tagger, self.blip, notes = self.opened.result()
+        self.opening.shutdown()
+        self.is_ready = True
+        options = self.options
         if self.tagger is not None or self.blip is None:
             batch = options.batch_size or default_batch_size(self.tagger)
         else:
             batch = options.batch_size or (self.blip.settings.batch_size if self.blip.device == "cuda" else 1)
-        self.result = TagResult(batch_size=batch, keep_tokens=options.keep_tokens,
-                                provider=self.tagger.provider if self.tagger else None)
+        self.result.batch_size = batch
+        self.result.provider = self.tagger.provider if self.tagger else None
+        for note in notes:
+            self.reporter.note(note)
         if self.tagger is not None:
-            reporter.note(f"WD14 {self.tagger.name} on {self.tagger.provider}, batch {batch}")
+            self.reporter.note(f"WD14 {self.tagger.name} on {self.tagger.provider}, batch {batch}")
         if self.blip is not None:
-            reporter.note(f"BLIP {self.blip.name} on {self.blip.device}")
-        self.writer = ThreadPoolExecutor(max_workers=1)
-        self.writes: list[tuple[Path, Future[bool]]] = []
-        self.pending: list[_Pending] = []
+            self.reporter.note(f"BLIP {self.blip.name} on {self.blip.device}")
+        return batch
 
     def rel(self, path: Path) -> str:
         return path.relative_to(self.folder).as_posix()
@@ -261,8 +359,13 @@ class _Run:
         before = read_current(self.folder, self.caption_of(path))
         existing = self.existing_text(path, before)
         image = open_image(path, max_pixels=self.options.max_pixels)
-        array = self.tagger.preprocess(image) if self.tagger is not None else None
-        return _Loaded(path, array, image if self.blip is not None else None, existing, before)
+        array = None
+        if self.files is not None:
+            square = square_rgb(image)
+            tagger = self.opened.result()[0]  # decoding started before the model was open
+            assert tagger is not None
+            array = resize_bgr(square, tagger.input_size)
+        return _Loaded(path, array, image if self.blip_dir is not None else None, existing, before)
 
     def existing_text(self, path: Path, before: bytes | None) -> str | None:
         """The caption append extends. A caption that is not UTF-8 is never rewritten: its image is
@@ -380,20 +483,26 @@ def tag_folder(folder: Path, options: TagOptions, reporter: Reporter = SILENT) -
     run = _Run(folder, options, reporter)
     run.result.dropped.extend(problems)
     run.result.skipped = [path for path, skipped in zip(images, skip) if skipped]
-    size = run.result.batch_size
-    with reporter.task("tagging", len(todo)) as advance:
-        for chunk in _batches(prefetch(todo, run.load, workers=options.workers, depth=2 * size + options.workers), size):
-            loaded: list[_Loaded] = []
-            for path, outcome in chunk:
-                if isinstance(outcome, LoraprepError):
-                    run.result.dropped.append(Drop(run.rel(path), STEP, outcome.message))
-                elif isinstance(outcome, OSError):
-                    run.result.dropped.append(Drop(run.rel(path), STEP, f"{type(outcome).__name__}: {outcome.strerror or outcome}"))
-                else:
-                    loaded.append(outcome)
-            if loaded:
-                run.process(loaded)
-            advance(len(chunk))
+    ahead = 2 * (options.batch_size or GPU_BATCH) + options.workers
+    try:
+        with reporter.task("tagging", len(todo)) as advance:
+            done = 0
+            for chunk in _batches(prefetch(todo, run.load, workers=options.workers, depth=ahead), run.ready):
+                run.ready()  # a model that failed to open stops the run here, before anything is written
+                loaded: list[_Loaded] = []
+                for path, outcome in chunk:
+                    if isinstance(outcome, LoraprepError):
+                        run.result.dropped.append(Drop(run.rel(path), STEP, outcome.message))
+                    elif isinstance(outcome, OSError):
+                        run.result.dropped.append(Drop(run.rel(path), STEP, f"{type(outcome).__name__}: {outcome.strerror or outcome}"))
+                    else:
+                        loaded.append(outcome)
+                if loaded:
+                    run.process(loaded)
+                done += len(chunk)
+                advance(len(chunk), metrics={"images": float(done)})
+    finally:
+        run.opening.shutdown(wait=True)
     run.settle_writes()
     run.commit(reporter)
     return run.result
@@ -437,11 +546,13 @@ def prefetch(items: Sequence[T], fn: Callable[[T], R], *, workers: int, depth: i
             yield item, future.result()
 
 
-def _batches(pairs: Iterable[T], size: int) -> Iterator[list[T]]:
+def _batches(pairs: Iterable[T], size: Callable[[], int]) -> Iterator[list[T]]:
+    """Chunks of `size()` items; asked after each item arrives (the first item is decoded once the
+    model is open, which decides the batch size)."""
     chunk: list[T] = []
     for pair in pairs:
         chunk.append(pair)
-        if len(chunk) == size:
+        if len(chunk) >= size():
             yield chunk
             chunk = []
     if chunk:
