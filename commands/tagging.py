@@ -20,7 +20,8 @@ def tag(
     model: Annotated[str, typer.Option("--model", help="WD14 tagger from the registry (`loraprep models list`).")] = "wd-swinv2-tagger-v3",
     model_dir: Annotated[Optional[Path], typer.Option("--model-dir", help="Any folder holding model.onnx + selected_tags.csv (overrides --model).")] = None,
     captioner: Annotated[str, typer.Option("--captioner", help="wd14 (tags), blip (a sentence) or both (sentence first, then tags).")] = "wd14",
-    combine: Annotated[Optional[str], typer.Option("--combine", help="Same choice named by result: tags (= wd14), caption (= blip) or both; overrides --captioner.")] = None,
+    combine: Annotated[Optional[str], typer.Option("--combine", help="What the caption holds: tags, caption, both, or a template such as \"{trigger}, {tags}. {caption}\" ({tags}: WD14 tags; {caption}: the sentence of --captioner, BLIP by default).")] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="A caption holding a sentence that is longer than this many CLIP tokens is cut at a sentence end and reported (75: one CLIP window, what most trainers read; 225 for kohya's max_token_length=225; 0: never cut).")] = 75,
     blip_model: Annotated[str, typer.Option("--blip-model", help="blip-large or blip-base.")] = "blip-large",
     blip_dir: Annotated[Optional[Path], typer.Option("--blip-dir", help="Any BLIP folder saved by transformers (overrides --blip-model).")] = None,
     beams: Annotated[int, typer.Option("--beams", help="BLIP beam search width.")] = 3,
@@ -58,14 +59,15 @@ def tag(
     """
     from rich.table import Table
 
-    from prep.tag import TagOptions, captioner_for, tag_folder
+    from prep.tag import TagOptions, resolve_combine, tag_folder
     from prep.tagging.blip import BlipSettings
     from prep.tagging.wd14 import Thresholds
     from prep.tags import parse_replacements, tag_frequency
 
     lists = tuple(prune_list or ())
+    chosen, template = resolve_combine(captioner, combine)
     options = TagOptions(
-        model=model, model_dir=model_dir, captioner=captioner_for(combine) if combine else captioner,  # type: ignore[arg-type]
+        model=model, model_dir=model_dir, captioner=chosen, template=template, max_tokens=max_tokens,  # type: ignore[arg-type]
         blip_model=blip_model, blip_dir=blip_dir,
         blip=BlipSettings(beams=beams, min_length=min_length, max_length=max_length),
         thresholds=Thresholds(general, character, mcut), rating=rating, max_tags=max_tags,  # type: ignore[arg-type]
@@ -107,6 +109,15 @@ def tag(
         for path, caption in shown:
             preview.add_row(esc(rel(path)), esc(caption))
         out.print(preview)
+    if result.cut:
+        cut = Table(title=f"Captions cut to {max_tokens} CLIP tokens at a sentence end"
+                    + (" (dry run: nothing written)" if dry_run else ""))
+        for column in ("image", "tokens", "dropped"):
+            cut.add_column(column, overflow="fold")
+        for path, info in result.cut.items():
+            tokens = f"{info.before} → {info.after}" if info.dropped else f"{info.before} (nothing can go but the trigger)"
+            cut.add_row(esc(rel(path)), tokens, esc(info.dropped))
+        out.print(cut)
     common = tag_frequency(c.split(", ") for c in result.captions.values())[:12]
     summary = Table(title=f"{'Would caption' if dry_run else 'Captioned'} {len(result.done)} images in {esc(folder)}")
     summary.add_column("what")

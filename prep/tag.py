@@ -32,19 +32,23 @@ from prep.records import DEFAULT_CAPTION_EXTENSION, Drop, Tags
 from prep.runner import StepResult
 from prep.sidecars import BadCaption, caption_bytes, caption_path, check_caption_extension, update_meta
 from prep.tagging.blip import BlipCaptioner, BlipSettings
+from prep.tagging.sentences import Cut, Template, fit_tokens, prune_sentence, render
 from prep.tagging.device import BACKENDS, DEVICES, Backend, Device, Placement
 from prep.tagging.wd14 import Thresholds, Wd14Tagger, resize_bgr, square_rgb
 from prep.tags import (PruneOptions, PruneRules, apply_trigger, dedupe, exclude_tags, keep_tokens_for,
-                       load_prune_rules, prune_tags, replace_tags, split_tags)
+                       load_prune_rules, prune_tags, replace_tags, split_tags, tag_key)
 
 STEP = "tag"
 DEFAULT_TAGGER = "wd-swinv2-tagger-v3"
 DEFAULT_CAPTIONER = "blip-large"
 CPU_BATCH, GPU_BATCH = 1, 8  # measured: on CPU the model is the bottleneck and batching slows it down
 
-CaptionerKind = Literal["wd14", "blip", "both"]
+CaptionerKind = Literal["wd14", "blip", "both", "florence2", "joycaption", "qwen-vl"]
+SENTENCE_CAPTIONERS = ("blip", "florence2", "joycaption", "qwen-vl")
+CAPTIONERS = ("wd14", "both", *SENTENCE_CAPTIONERS)
 # `--combine` names what ends up in the caption (as other taggers call it); same choice as --captioner.
 COMBINE: dict[str, CaptionerKind] = {"tags": "wd14", "caption": "blip", "both": "both"}
+DEFAULT_MAX_TOKENS = 75  # one CLIP window: what loraprep's trainer (and kohya's default) reads
 
 
 def captioner_for(combine: str) -> CaptionerKind:
@@ -52,7 +56,29 @@ def captioner_for(combine: str) -> CaptionerKind:
     try:
         return COMBINE[combine]
     except KeyError:
-        raise UsageError(f"--combine must be tags, caption or both, not '{combine}'") from None
+        raise UsageError(f"--combine must be tags, caption or both, not '{combine}'",
+                         hint="or a template such as \"{trigger}, {tags}. {caption}\"") from None
+
+
+def resolve_combine(captioner: str, combine: str | None) -> tuple[str, str | None]:
+    """`--captioner` and `--combine` → (captioner, template or None).
+
+    `--combine tags|caption|both` keep their meaning (with a sentence captioner chosen by
+    --captioner, `both` is its sentence then the tags); a template (it holds `{`) runs the WD tagger
+    when it uses {tags} and a sentence captioner (BLIP unless --captioner names another) for {caption}.
+    """
+    if combine is None:
+        return captioner, None
+    sentence = captioner if captioner in SENTENCE_CAPTIONERS else "blip"
+    if "{" in combine:
+        uses_caption = "{caption}" in combine
+        return (sentence if uses_caption else "wd14"), combine
+    kind = captioner_for(combine)
+    if kind == "wd14":
+        return "wd14", None
+    if kind == "blip":
+        return sentence, None
+    return ("both", None) if sentence == "blip" else (sentence, "{caption}, {tags}")
 Mode = Literal["overwrite", "append", "skip-existing"]
 RatingPlace = Literal["first", "last", "none"]
 T = TypeVar("T")
@@ -66,6 +92,8 @@ class TagOptions:
     model: str = DEFAULT_TAGGER
     model_dir: Path | None = None
     captioner: CaptionerKind = "wd14"
+    template: str | None = None  # --combine "{trigger}, {tags}. {caption}"
+    max_tokens: int = DEFAULT_MAX_TOKENS  # a caption holding a sentence is cut to this (0: never)
     blip_model: str = DEFAULT_CAPTIONER
     blip_dir: Path | None = None
     blip: BlipSettings = BlipSettings()
@@ -93,7 +121,8 @@ class TagOptions:
 
     def __post_init__(self) -> None:
         checks = [
-            (self.captioner in ("wd14", "blip", "both"), f"--captioner must be wd14, blip or both, not '{self.captioner}'"),
+            (self.captioner in CAPTIONERS, f"--captioner must be {', '.join(CAPTIONERS)}, not '{self.captioner}'"),
+            (self.max_tokens >= 0, "--max-tokens must be 0 (no limit) or more"),
             (self.mode in ("overwrite", "append", "skip-existing"), f"--mode must be overwrite, append or skip-existing, not '{self.mode}'"),
             (self.rating in ("first", "last", "none"), f"--rating must be first, last or none, not '{self.rating}'"),
             (0 <= self.thresholds.general <= 1 and 0 <= self.thresholds.character <= 1, "thresholds must lie between 0 and 1"),
@@ -107,14 +136,28 @@ class TagOptions:
             if not ok:
                 raise UsageError(message)
         check_caption_extension(self.caption_extension)
+        if self.template is not None:
+            Template.parse(self.template)
+
+    @property
+    def combined(self) -> Template | None:
+        return Template.parse(self.template) if self.template is not None else None
+
+    @property
+    def sentence_captioner(self) -> str | None:
+        """The model that writes sentences: the --captioner, BLIP for `both`, none for `wd14`."""
+        if self.captioner in SENTENCE_CAPTIONERS:
+            return self.captioner
+        return "blip" if self.captioner == "both" else None
 
     @property
     def uses_tagger(self) -> bool:
-        return self.captioner in ("wd14", "both")
+        template = self.combined
+        return self.captioner in ("wd14", "both") or (template is not None and template.uses("tags"))
 
     @property
     def uses_blip(self) -> bool:
-        return self.captioner in ("blip", "both")
+        return self.sentence_captioner == "blip"
 
     @property
     def prunes(self) -> bool:
@@ -122,6 +165,10 @@ class TagOptions:
 
     @property
     def keep_tokens(self) -> int:
+        """Tokens the trigger prefix takes; 0 when a template puts {trigger} after other text."""
+        template = self.combined
+        if template is not None and template.uses("trigger") and not template.text.lstrip().startswith("{trigger}"):
+            return 0
         return keep_tokens_for(self.trigger, self.always_first)
 
 
@@ -138,6 +185,7 @@ class TagResult(StepResult[Path]):
     journal: Path | None = None
     captions: dict[Path, str] = field(default_factory=dict)
     removed: dict[Path, list[tuple[str, str]]] = field(default_factory=dict)
+    cut: dict[Path, Cut] = field(default_factory=dict)
     provider: str | None = None
     batch_size: int = 1
     keep_tokens: int = 0
@@ -159,6 +207,32 @@ def model_tags(tags: Tags, options: TagOptions, rules: PruneRules | None) -> tup
         rating = exclude_tags(replace_tags([tags.rating], dict(options.replace)), options.exclude)
         ordered = rating + ordered if options.rating == "first" else ordered + rating
     return dedupe(ordered), removed
+
+
+def sentence_without_character(sentence: str, tags: Tags | None, removed: Sequence[tuple[str, str]],
+                                options: TagOptions, rules: PruneRules | None) -> tuple[str, list[tuple[str, str]]]:
+    """--prune-character on a sentence: the character tags' names, the tags pruned from the tag
+    list and the trait phrases the prune rules find, removed where they appear as whole words."""
+    if rules is None or not options.prunes:
+        return sentence, []
+    names = list(tags.character) if tags is not None and options.prune_character else []
+    return prune_sentence(sentence, names=names, phrases=removed, rules=rules,
+                          options=PruneOptions(options.prune_character, options.prune_clothes))
+
+
+def compose_text(tags: Sequence[str], sentence: str | None, existing: str | None, options: TagOptions) -> str:
+    """The caption's text: the `--combine` template when one is given, else tags joined by commas
+    (the sentence first) as `compose_caption` orders them. Appending keeps the trigger first."""
+    template = options.combined
+    if template is None:
+        return ", ".join(compose_caption(tags, sentence, existing, options))
+    prefix = apply_trigger([], options.trigger, options.always_first)
+    if not (options.mode == "append" and existing):
+        return render(template, prefix, tags, sentence)
+    taken = {tag_key(tag) for tag in prefix}
+    kept = [piece for piece in split_tags(existing) if tag_key(piece) not in taken]
+    body = render(template, [], tags, sentence)
+    return ", ".join([*prefix, *kept, body] if body else [*prefix, *kept])
 
 
 def compose_caption(tags: Sequence[str], sentence: str | None, existing: str | None, options: TagOptions) -> list[str]:
@@ -310,6 +384,7 @@ class _Run:
         self.opening = ThreadPoolExecutor(max_workers=1)
         self.opened: Future[tuple[Wd14Tagger | None, BlipCaptioner | None, list[str]]] = self.opening.submit(self.open_models)
         self.is_ready = False
+        self.counter: Any = None
         self.result = TagResult(batch_size=options.batch_size or CPU_BATCH, keep_tokens=options.keep_tokens)
         self.writer = ThreadPoolExecutor(max_workers=1)
         self.writes: list[tuple[Path, Future[bool]]] = []
@@ -351,6 +426,14 @@ class _Run:
     def rel(self, path: Path) -> str:
         return path.relative_to(self.folder).as_posix()
 
+    def count_tokens(self, text: str) -> int:
+        """CLIP tokens, with the real tokenizer when one is available (prep.captions.tokens)."""
+        if self.counter is None:
+            from prep.captions.tokens import load_token_counter
+
+            self.counter = load_token_counter()
+        return self.counter.count(text)
+
     def caption_of(self, path: Path) -> str:
         """The image's caption sidecar, relative to the folder (as the journal names it)."""
         return self.rel(caption_path(path, self.options.caption_extension))
@@ -391,7 +474,15 @@ class _Run:
 
     def finish(self, item: _Loaded, tags: Tags | None, sentence: str | None) -> None:
         kept, removed = model_tags(tags, self.options, self.rules) if tags is not None else ([], [])
-        caption = ", ".join(compose_caption(kept, sentence, item.existing, self.options))
+        if sentence is not None:
+            sentence, from_sentence = sentence_without_character(sentence, tags, removed, self.options, self.rules)
+            removed = removed + [(phrase, f"{why}, in the sentence") for phrase, why in from_sentence]
+        caption = compose_text(kept, sentence, item.existing, self.options)
+        if sentence is not None and self.options.max_tokens:
+            prefix = ", ".join(apply_trigger([], self.options.trigger, self.options.always_first))
+            caption, cut = fit_tokens(caption, self.options.max_tokens, self.count_tokens, keep=prefix)
+            if cut is not None:
+                self.result.cut[item.path] = cut
         self.result.captions[item.path] = caption
         if removed:
             self.result.removed[item.path] = removed
@@ -465,6 +556,8 @@ class _Run:
                                     "mcut": o.thresholds.mcut})
         if self.blip is not None:
             info.update(blip_model=self.blip.name, caption=sentence)
+        if o.template is not None:
+            info.update(combine=o.template)
         return info
 
 
