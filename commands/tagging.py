@@ -19,7 +19,12 @@ def tag(
     folder: Annotated[Path, typer.Argument(help="Dataset folder (searched recursively). Images are never modified.")],
     model: Annotated[str, typer.Option("--model", help="WD14 tagger from the registry (`loraprep models list`).")] = "wd-swinv2-tagger-v3",
     model_dir: Annotated[Optional[Path], typer.Option("--model-dir", help="Any folder holding model.onnx + selected_tags.csv (overrides --model).")] = None,
-    captioner: Annotated[str, typer.Option("--captioner", help="wd14 (tags), blip (a sentence) or both (sentence first, then tags).")] = "wd14",
+    captioner: Annotated[str, typer.Option("--captioner", help="wd14 (tags), blip (a sentence), both (BLIP sentence, then tags), or a natural-language captioner: florence2, joycaption or qwen-vl (`models pull florence-2-base`, `joycaption-beta-one`, `qwen2.5-vl-3b`).")] = "wd14",
+    caption_model: Annotated[Optional[str], typer.Option("--caption-model", help="Registry model for florence2/joycaption/qwen-vl (default: florence-2-base, joycaption-beta-one, qwen2.5-vl-3b).")] = None,
+    caption_dir: Annotated[Optional[Path], typer.Option("--caption-dir", help="Any transformers-format folder for florence2/joycaption/qwen-vl (overrides --caption-model).")] = None,
+    task: Annotated[str, typer.Option("--task", help="florence2: caption, detailed or more-detailed.")] = "detailed",
+    prompt: Annotated[Optional[str], typer.Option("--prompt", help="joycaption: descriptive, descriptive-casual, straightforward, booru-like, \"training prompt\", or your own text; qwen-vl: your own text.")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="florence2/joycaption/qwen-vl: longest answer, in the model's tokens.")] = 256,
     combine: Annotated[Optional[str], typer.Option("--combine", help="What the caption holds: tags, caption, both, or a template such as \"{trigger}, {tags}. {caption}\" ({tags}: WD14 tags; {caption}: the sentence of --captioner, BLIP by default).")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="A caption holding a sentence that is longer than this many CLIP tokens is cut at a sentence end and reported (75: one CLIP window, what most trainers read; 225 for kohya's max_token_length=225; 0: never cut).")] = 75,
     blip_model: Annotated[str, typer.Option("--blip-model", help="blip-large or blip-base.")] = "blip-large",
@@ -61,6 +66,7 @@ def tag(
 
     from prep.tag import TagOptions, resolve_combine, tag_folder
     from prep.tagging.blip import BlipSettings
+    from prep.tagging.vlm import VlmSettings
     from prep.tagging.wd14 import Thresholds
     from prep.tags import parse_replacements, tag_frequency
 
@@ -70,6 +76,8 @@ def tag(
         model=model, model_dir=model_dir, captioner=chosen, template=template, max_tokens=max_tokens,  # type: ignore[arg-type]
         blip_model=blip_model, blip_dir=blip_dir,
         blip=BlipSettings(beams=beams, min_length=min_length, max_length=max_length),
+        caption_model=caption_model, caption_dir=caption_dir,
+        vlm=VlmSettings(task=task, prompt=prompt, max_new_tokens=max_new_tokens),
         thresholds=Thresholds(general, character, mcut), rating=rating, max_tags=max_tags,  # type: ignore[arg-type]
         trigger=trigger, always_first=split_option(always_first), exclude=split_option(exclude),
         replace=tuple(parse_replacements(replace or []).items()), prune_character=prune_character or bool(lists),
@@ -110,7 +118,7 @@ def tag(
             preview.add_row(esc(rel(path)), esc(caption))
         out.print(preview)
     if result.cut:
-        cut = Table(title=f"Captions cut to {max_tokens} CLIP tokens at a sentence end"
+        cut = Table(title=f"Captions cut to {esc(max_tokens)} CLIP tokens at a sentence end"
                     + (" (dry run: nothing written)" if dry_run else ""))
         for column in ("image", "tokens", "dropped"):
             cut.add_column(column, overflow="fold")

@@ -31,6 +31,9 @@ class ModelSpec:
     description: str
     # local file name -> file name in the repo, where they differ
     renames: dict[str, str] = field(default_factory=dict)
+    # Multi-file repositories (sharded weights): pull every file matching these patterns at the
+    # revision; `files` then lists only those whose presence marks the model as here.
+    patterns: tuple[str, ...] = ()
 
     def repo_file(self, local_name: str) -> str:
         return self.renames.get(local_name, local_name)
@@ -134,6 +137,29 @@ register(ModelSpec(
 ))
 
 
+# --- natural-language captioners (tag --captioner florence2 / joycaption / qwen-vl) ---
+# transformers-native layouts only (no remote code); revisions recorded from public pins (2026-11).
+_VLM_PATTERNS = ("*.json", "*.safetensors", "*.txt", "*.jinja", "*.model")
+register(ModelSpec(
+    name="florence-2-base", kind="captioner", repo_id="florence-community/Florence-2-base",
+    revision="00921df66db728a9ceb750f5eca43e5c203a2051", files=("config.json", "model.safetensors"),
+    patterns=_VLM_PATTERNS, licence="MIT",
+    description="Florence-2 base (0.23 B) in transformers' native layout: captions, 3 levels of detail, ~0.5 GB",
+))
+register(ModelSpec(
+    name="joycaption-beta-one", kind="captioner", repo_id="fancyfeast/llama-joycaption-beta-one-hf-llava",
+    revision="ebf414ea497a020da0f82df3913e5b6cb8e9663a", files=("config.json", "tokenizer_config.json"),
+    patterns=_VLM_PATTERNS, licence="Llama 3.1 Community License",
+    description="JoyCaption Beta One (LLaVA, Llama 3.1 8B + SigLIP): prompted captions for training, ~16 GB; a GPU",
+))
+register(ModelSpec(
+    name="qwen2.5-vl-3b", kind="captioner", repo_id="Qwen/Qwen2.5-VL-3B-Instruct",
+    revision="66285546d2b821cf421d4f5eb2576359d3770cd3", files=("config.json", "tokenizer_config.json"),
+    patterns=_VLM_PATTERNS, licence="Qwen Research License",
+    description="Qwen2.5-VL 3B Instruct: prompted captions, ~7.5 GB; a GPU",
+))
+
+
 def cache_dir() -> Path:
     """`$LORAPREP_MODELS`, else the checkout's models_cache/, else ~/.cache/loraprep/models."""
     if env := os.environ.get(CACHE_ENV):
@@ -170,6 +196,9 @@ def download_url(model: ModelSpec, local_name: str) -> str:
 def manual_steps(model: ModelSpec) -> str:
     """How to install `model` by hand: each upstream file, its URL, and the exact path to save it as."""
     folder = model_path(model.name)
+    if model.patterns:
+        return (f"download the files of {hub_endpoint()}/{model.repo_id}/tree/{model.revision} "
+                f"({', '.join(model.patterns)}) into {folder}/")
     steps = []
     for local in model.files:
         upstream = model.repo_file(local)
@@ -302,6 +331,7 @@ def pull(name: str) -> Path:
         fetched = _download(model, folder, staging)
         folder.mkdir(exist_ok=True)
         for local_name, path in fetched.items():
+            (folder / local_name).parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, folder / local_name)
     except Exception as exc:  # network errors come in many types; all mean the same here
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -317,6 +347,13 @@ def _download(model: ModelSpec, folder: Path, staging: Path) -> dict[str, Path]:
     from huggingface_hub.utils import logging as hub_logging
 
     hub_logging.set_verbosity_error()  # its retry warnings would repeat what our one error says
+    if model.patterns:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(model.repo_id, revision=model.revision, allow_patterns=list(model.patterns),
+                          local_dir=staging, endpoint=hub_endpoint(), etag_timeout=10)
+        return {str(path.relative_to(staging)): path for path in sorted(staging.rglob("*"))
+                if path.is_file() and ".cache" not in path.relative_to(staging).parts}
     fetched = {}
     for local_name in model.files:
         if (folder / local_name).is_file():

@@ -32,6 +32,7 @@ from prep.records import DEFAULT_CAPTION_EXTENSION, Drop, Tags
 from prep.runner import StepResult
 from prep.sidecars import BadCaption, caption_bytes, caption_path, check_caption_extension, update_meta
 from prep.tagging.blip import BlipCaptioner, BlipSettings
+from prep.tagging.vlm import DEFAULT_MODELS, VlmSettings
 from prep.tagging.sentences import Cut, Template, fit_tokens, prune_sentence, render
 from prep.tagging.device import BACKENDS, DEVICES, Backend, Device, Placement
 from prep.tagging.wd14 import Thresholds, Wd14Tagger, resize_bgr, square_rgb
@@ -97,6 +98,9 @@ class TagOptions:
     blip_model: str = DEFAULT_CAPTIONER
     blip_dir: Path | None = None
     blip: BlipSettings = BlipSettings()
+    caption_model: str | None = None  # florence2/joycaption/qwen-vl: registry name (None: the kind's default)
+    caption_dir: Path | None = None
+    vlm: VlmSettings = VlmSettings()
     thresholds: Thresholds = Thresholds()
     rating: RatingPlace = "none"
     max_tags: int | None = None
@@ -350,6 +354,28 @@ def load_blip(options: TagOptions) -> BlipCaptioner:
                          settings=options.blip)
 
 
+def captioner_folder(options: TagOptions) -> tuple[str, Path] | None:
+    """(name, folder) of the sentence captioner, resolved now so a missing model fails at once."""
+    kind = options.sentence_captioner
+    if kind is None:
+        return None
+    if kind == "blip":
+        name = options.blip_dir.name if options.blip_dir else options.blip_model
+        return name, model_folder(options.blip_model, options.blip_dir, options.download)
+    registry = options.caption_model or DEFAULT_MODELS[kind]
+    name = options.caption_dir.name if options.caption_dir else registry
+    return name, model_folder(registry, options.caption_dir, options.download)
+
+
+def open_captioner(options: TagOptions, name: str, folder: Path) -> Any:
+    """The sentence captioner: BLIP, or a transformers-native VLM (prep.tagging.vlm)."""
+    if options.sentence_captioner == "blip":
+        return BlipCaptioner(folder, name=name, settings=options.blip)
+    from prep.tagging.vlm import load_captioner
+
+    return load_captioner(str(options.sentence_captioner), folder, name=name, settings=options.vlm)
+
+
 @dataclass(frozen=True)
 class _Loaded:
     path: Path
@@ -378,9 +404,9 @@ class _Run:
         self.rules = load_prune_rules(options.prune_lists) if options.prunes else None
         # A missing model fails here, at once; opening it (seconds) overlaps the first decodes.
         self.files = tagger_files(options) if options.uses_tagger else None
-        self.blip_dir = model_folder(options.blip_model, options.blip_dir, options.download) if options.uses_blip else None
+        self.caption_source = captioner_folder(options)
         self.tagger: Wd14Tagger | None = None
-        self.blip: BlipCaptioner | None = None
+        self.blip: Any = None  # the sentence captioner (BLIP or a VLM): name, device, settings.batch_size, caption()
         self.opening = ThreadPoolExecutor(max_workers=1)
         self.opened: Future[tuple[Wd14Tagger | None, BlipCaptioner | None, list[str]]] = self.opening.submit(self.open_models)
         self.is_ready = False
@@ -395,10 +421,7 @@ class _Run:
         notes = Reporter(lambda event: kept.append(event.message) if event.kind == "note" else None)
         kept: list[str] = []
         tagger = load_tagger(self.options, notes, self.files) if self.files is not None else None
-        blip = None
-        if self.blip_dir is not None:
-            name = self.options.blip_dir.name if self.options.blip_dir else self.options.blip_model
-            blip = BlipCaptioner(self.blip_dir, name=name, settings=self.options.blip)
+        blip = open_captioner(self.options, *self.caption_source) if self.caption_source is not None else None
         return tagger, blip, kept
 
     def ready(self) -> int:
@@ -420,7 +443,8 @@ class _Run:
         if self.tagger is not None:
             self.reporter.note(f"WD14 {self.tagger.name} on {self.tagger.provider}, batch {batch}")
         if self.blip is not None:
-            self.reporter.note(f"BLIP {self.blip.name} on {self.blip.device}")
+            what = "BLIP" if self.options.uses_blip else str(self.options.sentence_captioner)
+            self.reporter.note(f"{what} {self.blip.name} on {self.blip.device}")
         return batch
 
     def rel(self, path: Path) -> str:
@@ -448,7 +472,7 @@ class _Run:
             tagger = self.opened.result()[0]  # decoding started before the model was open
             assert tagger is not None
             array = resize_bgr(square, tagger.input_size)
-        return _Loaded(path, array, image if self.blip_dir is not None else None, existing, before)
+        return _Loaded(path, array, image if self.caption_source is not None else None, existing, before)
 
     def existing_text(self, path: Path, before: bytes | None) -> str | None:
         """The caption append extends. A caption that is not UTF-8 is never rewritten: its image is
@@ -555,7 +579,12 @@ class _Run:
                         thresholds={"general": o.thresholds.general, "character": o.thresholds.character,
                                     "mcut": o.thresholds.mcut})
         if self.blip is not None:
-            info.update(blip_model=self.blip.name, caption=sentence)
+            key = "blip_model" if o.uses_blip else "caption_model"
+            info.update({key: self.blip.name, "caption": sentence})
+            if o.sentence_captioner == "florence2":
+                info.update(task=o.vlm.task)
+            elif not o.uses_blip:
+                info.update(prompt=self.blip.prompt)
         if o.template is not None:
             info.update(combine=o.template)
         return info
