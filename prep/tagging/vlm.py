@@ -73,6 +73,7 @@ def _quiet_load(folder: Path, kind: str, load: Any) -> Any:
                             hint=f"pull one with `loraprep models pull {DEFAULT_MODELS.get(kind, kind)}`")
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # loraprep draws its own progress; a second bar would interleave
     try:
         return load()
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -81,6 +82,12 @@ def _quiet_load(folder: Path, kind: str, load: Any) -> Any:
                             hint="the folder must hold a transformers-format model (config.json, weights, processor)") from exc
     finally:
         hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+
+
+def _clean(text: str) -> str:
+    """One line of printable text (a model may emit control characters or several lines)."""
+    return " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
 
 
 def _rgb(images: Sequence[Image.Image]) -> list[Image.Image]:
@@ -111,7 +118,7 @@ class Florence2Captioner:
         with torch.inference_mode():
             tokens = self.model.generate(**inputs, max_new_tokens=self.settings.max_new_tokens,
                                          num_beams=self.settings.beams, do_sample=False)
-        return [" ".join(text.split()) for text in self.processor.batch_decode(tokens, skip_special_tokens=True)]
+        return [_clean(text) for text in self.processor.batch_decode(tokens, skip_special_tokens=True)]
 
 
 class ChatCaptioner:
@@ -150,7 +157,7 @@ class ChatCaptioner:
         with torch.inference_mode():
             tokens = self.model.generate(**inputs, max_new_tokens=self.settings.max_new_tokens, do_sample=False)
         new = tokens[:, inputs["input_ids"].shape[1]:]
-        return [" ".join(text.split()) for text in self.processor.batch_decode(new, skip_special_tokens=True)]
+        return [_clean(text) for text in self.processor.batch_decode(new, skip_special_tokens=True)]
 
 
 def load_captioner(kind: str, folder: Path, *, name: str | None = None, settings: VlmSettings = VlmSettings()) -> Any:
