@@ -9,7 +9,16 @@ matching selected_tags.csv. Then on the same images:
 
 and prints images/s for both, the ratio e2e/bare (target ≥ 0.9), and bare speed at batch 1/4/8.
 
+`--startup` instead times whole processes, as a user meets them: `loraprep tag` (the CLI) against
+bench/bare_wd14.py (a bare onnxruntime script doing the same work) on 1 image (start-up difference,
+target ≤ 0.3 s) and on 12 images (throughput ratio, target ≥ 0.95), alternating, best of --repeats.
+
+`--captioners` times each natural-language captioner on its architecture-exact tiny random model
+(images/s and start-up: the process time to the first caption written).
+
     python bench/tag.py [--images 24] [--batch N]
+    python bench/tag.py --startup [--repeats 5]
+    python bench/tag.py --captioners
 """
 
 from __future__ import annotations
@@ -108,19 +117,58 @@ def bare_throughput(tagger: Wd14Tagger, arrays: np.ndarray, batch: int) -> float
     return len(arrays) / (time.perf_counter() - start)
 
 
+def run_process(command: list[str], folder: Path) -> float:
+    """Wall seconds of one process, after removing what the previous run wrote."""
+    import subprocess
+
+    for leftover in folder.iterdir():
+        if leftover.suffix in (".txt", ".json"):
+            leftover.unlink()
+    start = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def startup(repeats: int) -> None:
+    """`loraprep tag` vs the bare script, whole processes, on 1 and on 12 images."""
+    loraprep = str(Path(sys.executable).with_name("loraprep"))
+    bare = [sys.executable, str(ROOT / "bench" / "bare_wd14.py")]
+    with tempfile.TemporaryDirectory() as tmp:
+        for count in (1, 12):
+            folder = Path(tmp) / f"ds{count}"
+            make_images(folder, count)
+            times: dict[str, list[float]] = {"bare": [], "loraprep": []}
+            for _ in range(repeats):
+                times["bare"].append(run_process([*bare, str(folder), str(MODEL_DIR)], folder))
+                times["loraprep"].append(run_process([loraprep, "tag", str(folder), "--model-dir", str(MODEL_DIR)],
+                                                     folder))
+            b, t = min(times["bare"]), min(times["loraprep"])
+            print(f"{count:2d} image(s), best of {repeats}: bare onnxruntime {b:5.2f} s, loraprep tag {t:5.2f} s "
+                  f"→ difference {t - b:+.2f} s, throughput ratio {b / t:.2f}")
+    print("targets: difference ≤ 0.3 s on 1 image; ratio ≥ 0.95 on 12 images")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=24)
     parser.add_argument("--batch", type=int, default=None, help="batch for the e2e/bare comparison (default: tag_folder's choice)")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: one per core)")
     parser.add_argument("--repeats", type=int, default=2, help="alternate e2e and bare runs this many times; best of each")
+    parser.add_argument("--startup", action="store_true", help="whole-process start-up and throughput vs bare")
+    parser.add_argument("--captioners", action="store_true", help="the natural-language captioners on tiny models")
     args = parser.parse_args()
 
-    if not (MODEL_DIR / "model.onnx").is_file():
+    if not (MODEL_DIR / "model.onnx").is_file() and not args.captioners:
         print(f"building the WD14-sized model into {MODEL_DIR} (once) …", flush=True)
         start = time.perf_counter()
         build_model(MODEL_DIR)
         print(f"  built in {time.perf_counter() - start:.0f} s", flush=True)
+    if args.startup:
+        startup(args.repeats)
+        return
+    if args.captioners:
+        captioners()
+        return
     tagger = Wd14Tagger(MODEL_DIR, threads=args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_images(Path(tmp) / "ds", args.images)
@@ -150,6 +198,42 @@ def main() -> None:
         speeds = {b: bare_throughput(tagger, arrays, b) for b in (1, 4, 8)}
         print("  bare onnxruntime by batch size: " + ", ".join(f"batch {b}: {s:.2f} img/s" for b, s in speeds.items()))
         print(f"  batching speed-up (batch 8 vs 1): {speeds[8] / speeds[1]:.2f}×")
+
+
+def captioners() -> None:
+    """Each natural-language captioner on its architecture-exact tiny random model (tests/prep/vlmmodels.py):
+    start-up (process start to the first caption written, as `loraprep tag` runs) and images/s."""
+    sys.path.insert(0, str(ROOT / "tests" / "prep"))
+    import vlmmodels
+
+    from prep.tagging.vlm import VlmSettings, load_captioner
+
+    builds = {"florence2": vlmmodels.build_tiny_florence2, "joycaption": vlmmodels.build_tiny_llava,
+              "qwen-vl": vlmmodels.build_tiny_qwen_vl}
+    loraprep = str(Path(sys.executable).with_name("loraprep"))
+    with tempfile.TemporaryDirectory() as tmp:
+        one, many = Path(tmp) / "one", Path(tmp) / "many"
+        make_images(one, 1)
+        paths = make_images(many, 12)
+        images = [open_image(p) for p in paths]
+        for kind, build in builds.items():
+            folder = OUT / f"tiny-{kind}"
+            try:
+                if not (folder / "config.json").is_file():
+                    build(folder)
+                captioner = load_captioner(kind, folder, settings=VlmSettings(max_new_tokens=16, beams=1))
+            except Exception as exc:  # e.g. Qwen-VL's processor needs torchvision
+                print(f"{kind:10s} skipped: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
+                continue
+            captioner.caption(images[:1])  # warm-up
+            start = time.perf_counter()
+            for i in range(0, len(images), 4):
+                captioner.caption(images[i:i + 4])
+            speed = len(images) / (time.perf_counter() - start)
+            first = min(run_process([loraprep, "tag", str(one), "--captioner", kind, "--caption-dir", str(folder),
+                                     "--max-new-tokens", "16"], one) for _ in range(2))
+            print(f"{kind:10s} tiny random model: {speed:6.2f} images/s (batch 4, 16 new tokens, CPU fp32); "
+                  f"start-up to the first caption written: {first:.2f} s")
 
 
 if __name__ == "__main__":

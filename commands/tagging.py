@@ -19,8 +19,14 @@ def tag(
     folder: Annotated[Path, typer.Argument(help="Dataset folder (searched recursively). Images are never modified.")],
     model: Annotated[str, typer.Option("--model", help="WD14 tagger from the registry (`loraprep models list`).")] = "wd-swinv2-tagger-v3",
     model_dir: Annotated[Optional[Path], typer.Option("--model-dir", help="Any folder holding model.onnx + selected_tags.csv (overrides --model).")] = None,
-    captioner: Annotated[str, typer.Option("--captioner", help="wd14 (tags), blip (a sentence) or both (sentence first, then tags).")] = "wd14",
-    combine: Annotated[Optional[str], typer.Option("--combine", help="Same choice named by result: tags (= wd14), caption (= blip) or both; overrides --captioner.")] = None,
+    captioner: Annotated[str, typer.Option("--captioner", help="wd14 (tags), blip (a sentence), both (BLIP sentence, then tags), or a natural-language captioner: florence2, joycaption or qwen-vl (`models pull florence-2-base`, `joycaption-beta-one`, `qwen2.5-vl-3b`).")] = "wd14",
+    caption_model: Annotated[Optional[str], typer.Option("--caption-model", help="Registry model for florence2/joycaption/qwen-vl (default: florence-2-base, joycaption-beta-one, qwen2.5-vl-3b).")] = None,
+    caption_dir: Annotated[Optional[Path], typer.Option("--caption-dir", help="Any transformers-format folder for florence2/joycaption/qwen-vl (overrides --caption-model).")] = None,
+    task: Annotated[str, typer.Option("--task", help="florence2: caption, detailed or more-detailed.")] = "detailed",
+    prompt: Annotated[Optional[str], typer.Option("--prompt", help="joycaption: descriptive, descriptive-casual, straightforward, booru-like, \"training prompt\", or your own text; qwen-vl: your own text.")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="florence2/joycaption/qwen-vl: longest answer, in the model's tokens.")] = 256,
+    combine: Annotated[Optional[str], typer.Option("--combine", help="What the caption holds: tags, caption, both, or a template such as \"{trigger}, {tags}. {caption}\" ({tags}: WD14 tags; {caption}: the sentence of --captioner, BLIP by default).")] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="A caption holding a sentence that is longer than this many CLIP tokens is cut at a sentence end and reported (75: one CLIP window, what most trainers read; 225 for kohya's max_token_length=225; 0: never cut).")] = 75,
     blip_model: Annotated[str, typer.Option("--blip-model", help="blip-large or blip-base.")] = "blip-large",
     blip_dir: Annotated[Optional[Path], typer.Option("--blip-dir", help="Any BLIP folder saved by transformers (overrides --blip-model).")] = None,
     beams: Annotated[int, typer.Option("--beams", help="BLIP beam search width.")] = 3,
@@ -39,6 +45,8 @@ def tag(
     prune_clothes: Annotated[bool, typer.Option("--prune-clothes/--keep-clothes", help="Also remove outfit tags (the outfit becomes part of the trigger) or keep them (default).")] = False,
     prune_list: Annotated[Optional[list[Path]], typer.Option("--prune-list", help="Extra prune list (.toml like prep/data/prune_character.toml, or one pattern a line); implies --prune-character.")] = None,
     mode: Annotated[str, typer.Option("--mode", help="Existing captions: skip-existing (default), append, or overwrite. append/overwrite write every caption at the end as one journal entry (`loraprep captions undo` restores the previous ones); captions that are not UTF-8, or that change while tagging runs, are left as they are.")] = "skip-existing",
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda. auto: onnxruntime's GPU provider if it has one, else the WD v3 timm weights on torch's CUDA (when pulled: `models pull NAME-timm`), else the CPU.")] = "auto",
+    backend: Annotated[str, typer.Option("--backend", help="WD tagger engine: auto, onnx (model.onnx) or timm (v3 config.json + model.safetensors on torch).")] = "auto",
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per inference call (default: 1 on CPU, 8 on GPU).")] = None,
     workers: Annotated[int, typer.Option("--workers", help="Threads decoding and preprocessing ahead of the model (0: in the main thread).")] = 2,
     download: Annotated[bool, typer.Option("--download", help="Download a missing registry model first (needs the hub).")] = False,
@@ -56,24 +64,29 @@ def tag(
     """
     from rich.table import Table
 
-    from prep.tag import TagOptions, captioner_for, tag_folder
+    from prep.tag import TagOptions, resolve_combine, tag_folder
     from prep.tagging.blip import BlipSettings
+    from prep.tagging.vlm import VlmSettings
     from prep.tagging.wd14 import Thresholds
     from prep.tags import parse_replacements, tag_frequency
 
     lists = tuple(prune_list or ())
+    chosen, template = resolve_combine(captioner, combine)
     options = TagOptions(
-        model=model, model_dir=model_dir, captioner=captioner_for(combine) if combine else captioner,  # type: ignore[arg-type]
+        model=model, model_dir=model_dir, captioner=chosen, template=template, max_tokens=max_tokens,  # type: ignore[arg-type]
         blip_model=blip_model, blip_dir=blip_dir,
         blip=BlipSettings(beams=beams, min_length=min_length, max_length=max_length),
+        caption_model=caption_model, caption_dir=caption_dir,
+        vlm=VlmSettings(task=task, prompt=prompt, max_new_tokens=max_new_tokens),
         thresholds=Thresholds(general, character, mcut), rating=rating, max_tags=max_tags,  # type: ignore[arg-type]
         trigger=trigger, always_first=split_option(always_first), exclude=split_option(exclude),
         replace=tuple(parse_replacements(replace or []).items()), prune_character=prune_character or bool(lists),
         prune_clothes=prune_clothes, prune_lists=lists, mode=mode, batch_size=batch_size, workers=workers,  # type: ignore[arg-type]
-        caption_extension=caption_extension, dry_run=dry_run, download=download, max_pixels=max_pixels)
+        caption_extension=caption_extension, dry_run=dry_run, download=download, max_pixels=max_pixels,
+        device=device, backend=backend)  # type: ignore[arg-type]
     if not dry_run:
         sweep_leftovers(folder)
-    with rich_reporter() as reporter:
+    with rich_reporter(describe_metrics=lambda metrics: "", speed_unit="images/s") as reporter:
         result = tag_folder(folder, options, reporter=reporter)
 
     def rel(path: Path) -> str:
@@ -104,6 +117,15 @@ def tag(
         for path, caption in shown:
             preview.add_row(esc(rel(path)), esc(caption))
         out.print(preview)
+    if result.cut:
+        cut = Table(title=f"Captions cut to {esc(max_tokens)} CLIP tokens at a sentence end"
+                    + (" (dry run: nothing written)" if dry_run else ""))
+        for column in ("image", "tokens", "dropped"):
+            cut.add_column(column, overflow="fold")
+        for path, info in result.cut.items():
+            tokens = f"{info.before} → {info.after}" if info.dropped else f"{info.before} (nothing can go but the trigger)"
+            cut.add_row(esc(rel(path)), tokens, esc(info.dropped))
+        out.print(cut)
     common = tag_frequency(c.split(", ") for c in result.captions.values())[:12]
     summary = Table(title=f"{'Would caption' if dry_run else 'Captioned'} {len(result.done)} images in {esc(folder)}")
     summary.add_column("what")

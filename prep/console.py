@@ -38,12 +38,12 @@ err = new_console(stderr=True)
 
 
 @contextlib.contextmanager
-def rich_reporter(console: Console = err, *,
-                  describe_metrics: Callable[[dict], str] | None = None) -> Iterator[Reporter]:
+def rich_reporter(console: Console = err, *, describe_metrics: Callable[[dict], str] | None = None,
+                  speed_unit: str = "it/s") -> Iterator[Reporter]:
     """A Reporter that draws each task as a rich progress bar and prints notes above it.
 
     Events that carry `metrics` (the trainer's step, loss, lr …) are shown beside the bar through
-    `describe_metrics`, with the task's speed in it/s.
+    `describe_metrics`, with the task's speed in `speed_unit` (e.g. images/s).
     """
     progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
                         MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
@@ -60,7 +60,7 @@ def rich_reporter(console: Console = err, *,
             if event.metrics and describe_metrics is not None:
                 speed = progress.tasks[task].speed
                 progress.update(task, info=esc(describe_metrics(event.metrics)),
-                                speed=f"{speed:.2f} it/s" if speed else "")
+                                speed=f"{speed:.2f} {speed_unit}" if speed else "")
         elif event.kind == "end" and event.label in tasks:
             task = tasks.pop(event.label)
             total = progress.tasks[task].total

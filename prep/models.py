@@ -31,6 +31,9 @@ class ModelSpec:
     description: str
     # local file name -> file name in the repo, where they differ
     renames: dict[str, str] = field(default_factory=dict)
+    # Multi-file repositories (sharded weights): pull every file matching these patterns at the
+    # revision; `files` then lists only those whose presence marks the model as here.
+    patterns: tuple[str, ...] = ()
 
     def repo_file(self, local_name: str) -> str:
         return self.renames.get(local_name, local_name)
@@ -109,6 +112,14 @@ _wd14("wd-convnext-tagger-v3", "d39e46de298d27340111b64965e20b8185c407e6",
       "WD14 ConvNeXt v3, 448px, ~395 MB")
 _wd14("wd-eva02-large-tagger-v3", "b25b82a03f7282e41aa2f257a52c7583b710bd1c",
       "WD14 EVA02-Large v3: most accurate, slowest, 448px, ~1.3 GB")
+# The v3 repositories also hold the timm weights they were trained as (same pinned commit): the
+# `-timm` twins run on torch (`tag --backend timm`, or automatically on CUDA without onnxruntime-gpu).
+_TIMM_FILES = ("config.json", "model.safetensors", "selected_tags.csv")
+for _onnx in [s for s in list(REGISTRY.values()) if s.kind == "tagger" and s.name.endswith("-v3")]:
+    register(ModelSpec(name=_onnx.name + "-timm", kind="tagger", repo_id=_onnx.repo_id, revision=_onnx.revision,
+                       files=_TIMM_FILES, licence=_onnx.licence,
+                       description=f"timm weights of {_onnx.name} for GPU tagging on torch (`tag --device cuda`)"))
+
 _wd14("wd-v1-4-moat-tagger-v2", "8452cddf280b952281b6e102411c50e981cb2908",
       "WD14 MOAT v2 (the older v1.4 tag set), 448px, ~330 MB")
 
@@ -123,6 +134,29 @@ register(ModelSpec(
     name="blip-base", kind="captioner", repo_id="Salesforce/blip-image-captioning-base",
     revision="9cfcdbcaccbcadb2b53b36d4b50042c4eeaa0c25", files=_BLIP_FILES, licence="BSD-3-Clause",
     description="BLIP base image captioner: faster, shorter captions, ~1 GB",
+))
+
+
+# --- natural-language captioners (tag --captioner florence2 / joycaption / qwen-vl) ---
+# transformers-native layouts only (no remote code); revisions recorded from public pins (2026-11).
+_VLM_PATTERNS = ("*.json", "*.safetensors", "*.txt", "*.jinja", "*.model")
+register(ModelSpec(
+    name="florence-2-base", kind="captioner", repo_id="florence-community/Florence-2-base",
+    revision="00921df66db728a9ceb750f5eca43e5c203a2051", files=("config.json", "model.safetensors"),
+    patterns=_VLM_PATTERNS, licence="MIT",
+    description="Florence-2 base (0.23 B) in transformers' native layout: captions, 3 levels of detail, ~0.5 GB",
+))
+register(ModelSpec(
+    name="joycaption-beta-one", kind="captioner", repo_id="fancyfeast/llama-joycaption-beta-one-hf-llava",
+    revision="ebf414ea497a020da0f82df3913e5b6cb8e9663a", files=("config.json", "tokenizer_config.json"),
+    patterns=_VLM_PATTERNS, licence="Llama 3.1 Community License",
+    description="JoyCaption Beta One (LLaVA, Llama 3.1 8B + SigLIP): prompted captions for training, ~16 GB; a GPU",
+))
+register(ModelSpec(
+    name="qwen2.5-vl-3b", kind="captioner", repo_id="Qwen/Qwen2.5-VL-3B-Instruct",
+    revision="66285546d2b821cf421d4f5eb2576359d3770cd3", files=("config.json", "tokenizer_config.json"),
+    patterns=_VLM_PATTERNS, licence="Qwen Research License",
+    description="Qwen2.5-VL 3B Instruct: prompted captions, ~7.5 GB; a GPU",
 ))
 
 
@@ -162,6 +196,9 @@ def download_url(model: ModelSpec, local_name: str) -> str:
 def manual_steps(model: ModelSpec) -> str:
     """How to install `model` by hand: each upstream file, its URL, and the exact path to save it as."""
     folder = model_path(model.name)
+    if model.patterns:
+        return (f"download the files of {hub_endpoint()}/{model.repo_id}/tree/{model.revision} "
+                f"({', '.join(model.patterns)}) into {folder}/")
     steps = []
     for local in model.files:
         upstream = model.repo_file(local)
@@ -294,6 +331,7 @@ def pull(name: str) -> Path:
         fetched = _download(model, folder, staging)
         folder.mkdir(exist_ok=True)
         for local_name, path in fetched.items():
+            (folder / local_name).parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, folder / local_name)
     except Exception as exc:  # network errors come in many types; all mean the same here
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -309,6 +347,13 @@ def _download(model: ModelSpec, folder: Path, staging: Path) -> dict[str, Path]:
     from huggingface_hub.utils import logging as hub_logging
 
     hub_logging.set_verbosity_error()  # its retry warnings would repeat what our one error says
+    if model.patterns:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(model.repo_id, revision=model.revision, allow_patterns=list(model.patterns),
+                          local_dir=staging, endpoint=hub_endpoint(), etag_timeout=10)
+        return {str(path.relative_to(staging)): path for path in sorted(staging.rglob("*"))
+                if path.is_file() and ".cache" not in path.relative_to(staging).parts}
     fetched = {}
     for local_name in model.files:
         if (folder / local_name).is_file():

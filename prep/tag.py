@@ -34,18 +34,24 @@ from prep.records import DEFAULT_CAPTION_EXTENSION, Drop, Tags
 from prep.runner import StepResult
 from prep.sidecars import BadCaption, caption_bytes, caption_path, check_caption_extension, update_meta
 from prep.tagging.blip import BlipCaptioner, BlipSettings
-from prep.tagging.wd14 import Thresholds, Wd14Tagger
+from prep.tagging.vlm import DEFAULT_MODELS, VlmSettings
+from prep.tagging.sentences import Cut, Template, fit_tokens, prune_sentence, render
+from prep.tagging.device import BACKENDS, DEVICES, Backend, Device, Placement
+from prep.tagging.wd14 import Thresholds, Wd14Tagger, resize_bgr, square_rgb
 from prep.tags import (PruneOptions, PruneRules, apply_trigger, dedupe, exclude_tags, keep_tokens_for,
-                       load_prune_rules, prune_tags, replace_tags, split_tags)
+                       load_prune_rules, prune_tags, replace_tags, split_tags, tag_key)
 
 STEP = "tag"
 DEFAULT_TAGGER = "wd-swinv2-tagger-v3"
 DEFAULT_CAPTIONER = "blip-large"
 CPU_BATCH, GPU_BATCH = 1, 8  # measured: on CPU the model is the bottleneck and batching slows it down
 
-CaptionerKind = Literal["wd14", "blip", "both"]
+CaptionerKind = Literal["wd14", "blip", "both", "florence2", "joycaption", "qwen-vl"]
+SENTENCE_CAPTIONERS = ("blip", "florence2", "joycaption", "qwen-vl")
+CAPTIONERS = ("wd14", "both", *SENTENCE_CAPTIONERS)
 # `--combine` names what ends up in the caption (as other taggers call it); same choice as --captioner.
 COMBINE: dict[str, CaptionerKind] = {"tags": "wd14", "caption": "blip", "both": "both"}
+DEFAULT_MAX_TOKENS = 75  # one CLIP window: what loraprep's trainer (and kohya's default) reads
 
 
 def captioner_for(combine: str) -> CaptionerKind:
@@ -53,7 +59,29 @@ def captioner_for(combine: str) -> CaptionerKind:
     try:
         return COMBINE[combine]
     except KeyError:
-        raise UsageError(f"--combine must be tags, caption or both, not '{combine}'") from None
+        raise UsageError(f"--combine must be tags, caption or both, not '{combine}'",
+                         hint="or a template such as \"{trigger}, {tags}. {caption}\"") from None
+
+
+def resolve_combine(captioner: str, combine: str | None) -> tuple[str, str | None]:
+    """`--captioner` and `--combine` → (captioner, template or None).
+
+    `--combine tags|caption|both` keep their meaning (with a sentence captioner chosen by
+    --captioner, `both` is its sentence then the tags); a template (it holds `{`) runs the WD tagger
+    when it uses {tags} and a sentence captioner (BLIP unless --captioner names another) for {caption}.
+    """
+    if combine is None:
+        return captioner, None
+    sentence = captioner if captioner in SENTENCE_CAPTIONERS else "blip"
+    if "{" in combine:
+        uses_caption = "{caption}" in combine
+        return (sentence if uses_caption else "wd14"), combine
+    kind = captioner_for(combine)
+    if kind == "wd14":
+        return "wd14", None
+    if kind == "blip":
+        return sentence, None
+    return ("both", None) if sentence == "blip" else (sentence, "{caption}, {tags}")
 Mode = Literal["overwrite", "append", "skip-existing"]
 RatingPlace = Literal["first", "last", "none"]
 T = TypeVar("T")
@@ -67,9 +95,14 @@ class TagOptions:
     model: str = DEFAULT_TAGGER
     model_dir: Path | None = None
     captioner: CaptionerKind = "wd14"
+    template: str | None = None  # --combine "{trigger}, {tags}. {caption}"
+    max_tokens: int = DEFAULT_MAX_TOKENS  # a caption holding a sentence is cut to this (0: never)
     blip_model: str = DEFAULT_CAPTIONER
     blip_dir: Path | None = None
     blip: BlipSettings = BlipSettings()
+    caption_model: str | None = None  # florence2/joycaption/qwen-vl: registry name (None: the kind's default)
+    caption_dir: Path | None = None
+    vlm: VlmSettings = VlmSettings()
     thresholds: Thresholds = Thresholds()
     rating: RatingPlace = "none"
     max_tags: int | None = None
@@ -87,31 +120,50 @@ class TagOptions:
     dry_run: bool = False
     download: bool = False
     providers: tuple[str, ...] | None = None
+    backend: Backend = "auto"  # WD taggers: onnx (model.onnx) or timm (v3 timm weights on torch)
+    device: Device = "auto"
     threads: int | None = None  # onnxruntime intra-op threads (None: one per core)
     max_pixels: int | None = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
         checks = [
-            (self.captioner in ("wd14", "blip", "both"), f"--captioner must be wd14, blip or both, not '{self.captioner}'"),
+            (self.captioner in CAPTIONERS, f"--captioner must be {', '.join(CAPTIONERS)}, not '{self.captioner}'"),
+            (self.max_tokens >= 0, "--max-tokens must be 0 (no limit) or more"),
             (self.mode in ("overwrite", "append", "skip-existing"), f"--mode must be overwrite, append or skip-existing, not '{self.mode}'"),
             (self.rating in ("first", "last", "none"), f"--rating must be first, last or none, not '{self.rating}'"),
             (0 <= self.thresholds.general <= 1 and 0 <= self.thresholds.character <= 1, "thresholds must lie between 0 and 1"),
             (self.max_tags is None or self.max_tags >= 0, "--max-tags must be 0 or more"),
             (self.batch_size is None or self.batch_size >= 1, "--batch-size must be at least 1"),
             (self.workers >= 0, "--workers must be 0 (decode in the main thread) or more"),
+            (self.backend in BACKENDS, f"--backend must be {', '.join(BACKENDS)}, not '{self.backend}'"),
+            (self.device in DEVICES, f"--device must be {', '.join(DEVICES)}, not '{self.device}'"),
         ]
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
         check_caption_extension(self.caption_extension)
+        if self.template is not None:
+            Template.parse(self.template)
+
+    @property
+    def combined(self) -> Template | None:
+        return Template.parse(self.template) if self.template is not None else None
+
+    @property
+    def sentence_captioner(self) -> str | None:
+        """The model that writes sentences: the --captioner, BLIP for `both`, none for `wd14`."""
+        if self.captioner in SENTENCE_CAPTIONERS:
+            return self.captioner
+        return "blip" if self.captioner == "both" else None
 
     @property
     def uses_tagger(self) -> bool:
-        return self.captioner in ("wd14", "both")
+        template = self.combined
+        return self.captioner in ("wd14", "both") or (template is not None and template.uses("tags"))
 
     @property
     def uses_blip(self) -> bool:
-        return self.captioner in ("blip", "both")
+        return self.sentence_captioner == "blip"
 
     @property
     def prunes(self) -> bool:
@@ -119,6 +171,10 @@ class TagOptions:
 
     @property
     def keep_tokens(self) -> int:
+        """Tokens the trigger prefix takes; 0 when a template puts {trigger} after other text."""
+        template = self.combined
+        if template is not None and template.uses("trigger") and not template.text.lstrip().startswith("{trigger}"):
+            return 0
         return keep_tokens_for(self.trigger, self.always_first)
 
 
@@ -135,6 +191,7 @@ class TagResult(StepResult[Path]):
     journal: Path | None = None
     captions: dict[Path, str] = field(default_factory=dict)
     removed: dict[Path, list[tuple[str, str]]] = field(default_factory=dict)
+    cut: dict[Path, Cut] = field(default_factory=dict)
     provider: str | None = None
     batch_size: int = 1
     keep_tokens: int = 0
@@ -156,6 +213,32 @@ def model_tags(tags: Tags, options: TagOptions, rules: PruneRules | None) -> tup
         rating = exclude_tags(replace_tags([tags.rating], dict(options.replace)), options.exclude)
         ordered = rating + ordered if options.rating == "first" else ordered + rating
     return dedupe(ordered), removed
+
+
+def sentence_without_character(sentence: str, tags: Tags | None, removed: Sequence[tuple[str, str]],
+                                options: TagOptions, rules: PruneRules | None) -> tuple[str, list[tuple[str, str]]]:
+    """--prune-character on a sentence: the character tags' names, the tags pruned from the tag
+    list and the trait phrases the prune rules find, removed where they appear as whole words."""
+    if rules is None or not options.prunes:
+        return sentence, []
+    names = list(tags.character) if tags is not None and options.prune_character else []
+    return prune_sentence(sentence, names=names, phrases=removed, rules=rules,
+                          options=PruneOptions(options.prune_character, options.prune_clothes))
+
+
+def compose_text(tags: Sequence[str], sentence: str | None, existing: str | None, options: TagOptions) -> str:
+    """The caption's text: the `--combine` template when one is given, else tags joined by commas
+    (the sentence first) as `compose_caption` orders them. Appending keeps the trigger first."""
+    template = options.combined
+    if template is None:
+        return ", ".join(compose_caption(tags, sentence, existing, options))
+    prefix = apply_trigger([], options.trigger, options.always_first)
+    if not (options.mode == "append" and existing):
+        return render(template, prefix, tags, sentence)
+    taken = {tag_key(tag) for tag in prefix}
+    kept = [piece for piece in split_tags(existing) if tag_key(piece) not in taken]
+    body = render(template, [], tags, sentence)
+    return ", ".join([*prefix, *kept, body] if body else [*prefix, *kept])
 
 
 def compose_caption(tags: Sequence[str], sentence: str | None, existing: str | None, options: TagOptions) -> list[str]:
@@ -198,16 +281,101 @@ def default_batch_size(tagger: Wd14Tagger | None) -> int:
     return CPU_BATCH if tagger.on_cpu else GPU_BATCH
 
 
-def load_tagger(options: TagOptions) -> Wd14Tagger:
-    name = options.model_dir.name if options.model_dir else options.model
-    return Wd14Tagger(model_folder(options.model, options.model_dir, options.download), name=name,
-                      thresholds=options.thresholds, providers=options.providers, threads=options.threads)
+TIMM_SUFFIX = "-timm"
+
+
+@dataclass(frozen=True)
+class TaggerFiles:
+    """Where a WD tagger's files are: model.onnx and/or the timm weights (v3), and its label list."""
+
+    name: str
+    onnx: Path | None
+    timm: Path | None
+    timm_hint: str = ""
+
+
+def tagger_files(options: TagOptions) -> TaggerFiles:
+    """`--model-dir` (either kind of weights in one folder), else the registry's model and its
+    `-timm` twin, whichever are pulled. Neither: ModelNotAvailable with the `models pull` hint."""
+    from prep.tagging.wd14 import MODEL_FILE
+    from prep.tagging.wd_timm import has_timm_files
+
+    if options.model_dir is not None:
+        folder = model_folder(options.model, options.model_dir, options.download)
+        return TaggerFiles(folder.name, folder if (folder / MODEL_FILE).is_file() else None,
+                           folder if has_timm_files(folder) else None,
+                           "copy the repository's config.json and model.safetensors into the folder")
+    name = options.model
+    models.spec(name)
+    twin = name if name.endswith(TIMM_SUFFIX) else name + TIMM_SUFFIX
+    twin = twin if twin in models.REGISTRY else None
+    onnx = models.model_path(name) if not name.endswith(TIMM_SUFFIX) and models.is_available(name) else None
+    timm = models.model_path(twin) if twin and models.is_available(twin) else None
+    hint = f"`loraprep models pull {twin}` fetches them" if twin else ""
+    if onnx is None and timm is None:
+        if twin and (name == twin or options.backend == "timm"):
+            timm = models.resolve(twin, download=options.download)
+        else:
+            onnx = models.resolve(name, download=options.download)
+    return TaggerFiles(name.removesuffix(TIMM_SUFFIX), onnx, timm, hint)
+
+
+def place_tagger(files: TaggerFiles, options: TagOptions) -> Placement:
+    """Backend and device for this run (prep.tagging.device.place, asking the machine only what the
+    request leaves open: a CPU run never imports torch)."""
+    from prep.tagging import device
+
+    gpu = options.device != "cpu" and not options.providers
+    onnx_gpu = gpu and files.onnx is not None and device.onnx_gpu_available()
+    torch_cuda = gpu and (files.timm is not None or files.onnx is not None) and device.torch_cuda_available()
+    return device.place(options.backend, options.device, has_onnx=files.onnx is not None,
+                        has_timm=files.timm is not None, onnx_gpu=onnx_gpu, torch_cuda=torch_cuda,
+                        timm_hint=files.timm_hint)
+
+
+def load_tagger(options: TagOptions, reporter: Reporter = SILENT, files: TaggerFiles | None = None) -> Wd14Tagger:
+    files = files or tagger_files(options)
+    placement = place_tagger(files, options)
+    if placement.note:
+        reporter.note(placement.note)
+    if placement.backend == "timm":
+        from prep.tagging.wd_timm import TimmScorer
+
+        assert files.timm is not None
+        return Wd14Tagger(files.timm, name=files.name, thresholds=options.thresholds,
+                          scorer=TimmScorer(files.timm, placement.device))
+    assert files.onnx is not None
+    providers = options.providers or (("CPUExecutionProvider",) if placement.device == "cpu" else None)
+    return Wd14Tagger(files.onnx, name=files.name, thresholds=options.thresholds, providers=providers,
+                      threads=options.threads)
 
 
 def load_blip(options: TagOptions) -> BlipCaptioner:
     name = options.blip_dir.name if options.blip_dir else options.blip_model
     return BlipCaptioner(model_folder(options.blip_model, options.blip_dir, options.download), name=name,
                          settings=options.blip)
+
+
+def captioner_folder(options: TagOptions) -> tuple[str, Path] | None:
+    """(name, folder) of the sentence captioner, resolved now so a missing model fails at once."""
+    kind = options.sentence_captioner
+    if kind is None:
+        return None
+    if kind == "blip":
+        name = options.blip_dir.name if options.blip_dir else options.blip_model
+        return name, model_folder(options.blip_model, options.blip_dir, options.download)
+    registry = options.caption_model or DEFAULT_MODELS[kind]
+    name = options.caption_dir.name if options.caption_dir else registry
+    return name, model_folder(registry, options.caption_dir, options.download)
+
+
+def open_captioner(options: TagOptions, name: str, folder: Path) -> Any:
+    """The sentence captioner: BLIP, or a transformers-native VLM (prep.tagging.vlm)."""
+    if options.sentence_captioner == "blip":
+        return BlipCaptioner(folder, name=name, settings=options.blip)
+    from prep.tagging.vlm import load_captioner
+
+    return load_captioner(str(options.sentence_captioner), folder, name=name, settings=options.vlm)
 
 
 @dataclass(frozen=True)
@@ -234,26 +402,63 @@ class _Run:
     """One tagging run: the loaded models, the options, and the result being filled in."""
 
     def __init__(self, folder: Path, options: TagOptions, reporter: Reporter) -> None:
-        self.folder, self.options = folder, options
+        self.folder, self.options, self.reporter = folder, options, reporter
         self.rules = load_prune_rules(options.prune_lists) if options.prunes else None
-        self.tagger = load_tagger(options) if options.uses_tagger else None
-        self.blip = load_blip(options) if options.uses_blip else None
-        if self.tagger is not None or self.blip is None:
-            batch = options.batch_size or default_batch_size(self.tagger)
-        else:
-            batch = options.batch_size or (self.blip.settings.batch_size if self.blip.device == "cuda" else 1)
-        self.result = TagResult(batch_size=batch, keep_tokens=options.keep_tokens,
-                                provider=self.tagger.provider if self.tagger else None)
-        if self.tagger is not None:
-            reporter.note(f"WD14 {self.tagger.name} on {self.tagger.provider}, batch {batch}")
-        if self.blip is not None:
-            reporter.note(f"BLIP {self.blip.name} on {self.blip.device}")
+        # A missing model fails here, at once; opening it (seconds) overlaps the first decodes.
+        self.files = tagger_files(options) if options.uses_tagger else None
+        self.caption_source = captioner_folder(options)
+        self.tagger: Wd14Tagger | None = None
+        self.blip: Any = None  # the sentence captioner (BLIP or a VLM): name, device, settings.batch_size, caption()
+        self.opening = ThreadPoolExecutor(max_workers=1)
+        self.opened: Future[tuple[Wd14Tagger | None, BlipCaptioner | None, list[str]]] = self.opening.submit(self.open_models)
+        self.is_ready = False
+        self.counter: Any = None
+        self.result = TagResult(batch_size=options.batch_size or CPU_BATCH, keep_tokens=options.keep_tokens)
         self.writer = ThreadPoolExecutor(max_workers=1)
         self.writes: list[tuple[Path, Future[bool]]] = []
         self.pending: list[_Pending] = []
 
+    def open_models(self) -> tuple[Wd14Tagger | None, BlipCaptioner | None, list[str]]:
+        """Runs on a thread while the first images decode; notes are kept for the main thread."""
+        notes = Reporter(lambda event: kept.append(event.message) if event.kind == "note" else None)
+        kept: list[str] = []
+        tagger = load_tagger(self.options, notes, self.files) if self.files is not None else None
+        blip = open_captioner(self.options, *self.caption_source) if self.caption_source is not None else None
+        return tagger, blip, kept
+
+    def ready(self) -> int:
+        """Wait for the models (raising their errors here, before anything is written); the batch size."""
+        if self.is_ready:
+            return self.result.batch_size
+        self.tagger, self.blip, notes = self.opened.result()
+        self.opening.shutdown()
+        self.is_ready = True
+        options = self.options
+        if self.tagger is not None or self.blip is None:
+            batch = options.batch_size or default_batch_size(self.tagger)
+        else:
+            batch = options.batch_size or (self.blip.settings.batch_size if self.blip.device == "cuda" else 1)
+        self.result.batch_size = batch
+        self.result.provider = self.tagger.provider if self.tagger else None
+        for note in notes:
+            self.reporter.note(note)
+        if self.tagger is not None:
+            self.reporter.note(f"WD14 {self.tagger.name} on {self.tagger.provider}, batch {batch}")
+        if self.blip is not None:
+            what = "BLIP" if self.options.uses_blip else str(self.options.sentence_captioner)
+            self.reporter.note(f"{what} {self.blip.name} on {self.blip.device}")
+        return batch
+
     def rel(self, path: Path) -> str:
         return path.relative_to(self.folder).as_posix()
+
+    def count_tokens(self, text: str) -> int:
+        """CLIP tokens, with the real tokenizer when one is available (prep.captions.tokens)."""
+        if self.counter is None:
+            from prep.captions.tokens import load_token_counter
+
+            self.counter = load_token_counter()
+        return self.counter.count(text)
 
     def caption_of(self, path: Path) -> str:
         """The image's caption sidecar, relative to the folder (as the journal names it)."""
@@ -263,8 +468,13 @@ class _Run:
         before = read_current(self.folder, self.caption_of(path))
         existing = self.existing_text(path, before)
         image = open_image(path, max_pixels=self.options.max_pixels)
-        array = self.tagger.preprocess(image) if self.tagger is not None else None
-        return _Loaded(path, array, image if self.blip is not None else None, existing, before)
+        array = None
+        if self.files is not None:
+            square = square_rgb(image)
+            tagger = self.opened.result()[0]  # decoding started before the model was open
+            assert tagger is not None
+            array = resize_bgr(square, tagger.input_size)
+        return _Loaded(path, array, image if self.caption_source is not None else None, existing, before)
 
     def existing_text(self, path: Path, before: bytes | None) -> str | None:
         """The caption append extends. A caption that is not UTF-8 is never rewritten: its image is
@@ -290,7 +500,15 @@ class _Run:
 
     def finish(self, item: _Loaded, tags: Tags | None, sentence: str | None) -> None:
         kept, removed = model_tags(tags, self.options, self.rules) if tags is not None else ([], [])
-        caption = ", ".join(compose_caption(kept, sentence, item.existing, self.options))
+        if sentence is not None:
+            sentence, from_sentence = sentence_without_character(sentence, tags, removed, self.options, self.rules)
+            removed = removed + [(phrase, f"{why}, in the sentence") for phrase, why in from_sentence]
+        caption = compose_text(kept, sentence, item.existing, self.options)
+        if sentence is not None and self.options.max_tokens:
+            prefix = ", ".join(apply_trigger([], self.options.trigger, self.options.always_first))
+            caption, cut = fit_tokens(caption, self.options.max_tokens, self.count_tokens, keep=prefix)
+            if cut is not None:
+                self.result.cut[item.path] = cut
         self.result.captions[item.path] = caption
         if removed:
             self.result.removed[item.path] = removed
@@ -367,7 +585,14 @@ class _Run:
                         thresholds={"general": o.thresholds.general, "character": o.thresholds.character,
                                     "mcut": o.thresholds.mcut})
         if self.blip is not None:
-            info.update(blip_model=self.blip.name, caption=sentence)
+            key = "blip_model" if o.uses_blip else "caption_model"
+            info.update({key: self.blip.name, "caption": sentence})
+            if o.sentence_captioner == "florence2":
+                info.update(task=o.vlm.task)
+            elif not o.uses_blip:
+                info.update(prompt=self.blip.prompt)
+        if o.template is not None:
+            info.update(combine=o.template)
         return info
 
 
@@ -389,20 +614,26 @@ def tag_folder(folder: Path, options: TagOptions, reporter: Reporter = SILENT) -
     run = _Run(folder, options, reporter)
     run.result.dropped.extend(problems)
     run.result.skipped = [path for path, skipped in zip(images, skip) if skipped]
-    size = run.result.batch_size
-    with reporter.task("tagging", len(todo)) as advance:
-        for chunk in _batches(prefetch(todo, run.load, workers=options.workers, depth=2 * size + options.workers), size):
-            loaded: list[_Loaded] = []
-            for path, outcome in chunk:
-                if isinstance(outcome, LoraprepError):
-                    run.result.dropped.append(Drop(run.rel(path), STEP, outcome.message))
-                elif isinstance(outcome, OSError):
-                    run.result.dropped.append(Drop(run.rel(path), STEP, f"{type(outcome).__name__}: {outcome.strerror or outcome}"))
-                else:
-                    loaded.append(outcome)
-            if loaded:
-                run.process(loaded)
-            advance(len(chunk))
+    ahead = 2 * (options.batch_size or GPU_BATCH) + options.workers
+    try:
+        with reporter.task("tagging", len(todo)) as advance:
+            done = 0
+            for chunk in _batches(prefetch(todo, run.load, workers=options.workers, depth=ahead), run.ready):
+                run.ready()  # a model that failed to open stops the run here, before anything is written
+                loaded: list[_Loaded] = []
+                for path, outcome in chunk:
+                    if isinstance(outcome, LoraprepError):
+                        run.result.dropped.append(Drop(run.rel(path), STEP, outcome.message))
+                    elif isinstance(outcome, OSError):
+                        run.result.dropped.append(Drop(run.rel(path), STEP, f"{type(outcome).__name__}: {outcome.strerror or outcome}"))
+                    else:
+                        loaded.append(outcome)
+                if loaded:
+                    run.process(loaded)
+                done += len(chunk)
+                advance(len(chunk), metrics={"images": float(done)})
+    finally:
+        run.opening.shutdown(wait=True)
     run.settle_writes()
     run.commit(reporter)
     return run.result
@@ -446,11 +677,13 @@ def prefetch(items: Sequence[T], fn: Callable[[T], R], *, workers: int, depth: i
             yield item, future.result()
 
 
-def _batches(pairs: Iterable[T], size: int) -> Iterator[list[T]]:
+def _batches(pairs: Iterable[T], size: Callable[[], int]) -> Iterator[list[T]]:
+    """Chunks of `size()` items; asked after each item arrives (the first item is decoded once the
+    model is open, which decides the batch size)."""
     chunk: list[T] = []
     for pair in pairs:
         chunk.append(pair)
-        if len(chunk) == size:
+        if len(chunk) >= size():
             yield chunk
             chunk = []
     if chunk:

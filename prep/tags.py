@@ -207,6 +207,11 @@ class PruneRules:
         keep = PruneGroup("keep", TRAIT, self.keep.patterns + other.keep.patterns)
         return PruneRules(keep, other.groups + self.groups)
 
+    def keeps(self, tag: str) -> bool:
+        """True when the whitelist names `tag` (an action or object that shares a trait's words)."""
+        words = "".join(word + " " for word in _words(tag))
+        return bool(words) and self.keep.matches(words)
+
     def classify(self, tag: str) -> PruneGroup | None:
         """The group that describes `tag`, or None (not a trait, or whitelisted)."""
         words = "".join(word + " " for word in _words(tag))

@@ -12,7 +12,7 @@ import csv
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -77,13 +77,22 @@ def pad_to_square(image: Image.Image, colour: tuple[int, int, int] = WHITE) -> I
     return canvas
 
 
-def preprocess(image: Image.Image, size: int) -> np.ndarray:
-    """RGB(A) image → [size, size, 3] float32 BGR 0-255, exactly as the WD14 models were trained."""
-    rgb = flatten_alpha(image, WHITE).convert("RGB")
-    square = pad_to_square(rgb)
+def square_rgb(image: Image.Image) -> Image.Image:
+    """The size-independent half of `preprocess` (alpha onto white, RGB, padded square): decoding
+    workers run it before the model has said which size it wants."""
+    return pad_to_square(flatten_alpha(image, WHITE).convert("RGB"))
+
+
+def resize_bgr(square: Image.Image, size: int) -> np.ndarray:
+    """A padded square → [size, size, 3] float32 BGR 0-255 (PIL bicubic, as the models were trained)."""
     if square.size != (size, size):
         square = square.resize((size, size), Image.Resampling.BICUBIC)
     return np.asarray(square, dtype=np.float32)[:, :, ::-1]
+
+
+def preprocess(image: Image.Image, size: int) -> np.ndarray:
+    """RGB(A) image → [size, size, 3] float32 BGR 0-255, exactly as the WD14 models were trained."""
+    return resize_bgr(square_rgb(image), size)
 
 
 def choose_providers(available: Sequence[str]) -> list[str]:
@@ -109,38 +118,83 @@ def scores_to_tags(probs: np.ndarray, labels: Labels, thresholds: Thresholds) ->
                 rating=rating)
 
 
+class Scorer(Protocol):
+    """What runs the network: [N, S, S, 3] float32 BGR 0-255 → [N, T] probabilities."""
+
+    provider: str
+    input_size: int
+    fixed_batch: int | None
+    on_cpu: bool
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def output_count(self) -> int | None: ...
+
+
 class Wd14Tagger:
-    """A loaded WD14 model: checks its signature once, then tags preprocessed batches."""
+    """A loaded WD14 model: checks its labels against its outputs once, then tags preprocessed batches.
+
+    The network runs on onnxruntime (`OnnxScorer`, model.onnx) or on torch through timm
+    (`prep.tagging.wd_timm.TimmScorer`, config.json + model.safetensors); both take the same arrays.
+    """
 
     def __init__(self, model_dir: Path, *, name: str | None = None, thresholds: Thresholds = Thresholds(),
-                 providers: Sequence[str] | None = None, threads: int | None = None) -> None:
+                 providers: Sequence[str] | None = None, threads: int | None = None,
+                 scorer: Scorer | None = None) -> None:
         self.name = name or model_dir.name
         self.thresholds = thresholds
         self.labels = load_labels(model_dir / LABELS_FILE)
-        self.session = _open_session(model_dir / MODEL_FILE, providers, threads)
-        self.provider = self.session.get_providers()[0]
-        self.input_name, self.input_size, self.fixed_batch = _check_input(self.session, model_dir)
+        self.scorer: Scorer = scorer or OnnxScorer(model_dir, providers, threads)
+        self.provider = self.scorer.provider
+        self.input_size, self.fixed_batch = self.scorer.input_size, self.scorer.fixed_batch
         self._check_output(model_dir)
 
     def _check_output(self, model_dir: Path) -> None:
-        """Run one blank image: proves the output matches the label list before any real image is
-        read, and takes the first-run allocation cost out of the tagging loop."""
-        try:
-            scores = self.probabilities(np.full((1, self.input_size, self.input_size, 3), 255, np.float32))
-        except Exception as exc:  # onnxruntime's errors are untyped
-            raise ModelMismatch(f"{model_dir}: the model fails on a blank image: {exc}") from exc
-        count = scores.shape[-1] if scores.ndim == 2 else -1
+        """The model's output count must match the label list. Read from the graph when it is
+        static (no inference: a blank run costs as much as tagging one image); otherwise one blank
+        image proves it before any real image is read."""
+        count = self.scorer.output_count()
+        if count is None:
+            try:
+                scores = self.probabilities(np.full((1, self.input_size, self.input_size, 3), 255, np.float32))
+            except Exception as exc:  # onnxruntime's errors are untyped
+                raise ModelMismatch(f"{model_dir}: the model fails on a blank image: {exc}") from exc
+            count = scores.shape[-1] if scores.ndim == 2 else -1
         if count != len(self.labels):
             raise ModelMismatch(
                 f"{model_dir}: the model outputs {count} scores but {LABELS_FILE} lists {len(self.labels)} tags",
-                hint=f"{MODEL_FILE} and {LABELS_FILE} must come from the same model revision")
+                hint=f"the model and {LABELS_FILE} must come from the same model revision")
+
+    @property
+    def on_cpu(self) -> bool:
+        return self.scorer.on_cpu
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        return preprocess(image, self.input_size)
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        return self.scorer.probabilities(batch)
+
+    def predict(self, batch: np.ndarray) -> list[Tags]:
+        return [scores_to_tags(row, self.labels, self.thresholds) for row in self.probabilities(batch)]
+
+
+class OnnxScorer:
+    """model.onnx on onnxruntime, on the best execution provider this build has (or those given)."""
+
+    def __init__(self, model_dir: Path, providers: Sequence[str] | None = None, threads: int | None = None) -> None:
+        self.session = _open_session(model_dir / MODEL_FILE, providers, threads)
+        self.provider = self.session.get_providers()[0]
+        self.input_name, self.input_size, self.fixed_batch = _check_input(self.session, model_dir)
 
     @property
     def on_cpu(self) -> bool:
         return self.provider == "CPUExecutionProvider"
 
-    def preprocess(self, image: Image.Image) -> np.ndarray:
-        return preprocess(image, self.input_size)
+    def output_count(self) -> int | None:
+        outputs = self.session.get_outputs()
+        shape = list(outputs[0].shape) if len(outputs) == 1 else []
+        return shape[1] if len(shape) == 2 and isinstance(shape[1], int) else None
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """[N, H, W, 3] → [N, T]; pads to the model's batch when it is fixed."""
@@ -151,10 +205,7 @@ class Wd14Tagger:
                                        for i in range(0, count, self.fixed_batch)])
             pad = np.zeros((self.fixed_batch - count, *batch.shape[1:]), np.float32)
             batch = np.concatenate([batch, pad])
-        return self.session.run(None, {self.input_name: batch})[0][:count]
-
-    def predict(self, batch: np.ndarray) -> list[Tags]:
-        return [scores_to_tags(row, self.labels, self.thresholds) for row in self.probabilities(batch)]
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(batch)})[0][:count]
 
 
 def _open_session(path: Path, providers: Sequence[str] | None, threads: int | None) -> Any:

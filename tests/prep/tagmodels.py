@@ -149,3 +149,68 @@ def wd14_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_blip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_blip(tmp_path_factory.mktemp("blip") / "tiny-blip")
+
+
+# ---------------------------------------------------------------- WD v3 as timm models (timm backend)
+
+# Each v3 repository's timm architecture and the arguments its config.json gives (`model_args`),
+# with widths and depths shrunk (`tiny`) so a random model builds and exports in a second.
+TIMM_V3: dict[str, tuple[str, dict, dict]] = {
+    "vit": ("vit_base_patch16_224",
+            dict(img_size=448, class_token=False, global_pool="avg", fc_norm=False, act_layer="gelu_tanh"),
+            dict(embed_dim=32, depth=2, num_heads=2)),
+    "swinv2": ("swinv2_base_window8_256", dict(img_size=448, window_size=14),
+               dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2))),
+    "convnext": ("convnext_base", dict(), dict(dims=(8, 16, 24, 32), depths=(1, 1, 1, 1))),
+    "eva02": ("eva02_large_patch14_448", dict(img_size=448),
+              dict(embed_dim=32, depth=2, num_heads=2)),
+}
+
+
+def build_timm_tagger(folder: Path, kind: str, *, labels: list[tuple[str, int, tuple]] = LABELS,
+                      onnx: bool = True) -> Path:
+    """A seeded random timm model of a WD v3 architecture as its repository ships it (config.json,
+    model.safetensors, selected_tags.csv) and, with `onnx`, the same network exported as model.onnx
+    with the WD14 signature (NHWC BGR 0-255 in, sigmoid probabilities out; normalised by 0.5/0.5
+    inside the graph, as the published ONNX files are)."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from prep.tagging.wd_timm import import_timm
+
+    timm = import_timm()
+    architecture, model_args, tiny = TIMM_V3[kind]
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    network = timm.create_model(architecture, pretrained=False, num_classes=len(labels), **model_args, **tiny).eval()
+    with torch.no_grad():  # timm initialises heads near zero (scores ≈ 0.5): spread them so thresholds matter
+        head = network.get_classifier()
+        head.weight.normal_(0, 3 / head.weight.shape[1] ** 0.5)
+        head.bias.normal_(0, 1)
+    config = {"architecture": architecture, "num_classes": len(labels),
+              "num_features": network.num_features, "global_pool": "avg",
+              "model_args": {**model_args, **{k: list(v) if isinstance(v, tuple) else v for k, v in tiny.items()}},
+              "pretrained_cfg": {"custom_load": False, "input_size": [3, 448, 448], "fixed_input_size": kind != "convnext",
+                                 "interpolation": "bicubic", "crop_pct": 1.0, "crop_mode": "center",
+                                 "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "num_classes": len(labels),
+                                 "pool_size": None, "first_conv": None, "classifier": None}}
+    (folder / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(folder / "model.safetensors"))
+    write_selected_tags(folder / "selected_tags.csv", labels)
+    if onnx:
+        class AsPublished(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.network = network
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return torch.sigmoid(self.network(x.permute(0, 3, 1, 2) / 127.5 - 1.0))
+
+        with torch.no_grad():
+            torch.onnx.export(AsPublished().eval(), (torch.zeros(1, 448, 448, 3),), str(folder / "model.onnx"),
+                              input_names=["input"], output_names=["output"],
+                              dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                              opset_version=17, dynamo=False, external_data=False)
+    return folder
