@@ -28,10 +28,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prep.atomic import DEFAULT_FILE_MODE, TEMP_SUFFIX, temp_prefix, write_bytes_atomic
+from prep.atomic import TEMP_SUFFIX, temp_prefix, write_bytes_atomic
 from prep.captions.dataset import STATE_DIR, read_current
 from prep.captions.edit import Change, EditPlan
 from prep.errors import LoraprepError
+from prep.numbered import claim_numbered, temporary_with
 
 JOURNAL_SCHEMA = "loraprep.caption-journal/1"
 JOURNAL_DIR = Path(STATE_DIR) / "journal"
@@ -107,25 +108,14 @@ def record(root: Path, description: str, files: Sequence[FileState]) -> Path:
 
     The entry is complete on disk (written to a temporary, fsynced) before it gets its number, and
     it takes the number with a hard link, which fails if another process took it first: two
-    programs editing the same dataset never overwrite each other's entry.
+    programs editing the same dataset never overwrite each other's entry (`prep.numbered`).
     """
     folder = journal_dir(root)
     folder.mkdir(parents=True, exist_ok=True)
     _retire_redo_stack(folder)
-    tmp = _temporary_with(os.fspath(folder), "entry.json", _entry_bytes(description, files))
-    try:
-        existing = [int(p.stem) for sub in ("", UNDONE, HISTORY) for p in _entries(folder / sub)]
-        number = max(existing, default=0) + 1
-        while True:
-            path = folder / f"{number:06d}.json"
-            try:
-                os.link(tmp, path)
-                return path
-            except FileExistsError:
-                number += 1
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    data = _entry_bytes(description, files)
+    existing = [int(p.stem) for sub in ("", UNDONE, HISTORY) for p in _entries(folder / sub)]
+    return claim_numbered(folder, max(existing, default=0) + 1, lambda number: data)
 
 
 def _rewrite(entry: Path, description: str, files: Sequence[FileState]) -> Path | None:
@@ -185,21 +175,6 @@ def _read_or_none(path: str) -> bytes | None:
         return _read_fd(fd)
     finally:
         os.close(fd)
-
-
-def _temporary_with(folder: str, name: str, data: bytes) -> str:
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(name), suffix=TEMP_SUFFIX, dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, DEFAULT_FILE_MODE)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return tmp
 
 
 def _load_renameat2() -> Callable[..., int] | None:
@@ -262,7 +237,7 @@ class GuardedWriter:
             return False
         folder, name = os.path.split(target)
         os.makedirs(folder, exist_ok=True)
-        tmp = _temporary_with(folder, name, data)
+        tmp = temporary_with(folder, name, data)
         try:
             if expected is None:
                 try:
