@@ -33,6 +33,7 @@ from prep.captions.dataset import STATE_DIR, read_current
 from prep.captions.edit import Change, EditPlan
 from prep.errors import LoraprepError
 from prep.numbered import claim_numbered, temporary_with
+from prep.records import is_safe_relative, is_within
 
 JOURNAL_SCHEMA = "loraprep.caption-journal/1"
 JOURNAL_DIR = Path(STATE_DIR) / "journal"
@@ -42,6 +43,10 @@ HISTORY = "history"  # undone entries a later edit made impossible to redo
 
 class UndoConflict(LoraprepError):
     """Files changed since the edit being undone; restoring them would lose those changes."""
+
+
+class JournalPathError(LoraprepError):
+    """A journal entry names a caption outside the dataset: undo and redo never write there."""
 
 
 def journal_dir(root: Path) -> Path:
@@ -62,8 +67,13 @@ class FileState:
 
     @classmethod
     def from_dict(cls, data: dict) -> FileState:
+        """The state an entry records; a path that is not relative and inside the dataset (a
+        hand-edited entry) is refused here, before undo or redo could write there."""
+        caption = str(data["path"])
+        if not is_safe_relative(caption):
+            raise JournalPathError(f"caption journal names a path outside the dataset: {caption!r}")
         decode = (lambda s: None if s is None else base64.b64decode(s))
-        return cls(str(data["path"]), decode(data["before"]), decode(data["after"]))
+        return cls(caption, decode(data["before"]), decode(data["after"]))
 
 
 @dataclass(frozen=True)
@@ -128,13 +138,33 @@ def _rewrite(entry: Path, description: str, files: Sequence[FileState]) -> Path 
     return entry
 
 
+_ENTRY_HINT = "move it out of the journal folder if it was not written by loraprep"
+
+
 def read_entry(path: Path) -> JournalEntry:
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if data.get("schema") != JOURNAL_SCHEMA:
-        raise LoraprepError(f"{path} is not a loraprep caption journal entry",
-                            hint="remove it if it was not written by loraprep")
-    return JournalEntry(path, str(data["description"]), str(data["time"]),
-                        tuple(FileState.from_dict(f) for f in data["files"]))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or data.get("schema") != JOURNAL_SCHEMA:
+            raise ValueError("no caption journal schema")
+        return JournalEntry(path, str(data["description"]), str(data["time"]),
+                            tuple(FileState.from_dict(f) for f in data["files"]))
+    except JournalPathError as exc:
+        raise JournalPathError(f"{path}: {exc.message}; nothing was changed", hint=_ENTRY_HINT) from None
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:  # binascii.Error is a ValueError
+        raise LoraprepError(f"{path} is not a loraprep caption journal entry ({exc})", hint=_ENTRY_HINT) from None
+
+
+def check_inside(root: Path, entry: JournalEntry) -> None:
+    """Refuse an entry any of whose captions a symlink (the file itself, or a folder on its way)
+    carries outside the dataset: undo and redo write only inside it."""
+    real_root = os.path.realpath(root)
+    for state in entry.files:
+        real = os.path.realpath(os.path.join(real_root, state.caption))
+        if not is_within(real, real_root):
+            raise JournalPathError(f"{entry.path}: '{state.caption}' leads outside the dataset to {real} "
+                                   "(through a symlink); nothing was changed",
+                                   hint="undo and redo write only inside the dataset: remove the link, "
+                                        "or restore that caption by hand")
 
 
 def last_entry(root: Path) -> JournalEntry | None:
@@ -406,6 +436,7 @@ class UndoResult:
 def _revert(root: Path, entry: JournalEntry, *, forward: bool, force: bool, dry_run: bool,
             destination: Path) -> UndoResult:
     """Put an entry's `before` bytes back (`forward`: its `after` bytes) where files allow it."""
+    check_inside(root, entry)
     restore, unchanged, conflicts = [], [], []
     for state in entry.files:
         now, then = (state.before, state.after) if forward else (state.after, state.before)

@@ -19,10 +19,11 @@ from prep.atomic import clean_stale_temporaries, write_text_atomic
 from prep.captions.dataset import (STATE_DIR, CaptionDataset, CaptionFile, collector_paused, decode_caption,
                                    load_dataset, read_current, split_caption)
 from prep.captions.edit import AddTags, Operation, RemoveTags, ReplaceTag, caption_bytes, tag_key
-from prep.captions.journal import FileState, UndoConflict, UndoResult, apply_changes, redo_last, undo_last
+from prep.captions.journal import FileState, UndoResult, apply_changes, redo_last, undo_last
 from prep.captions.lint import LintOptions, LintReport, Problem, lint_dataset
 from prep.captions.show import tagger_scores
 from prep.captions.tokens import TokenCounter, load_token_counter
+from prep.errors import LoraprepError
 from prep.review.filters import Term, parse_filter
 from prep.sidecars import read_meta
 from prep.tags import split_tags
@@ -464,7 +465,7 @@ class Session:
         verb = "redo" if forward else "undo"
         try:
             result = step(self.root)
-        except UndoConflict as exc:
+        except LoraprepError as exc:  # files changed since (UndoConflict), or an entry that is not loraprep's
             return Outcome(f"not {verb}ne: {exc.message}", ok=False), None
         if result.entry is None:
             return Outcome(f"nothing to {verb}", ok=False), None
