@@ -1,9 +1,11 @@
 """Setting images aside, reversibly: `doctor --apply` moves, `doctor --restore` moves back.
 
 Nothing is deleted. Each apply is one journal entry, `DS/.loraprep/quarantine/journal/NNNNNN.json`,
-written (atomically) *before* any file moves, listing every move with the file's sha256. The files
-go to `DS/.loraprep/quarantine/NNNNNN/<their path>` with their caption sidecar and `.loraprep.json`
-(scans skip `.loraprep/`, so the dataset no longer holds them). `restore_last` moves the last
+written complete *before* any file moves, listing every move with the file's sha256; it takes its
+number with a hard link (`prep.numbered`, as the caption journal does), so two runs at once never
+share a number or a folder. The files go to `DS/.loraprep/quarantine/NNNNNN/<their path>` with
+their caption sidecar and `.loraprep.json` (scans skip `.loraprep/`, so the dataset no longer holds
+them). `restore_last` moves the last
 entry's files back only where the quarantined file is still the one moved (same hash) and nothing
 has taken its old place; anything else is a conflict, and nothing is restored unless forced
 (then the conflicting files stay where they are). The same guarantees as the caption journal
