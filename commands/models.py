@@ -17,7 +17,8 @@ app = typer.Typer(name="models", help="The models loraprep can use: list them, d
 def models_list(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Every registered model: pinned revision, the files expected in its folder, and whether it is here.
+    """Every registered model: pinned revision, the files expected in its folder, and whether it is here
+    (`bundled`: it ships with loraprep and works with nothing downloaded).
 
     Offline: copy those files into the folder `loraprep models path NAME` prints (upstream names in
     brackets are saved under the name before them).
@@ -26,9 +27,10 @@ def models_list(
 
     from prep import models
 
-    rows = [{"name": s.name, "kind": s.kind, "repo": s.repo_id, "revision": s.revision, "licence": s.licence,
-             "files": list(s.files), "upstream_files": [s.repo_file(f) for f in s.files],
-             "available": models.is_available(s.name), "path": str(models.model_path(s.name)),
+    rows = [{"name": s.name, "kind": s.kind, "host": s.host, "repo": s.repo_id, "revision": s.revision,
+             "licence": s.licence, "files": list(s.files), "upstream_files": [s.repo_file(f) for f in s.files],
+             "available": models.is_available(s.name) or models.bundled_path(s.name) is not None,
+             "bundled": models.bundled_path(s.name) is not None, "path": str(models.model_path(s.name)),
              "description": s.description} for s in models.REGISTRY.values()]
     if as_json:
         print_json(rows)
@@ -39,8 +41,10 @@ def models_list(
     for row in rows:
         files = "\n".join(name if name == upstream else f"{name} (upstream {upstream})"
                           for name, upstream in zip(row["files"], row["upstream_files"], strict=True))
-        table.add_row(esc(row["name"]), "[green]yes[/]" if row["available"] else "[dim]no[/]", esc(files),
-                      esc(f"{row['repo']} @ {row['revision'][:12]}\n{row['description']}"))
+        here = "[green]bundled[/]" if row["bundled"] else "[green]yes[/]" if row["available"] else "[dim]no[/]"
+        table.add_row(esc(row["name"]), here, esc(files),
+                      esc(f"{'github.com/' if row['host'] == 'github' else ''}{row['repo']} @ {row['revision'][:12]}\n"
+                          f"{row['description']}"))
     out.print(table)
     out.print("Download with `loraprep models pull NAME`; offline, copy the files into the folder "
               "`loraprep models path NAME` prints.")

@@ -43,9 +43,8 @@ AUTO_DETECTORS = ("yunet", "anime-cascade", "anime", "libfacedetection")  # merg
 YUNET_FILE = "face_detection_yunet.onnx"
 ANIME_FILE = "anime_face_detection.onnx"
 ANIME_CASCADE_FILE = "lbpcascade_animeface.xml"
-ANIME_CASCADE_URL = ("https://raw.githubusercontent.com/nagadomi/lbpcascade_animeface/"
-                     "4433ab1ae1166ea75acfe99eb0f18709dac329a0/lbpcascade_animeface.xml")
-DATA = Path(__file__).resolve().parent / "data"  # the bundled detectors (see prep/data/LICENSES.md)
+ANIME_CASCADE_URL = models.download_url(models.spec("anime-cascade"), ANIME_CASCADE_FILE)  # at the pinned commit
+DATA = models.BUNDLED_DIR  # the bundled detectors (see prep/data/LICENSES.md)
 
 
 @runtime_checkable
@@ -242,9 +241,9 @@ class HaarDetector:
 class AnimeCascadeDetector:
     """nagadomi's lbpcascade_animeface (MIT): an LBP cascade for drawn faces, run by OpenCV.
 
-    Looked for in prep/data/ (where a release bundles it) and in the model cache's
-    `anime-cascade/` folder (where a user drops it: a 250 KB file from nagadomi's repository,
-    `ANIME_CASCADE_URL`); without it `auto` runs on YuNet alone and says so. A cascade has no
+    Bundled in prep/data/; an install without that copy looks in the model cache's
+    `anime-cascade/` folder (where a user can drop the 250 KB file from nagadomi's repository,
+    `ANIME_CASCADE_URL`), and without either `auto` runs on YuNet alone and says so. A cascade has no
     probability; its score is made comparable with the networks' from how many neighbouring
     windows agreed (`cascade_score`), so merged detectors can rank and suppress boxes together.
     It scans a copy at most `work_size` px long: at 480 it found the same test faces as at 640 in

@@ -18,6 +18,7 @@ from prep.atomic import TEMP_SUFFIX, clean_stale_temporaries, temp_prefix
 from prep.errors import ModelNotAvailable, UsageError
 
 CACHE_ENV = "LORAPREP_MODELS"
+BUNDLED_DIR = Path(__file__).resolve().parent / "data"  # files that ship inside the package (prep/data/LICENSES.md)
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class ModelSpec:
     # Multi-file repositories (sharded weights): pull every file matching these patterns at the
     # revision; `files` then lists only those whose presence marks the model as here.
     patterns: tuple[str, ...] = ()
+    host: str = "huggingface"  # or "github": `repo_id` is then a GitHub repository, read by hand
+    bundled: bool = False      # its files ship in prep/data/, so it works with nothing downloaded
 
     def repo_file(self, local_name: str) -> str:
         return self.renames.get(local_name, local_name)
@@ -57,7 +60,21 @@ register(ModelSpec(
     files=("face_detection_yunet.onnx",),
     renames={"face_detection_yunet.onnx": "face_detection_yunet_2023mar.onnx"},
     licence="MIT (OpenCV model zoo)",
-    description="OpenCV YuNet face detector (photos; finds many anime faces too)",
+    description="OpenCV YuNet face detector (photos; finds many anime faces too); bundled, a pulled copy "
+                "is used first",
+    bundled=True,
+))
+
+register(ModelSpec(
+    name="anime-cascade",
+    kind="face-detector",
+    repo_id="nagadomi/lbpcascade_animeface",
+    revision="4433ab1ae1166ea75acfe99eb0f18709dac329a0",
+    files=("lbpcascade_animeface.xml",),
+    licence="MIT (in the file's header)",
+    description="nagadomi's LBP cascade for drawn faces; bundled, merged by `--detector auto`",
+    host="github",
+    bundled=True,
 ))
 
 # --- face detectors and segmenters (crop/clean) ---
@@ -184,12 +201,24 @@ def model_path(name: str) -> Path:
 
 
 def is_available(name: str) -> bool:
+    """Whether every file of `name` is in the model cache (a bundled copy does not count: see
+    `bundled_path`)."""
     folder = model_path(name)
     return all((folder / f).is_file() for f in spec(name).files)
 
 
+def bundled_path(name: str) -> Path | None:
+    """prep/data/ when this install ships every file of `name` there, else None."""
+    model = spec(name)
+    if model.bundled and all((BUNDLED_DIR / f).is_file() for f in model.files):
+        return BUNDLED_DIR
+    return None
+
+
 def download_url(model: ModelSpec, local_name: str) -> str:
     """Where a browser or curl fetches one file of `model` at its pinned revision."""
+    if model.host == "github":
+        return f"https://raw.githubusercontent.com/{model.repo_id}/{model.revision}/{model.repo_file(local_name)}"
     return f"{hub_endpoint()}/{model.repo_id}/resolve/{model.revision}/{model.repo_file(local_name)}"
 
 
@@ -212,6 +241,8 @@ def manual_steps(model: ModelSpec) -> str:
 
 def _missing_error(model: ModelSpec, reason: str) -> ModelNotAvailable:
     folder = model_path(model.name)
+    if model.host != "huggingface":  # `models pull` fetches only from the hub
+        return ModelNotAvailable(f"model '{model.name}' is not in {folder} ({reason})", hint=manual_steps(model))
     return ModelNotAvailable(
         f"model '{model.name}' is not in {folder} ({reason})",
         hint=f"run `loraprep models pull {model.name}` on a connected machine and copy {folder} here, "
@@ -310,7 +341,9 @@ def hub_unreachable(timeout: float | None = None) -> str | None:
 
 
 def pull(name: str) -> Path:
-    """Download model `name` at its pinned revision into the cache (idempotent).
+    """Download model `name` at its pinned revision into the cache (idempotent). A model that is
+    not on the hub (`host`) is never downloaded: its bundled folder is returned, else how to save it
+    by hand is raised.
 
     Files are downloaded into a temporary folder beside the cache (`prep.atomic` naming, so a killed
     pull is cleaned up by the next one) and moved into place only when all are there: a failed pull
@@ -319,6 +352,10 @@ def pull(name: str) -> Path:
     model = spec(name)
     if is_available(name):
         return model_path(name)
+    if model.host != "huggingface":  # not on the hub: it ships with loraprep, or is saved by hand
+        if (bundled := bundled_path(name)) is not None:
+            return bundled
+        raise _missing_error(model, "this install does not ship it")
     if offline_mode():
         raise _unreachable_error(model, "HF_HUB_OFFLINE is set, so nothing is downloaded")
     if why := hub_unreachable():

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 DATA = Path(__file__).parent / "data"
-MODELS_ENV = "LORAPREP_TEST_MODELS"
 
 
 @pytest.fixture(scope="session")
@@ -36,15 +34,11 @@ def yunet_model() -> Path:
 
 @pytest.fixture(scope="session")
 def anime_cascade() -> Path:
-    """nagadomi's lbpcascade_animeface.xml: the copy in prep/data/, else one in $LORAPREP_TEST_MODELS."""
+    """nagadomi's lbpcascade_animeface.xml as loraprep ships it in prep/data/ (no download, never skipped)."""
     from prep.faces import ANIME_CASCADE_FILE
     from prep.faces import DATA as BUNDLED
 
-    for folder in (BUNDLED, os.environ.get(MODELS_ENV)):
-        if folder and (Path(folder) / ANIME_CASCADE_FILE).is_file():
-            return Path(folder) / ANIME_CASCADE_FILE
-    pytest.skip(f"anime face cascade not available: {ANIME_CASCADE_FILE} is neither in prep/data/ "
-                f"nor in ${MODELS_ENV}")
+    return BUNDLED / ANIME_CASCADE_FILE
 
 
 @pytest.fixture(autouse=True)

@@ -28,11 +28,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prep.atomic import DEFAULT_FILE_MODE, TEMP_SUFFIX, naming, temp_prefix, write_bytes_atomic
+from prep.atomic import TEMP_SUFFIX, temp_prefix, write_bytes_atomic
 from prep.captions.dataset import STATE_DIR, read_current
 from prep.captions.edit import Change, EditPlan
 from prep.errors import LoraprepError
 from prep.naming import name_max, too_long
+from prep.numbered import claim_numbered, temporary_with
+from prep.records import is_safe_relative, is_within
 
 JOURNAL_SCHEMA = "loraprep.caption-journal/1"
 JOURNAL_DIR = Path(STATE_DIR) / "journal"
@@ -42,6 +44,10 @@ HISTORY = "history"  # undone entries a later edit made impossible to redo
 
 class UndoConflict(LoraprepError):
     """Files changed since the edit being undone; restoring them would lose those changes."""
+
+
+class JournalPathError(LoraprepError):
+    """A journal entry names a caption outside the dataset: undo and redo never write there."""
 
 
 def journal_dir(root: Path) -> Path:
@@ -62,8 +68,13 @@ class FileState:
 
     @classmethod
     def from_dict(cls, data: dict) -> FileState:
+        """The state an entry records; a path that is not relative and inside the dataset (a
+        hand-edited entry) is refused here, before undo or redo could write there."""
+        caption = str(data["path"])
+        if not is_safe_relative(caption):
+            raise JournalPathError(f"caption journal names a path outside the dataset: {caption!r}")
         decode = (lambda s: None if s is None else base64.b64decode(s))
-        return cls(str(data["path"]), decode(data["before"]), decode(data["after"]))
+        return cls(caption, decode(data["before"]), decode(data["after"]))
 
 
 @dataclass(frozen=True)
@@ -108,25 +119,14 @@ def record(root: Path, description: str, files: Sequence[FileState]) -> Path:
 
     The entry is complete on disk (written to a temporary, fsynced) before it gets its number, and
     it takes the number with a hard link, which fails if another process took it first: two
-    programs editing the same dataset never overwrite each other's entry.
+    programs editing the same dataset never overwrite each other's entry (`prep.numbered`).
     """
     folder = journal_dir(root)
     folder.mkdir(parents=True, exist_ok=True)
     _retire_redo_stack(folder)
-    tmp = _temporary_with(os.fspath(folder), "entry.json", _entry_bytes(description, files))
-    try:
-        existing = [int(p.stem) for sub in ("", UNDONE, HISTORY) for p in _entries(folder / sub)]
-        number = max(existing, default=0) + 1
-        while True:
-            path = folder / f"{number:06d}.json"
-            try:
-                os.link(tmp, path)
-                return path
-            except FileExistsError:
-                number += 1
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    data = _entry_bytes(description, files)
+    existing = [int(p.stem) for sub in ("", UNDONE, HISTORY) for p in _entries(folder / sub)]
+    return claim_numbered(folder, max(existing, default=0) + 1, lambda number: data)
 
 
 def _rewrite(entry: Path, description: str, files: Sequence[FileState]) -> Path | None:
@@ -139,13 +139,33 @@ def _rewrite(entry: Path, description: str, files: Sequence[FileState]) -> Path 
     return entry
 
 
+_ENTRY_HINT = "move it out of the journal folder if it was not written by loraprep"
+
+
 def read_entry(path: Path) -> JournalEntry:
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if data.get("schema") != JOURNAL_SCHEMA:
-        raise LoraprepError(f"{path} is not a loraprep caption journal entry",
-                            hint="remove it if it was not written by loraprep")
-    return JournalEntry(path, str(data["description"]), str(data["time"]),
-                        tuple(FileState.from_dict(f) for f in data["files"]))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or data.get("schema") != JOURNAL_SCHEMA:
+            raise ValueError("no caption journal schema")
+        return JournalEntry(path, str(data["description"]), str(data["time"]),
+                            tuple(FileState.from_dict(f) for f in data["files"]))
+    except JournalPathError as exc:
+        raise JournalPathError(f"{path}: {exc.message}; nothing was changed", hint=_ENTRY_HINT) from None
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:  # binascii.Error is a ValueError
+        raise LoraprepError(f"{path} is not a loraprep caption journal entry ({exc})", hint=_ENTRY_HINT) from None
+
+
+def check_inside(root: Path, entry: JournalEntry) -> None:
+    """Refuse an entry any of whose captions a symlink (the file itself, or a folder on its way)
+    carries outside the dataset: undo and redo write only inside it."""
+    real_root = os.path.realpath(root)
+    for state in entry.files:
+        real = os.path.realpath(os.path.join(real_root, state.caption))
+        if not is_within(real, real_root):
+            raise JournalPathError(f"{entry.path}: '{state.caption}' leads outside the dataset to {real} "
+                                   "(through a symlink); nothing was changed",
+                                   hint="undo and redo write only inside the dataset: remove the link, "
+                                        "or restore that caption by hand")
 
 
 def last_entry(root: Path) -> JournalEntry | None:
@@ -186,22 +206,6 @@ def _read_or_none(path: str) -> bytes | None:
         return _read_fd(fd)
     finally:
         os.close(fd)
-
-
-def _temporary_with(folder: str, name: str, data: bytes) -> str:
-    with naming(os.path.join(folder, name)):  # a full disk names the caption, not the temporary
-        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(name), suffix=TEMP_SUFFIX, dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, DEFAULT_FILE_MODE)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-    return tmp
 
 
 def _load_renameat2() -> Callable[..., int] | None:
@@ -264,7 +268,7 @@ class GuardedWriter:
             return False
         folder, name = os.path.split(target)
         os.makedirs(folder, exist_ok=True)
-        tmp = _temporary_with(folder, name, data)
+        tmp = temporary_with(folder, name, data)
         try:
             if expected is None:
                 try:
@@ -446,6 +450,7 @@ class UndoResult:
 def _revert(root: Path, entry: JournalEntry, *, forward: bool, force: bool, dry_run: bool,
             destination: Path) -> UndoResult:
     """Put an entry's `before` bytes back (`forward`: its `after` bytes) where files allow it."""
+    check_inside(root, entry)
     restore, unchanged, conflicts = [], [], []
     for state in entry.files:
         now, then = (state.before, state.after) if forward else (state.after, state.before)

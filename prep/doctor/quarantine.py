@@ -1,9 +1,11 @@
 """Setting images aside, reversibly: `doctor --apply` moves, `doctor --restore` moves back.
 
 Nothing is deleted. Each apply is one journal entry, `DS/.loraprep/quarantine/journal/NNNNNN.json`,
-written (atomically) *before* any file moves, listing every move with the file's sha256. The files
-go to `DS/.loraprep/quarantine/NNNNNN/<their path>` with their caption sidecar and `.loraprep.json`
-(scans skip `.loraprep/`, so the dataset no longer holds them). `restore_last` moves the last
+written complete *before* any file moves, listing every move with the file's sha256; it takes its
+number with a hard link (`prep.numbered`, as the caption journal does), so two runs at once never
+share a number or a folder. The files go to `DS/.loraprep/quarantine/NNNNNN/<their path>` with
+their caption sidecar and `.loraprep.json` (scans skip `.loraprep/`, so the dataset no longer holds
+them). `restore_last` moves the last
 entry's files back only where the quarantined file is still the one moved (same hash) and nothing
 has taken its old place; anything else is a conflict, and nothing is restored unless forced
 (then the conflicting files stay where they are). The same guarantees as the caption journal
@@ -21,11 +23,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from prep.atomic import atomic_open, write_text_atomic
+from prep.atomic import atomic_open, write_bytes_atomic
 from prep.captions.dataset import STATE_DIR
 from prep.doctor.report import QUARANTINE_KINDS, DoctorReport
 from prep.errors import LoraprepError, UsageError
 from prep.images import is_image_path, sha256_file
+from prep.numbered import claim_numbered
 from prep.records import DEFAULT_CAPTION_EXTENSION, is_safe_relative
 from prep.sidecars import caption_path, meta_path
 
@@ -126,29 +129,75 @@ def _move(root: Path, source: str, target: str) -> None:
         os.unlink(src)
 
 
+def _document(description: str, moves: Sequence[Move]) -> bytes:
+    document = {"schema": SCHEMA, "description": description, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "moves": [m.to_dict() for m in moves]}
+    return (json.dumps(document, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _planned(files: dict[str, str], number: int) -> tuple[Move, ...]:
+    """Each file's move into quarantine folder `number` ({path: sha256} in, moves out)."""
+    folder = (QUARANTINE_DIR / f"{number:06d}").as_posix()
+    return tuple(Move(f, f"{folder}/{f}", digest) for f, digest in files.items())
+
+
 def quarantine(root: str | os.PathLike[str], images: Sequence[str], description: str, *,
                caption_extension: str = DEFAULT_CAPTION_EXTENSION) -> QuarantineResult:
-    """Move `images` (paths relative to `root`) and their sidecars into the quarantine, journalled."""
+    """Move `images` (paths relative to `root`) and their sidecars into the quarantine, journalled.
+
+    The entry takes its number with a hard link (`prep.numbered`), so two runs at once never share
+    a number or a folder. A file another run moved away first is left out, and the entry is
+    rewritten to list only the moves made.
+    """
     root = Path(root)
     for image in images:
         if not is_safe_relative(image):
             raise UsageError(f"cannot quarantine {image}: not a path inside {root}")
     present = [i for i in images if (root / i).is_file()]
-    missing = tuple(i for i in images if i not in present)
     if not present:
-        return QuarantineResult(None, (), (), missing)
-    number = _next_number(root)
-    folder = (QUARANTINE_DIR / f"{number:06d}").as_posix()
-    moving = set(present)
-    files = dict.fromkeys(f for image in present for f in _companions(root, image, caption_extension, moving))
-    moves = tuple(Move(f, f"{folder}/{f}", sha256_file(root / f)) for f in files)
-    entry = journal_dir(root) / f"{number:06d}.json"
-    document = {"schema": SCHEMA, "description": description, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "moves": [m.to_dict() for m in moves]}
-    write_text_atomic(entry, json.dumps(document, indent=1, ensure_ascii=False) + "\n")
-    for move in moves:
+        return QuarantineResult(None, (), (), tuple(images))
+    files = _hashes(root, present, caption_extension)
+    if not files:
+        return QuarantineResult(None, (), (), tuple(images))
+    folder = journal_dir(root)
+    folder.mkdir(parents=True, exist_ok=True)
+    entry = claim_numbered(folder, _next_number(root), lambda number: _document(description, _planned(files, number)))
+    planned = _planned(files, int(entry.stem))
+    moved = tuple(move for move in planned if _move_present(root, move))
+    if len(moved) < len(planned):
+        if moved:
+            write_bytes_atomic(entry, _document(description, moved))
+        else:
+            os.unlink(entry)
+    done = {m.source for m in moved}
+    return QuarantineResult(entry if moved else None, moved, tuple(i for i in present if i in done),
+                            tuple(i for i in images if i not in done))
+
+
+def _hashes(root: Path, images: Sequence[str], caption_extension: str) -> dict[str, str]:
+    """{path: sha256} of each image and its sidecars, leaving out what vanished meanwhile (an image
+    gone takes its sidecars out with it)."""
+    moving, files = set(images), {}
+    for image in images:
+        group = _companions(root, image, caption_extension, moving)
+        for path in group:
+            try:
+                files[path] = sha256_file(root / path)
+            except FileNotFoundError:
+                if path == image:
+                    break
+    return files
+
+
+def _move_present(root: Path, move: Move) -> bool:
+    """Make `move`; False when its file is gone already (another run set it aside first)."""
+    try:
         _move(root, move.source, move.target)
-    return QuarantineResult(entry, moves, tuple(present), missing)
+    except FileNotFoundError:
+        if (root / move.source).exists():
+            raise
+        return False
+    return True
 
 
 def read_entry(path: Path) -> Entry:

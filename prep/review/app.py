@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -30,6 +31,7 @@ from textual.containers import Horizontal, Vertical
 from textual.keys import format_key
 from textual.widgets import Input, Static
 
+from prep.captions.dataset import collector_paused
 from prep.captions.edit import ReplaceTag
 from prep.captions.lint import LintOptions
 from prep.console import esc
@@ -52,6 +54,8 @@ def keymap(bindings: list[BindingType]) -> dict[str, str]:
 
 INPUT_KEYS = {k: v for k, v in keymap(Input.BINDINGS).items() if v != "submit"}
 PREVIEW_DELAY_S = 0.04
+READ_PAUSE_S = 0.002  # between batches of captions read after the first screen …
+TYPING_PAUSE_S, TYPING_S = 0.03, 0.3  # … and within TYPING_S of a key
 MARKS = {"locked": "!", "missing": "∅", "accepted": "✓", "edited": "•", "": " "}
 
 
@@ -150,6 +154,8 @@ class CaptionEditor(App):
         self._suggestion: int | None = None  # highlighted suggestion, once the user moved to one
         self.pending: Pending | None = None
         self.wide = False
+        self._frozen = False  # objects moved out of the collector's sight after reading (`_read_captions`)
+        self._key_at = 0.0  # when the last key arrived
 
     # ---- layout
 
@@ -176,11 +182,39 @@ class CaptionEditor(App):
         self.pane = self.query_one(PreviewPane)
         self.query_one("#files", RowList).set_count(len(self.session.visible))
         self.set_focus(self.query_one("#tags", RowList))
-        left_out = len(self.session.dataset.skipped)
+        if self.session.loaded:
+            self._ready_status()
+        else:  # a big dataset: the first screen comes first, the other captions are read after it
+            self.set_status(f"{len(self.session.items)} images · reading captions (counts follow) · ? shows every key")
+            self.call_after_refresh(lambda: self.run_worker(self._read_captions(), name="captions", group="captions"))
+        threading.Thread(target=self._clean_temporaries, name="loraprep-clean", daemon=True).start()
+
+    def _ready_status(self) -> None:
+        left_out = len(self.session.skipped)
         self.set_status(f"{len(self.session.items)} images · ? shows every key" + (
             f" · {left_out} left out (folder links, shared captions): `loraprep captions lint` lists them"
             if left_out else ""))
-        threading.Thread(target=self._clean_temporaries, name="loraprep-clean", daemon=True).start()
+
+    async def _read_captions(self) -> None:
+        """Read the captions not read yet a batch at a time (a few milliseconds each), then show the
+        counts that needed all of them. The pause after each batch lets a key through all the steps
+        of its handling (each waits its turn on the loop) before the next batch, not one per batch.
+
+        The cyclic GC is off meanwhile and what was read is then frozen (`gc.freeze`): collections
+        triggered as the items pile up would rescan all of them again and again (pauses of a tenth of
+        a second between keys), and they hold nothing a collection could free.
+        """
+        waited = time.perf_counter()
+        while not self.caption_shown_at and time.perf_counter() - waited < 1:  # the first screen first
+            await asyncio.sleep(0.005)
+        with collector_paused():
+            while not self.session.read_more():  # a person typing comes first: longer pauses then
+                typing = time.perf_counter() - self._key_at < TYPING_S
+                await asyncio.sleep(TYPING_PAUSE_S if typing else READ_PAUSE_S)
+            gc.freeze()
+            self._frozen = True
+        self.after_edit()
+        self._ready_status()
 
     def _clean_temporaries(self) -> None:
         removed = self.session.clean_temporaries()
@@ -191,6 +225,8 @@ class CaptionEditor(App):
 
     def on_unmount(self) -> None:
         self._renderer.stop()
+        if self._frozen:  # let the collector see the items again, now that they may go
+            gc.unfreeze()
 
     @classmethod
     def footer_text(cls) -> Text:
@@ -238,6 +274,7 @@ class CaptionEditor(App):
             await super().on_event(event)
 
     async def handle_key(self, event: events.Key) -> None:
+        self._key_at = time.perf_counter()
         focused = self.focused
         keys = (event.key, *event.aliases)
         if "ctrl+c" in keys:
@@ -343,7 +380,8 @@ class CaptionEditor(App):
         item = self.session.items[self.current]
         tag, on = item.tags[row], item.on[row]
         score = self.session.score_of(self._scores, tag)
-        numbers = (f"{score:.2f}" if score is not None else "    ") + f" ×{self.session.frequency[tag]}"
+        count = self.session.tag_count(tag)
+        numbers = (f"{score:.2f}" if score is not None else "    ") + f" ×{'…' if count is None else count}"
         name_width = max(4, width - len(numbers) - 1)
         shown = tag.replace("\n", "⏎")
         name = shown if len(shown) <= name_width else shown[:name_width - 1] + "…"

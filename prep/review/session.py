@@ -9,80 +9,28 @@ Undo/redo restore exact bytes. A caption that is not UTF-8 is shown but never re
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from prep.atomic import clean_stale_temporaries, write_text_atomic
-from prep.captions.dataset import (STATE_DIR, CaptionDataset, CaptionFile, collector_paused, decode_caption,
-                                   load_dataset, read_current, split_caption)
+from prep.captions.dataset import STATE_DIR, CaptionDataset, CaptionFile, list_captions, read_current
 from prep.captions.edit import AddTags, Operation, RemoveTags, ReplaceTag, caption_bytes, tag_key
-from prep.captions.journal import FileState, UndoConflict, UndoResult, apply_changes, redo_last, undo_last
+from prep.captions.journal import FileState, UndoResult, apply_changes, redo_last, undo_last
 from prep.captions.lint import LintOptions, LintReport, Problem, lint_dataset
 from prep.captions.show import tagger_scores
 from prep.captions.tokens import TokenCounter, load_token_counter
+from prep.errors import LoraprepError
+from prep.records import Drop
 from prep.review.filters import Term, parse_filter
-from prep.sidecars import read_meta
+from prep.review.items import LAZY_FROM, ItemList, digest, item_for
+from prep.sidecars import check_caption_extension, read_meta
 from prep.tags import split_tags
-
-
-@dataclass
-class Item:
-    """One image as the editor holds it: the tags shown, and the bytes last seen on disk.
-
-    `on[i]` is False for a tag toggled off (shown, not written). Edits address a tag by its
-    position, so a tag written twice can be fixed one occurrence at a time. `locked` says why the
-    caption cannot be edited here (not UTF-8: rewriting it would replace what the editor cannot read).
-    """
-
-    file: CaptionFile
-    disk: bytes | None
-    tags: list[str]
-    on: list[bool] = field(default_factory=list)
-    accepted: bytes | None = None  # the caption bytes a person accepted (stale once they change)
-    edited: bool = False
-    locked: str | None = None
-
-    def __post_init__(self) -> None:
-        if len(self.on) != len(self.tags):
-            self.on = [True] * len(self.tags)
-
-    @property
-    def is_accepted(self) -> bool:
-        return self.accepted is not None and self.accepted == self.disk
-
-    @property
-    def written_tags(self) -> list[str]:
-        return [t for t, on in zip(self.tags, self.on) if on]
-
-
-def not_utf8(caption: str) -> str:
-    return (f"{caption} is not UTF-8 text: left as it is (convert it first, e.g. "
-            f"`iconv -f latin1 -t utf-8`, then reopen)")
-
-
-def item_for(file: CaptionFile, disk: bytes | None) -> Item:
-    """The editor's view of a caption file's bytes.
-
-    A caption on several lines shows every line's tags: kohya reads only the first line, and the
-    first edit writes them all on one.
-    """
-    if disk is file.raw and "\n" not in (file.text or ""):
-        return Item(file, disk, list(file.tags), locked=not_utf8(file.caption) if file.unreadable else None)
-    text = decode_caption(disk) if disk is not None else ""
-    if text is None:
-        return Item(file, disk, [], locked=not_utf8(file.caption))
-    return Item(file, disk, list(split_caption(text.replace("\n", ","))))
 
 
 REVIEW_FILE = Path(STATE_DIR) / "review.json"
 REVIEW_SCHEMA = "loraprep.review/1"
-
-
-def _digest(data: bytes | None) -> str | None:
-    return hashlib.sha256(data).hexdigest() if data is not None else None
 
 
 def read_accepted(root: Path) -> dict[str, str]:
@@ -125,22 +73,22 @@ class Session:
     and face info."""
 
     def __init__(self, root: Path, extension: str = ".txt", lint_options: LintOptions = LintOptions(),
-                 counter: TokenCounter | None = None) -> None:
+                 counter: TokenCounter | None = None, *, lazy_from: int = LAZY_FROM) -> None:
+        """Lists the dataset and reads its captions; from `lazy_from` images on, only as they are
+        needed (the editor reads the rest between keys: see `prep.review.items`)."""
         self.root = Path(root)
-        self.dataset = load_dataset(self.root, extension)
-        accepted = read_accepted(self.root)
-        with collector_paused():
-            self.items = [item_for(f, f.raw) for f in self.dataset.files if f.image is not None]
-        for item in self.items:
-            if item.file.caption in accepted and accepted[item.file.caption] == _digest(item.disk):
-                item.accepted = item.disk
-        self.frequency: Counter[str] = self.dataset.tag_counts()
+        self.extension = check_caption_extension(extension)
+        self.skipped: list[Drop] = []  # folder links not entered, images sharing a caption (prep.walk)
+        pairs = [pair for pair in list_captions(self.root, self.extension, self.skipped) if pair[1] is not None]
+        self.items = ItemList(self.root, pairs, read_accepted(self.root))
+        if len(pairs) < lazy_from:
+            self.items.complete()
         self.lint_options = lint_options
         self._counter = counter
         self._lint: LintReport | None = None
         self._problems: dict[str, list[Problem]] = {}
         self._faces: dict[int, bool] = {}
-        self._by_caption = {item.file.caption: i for i, item in enumerate(self.items)}
+        self._by_caption = {caption: i for i, (caption, _, _) in enumerate(pairs)}
         # (journal entry, caption) → tags and on/off before and after: the editor-only state
         # (tags turned off) that an undo or redo of this session's edits puts back on screen.
         self._views: dict[tuple[str, str], tuple[tuple[str, ...], tuple[bool, ...], tuple[str, ...], tuple[bool, ...]]] = {}
@@ -150,6 +98,30 @@ class Session:
         self.filter_text = ""
         self.visible: list[int] = list(range(len(self.items)))
 
+    @property
+    def frequency(self) -> Counter[str]:
+        """How many images carry each tag (every image's once `loaded`)."""
+        return self.items.frequency
+
+    @property
+    def loaded(self) -> bool:
+        """Whether every caption has been read."""
+        return self.items.loaded
+
+    def read_more(self) -> bool:
+        """Read the next batch of captions not read yet; True once all are."""
+        return self.items.read_batch()
+
+    def finish_loading(self) -> None:
+        """Read every caption not read yet (what needs all of them calls this first)."""
+        if not self.items.loaded:
+            self.items.complete()
+            self._lint = self._ranked = None
+
+    def tag_count(self, tag: str) -> int | None:
+        """Images carrying `tag`; None until every caption has been read."""
+        return self.items.frequency[tag] if self.items.loaded else None
+
     def clean_temporaries(self) -> list[Path]:
         """Remove what a killed editor or command left half-written (only our own, only dead runs'):
         safe on any thread, and run off the UI thread because it walks the whole folder."""
@@ -158,7 +130,7 @@ class Session:
     # ---- reading
 
     def name(self, index: int) -> str:
-        return self.items[index].file.image or self.items[index].file.caption
+        return self.items.name(index)
 
     def caption_text(self, index: int) -> str:
         item = self.items[index]
@@ -190,10 +162,11 @@ class Session:
 
     def lint(self) -> LintReport:
         """Problems in the captions as they are now (recomputed after edits, only when asked)."""
+        self.finish_loading()
         if self._lint is None:
             if self._counter is None:
                 self._counter = load_token_counter()
-            current = CaptionDataset(self.root, self.dataset.extension, tuple(
+            current = CaptionDataset(self.root, self.extension, tuple(
                 CaptionFile.make(i.file.caption, i.file.image, i.disk) for i in self.items))
             self._lint = lint_dataset(current, self._counter, self.lint_options)
             self._problems = defaultdict(list)
@@ -243,6 +216,7 @@ class Session:
         an unknown lint kind.
         """
         terms = parse_filter(text)
+        self.finish_loading()
         self.filter_text = text.strip()
         self.visible = [i for i in range(len(self.items)) if all(self.matches(i, t) for t in terms)]
         return len(self.visible)
@@ -251,6 +225,7 @@ class Session:
 
     def ranked_tags(self) -> list[tuple[str, int]]:
         """Every tag with the number of images carrying it, most common first."""
+        self.finish_loading()
         if self._ranked is None:
             self._ranked = [(t, n) for t, n in sorted(self.frequency.items(), key=lambda tn: (-tn[1], tn[0])) if n > 0]
         return self._ranked
@@ -390,7 +365,8 @@ class Session:
         """Mark the caption as reviewed; remembered in `.loraprep/review.json` until it changes."""
         item = self.items[index]
         item.accepted = item.disk
-        write_accepted(self.root, {i.file.caption: _digest(i.disk) for i in self.items if i.is_accepted})
+        self.finish_loading()
+        write_accepted(self.root, {i.file.caption: digest(i.disk) for i in self.items if i.is_accepted})
         return Outcome(f"accepted {self.name(index)}")
 
     def rename_tag(self, index: int, position: int, text: str) -> Outcome:
@@ -409,6 +385,7 @@ class Session:
 
     def affected(self, operation: Operation) -> int:
         """How many shown images `operation` would change (for the confirmation before it runs)."""
+        self.finish_loading()
         return sum(1 for i in self.visible if not self.items[i].locked
                    and list(operation(tuple(self.items[i].tags))) != self.items[i].tags)
 
@@ -418,6 +395,7 @@ class Session:
         operation = operation or self.last_operation
         if operation is None:
             return Outcome("no tag change to repeat yet: add, delete or rename a tag first", ok=False)
+        self.finish_loading()
         edits = []
         locked = sum(1 for index in self.visible if self.items[index].locked)
         for index in self.visible:
@@ -464,7 +442,7 @@ class Session:
         verb = "redo" if forward else "undo"
         try:
             result = step(self.root)
-        except UndoConflict as exc:
+        except LoraprepError as exc:  # files changed since (UndoConflict), or an entry that is not loraprep's
             return Outcome(f"not {verb}ne: {exc.message}", ok=False), None
         if result.entry is None:
             return Outcome(f"nothing to {verb}", ok=False), None

@@ -114,7 +114,7 @@ def notes_of(events: list[ProgressEvent]) -> str:
     return "\n".join(e.message for e in events if e.kind == "note")
 
 
-def test_auto_needs_no_download_and_says_what_it_merged(anime_cascade):
+def test_auto_needs_no_download_and_says_what_it_merged():
     events: list[ProgressEvent] = []
     detector = detector_from_name("auto", Reporter(events.append))
     expected = ["yunet", "anime-cascade"] + (["libfacedetection"] if importlib.util.find_spec("yuface") else [])
@@ -122,7 +122,7 @@ def test_auto_needs_no_download_and_says_what_it_merged(anime_cascade):
     assert f"face detector (auto): {detector.name}" in notes_of(events)
 
 
-def test_auto_takes_a_pulled_anime_model_too_and_names_what_it_did_not_find(anime_cascade, tmp_path, monkeypatch):
+def test_auto_takes_a_pulled_anime_model_too_and_names_what_it_did_not_find(tmp_path, monkeypatch):
     cache = tmp_path / "models"
     (cache / "anime-face").mkdir(parents=True)
     monkeypatch.setenv("LORAPREP_MODELS", str(cache))
