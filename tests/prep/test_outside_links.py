@@ -122,7 +122,7 @@ def test_the_editor_shows_and_edits_only_the_dataset(layout) -> None:
     before = tree_hashes(outside, skip=(root,))
     session = Session(root)
     assert [item.file.image for item in session.items] == ["a.png", "b.png"]
-    assert [d.path for d in session.dataset.skipped] == [layout[2]]
+    assert [d.path for d in session.skipped] == [layout[2]]
     session.add_tags(0, "edited")
     assert "edited" in (root / "a.txt").read_text()
     assert tree_hashes(outside, skip=(root,)) == before
