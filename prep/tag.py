@@ -13,7 +13,7 @@ UTF-8 is never rewritten. Scores go to the image's `.loraprep.json` sidecar (`ta
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -615,10 +615,11 @@ def tag_folder(folder: Path, options: TagOptions, reporter: Reporter = SILENT) -
     run.result.dropped.extend(problems)
     run.result.skipped = [path for path, skipped in zip(images, skip) if skipped]
     ahead = 2 * (options.batch_size or GPU_BATCH) + options.workers
+    decoded = prefetch(todo, run.load, workers=options.workers, depth=ahead)
     try:
         with reporter.task("tagging", len(todo)) as advance:
             done = 0
-            for chunk in _batches(prefetch(todo, run.load, workers=options.workers, depth=ahead), run.ready):
+            for chunk in _batches(decoded, run.ready):
                 run.ready()  # a model that failed to open stops the run here, before anything is written
                 loaded: list[_Loaded] = []
                 for path, outcome in chunk:
@@ -633,7 +634,11 @@ def tag_folder(folder: Path, options: TagOptions, reporter: Reporter = SILENT) -
                 done += len(chunk)
                 advance(len(chunk), metrics={"images": float(done)})
     finally:
-        run.opening.shutdown(wait=True)
+        # A model that failed to open, a disk error or Ctrl-C: stop the decoding pool now (queued
+        # decodes cancelled), not whenever the suspended generator is garbage-collected, which at
+        # interpreter exit can wait on threads that wait on it.
+        decoded.close()
+        run.opening.shutdown(wait=True, cancel_futures=True)
     run.settle_writes()
     run.commit(reporter)
     return run.result
@@ -647,7 +652,8 @@ def _create(root: Path, state: FileState, image: Path, sections: dict[str, Any])
     return True
 
 
-def prefetch(items: Sequence[T], fn: Callable[[T], R], *, workers: int, depth: int) -> Iterator[tuple[T, R | Exception]]:
+def prefetch(items: Sequence[T], fn: Callable[[T], R], *, workers: int,
+             depth: int) -> Generator[tuple[T, R | Exception], None, None]:
     """`(item, fn(item))` in order, computed up to `depth` items ahead in a thread pool.
 
     A LoraprepError or OSError raised by `fn` is yielded in place of the value, so one bad file
@@ -662,7 +668,8 @@ def prefetch(items: Sequence[T], fn: Callable[[T], R], *, workers: int, depth: i
     if workers < 1:  # in the caller's thread: no overlap, no contention with the model's threads
         yield from ((item, guarded(item)) for item in items)
         return
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
         pending: deque[tuple[T, Future[R | Exception]]] = deque()
         source = iter(items)
         for item in source:
@@ -675,6 +682,8 @@ def prefetch(items: Sequence[T], fn: Callable[[T], R], *, workers: int, depth: i
             if following is not None:
                 pending.append((following, pool.submit(guarded, following)))
             yield item, future.result()
+    finally:  # closed early (an error, Ctrl-C): decodes not started yet are cancelled, not waited for
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _batches(pairs: Iterable[T], size: Callable[[], int]) -> Iterator[list[T]]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from prep.errors import ModelMismatch, UsageError
+from prep.errors import LoraprepError, ModelMismatch, UsageError
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -172,7 +172,9 @@ class TimmScorer:
             from safetensors.torch import load_file
 
             network.load_state_dict(load_file(folder / WEIGHTS_FILE))
-        except (RuntimeError, KeyError, ValueError, OSError, AssertionError) as exc:
+        except LoraprepError:
+            raise
+        except Exception as exc:  # timm and safetensors raise untyped errors (TypeError, SafetensorError) for bad files
             raise ModelMismatch(f"{folder}: timm cannot build {config['architecture']} from these weights: "
                                 f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
         self.device = torch.device(device)
