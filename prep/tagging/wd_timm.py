@@ -35,7 +35,7 @@ def has_timm_files(folder: Path) -> bool:
     return all((folder / name).is_file() for name in TIMM_FILES)
 
 
-def _torchvision_works() -> bool:
+def torchvision_works() -> bool:
     import importlib.util
 
     if importlib.util.find_spec("torchvision") is None:
@@ -61,7 +61,7 @@ def import_timm() -> Any:
 
     if importlib.util.find_spec("timm") is None:
         raise UsageError("the timm backend needs the timm package, which is not installed", hint=INSTALL_HINT)
-    if _torchvision_works():
+    if torchvision_works():
         import timm
         return timm
     finder = _StandInFinder(_frozen_batch_norm(torch))
