@@ -111,7 +111,8 @@ def scores_to_tags(probs: np.ndarray, labels: Labels, thresholds: Thresholds) ->
     def above(indices: np.ndarray, cut: float) -> dict[str, float]:
         picked = indices[probs[indices] > cut]
         picked = picked[np.argsort(-probs[picked], kind="stable")]
-        return {labels.names[i]: float(probs[i]) for i in picked}
+        names = labels.names
+        return dict(zip([names[i] for i in picked.tolist()], probs[picked].astype(float).tolist()))
 
     rating = labels.names[labels.rating[int(np.argmax(probs[labels.rating]))]] if len(labels.rating) else None
     return Tags(general=above(labels.general, general_cut), character=above(labels.character, character_cut),
