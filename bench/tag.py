@@ -136,8 +136,15 @@ def run_process(command: list[str], folder: Path) -> float:
 
 def startup(repeats: int) -> None:
     """`loraprep tag` vs the bare script, whole processes, on 1 and on 12 images."""
+    import compileall
+
     loraprep = str(Path(sys.executable).with_name("loraprep"))
     bare = [sys.executable, str(ROOT / "bench" / "bare_wd14.py")]
+    # bytecode as an installed package has it (PYTHONDONTWRITEBYTECODE would otherwise make every
+    # run compile loraprep's modules again, a cost no user pays)
+    for target in ("cli.py", "commands", "prep", "bench/bare_wd14.py"):
+        compileall.compile_file(str(ROOT / target), quiet=2) if target.endswith(".py") else \
+            compileall.compile_dir(str(ROOT / target), quiet=2)
     with tempfile.TemporaryDirectory() as tmp:
         for count in (1, 12):
             folder = Path(tmp) / f"ds{count}"

@@ -14,11 +14,11 @@ Import the fixture into a test module: `from ddmodels import deepdanbooru_model 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tagmodels import _weights
 
 STRIP = 16
 # (tag as in tags.txt, list it is in: "general" / "character" / None, rule)
@@ -40,10 +40,6 @@ TAGS: list[tuple[str, str | None, tuple]] = [
 ]
 
 
-def _logit(p: float) -> float:
-    return math.log(p / (1 - p))
-
-
 def build_deepdanbooru_model(folder: Path, *, size: int = 512, onnx_name: str = "model.onnx",
                              tags: list[tuple[str, str | None, tuple]] = TAGS) -> Path:
     """Write the ONNX graph and the project's tag lists into `folder`."""
@@ -51,15 +47,8 @@ def build_deepdanbooru_model(folder: Path, *, size: int = 512, onnx_name: str = 
     from onnx import TensorProto, helper, numpy_helper
 
     folder.mkdir(parents=True, exist_ok=True)
-    weight = np.zeros((6, len(tags)), np.float64)
-    bias = np.zeros(len(tags), np.float64)
-    for j, (_, _, rule) in enumerate(tags):
-        if rule[0] == "const":
-            bias[j] = _logit(rule[1])
-        else:
-            for i, w in rule[1].items():
-                weight[i, j] = w
-            bias[j] = rule[2]
+    weight, bias = (a.astype(np.float64) for a in _weights(tags))  # the WD14 stand-in's rules, 6 features
+    weight = weight[:6]
     x = helper.make_tensor_value_info("input_1", TensorProto.FLOAT, ["N", size, size, 3])
     y = helper.make_tensor_value_info("activation", TensorProto.FLOAT, ["N", len(tags)])
 
