@@ -253,7 +253,7 @@ def captioners() -> None:
                 if not (folder / "config.json").is_file():
                     build(folder)
                 captioner = load_captioner(kind, folder, settings=VlmSettings(max_new_tokens=16, beams=1))
-            except Exception as exc:  # e.g. Qwen-VL's processor needs torchvision
+            except Exception as exc:  # a transformers version that cannot build one of them
                 print(f"{kind:10s} skipped: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
                 continue
             captioner.caption(images[:1])  # warm-up

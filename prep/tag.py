@@ -673,8 +673,8 @@ def tag_folder(folder: Path, options: TagOptions, reporter: Reporter = SILENT) -
                 advance(len(chunk), metrics={"images": float(done)})
     finally:
         # A model that failed to open, a disk error or Ctrl-C: stop the decoding pool now (queued
-        # decodes cancelled), not whenever the suspended generator is garbage-collected, which at
-        # interpreter exit can wait on threads that wait on it.
+        # decodes cancelled) rather than leave a suspended generator and its threads to garbage
+        # collection at interpreter exit.
         decoded.close()
         run.opening.shutdown(wait=True, cancel_futures=True)
     run.settle_writes()
