@@ -102,7 +102,7 @@ def test_ctrl_c_exits_130_and_leaves_only_whole_captions(captioner, fixture, tes
     for index in range(count):
         shutil.copy(photos[index % len(photos)], folder / f"{index:02d}{photos[index % len(photos)].suffix}")
     command = [sys.executable, "-m", "cli", "tag", str(folder), "--captioner", captioner, "--caption-dir", str(model),
-               "--max-new-tokens", "24", "--trigger", "sks"]
+               "--max-new-tokens", "48", "--trigger", "sks"]  # slow enough to stop midway
     run = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            env={**os.environ, "COLUMNS": "200"})
     deadline = time.monotonic() + 180
