@@ -181,7 +181,10 @@ def _plain_coercion() -> None:
 
     def get_runtime_param(self: Any) -> Any:
         if self._runtime_param is None:
-            self._runtime_param = plain_param(self.type_descriptor)
+            try:
+                self._runtime_param = plain_param(self.type_descriptor)
+            except (AttributeError, TypeError):  # another typer's descriptors: its own coercion
+                self._runtime_param = None
         return typer_runtime_param(self)
 
     core._TyperParameter.get_runtime_param = get_runtime_param
