@@ -1,8 +1,8 @@
 """Each sentence captioner (florence2, joycaption, qwen-vl) the way users meet it: a dry run shows the
-captions and writes nothing; awkward images (CMYK, LA, 16-bit grey) are captioned, a decompression
-bomb and a broken file are skipped with their reasons; Ctrl-C (SIGINT to `python -m cli tag`) exits
-130 leaving only whole captions, and running again finishes the rest. (A missing model's one-line
-`models pull` message: tests/prep/test_vlm_captioners.py.)"""
+captions and writes nothing; a missing model is one error line and one `models pull` hint, exit 1 as
+for WD14; awkward images (CMYK, LA, 16-bit grey) are captioned, a decompression bomb and a broken
+file are skipped with their reasons; Ctrl-C (SIGINT to `python -m cli tag`) exits 130 leaving only
+whole captions, and running again finishes the rest."""
 
 from __future__ import annotations
 
@@ -125,3 +125,20 @@ def test_ctrl_c_exits_130_and_leaves_only_whole_captions(captioner, fixture, tes
     assert again.exit_code == 0, again.output
     assert len(list(folder.glob("*.txt"))) == count
     assert all((folder / name).read_bytes() == data for name, data in kept.items())  # resumed, not redone
+
+
+@pytest.mark.parametrize(("captioner", "pull"), [("florence2", "florence-2-base"), ("joycaption", "joycaption-beta-one"),
+                                                 ("qwen-vl", "qwen2.5-vl-3b")], ids=IDS)
+def test_a_missing_model_is_one_error_line_and_one_hint_with_the_exit_code_of_other_steps(captioner, pull, testdata,
+                                                                                         tmp_path, monkeypatch):
+    monkeypatch.setenv("LORAPREP_MODELS", str(tmp_path / "models"))
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    shutil.copy(testdata / "photos/rocket.jpg", folder / "rocket.jpg")
+    result = runner.invoke(app, ["tag", str(folder), "--captioner", captioner], env={"COLUMNS": "400"})
+    wd14 = runner.invoke(app, ["tag", str(folder)], env={"COLUMNS": "400"})
+    assert result.exit_code == wd14.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert [line.split(":")[0] for line in lines] == ["error", "hint"], result.output
+    assert f"loraprep models pull {pull}" in lines[1] and "Traceback" not in result.output
+    assert sorted(p.name for p in folder.iterdir()) == ["rocket.jpg"]
