@@ -118,3 +118,13 @@ def test_fit_pad_rgb_keeps_the_aspect_ratio_and_pads_with_the_edge_pixels():
     assert pixels.shape == (64, 64, 3) and pixels.dtype == np.float32 and pixels.max() <= 1.0
     assert np.allclose(pixels[0], [1, 0, 0]) and np.allclose(pixels[-1], [0, 0, 1])  # edges repeated
     assert np.allclose(pixels[16 + 2], [1, 0, 0]) and np.allclose(pixels[48 - 3], [0, 0, 1])  # image centred
+
+
+def test_a_project_saved_in_the_models_folder_needs_no_model_dir(dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("LORAPREP_MODELS", str(tmp_path / "cache"))
+    where = runner.invoke(app, ["models", "path", "deepdanbooru"]).stdout.strip()
+    build_deepdanbooru_model(Path(where))
+    result = runner.invoke(app, ["tag", str(dataset), "--model", "deepdanbooru"])
+    assert result.exit_code == 0, result.output
+    assert "hatsune miku" in _caption(dataset, "rocket")
+    assert read_meta(dataset / "rocket.jpg")["tag"]["model"] == "deepdanbooru"
