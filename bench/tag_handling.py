@@ -7,8 +7,8 @@ CPU milliseconds per image (process time: the shared machine's load does not cou
 
     python bench/tag_handling.py [--tags 7100] [--images 20]
 
-Measured (issue 23): 116 ms/image before tag keys and prune classes were remembered per label,
-11 ms after (2-core shared machine, CPU time).
+Measured (issue 23): 139 ms/image before tag keys and prune classes were remembered per label,
+12.7 ms after (2-core shared machine, CPU time).
 """
 
 from __future__ import annotations
