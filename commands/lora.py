@@ -67,3 +67,44 @@ def _lora_info_rows(info: Any) -> list[tuple[str, str]]:
         rows.append(("LoKr factor", str(info.factor)))
     rows += [(f"applies in {client}", verdict) for client, verdict in info.clients.items()]
     return rows
+
+
+# ---------------------------------------------------------------- lora extract (issue 21: a LoRA from a model difference)
+
+
+@app.command("extract")
+@guard
+def lora_extract(
+    base: Annotated[Path, typer.Argument(help="The original model: diffusers folder or single checkpoint.", exists=True)],
+    tuned: Annotated[Path, typer.Argument(help="The fine-tuned model (same family, either layout).", exists=True)],
+    rank: Annotated[int, typer.Option("--rank", help="Rank of the extracted LoRA.")],
+    out_file: Annotated[Path, typer.Option("--out", help="The LoRA file to write (.safetensors).")],
+    conv_rank: Annotated[int | None, typer.Option(
+        "--conv-rank", help="Also extract ResNet convolutions (LoCon), 3×3 kernels at this rank.")] = None,
+    min_change: Annotated[float, typer.Option(
+        "--min-change", help="Skip modules whose change is below this fraction of the weight's norm.")] = 1e-3,
+    dtype: Annotated[str, typer.Option("--dtype", help="Storage precision: fp16, bf16 or fp32.")] = "fp16",
+    allow_pickle: Annotated[bool, typer.Option(
+        "--allow-pickle", help="Accept pickle checkpoints (.ckpt/.bin); loaded with weights_only.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """A LoRA from a model difference (a full fine-tune, a DreamBooth checkpoint): the best rank-N
+    approximation of TUNED − BASE per module, kohya format with ss_* metadata. Modules that barely
+    changed are skipped and counted; text encoders are included when they changed."""
+    from prep.console import rich_reporter
+    from train.loratools.extract import extract_lora
+
+    with rich_reporter() as reporter:
+        summary = extract_lora(base, tuned, out_file, rank=rank, conv_rank=conv_rank, min_change=min_change,
+                               dtype=dtype, allow_pickle=allow_pickle, overwrite=overwrite, reporter=reporter)
+    if as_json:
+        print_json(summary.to_dict())
+        return
+    for component in sorted(set(summary.modules) | set(summary.skipped)):
+        out.print(f"{component}: {summary.modules.get(component, 0)} modules extracted, "
+                  f"{summary.skipped.get(component, 0)} unchanged (skipped)", markup=False, highlight=False)
+    conv = f" (conv {summary.conv_rank})" if summary.conv_rank else ""
+    out.print(f"kept {summary.kept:.2%} of the change's Frobenius norm at rank {summary.rank}{conv}; wrote "
+              f"{summary.out} ({summary.size_bytes / 1e6:.2f} MB) in {summary.seconds:.1f} s",
+              markup=False, highlight=False)
