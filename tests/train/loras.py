@@ -1,0 +1,42 @@
+"""LoRA files for the `lora` tool tests: networks built the way training builds them (any algorithm,
+LoCon convs, text encoders), every factor random so each module has a real ΔW, written by save_lora."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from train.config import NetworkConfig
+from train.export import save_lora
+from train.model import BaseModel, load_base
+from train.network import add_lora
+
+
+def random_network(source: Path, algo: str = "lora", *, seed: int = 0, **settings) -> BaseModel:
+    """The base at `source` with a network whose factors are all drawn at random (no zero ΔW)."""
+    base = load_base(source)
+    torch.manual_seed(seed)
+    config = dict(algo=algo, rank=4, alpha=2.0, conv_dim=2, conv_alpha=1.0, train_text_encoder=True)
+    if algo == "lokr":
+        config.update(rank=2, factor=4)
+    add_lora(base.unet, base.text_encoders, NetworkConfig(**{**config, **settings}))
+    with torch.no_grad():
+        for model in (base.unet, *base.text_encoders):
+            for param in model.parameters():
+                if param.requires_grad:
+                    param.normal_(0, 0.3)
+    return base
+
+
+def written(base: BaseModel, folder: Path, name: str = "lora", **metadata) -> tuple[Path, ...]:
+    """The network's kohya file (and diffusers file when diffusers loads it), in float32."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return save_lora(folder / name, unet=base.unet, text_encoders=base.text_encoders, base=base,
+                     dtype=torch.float32, metadata={"title": name, **metadata})
+
+
+def lora_file(source: Path, folder: Path, algo: str = "lora", *, seed: int = 0, name: str = "lora",
+              **settings) -> Path:
+    """A kohya-format file of a random network."""
+    return written(random_network(source, algo, seed=seed, **settings), folder, name)[0]
