@@ -234,3 +234,51 @@ def _replace(staging: Path, out: Path) -> None:
         raise
     finally:
         shutil.rmtree(aside, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- a loaded model (train --base-weights)
+
+
+def model_slots(base: Any) -> dict[str, tuple[Slot, torch.nn.Parameter]]:
+    """Every adaptable weight of a loaded BaseModel by kohya name, with its parameter."""
+    from train.export import base_components, canonical_path, kohya_name
+
+    found: dict[str, tuple[Slot, torch.nn.Parameter]] = {}
+    unet_config = dict(base.unet.config)
+    for component, model in base_components(base).items():
+        for key, param in model.named_parameters():
+            if not key.endswith(".weight") or param.dim() not in (2, 4):
+                continue
+            path = canonical_path(component, key[:-len(".weight")])
+            if component != "unet" and ".encoder.layers." not in path:
+                continue
+            try:
+                name = kohya_name(component, path, base.family, unet_config)
+            except UsageError:
+                continue
+            found[name] = (Slot(name, component, path, Path(), key, tuple(param.shape)), param)
+    return found
+
+
+def bake_into_model(base: Any, loras: list[tuple[Path, float]]) -> int:
+    """sd-scripts' base_weights: the weighted LoRAs merged into a loaded model's weights in place
+    (before a network is added). The changed components' ids change too, so no cache made from the
+    original text encoders is reused. Returns the number of modules changed."""
+    import hashlib
+
+    for path, _ in loras:
+        if not Path(path).is_file():
+            raise UsageError(f"--base-weights {path} does not exist", hint="pass a LoRA .safetensors file")
+    found = model_slots(base)
+    plan = plan_changes({name: slot for name, (slot, _) in found.items()}, base.family,
+                        _weighted_deltas(loras, dict(base.unet.config)))
+    with torch.no_grad():
+        for name, changes in plan.items():
+            param = found[name][1]
+            param.copy_(apply_changes(param.detach().float(), changes).to(param.dtype))
+    digest = hashlib.sha256(json.dumps([[Path(p).name, hashlib.sha256(Path(p).read_bytes()).hexdigest(), w]
+                                        for p, w in loras]).encode()).hexdigest()[:12]
+    for component in {found[name][0].component for name in plan}:
+        base.component_ids[component] = f"{base.component_ids.get(component, base.model_id)}+bw-{digest}"
+    base.model_id = f"{base.model_id}+bw-{digest}"
+    return len(plan)
