@@ -53,19 +53,35 @@ class ExtractSummary:
 def low_rank(matrix: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
     """(up [out, r], down [r, in]) with up @ down the best rank-r approximation of `matrix`, the
     singular values split evenly between them (both factors stay in fp16 range), and the share of
-    the matrix's Frobenius norm kept."""
+    the matrix's Frobenius norm kept.
+
+    Small matrices: the eigenvectors of the smaller Gram matrix in float64 (exact, and many times
+    faster than LAPACK's SVD on small shapes); large ones: a randomized SVD with 16 extra directions
+    and 3 power iterations, within a fraction of a percent of the optimum at a tenth of the time."""
     rows, cols = matrix.shape
     rank = max(1, min(rank, rows, cols))
     total = float(matrix.double().pow(2).sum())
-    if matrix.numel() <= _EXACT_SVD_NUMEL or 2 * rank + 16 >= min(rows, cols):
-        u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
-        u, s, vh = u[:, :rank], s[:rank], vh[:rank]
-    else:
+    if total == 0.0:
+        return matrix.new_zeros(rows, rank), matrix.new_zeros(rank, cols), 1.0
+    if matrix.numel() > _EXACT_SVD_NUMEL and 2 * rank + 16 < min(rows, cols):
         u, s, v = torch.svd_lowrank(matrix, q=min(rank + 16, rows, cols), niter=3)
-        u, s, vh = u[:, :rank], s[:rank], v[:, :rank].T
-    root = s.sqrt()
-    kept = math.sqrt(min(1.0, float(s.double().pow(2).sum()) / total)) if total > 0 else 1.0
-    return (u * root).contiguous(), (root[:, None] * vh).contiguous(), kept
+        root = s[:rank].sqrt()
+        up, down = u[:, :rank] * root, root[:, None] * v[:, :rank].T
+        kept_sq = float(s[:rank].double().pow(2).sum())
+    else:
+        a = matrix.double()
+        tall = rows > cols
+        values, vectors = torch.linalg.eigh(a.T @ a if tall else a @ a.T)
+        values, vectors = values.flip(0)[:rank].clamp_min(0), vectors.flip(1)[:, :rank]
+        root = values.sqrt().sqrt()  # √σ
+        inverse = torch.where(root > 0, 1 / root.clamp_min(1e-300), torch.zeros_like(root))
+        if tall:  # vectors: right singular vectors
+            up, down = (a @ vectors) * inverse, root[:, None] * vectors.T
+        else:  # vectors: left singular vectors
+            up, down = vectors * root, inverse[:, None] * (vectors.T @ a)
+        up, down = up.to(matrix.dtype), down.to(matrix.dtype)
+        kept_sq = float(values.sum())
+    return up.contiguous(), down.contiguous(), math.sqrt(min(1.0, kept_sq / total))
 
 
 def is_extract_target(slot: Slot, with_conv: bool) -> bool:
