@@ -12,11 +12,13 @@ and small full-rank noise in every module a LoRA trains (UNet attention, text en
 rank-128 kohya LoRA over the same modules is the input of resize and merge.
 
 Each operation runs in its own subprocess; reported are its wall time, its peak RSS (VmHWM) against
-the model's size, and its reconstruction error: extract, ‖ΔW − LoRA‖/‖ΔW‖ over all modules; resize,
+the model's size, and its reconstruction error: extract, ‖ΔW − LoRA‖/‖ΔW‖ over all modules (SD1.5: beside
+the exact rank-32 SVD's); resize,
 ‖LoRA128 − LoRA32‖/‖LoRA128‖ (the truncated SVD's floor is printed beside it); merge into base, the
 largest difference from base + ΔW computed in fp32, in fp16 steps of the weight. `--peer DIR` runs
 sd-scripts' networks/extract_lora_from_models.py, resize_lora.py and merge_lora.py (sdxl_merge_lora.py
-for SDXL) from DIR on the same files with the same Python; their code is never imported here.
+for SDXL) from DIR on the same files, with `--peer-python` (sd-scripts' own environment: its pinned
+transformers and torchvision; loraprep's environment cannot import its `library`); their code never enters this project.
 """
 
 from __future__ import annotations
@@ -192,14 +194,14 @@ def write_models(work: Path, family: str, small: bool) -> tuple[Path, Path, Path
 # ---------------------------------------------------------------- running and measuring
 
 
-def measure(argv: list[str], log: Path) -> dict:
+def measure(argv: list[str], log: Path, peer_dir: Path | None = None) -> dict:
     """Wall time and peak RSS of one subprocess: its VmHWM, polled (wait4's ru_maxrss would include
     this process's RSS at the fork)."""
     started = time.perf_counter()
     peak = 0
     with log.open("w") as handle:
-        process = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT,
-                                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+        process = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, cwd=peer_dir or ROOT,
+                                   env={**os.environ, "PYTHONPATH": str(peer_dir or ROOT)})
         while process.poll() is None:
             try:
                 status = Path(f"/proc/{process.pid}/status").read_text()
@@ -225,8 +227,9 @@ def ours(op: str, base: Path, tuned: Path, lora: Path, out: Path) -> list[str]:
             "merge_into_base(sys.argv[1], [(Path(sys.argv[2]), 1.0)], Path(sys.argv[3]))", str(base), str(lora), str(out)]
 
 
-def peer(op: str, directory: Path, family: str, base: Path, tuned: Path, lora: Path, out: Path) -> list[str]:
-    py, scripts, sdxl = sys.executable, directory / "networks", ["--sdxl"] if family == "sdxl" else []
+def peer(op: str, directory: Path, family: str, base: Path, tuned: Path, lora: Path, out: Path,
+         python: str) -> list[str]:
+    py, scripts, sdxl = python, directory / "networks", ["--sdxl"] if family == "sdxl" else []
     if op == "extract":
         return [py, str(scripts / "extract_lora_from_models.py"), "--model_org", str(base), "--model_tuned", str(tuned),
                 "--save_to", str(out), "--dim", str(RANK), "--device", "cpu", "--save_precision", "fp16", *sdxl]
@@ -251,16 +254,21 @@ def _module_changes(base: Path, tuned: Path) -> Iterator[tuple[str, object]]:
             yield name, new.weight(new.slots[name]).float() - old.weight(slot).float()
 
 
-def extract_error(base: Path, tuned: Path, lora: Path) -> float:
+def extract_error(base: Path, tuned: Path, lora: Path, floor: bool) -> tuple[float, float | None]:
+    """(‖ΔW − LoRA‖/‖ΔW‖ over all modules, and with `floor` the exact rank-32 SVD's, by svdvals)."""
+    import torch
+
     from train.loratools.deltas import read_deltas
 
     modules = read_deltas(lora).modules
-    err = total = 0.0
+    err = total = best = 0.0
     for name, delta in _module_changes(base, tuned):
         approx = modules[name].delta().reshape(delta.shape) if name in modules else 0 * delta
         err += float((delta - approx).pow(2).sum())
         total += float(delta.pow(2).sum())
-    return math.sqrt(err / total)
+        if floor:
+            best += float(torch.linalg.svdvals(delta.flatten(1).double())[RANK:].pow(2).sum())
+    return math.sqrt(err / total), (math.sqrt(best / total) if floor else None)
 
 
 def resize_error(original: Path, resized: Path) -> tuple[float, float]:
@@ -299,7 +307,7 @@ def merge_error(base: Path, lora: Path, merged: Path) -> float:
 # ---------------------------------------------------------------- main
 
 
-def run(family: str, work: Path, small: bool, peer_dir: Path | None) -> dict:
+def run(family: str, work: Path, small: bool, peer_dir: Path | None, peer_python: str) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     base, tuned, lora, size = write_models(work, family, small)
@@ -311,12 +319,15 @@ def run(family: str, work: Path, small: bool, peer_dir: Path | None) -> dict:
             out = work / f"{op}-{who}{suffix}"
             out.unlink(missing_ok=True)
             argv = ours(op, base, tuned, lora, out) if who == "ours" else peer(op, peer_dir, family, base, tuned,
-                                                                                lora, out)
-            row = measure(argv, work / f"{op}-{who}.log")
+                                                                                lora, out, peer_python)
+            row = measure(argv, work / f"{op}-{who}.log", peer_dir if who == "peer" else None)
             row["rss_vs_model"] = round(row["peak_rss_gb"] * 1e9 / size, 2)
             if row["exit"] == 0 and out.is_file():
                 if op == "extract":
-                    row["rel_error"] = round(extract_error(base, tuned, out), 5)
+                    error, floor = extract_error(base, tuned, out, floor=family != "sdxl")
+                    row["rel_error"] = round(error, 5)
+                    if floor is not None:
+                        row["svd_floor"] = round(floor, 5)
                 elif op == "resize":
                     row["rel_error"], row["svd_floor"] = (round(v, 5) for v in resize_error(lora, out))
                 else:
@@ -334,11 +345,14 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="tiny widths, same blocks: the plumbing in seconds")
     parser.add_argument("--work", type=Path, default=Path("/tmp/loraprep-bench-lora-tools"))
     parser.add_argument("--peer", type=Path, default=None, help="an sd-scripts checkout")
+    parser.add_argument("--peer-python", default=sys.executable,
+                        help="the Python of sd-scripts' own environment (its pinned transformers, torchvision)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # steadier on a shared CPU; set it to use more cores
     families = ("sd15", "sdxl") if args.family == "both" else (args.family,)
-    results = [run(f, args.work / (f + ("-small" if args.small else "")), args.small, args.peer) for f in families]
+    results = [run(f, args.work / (f + ("-small" if args.small else "")), args.small, args.peer, args.peer_python)
+               for f in families]
     text = json.dumps(results, indent=1)
     print(text)
     if args.json:

@@ -103,19 +103,21 @@ def test_bake_sdxl_single_file_merges_into_fused_text_encoder_rows(tiny_sdxl: Pa
     torch.testing.assert_close(pipe.unet.state_dict()[key].float(), merged.weight(merged.slots[name]).float())
 
 
-def test_bake_applies_dora_as_the_clients_do(tiny_sd15: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("client", ["ComfyUI", "WebUI"])
+def test_bake_applies_dora_as_the_clients_do(client: str, tiny_sd15: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+    from test_clients import CLIENTS
+
     lora = lora_file(tiny_sd15, tmp_path / "loras", seed=4, dora=True, conv_dim=0)
     out = tmp_path / "merged"
     merge_into_base(str(tiny_sd15), [(lora, 0.5)], out)
-    old, new = open_base(tiny_sd15), open_base(out)
-    module = next(m for m in read_deltas(lora).modules.values() if m.dora_axis and not m.is_conv)
-    weight = old.weight(old.slots[module.name]).float()
-    combined = weight + module.delta().reshape(weight.shape)
-    magnitude = module.dora_scale.float().reshape(combined.shape[0], -1) if module.dora_axis == "output" else \
-        module.dora_scale.float().reshape(1, -1)
-    norm = combined.norm(dim=1, keepdim=True) if module.dora_axis == "output" else combined.norm(dim=0, keepdim=True)
-    expected = weight + 0.5 * (combined * magnitude / norm - weight)
-    torch.testing.assert_close(new.weight(new.slots[module.name]).float().reshape(expected.shape), expected)
+    old, new, stored = open_base(tiny_sd15), open_base(out), load_file(lora)
+    modules = [m for m in read_deltas(lora).modules.values() if m.dora_axis]
+    assert modules
+    for module in modules:
+        tensors = {k[len(module.name) + 1:]: v.float() for k, v in stored.items() if k.startswith(module.name + ".")}
+        expected = CLIENTS[client](old.weight(old.slots[module.name]).float(), tensors, 0.5)
+        torch.testing.assert_close(new.weight(new.slots[module.name]).float(), expected, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("case", ["family", "pickle", "interrupt"])

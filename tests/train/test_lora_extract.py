@@ -68,6 +68,20 @@ def test_extract_recovers_an_exact_low_rank_change(sd15_pair, tmp_path: Path) ->
     assert sum(summary.skipped.values()) > 0 and summary.kept == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.parametrize("client", ["ComfyUI", "WebUI"])
+def test_extracted_lora_applied_by_the_clients_gives_the_tuned_weights(client: str, sd15_pair, tmp_path: Path) -> None:
+    from test_clients import CLIENTS
+
+    base, tuned, changes = sd15_pair
+    out = tmp_path / "x.safetensors"
+    extract_lora(base, tuned, out, rank=4, conv_rank=4, dtype="fp32")
+    old, new, stored = open_base(base), open_base(tuned), load_file(out)
+    for module in changes:
+        tensors = {k[len(module) + 1:]: v for k, v in stored.items() if k.startswith(module + ".")}
+        applied = CLIENTS[client](old.weight(old.slots[module]), tensors)
+        torch.testing.assert_close(applied, new.weight(new.slots[module]), atol=1e-5, rtol=1e-4)
+
+
 def test_extract_writes_kohya_metadata_and_skips_unchanged_text_encoder(sd15_pair, tmp_path: Path) -> None:
     base, tuned, changes = sd15_pair
     unet_only = fine_tune(base, tmp_path / "unet-only", {k: v for k, v in changes.items() if k != TE})
