@@ -31,7 +31,7 @@ from train.loratools.tensorfile import USER_DTYPES
 DEFAULT_MIN_CHANGE = 1e-3
 # below this many elements (or for ranks near full) an exact SVD is cheap; above, a randomized one
 # with a few extra directions and power iterations is as accurate and many times faster
-_EXACT_SVD_NUMEL = 1 << 20
+_EXACT_SVD_NUMEL = 1 << 16
 
 
 @dataclass
@@ -60,7 +60,7 @@ def low_rank(matrix: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tenso
     and 3 power iterations, within a fraction of a percent of the optimum at a tenth of the time."""
     rows, cols = matrix.shape
     rank = max(1, min(rank, rows, cols))
-    total = float(matrix.double().pow(2).sum())
+    total = float(torch.linalg.vector_norm(matrix)) ** 2
     if total == 0.0:
         return matrix.new_zeros(rows, rank), matrix.new_zeros(rank, cols), 1.0
     if matrix.numel() > _EXACT_SVD_NUMEL and 2 * rank + 16 < min(rows, cols):
