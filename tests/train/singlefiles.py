@@ -1,6 +1,7 @@
 """Original-layout (sgm) single-file versions of the tiny SDXL pipeline, for the tools that read and
 write checkpoints the way model sites distribute them (SDXL's second text encoder in OpenCLIP's layout,
-q/k/v fused into one `in_proj_weight`). SD1.5's lives in tinymodels.save_sd15_single_file."""
+q/k/v fused into one `in_proj_weight`), and of the tiny SD2 one (the same OpenCLIP layout). SD1.5's
+lives in tinymodels.save_sd15_single_file."""
 
 from __future__ import annotations
 
@@ -35,6 +36,28 @@ def _openclip_state(state: dict, prefix: str) -> dict:
             raise ValueError(f"no OpenCLIP name for {key}")
     for key, parts in fused.items():
         out[key] = torch.cat([parts["q"], parts["k"], parts["v"]])
+    return out
+
+
+def save_sd2_single_file(pipeline_dir: Path, out: Path) -> Path:
+    """Write the tiny SD2 diffusers folder as one original-layout checkpoint (OpenCLIP text encoder)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextModel
+
+    from tinymodels import _ldm_unet_key, _ldm_vae_key
+
+    unet = UNet2DConditionModel.from_pretrained(pipeline_dir, subfolder="unet")
+    vae = AutoencoderKL.from_pretrained(pipeline_dir, subfolder="vae")
+    encoder = CLIPTextModel.from_pretrained(pipeline_dir, subfolder="text_encoder")
+    state = {"model.diffusion_model." + _ldm_unet_key(k, dict(unet.config)): v for k, v in unet.state_dict().items()}
+    for key, value in vae.state_dict().items():
+        if ".mid_block.attentions." in key and value.dim() == 2:
+            value = value[:, :, None, None]
+        state["first_stage_model." + _ldm_vae_key(key, dict(vae.config))] = value
+    state.update(_openclip_state(encoder.state_dict(), "cond_stage_model.model."))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out))
     return out
 
 

@@ -11,7 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from prep.errors import LoraprepError
-from singlefiles import save_sdxl_single_file
+from singlefiles import save_sd2_single_file, save_sdxl_single_file
 from tinymodels import save_sd15_single_file
 from train.loratools.extract import extract_lora, low_rank
 from train.loratools.layout import open_base
@@ -127,10 +127,12 @@ def test_extract_works_across_layouts_and_for_sdxl(tiny_sdxl: Path, tmp_path: Pa
     torch.testing.assert_close(lora_delta(out, unet.module), changes[unet.module], atol=1e-5, rtol=1e-4)
 
 
-def test_sd15_single_file_names_match_the_folder(tiny_sd15: Path, tmp_path: Path) -> None:
-    folder = open_base(tiny_sd15)
-    single = open_base(save_sd15_single_file(tiny_sd15, tmp_path / "m.safetensors"))
-    assert folder.slots.keys() == single.slots.keys()
+@pytest.mark.parametrize("family", ["sd15", "sd2"])
+def test_single_file_names_match_the_folder(family: str, tiny_sd15: Path, tiny_sd2v: Path, tmp_path: Path) -> None:
+    source, save = (tiny_sd15, save_sd15_single_file) if family == "sd15" else (tiny_sd2v, save_sd2_single_file)
+    folder = open_base(source)
+    single = open_base(save(source, tmp_path / "m.safetensors"))
+    assert folder.family == single.family and folder.slots.keys() == single.slots.keys()
     for name, slot in folder.slots.items():
         assert torch.equal(folder.weight(slot), single.weight(single.slots[name])), name
 
