@@ -120,7 +120,7 @@ def test_bake_applies_dora_as_the_clients_do(client: str, tiny_sd15: Path, tmp_p
         torch.testing.assert_close(new.weight(new.slots[module.name]).float(), expected, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("case", ["family", "pickle", "interrupt"])
+@pytest.mark.parametrize("case", ["family", "shape", "pickle", "interrupt"])
 def test_bake_refuses_bad_input_and_leaves_nothing(case: str, tiny_sd15: Path, tiny_sdxl: Path, sd15_loras,
                                                     tmp_path: Path) -> None:
     base, lora, out = str(tiny_sd15), sd15_loras[0], tmp_path / "out" / "merged"
@@ -128,6 +128,12 @@ def test_bake_refuses_bad_input_and_leaves_nothing(case: str, tiny_sd15: Path, t
     reporter = Reporter()
     if case == "family":
         base = str(tiny_sdxl)
+    elif case == "shape":
+        from safetensors.torch import save_file
+
+        name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+        lora = tmp_path / "odd.safetensors"
+        save_file({f"{name}.lora_down.weight": torch.ones(2, 7), f"{name}.lora_up.weight": torch.ones(32, 2)}, lora)
     elif case == "pickle":
         base = str(tmp_path / "base.ckpt")
         torch.save({"state_dict": {"cond_stage_model.transformer.x": torch.zeros(1)}}, base)
@@ -142,5 +148,21 @@ def test_bake_refuses_bad_input_and_leaves_nothing(case: str, tiny_sd15: Path, t
         merge_into_base(base, [(lora, 1.0)], out, reporter=reporter)
     if case != "interrupt":
         assert "\n" not in error.value.message
-        assert ("SD 1.x LoRA but the base is SDXL" if case == "family" else "--allow-pickle") in str(error.value)
+        assert {"family": "SD 1.x LoRA but the base is SDXL", "shape": "changes a [32, 7] weight but the base's is",
+                "pickle": "--allow-pickle"}[case] in str(error.value)
     assert list(out.parent.iterdir()) == []
+
+
+def test_a_trusted_pickle_base_bakes_into_safetensors_with_its_keys(tiny_sd15: Path, sd15_loras, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    state = load_file(save_sd15_single_file(tiny_sd15, tmp_path / "base.safetensors"))
+    checkpoint = tmp_path / "base.ckpt"
+    torch.save({"state_dict": state, "global_step": 1}, checkpoint)
+    out = tmp_path / "merged.safetensors"
+    merge_into_base(str(checkpoint), [(sd15_loras[1], 1.0)], out, allow_pickle=True)
+    merged = load_file(out)
+    assert merged.keys() == state.keys()
+    changed = {key for key in state if not torch.equal(state[key], merged[key])}
+    model = open_base(checkpoint, allow_pickle=True)
+    assert changed == {model.slots[name].key for name in read_deltas(sd15_loras[1]).modules}
