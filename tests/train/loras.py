@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from train.config import NetworkConfig
@@ -40,3 +41,13 @@ def lora_file(source: Path, folder: Path, algo: str = "lora", *, seed: int = 0, 
               **settings) -> Path:
     """A kohya-format file of a random network."""
     return written(random_network(source, algo, seed=seed, **settings), folder, name)[0]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Many tiny SVDs: on a shared CPU one thread is ~50× faster than threads spinning against each
+    other (import this fixture into a test module to use it)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
