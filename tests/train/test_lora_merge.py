@@ -158,3 +158,17 @@ def test_cli_reads_weights_and_refuses_an_existing_out(tmp_path: Path) -> None:
     assert again.exit_code == 2 and "already exists" in again.output
     baked = CliRunner().invoke(app, [*args, "--base", str(tmp_path), "--rank", "4", "--overwrite"])
     assert baked.exit_code == 2 and "--rank applies to a merged LoRA" in baked.output
+
+
+def test_an_interrupted_merge_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    a = single(tmp_path / "a.safetensors", 8, 4)
+
+    def interrupted(fd: int) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", interrupted)  # Ctrl-C while the bytes go to disk
+    with pytest.raises(KeyboardInterrupt):
+        merge_loras([(a, 1.0)], tmp_path / "out.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors"]

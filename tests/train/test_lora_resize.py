@@ -157,3 +157,20 @@ def test_cli_prints_blocks_kept_share_and_sizes_and_refuses_an_existing_out(sd15
     assert out.read_bytes() == first
     assert CliRunner().invoke(app, [*args, "--overwrite", "--json"]).exit_code == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["small.safetensors"]  # no temporaries left
+
+
+def test_a_lossless_resize_of_an_sdxl_loha_renders_in_diffusers_as_trained(tiny_sdxl: Path, tmp_path: Path) -> None:
+    """diffusers cannot load LoHa; resized to plain LoRA at a rank above ΔW's own, it renders the same image."""
+    from loras import random_network, written
+    from test_export import pipeline_image
+    from train.model import load_base
+
+    base = random_network(tiny_sdxl, "loha", seed=4)
+    source = written(base, tmp_path)[0]
+    trained = pipeline_image(base.pipeline())
+    report = resize_lora(source, tmp_path / "plain.safetensors", ResizeSettings(rank=64))
+    assert report.overall().kept == pytest.approx(1.0)
+    pipe = load_base(tiny_sdxl).pipeline()
+    pipe.load_lora_weights(str(report.out), adapter_name="resized")
+    assert abs(pipeline_image(load_base(tiny_sdxl).pipeline()) - trained).max() > 0.05  # the LoRA shows
+    assert abs(pipeline_image(pipe) - trained).max() < 1e-3  # float32 rounding of another order of sums
