@@ -208,7 +208,9 @@ def _weighted(text: str) -> tuple[Path, float]:
         try:
             return Path(path), float(weight)
         except ValueError:
-            pass
+            if Path(path).is_file() and not Path(text).exists():
+                raise UsageError(f"--lora {text}: the weight '{weight}' is not a number",
+                                 hint="write FILE:0.7 or FILE:-0.5") from None
     return Path(text), 1.0
 
 

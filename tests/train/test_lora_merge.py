@@ -172,3 +172,15 @@ def test_an_interrupted_merge_leaves_no_file(tmp_path: Path, monkeypatch: pytest
     with pytest.raises(KeyboardInterrupt):
         merge_loras([(a, 1.0)], tmp_path / "out.safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors"]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("a.safetensors", ("a.safetensors", 1.0)), ("a.safetensors:0.7", ("a.safetensors", 0.7)),
+    ("a.safetensors:-1", ("a.safetensors", -1.0)), ("C:/loras/a.safetensors", ("C:/loras/a.safetensors", 1.0)),
+    ("C:/loras/a.safetensors:-.5", ("C:/loras/a.safetensors", -0.5)),
+])
+def test_lora_weights_are_read_after_the_last_colon(text: str, expected: tuple[str, float]) -> None:
+    from commands.lora import _weighted
+
+    path, weight = _weighted(text)
+    assert (str(path), weight) == expected

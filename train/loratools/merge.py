@@ -70,7 +70,8 @@ def _check_compatible(inputs: list[LoraDeltas]) -> None:
     for deltas in inputs:
         if first is not None and deltas.family is not None and deltas.family != first.family:
             module = next(iter(deltas.modules), "?")
-            raise ModelMismatch(f"{deltas.path.name} is an {FAMILY_LABELS[deltas.family]} LoRA and {first.path.name} "
+            this, that = _names(deltas.path, first.path)
+            raise ModelMismatch(f"{this} is an {FAMILY_LABELS[deltas.family]} LoRA and {that} "
                                 f"an {FAMILY_LABELS[first.family]} one (first module: {module})",
                                 hint="merge LoRAs of one model family")
     shapes: dict[str, tuple[tuple[int, ...], Path]] = {}
@@ -78,9 +79,15 @@ def _check_compatible(inputs: list[LoraDeltas]) -> None:
         for name, module in deltas.modules.items():
             seen = shapes.setdefault(name, (module.shape, deltas.path))
             if _flat(seen[0]) != _flat(module.shape):
-                raise ModelMismatch(f"{name} changes a {_dims(seen[0])} weight in {seen[1].name} and a "
-                                    f"{_dims(module.shape)} one in {deltas.path.name}",
+                that, this = _names(seen[1], deltas.path)
+                raise ModelMismatch(f"{name} changes a {_dims(seen[0])} weight in {that} and a "
+                                    f"{_dims(module.shape)} one in {this}",
                                     hint="the LoRAs were trained on different models; merge LoRAs of one model")
+
+
+def _names(a: Path, b: Path) -> tuple[str, str]:
+    """Two inputs as a message names them: file names, whole paths when the names are the same."""
+    return (a.name, b.name) if a.name != b.name else (str(a), str(b))
 
 
 def _flat(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -132,7 +139,8 @@ def _extras(inputs: list[LoraDeltas]) -> dict[str, torch.Tensor]:
         for key, tensor in deltas.extras.items():
             seen = extras.setdefault(key, (tensor, deltas.path))
             if seen[0].shape != tensor.shape or not torch.equal(seen[0], tensor):
-                raise UsageError(f"{seen[1].name} and {deltas.path.name} both hold {key}, with different values",
+                that, this = _names(seen[1], deltas.path)
+                raise UsageError(f"{that} and {this} both hold {key}, with different values",
                                  hint="rename the bundled embedding in one of them (loraprep lora meta shows keys)")
     return {key: tensor for key, (tensor, _) in extras.items()}
 
