@@ -1,8 +1,9 @@
 """`loraprep lora merge` without `--base`: several LoRAs (each with a weight, negative subtracts) as one.
 
 Why concatenation is exact: Σ wᵢ·ΔWᵢ = Σ (wᵢ·scaleᵢ·upᵢ)·downᵢ = [w₁s₁up₁ | w₂s₂up₂ | …]·[down₁; down₂; …],
-one LoRA whose rank is the sum of the inputs' (alpha = rank, scale 1). LoHa/LoKr inputs join as the
-exact factors of their ΔW's SVD (every non-zero singular value), so nothing is approximated unless
+one LoRA whose rank is the sum of the inputs' (alpha = rank, scale 1). LoHa inputs join as the exact
+factors of their Hadamard product (rank r²), LoKr as those of their ΔW's SVD (every non-zero singular
+value, from the SVDs of its two halves), so nothing is approximated unless
 `--rank` asks for it: then the summed ΔW's truncated SVD, the best approximation at that rank, and
 the report says what share of it is kept.
 """
@@ -21,7 +22,7 @@ from train.export import BASE_MODEL_VERSION
 from train.lycoris import ALGO_LABELS
 from train.loratools.deltas import LoraDeltas, ModuleDelta, read_deltas
 from train.loratools.report import ModuleResult, ToolReport
-from train.loratools.resize import decomposition
+from train.loratools.resize import decomposition, rank_bound
 from train.loratools.svd import chosen_rank, factor_svd, matrix_svd
 from train.loratools.write import NewModule, refuse_existing, storage_dtype, write_lora
 
@@ -101,7 +102,7 @@ def _dims(shape: tuple[int, ...]) -> str:
 
 def _factors(weight: float, module: ModuleDelta) -> tuple[torch.Tensor, torch.Tensor]:
     """weight·ΔW as exact factors (up [out, r], down [r, in·k·k])."""
-    factors = module.factors()
+    factors = module.exact_factors()
     if factors is None:
         dec = decomposition(module)
         factors = dec.truncated(len(dec.S))
@@ -119,11 +120,13 @@ def _summed(name: str, parts: list[tuple[float, ModuleDelta]]) -> tuple[NewModul
 
 
 def _truncated(name: str, parts: list[tuple[float, ModuleDelta]], target: int) -> tuple[NewModule, ModuleResult]:
-    if all(module.algo == "lora" for _, module in parts):
+    if all(module.exact_factors() is not None for _, module in parts):
         pairs = [_factors(weight, module) for weight, module in parts]
         dec = factor_svd(torch.cat([u for u, _ in pairs], dim=1), torch.cat([d for _, d in pairs], dim=0))
     else:
-        dec = matrix_svd(sum(weight * module.matrix().double() for weight, module in parts))
+        bounds = [rank_bound(module) for _, module in parts]
+        bound = None if None in bounds else sum(bounds)
+        dec = matrix_svd(sum(weight * module.matrix().double() for weight, module in parts), bound)
     rank = chosen_rank(dec.S, target)
     up, down = dec.truncated(rank)
     norm = float(dec.S.double().pow(2).sum().sqrt())

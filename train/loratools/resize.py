@@ -20,7 +20,7 @@ from prep.errors import UsageError
 from train.lycoris import ALGO_LABELS
 from train.loratools.deltas import LoraDeltas, ModuleDelta, read_deltas
 from train.loratools.report import ModuleResult, ToolReport
-from train.loratools.svd import DYNAMIC_METHODS, Decomposition, chosen_rank, factor_svd, matrix_svd
+from train.loratools.svd import DYNAMIC_METHODS, Decomposition, chosen_rank, factor_svd, kron_svd, matrix_svd
 from train.loratools.write import NewModule, refuse_existing, storage_dtype, write_lora
 
 
@@ -98,25 +98,32 @@ def _multiple(settings: ResizeSettings, unit: int) -> bool:
     return all(r is None or r % unit == 0 for r in (settings.rank, settings.conv_rank))
 
 
-def decomposition(module: ModuleDelta) -> Decomposition:
-    """ΔW's SVD: from the factors of a plain LoRA, else of the formed matrix."""
-    factors = module.factors()
+def decomposition(module: ModuleDelta, limit: int | None = None) -> Decomposition:
+    """ΔW's exact SVD: from low-rank factors (LoRA, LoHa), from a LoKr's halves, else of the formed
+    matrix; at least the leading `limit` singular vectors (all when None)."""
+    factors = module.exact_factors()
     if factors is not None:
         return factor_svd(*factors)
-    return matrix_svd(module.matrix(), _rank_bound(module))
+    halves = module.kron_halves()
+    if halves is not None:
+        return kron_svd(*halves, limit=limit)
+    return matrix_svd(module.matrix(), rank_bound(module))
 
 
-def _rank_bound(module: ModuleDelta) -> int | None:
-    """The most ranks ΔW can have: r² for LoHa's Hadamard product, the halves' ranks' product for LoKr."""
+def rank_bound(module: ModuleDelta) -> int | None:
+    """The most ranks ΔW can have (None: not known cheaply): r for LoRA, r₁·r₂ for LoHa's Hadamard
+    product, the halves' ranks' product for LoKr's Kronecker product."""
     t = module.weights.tensors
+    if module.algo == "lora":
+        return module.rank
     if module.algo == "loha":
         return None if "hada_t1" in t else int(t["hada_w1_b"].shape[0]) * int(t["hada_w2_b"].shape[0])
-    if "lokr_t2" in t or any(t[k].dim() == 4 for k in t if k.startswith("lokr_w")):
+    if "lokr_t2" in t:
         return None
     halves = []
     for half in ("1", "2"):
         full = t.get(f"lokr_w{half}")
-        halves.append(min(full.shape) if full is not None else int(t[f"lokr_w{half}_b"].shape[0]))
+        halves.append(min(full.shape[:2]) if full is not None else int(t[f"lokr_w{half}_b"].shape[0]))
     return int(halves[0] * halves[1])
 
 
@@ -128,7 +135,7 @@ def _resized(module: ModuleDelta, settings: ResizeSettings) -> tuple[NewModule, 
         norm = float(module.matrix().norm())
         new = NewModule(up.float().flatten(1), down.float().flatten(1), module.alpha, module.shape)
         return new, ModuleResult(module.name, module.rank, module.rank or 0, norm, norm)
-    dec = decomposition(module)
+    dec = decomposition(module, target)
     rank = chosen_rank(dec.S, target, settings.dynamic, settings.param)
     up, down = dec.truncated(rank)
     scale = module.scale if module.scale > 0 else 1.0

@@ -1,10 +1,13 @@
 """Best low-rank approximations of weight changes, and how many ranks to keep.
 
-Why two routes: a plain LoRA's ΔW = up·down is already low-rank, and its exact SVD comes from the
-factors alone (two thin QRs and an r×r SVD), never forming the out×in matrix; LoHa/LoKr products and
-sums with them are formed and decomposed, with `torch.svd_lowrank` only where the matrix's rank is
-known to be small enough for the random range finder to capture all of it (then it is exact up to
-rounding), else the full `torch.linalg.svd`.
+Why three routes: a plain LoRA's ΔW = up·down is already low-rank, and its exact SVD comes from the
+factors alone (two thin QRs and an r×r SVD), never forming the out×in matrix; a LoHa's too (its
+Hadamard product has exact factors of rank r², see ModuleDelta.exact_factors). A LoKr's ΔW is a
+Kronecker product, whose singular vectors and values are the Kronecker products of its halves',
+so two small SVDs give it exactly. Anything else (Tucker LoHa, sums with such modules) is formed
+and decomposed, with `torch.svd_lowrank` only where the matrix's rank is known to be small enough for
+the random range finder to capture all of it (then it is exact up to rounding, and checked), else
+the full `torch.linalg.svd`.
 
 Rank choice (`--dynamic`) has resize_lora.py's meanings, the rank capped by `--rank`:
 - `sv_ratio X`: keep the singular values larger than the largest divided by X;
@@ -24,7 +27,8 @@ _LOWRANK_OVERSAMPLE = 8
 
 @dataclass(frozen=True)
 class Decomposition:
-    """ΔW (flattened to out × in·k·k) = U·diag(S)·Vh, singular values largest first, zeros dropped."""
+    """ΔW (flattened to out × in·k·k) = U·diag(S)·Vh, singular values largest first, zeros dropped.
+    S is complete; U and Vh may hold only the leading vectors (`limit`), as many as can be asked for."""
 
     U: torch.Tensor
     S: torch.Tensor
@@ -33,6 +37,7 @@ class Decomposition:
     def truncated(self, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(up, down) of the best rank-`rank` approximation, √S on each side (balanced, so fp16 storage
         loses nothing to range)."""
+        assert rank <= self.U.shape[1], "asked for more singular vectors than were computed"
         root = self.S[:rank].sqrt()
         return self.U[:, :rank] * root, root[:, None] * self.Vh[:rank]
 
@@ -63,6 +68,20 @@ def matrix_svd(matrix: torch.Tensor, rank_bound: int | None = None) -> Decomposi
             return _nonzero(u, s, v.T)
     u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
     return _nonzero(u, s, vh)
+
+
+def kron_svd(a: torch.Tensor, b: torch.Tensor, limit: int | None = None) -> Decomposition:
+    """The exact SVD of kron(a, b): singular values σᵢ(a)·σⱼ(b), vectors kron(uᵢ, uⱼ) and kron(vᵢ, vⱼ);
+    only the leading `limit` vectors are formed (all when None)."""
+    ua, sa, vha = torch.linalg.svd(a.double(), full_matrices=False)
+    ub, sb, vhb = torch.linalg.svd(b.double(), full_matrices=False)
+    s = torch.outer(sa, sb).flatten()
+    order = torch.argsort(s, descending=True)
+    chosen = order[:limit] if limit is not None else order
+    i, j = chosen // sb.numel(), chosen % sb.numel()
+    u = (ua[:, i][:, None, :] * ub[:, j][None, :, :]).reshape(-1, chosen.numel())
+    vh = (vha[i][:, :, None] * vhb[j][:, None, :]).reshape(chosen.numel(), -1)
+    return _nonzero(u, s[order], vh)
 
 
 def _nonzero(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor) -> Decomposition:
