@@ -23,6 +23,7 @@ import torch
 
 DYNAMIC_METHODS = ("sv_ratio", "sv_fro", "sv_cumulative")
 _LOWRANK_OVERSAMPLE = 8
+NOISE = 1e-6  # relative size below which a singular value or a residual is float32 rounding
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def matrix_svd(matrix: torch.Tensor, rank_bound: int | None = None) -> Decomposi
     if rank_bound is not None and rank_bound + _LOWRANK_OVERSAMPLE < smallest // 2:
         u, s, v = torch.svd_lowrank(matrix, q=rank_bound + _LOWRANK_OVERSAMPLE, niter=2)
         residual = matrix - (u * s) @ v.T
-        if float(residual.norm()) <= 1e-9 * max(float(matrix.norm()), 1e-30):
+        if float(residual.norm()) <= NOISE * max(float(matrix.norm()), 1e-30):
             return _nonzero(u, s, v.T)
     u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
     return _nonzero(u, s, vh)
@@ -85,8 +86,9 @@ def kron_svd(a: torch.Tensor, b: torch.Tensor, limit: int | None = None) -> Deco
 
 
 def _nonzero(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor) -> Decomposition:
-    """Drop singular values that are rounding noise (≤ 1e-12 of the largest); keep at least one."""
-    keep = max(1, int((s > s[0] * 1e-12).sum())) if s.numel() and float(s[0]) > 0 else 1
+    """Drop singular values that are float32 rounding noise (≤ NOISE × the largest; together they are
+    below 1e-10 of ΔW's squared norm); keep at least one."""
+    keep = max(1, int((s > s[0] * NOISE).sum())) if s.numel() and float(s[0]) > 0 else 1
     return Decomposition(u[:, :keep].float(), s[:keep].float(), vh[:keep].float())
 
 
