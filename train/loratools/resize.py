@@ -66,7 +66,8 @@ def resize_lora(source: str | Path, out: str | Path, settings: ResizeSettings, *
     unit = deltas.dylora_unit
     cut = unit is not None and settings.dynamic is None and _multiple(settings, unit) and deltas.algos == {"lora"}
     if unit is not None and not cut:
-        notes.append(f"DyLoRA (unit {unit}): the rank is not a multiple of the unit, so it is decomposed (SVD)")
+        why = "--dynamic chooses ranks" if settings.dynamic else "the rank is not a multiple of the unit"
+        notes.append(f"DyLoRA (unit {unit}): {why}, so it is decomposed (SVD)")
     modules: dict[str, NewModule] = {}
     results: list[ModuleResult] = []
     for name, module in deltas.modules.items():
