@@ -84,7 +84,7 @@ DTYPE_HELP = "Storage precision: fp16, bf16 or fp32 (default: the input's)."
 def lora_resize(
     file: Annotated[Path, typer.Argument(help="A LoRA .safetensors file (LoRA, LoCon, LoHa, LoKr, DyLoRA).",
                                          exists=True, dir_okay=False)],
-    out: Out,
+    target: Out,
     rank: Annotated[Optional[int], typer.Option("--rank", help="The new rank (with --dynamic: its cap).")] = None,
     conv_rank: Annotated[Optional[int], typer.Option(
         "--conv-rank", help="Rank of 3×3 convolutions (LoCon); default --rank.")] = None,
@@ -104,7 +104,7 @@ def lora_resize(
     """
     from train.loratools.resize import ResizeSettings, resize_lora
 
-    report = resize_lora(file, out, ResizeSettings(rank, conv_rank, dynamic, param, dtype), overwrite=overwrite)
+    report = resize_lora(file, target, ResizeSettings(rank, conv_rank, dynamic, param, dtype), overwrite=overwrite)
     _print_report(report, as_json)
 
 
@@ -113,8 +113,8 @@ def lora_resize(
 def lora_merge(
     lora: Annotated[list[str], typer.Option(
         "--lora", help="A LoRA file, optionally :WEIGHT (default 1, negative subtracts); repeat it.")],
-    out: Annotated[Path, typer.Option("--out", help="The LoRA (.safetensors) or, with --base, the model: "
-                                                    "a folder (diffusers) or FILE.safetensors (one file).")],
+    target: Annotated[Path, typer.Option("--out", help="The LoRA (.safetensors) or, with --base, the model: "
+                                                       "a folder (diffusers) or FILE.safetensors (one file).")],
     base: Annotated[Optional[str], typer.Option(
         "--base", help="Bake the LoRAs into this model (diffusers folder, single file or hub id).")] = None,
     rank: Annotated[Optional[int], typer.Option(
@@ -137,22 +137,58 @@ def lora_merge(
     if base is None:
         from train.loratools.merge import merge_loras
 
-        report = merge_loras(loras, out, rank=rank, conv_rank=conv_rank, dtype=dtype, overwrite=overwrite)
+        report = merge_loras(loras, target, rank=rank, conv_rank=conv_rank, dtype=dtype, overwrite=overwrite)
         _print_report(report, as_json)
         return
     if rank is not None or conv_rank is not None:
         raise UsageError("--rank applies to a merged LoRA; baking into --base adds the full changes",
                          hint="leave out --rank, or --base to get a LoRA")
-    if out.exists() and not overwrite:
-        raise UsageError(f"{out} already exists", hint="pass --overwrite to replace it, or choose another --out")
+    if target.exists() and not overwrite:
+        raise UsageError(f"{target} already exists", hint="pass --overwrite to replace it, or choose another --out")
     from train.loratools.bake import merge_into_base
 
-    summary = merge_into_base(base, loras, out, dtype=dtype, allow_pickle=allow_pickle)
+    summary = merge_into_base(base, loras, target, dtype=dtype, allow_pickle=allow_pickle)
     if as_json:
         print_json(summary)
         return
     for key, value in summary.items():
         out.print(f"[bold]{esc(str(key))}[/]: {esc(str(value))}", highlight=False)
+
+
+@app.command("extract")
+@guard
+def lora_extract(
+    base: Annotated[str, typer.Argument(help="The model TUNED started from: diffusers folder or single file.")],
+    tuned: Annotated[str, typer.Argument(help="The fine-tuned model (full fine-tune, DreamBooth checkpoint).")],
+    target: Out,
+    rank: Annotated[int, typer.Option("--rank", help="The LoRA's rank.")],
+    conv_rank: Annotated[Optional[int], typer.Option(
+        "--conv-rank", help="Also extract the convolutions (3×3 at this rank).")] = None,
+    min_change: Annotated[float, typer.Option(
+        "--min-change", help="Skip modules whose change is below this share of the weight's norm.")] = 1e-3,
+    dtype: Annotated[str, typer.Option("--dtype", help="Storage precision: fp16, bf16 or fp32.")] = "fp16",
+    allow_pickle: Annotated[bool, typer.Option(
+        "--allow-pickle", help="Read pickle (.ckpt) models; pickles can run code.")] = False,
+    overwrite: Overwrite = False,
+    as_json: Json = False,
+) -> None:
+    """A LoRA from a model difference: per-module truncated SVD of TUNED − BASE."""
+    from prep.console import rich_reporter
+    from train.loratools.extract import extract_lora
+
+    with rich_reporter() as reporter:
+        summary = extract_lora(base, tuned, target, rank=rank, conv_rank=conv_rank, min_change=min_change, dtype=dtype,
+                               allow_pickle=allow_pickle, overwrite=overwrite, reporter=reporter)
+    if as_json:
+        print_json(summary.to_dict())
+        return
+    for component in dict.fromkeys([*summary.modules, *summary.skipped]):
+        line = f"{component}: {summary.modules.get(component, 0):d} modules extracted"
+        if summary.skipped.get(component):
+            line += f", {summary.skipped[component]:d} skipped (change below --min-change)"
+        out.print(esc(line), highlight=False)
+    out.print(esc(f"kept {100 * summary.kept:.2f}% of the change's Frobenius norm; {_size(summary.size_bytes)}, "
+                  f"{summary.seconds:.1f} s"), highlight=False)
 
 
 @app.command("meta")

@@ -184,3 +184,16 @@ def test_lora_weights_are_read_after_the_last_colon(text: str, expected: tuple[s
 
     path, weight = _weighted(text)
     assert (str(path), weight) == expected
+
+
+def test_cli_bakes_into_a_base_through_merge_into_base(inputs: list[tuple[Path, float]], tiny_sd15: Path,
+                                                       tmp_path: Path) -> None:
+    pytest.importorskip("train.loratools.bake")  # requirement 2 with --base lands from its own branch
+    out = tmp_path / "baked"
+    args = ["lora", "merge", "--lora", f"{inputs[0][0]}:0.5", "--base", str(tiny_sd15), "--out", str(out)]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    assert "modules_merged" in result.output and out.is_dir()
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 2 and "already exists" in again.output
+    assert CliRunner().invoke(app, [*args, "--overwrite", "--json"]).exit_code == 0
