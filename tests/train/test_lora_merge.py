@@ -12,10 +12,10 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from cli import app
-from loras import random_network, single_thread, written  # noqa: F401  (autouse)
+from loras import base_weights, grouped, random_network, single_thread, written  # noqa: F401  (autouse)
 from prep.errors import ModelMismatch, UsageError
 from test_clients import CLIENTS
-from train.export import base_components, load_lora_state
+from train.export import load_lora_state
 from train.loratools.deltas import read_deltas
 from train.loratools.merge import merge_loras
 from train.model import load_base
@@ -31,24 +31,6 @@ def inputs(tiny_sd15: Path, tmp_path_factory: pytest.TempPathFactory) -> list[tu
     loha = written(random_network(tiny_sd15, "loha", seed=1), folder, "b", trigger="ohwx")[0]
     diffusers = written(random_network(tiny_sd15, seed=2, conv_dim=0), folder, "c")[1]
     return [(lora, 1.0), (loha, -0.5), (diffusers, 0.7)]
-
-
-def base_weights(source: Path) -> dict[str, torch.Tensor]:
-    """kohya module name → the tiny base model's weight there."""
-    from train.export import _module_names
-
-    base = load_base(source)
-    models = base_components(base)
-    return {name: dict(models[component].named_modules())[path].weight.detach()
-            for name, (component, path) in _module_names(base).items()}
-
-
-def grouped(path: Path) -> dict[str, dict[str, torch.Tensor]]:
-    modules: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in load_file(path).items():
-        name, _, suffix = key.partition(".")
-        modules.setdefault(name, {})[suffix] = tensor.float()
-    return modules
 
 
 def kohya_file(path: Path) -> Path:

@@ -174,3 +174,21 @@ def test_a_lossless_resize_of_an_sdxl_loha_renders_in_diffusers_as_trained(tiny_
     pipe.load_lora_weights(str(report.out), adapter_name="resized")
     assert abs(pipeline_image(load_base(tiny_sdxl).pipeline()) - trained).max() > 0.05  # the LoRA shows
     assert abs(pipeline_image(pipe) - trained).max() < 1e-3  # float32 rounding of another order of sums
+
+
+@pytest.mark.parametrize("client", ["ComfyUI", "WebUI"])
+def test_clients_apply_the_resized_file_as_the_best_approximation(sd15_files: dict[str, Path], tiny_sd15: Path,
+                                                                  tmp_path: Path, client: str) -> None:
+    """Through the clients' own formulas (test_clients.py), not loraprep's reader."""
+    from loras import base_weights, grouped
+    from test_clients import CLIENTS
+
+    report = resize_lora(sd15_files["lora"], tmp_path / "small.safetensors", ResizeSettings(rank=1))
+    apply, weights = CLIENTS[client], base_weights(tiny_sd15)
+    before, after = grouped(sd15_files["lora"]), grouped(report.out)
+    assert set(before) == set(after)
+    for name, tensors in after.items():
+        weight = weights[name]
+        full, small = apply(weight, before[name]) - weight, apply(weight, tensors) - weight
+        error = float((small.double() - full.double()).norm())
+        assert error == pytest.approx(optimal_error(full, 1), rel=1e-3, abs=1e-5), name
