@@ -179,3 +179,21 @@ def test_cli_bakes_into_a_base_through_merge_into_base(inputs: list[tuple[Path, 
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 2 and "already exists" in again.output
     assert CliRunner().invoke(app, [*args, "--overwrite", "--json"]).exit_code == 0
+
+
+def test_merged_file_renders_in_diffusers_as_its_inputs_as_weighted_adapters(inputs: list[tuple[Path, float]],
+                                                                             tiny_sd15: Path, tmp_path: Path) -> None:
+    """What a diffusers user does without merging: load both files as adapters, set their weights."""
+    from test_export import pipeline_image
+
+    (a, wa), (c, wc) = inputs[0], (inputs[2][0], -0.6)
+    merged = merge_loras([(a, wa), (c, wc)], tmp_path / "ac.safetensors").out
+    pipe = load_base(tiny_sd15).pipeline()
+    pipe.load_lora_weights(str(a), adapter_name="a")
+    pipe.load_lora_weights(str(c), adapter_name="c")
+    pipe.set_adapters(["a", "c"], adapter_weights=[wa, wc])
+    adapters = pipeline_image(pipe)
+    single = load_base(tiny_sd15).pipeline()
+    single.load_lora_weights(str(merged), adapter_name="merged")
+    assert abs(pipeline_image(load_base(tiny_sd15).pipeline()) - adapters).max() > 0.05  # the LoRAs show
+    assert abs(pipeline_image(single) - adapters).max() < 1e-3
