@@ -116,7 +116,13 @@ def _summed(name: str, parts: list[tuple[float, ModuleDelta]]) -> tuple[NewModul
     down = torch.cat([d for _, d in pairs], dim=0)
     norm = float((up.double() @ down.double()).norm())
     rank = int(down.shape[0])
-    return NewModule(up, down, float(rank), parts[0][1].shape), ModuleResult(name, rank, rank, norm, norm)
+    return NewModule(up, down, float(rank), _shape(parts)), ModuleResult(name, rank, rank, norm, norm)
+
+
+def _shape(parts: list[tuple[float, ModuleDelta]]) -> tuple[int, ...]:
+    """The weight's shape; a 1×1 convolution's 4-D one when any input says so (the clients build a
+    convolution from a 4-D down weight)."""
+    return next((m.shape for _, m in parts if len(m.shape) == 4), parts[0][1].shape)
 
 
 def _truncated(name: str, parts: list[tuple[float, ModuleDelta]], target: int) -> tuple[NewModule, ModuleResult]:
@@ -131,7 +137,7 @@ def _truncated(name: str, parts: list[tuple[float, ModuleDelta]], target: int) -
     up, down = dec.truncated(rank)
     norm = float(dec.S.double().pow(2).sum().sqrt())
     before = sum(module.rank or 0 for _, module in parts)
-    return (NewModule(up, down, float(rank), parts[0][1].shape),
+    return (NewModule(up, down, float(rank), _shape(parts)),
             ModuleResult(name, before, rank, norm, norm * dec.kept_share(rank)))
 
 
