@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
+from safetensors.torch import load_file
 
 from train.config import NetworkConfig
 from train.export import save_lora
@@ -40,3 +42,32 @@ def lora_file(source: Path, folder: Path, algo: str = "lora", *, seed: int = 0, 
               **settings) -> Path:
     """A kohya-format file of a random network."""
     return written(random_network(source, algo, seed=seed, **settings), folder, name)[0]
+
+
+def base_weights(source: Path) -> dict[str, torch.Tensor]:
+    """kohya module name → the tiny base model's weight there."""
+    from train.export import _module_names, base_components
+
+    base = load_base(source)
+    models = base_components(base)
+    return {name: dict(models[component].named_modules())[path].weight.detach()
+            for name, (component, path) in _module_names(base).items()}
+
+
+def grouped(path: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """kohya module name → its tensors by suffix, as the clients read a file."""
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in load_file(path).items():
+        name, _, suffix = key.partition(".")
+        modules.setdefault(name, {})[suffix] = tensor.float()
+    return modules
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Many tiny SVDs: on a shared CPU one thread is ~50× faster than threads spinning against each
+    other (import this fixture into a test module to use it)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

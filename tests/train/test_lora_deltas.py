@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from loras import random_network, written
+from loras import random_network, single_thread, written  # noqa: F401  (autouse)
 from train.export import base_components, kohya_name
 from train.loratools.deltas import block_label, read_deltas
 

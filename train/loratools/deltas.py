@@ -35,6 +35,11 @@ API (kept stable; other tools import it):
     m.matrix()               # the same ΔW flattened to (out, in·kh·kw)
     m.factors()              # plain LoRA only: (scale·up [out, r], down [r, in·kh·kw]) float32 with
                              #  up@down == matrix(); None for LoHa/LoKr
+    m.exact_factors()        # the same for every module whose stored form gives low-rank factors
+                             #  cheaply: plain LoRA (rank r) and LoHa without Tucker (rank r1·r2,
+                             #  row-wise Khatri–Rao products); None otherwise
+    m.kron_halves()          # LoKr only: (scale·w1 [o1, i1], w2 [o2, i2·kh·kw]) float32 with
+                             #  kron(w1, w2) == matrix(); None otherwise
 
 Kohya names for diffusers files' SDXL UNet modules use the original block names; that mapping needs
 the UNet's block layout, the real SDXL's unless `unet_config` (a diffusers UNet config) says otherwise.
@@ -123,6 +128,32 @@ class ModuleDelta:
             return None
         t = self.weights.tensors
         return t["lora_up.weight"].float().flatten(1) * self.scale, t["lora_down.weight"].float().flatten(1)
+
+    def exact_factors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(A₁B₁) ⊙ (A₂B₂) = [A₁ ⊙ᵣ A₂]·[B₁ ⊙꜀ B₂]: each entry Σₚ Σ_q A₁[i,p]A₂[i,q]·B₁[p,j]B₂[q,j]."""
+        if self.algo == "lora":
+            return self.factors()
+        t = {k: v.float() for k, v in self.weights.tensors.items()}
+        if self.algo != "loha" or "hada_t1" in t or "hada_t2" in t:
+            return None
+        a1, b1, a2, b2 = t["hada_w1_a"], t["hada_w1_b"].flatten(1), t["hada_w2_a"], t["hada_w2_b"].flatten(1)
+        up = (a1[:, :, None] * a2[:, None, :]).reshape(a1.shape[0], -1) * self.scale
+        down = (b1[:, None, :] * b2[None, :, :]).reshape(-1, b1.shape[1])
+        return up, down
+
+    def kron_halves(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """LoKr's ΔW flattened is kron(w1, w2 flattened): a 3×3 kernel lives inside w2's columns."""
+        if self.algo != "lokr":
+            return None
+        t = {k: v.float() for k, v in self.weights.tensors.items()}
+        w1 = t["lokr_w1"] if "lokr_w1" in t else t["lokr_w1_a"] @ t["lokr_w1_b"]
+        if "lokr_w2" in t:
+            w2 = t["lokr_w2"]
+        elif "lokr_t2" in t:
+            w2 = torch.einsum("i j k l, i p, j r -> p r k l", t["lokr_t2"], t["lokr_w2_a"], t["lokr_w2_b"])
+        else:
+            w2 = t["lokr_w2_a"] @ t["lokr_w2_b"]
+        return w1.flatten(1) * self.scale, w2.flatten(1)
 
 
 @dataclass(frozen=True)
