@@ -83,6 +83,21 @@ def test_bake_into_a_single_file_keeps_its_key_set_and_loads(tiny_sd15: Path, sd
     torch.testing.assert_close(state["encoder.layers.1.self_attn.q_proj.weight"], expected_weights(base, loras)[name])
 
 
+def test_a_single_file_base_bakes_into_a_diffusers_folder(tiny_sd15: Path, sd15_loras, tmp_path: Path) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    base = save_sd15_single_file(tiny_sd15, tmp_path / "base.safetensors")
+    out = tmp_path / "merged"
+    summary = merge_into_base(str(base), [(sd15_loras[0], 0.5)], out, config=tiny_sd15)
+    assert summary["format"] == "diffusers"
+    merged, original = open_base(out), open_base(tiny_sd15)
+    expected = expected_weights(base, [(sd15_loras[0], 0.5)])
+    for name, slot in original.slots.items():
+        want = expected.get(name, original.weight(slot))
+        torch.testing.assert_close(merged.weight(merged.slots[name]), want, atol=1e-6, rtol=1e-6)
+    assert StableDiffusionPipeline.from_pretrained(out).unet is not None
+
+
 def test_bake_sdxl_single_file_merges_into_fused_text_encoder_rows(tiny_sdxl: Path, tmp_path: Path) -> None:
     from diffusers import StableDiffusionXLPipeline
 

@@ -93,11 +93,14 @@ def _weighted_deltas(loras: Iterable[tuple[Path, float]], unet_config: Mapping[s
 
 
 def merge_into_base(base: str | Path, loras: list[tuple[Path, float]], out: Path, *, dtype: str | None = None,
-                    allow_pickle: bool = False, reporter: Reporter = SILENT) -> dict[str, Any]:
+                    allow_pickle: bool = False, config: str | Path | None = None,
+                    reporter: Reporter = SILENT) -> dict[str, Any]:
     """Write `base` with the weighted `loras` baked in to `out` (a folder: diffusers layout; a
     `.safetensors` file: the base single file's layout), replacing `out` if it exists (the CLI asks
     for --overwrite first). `dtype` (fp16/bf16/fp32) converts every floating tensor; by default the
-    base's dtypes are kept. Returns a summary."""
+    base's dtypes are kept. A single-file base written as a folder is converted by diffusers'
+    `from_single_file` (held in memory; offline it needs `config`, a diffusers folder of the family).
+    Returns a summary."""
     started = time.perf_counter()
     out = Path(out)
     if dtype is not None and dtype not in USER_DTYPES:
@@ -111,9 +114,6 @@ def merge_into_base(base: str | Path, loras: list[tuple[Path, float]], out: Path
         raise UsageError("a single-file merge needs a single-file base (the original layout is copied from it)",
                          hint="pass the base as its .safetensors checkpoint, or write a diffusers folder "
                               "(an --out without .safetensors)")
-    if not single and model.kind != "folder":
-        raise UsageError("a diffusers-folder merge needs a diffusers-folder base",
-                         hint="end --out with .safetensors to get the base's single-file layout")
     resolved = out.resolve()
     if resolved == check.path.resolve() or check.path.resolve() in resolved.parents:
         raise UsageError(f"--out {out} would overwrite the base model", hint="choose another --out")
@@ -122,12 +122,36 @@ def merge_into_base(base: str | Path, loras: list[tuple[Path, float]], out: Path
     with reporter.task("merging", len(plan)) as advance:
         if single:
             _write_single_file(model, plan, out, target, advance, loras)
-        else:
+        elif model.kind == "folder":
             _write_folder(model, plan, out, target, advance)
+        else:
+            _convert_to_folder(model, loras, out, target, config, allow_pickle)
+            advance(len(plan))
     return {"out": str(out), "format": "single-file" if single else "diffusers", "family": model.family,
             "base": str(check.path), "loras": [f"{Path(p).name}:{w:g}" for p, w in loras],
             "modules_merged": len(plan), "dtype": dtype or "base's",
             "size_bytes": _size(out), "seconds": round(time.perf_counter() - started, 2)}
+
+
+def _convert_to_folder(model: BaseWeights, loras: list[tuple[Path, float]], out: Path, target: torch.dtype | None,
+                       config: str | Path | None, allow_pickle: bool) -> None:
+    """A single-file base as a diffusers folder: converted in memory, changed there, saved beside
+    `out` and renamed into place."""
+    from train.model import load_base
+
+    source = model.files[model.source]
+    floats = [e.dtype for e in source.entries.values() if e.dtype.is_floating_point]
+    dtype = target or max(set(floats), key=floats.count)
+    loaded = load_base(model.source, allow_pickle=allow_pickle, dtype=dtype, config=config)
+    bake_into_model(loaded, loras)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=temp_prefix(out.name), suffix=TEMP_SUFFIX, dir=out.parent))
+    try:
+        loaded.pipeline().save_pretrained(staging, safe_serialization=True)
+        _replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def _size(path: Path) -> int:
