@@ -24,6 +24,7 @@ def train(
     allow_pickle: Annotated[Optional[bool], typer.Option("--allow-pickle", help="Accept .ckpt/pickle weights (loaded weights_only).", rich_help_panel="Model")] = None,
     prediction_type: Annotated[Optional[str], typer.Option(help="auto | epsilon | v_prediction.", rich_help_panel="Model")] = None,
     clip_skip: Annotated[Optional[int], typer.Option(help="1 = last text-encoder layer, 2 = penultimate.", rich_help_panel="Model")] = None,
+    base_weights: Annotated[Optional[list[str]], typer.Option("--base-weights", help="A LoRA FILE[:WEIGHT] merged into the base before training (repeatable; sd-scripts' base_weights).", rich_help_panel="Model")] = None,
     algo: Annotated[Optional[str], typer.Option(help="lora (default) | loha (Hadamard product: smaller files, learns less of the style) | lokr (Kronecker product: tiny files; --rank 100000 for full-matrix LoKr). LoHa/LoKr files load in the WebUI, ComfyUI and `loraprep generate`, not in diffusers.", rich_help_panel="Network")] = None,
     preset: Annotated[Optional[str], typer.Option(help="attn (default) | attn-mlp | full.", rich_help_panel="Network")] = None,
     rank: Annotated[Optional[int], typer.Option(help="Rank (dim) of each layer. Default 16.", rich_help_panel="Network")] = None,

@@ -44,6 +44,7 @@ class ModelConfig:
     allow_pickle: bool = False
     prediction_type: str = "auto"  # auto: what the model's scheduler says (SD2-v → v_prediction)
     clip_skip: int = 1
+    base_weights: tuple[str, ...] = ()  # base weights (issue 21): LoRAs "FILE[:W]" merged into the base first
 
 
 @dataclass(frozen=True)
@@ -355,6 +356,9 @@ def validate(config: TrainConfig) -> None:
     m, n, d, o, l, r = config.model, config.network, config.data, config.optimizer, config.loss, config.run
     _choice("prediction_type", m.prediction_type, PREDICTION_TYPES)
     _at_least("clip_skip", m.clip_skip, 1, high=12)
+    from train.loratools.weighted import parse_weighted  # base weights (issue 21): FILE[:W] spellings
+    for text in m.base_weights:
+        parse_weighted(text)
     _choice("algo", n.algo, ALGOS)
     _choice("preset", n.preset, PRESETS)
     _at_least("rank", n.rank, 1)

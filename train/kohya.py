@@ -62,7 +62,7 @@ UNSUPPORTED: dict[str, str] = {
                      "caption_suffix", "caption_separator", "alpha_mask", "caption_dropout_every_n_epochs",
                      "weighted_captions", "max_token_length", "resize_interpolation", "conditioning_data_dir",
                      "metadata_file", "custom_attributes"), "a data option loraprep does not have"),
-    **dict.fromkeys(("base_weights", "base_weights_multiplier", "network_multiplier", "vae",
+    **dict.fromkeys(("network_multiplier", "vae",
                      "pretrained_model_name_or_path_2", "tokenizer_cache_dir"), "a model option loraprep does not have"),
     **dict.fromkeys(("resume",), "sd-scripts' state folders do not load; use loraprep's --resume with its checkpoints"),
     **dict.fromkeys(("save_n_epoch_ratio", "save_every_n_epochs_state", "save_last_n_epochs_state",
@@ -246,6 +246,18 @@ def _tensorboard(value: Any, options: dict[str, Any], settings: dict[str, Any]) 
     settings["tensorboard"] = True
 
 
+def _base_weights(value: Any, options: dict[str, Any], settings: dict[str, Any]) -> None:
+    """base weights (issue 21): sd-scripts' base_weights + base_weights_multiplier (default 1 each)
+    as loraprep's FILE:WEIGHT list."""
+    files = [value] if isinstance(value, str) else list(value or [])
+    multipliers = options.get("base_weights_multiplier") or []
+    multipliers = [multipliers] if isinstance(multipliers, (int, float)) else list(multipliers)
+    if len(multipliers) > len(files):
+        raise UsageError(f"base_weights_multiplier has {len(multipliers)} values for {len(files)} base_weights files")
+    settings["base_weights"] = [f"{file}:{float(multipliers[i]) if i < len(multipliers) else 1.0:g}"
+                                for i, file in enumerate(files)]
+
+
 def _not(name: str) -> Callable[[Any, dict, dict], None]:
     return _set(name, lambda v: not bool(v))
 
@@ -260,6 +272,8 @@ _MAPPERS: dict[str, Callable[[Any, dict, dict], None]] = {
     "network_args": _network_args,
     "network_module": _network_module,
     "network_weights": _set("init_weights"),
+    "base_weights": _base_weights,  # base weights (issue 21)
+    "base_weights_multiplier": _handled_elsewhere,
     "network_train_unet_only": _not("train_text_encoder"),
     "network_train_text_encoder_only": _set("train_text_encoder_only"),
     "scale_weight_norms": _set("scale_weight_norms"),

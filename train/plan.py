@@ -37,6 +37,11 @@ def inspect_base(config: TrainConfig) -> BaseCheck:
     """The base model checked without loading weights (exists, right kind, pickles refused)."""
     from train.model import check_base
 
+    for text in config.model.base_weights:  # base weights (issue 21): the LoRA files exist
+        from train.loratools.weighted import parse_weighted
+
+        if not (path := parse_weighted(text)[0]).is_file():
+            raise UsageError(f"--base-weights {path} does not exist", hint="pass a LoRA .safetensors file")
     return check_base(config.model.base, allow_pickle=config.model.allow_pickle, config=config.model.base_config)
 
 
