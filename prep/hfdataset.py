@@ -57,7 +57,8 @@ def dataset_source(src: str | os.PathLike[str]) -> DatasetSource | None:
 
     A folder saved with `save_to_disk` holds dataset_info.json + state.json (a DatasetDict:
     dataset_dict.json); an imagefolder holds metadata.jsonl/.csv beside its images; a parquet folder
-    holds .parquet files; a `owner/name` that is not a local path is a Hub dataset.
+    holds .parquet files; a `owner/name` that is not a local path is a Hub dataset. A folder with a
+    manifest.json is a loraprep dataset, whatever else it holds.
     """
     text = str(src)
     path = Path(text)
@@ -65,7 +66,9 @@ def dataset_source(src: str | os.PathLike[str]) -> DatasetSource | None:
         if (path / "dataset_dict.json").is_file() or ((path / "state.json").is_file()
                                                        and (path / "dataset_info.json").is_file()):
             return DatasetSource("save_to_disk", text)
-        if any(path.glob("metadata.jsonl")) or any(path.glob("metadata.csv")):
+        if (path / "manifest.json").is_file():  # a loraprep dataset (`export --format imagefolder` wrote its metadata)
+            return None
+        if (path / "metadata.jsonl").is_file() or (path / "metadata.csv").is_file():
             return DatasetSource("imagefolder", text)
         if any(path.rglob("*.parquet")):
             return DatasetSource("parquet", text)

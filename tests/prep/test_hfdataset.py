@@ -115,6 +115,9 @@ def test_a_column_that_does_not_exist_names_the_columns_that_do(saved: Path, tmp
 
 def test_an_ordinary_folder_is_not_a_dataset(tmp_path: Path, testdata: Path) -> None:
     assert dataset_source(testdata / "photos") is None
+    (tmp_path / "metadata.jsonl").write_text("")
+    (tmp_path / "manifest.json").write_text("{}")
+    assert dataset_source(tmp_path) is None  # a loraprep dataset after `export --format imagefolder`
     assert dataset_source("owner/name").kind == "hub"  # not a local path: a Hub name
 
 
