@@ -136,8 +136,8 @@ def train(manifest_path: str | Path, config: TrainConfig, *, reporter: Reporter 
     tracker = make_tracker(config, out) if accelerator.is_main_process else None
     sampler = Sampler.create(config, plan, base, reporter, parked=parked, device=accelerator.device) \
         if accelerator.is_main_process else None
-    if sampler is not None:
-        sampler.tracker = tracker  # issue 24: sample grids go to the trackers too
+    if tracker is not None:  # issue 24: sample grids and every parameter group's learning rate go to the trackers
+        tracker.watch(optimizer, sampler)
     reporter.note(f"training {network.parameter_count():,} LoRA parameters on {accelerator.device}, "
                   f"{plan.total_steps} steps ({plan.steps_per_epoch}/epoch)")
     max_norm = max_norm_step(base, network, config)

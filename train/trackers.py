@@ -78,10 +78,22 @@ class Trackers:
 
     def __init__(self, backends: list[Any]) -> None:
         self.backends = backends
+        self.optimizer: Any = None
+
+    def watch(self, optimizer: Any, sampler: Any = None) -> None:
+        """Log every parameter group's learning rate with the loss (UNet, text encoder, per-block
+        groups: `lr/group0`, …), and the sampler's grids as they are rendered."""
+        self.optimizer = optimizer
+        if sampler is not None:
+            sampler.tracker = self
 
     def add_scalars(self, group: str, values: dict[str, float], step: int) -> None:
         for backend in self.backends:
             backend.add_scalars(group, values, step)
+        if group == "train" and self.optimizer is not None:
+            rates = {f"group{i}": float(g["lr"]) for i, g in enumerate(self.optimizer.param_groups)}
+            for backend in self.backends:
+                backend.add_scalars("lr", rates, step)
 
     def add_sample(self, path: Path, caption: str, step: int) -> None:
         for backend in self.backends:

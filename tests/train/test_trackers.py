@@ -40,11 +40,12 @@ def test_offline_wandb_run_holds_loss_lr_samples_and_settings(testdata: Path, ti
     (tmp_path / "prompts.txt").write_text("sks, 1girl --w 64 --h 64 --s 2\n")
     out = tmp_path / "out"
     config = load_config(None, {"base": str(tiny_sd15), "output_dir": str(out), "max_steps": 2, "batch_size": 4,
-                                "rank": 4, "report_to": "wandb", "sample_prompts": str(tmp_path / "prompts.txt")})
+                                "rank": 4, "report_to": "wandb", "sample_prompts": str(tmp_path / "prompts.txt"),
+                                "train_text_encoder": True, "text_encoder_lr": 5e-5})
     train(manifest, config)
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     records = next(runs[0].glob("run-*.wandb")).read_bytes()
-    for key in (b"train/loss", b"train/lr", b"samples", b"rank"):  # the settings travel as the run's config
+    for key in (b"train/loss", b"train/lr", b"lr/group1", b"samples", b"rank"):  # settings: the run's config
         assert key in records
     assert list((runs[0] / "files" / "media" / "images").glob("samples_*.png"))
