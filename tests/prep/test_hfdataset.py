@@ -127,3 +127,19 @@ def test_without_the_datasets_package_the_hint_says_what_to_install(saved: Path,
     with pytest.raises(UsageError, match="needs the datasets package") as caught:
         unpack(dataset_source(saved), tmp_path / "out")
     assert "loraprep[datasets]" in caught.value.hint
+
+
+def test_a_hub_name_offline_says_it_needs_the_network(tmp_path: Path) -> None:
+    from prep.errors import LoraprepError
+
+    with pytest.raises(LoraprepError, match="cannot read the dataset owner/no-such-dataset") as caught:
+        unpack(dataset_source("owner/no-such-dataset"), tmp_path / "out")  # the tests run with HF_HUB_OFFLINE=1
+    assert "HF_HUB_OFFLINE" in caught.value.hint
+
+
+def test_prep_runs_the_pipeline_on_the_unpacked_rows(saved: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli.app, ["prep", str(saved), "--out", str(tmp_path / "ds"), "--no-crop", "--no-tag",
+                                          "--trigger", "zzq", "--unpack-to", str(tmp_path / "rows")])
+    assert result.exit_code == 1, result.output  # the three bad rows
+    manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    assert sorted(i["caption"] for i in manifest["images"]) == ["zzq, a rocket", "zzq, an astronaut"]
