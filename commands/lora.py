@@ -272,3 +272,21 @@ def _print_report(report: Any, as_json: bool) -> None:
 
 def _size(size: int) -> str:
     return f"{size / 1e6:.2f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
+
+
+# issue 24: `lora push`, the retry of a failed --push-to-hub (or an upload of any finished run)
+@app.command("push")
+@guard
+def lora_push(
+    output: Annotated[Path, typer.Argument(help="A training output folder (LoRA files, README.md, samples/).")],
+    repo: Annotated[str, typer.Argument(help="Hub model repository: user/name (created if missing).")],
+    private: Annotated[bool, typer.Option("--private", help="Create the repository private.")] = False,
+    token_file: Annotated[Path | None, typer.Option("--token-file", help="File holding the Hub token (default: HF_TOKEN or `hf auth login`).")] = None,
+) -> None:
+    """Upload a run's LoRA files, model card and sample grids to a Hugging Face model repository
+    (never checkpoints or caches). HF_ENDPOINT points it at another Hub server."""
+    from train.hub import push_folder
+
+    target, url = push_folder(output, repo, private=private, token_file=str(token_file) if token_file else None)
+    out.print(f"[green]✓[/] uploaded {esc(output)} to {esc(target.url)}", highlight=False)
+    out.print(f"  {esc(url)}", highlight=False)

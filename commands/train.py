@@ -96,6 +96,16 @@ def train(
     sample_sampler: Annotated[Optional[str], typer.Option(help="Sampler for prompts without --ss: default (the model's own), euler_a, euler, dpmsolver++, dpmsolver, dpmsingle, ddim, pndm, heun, dpm_2, dpm_2_a, lms, unipc, deis (k_ names too).", rich_help_panel="Samples")] = None,
     tensorboard: Annotated[Optional[bool], typer.Option("--tensorboard", help="Also log to OUTPUT/tensorboard.", rich_help_panel="Run and checkpoints")] = None,
     num_processes: Annotated[Optional[int], typer.Option(help="GPUs: relaunch through `accelerate launch` with N processes.", rich_help_panel="Run and checkpoints")] = None,
+    # issue 24: the HF blog's recipe, in diffusers' spellings
+    validation_prompt: Annotated[Optional[str], typer.Option(help="diffusers' --validation_prompt: render this prompt --num-validation-images times (seeds --seed, --seed+1, …) every --validation-epochs epochs, beside any --sample-prompts.", rich_help_panel="Samples")] = None,
+    num_validation_images: Annotated[Optional[int], typer.Option(help="Images per validation (default 4).", rich_help_panel="Samples")] = None,
+    validation_epochs: Annotated[Optional[int], typer.Option(help="Validate every N epochs (default 1).", rich_help_panel="Samples")] = None,
+    caption_dropout_every_n_epochs: Annotated[Optional[int], typer.Option(help="Every Nth epoch trains all captions empty (sd-scripts' caption_dropout_every_n_epochs; 0 = off).", rich_help_panel="Data")] = None,
+    report_to: Annotated[Optional[str], typer.Option(help="tensorboard | wandb | all: log loss, learning rate, sample grids and the settings (WANDB_MODE=offline works).", rich_help_panel="Run and checkpoints")] = None,
+    push_to_hub: Annotated[Optional[str], typer.Option(help="Upload the LoRA files, model card and samples to this Hub model repo (user/name) at the end; token and repo are checked before training.", rich_help_panel="Hub")] = None,
+    hub_private: Annotated[Optional[bool], typer.Option("--hub-private", help="Create the Hub repo private.", rich_help_panel="Hub")] = None,
+    hub_token_file: Annotated[Optional[str], typer.Option(help="File holding the Hub token (default: HF_TOKEN or `hf auth login`).", rich_help_panel="Hub")] = None,
+    push_every_save: Annotated[Optional[bool], typer.Option("--push-every-save", help="Also upload at every saved checkpoint.", rich_help_panel="Hub")] = None,
 ) -> None:
     """Train a LoRA on a manifest (the bundled trainer).
 

@@ -66,6 +66,8 @@ class Batcher:
                     for e in data.examples]
         self.fixed_captions = list(dict.fromkeys(c for v in variants if v is not None for c in v))
         self.captions_vary = any(v is None for v in variants)
+        if config.data.caption_dropout_every_n_epochs:  # issue 24: those epochs train the empty caption
+            self.fixed_captions = list(dict.fromkeys([*self.fixed_captions, ""]))
         self._pool: ThreadPoolExecutor | None = None
         if self.latents is None and config.data.workers > 0:  # persistent: one pool for the whole run
             self._pool = ThreadPoolExecutor(config.data.workers, thread_name_prefix="loraprep-pixels")
@@ -174,6 +176,8 @@ class Batcher:
         flip = self.config.data.flip and rng.random() < 0.5
         caption = process_caption(example.caption, keep_tokens=example.keep_tokens, shuffle=example.shuffle,
                                   options=self.captions, rng=rng)
+        if dropout_epoch(self.config.data.caption_dropout_every_n_epochs, epoch):
+            caption = ""
         return flip, caption, rng
 
     def _time_ids(self, example: Example) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
@@ -248,3 +252,8 @@ class Batcher:
         items = [self.texts.get_or_compute(self._text_key(c), lambda c=c: self._encode_text(c)) for c in captions]
         pooled = self._torch.stack([i["pooled"] for i in items]) if "pooled" in items[0] else None
         return PromptEmbeds(self._torch.stack([i["embeds"] for i in items]), pooled).to(self.device)
+
+
+def dropout_epoch(every: int, epoch: int) -> bool:
+    """sd-scripts' caption_dropout_every_n_epochs: epochs N, 2N, … (1-based) train every caption empty."""
+    return every > 0 and (epoch + 1) % every == 0

@@ -103,6 +103,7 @@ class DataConfig:
     fixed_resolution: str | None = None  # "512" or "384x512": every image at this size, no buckets
     workers: int = 2  # threads decoding the next batch's images while a step runs (only without a latent cache)
     dataset_config: str | None = None  # an sd-scripts dataset TOML whose subsets (repeats, …) apply
+    caption_dropout_every_n_epochs: int = 0  # issue 24: every Nth epoch trains every caption empty (sd-scripts)
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,15 @@ class RunConfig:
     sample_sampler: str = "default"  # the base model's own scheduler; or euler_a, dpmsolver++, ddim, …
     tensorboard: bool = False
     num_processes: int = 1
+    # issue 24, the HF blog's recipe: validation prompts, trackers, Hub upload (diffusers' spellings)
+    validation_prompt: str | None = None  # rendered num_validation_images times every validation_epochs
+    num_validation_images: int = 4
+    validation_epochs: int = 1
+    report_to: str | None = None  # tensorboard | wandb | all (`tensorboard = true` stays)
+    push_to_hub: str | None = None  # a Hub repo id ("user/name"): LoRA files, card and samples go there
+    hub_private: bool = False
+    hub_token_file: str | None = None  # a file holding the token (default: HF_TOKEN or the saved login)
+    push_every_save: bool = False
 
 
 @dataclass(frozen=True)
@@ -418,8 +428,30 @@ def validate(config: TrainConfig) -> None:
     if d.color_aug and r.cache_latents != "off":
         raise UsageError("color_aug changes pixels every step, so cached latents would be stale",
                          hint="add --cache-latents off, or drop --color-aug")
-    if (r.sample_every or r.sample_every_epochs or r.sample_at_first) and not r.sample_prompts:
+    _validate_recipe(config)  # issue 24: validation prompts, trackers, Hub upload, caption dropout epochs
+    if (r.sample_every or r.sample_every_epochs or r.sample_at_first) and not (r.sample_prompts or r.validation_prompt):
         raise UsageError("sampling needs --sample-prompts FILE (.txt one prompt per line, or sd-scripts .toml/.json)")
+
+
+REPORT_TO = ("tensorboard", "wandb", "all")  # issue 24: diffusers' --report_to
+
+
+def _validate_recipe(config: TrainConfig) -> None:
+    """Issue 24's settings: diffusers' validation/tracker/Hub options and sd-scripts' dropout epochs."""
+    r = config.run
+    _at_least("num_validation_images", r.num_validation_images, 1)
+    _at_least("validation_epochs", r.validation_epochs, 1)
+    _at_least("caption_dropout_every_n_epochs", config.data.caption_dropout_every_n_epochs, 0)
+    if r.report_to is not None:
+        _choice("report_to", r.report_to, REPORT_TO)
+    if r.validation_prompt is not None and not r.validation_prompt.strip():
+        raise UsageError("validation_prompt is empty")
+    if r.push_to_hub is not None:
+        from train.hub import check_repo_id
+
+        check_repo_id(r.push_to_hub)
+    if (r.hub_private or r.hub_token_file or r.push_every_save) and not r.push_to_hub:
+        raise UsageError("--hub-private, --hub-token-file and --push-every-save need --push-to-hub REPO")
 
 
 def parse_size(text: str, *, where: str = "resolution") -> tuple[int, int]:

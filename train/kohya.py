@@ -325,6 +325,22 @@ _MAPPERS: dict[str, Callable[[Any, dict, dict], None]] = {
     "vae_batch_size": _set("vae_batch_size"),
     "no_half_vae": lambda v, o, s: s.update(vae_dtype="fp32") if v else None,
 }
+# issue 24: data-loader workers, caption dropout epochs and log_with = "wandb" | "all" now have loraprep equivalents
+for _key in ("max_data_loader_n_workers", "caption_dropout_every_n_epochs", "log_with"):
+    IGNORED.pop(_key, None)
+    UNSUPPORTED.pop(_key, None)
+
+
+def _log_with(value: Any, options: dict[str, Any], settings: dict[str, Any]) -> None:
+    if value in ("wandb", "all"):
+        settings["report_to"] = value
+    else:
+        settings["tensorboard"] = True
+
+
+_MAPPERS.update({"max_data_loader_n_workers": _set("workers"),
+                 "caption_dropout_every_n_epochs": _set("caption_dropout_every_n_epochs"),
+                 "log_with": _log_with})
 _KNOWN = set(_MAPPERS) | set(IGNORED) | set(UNSUPPORTED) | {"dataset_config"}
 
 

@@ -28,6 +28,7 @@ from train.network import Network, add_lora, load_lora_state, lora_state_dict, p
 from train.optim import make_scheduler, training_optimizer
 from train.outputs import Sampler, export_lora, make_tracker, prune_exports
 from train.plan import TrainPlan, plan_training
+from train.publish import Publisher
 from train.prepare import compiled, load_model, make_accelerator, park
 
 
@@ -104,6 +105,8 @@ def train(manifest_path: str | Path, config: TrainConfig, *, reporter: Reporter 
     run, out = config.run, Path(config.run.output_dir)
     accelerator = make_accelerator(config)
     plan = plan_training(manifest_path, config, num_processes=accelerator.num_processes)
+    # issue 24: model card, --push-to-hub and --report-to, checked before any weight is loaded
+    publisher = Publisher.start(config, plan, reporter) if accelerator.is_main_process else None
     if accelerator.is_main_process:
         clean_leftovers(config, reporter)
     # The UNet waits on the host while the caches fill and the encoders are parked: the cache pass
@@ -133,6 +136,8 @@ def train(manifest_path: str | Path, config: TrainConfig, *, reporter: Reporter 
     tracker = make_tracker(config, out) if accelerator.is_main_process else None
     sampler = Sampler.create(config, plan, base, reporter, parked=parked, device=accelerator.device) \
         if accelerator.is_main_process else None
+    if tracker is not None:  # issue 24: sample grids and every parameter group's learning rate go to the trackers
+        tracker.watch(optimizer, sampler)
     reporter.note(f"training {network.parameter_count():,} LoRA parameters on {accelerator.device}, "
                   f"{plan.total_steps} steps ({plan.steps_per_epoch}/epoch)")
     max_norm = max_norm_step(base, network, config)
@@ -159,6 +164,8 @@ def train(manifest_path: str | Path, config: TrainConfig, *, reporter: Reporter 
                 advance(1, metrics=metrics)
                 if accelerator.is_main_process and should_save(state, run, end_of_epoch, plan.total_steps):
                     checkpoints.append(save(out, state, base, network, optimizer, scheduler, config, plan, log))
+                    if publisher is not None:  # issue 24: the card, and --push-every-save
+                        publisher.saved(base.family, state.global_step, sampler)
                 if sampler is not None and sampler.due(state.global_step, plan.total_steps,
                                                        epoch_done=epoch + 1 if end_of_epoch else None):
                     sampler.render(state.global_step)
@@ -166,7 +173,10 @@ def train(manifest_path: str | Path, config: TrainConfig, *, reporter: Reporter 
                 if state.global_step >= plan.total_steps or stopped:
                     break
     batcher.close()
-    return finish(out, base, network, config, plan, state, log, checkpoints, accelerator, tracker, stopped=stopped)
+    result = finish(out, base, network, config, plan, state, log, checkpoints, accelerator, tracker, stopped=stopped)
+    if publisher is not None and not stopped:  # issue 24: the model card and --push-to-hub
+        publisher.finished(base.family, result.lora_files, result.steps, sampler)
+    return result
 
 
 def optimizer_step(accelerator: Any, base: Any, unet: Any, network: Network, optimizer: Any, scheduler: Any,
