@@ -37,6 +37,7 @@ class Conditioned:
     prompt: Any
     time_ids: Any
     weights: Any
+    mask: Any = None  # (batch, 1, h, w) loss weights at latent resolution with --masked-loss/--alpha-mask
 
 
 class Batcher:
