@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from prep.errors import UsageError
 from train.config import TrainConfig, parse_size
 from train.data import TrainingSet, batches_per_epoch, load_training_set
+from train.masks import check_masks
 from train.prediction import check_run_prediction
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ def plan_training(manifest_path: str | Path, config: TrainConfig, *, num_process
                              verify=d.verify_files, balance_reg=d.reg_balance,
                              fixed_size=parse_size(d.fixed_resolution) if d.fixed_resolution else None,
                              subset_for=kohya_subsets(d.dataset_config) if d.dataset_config else None)
+    check_masks(data, config.loss)  # --masked-loss: missing or mis-sized masks, named before loading
     per_epoch = batches_per_epoch(data.examples, d.batch_size)
     if num_processes > 1:
         per_epoch //= num_processes
