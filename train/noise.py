@@ -60,10 +60,13 @@ def sampling_scheduler_for_zero_terminal_snr(scheduler: Any) -> Any:
 
 
 def uses_zero_terminal_snr(config: TrainConfig) -> bool:
-    """--zero-terminal-snr, or a base checkpoint that says it was trained so (a `ztsnr` key)."""
+    """--zero-terminal-snr, or a base checkpoint that says it was trained so (a `ztsnr` key), unless
+    the run was told to train it as epsilon."""
     from train.prediction import checkpoint_hints
 
-    return config.loss.zero_terminal_snr or checkpoint_hints(config.model.base).zero_terminal_snr
+    if config.loss.zero_terminal_snr:
+        return True
+    return config.model.prediction_type != "epsilon" and checkpoint_hints(config.model.base).zero_terminal_snr
 
 
 def prepare_noise_schedule(base: Any, config: TrainConfig) -> bool:

@@ -88,3 +88,16 @@ def test_the_sample_label_names_the_prediction_type(vpred_file: Path, tiny_sd15:
     assert prediction_label(base) == "v"
     rescale_zero_terminal_snr(base.noise_scheduler)
     assert prediction_label(base) == "v, ztsnr" and math.isclose(base.noise_scheduler.alphas_cumprod[-1], 0.0)
+
+
+@pytest.mark.parametrize(("prediction", "flag", "expected"), [("auto", False, True), ("v_prediction", False, True),
+                                                              ("epsilon", False, False), ("auto", True, True)])
+def test_a_ztsnr_marker_turns_zero_terminal_snr_on_unless_told_epsilon(tmp_path: Path, prediction: str, flag: bool,
+                                                                       expected: bool) -> None:
+    from train.config import load_config
+    from train.noise import uses_zero_terminal_snr
+
+    path = tmp_path / "model.safetensors"
+    save_file({"weight": torch.zeros(2), "v_pred": torch.zeros(0), "ztsnr": torch.zeros(0)}, str(path))
+    config = load_config(None, {"base": str(path), "prediction_type": prediction, "zero_terminal_snr": flag or None})
+    assert uses_zero_terminal_snr(config) is expected
