@@ -31,7 +31,9 @@ def lora_info(
     info = describe_lora(file)
     shapes = {k: list(v.shape) for k, v in read_lora(file).tensors.items()} if keys else {}
     if as_json:
-        print_json(info.to_dict() | ({"keys": shapes} if keys else {}))
+        from train.prediction import lora_prediction
+
+        print_json(info.to_dict() | {"prediction": lora_prediction(info.metadata)} | ({"keys": shapes} if keys else {}))
         return
     table = Table(title=esc(str(file)), show_header=False)
     table.add_column("field", style="bold")
@@ -67,6 +69,9 @@ def _lora_info_rows(info: Any) -> list[tuple[str, str]]:
             ("conv layers", str(info.conv_modules)), ("DoRA", dora)]
     if info.factor is not None:
         rows.append(("LoKr factor", str(info.factor)))
+    from train.prediction import lora_prediction  # what the base predicted: epsilon, v (+ zero terminal SNR)
+
+    rows.append(("prediction", lora_prediction(info.metadata) or "not recorded"))
     rows += [(f"applies in {client}", verdict) for client, verdict in info.clients.items()]
     return rows
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from prep.errors import UsageError
+from train.losses import check_loss_settings
 from train.optargs import OPTIMIZERS, parse_optimizer_args
 from train.samplers import check_sampler
 
@@ -125,6 +126,25 @@ class OptimizerConfig:
 class LossConfig:
     min_snr_gamma: float | None = None  # 5.0 is the paper's value
     noise_offset: float = 0.0
+    # loss and noise variants with sd-scripts' names and meanings (train.losses, train.noise; README table)
+    zero_terminal_snr: bool = False  # rescaled betas: the last timestep is pure noise (v-prediction only)
+    min_timestep: int | None = None  # timesteps drawn from [min, max); None: 0 and num_train_timesteps
+    max_timestep: int | None = None
+    loss_type: str = "l2"  # l2 | l1 | huber | smooth_l1
+    huber_schedule: str = "snr"  # constant | exponential | snr: how huber_c changes with the timestep
+    huber_c: float = 0.1
+    huber_scale: float = 1.0
+    debiased_estimation_loss: bool = False
+    ip_noise_gamma: float | None = None  # input perturbation noise (0.1 is the paper's value)
+    ip_noise_gamma_random_strength: bool = False
+    multires_noise_iterations: int | None = None
+    multires_noise_discount: float = 0.3
+    noise_offset_random_strength: bool = False
+    v_pred_like_loss: float | None = None
+    scale_v_pred_loss_like_noise_pred: bool = False
+    masked_loss: bool = False  # weight the loss by each image's subject mask (NAME.mask.png from clean/crop)
+    alpha_mask: bool = False  # the image's alpha channel is its mask (sd-scripts' alpha_mask)
+    mask_missing: str = "error"  # error | unmasked: what --masked-loss does with an image that has no mask
 
 
 @dataclass(frozen=True)
@@ -408,6 +428,7 @@ def validate(config: TrainConfig) -> None:
     if l.min_snr_gamma is not None:
         _at_least("min_snr_gamma", l.min_snr_gamma, 0.1)
     _at_least("noise_offset", l.noise_offset, 0, high=1)
+    check_loss_settings(l, m.prediction_type)  # loss and noise variants (train.losses)
     _at_least("epochs", r.epochs, 1)
     if r.max_steps is not None:
         _at_least("max_steps", r.max_steps, 1)

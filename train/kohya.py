@@ -48,18 +48,13 @@ IGNORED: dict[str, str] = {
     **dict.fromkeys(("train_data_dir", "reg_data_dir", "in_json"),
                     "the manifest holds the images (`loraprep manifest DIR --reg REGDIR` reads N_word folders)"),
     **dict.fromkeys(("network_module",), "checked: networks.lora, or lycoris.kohya with an algo network arg"),
-    **dict.fromkeys(("loss_type",), "checked: l2 is loraprep's loss"),
 }
 # sd-scripts options loraprep has no equivalent for; training with them would mean something else
 UNSUPPORTED: dict[str, str] = {
-    **dict.fromkeys(("multires_noise_iterations", "multires_noise_discount", "adaptive_noise_scale",
-                     "ip_noise_gamma", "ip_noise_gamma_random_strength", "noise_offset_random_strength",
-                     "debiased_estimation_loss", "scale_v_pred_loss_like_noise_pred", "v_pred_like_loss",
-                     "huber_schedule", "huber_c", "huber_scale", "zero_terminal_snr", "min_timestep", "max_timestep",
-                     "masked_loss"), "a loss or noise variant loraprep does not train with"),
+    **dict.fromkeys(("adaptive_noise_scale",), "a loss or noise variant loraprep does not train with"),
     **dict.fromkeys(("random_crop", "face_crop_aug_range", "token_warmup_min", "token_warmup_step",
                      "keep_tokens_separator", "secondary_separator", "enable_wildcard", "caption_prefix",
-                     "caption_suffix", "caption_separator", "alpha_mask", "caption_dropout_every_n_epochs",
+                     "caption_suffix", "caption_separator", "caption_dropout_every_n_epochs",
                      "weighted_captions", "max_token_length", "resize_interpolation", "conditioning_data_dir",
                      "metadata_file", "custom_attributes"), "a data option loraprep does not have"),
     **dict.fromkeys(("network_multiplier", "vae",
@@ -79,7 +74,7 @@ SUBSET_KEYS = ("image_dir", "num_repeats", "class_tokens", "is_reg", "keep_token
 SUBSET_DEFAULTS: dict[str, Any] = {"num_repeats": 1, "class_tokens": None, "is_reg": False, "keep_tokens": 0,
                                    "shuffle_caption": False, "caption_extension": None}
 # Options sd-scripts lets a subset set for itself; loraprep has them once per run, so subsets must agree.
-LIFTED = ("flip_aug", "color_aug", "caption_dropout_rate", "caption_tag_dropout_rate")
+LIFTED = ("flip_aug", "color_aug", "caption_dropout_rate", "caption_tag_dropout_rate", "alpha_mask")
 OPTIMIZERS = {"adamw": "adamw", "adamw8bit": "adamw8bit", "lion": "lion", "adafactor": "adafactor",
               "prodigy": "prodigy", "sgdnesterov": "sgdnesterov", "dadaptation": "dadaptation",
               "dadaptadampreprint": "dadaptadampreprint", "dadaptadam": "dadaptadam", "dadaptlion": "dadaptlion",
@@ -324,6 +319,12 @@ _MAPPERS: dict[str, Callable[[Any, dict, dict], None]] = {
     "log_with": _tensorboard,
     "vae_batch_size": _set("vae_batch_size"),
     "no_half_vae": lambda v, o, s: s.update(vae_dtype="fp32") if v else None,
+    # loss and noise variants: same names, same meanings (train.losses, train.noise)
+    **{key: _set(key) for key in ("zero_terminal_snr", "min_timestep", "max_timestep", "loss_type", "huber_schedule",
+                                  "huber_c", "huber_scale", "debiased_estimation_loss", "ip_noise_gamma",
+                                  "ip_noise_gamma_random_strength", "multires_noise_iterations",
+                                  "multires_noise_discount", "noise_offset_random_strength", "v_pred_like_loss",
+                                  "scale_v_pred_loss_like_noise_pred", "masked_loss", "alpha_mask")},
 }
 # issue 24: data-loader workers, caption dropout epochs and log_with = "wandb" | "all" now have loraprep equivalents
 for _key in ("max_data_loader_n_workers", "caption_dropout_every_n_epochs", "log_with"):
@@ -347,8 +348,6 @@ _KNOWN = set(_MAPPERS) | set(IGNORED) | set(UNSUPPORTED) | {"dataset_config"}
 def _check_ignored(key: str, value: Any) -> None:
     if key == "network_module":
         _network_module(value, {}, {})
-    elif key == "loss_type" and value != "l2":
-        raise UsageError(f"loss_type = {value}: loraprep trains with the l2 (MSE) loss")
     elif key == "save_model_as" and value != "safetensors":
         raise UsageError(f"save_model_as = {value}: loraprep writes .safetensors only")
 

@@ -23,8 +23,10 @@ from train.checkpoint import (LoopState, list_checkpoints, load_checkpoint, prun
                               restore_rng, save_checkpoint)
 from train.config import LossConfig, TrainConfig
 from train.from_weights import add_lora_from_file
+from train.losses import check_prediction, min_snr_weights, per_sample_loss, timestep_weights  # noqa: F401
 from train.losslog import LossLog
 from train.network import Network, add_lora, load_lora_state, lora_state_dict, plain_lora_layers, uncast_inputs
+from train.noise import noisy_latents, prepare_noise_schedule, sample_noise, sample_timesteps
 from train.optim import make_scheduler, training_optimizer
 from train.outputs import Sampler, export_lora, make_tracker, prune_exports
 from train.plan import TrainPlan, plan_training
@@ -41,40 +43,23 @@ class TrainingDiverged(LoraprepError):
 
 def training_step(base: Any, unet: Any, batch: Conditioned, *, prediction_type: str, loss: LossConfig,
                   generator: Any) -> Any:
-    """Encode → noise → timesteps → target → weighted MSE. Returns the batch's scalar loss."""
-    import torch
-    import torch.nn.functional as F
-
+    """Encode → noise → timesteps → target → weighted loss. Returns the batch's scalar loss.
+    The noise and loss variants (offsets, perturbation, Huber, masks, SNR weights) live in
+    train.noise and train.losses."""
     from train.conditioning import unet_condition
 
     latents = batch.latents
     scheduler = base.noise_scheduler
-    noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
-    if loss.noise_offset:
-        offset = torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=generator,
-                             device=latents.device, dtype=latents.dtype)
-        noise = noise + loss.noise_offset * offset
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],),
-                              generator=generator, device=latents.device)
-    noisy = scheduler.add_noise(latents, noise, timesteps)
+    noise = sample_noise(latents, loss, generator)
+    timesteps = sample_timesteps(latents.shape[0], loss, scheduler.config.num_train_timesteps, generator,
+                                 latents.device)
+    noisy = noisy_latents(scheduler, latents, noise, timesteps, loss, generator)
     target = noise if prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
     cond = unet_condition(base, batch.prompt, batch.time_ids)
     prediction = unet(noisy, timesteps, **cond).sample
-    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-    weights = batch.weights
-    if loss.min_snr_gamma:
-        weights = weights * min_snr_weights(scheduler, timesteps, loss.min_snr_gamma, prediction_type)
+    per_sample = per_sample_loss(prediction, target, loss, scheduler, timesteps, mask=batch.mask)
+    weights = batch.weights * timestep_weights(scheduler, timesteps, loss, prediction_type)
     return (per_sample * weights).mean()
-
-
-def min_snr_weights(scheduler: Any, timesteps: Any, gamma: float, prediction_type: str) -> Any:
-    """Min-SNR-γ loss weights (Hang et al. 2023): min(SNR, γ)/SNR for ε, min(SNR, γ)/(SNR+1) for v."""
-    import torch
-
-    alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
-    snr = alphas / (1 - alphas)
-    clipped = torch.clamp(snr, max=gamma)
-    return clipped / (snr + 1) if prediction_type == "v_prediction" else clipped / snr
 
 
 # ---------------------------------------------------------------- the run
@@ -113,6 +98,9 @@ def train(manifest_path: str | Path, config: TrainConfig, *, reporter: Reporter 
     # and the steps then never hold all of the model on the accelerator at once.
     base = base if base is not None else load_model(config, accelerator.device, unet_device="cpu")
     batcher = Batcher(base, plan.data, config, accelerator.device)
+    check_prediction(config.loss, batcher.prediction_type)  # loss/noise variants need v or ε (train.losses)
+    ztsnr = prepare_noise_schedule(base, config)
+    reporter.note(f"prediction type: {batcher.prediction_type}" + (" with zero terminal SNR" if ztsnr else ""))
     batcher.fill_caches(reporter)
     parked = park([*([base.vae] if not batcher.needs_vae else []),
                    *(base.text_encoders if not batcher.needs_text_encoders else [])])

@@ -15,6 +15,7 @@ from prep.progress import Reporter
 from train.checkpoint import LoopState, list_checkpoints, resume_hint
 from train.config import TrainConfig, parse_size
 from train.data import TrainingSet
+from train.losses import loss_metadata
 from train.network import Network
 from train.plan import TrainPlan
 
@@ -54,6 +55,7 @@ def lora_metadata(config: TrainConfig, plan: TrainPlan, state: LoopState, base: 
         base_model_name=Path(config.model.base).name,
         **({"ss_scale_weight_norms": str(config.network.scale_weight_norms)}
            if config.network.scale_weight_norms else {}),
+        **loss_metadata(config.loss, base),  # loss and noise variants, sd-scripts' ss_* keys
     )
 
 
