@@ -95,6 +95,13 @@ def train(
     sample_sampler: Annotated[Optional[str], typer.Option(help="Sampler for prompts without --ss: default (the model's own), euler_a, euler, dpmsolver++, dpmsolver, dpmsingle, ddim, pndm, heun, dpm_2, dpm_2_a, lms, unipc, deis (k_ names too).", rich_help_panel="Samples")] = None,
     tensorboard: Annotated[Optional[bool], typer.Option("--tensorboard", help="Also log to OUTPUT/tensorboard.", rich_help_panel="Run and checkpoints")] = None,
     num_processes: Annotated[Optional[int], typer.Option(help="GPUs: relaunch through `accelerate launch` with N processes.", rich_help_panel="Run and checkpoints")] = None,
+    # SD3 / SD3.5 (issue 25): T5 length and the flow-matching timestep sampling and loss weighting
+    t5_max_length: Annotated[Optional[int], typer.Option(help="SD3: T5 tokens per caption (default 256, as the SD3 pipeline).", rich_help_panel="SD3")] = None,
+    weighting_scheme: Annotated[Optional[str], typer.Option(help="SD3: logit_normal (default) | mode | sigma_sqrt | cosmap | none: how timesteps are drawn and the loss weighted, as diffusers' SD3 LoRA example.", rich_help_panel="SD3")] = None,
+    logit_mean: Annotated[Optional[float], typer.Option(help="SD3: mean of logit_normal (default 0).", rich_help_panel="SD3")] = None,
+    logit_std: Annotated[Optional[float], typer.Option(help="SD3: std of logit_normal (default 1).", rich_help_panel="SD3")] = None,
+    mode_scale: Annotated[Optional[float], typer.Option(help="SD3: scale of the mode density (default 1.29).", rich_help_panel="SD3")] = None,
+    precondition_outputs: Annotated[Optional[bool], typer.Option("--precondition-outputs/--no-precondition-outputs", help="SD3: compare the denoised estimate with the latents (default) instead of the velocity with noise − latents.", rich_help_panel="SD3")] = None,
 ) -> None:
     """Train a LoRA on a manifest (the bundled trainer).
 

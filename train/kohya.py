@@ -310,6 +310,12 @@ _MAPPERS: dict[str, Callable[[Any, dict, dict], None]] = {
     "log_with": _tensorboard,
     "vae_batch_size": _set("vae_batch_size"),
     "no_half_vae": lambda v, o, s: s.update(vae_dtype="fp32") if v else None,
+    # SD3 (sd3_train_network.py): timestep sampling, loss weighting and T5 length (issue 25)
+    "weighting_scheme": _set("weighting_scheme", lambda v: "none" if v == "uniform" else v),
+    "logit_mean": _set("logit_mean"),
+    "logit_std": _set("logit_std"),
+    "mode_scale": _set("mode_scale"),
+    "t5xxl_max_token_length": _set("t5_max_length"),
 }
 _KNOWN = set(_MAPPERS) | set(IGNORED) | set(UNSUPPORTED) | {"dataset_config"}
 

@@ -41,6 +41,9 @@ class TrainingDiverged(LoraprepError):
 def training_step(base: Any, unet: Any, batch: Conditioned, *, prediction_type: str, loss: LossConfig,
                   generator: Any) -> Any:
     """Encode → noise → timesteps → target → weighted MSE. Returns the batch's scalar loss."""
+    if base.family == "sd3":  # flow matching on the MMDiT (train.sd3)
+        from train.sd3 import training_step as flow_matching_step
+        return flow_matching_step(base, unet, batch, loss=loss, generator=generator)
     import torch
     import torch.nn.functional as F
 
@@ -109,6 +112,11 @@ def train(manifest_path: str | Path, config: TrainConfig, *, reporter: Reporter 
     # The UNet waits on the host while the caches fill and the encoders are parked: the cache pass
     # and the steps then never hold all of the model on the accelerator at once.
     base = base if base is not None else load_model(config, accelerator.device, unet_device="cpu")
+    if base.family == "sd3":  # settings SD3 has no use for, and buckets its patches cannot tile
+        from train.sd3 import check_bucket, check_settings
+        check_settings(config)
+        for bucket in plan.data.buckets:
+            check_bucket(bucket)
     batcher = Batcher(base, plan.data, config, accelerator.device)
     batcher.fill_caches(reporter)
     parked = park([*([base.vae] if not batcher.needs_vae else []),
