@@ -317,3 +317,69 @@ def build_tiny_sd3(directory: Path) -> Path:
     )
     pipe.save_pretrained(out, safe_serialization=True)
     return out
+
+
+def _swap_halves(tensor):
+    import torch
+
+    first, second = tensor.chunk(2, dim=0)
+    return torch.cat([second, first])
+
+
+def _mmdit_state(transformer) -> dict:
+    """The original (SD3 reference / ComfyUI) MMDiT layout of a diffusers SD3 transformer: q/k/v fused
+    into qkv, the last block's context modulation and the final layer's in (scale, shift) order."""
+    import torch
+
+    sd = transformer.state_dict()
+    depth = int(transformer.config.num_layers)
+    out: dict = {"pos_embed": sd["pos_embed.pos_embed"]}
+    renames = {"pos_embed.proj": "x_embedder.proj", "time_text_embed.timestep_embedder.linear_1": "t_embedder.mlp.0",
+               "time_text_embed.timestep_embedder.linear_2": "t_embedder.mlp.2", "context_embedder": "context_embedder",
+               "time_text_embed.text_embedder.linear_1": "y_embedder.mlp.0",
+               "time_text_embed.text_embedder.linear_2": "y_embedder.mlp.2", "proj_out": "final_layer.linear"}
+    block_renames = {"attn.norm_q": "x_block.attn.ln_q", "attn.norm_k": "x_block.attn.ln_k",
+                     "attn.norm_added_q": "context_block.attn.ln_q", "attn.norm_added_k": "context_block.attn.ln_k",
+                     "attn.to_out.0": "x_block.attn.proj", "attn.to_add_out": "context_block.attn.proj",
+                     "attn2.norm_q": "x_block.attn2.ln_q", "attn2.norm_k": "x_block.attn2.ln_k",
+                     "attn2.to_out.0": "x_block.attn2.proj", "norm1.linear": "x_block.adaLN_modulation.1",
+                     "norm1_context.linear": "context_block.adaLN_modulation.1", "ff.net.0.proj": "x_block.mlp.fc1",
+                     "ff.net.2": "x_block.mlp.fc2", "ff_context.net.0.proj": "context_block.mlp.fc1",
+                     "ff_context.net.2": "context_block.mlp.fc2"}
+    fused = {"attn.to_": "x_block.attn.qkv", "attn.add_": "context_block.attn.qkv", "attn2.to_": "x_block.attn2.qkv"}
+    for end in ("weight", "bias"):
+        for new, old in renames.items():
+            out[f"{old}.{end}"] = sd[f"{new}.{end}"]
+        out[f"final_layer.adaLN_modulation.1.{end}"] = _swap_halves(sd[f"norm_out.linear.{end}"])
+        for i in range(depth):
+            block = f"transformer_blocks.{i}"
+            for new, old in block_renames.items():
+                if f"{block}.{new}.{end}" in sd:
+                    value = sd[f"{block}.{new}.{end}"]
+                    if new == "norm1_context.linear" and i == depth - 1:
+                        value = _swap_halves(value)
+                    out[f"joint_blocks.{i}.{old}.{end}"] = value
+            for head, target in fused.items():
+                parts = [sd.get(f"{block}.{head}{p}.{end}") for p in (("q_proj", "k_proj", "v_proj") if "add_" in head
+                                                                       else ("q", "k", "v"))]
+                if all(p is not None for p in parts):
+                    out[f"joint_blocks.{i}.{target}.{end}"] = torch.cat(parts)
+    return out
+
+
+def save_sd3_single_file(pipeline_dir: Path, out: Path) -> Path:
+    """An SD3 diffusers folder as one original-layout `.safetensors` holding the MMDiT and the VAE but no
+    text encoders, as Stability ships SD3.5 Large (the encoders then come from a diffusers folder)."""
+    from diffusers import AutoencoderKL, SD3Transformer2DModel
+    from safetensors.torch import save_file
+
+    transformer = SD3Transformer2DModel.from_pretrained(pipeline_dir, subfolder="transformer")
+    vae = AutoencoderKL.from_pretrained(pipeline_dir, subfolder="vae")
+    state = {"model.diffusion_model." + k: v for k, v in _mmdit_state(transformer).items()}
+    for key, value in vae.state_dict().items():
+        if ".mid_block.attentions." in key and value.dim() == 2:
+            value = value[:, :, None, None]
+        state["first_stage_model." + _ldm_vae_key(key, dict(vae.config))] = value
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out))
+    return out

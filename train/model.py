@@ -8,8 +8,9 @@ Three sources are accepted, in this order of precedence:
   configs of the family: offline they must be passed as `config=` (a diffusers folder of the same family);
 - a hub id (`owner/name`), downloaded once into `models_cache/hub/owner--name` and used from there.
 
-The family (SD1 / SD2 / SDXL) is read from the UNet's structure and the prediction type from the
-scheduler config, so a LoRA trained here records what it was trained on and refuses the wrong base.
+The family (SD1 / SD2 / SDXL; SD3 by its transformer, train.sd3) is read from the UNet's structure
+and the prediction type from the scheduler config, so a LoRA trained here records what it was
+trained on and refuses the wrong base.
 """
 
 from __future__ import annotations
@@ -417,6 +418,10 @@ def _load_single_file(path: Path, *, allow_pickle: bool, dtype: torch.dtype,
         kwargs["config"] = str(config)
     if original_config is not None:
         kwargs["original_config"] = str(original_config)
+    if family == "sd3" and config is not None:  # SD3.5 files often hold no text encoders (train.sd3)
+        from train.sd3 import missing_text_encoders
+        with _quiet_loading():
+            kwargs.update(missing_text_encoders(_checkpoint_keys(path, allow_pickle=allow_pickle), config, dtype))
     if family not in ("sdxl", "sd3"):
         kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     try:

@@ -75,6 +75,29 @@ def pipeline_parts(pipe: Any, source: str) -> dict[str, Any]:
                 scheduler=pipe.scheduler, pipeline_class=type(pipe))
 
 
+# where an original-layout SD3 file keeps each text encoder, when it holds them
+SINGLE_FILE_ENCODERS = {"text_encoder": "text_encoders.clip_l.", "text_encoder_2": "text_encoders.clip_g.",
+                        "text_encoder_3": "text_encoders.t5xxl."}
+
+
+def missing_text_encoders(keys: list[str], config: Any, dtype: Any) -> dict[str, Any]:
+    """The text encoders a single SD3 file lacks (SD3.5 Large ships the MMDiT and VAE only), loaded
+    from the diffusers folder `config`, as `from_single_file` keyword arguments."""
+    from pathlib import Path
+
+    from transformers import CLIPTextModelWithProjection, T5EncoderModel
+
+    found = {}
+    for name, prefix in SINGLE_FILE_ENCODERS.items():
+        if not any(k.startswith(prefix) for k in keys):
+            model_class = T5EncoderModel if name == "text_encoder_3" else CLIPTextModelWithProjection
+            if not (Path(config) / name).is_dir():
+                raise ModelMismatch(f"the SD3 file holds no {name} and --base-config {config} has none either",
+                                    hint="pass a complete diffusers SD3 folder as --base-config")
+            found[name] = model_class.from_pretrained(str(Path(config) / name), dtype=dtype)
+    return found
+
+
 def pipeline(base: Any, **overrides: Any) -> Any:
     """A StableDiffusion3Pipeline sharing the base model's modules (no copy), for sampling."""
     parts: dict[str, Any] = dict(transformer=base.unet, vae=base.vae, scheduler=base.scheduler)

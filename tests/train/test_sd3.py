@@ -205,3 +205,20 @@ def test_an_sd_scripts_sd3_config_translates_its_sampling_keys(tmp_path: Path) -
     config = load_config(path)
     assert (config.loss.weighting_scheme, config.loss.logit_mean, config.loss.logit_std, config.loss.mode_scale,
             config.model.t5_max_length) == ("none", 0.1, 0.8, 1.1, 77)
+
+
+def test_a_single_sd3_file_without_text_encoders_loads_with_base_config(tiny_sd3: Path, tmp_path: Path) -> None:
+    """SD3.5 Large's own file holds the MMDiT and VAE; the encoders come from --base-config."""
+    from tinymodels import save_sd3_single_file
+
+    from train.model import check_base
+
+    single = save_sd3_single_file(tiny_sd3, tmp_path / "sd3.5_tiny.safetensors")
+    assert check_base(single).family == "sd3"
+    base = load_base(single, config=tiny_sd3)
+    folder = load_base(tiny_sd3)
+    assert base.family == "sd3" and base.prediction_type == "flow"
+    theirs = folder.unet.state_dict()
+    assert [k for k, v in base.unet.state_dict().items() if not torch.equal(v, theirs[k])] == []
+    with torch.no_grad():
+        assert torch.equal(base.unet(**_inputs(None)).sample, folder.unet(**_inputs(None)).sample)
