@@ -8,7 +8,8 @@ where SD3 names or describes things differently.
   into their slices of the fused qkv), `lora_te1_…`/`lora_te2_…` for CLIP-L/G as for SDXL.
 - diffusers file (`<stem>.diffusers.safetensors`): `transformer.<path>.lora_A/B.weight` (+
   `text_encoder.`/`text_encoder_2.`) with the adapter configs under the same prefixes, which
-  `StableDiffusion3Pipeline.load_lora_weights` reads at the trained strength; ComfyUI reads it too.
+  `StableDiffusion3Pipeline.load_lora_weights` reads at the trained strength (ComfyUI reads its keys
+  but no alpha, so it applies it exactly only when alpha = rank: ComfyUI users take the other file).
 """
 
 from __future__ import annotations
@@ -44,11 +45,11 @@ def client_support(fmt: str, algo: str) -> dict[str, str]:
     exact = "exact"
     if fmt == "diffusers":
         plain = algo == "lora"
-        return {"loraprep": exact, "WebUI / Forge": "no: the WebUI has no SD3 LoRA support; use ComfyUI",
-                "ComfyUI": exact if plain else "use the kohya-style .safetensors file",
+        return {"loraprep": exact, "WebUI / Forge": "unverified: use ComfyUI",
+                "ComfyUI": "use the kohya-style .safetensors file (ComfyUI reads no alpha from this one)",
                 "sd-scripts": "no: sd-scripts' SD3 LoRA names the fused MMDiT layers",
                 "diffusers": exact if plain else "no"}
-    return {"loraprep": exact, "WebUI / Forge": "no: the WebUI has no SD3 LoRA support; use ComfyUI",
+    return {"loraprep": exact, "WebUI / Forge": "unverified: use ComfyUI",
             "ComfyUI": exact, "sd-scripts": "no: sd-scripts' SD3 LoRA names the fused MMDiT layers",
             "diffusers": "use the .diffusers.safetensors file" if algo == "lora"
             else "no: diffusers has no LoHa/LoKr for SD3"}

@@ -140,7 +140,7 @@ def test_lora_info_says_sd3_and_which_clients_apply_it(trained: tuple) -> None:
     result, _ = trained
     kohya, diffusers_file = result.lora_files
     info = describe_lora(kohya)
-    assert info.family == "sd3" and info.clients["ComfyUI"] == "exact" and info.clients["WebUI / Forge"].startswith("no")
+    assert info.family == "sd3" and info.clients["ComfyUI"] == "exact" and info.clients["sd-scripts"].startswith("no")
     assert info.metadata["modelspec.architecture"] == "stable-diffusion-v3-5-medium/lora"
     assert describe_lora(diffusers_file).clients["diffusers"] == "exact"
     shown = CliRunner().invoke(cli.app, ["lora", "info", str(kohya), "--json"])
@@ -239,3 +239,44 @@ def test_conditioning_is_what_the_sd3_pipeline_computes(tiny_sd3: Path) -> None:
                                                              max_sequence_length=16)
     assert ours.embeds.shape == (1, 77 + 16, 48) and ours.pooled.shape == (1, 64)
     assert torch.allclose(ours.embeds, embeds, atol=1e-6) and torch.allclose(ours.pooled, pooled, atol=1e-6)
+
+
+class _Velocity(torch.nn.Module):
+    """A stand-in denoiser that predicts one fixed velocity (the loss, not the model, is under test)."""
+
+    def __init__(self, velocity: torch.Tensor) -> None:
+        super().__init__()
+        self.velocity = velocity
+
+    def forward(self, hidden_states: torch.Tensor, **_: object) -> tuple[torch.Tensor]:
+        return (self.velocity,)
+
+
+@pytest.mark.parametrize("precondition", [True, False])
+def test_flow_matching_loss_is_the_published_formula(precondition: bool) -> None:
+    """x_σ = (1 − σ)x + σε; velocity loss ‖v − (ε − x)‖², and σ²‖v − (ε − x)‖² when preconditioned
+    (x_σ − σv compared with x), σ the scheduler's shifted sigma at index ⌊sigmoid(N(0, 1))·1000⌋."""
+    from types import SimpleNamespace
+
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from train.conditioning import PromptEmbeds
+    from train.sd3 import training_step
+
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    latents, velocity = torch.randn(2, 16, 4, 4), torch.randn(2, 16, 4, 4)
+    batch = SimpleNamespace(latents=latents, prompt=PromptEmbeds(torch.zeros(2, 3, 8), torch.zeros(2, 4)),
+                            weights=torch.tensor([1.0, 0.5]))
+    loss = SimpleNamespace(weighting_scheme="logit_normal", logit_mean=0.0, logit_std=1.0, mode_scale=1.29,
+                           precondition_outputs=precondition)
+    got = training_step(SimpleNamespace(noise_scheduler=scheduler), _Velocity(velocity), batch, loss=loss,
+                        generator=torch.Generator().manual_seed(7))
+    draws = torch.Generator().manual_seed(7)
+    noise = torch.randn(latents.shape, generator=draws)
+    u = torch.sigmoid(torch.randn((2,), generator=draws))
+    shifted = 3 * (1 - (u * 1000).long() / 1000) / (1 + 2 * (1 - (u * 1000).long() / 1000))  # σ(t), shift 3
+    per_pixel = (velocity - (noise - latents)) ** 2
+    if precondition:
+        per_pixel = per_pixel * shifted.view(-1, 1, 1, 1) ** 2
+    expected = (per_pixel.mean(dim=(1, 2, 3)) * batch.weights).mean()
+    assert torch.allclose(got, expected, rtol=1e-4)
