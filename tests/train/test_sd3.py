@@ -280,3 +280,12 @@ def test_flow_matching_loss_is_the_published_formula(precondition: bool) -> None
         per_pixel = per_pixel * shifted.view(-1, 1, 1, 1) ** 2
     expected = (per_pixel.mean(dim=(1, 2, 3)) * batch.weights).mean()
     assert torch.allclose(got, expected, rtol=1e-4)
+
+
+def test_init_weights_continues_an_sd3_lora(trained: tuple, manifest: Path, tiny_sd3: Path, tmp_path: Path) -> None:
+    result, _ = trained
+    config = load_config(None, {**SETTINGS, "base": str(tiny_sd3), "output_dir": str(tmp_path / "o"), "max_steps": 1,
+                                "init_weights": str(result.lora_files[0]), "train_text_encoder": True})
+    again = train(manifest, config)
+    assert again.steps == 1 and math.isfinite(again.final_loss)
+    assert describe_lora(again.lora_files[0]).modules == describe_lora(result.lora_files[0]).modules
