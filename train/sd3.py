@@ -151,6 +151,15 @@ def targets(transformer: Any, preset: str) -> tuple[str, ...]:
     return found
 
 
+def keep_fp32_parts(encoder: Any) -> None:
+    """Cast back to fp32 the layers a transformers model must keep there (T5's `wo`, which overflows
+    in fp16), after the whole model was cast to the training dtype."""
+    names = tuple(getattr(encoder, "_keep_in_fp32_modules", None) or ())
+    for path, module in encoder.named_modules():
+        if names and path.rsplit(".", 1)[-1] in names:
+            module.float()
+
+
 def trains_text_encoder(encoder: Any) -> bool:
     """CLIP-L/G can take LoRA; T5 stays frozen (as in diffusers' example and sd-scripts)."""
     return getattr(getattr(encoder, "config", None), "model_type", "") != "t5"

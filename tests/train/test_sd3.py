@@ -289,3 +289,17 @@ def test_init_weights_continues_an_sd3_lora(trained: tuple, manifest: Path, tiny
     again = train(manifest, config)
     assert again.steps == 1 and math.isfinite(again.final_loss)
     assert describe_lora(again.lora_files[0]).modules == describe_lora(result.lora_files[0]).modules
+
+
+def test_fp16_keeps_t5_feed_forward_output_in_fp32(tiny_sd3: Path, tmp_path: Path) -> None:
+    from train.conditioning import encode_prompt, tokenize
+
+    config = load_config(None, {**SETTINGS, "base": str(tiny_sd3), "output_dir": str(tmp_path), "mixed_precision": "fp16"})
+    base = load_model(config, "cpu")
+    t5 = base.text_encoders[2]
+    kept = {n: p.dtype for n, p in t5.named_parameters() if ".wo." in n}
+    assert kept and set(kept.values()) == {torch.float32}
+    assert base.unet.dtype == torch.float16 and t5.shared.weight.dtype == torch.float16
+    with torch.no_grad():
+        embeds = encode_prompt(base, tokenize(base, ["sks woman"]))
+    assert torch.isfinite(embeds.embeds).all() and embeds.embeds.shape[1] == 77 + 16
