@@ -115,6 +115,7 @@ def check_settings(config: Any) -> None:
     refused = {
         "prediction_type": config.model.prediction_type != "auto",
         "min_snr_gamma": config.loss.min_snr_gamma is not None,
+        "noise_offset": bool(config.loss.noise_offset),
         "conv_dim": config.network.conv_dim > 0,
         "block learning-rate weights": any(v is not None for v in (
             config.network.down_lr_weight, config.network.mid_lr_weight, config.network.up_lr_weight,

@@ -177,11 +177,11 @@ def test_dry_run_estimates_sd3_memory_without_loading(manifest: Path, tiny_sd3: 
     assert "GiB" in shown.output and "SD3" in shown.output and "weights on disk" in shown.output
 
 
-def test_sd3_refuses_settings_it_has_no_use_for(manifest: Path, tiny_sd3: Path, tmp_path: Path) -> None:
-    config = load_config(None, {**SETTINGS, "base": str(tiny_sd3), "output_dir": str(tmp_path / "o"),
-                                "min_snr_gamma": 5})
-    with pytest.raises(UsageError, match="min_snr_gamma"):
-        train(manifest, config)
+@pytest.mark.parametrize("setting", [{"min_snr_gamma": 5}, {"noise_offset": 0.05}, {"conv_dim": 4}])
+def test_sd3_refuses_settings_it_has_no_use_for_before_loading(manifest: Path, tiny_sd3: Path, setting: dict) -> None:
+    shown = CliRunner().invoke(cli.app, ["train", str(manifest), "--base", str(tiny_sd3), "--dry-run",
+                                         *[f"--{k.replace('_', '-')}={v}" for k, v in setting.items()]])
+    assert shown.exit_code != 0 and next(iter(setting)) in shown.output and "Traceback" not in shown.output
 
 
 @pytest.mark.parametrize("scheme", ["logit_normal", "mode", "sigma_sqrt", "cosmap", "none"])
@@ -303,3 +303,14 @@ def test_fp16_keeps_t5_feed_forward_output_in_fp32(tiny_sd3: Path, tmp_path: Pat
     with torch.no_grad():
         embeds = encode_prompt(base, tokenize(base, ["sks woman"]))
     assert torch.isfinite(embeds.embeds).all() and embeds.embeds.shape[1] == 77 + 16
+
+
+@pytest.mark.parametrize(("bucket", "fits"), [((1024, 1024), True), ((832, 1216), True), ((1000, 1000), False)])
+def test_sd3_buckets_must_tile_into_its_16_pixel_patches(bucket: tuple[int, int], fits: bool) -> None:
+    from train.sd3 import check_bucket
+
+    if fits:
+        check_bucket(bucket)
+    else:
+        with pytest.raises(UsageError, match="--resolution 1024"):
+            check_bucket(bucket)
