@@ -150,14 +150,14 @@ def test_lora_info_says_sd3_and_which_clients_apply_it(trained: tuple) -> None:
 
 def test_resumed_sd3_run_reaches_the_uninterrupted_weights(manifest: Path, tiny_sd3: Path, tmp_path: Path) -> None:
     straight = load_config(None, {**SETTINGS, "base": str(tiny_sd3), "output_dir": str(tmp_path / "a"),
-                                  "max_steps": 3})
+                                  "max_steps": 2})
     base = load_model(straight, "cpu")
     train(manifest, straight, base=base)
     interrupted = straight.replace(output_dir=str(tmp_path / "b"), save_every_steps=1)
     assert train(manifest, interrupted, stop=lambda step: step == 1).stopped_early
     assert [p.name for p in list_checkpoints(tmp_path / "b")] == ["step-00000001"]
     resumed = load_model(interrupted, "cpu")
-    assert train(manifest, interrupted.replace(resume="latest"), base=resumed).steps == 3
+    assert train(manifest, interrupted.replace(resume="latest"), base=resumed).steps == 2
     expected = {n: p for n, p in base.unet.named_parameters() if "lora_" in n}
     got = {n: p for n, p in resumed.unet.named_parameters() if "lora_" in n}
     assert [n for n in expected if not torch.equal(expected[n], got[n])] == []
