@@ -125,6 +125,13 @@ def train(
     hub_private: Annotated[Optional[bool], typer.Option("--hub-private", help="Create the Hub repo private.", rich_help_panel="Hub")] = None,
     hub_token_file: Annotated[Optional[str], typer.Option(help="File holding the Hub token (default: HF_TOKEN or `hf auth login`).", rich_help_panel="Hub")] = None,
     push_every_save: Annotated[Optional[bool], typer.Option("--push-every-save", help="Also upload at every saved checkpoint.", rich_help_panel="Hub")] = None,
+    # SD3 / SD3.5 (issue 25): T5 length and the flow-matching timestep sampling and loss weighting
+    t5_max_length: Annotated[Optional[int], typer.Option(help="SD3: T5 tokens per caption (default 256, as the SD3 pipeline).", rich_help_panel="SD3")] = None,
+    weighting_scheme: Annotated[Optional[str], typer.Option(help="SD3: logit_normal (default) | mode | sigma_sqrt | cosmap | none: how timesteps are drawn and the loss weighted, as diffusers' SD3 LoRA example.", rich_help_panel="SD3")] = None,
+    logit_mean: Annotated[Optional[float], typer.Option(help="SD3: mean of logit_normal (default 0).", rich_help_panel="SD3")] = None,
+    logit_std: Annotated[Optional[float], typer.Option(help="SD3: std of logit_normal (default 1).", rich_help_panel="SD3")] = None,
+    mode_scale: Annotated[Optional[float], typer.Option(help="SD3: scale of the mode density (default 1.29).", rich_help_panel="SD3")] = None,
+    precondition_outputs: Annotated[Optional[bool], typer.Option("--precondition-outputs/--no-precondition-outputs", help="SD3: compare the denoised estimate with the latents (default) instead of the velocity with noise − latents.", rich_help_panel="SD3")] = None,
 ) -> None:
     """Train a LoRA on a manifest (the bundled trainer).
 

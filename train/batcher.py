@@ -58,10 +58,13 @@ class Batcher:
         vae = base.vae
         tiled = "/tiled" if getattr(vae, "use_tiling", False) else ""
         self.vae_id = f"{ids.get('vae', base.model_id)}/{str(vae.dtype).removeprefix('torch.')}{tiled}"
-        encoders = ("text_encoder", "text_encoder_2")[:len(base.text_encoders)]
+        encoders = ("text_encoder", "text_encoder_2", "text_encoder_3")[:len(base.text_encoders)]
         self.text_id = "+".join(ids.get(k, base.model_id) for k in encoders) + f"/clip_skip={config.model.clip_skip}"
+        if base.family == "sd3":  # T5's padded length shapes the cached embeddings
+            self.text_id += f"/t5={base.tokenizers[2].model_max_length}"
         self.captions = CaptionOptions(data.manifest.trigger, config.data.caption_dropout, config.data.tag_dropout)
         self.scaling = float(vae.config.scaling_factor)
+        self.shift = float(getattr(vae.config, "shift_factor", None) or 0.0)  # SD3's VAE centres its latents
         self._torch = torch
         # loss masks (--masked-loss / --alpha-mask, train.masks): stored with each cached latent
         self.masks = {e.index: mask_source(e, data.root, config.loss) for e in data.examples}
@@ -224,6 +227,8 @@ class Batcher:
         vae = self.base.vae
         with self._torch.no_grad():
             encoded = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mode()
+        if self.shift:
+            encoded = encoded - self.shift
         return (encoded * self.scaling).float().cpu()
 
     def _latent_key(self, example: Example, flip: bool) -> str:

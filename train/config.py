@@ -46,6 +46,7 @@ class ModelConfig:
     prediction_type: str = "auto"  # auto: what the model's scheduler says (SD2-v → v_prediction)
     clip_skip: int = 1
     base_weights: tuple[str, ...] = ()  # base weights (issue 21): LoRAs "FILE[:W]" merged into the base first
+    t5_max_length: int = 256  # SD3: T5 tokens per caption (the SD3 pipeline's max_sequence_length)
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,12 @@ class LossConfig:
     masked_loss: bool = False  # weight the loss by each image's subject mask (NAME.mask.png from clean/crop)
     alpha_mask: bool = False  # the image's alpha channel is its mask (sd-scripts' alpha_mask)
     mask_missing: str = "error"  # error | unmasked: what --masked-loss does with an image that has no mask
+    # SD3 flow matching (train.sd3), with the names and defaults of diffusers' SD3 LoRA example
+    weighting_scheme: str = "logit_normal"  # logit_normal | mode | sigma_sqrt | cosmap | none (uniform)
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    mode_scale: float = 1.29
+    precondition_outputs: bool = True  # compare x_σ − σ·v with the latents (the example's default)
 
 
 @dataclass(frozen=True)
@@ -440,6 +447,9 @@ def validate(config: TrainConfig) -> None:
     for name in ("save_every_steps", "save_every_epochs", "save_last", "sample_every", "sample_every_epochs"):
         _at_least(name, getattr(r, name), 0)
     check_sampler(r.sample_sampler, where="sample_sampler")
+    _choice("weighting_scheme", l.weighting_scheme, ("logit_normal", "mode", "sigma_sqrt", "cosmap", "none"))  # SD3
+    _at_least("logit_std", l.logit_std, 1e-6)
+    _at_least("t5_max_length", m.t5_max_length, 1, high=512)
     if d.fixed_resolution is not None:
         parse_size(d.fixed_resolution, where="fixed_resolution")
     _at_least("workers", d.workers, 0)

@@ -42,7 +42,7 @@ KOHYA_SUFFIX = ".safetensors"
 DIFFUSERS_SUFFIX = ".diffusers.safetensors"
 ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # diffusers.loaders.lora_base.LORA_ADAPTER_METADATA_KEY
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
-BASE_MODEL_VERSION: dict[str, str] = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
+BASE_MODEL_VERSION: dict[str, str] = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0", "sd3": "sd3"}
 FAMILY_FROM_VERSION = {v: k for k, v in BASE_MODEL_VERSION.items()}
 
 
@@ -53,8 +53,8 @@ def base_components(base: BaseModel) -> dict[str, torch.nn.Module]:
 
 def kohya_prefix(component: str, family: Family) -> str:
     if component == "unet":
-        return "lora_unet_"
-    if family != "sdxl":
+        return "lora_transformer_" if family == "sd3" else "lora_unet_"  # SD3: train/sd3_export.py
+    if family not in ("sdxl", "sd3"):
         return "lora_te_"
     return "lora_te1_" if component == "text_encoder" else "lora_te2_"
 
@@ -330,6 +330,9 @@ def build_metadata(layers: list[AdaptedLayer], base: BaseModel, meta: LoraMetada
         "loraprep.format": "kohya" if kohya else "diffusers",
         "loraprep.base_model_id": base.model_id,
     }
+    if base.family == "sd3":
+        from train.sd3_export import metadata as sd3_metadata
+        data.update(sd3_metadata(base))
     data.update(meta.extra)
     return {k: str(v) for k, v in data.items() if v not in (None, "")}
 
@@ -404,6 +407,9 @@ def save_lora(path_stem: str | Path, *, unet: torch.nn.Module, text_encoders: It
     for component, model in models.items():
         diffusers_state.update(diffusers_state_dict(model, component, adapter, dtype))
         adapter_meta.update({f"{component}.{k}": v for k, v in adapter_config(model, adapter).items()})
+    if base.family == "sd3":  # diffusers calls SD3's denoiser `transformer`
+        from train.sd3_export import as_transformer
+        diffusers_state, adapter_meta = as_transformer(diffusers_state), as_transformer(adapter_meta)
     diffusers_meta = build_metadata(layers, base, meta, network_config, kohya=False)
     diffusers_meta.update({"format": "pt", ADAPTER_METADATA_KEY: json.dumps(adapter_meta, indent=2, sort_keys=True)})
     write_safetensors(diffusers_path, diffusers_state, diffusers_meta)
@@ -450,6 +456,8 @@ def _family_from_metadata(metadata: Mapping[str, str]) -> Family | None:
     if version in FAMILY_FROM_VERSION:
         return FAMILY_FROM_VERSION[version]  # type: ignore[return-value]
     arch = metadata.get("modelspec.architecture", "")
+    if arch.startswith("stable-diffusion-v3"):
+        return "sd3"
     if arch.startswith("stable-diffusion-xl"):
         return "sdxl"
     if arch.startswith("stable-diffusion-v2"):
@@ -460,11 +468,13 @@ def _family_from_metadata(metadata: Mapping[str, str]) -> Family | None:
 
 
 _CROSS_ATTENTION_FAMILY: dict[int, Family] = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
-_KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
+_KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lora_transformer_")
 
 
 def _family_from_tensors(tensors: Mapping[str, torch.Tensor]) -> Family | None:
     keys = list(tensors)
+    if any(k.startswith(("lora_transformer_", "transformer.")) for k in keys):  # SD3's MMDiT
+        return "sd3"
     if any(k.startswith(("lora_te2_", "text_encoder_2.")) or "input_blocks" in k or "output_blocks" in k for k in keys):
         return "sdxl"
     for key, value in tensors.items():
@@ -534,6 +544,7 @@ def _diffusers_modules(lora: LoraFile) -> dict[tuple[str, str], ModuleWeights]:
     found: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     for key, value in lora.tensors.items():
         component, _, rest = key.partition(".")
+        component = "unet" if component == "transformer" else component  # SD3 (train/sd3_export.py)
         for peft_suffix, suffix in ((".lora_A.weight", "lora_down.weight"), (".lora_B.weight", "lora_up.weight"),
                                     (".lora_magnitude_vector", "dora_scale")):
             if rest.endswith(peft_suffix):
@@ -556,8 +567,8 @@ def _diffusers_modules(lora: LoraFile) -> dict[tuple[str, str], ModuleWeights]:
 
 
 def _kohya_component(module: str) -> str:
-    prefix = re.match(r"lora_(unet|te\d?)_", module)
-    return {"unet": "unet", "te": "text_encoder", "te1": "text_encoder", "te2": "text_encoder_2"}.get(
+    prefix = re.match(r"lora_(unet|transformer|te\d?)_", module)
+    return {"unet": "unet", "transformer": "unet", "te": "text_encoder", "te1": "text_encoder", "te2": "text_encoder_2"}.get(
         prefix[1] if prefix else "", "?")
 
 
@@ -830,6 +841,10 @@ def describe_lora(path: str | Path) -> LoraInfo:
         linear = [w for key, w in found.items() if key not in convs]
         factor = int(stated) if stated and stated.lstrip("-").isdigit() else lokr_factor(linear)
     axis = axes[0] if len(axes) == 1 else None
+    clients = client_support(lora.format, algos[0] if len(algos) == 1 else "mixed", axis)
+    if lora.family == "sd3":
+        from train.sd3_export import client_support as sd3_clients
+        clients = sd3_clients(lora.format, algos[0] if len(algos) == 1 else "mixed")
     return LoraInfo(
         path=lora.path, format=lora.format, family=lora.family, algorithm=", ".join(algos),
         size_bytes=lora.path.stat().st_size, num_tensors=len(lora.tensors), modules=dict(modules),
@@ -837,7 +852,7 @@ def describe_lora(path: str | Path) -> LoraInfo:
         alphas=dict(sorted(alphas.items())), factor=factor,
         dtypes=sorted({str(t.dtype).removeprefix("torch.") for t in lora.tensors.values()}),
         conv_modules=len(convs), dora=bool(axes), dora_axis=axis,
-        clients=client_support(lora.format, algos[0] if len(algos) == 1 else "mixed", axis),
+        clients=clients,
         metadata=lora.metadata,
     )
 

@@ -325,6 +325,12 @@ _MAPPERS: dict[str, Callable[[Any, dict, dict], None]] = {
                                   "ip_noise_gamma_random_strength", "multires_noise_iterations",
                                   "multires_noise_discount", "noise_offset_random_strength", "v_pred_like_loss",
                                   "scale_v_pred_loss_like_noise_pred", "masked_loss", "alpha_mask")},
+    # SD3 (sd3_train_network.py): timestep sampling, loss weighting and T5 length (issue 25)
+    "weighting_scheme": _set("weighting_scheme", lambda v: "none" if v == "uniform" else v),
+    "logit_mean": _set("logit_mean"),
+    "logit_std": _set("logit_std"),
+    "mode_scale": _set("mode_scale"),
+    "t5xxl_max_token_length": _set("t5_max_length"),
 }
 # issue 24: data-loader workers, caption dropout epochs and log_with = "wandb" | "all" now have loraprep equivalents
 for _key in ("max_data_loader_n_workers", "caption_dropout_every_n_epochs", "log_with"):

@@ -46,6 +46,9 @@ def training_step(base: Any, unet: Any, batch: Conditioned, *, prediction_type: 
     """Encode → noise → timesteps → target → weighted loss. Returns the batch's scalar loss.
     The noise and loss variants (offsets, perturbation, Huber, masks, SNR weights) live in
     train.noise and train.losses."""
+    if base.family == "sd3":  # flow matching on the MMDiT (train.sd3)
+        from train.sd3 import training_step as flow_matching_step
+        return flow_matching_step(base, unet, batch, loss=loss, generator=generator)
     from train.conditioning import unet_condition
 
     latents = batch.latents
@@ -97,10 +100,16 @@ def train(manifest_path: str | Path, config: TrainConfig, *, reporter: Reporter 
     # The UNet waits on the host while the caches fill and the encoders are parked: the cache pass
     # and the steps then never hold all of the model on the accelerator at once.
     base = base if base is not None else load_model(config, accelerator.device, unet_device="cpu")
+    if base.family == "sd3":  # settings SD3 has no use for, and buckets its patches cannot tile
+        from train.sd3 import check_bucket, check_settings
+        check_settings(config)
+        for bucket in plan.data.buckets:
+            check_bucket(bucket)
     batcher = Batcher(base, plan.data, config, accelerator.device)
-    check_prediction(config.loss, batcher.prediction_type)  # loss/noise variants need v or ε (train.losses)
-    ztsnr = prepare_noise_schedule(base, config)
-    reporter.note(f"prediction type: {batcher.prediction_type}" + (" with zero terminal SNR" if ztsnr else ""))
+    if base.family != "sd3":  # SD3 trains flow matching (train.sd3 refused these variants already)
+        check_prediction(config.loss, batcher.prediction_type)  # loss/noise variants need v or ε (train.losses)
+        ztsnr = prepare_noise_schedule(base, config)
+        reporter.note(f"prediction type: {batcher.prediction_type}" + (" with zero terminal SNR" if ztsnr else ""))
     batcher.fill_caches(reporter)
     parked = park([*([base.vae] if not batcher.needs_vae else []),
                    *(base.text_encoders if not batcher.needs_text_encoders else [])])
