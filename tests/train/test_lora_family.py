@@ -323,3 +323,28 @@ def fixed_loss(base: BaseModel, manifest: Path, config) -> float:
                                       loss=config.loss, generator=generator)) for _ in range(4)]
     batcher.close()
     return sum(losses) / len(losses)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ('network_module = "networks.dylora"\nnetwork_dim = 8\nnetwork_args = ["unit=4"]\n', {"algo": "dylora", "unit": 4}),
+    ('network_module = "networks.lora_fa"\nnetwork_dim = 8\n', {"algo": "lora-fa", "rank": 8}),
+    ('network_module = "lycoris.kohya"\nnetwork_args = ["algo=ia3"]\n', {"algo": "ia3", "lr": IA3_LR}),
+    ('network_module = "lycoris.kohya"\nnetwork_args = ["algo=ia3"]\nlearning_rate = 1e-2\n',
+     {"algo": "ia3", "lr": 1e-2}),
+])
+def test_sd_scripts_configs_of_these_networks_translate(tmp_path: Path, text: str, expected: dict) -> None:
+    path = tmp_path / "kohya.toml"
+    path.write_text(text, encoding="utf-8")
+    flat = {k: v for section in load_config(path).to_dict().values() for k, v in section.items()}
+    assert {k: flat[k] for k in expected} == expected
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('network_module = "networks.dylora"\nnetwork_dim = 6\nnetwork_args = ["unit=4"]\n', "--unit 4 does not divide"),
+    ('network_module = "networks.dylora"\nnetwork_args = ["algo=loha"]\n', "takes no algo network arg"),
+])
+def test_sd_scripts_configs_that_do_not_fit_are_refused(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "kohya.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(UsageError, match=message):
+        load_config(path)
