@@ -53,7 +53,9 @@ def lora_info(
 
 
 def _lora_info_rows(info: Any) -> list[tuple[str, str]]:
-    labels = {"lora": "LoRA", "loha": "LoHa (LyCORIS)", "lokr": "LoKr (LyCORIS)"}
+    labels = {"lora": "LoRA", "loha": "LoHa (LyCORIS)", "lokr": "LoKr (LyCORIS)", "ia3": "(IA)³ (LyCORIS)",
+              "dylora": "DyLoRA (sd-scripts networks.dylora; a LoRA file)",
+              "lora-fa": "LoRA-FA (sd-scripts networks.lora_fa; a LoRA file)"}
     ranks = ", ".join(f"{r} ×{n}" for r, n in info.ranks.items())
     if info.full_matrix_modules:
         ranks = ", ".join(filter(None, [ranks, f"full matrix ×{info.full_matrix_modules}"]))
@@ -62,7 +64,7 @@ def _lora_info_rows(info: Any) -> list[tuple[str, str]]:
         dora = {"input": "yes, norm over input columns (dora_scale [1, in])",
                 "output": "yes, norm over output rows (dora_scale [out, 1])"}.get(info.dora_axis, "yes, mixed")
     rows = [("format", info.format), ("family", info.family or "unknown"),
-            ("algorithm", ", ".join(labels.get(a, a) for a in info.algorithm.split(", "))),
+            ("algorithm", ", ".join(labels.get(a, a) for a in (info.method or info.algorithm).split(", "))),
             ("size", f"{info.size_bytes / 1e6:.2f} MB, {info.num_tensors} tensors ({', '.join(info.dtypes)})"),
             ("modules", ", ".join(f"{c}: {n}" for c, n in info.modules.items())),
             ("rank", ranks), ("alpha", ", ".join(f"{a:g} ×{n}" for a, n in info.alphas.items())),
@@ -72,6 +74,8 @@ def _lora_info_rows(info: Any) -> list[tuple[str, str]]:
     from train.prediction import lora_prediction  # what the base predicted: epsilon, v (+ zero terminal SNR)
 
     rows.append(("prediction", lora_prediction(info.metadata) or "not recorded"))
+    if info.dylora_unit:  # issue 22
+        rows.append(("DyLoRA unit", f"{info.dylora_unit}; valid cuts (ranks): {', '.join(map(str, info.valid_cuts))}"))
     rows += [(f"applies in {client}", verdict) for client, verdict in info.clients.items()]
     return rows
 

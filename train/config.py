@@ -27,7 +27,7 @@ from train.optargs import OPTIMIZERS, parse_optimizer_args
 from train.samplers import check_sampler
 
 PRESETS = ("attn", "attn-mlp", "full")
-ALGOS = ("lora", "loha", "lokr")
+ALGOS = ("lora", "loha", "lokr", "ia3", "dylora", "lora-fa")
 SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LATENT_CACHE = ("off", "memory", "disk")
@@ -61,6 +61,7 @@ class NetworkConfig:
     conv_alpha: float = 1.0  # 0: alpha = conv_dim
     factor: int = -1  # LoKr: split each dimension near this factor; -1 = as square as possible (LyCORIS)
     dora: bool = False
+    unit: int = 1  # DyLoRA: each step trains one block of this many ranks (sd-scripts' unit network arg)
     network_dropout: float = 0.0
     rank_dropout: float = 0.0  # chance to drop each rank of a layer's LoRA per sample (sd-scripts rank_dropout)
     module_dropout: float = 0.0  # chance to skip a whole LoRA layer for a step (sd-scripts module_dropout)
@@ -206,7 +207,9 @@ class TrainConfig:
 
     def replace(self, **flat: Any) -> TrainConfig:
         """A copy with flat overrides applied (`rank=8, lr=2e-4`), validated like a file's values."""
-        return build_config(_nest(flat, source="override"), base=self)
+        config = build_config(_nest(flat, source="override"), base=self)
+        switched = config.network.algo != self.network.algo and self.optimizer.lr == OptimizerConfig.lr
+        return algo_default_lr(config, lr_given="lr" in flat or not switched)  # issue 22: ia3's own lr
 
     def rows(self) -> list[tuple[str, str, Any]]:
         """(section, key, value) for every setting, in declaration order: the start-of-run table."""
@@ -250,7 +253,8 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
         config = build_config(from_file, base=config, source=str(path))
     if from_flags:
         config = build_config(from_flags, base=config, source="command line")
-    return config
+    lr_given = any("lr" in nested.get("optimizer", {}) for nested in (from_file, from_flags))  # issue 22
+    return algo_default_lr(config, lr_given)
 
 
 def _read_toml(path: Path, notes: list[str]) -> dict[str, Any]:
@@ -376,16 +380,50 @@ def _validate_algo(n: NetworkConfig) -> None:
         raise UsageError(f"factor must be -1 (as square as possible) or a positive number, got {n.factor}")
     if n.factor != -1 and n.algo != "lokr":
         raise UsageError(f"factor is a LoKr setting; --algo is {n.algo}", hint="add --algo lokr, or drop --factor")
+    _validate_lora_family(n)  # issue 22: ia3, dylora, lora-fa
     if n.dora and n.algo != "lora":
         raise UsageError(f"DoRA is trained with --algo lora; loraprep has no weight-decomposed {n.algo}",
                          hint="drop --dora, or use --algo lora")
-    if n.network_dropout and n.algo != "lora":
+    if n.network_dropout and n.algo not in ("lora", "lora-fa"):
         raise UsageError(f"network_dropout applies to LoRA layers; {n.algo} has no dropout inside its layers",
                          hint="drop --network-dropout, or use --algo lora")
     for name in ("rank_dropout", "module_dropout", "scale_weight_norms"):
-        if getattr(n, name) and n.algo != "lora":
+        if getattr(n, name) and n.algo != "lora" and not (n.algo == "lora-fa" and name != "scale_weight_norms"):
             raise UsageError(f"{name} works on LoRA's down/up factors; loraprep does not apply it to {n.algo}",
                              hint=f"drop --{name.replace('_', '-')}, or use --algo lora")
+
+
+# issue 22: the other LoRA-family algorithms' own settings
+IA3_LR = 5e-3  # LyCORIS: (IA)³ "needs much higher lr (about 5e-3~1e-2)"
+
+
+def _validate_lora_family(n: NetworkConfig) -> None:
+    """(IA)³ scales fixed layers (no rank, no conv); DyLoRA's unit must divide its ranks; LoRA-FA has no DoRA."""
+    _at_least("unit", n.unit, 1)
+    if n.unit != 1 and n.algo != "dylora":
+        raise UsageError(f"unit is a DyLoRA setting; --algo is {n.algo}", hint="add --algo dylora, or drop --unit")
+    if n.algo == "dylora":
+        for name, rank in (("rank", n.rank), ("conv_dim", n.conv_dim)):
+            if rank % n.unit:
+                raise UsageError(f"--unit {n.unit} does not divide --{name.replace('_', '-')} {rank}: DyLoRA trains "
+                                 f"and cuts the rank in blocks of {n.unit}",
+                                 hint=f"pick a unit that divides {rank} (1, 2, 4, …), or a multiple of {n.unit}")
+    if n.algo == "ia3" and n.conv_dim:
+        raise UsageError("(IA)³ scales the attention keys/values and feed-forward inputs; it has no conv layers",
+                         hint="drop --conv-dim, or use --algo lora")
+    if n.dora and n.algo in ("lora-fa", "dylora"):
+        raise UsageError(f"DoRA is trained with --algo lora; loraprep has no weight-decomposed {n.algo}",
+                         hint="drop --dora, or use --algo lora")
+
+
+def algo_default_lr(config: TrainConfig, lr_given: bool) -> TrainConfig:
+    """(IA)³ at the generic 1e-4 barely moves: without an explicit lr, it trains at IA3_LR
+    (adaptive optimizers such as prodigy keep their ~1.0)."""
+    from train.optim import is_adaptive
+
+    if config.network.algo != "ia3" or lr_given or is_adaptive(config.optimizer.optimizer):
+        return config
+    return dataclasses.replace(config, optimizer=dataclasses.replace(config.optimizer, lr=IA3_LR))
 
 
 def validate(config: TrainConfig) -> None:

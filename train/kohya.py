@@ -47,7 +47,6 @@ IGNORED: dict[str, str] = {
                     "buckets come from the manifest (`loraprep bucket --min/--max/--step/--no-upscale`); checked"),
     **dict.fromkeys(("train_data_dir", "reg_data_dir", "in_json"),
                     "the manifest holds the images (`loraprep manifest DIR --reg REGDIR` reads N_word folders)"),
-    **dict.fromkeys(("network_module",), "checked: networks.lora, or lycoris.kohya with an algo network arg"),
 }
 # sd-scripts options loraprep has no equivalent for; training with them would mean something else
 UNSUPPORTED: dict[str, str] = {
@@ -83,7 +82,10 @@ OPTIMIZERS = {"adamw": "adamw", "adamw8bit": "adamw8bit", "lion": "lion", "adafa
 # the optimizer's own weight decay, which sd-scripts leaves in place unless optimizer_args set one
 WEIGHT_DECAY = {"adamw": 0.01, "adamw8bit": 0.01, "dadaptadan": 0.02, "dadaptadanip": 0.02}
 SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial")
-LYCORIS_ALGOS = {"lora": "lora", "locon": "lora", "loha": "loha", "lokr": "lokr"}
+LYCORIS_ALGOS = {"lora": "lora", "locon": "lora", "loha": "loha", "lokr": "lokr", "ia3": "ia3"}
+# issue 22: sd-scripts' other network modules, as loraprep algorithms
+NETWORK_MODULES = {"networks.lora": None, "lycoris.kohya": None, "networks.dylora": "dylora",
+                   "networks.lora_fa": "lora-fa"}
 
 
 @dataclass
@@ -173,7 +175,7 @@ def _network_args(value: Any, options: dict[str, Any], settings: dict[str, Any])
     names = {"conv_dim": "conv_dim", "conv_alpha": "conv_alpha", "rank_dropout": "rank_dropout",
              "module_dropout": "module_dropout", "down_lr_weight": "down_lr_weight", "mid_lr_weight": "mid_lr_weight",
              "up_lr_weight": "up_lr_weight", "block_lr_zero_threshold": "block_lr_zero_threshold",
-             "factor": "factor", "dropout": "network_dropout"}
+             "factor": "factor", "dropout": "network_dropout", "unit": "unit"}
     for item in items:
         key, sep, raw = str(item).partition("=")
         key, raw = key.strip(), raw.strip().strip("\"'")
@@ -195,9 +197,15 @@ def _network_args(value: Any, options: dict[str, Any], settings: dict[str, Any])
 
 
 def _network_module(value: Any, options: dict[str, Any], settings: dict[str, Any]) -> None:
-    if value not in ("networks.lora", "lycoris.kohya"):
-        raise UsageError(f"network_module = {value}: loraprep trains networks.lora (LoRA/LoCon) and "
-                         "lycoris.kohya's lora/locon/loha/lokr")
+    if value not in NETWORK_MODULES:
+        raise UsageError(f"network_module = {value}: loraprep trains networks.lora (LoRA/LoCon), networks.dylora, "
+                         "networks.lora_fa and lycoris.kohya's lora/locon/loha/lokr/ia3")
+    algo = NETWORK_MODULES[value]
+    args = options.get("network_args", [])
+    if algo and any(str(a).partition("=")[0].strip() == "algo" for a in ([args] if isinstance(args, str) else args)):
+        raise UsageError(f"network_module = {value} takes no algo network arg (that is lycoris.kohya's)")
+    if algo:
+        settings["algo"] = algo
 
 
 def _optimizer(value: Any, options: dict[str, Any], settings: dict[str, Any]) -> None:
