@@ -24,8 +24,12 @@ def lora_info(
     clients apply the file exactly, size and training metadata of a LoRA."""
     from rich.table import Table
 
+    from train.embedding import is_embedding_file
     from train.export import describe_lora, read_lora
 
+    if is_embedding_file(file):  # textual inversion: an embedding file, not a LoRA
+        _embedding_info(file, as_json)
+        return
     info = describe_lora(file)
     shapes = {k: list(v.shape) for k, v in read_lora(file).tensors.items()} if keys else {}
     if as_json:
@@ -66,4 +70,26 @@ def _lora_info_rows(info: Any) -> list[tuple[str, str]]:
     if info.factor is not None:
         rows.append(("LoKr factor", str(info.factor)))
     rows += [(f"applies in {client}", verdict) for client, verdict in info.clients.items()]
+    if info.bundled_embeddings:  # pivotal tuning: the WebUI's bundle_emb keys
+        from train.embedding import bundle_rows
+
+        rows += bundle_rows(info.bundled_embeddings)
     return rows
+
+
+def _embedding_info(file: Path, as_json: bool) -> None:
+    """`lora info` of a textual-inversion embedding: family, vectors, and how each app applies it."""
+    from rich.table import Table
+
+    from train.embedding import embedding_rows, read_embedding
+
+    rows = embedding_rows(read_embedding(file))
+    if as_json:
+        print_json({key: value for key, value in rows})
+        return
+    table = Table(title=esc(str(file)), show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    for key, value in rows:
+        table.add_row(esc(key), esc(value))
+    out.print(table)
