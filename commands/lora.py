@@ -26,8 +26,12 @@ def lora_info(
     clients apply the file exactly, size and training metadata of a LoRA."""
     from rich.table import Table
 
+    from train.embedding import is_embedding_file
     from train.export import describe_lora, read_lora
 
+    if is_embedding_file(file):  # textual inversion: an embedding file, not a LoRA
+        _embedding_info(file, as_json)
+        return
     info = describe_lora(file)
     shapes = {k: list(v.shape) for k, v in read_lora(file).tensors.items()} if keys else {}
     if as_json:
@@ -77,6 +81,10 @@ def _lora_info_rows(info: Any) -> list[tuple[str, str]]:
     if info.dylora_unit:  # issue 22
         rows.append(("DyLoRA unit", f"{info.dylora_unit}; valid cuts (ranks): {', '.join(map(str, info.valid_cuts))}"))
     rows += [(f"applies in {client}", verdict) for client, verdict in info.clients.items()]
+    if info.bundled_embeddings:  # pivotal tuning: the WebUI's bundle_emb keys
+        from train.embedding import bundle_rows
+
+        rows += bundle_rows(info.bundled_embeddings)
     return rows
 
 
@@ -299,3 +307,21 @@ def lora_push(
     target, url = push_folder(output, repo, private=private, token_file=str(token_file) if token_file else None)
     out.print(f"[green]✓[/] uploaded {esc(output)} to {esc(target.url)}", highlight=False)
     out.print(f"  {esc(url)}", highlight=False)
+
+
+def _embedding_info(file: Path, as_json: bool) -> None:
+    """`lora info` of a textual-inversion embedding: family, vectors, and how each app applies it."""
+    from rich.table import Table
+
+    from train.embedding import embedding_rows, read_embedding
+
+    rows = embedding_rows(read_embedding(file))
+    if as_json:
+        print_json({key: value for key, value in rows})
+        return
+    table = Table(title=esc(str(file)), show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    for key, value in rows:
+        table.add_row(esc(key), esc(value))
+    out.print(table)

@@ -133,6 +133,13 @@ def train(
     logit_std: Annotated[Optional[float], typer.Option(help="SD3: std of logit_normal (default 1).", rich_help_panel="SD3")] = None,
     mode_scale: Annotated[Optional[float], typer.Option(help="SD3: scale of the mode density (default 1.29).", rich_help_panel="SD3")] = None,
     precondition_outputs: Annotated[Optional[bool], typer.Option("--precondition-outputs/--no-precondition-outputs", help="SD3: compare the denoised estimate with the latents (default) instead of the velocity with noise − latents.", rich_help_panel="SD3")] = None,
+    # textual inversion / pivotal tuning
+    embedding: Annotated[Optional[str], typer.Option(help="Textual inversion: train a new word NAME (a made-up lowercase word) in place of the manifest's trigger; writes OUTPUT/NAME.safetensors (WebUI, ComfyUI, diffusers). With an --algo: pivotal tuning, the LoRA trains too and bundles the embedding.", rich_help_panel="Embedding (textual inversion)")] = None,
+    init_word: Annotated[Optional[str], typer.Option(help="The word whose token vectors the embedding starts from (woman, dog, painting…).", rich_help_panel="Embedding (textual inversion)")] = None,
+    vectors: Annotated[Optional[int], typer.Option(help="Vectors per token of the embedding (default 1; 2–8 hold more, and use that many of the prompt's 75 tokens).", rich_help_panel="Embedding (textual inversion)")] = None,
+    embedding_lr: Annotated[Optional[float], typer.Option(help="Learning rate of the embedding (default 5e-3; --lr stays the LoRA's).", rich_help_panel="Embedding (textual inversion)")] = None,
+    embedding_steps: Annotated[Optional[int], typer.Option(help="Pivotal tuning: freeze the embedding after N steps; the LoRA trains on.", rich_help_panel="Embedding (textual inversion)")] = None,
+    pivotal: Annotated[Optional[bool], typer.Option("--pivotal/--no-pivotal", help="Train the LoRA beside the embedding (default: when an --algo is named).", rich_help_panel="Embedding (textual inversion)")] = None,
 ) -> None:
     """Train a LoRA on a manifest (the bundled trainer).
 
@@ -158,6 +165,10 @@ def train(
     from train.plan import inspect_base
 
     checked = inspect_base(settings)
+    if settings.embedding.embedding:  # textual inversion: NAME and --init-word against the tokenizer alone
+        from train.embedding import check_embedding
+
+        check_embedding(settings, manifest)
     out.print(_config_table(settings))
     if dry_run:
         from train.plan import plan_training
@@ -236,6 +247,7 @@ def generate(
     base_config: Annotated[Optional[Path], typer.Option(help="Diffusers config folder of the family, for single-file bases offline.")] = None,
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Accept .ckpt/pickle base weights (loaded weights_only).")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps.")] = "auto",
+    embedding: Annotated[Optional[list[Path]], typer.Option("--embedding", help="Textual-inversion embedding file (repeatable): its file name is the word to write in the prompt, as in the WebUI. A --lora's bundled embeddings load by themselves.")] = None,  # textual inversion
 ) -> None:
     """Render images with a LoRA, to check what it learned.
 
@@ -251,6 +263,10 @@ def generate(
     with rich_reporter() as reporter:
         reporter.note(f"loading {base} on {torch_device}")
         model = load_base(base, allow_pickle=allow_pickle, dtype=dtype, device=torch_device, config=base_config)
+        from train.embedding import load_embeddings  # textual inversion: --embedding files, a LoRA's bundled ones
+
+        for note in load_embeddings(model, embedding or [], lora):
+            reporter.note(note)
         images = render_images(model, lora, plan, prompt, options, reporter=reporter)
     for path in save_images(images, out_path, stem="image" if plan.single else "grid"):
         out.print(f"[green]✓[/] {esc(path)}")

@@ -53,6 +53,7 @@ class Batcher:
         cache_root = Path(config.run.cache_dir) if config.run.cache_dir else Path(config.run.output_dir) / "cache"
         self.latents: TensorCache | None = latent_cache(config.run.cache_latents, cache_root)
         trains_te = config.network.train_text_encoder
+        trains_te = trains_te or bool(config.embedding.embedding)  # textual inversion: the new vectors train
         self.texts: TensorCache | None = TensorCache() if config.run.cache_text_encoder and not trains_te else None
         ids = base.component_ids or {}
         vae = base.vae

@@ -196,6 +196,20 @@ class RunConfig:
     push_every_save: bool = False
 
 
+# textual inversion / pivotal tuning
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    """A new token NAME of `vectors` vectors, trained alone (textual inversion) or beside the LoRA
+    (pivotal tuning: when an --algo is named, or `pivotal = true`)."""
+
+    embedding: str | None = None  # NAME: the new word; captions train on it where the trigger stood
+    init_word: str | None = None  # the vectors start from this word's token embeddings
+    vectors: int = 1
+    embedding_lr: float | None = None  # None: 5e-3 (the WebUI's default for textual inversion)
+    embedding_steps: int | None = None  # pivotal tuning: the embedding is frozen after this many steps
+    pivotal: bool | None = None  # None: decided when the config is loaded (an --algo named → True)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -204,6 +218,7 @@ class TrainConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)  # textual inversion / pivotal tuning
 
     def replace(self, **flat: Any) -> TrainConfig:
         """A copy with flat overrides applied (`rank=8, lr=2e-4`), validated like a file's values."""
@@ -253,6 +268,9 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
         config = build_config(from_file, base=config, source=str(path))
     if from_flags:
         config = build_config(from_flags, base=config, source="command line")
+    if config.embedding.embedding and config.embedding.pivotal is None:  # textual inversion / pivotal tuning
+        named = any("algo" in source.get("network", {}) for source in (from_file, from_flags))
+        config = build_config({"embedding": {"pivotal": named}}, base=config, source="command line")
     lr_given = any("lr" in nested.get("optimizer", {}) for nested in (from_file, from_flags))  # issue 22
     return algo_default_lr(config, lr_given)
 
@@ -450,6 +468,7 @@ def validate(config: TrainConfig) -> None:
     if n.text_encoder_lr is not None:
         _at_least("text_encoder_lr", n.text_encoder_lr, 0)
     _validate_algo(n)
+    _validate_embedding(config)  # textual inversion / pivotal tuning
     _at_least("batch_size", d.batch_size, 1)
     if d.keep_tokens is not None:
         _at_least("keep_tokens", d.keep_tokens, 0)
@@ -521,6 +540,42 @@ def _validate_recipe(config: TrainConfig) -> None:
         check_repo_id(r.push_to_hub)
     if (r.hub_private or r.hub_token_file or r.push_every_save) and not r.push_to_hub:
         raise UsageError("--hub-private, --hub-token-file and --push-every-save need --push-to-hub REPO")
+
+
+# textual inversion / pivotal tuning
+EMBEDDING_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+
+
+def _validate_embedding(config: TrainConfig) -> None:
+    """The embedding's settings on their own (the tokenizer checks come with the base: train.embedding)."""
+    e = config.embedding
+    if e.embedding is None:
+        given = [f"--{k.replace('_', '-')}" for k in ("init_word", "embedding_lr", "embedding_steps")
+                 if getattr(e, k) is not None] + (["--vectors"] if e.vectors != 1 else [])
+        if given:
+            raise UsageError(f"{', '.join(given)} belong to an embedding, and no --embedding NAME is given",
+                             hint="add --embedding NAME (textual inversion), or drop them")
+        return
+    if not EMBEDDING_NAME.fullmatch(e.embedding):
+        raise UsageError(f"embedding name '{e.embedding}' must be one lowercase word of letters, digits, _ and - "
+                         "(prompts are lowercased before the tokenizer matches it)",
+                         hint=f"try --embedding {re.sub(r'[^a-z0-9_-]', '', e.embedding.lower()) or 'myconcept'}")
+    if e.vectors < 1:
+        raise UsageError(f"--vectors must be at least 1 (vectors per token of '{e.embedding}'), got {e.vectors}")
+    if e.init_word is None and not config.network.init_weights:
+        raise UsageError(f"--embedding {e.embedding} needs --init-word WORD, the word its vectors start from",
+                         hint="a word close to the concept: --init-word woman, --init-word cat, --init-word style")
+    if e.embedding_lr is not None and not (math.isfinite(e.embedding_lr) and e.embedding_lr > 0):
+        raise UsageError(f"embedding_lr must be a positive number, got {e.embedding_lr}")
+    if e.embedding_steps is not None:
+        _at_least("embedding_steps", e.embedding_steps, 1)
+    if e.pivotal and config.run.name == e.embedding:
+        raise UsageError(f"pivotal tuning writes the embedding as {e.embedding}.safetensors beside the LoRA, "
+                         f"so the LoRA cannot be named '{e.embedding}' too",
+                         hint=f"add --name {e.embedding}-lora")
+    if e.embedding_steps is not None and e.pivotal is False:
+        raise UsageError("--embedding-steps freezes the embedding while the LoRA trains on (pivotal tuning); "
+                         "alone, the embedding is all that trains", hint="name an --algo, or drop --embedding-steps")
 
 
 def parse_size(text: str, *, where: str = "resolution") -> tuple[int, int]:

@@ -397,12 +397,13 @@ def diffusers_can_load(layers: Iterable[AdaptedLayer]) -> bool:
 def save_lora(path_stem: str | Path, *, unet: torch.nn.Module, text_encoders: Iterable[torch.nn.Module | None] = (),
               base: BaseModel, network_config: Any = None,
               metadata: LoraMetadata | Mapping[str, Any] | None = None, adapter: str = "default",
-              dtype: torch.dtype = torch.float16) -> tuple[Path, ...]:
+              dtype: torch.dtype = torch.float16, bundle: Mapping[str, torch.Tensor] | None = None) -> tuple[Path, ...]:
     """Write `<stem>.safetensors` (kohya/LyCORIS) and, when diffusers can load the network,
     `<stem>.diffusers.safetensors` (diffusers/peft).
 
     `unet` / `text_encoders` carry peft adapters named `adapter` (text encoders without one are
     skipped). Returns the paths written, the kohya file first. `dtype` is the storage precision.
+    `bundle` adds tensors to the kohya file only (pivotal tuning's `bundle_emb.NAME.*`).
     LoHa, LoKr and column-norm DoRA get no diffusers file (diffusers would misapply or refuse it);
     an earlier diffusers file of ours under the same name is removed so it cannot be mistaken for this one.
     """
@@ -415,6 +416,7 @@ def save_lora(path_stem: str | Path, *, unet: torch.nn.Module, text_encoders: It
         raise UsageError("no LoRA layers to save: the UNet carries no peft adapter named "
                          f"'{adapter}'", hint="inject the network before saving")
     kohya_state = kohya_state_dict(layers, base.family, dict(base.unet.config), dtype)
+    kohya_state.update(bundle or {})  # pivotal tuning: `bundle_emb.NAME.*`, the WebUI's bundled embedding
     kohya_meta = build_metadata(layers, base, meta, network_config, kohya=True)
     kohya_meta["sshs_model_hash"] = addnet_hash(kohya_state)
     kohya_path = stem.with_name(stem.name + KOHYA_SUFFIX)
@@ -540,6 +542,8 @@ def _grouped(tensors: Mapping[str, torch.Tensor], where: str = "the file") -> di
     """kohya/LyCORIS tensors by module name, each module's algorithm told by its suffixes."""
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
+        if key.startswith("bundle_emb."):  # the WebUI's bundled embeddings (pivotal tuning), not layers
+            continue
         module, _, suffix = key.partition(".")
         parts.setdefault(module, {})[suffix] = value
     modules = {}
@@ -856,6 +860,7 @@ class LoraInfo:
     method: str = ""  # issue 22: how it was trained: the algorithm, or dylora / lora-fa (a LoRA file)
     dylora_unit: int | None = None
     valid_cuts: list[int] = field(default_factory=list)  # DyLoRA: the ranks a prefix cut may keep
+    bundled_embeddings: dict[str, int] = field(default_factory=dict)  # pivotal tuning: NAME -> vectors
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -910,7 +915,7 @@ def describe_lora(path: str | Path) -> LoraInfo:
         dtypes=sorted({str(t.dtype).removeprefix("torch.") for t in lora.tensors.values()}),
         conv_modules=len(convs), dora=bool(axes), dora_axis=axis,
         clients=clients,
-        metadata=lora.metadata, **method,
+        metadata=lora.metadata, bundled_embeddings=_bundled(lora), **method,
     )
 
 
@@ -929,6 +934,13 @@ def _training_method(metadata: Mapping[str, str], algos: list[str], ranks: Mappi
         cuts = valid_cuts(min(ranks), unit_value)
     return {"method": method, "dylora_unit": unit_value, "valid_cuts": cuts,
             "clients": method_support(method, unit_value, rank)}
+
+
+def _bundled(lora: LoraFile) -> dict[str, int]:
+    """The WebUI's bundled embeddings (`bundle_emb.NAME.*`, pivotal tuning) by name → vectors."""
+    from train.embedding import bundled_embeddings
+
+    return {name: found.count for name, found in bundled_embeddings(lora.tensors, lora.path.name).items()}
 
 
 # ---------------------------------------------------------------- `--init-weights`

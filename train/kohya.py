@@ -156,6 +156,8 @@ def translate(data: Mapping[str, Any], source: Path) -> Translation:
             _MAPPERS[key](value, options, result.settings)
     if training_level:
         _training_defaults(options, result.settings)
+    if "token_string" in options:  # textual inversion: sd-scripts trains the embedding alone, at learning_rate
+        _textual_inversion(options, result.settings)
     if dataset is not None or "resolution" in options:
         _bucket_rule(options, result.settings)
     return result
@@ -339,6 +341,13 @@ _MAPPERS: dict[str, Callable[[Any, dict, dict], None]] = {
     "logit_std": _set("logit_std"),
     "mode_scale": _set("mode_scale"),
     "t5xxl_max_token_length": _set("t5_max_length"),
+    # textual inversion (train_textual_inversion.py): learning_rate is the embedding's (_textual_inversion)
+    "token_string": _set("embedding"),
+    "init_word": _set("init_word"),
+    "num_vectors_per_token": _set("vectors"),
+    "weights": _set("init_weights"),
+    "use_object_template": _handled_elsewhere,
+    "use_style_template": _handled_elsewhere,
 }
 # issue 24: data-loader workers, caption dropout epochs and log_with = "wandb" | "all" now have loraprep equivalents
 for _key in ("max_data_loader_n_workers", "caption_dropout_every_n_epochs", "log_with"):
@@ -389,6 +398,18 @@ def _training_defaults(options: Mapping[str, Any], settings: dict[str, Any]) -> 
     settings.setdefault("save_every_epochs", 0)
     if "sample_prompts" in options:
         settings.setdefault("sample_sampler", "ddim")
+
+
+def _textual_inversion(options: Mapping[str, Any], settings: dict[str, Any]) -> None:
+    """train_textual_inversion.py: no network, the learning rate is the embedding's, captions hold token_string."""
+    for key in ("use_object_template", "use_style_template"):
+        if options.get(key):
+            raise UsageError(f"{key}: loraprep trains on the manifest's captions, not sd-scripts' prompt templates",
+                             hint="drop it; the captions' trigger is replaced by token_string")
+    if "learning_rate" in options:
+        settings["embedding_lr"] = settings.pop("lr", options["learning_rate"])
+    settings["pivotal"] = False
+    settings.pop("train_text_encoder", None)
 
 
 def _bucket_rule(options: Mapping[str, Any], settings: dict[str, Any]) -> None:

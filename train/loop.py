@@ -93,6 +93,10 @@ def train(manifest_path: str | Path, config: TrainConfig, *, reporter: Reporter 
     run, out = config.run, Path(config.run.output_dir)
     accelerator = make_accelerator(config)
     plan = plan_training(manifest_path, config, num_processes=accelerator.num_processes)
+    if config.embedding.embedding:  # textual inversion / pivotal tuning: captions train on NAME
+        from train.embedding import with_embedding_captions
+
+        plan = with_embedding_captions(plan, config)
     # issue 24: model card, --push-to-hub and --report-to, checked before any weight is loaded
     publisher = Publisher.start(config, plan, reporter) if accelerator.is_main_process else None
     if accelerator.is_main_process:
@@ -115,7 +119,11 @@ def train(manifest_path: str | Path, config: TrainConfig, *, reporter: Reporter 
                    *(base.text_encoders if not batcher.needs_text_encoders else [])])
     base.unet.to(accelerator.device)
     torch.manual_seed(hash_seed(run.seed, -1))  # the LoRA's random init: same seed, same start
-    if config.network.init_weights:  # the file decides the network's shape (sd-scripts' dim_from_weights)
+    if config.embedding.embedding:  # textual inversion (the embedding alone) or pivotal tuning (with the LoRA)
+        from train.embedding import add_embedding_network
+
+        network, notes = add_embedding_network(base, config)
+    elif config.network.init_weights:  # the file decides the network's shape (sd-scripts' dim_from_weights)
         network, notes = add_lora_from_file(base, config.network.init_weights, config.network)
     else:
         network, notes = add_lora(base.unet, base.text_encoders, config.network), []
@@ -184,6 +192,8 @@ def optimizer_step(accelerator: Any, base: Any, unet: Any, network: Network, opt
     import torch
 
     first_batch, micro_batches = group
+    if network.embedding is not None:  # pivotal tuning: frozen after --embedding-steps
+        network.embedding.freeze_after(step)
     step_seed = hash_seed(config.run.seed, step, accelerator.process_index)
     torch.manual_seed(step_seed)  # network dropout draws from the global generator
     generator = torch.Generator(device=accelerator.device).manual_seed(step_seed)
@@ -258,6 +268,8 @@ def trainable_modules(base: Any, network: Network) -> dict[str, Any]:
     modules = {"unet": base.unet}
     if network.text_encoder_params:
         modules.update({f"te{i}": e for i, e in enumerate(base.text_encoders)})
+    if network.embedding is not None:  # textual inversion / pivotal tuning
+        modules["embedding"] = network.embedding.state_module
     return modules
 
 
@@ -319,6 +331,8 @@ def save(out: Path, state: LoopState, base: Any, network: Network, optimizer: An
                            config=config.to_dict(), exports=tuple(f.name for f in files))
     prune_checkpoints(out, config.run.save_last)
     prune_exports(out, config.run.name, config.run.save_last)
+    if network.embedding is not None and network.embedding.name != config.run.name:  # the embedding's step files
+        prune_exports(out, network.embedding.name, config.run.save_last)
     return path
 
 

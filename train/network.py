@@ -118,6 +118,7 @@ class Network:
     text_encoder_configs: list[Any] = field(default_factory=list)
     unet_params: list[Any] = field(default_factory=list)
     text_encoder_params: list[Any] = field(default_factory=list)
+    embedding: Any = None  # textual inversion / pivotal tuning: train.embedding.TrainedEmbedding
 
     def param_groups(self, lr: float, text_encoder_lr: float | None) -> list[dict[str, Any]]:
         groups = [{"params": self.unet_params, "lr": lr}]

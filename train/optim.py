@@ -123,6 +123,8 @@ def training_optimizer(unet: Any, network: Network, config: TrainConfig) -> tupl
     from train.blocks import training_param_groups
 
     groups, notes = training_param_groups(unet, network, config)
+    if network.embedding is not None:  # textual inversion / pivotal tuning: the vectors at --embedding-lr
+        groups = [*groups, network.embedding.param_group(config)]
     return make_optimizer(groups, config), notes + optimizer_notes(config, [g["lr"] for g in groups])
 
 

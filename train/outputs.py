@@ -27,6 +27,11 @@ def export_lora(stem: Path, base: Any, network: Network, config: TrainConfig, pl
 
     encoders = base.text_encoders if network.text_encoder_params else ()
     try:
+        if network.embedding is not None:  # textual inversion / pivotal tuning
+            from train.embedding import save_run_embedding
+
+            return save_run_embedding(stem, base, network, config, lora_metadata(config, plan, state, base),
+                                      state.global_step)
         files = save_lora(stem, unet=base.unet, text_encoders=encoders, base=base,
                                  network_config=config.network, metadata=lora_metadata(config, plan, state, base))
     except OSError as exc:
