@@ -437,7 +437,7 @@ def _validate_lora_family(n: NetworkConfig) -> None:
 def algo_default_lr(config: TrainConfig, lr_given: bool) -> TrainConfig:
     """(IA)³ at the generic 1e-4 barely moves: without an explicit lr, it trains at IA3_LR
     (adaptive optimizers such as prodigy keep their ~1.0)."""
-    from train.optim import is_adaptive
+    from train.optargs import is_adaptive
 
     if config.network.algo != "ia3" or lr_given or is_adaptive(config.optimizer.optimizer):
         return config

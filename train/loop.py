@@ -46,7 +46,7 @@ def training_step(base: Any, unet: Any, batch: Conditioned, *, prediction_type: 
     """Encode → noise → timesteps → target → weighted loss. Returns the batch's scalar loss.
     The noise and loss variants (offsets, perturbation, Huber, masks, SNR weights) live in
     train.noise and train.losses."""
-    if base.family == "sd3":  # flow matching on the MMDiT (train.sd3)
+    if getattr(base, "family", None) == "sd3":  # flow matching on the MMDiT (train.sd3)
         from train.sd3 import training_step as flow_matching_step
         return flow_matching_step(base, unet, batch, loss=loss, generator=generator)
     from train.conditioning import unet_condition
