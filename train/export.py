@@ -938,9 +938,12 @@ def _training_method(metadata: Mapping[str, str], algos: list[str], ranks: Mappi
 
 def _bundled(lora: LoraFile) -> dict[str, int]:
     """The WebUI's bundled embeddings (`bundle_emb.NAME.*`, pivotal tuning) by name → vectors."""
-    from train.embedding import bundled_embeddings
-
-    return {name: found.count for name, found in bundled_embeddings(lora.tensors, lora.path.name).items()}
+    counts: dict[str, int] = {}  # read here, not through train.embedding (which imports this module)
+    for key, value in lora.tensors.items():
+        if key.startswith("bundle_emb."):
+            name = key[len("bundle_emb."):].partition(".")[0]
+            counts[name] = max(counts.get(name, 0), int(value.shape[0]) if value.ndim > 1 else 1)
+    return counts
 
 
 # ---------------------------------------------------------------- `--init-weights`
