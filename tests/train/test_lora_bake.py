@@ -68,6 +68,20 @@ def test_bake_into_a_folder_is_base_plus_weighted_deltas(tiny_sd15: Path, sd15_l
                                expected_weights(tiny_sd15, loras)[name])
 
 
+def test_bake_into_a_folder_with_dtype_converts_every_weight_file(tiny_sd15: Path, sd15_loras, tmp_path: Path) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    out = tmp_path / "merged"
+    merge_into_base(str(tiny_sd15), [(sd15_loras[1], 1.0)], out, dtype="bf16")
+    files = sorted(out.rglob("*.safetensors"))
+    assert [f.relative_to(out) for f in files] == [f.relative_to(tiny_sd15) for f in sorted(tiny_sd15.rglob("*.safetensors"))]
+    for file in files:
+        assert {e.dtype for e in SafetensorsFile(file).entries.values() if e.dtype.is_floating_point} == {torch.bfloat16}
+    pipe = StableDiffusionPipeline.from_pretrained(out, dtype=torch.bfloat16, safety_checker=None,
+                                                   requires_safety_checker=False)
+    assert pipe.vae.dtype == torch.bfloat16
+
+
 def test_bake_into_a_single_file_keeps_its_key_set_and_loads(tiny_sd15: Path, sd15_loras, tmp_path: Path) -> None:
     from diffusers import StableDiffusionPipeline
 
