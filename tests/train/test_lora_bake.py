@@ -112,6 +112,26 @@ def test_a_single_file_base_bakes_into_a_diffusers_folder(tiny_sd15: Path, sd15_
     assert StableDiffusionPipeline.from_pretrained(out).unet is not None
 
 
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_a_folder_base_bakes_into_the_original_single_file_layout(family: str, tiny_sd15: Path, tiny_sdxl: Path,
+                                                                  tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    folder, save = (tiny_sd15, save_sd15_single_file) if family == "sd15" else (tiny_sdxl, save_sdxl_single_file)
+    lora = lora_file(folder, tmp_path / "loras", seed=5)
+    reference = load_file(save(folder, tmp_path / "reference.safetensors"))
+    out = tmp_path / "merged.safetensors"
+    merge_into_base(str(folder), [(lora, -0.6)], out)
+    merged = load_file(out)
+    assert merged.keys() == reference.keys()
+    model, written = open_base(tmp_path / "reference.safetensors"), open_base(out)
+    expected = expected_weights(tmp_path / "reference.safetensors", [(lora, -0.6)])
+    changed = {model.slots[name].key for name in expected}
+    assert all(torch.equal(merged[k], v) for k, v in reference.items() if k not in changed)
+    for name, weight in expected.items():
+        torch.testing.assert_close(written.weight(written.slots[name]), weight, atol=1e-6, rtol=1e-6)
+
+
 def test_bake_sdxl_single_file_merges_into_fused_text_encoder_rows(tiny_sdxl: Path, tmp_path: Path) -> None:
     from diffusers import StableDiffusionXLPipeline
 
