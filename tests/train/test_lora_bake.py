@@ -130,6 +130,14 @@ def test_a_folder_base_bakes_into_the_original_single_file_layout(family: str, t
     assert all(torch.equal(merged[k], v) for k, v in reference.items() if k not in changed)
     for name, weight in expected.items():
         torch.testing.assert_close(written.weight(written.slots[name]), weight, atol=1e-6, rtol=1e-6)
+    if family == "sd15":
+        from diffusers import StableDiffusionPipeline
+
+        pipe = StableDiffusionPipeline.from_single_file(str(out), config=str(folder), local_files_only=True,
+                                                        safety_checker=None, requires_safety_checker=False)
+        key = "mid_block.attentions.0.transformer_blocks.0.attn1.to_k.weight"
+        name = "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_k"
+        torch.testing.assert_close(pipe.unet.state_dict()[key], written.weight(written.slots[name]))
 
 
 def test_bake_sdxl_single_file_merges_into_fused_text_encoder_rows(tiny_sdxl: Path, tmp_path: Path) -> None:
