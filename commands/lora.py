@@ -116,7 +116,7 @@ def lora_merge(
     target: Annotated[Path, typer.Option("--out", help="The LoRA (.safetensors) or, with --base, the model: "
                                                        "a folder (diffusers) or FILE.safetensors (one file).")],
     base: Annotated[Optional[str], typer.Option(
-        "--base", help="Bake the LoRAs into this model (diffusers folder, single file or hub id).")] = None,
+        "--base", help="Bake the LoRAs into this model (diffusers folder or single file).")] = None,
     rank: Annotated[Optional[int], typer.Option(
         "--rank", help="Without --base: the merged LoRA's rank, by SVD (default: exact, ranks added).")] = None,
     conv_rank: Annotated[Optional[int], typer.Option(
