@@ -257,12 +257,13 @@ def _print_report(report: Any, as_json: bool) -> None:
     if as_json:
         print_json(report.to_dict())
         return
-    table = Table("block", "modules", "rank", "kept ‖ΔW‖", title=esc(str(report.out)))
+    table = Table("block", "modules", "ΔW rank before", "rank written", "kept ‖ΔW‖", title=esc(str(report.out)))
     rows = report.blocks() + [report.overall()]
     for i, row in enumerate(rows):
         low, high = row.ranks
         ranks = f"{low:d}" if low == high else f"{low:d}–{high:d} (mean {row.mean_rank:.1f})"
-        table.add_row(esc(row.block), f"{row.modules:d}", esc(ranks), f"{100 * row.kept:.2f} %",
+        before = "–".join(map(str, sorted(set(row.before)))) if row.before else "?"
+        table.add_row(esc(row.block), f"{row.modules:d}", esc(before), esc(ranks), f"{100 * row.kept:.2f} %",
                       end_section=i == len(rows) - 2)
     out.print(table)
     out.print(esc(f"size: {_size(report.size_before)} → {_size(report.size_after)}"), highlight=False)
