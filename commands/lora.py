@@ -126,6 +126,9 @@ def lora_merge(
     overwrite: Overwrite = False,
     allow_pickle: Annotated[bool, typer.Option(
         "--allow-pickle", help="Read a pickle (.ckpt) base model; pickles can run code.")] = False,
+    base_config: Annotated[Optional[Path], typer.Option(
+        "--base-config", help="Diffusers config folder of the family, for a single-file base written as a "
+                              "folder offline.")] = None,
     as_json: Json = False,
 ) -> None:
     """Weighted LoRAs as one LoRA (exact, or at --rank), or baked into a base model.
@@ -137,6 +140,8 @@ def lora_merge(
     if base is None:
         from train.loratools.merge import merge_loras
 
+        if base_config is not None:
+            raise UsageError("--base-config goes with --base")
         report = merge_loras(loras, target, rank=rank, conv_rank=conv_rank, dtype=dtype, overwrite=overwrite)
         _print_report(report, as_json)
         return
@@ -145,9 +150,13 @@ def lora_merge(
                          hint="leave out --rank, or --base to get a LoRA")
     if target.exists() and not overwrite:
         raise UsageError(f"{target} already exists", hint="pass --overwrite to replace it, or choose another --out")
+    from prep.console import rich_reporter
     from train.loratools.bake import merge_into_base
 
-    summary = merge_into_base(base, loras, target, dtype=dtype, allow_pickle=allow_pickle)
+    extra = {"config": base_config} if base_config is not None else {}
+    with rich_reporter() as reporter:
+        summary = merge_into_base(base, loras, target, dtype=dtype, allow_pickle=allow_pickle, reporter=reporter,
+                                  **extra)
     if as_json:
         print_json(summary)
         return
