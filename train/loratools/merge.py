@@ -136,9 +136,8 @@ def _truncated(name: str, parts: list[tuple[float, ModuleDelta]], target: int) -
     rank = chosen_rank(dec.S, target)
     up, down = dec.truncated(rank)
     norm = float(dec.S.double().pow(2).sum().sqrt())
-    before = sum(module.rank or 0 for _, module in parts)
     return (NewModule(up, down, float(rank), _shape(parts)),
-            ModuleResult(name, before, rank, norm, norm * dec.kept_share(rank)))
+            ModuleResult(name, len(dec.S), rank, norm, norm * dec.kept_share(rank)))
 
 
 def _extras(inputs: list[LoraDeltas]) -> dict[str, torch.Tensor]:
