@@ -61,7 +61,13 @@ def load_model(config: TrainConfig, device: Any, *, unet_device: Any = None) -> 
 
         for module in (base.unet, base.vae):
             module.to(memory_format=torch.channels_last)
-    base.unet.set_attn_processor(AttnProcessor2_0())  # PyTorch SDPA: flash/memory-efficient kernels
+    if base.family == "sd3":  # its joint attention already runs on SDPA; T5's padded length from the config
+        base.tokenizers[2].model_max_length = config.model.t5_max_length
+        if str(dtype) == "torch.float16":  # T5's feed-forward output overflows in fp16
+            from train.sd3 import keep_fp32_parts
+            keep_fp32_parts(base.text_encoders[2])
+    else:
+        base.unet.set_attn_processor(AttnProcessor2_0())  # PyTorch SDPA: flash/memory-efficient kernels
     if config.run.gradient_checkpointing:
         base.unet.enable_gradient_checkpointing()
         if config.network.train_text_encoder:
