@@ -26,12 +26,18 @@ def lora_info(
     clients apply the file exactly, size and training metadata of a LoRA."""
     from rich.table import Table
 
+    from train.embedding import is_embedding_file
     from train.export import describe_lora, read_lora
 
+    if is_embedding_file(file):  # textual inversion: an embedding file, not a LoRA
+        _embedding_info(file, as_json)
+        return
     info = describe_lora(file)
     shapes = {k: list(v.shape) for k, v in read_lora(file).tensors.items()} if keys else {}
     if as_json:
-        print_json(info.to_dict() | ({"keys": shapes} if keys else {}))
+        from train.prediction import lora_prediction
+
+        print_json(info.to_dict() | {"prediction": lora_prediction(info.metadata)} | ({"keys": shapes} if keys else {}))
         return
     table = Table(title=esc(str(file)), show_header=False)
     table.add_column("field", style="bold")
@@ -51,7 +57,9 @@ def lora_info(
 
 
 def _lora_info_rows(info: Any) -> list[tuple[str, str]]:
-    labels = {"lora": "LoRA", "loha": "LoHa (LyCORIS)", "lokr": "LoKr (LyCORIS)"}
+    labels = {"lora": "LoRA", "loha": "LoHa (LyCORIS)", "lokr": "LoKr (LyCORIS)", "ia3": "(IA)³ (LyCORIS)",
+              "dylora": "DyLoRA (sd-scripts networks.dylora; a LoRA file)",
+              "lora-fa": "LoRA-FA (sd-scripts networks.lora_fa; a LoRA file)"}
     ranks = ", ".join(f"{r} ×{n}" for r, n in info.ranks.items())
     if info.full_matrix_modules:
         ranks = ", ".join(filter(None, [ranks, f"full matrix ×{info.full_matrix_modules}"]))
@@ -60,14 +68,23 @@ def _lora_info_rows(info: Any) -> list[tuple[str, str]]:
         dora = {"input": "yes, norm over input columns (dora_scale [1, in])",
                 "output": "yes, norm over output rows (dora_scale [out, 1])"}.get(info.dora_axis, "yes, mixed")
     rows = [("format", info.format), ("family", info.family or "unknown"),
-            ("algorithm", ", ".join(labels.get(a, a) for a in info.algorithm.split(", "))),
+            ("algorithm", ", ".join(labels.get(a, a) for a in (info.method or info.algorithm).split(", "))),
             ("size", f"{info.size_bytes / 1e6:.2f} MB, {info.num_tensors} tensors ({', '.join(info.dtypes)})"),
             ("modules", ", ".join(f"{c}: {n}" for c, n in info.modules.items())),
             ("rank", ranks), ("alpha", ", ".join(f"{a:g} ×{n}" for a, n in info.alphas.items())),
             ("conv layers", str(info.conv_modules)), ("DoRA", dora)]
     if info.factor is not None:
         rows.append(("LoKr factor", str(info.factor)))
+    from train.prediction import lora_prediction  # what the base predicted: epsilon, v (+ zero terminal SNR)
+
+    rows.append(("prediction", lora_prediction(info.metadata) or "not recorded"))
+    if info.dylora_unit:  # issue 22
+        rows.append(("DyLoRA unit", f"{info.dylora_unit}; valid cuts (ranks): {', '.join(map(str, info.valid_cuts))}"))
     rows += [(f"applies in {client}", verdict) for client, verdict in info.clients.items()]
+    if info.bundled_embeddings:  # pivotal tuning: the WebUI's bundle_emb keys
+        from train.embedding import bundle_rows
+
+        rows += bundle_rows(info.bundled_embeddings)
     return rows
 
 
@@ -282,3 +299,39 @@ def _print_report(report: Any, as_json: bool) -> None:
 
 def _size(size: int) -> str:
     return f"{size / 1e6:.2f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
+
+
+# issue 24: `lora push`, the retry of a failed --push-to-hub (or an upload of any finished run)
+@app.command("push")
+@guard
+def lora_push(
+    output: Annotated[Path, typer.Argument(help="A training output folder (LoRA files, README.md, samples/).")],
+    repo: Annotated[str, typer.Argument(help="Hub model repository: user/name (created if missing).")],
+    private: Annotated[bool, typer.Option("--private", help="Create the repository private.")] = False,
+    token_file: Annotated[Path | None, typer.Option("--token-file", help="File holding the Hub token (default: HF_TOKEN or `hf auth login`).")] = None,
+) -> None:
+    """Upload a run's LoRA files, model card and sample grids to a Hugging Face model repository
+    (never checkpoints or caches). HF_ENDPOINT points it at another Hub server."""
+    from train.hub import push_folder
+
+    target, url = push_folder(output, repo, private=private, token_file=str(token_file) if token_file else None)
+    out.print(f"[green]✓[/] uploaded {esc(output)} to {esc(target.url)}", highlight=False)
+    out.print(f"  {esc(url)}", highlight=False)
+
+
+def _embedding_info(file: Path, as_json: bool) -> None:
+    """`lora info` of a textual-inversion embedding: family, vectors, and how each app applies it."""
+    from rich.table import Table
+
+    from train.embedding import embedding_rows, read_embedding
+
+    rows = embedding_rows(read_embedding(file))
+    if as_json:
+        print_json({key: value for key, value in rows})
+        return
+    table = Table(title=esc(str(file)), show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    for key, value in rows:
+        table.add_row(esc(key), esc(value))
+    out.print(table)
