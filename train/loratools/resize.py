@@ -88,6 +88,10 @@ def resize_lora(source: str | Path, out: str | Path, settings: ResizeSettings, *
 
 
 def _refuse_dora(deltas: LoraDeltas) -> None:
+    if deltas.ia3_modules:
+        raise UsageError(f"{deltas.path.name} is an (IA)³ network: it scales the base weights (W ⊙ (1 + w)) "
+                         "instead of adding a low-rank change, so it has no rank to resize",
+                         hint="(IA)³ files are already small: use it as it is")
     if deltas.dora_modules:
         raise UsageError(f"{deltas.path.name} is a DoRA (weight-decomposed) LoRA: its effect rescales the base "
                          "weight plus ΔW by a stored magnitude, so it depends on the base model and no lower-rank "
