@@ -133,7 +133,7 @@ def lora_merge(
     target: Annotated[Path, typer.Option("--out", help="The LoRA (.safetensors) or, with --base, the model: "
                                                        "a folder (diffusers) or FILE.safetensors (one file).")],
     base: Annotated[Optional[str], typer.Option(
-        "--base", help="Bake the LoRAs into this model (diffusers folder, single file or hub id).")] = None,
+        "--base", help="Bake the LoRAs into this model (diffusers folder or single file).")] = None,
     rank: Annotated[Optional[int], typer.Option(
         "--rank", help="Without --base: the merged LoRA's rank, by SVD (default: exact, ranks added).")] = None,
     conv_rank: Annotated[Optional[int], typer.Option(
@@ -143,6 +143,9 @@ def lora_merge(
     overwrite: Overwrite = False,
     allow_pickle: Annotated[bool, typer.Option(
         "--allow-pickle", help="Read a pickle (.ckpt) base model; pickles can run code.")] = False,
+    base_config: Annotated[Optional[Path], typer.Option(
+        "--base-config", help="Diffusers config folder of the family, for a single-file base written as a "
+                              "folder offline.")] = None,
     as_json: Json = False,
 ) -> None:
     """Weighted LoRAs as one LoRA (exact, or at --rank), or baked into a base model.
@@ -154,6 +157,8 @@ def lora_merge(
     if base is None:
         from train.loratools.merge import merge_loras
 
+        if base_config is not None:
+            raise UsageError("--base-config goes with --base")
         report = merge_loras(loras, target, rank=rank, conv_rank=conv_rank, dtype=dtype, overwrite=overwrite)
         _print_report(report, as_json)
         return
@@ -162,9 +167,13 @@ def lora_merge(
                          hint="leave out --rank, or --base to get a LoRA")
     if target.exists() and not overwrite:
         raise UsageError(f"{target} already exists", hint="pass --overwrite to replace it, or choose another --out")
+    from prep.console import rich_reporter
     from train.loratools.bake import merge_into_base
 
-    summary = merge_into_base(base, loras, target, dtype=dtype, allow_pickle=allow_pickle)
+    extra = {"config": base_config} if base_config is not None else {}
+    with rich_reporter() as reporter:
+        summary = merge_into_base(base, loras, target, dtype=dtype, allow_pickle=allow_pickle, reporter=reporter,
+                                  **extra)
     if as_json:
         print_json(summary)
         return
@@ -274,12 +283,13 @@ def _print_report(report: Any, as_json: bool) -> None:
     if as_json:
         print_json(report.to_dict())
         return
-    table = Table("block", "modules", "rank", "kept ‖ΔW‖", title=esc(str(report.out)))
+    table = Table("block", "modules", "ΔW rank before", "rank written", "kept ‖ΔW‖", title=esc(str(report.out)))
     rows = report.blocks() + [report.overall()]
     for i, row in enumerate(rows):
         low, high = row.ranks
         ranks = f"{low:d}" if low == high else f"{low:d}–{high:d} (mean {row.mean_rank:.1f})"
-        table.add_row(esc(row.block), f"{row.modules:d}", esc(ranks), f"{100 * row.kept:.2f} %",
+        before = "–".join(map(str, sorted(set(row.before)))) if row.before else "?"
+        table.add_row(esc(row.block), f"{row.modules:d}", esc(before), esc(ranks), f"{100 * row.kept:.2f} %",
                       end_section=i == len(rows) - 2)
     out.print(table)
     out.print(esc(f"size: {_size(report.size_before)} → {_size(report.size_after)}"), highlight=False)

@@ -72,3 +72,17 @@ def test_base_weights_from_the_config_survive_a_command_line_without_them(testda
     result = CliRunner().invoke(cli.app, ["train", str(manifest), "--base", str(tiny_sd15), "--config", str(config),
                                           "--dry-run"])
     assert result.exit_code == 2 and "gone.safetensors does not exist" in result.output, result.output
+
+
+@pytest.mark.slow
+def test_training_runs_from_the_merged_base(testdata: Path, tiny_sd15: Path, tmp_path: Path) -> None:
+    import math
+
+    from train.loop import train
+
+    lora = lora_file(tiny_sd15, tmp_path / "loras", seed=9)
+    manifest = make_dataset(testdata, tmp_path / "ds")
+    config = load_config(None, {"base": str(tiny_sd15), "base_weights": [f"{lora}:0.5"], "max_steps": 2,
+                                "batch_size": 2, "rank": 4, "output_dir": str(tmp_path / "out")})
+    result = train(manifest, config)
+    assert result.steps == 2 and math.isfinite(result.final_loss)

@@ -68,6 +68,20 @@ def test_bake_into_a_folder_is_base_plus_weighted_deltas(tiny_sd15: Path, sd15_l
                                expected_weights(tiny_sd15, loras)[name])
 
 
+def test_bake_into_a_folder_with_dtype_converts_every_weight_file(tiny_sd15: Path, sd15_loras, tmp_path: Path) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    out = tmp_path / "merged"
+    merge_into_base(str(tiny_sd15), [(sd15_loras[1], 1.0)], out, dtype="bf16")
+    files = sorted(out.rglob("*.safetensors"))
+    assert [f.relative_to(out) for f in files] == [f.relative_to(tiny_sd15) for f in sorted(tiny_sd15.rglob("*.safetensors"))]
+    for file in files:
+        assert {e.dtype for e in SafetensorsFile(file).entries.values() if e.dtype.is_floating_point} == {torch.bfloat16}
+    pipe = StableDiffusionPipeline.from_pretrained(out, dtype=torch.bfloat16, safety_checker=None,
+                                                   requires_safety_checker=False)
+    assert pipe.vae.dtype == torch.bfloat16
+
+
 def test_bake_into_a_single_file_keeps_its_key_set_and_loads(tiny_sd15: Path, sd15_loras, tmp_path: Path) -> None:
     from diffusers import StableDiffusionPipeline
 
@@ -96,6 +110,34 @@ def test_a_single_file_base_bakes_into_a_diffusers_folder(tiny_sd15: Path, sd15_
         want = expected.get(name, original.weight(slot))
         torch.testing.assert_close(merged.weight(merged.slots[name]), want, atol=1e-6, rtol=1e-6)
     assert StableDiffusionPipeline.from_pretrained(out).unet is not None
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_a_folder_base_bakes_into_the_original_single_file_layout(family: str, tiny_sd15: Path, tiny_sdxl: Path,
+                                                                  tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    folder, save = (tiny_sd15, save_sd15_single_file) if family == "sd15" else (tiny_sdxl, save_sdxl_single_file)
+    lora = lora_file(folder, tmp_path / "loras", seed=5)
+    reference = load_file(save(folder, tmp_path / "reference.safetensors"))
+    out = tmp_path / "merged.safetensors"
+    merge_into_base(str(folder), [(lora, -0.6)], out)
+    merged = load_file(out)
+    assert merged.keys() == reference.keys()
+    model, written = open_base(tmp_path / "reference.safetensors"), open_base(out)
+    expected = expected_weights(tmp_path / "reference.safetensors", [(lora, -0.6)])
+    changed = {model.slots[name].key for name in expected}
+    assert all(torch.equal(merged[k], v) for k, v in reference.items() if k not in changed)
+    for name, weight in expected.items():
+        torch.testing.assert_close(written.weight(written.slots[name]), weight, atol=1e-6, rtol=1e-6)
+    if family == "sd15":
+        from diffusers import StableDiffusionPipeline
+
+        pipe = StableDiffusionPipeline.from_single_file(str(out), config=str(folder), local_files_only=True,
+                                                        safety_checker=None, requires_safety_checker=False)
+        key = "mid_block.attentions.0.transformer_blocks.0.attn1.to_k.weight"
+        name = "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_k"
+        torch.testing.assert_close(pipe.unet.state_dict()[key], written.weight(written.slots[name]))
 
 
 def test_bake_sdxl_single_file_merges_into_fused_text_encoder_rows(tiny_sdxl: Path, tmp_path: Path) -> None:

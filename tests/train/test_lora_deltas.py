@@ -107,3 +107,32 @@ def test_bundled_embeddings_dora_and_dylora_are_reported_not_lost(tmp_path: Path
 ])
 def test_block_labels(name: str, label: str) -> None:
     assert block_label(name) == label
+
+
+def test_ia3_modules_are_read_and_flagged_not_misread(tmp_path: Path) -> None:
+    """(IA)³ scales the base weight: the reader keeps its vector and says so; resize and merge refuse it."""
+    from prep.errors import UsageError
+    from train.loratools.merge import merge_loras
+    from train.loratools.resize import ResizeSettings, resize_lora
+
+    name = "lora_te_text_model_encoder_layers_0_mlp_fc1"
+    path = tmp_path / "ia3.safetensors"
+    save_file({f"{name}.weight": torch.rand(37), f"{name}.on_input": torch.tensor(False)}, str(path))
+    deltas = read_deltas(path)
+    assert deltas.ia3_modules == [name] and deltas.modules[name].shape == (37,)
+    weight = torch.randn(37, 32)
+    torch.testing.assert_close(deltas.modules[name].delta(weight), weight * deltas.modules[name].weights.tensors[
+        "weight"][:, None])
+    with pytest.raises(UsageError, match=r"\(IA\)³"):
+        resize_lora(path, tmp_path / "r.safetensors", ResizeSettings(rank=2))
+    with pytest.raises(UsageError, match=r"\(IA\)³"):
+        merge_loras([(path, 1.0)], tmp_path / "m.safetensors")
+
+
+def test_sd3_kohya_modules_are_modules_not_extras(tmp_path: Path) -> None:
+    name = "lora_transformer_transformer_blocks_0_attn_to_q"
+    path = tmp_path / "sd3.safetensors"
+    save_file({f"{name}.lora_up.weight": torch.randn(8, 2), f"{name}.lora_down.weight": torch.randn(2, 8)}, str(path))
+    deltas = read_deltas(path)
+    assert list(deltas.modules) == [name] and not deltas.extras and deltas.family == "sd3"
+    assert block_label(name) == "block 0"

@@ -140,6 +140,8 @@ def test_cli_reads_weights_and_refuses_an_existing_out(tmp_path: Path) -> None:
     assert again.exit_code == 2 and "already exists" in again.output
     baked = CliRunner().invoke(app, [*args, "--base", str(tmp_path), "--rank", "4", "--overwrite"])
     assert baked.exit_code == 2 and "--rank applies to a merged LoRA" in baked.output
+    config = CliRunner().invoke(app, [*args, "--base-config", str(tmp_path), "--overwrite"])
+    assert config.exit_code == 2 and "--base-config goes with --base" in config.output
 
 
 def test_an_interrupted_merge_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

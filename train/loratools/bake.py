@@ -110,18 +110,16 @@ def merge_into_base(base: str | Path, loras: list[tuple[Path, float]], out: Path
     check = check_base(str(base), allow_pickle=allow_pickle)
     model = open_base(check.path, allow_pickle=allow_pickle)
     single = out.suffix == ".safetensors"
-    if single and model.kind != "file":
-        raise UsageError("a single-file merge needs a single-file base (the original layout is copied from it)",
-                         hint="pass the base as its .safetensors checkpoint, or write a diffusers folder "
-                              "(an --out without .safetensors)")
     resolved = out.resolve()
     if resolved == check.path.resolve() or check.path.resolve() in resolved.parents:
         raise UsageError(f"--out {out} would overwrite the base model", hint="choose another --out")
     plan = plan_changes(model.slots, model.family, _weighted_deltas(loras, model.unet_config))
     target = USER_DTYPES[dtype] if dtype else None
     with reporter.task("merging", len(plan)) as advance:
-        if single:
+        if single and model.kind == "file":
             _write_single_file(model, plan, out, target, advance, loras)
+        elif single:
+            _write_folder_as_single_file(model, plan, out, target, advance, loras, allow_pickle)
         elif model.kind == "folder":
             _write_folder(model, plan, out, target, advance)
         else:
@@ -203,6 +201,65 @@ def _write_single_file(model: BaseWeights, plan: Mapping[str, list[Change]], out
     metadata = dict(source.metadata or {})
     metadata["loraprep.merged_loras"] = json.dumps([[Path(p).name, w] for p, w in loras])
     _stream_file(source, _slots_by_key(model, plan), plan, target, out, advance, metadata)
+
+
+def _changed_tensor(source: TensorFile, key: str, slots: list[Slot], plan: Mapping[str, list[Change]],
+                    advance: Callable[..., None]) -> torch.Tensor:
+    tensor = source.read(key).to(torch.float32, copy=True)
+    for slot in slots:
+        rows = slice(*slot.rows) if slot.rows else slice(None)
+        tensor[rows] = apply_changes(tensor[rows].reshape(slot.shape), plan[slot.module]).reshape(tensor[rows].shape)
+        advance()
+    return tensor
+
+
+def _write_folder_as_single_file(model: BaseWeights, plan: Mapping[str, list[Change]], out: Path,
+                                 target: torch.dtype | None, advance: Callable[..., None],
+                                 loras: list[tuple[Path, float]], allow_pickle: bool) -> None:
+    """A diffusers-folder base written as one original-layout file (train/loratools/original.py)."""
+    from train.loratools import original
+    from train.loratools.layout import component_weight_files
+
+    vae_config = json.loads((model.source / "vae" / "config.json").read_text(encoding="utf-8"))
+    files = dict(model.component_files)
+    files["vae"] = component_weight_files(model.source / "vae", allow_pickle=allow_pickle)
+    handles = {path: model.files.get(path) or open_tensor_file(path, allow_pickle=allow_pickle)
+               for paths in files.values() for path in paths}
+    slots_by_place: dict[tuple[Path, str], list[Slot]] = {}
+    for name in plan:
+        slot = model.slots[name]
+        slots_by_place.setdefault((slot.file, slot.key), []).append(slot)
+    tensors: list[OutTensor] = []
+    for component in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        where = {key: path for path in files.get(component, []) for key in handles[path].entries}
+        if component == "unet":
+            sources = {original.unet_key(k, model.unet_config or {}): original.Source((k,)) for k in where}
+        elif component == "vae":
+            sources = {original.vae_key(k, vae_config): original.Source(
+                (k,), as_conv=".mid_block.attentions." in k and len(handles[where[k]].entries[k].shape) == 2)
+                for k in where}
+        else:
+            sources = original.text_sources(list(where), model.family, component) if where else {}
+        for name, source in sources.items():
+            entries = [handles[where[k]].entries[k] for k in source.keys]
+            shape = (sum(e.shape[0] for e in entries), *entries[0].shape[1:]) if len(entries) > 1 else entries[0].shape
+            shape = tuple(reversed(shape)) if source.transpose else shape + ((1, 1) if source.as_conv else ())
+            dtype = target if target is not None and entries[0].dtype.is_floating_point else entries[0].dtype
+
+            def produce(source: original.Source = source, dtype: torch.dtype = dtype,
+                        shape: tuple[int, ...] = shape, where: dict[str, Path] = where) -> bytes:
+                parts = []
+                for key in source.keys:
+                    touched = slots_by_place.get((where[key], key))
+                    handle = handles[where[key]]
+                    parts.append(_changed_tensor(handle, key, touched, plan, advance) if touched else handle.read(key))
+                tensor = torch.cat(parts) if len(parts) > 1 else parts[0]
+                tensor = tensor.T if source.transpose else tensor
+                return tensor_bytes(tensor.reshape(shape).to(dtype))
+
+            tensors.append(OutTensor(name, dtype, tuple(shape), produce))
+    metadata = {"format": "pt", "loraprep.merged_loras": json.dumps([[Path(p).name, w] for p, w in loras])}
+    write_streamed(out, tensors, metadata)
 
 
 def _write_folder(model: BaseWeights, plan: Mapping[str, list[Change]], out: Path, target: torch.dtype | None,

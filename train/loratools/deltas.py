@@ -16,6 +16,7 @@ API (kept stable; other tools import it):
                              #  embeddings `bundle_emb.*`, …): tools carry them over unchanged
     deltas.algos             # {"lora", "loha", "lokr"} present
     deltas.dora_modules      # names of weight-decomposed (DoRA) modules
+    deltas.ia3_modules       # names of (IA)³ modules (W ⊙ (1 + w): their change needs the base weight)
     deltas.network_module    # ss_network_module ("networks.lora", "networks.dylora", "lycoris.kohya", "")
     deltas.network_args      # ss_network_args as a dict of strings
     deltas.dylora_unit       # DyLoRA's `unit` (None unless networks.dylora)
@@ -23,15 +24,17 @@ API (kept stable; other tools import it):
     m = deltas.modules["lora_unet_down_blocks_0_attentions_0_proj_in"]   # -> ModuleDelta
     m.name, m.component      # kohya name; "unet" | "text_encoder" | "text_encoder_2"
     m.path                   # diffusers module path when the file named it so (diffusers files), else None
-    m.algo                   # "lora" | "loha" | "lokr"
-    m.shape                  # the changed weight's shape: (out, in) or (out, in, kh, kw)
+    m.algo                   # "lora" | "loha" | "lokr" | "ia3"
+    m.shape                  # the changed weight's shape: (out, in) or (out, in, kh, kw); (IA)³: its
+                             #  stored vector's (only one side of the weight is known)
     m.is_conv                # a kernel larger than 1×1 (LoCon)
     m.rank, m.alpha, m.scale # as stored; scale = alpha/rank, what the clients multiply by
     m.dora_axis, m.dora_scale  # "input" | "output" | None, and the stored magnitude tensor
     m.weights                # the stored tensors (train.lycoris.ModuleWeights)
     m.dtype                  # storage dtype
-    m.delta()                # ΔW at strength 1, float32, shaped like the weight: scale·up@down (LoRA),
-                             #  the LoHa/LoKr product otherwise; DoRA's magnitude is NOT applied
+    m.delta(weight=None)     # ΔW at strength 1, float32, shaped like the weight: scale·up@down (LoRA),
+                             #  the LoHa/LoKr product otherwise; DoRA's magnitude is NOT applied;
+                             #  (IA)³ needs the base `weight` (W ⊙ w along its side)
     m.matrix()               # the same ΔW flattened to (out, in·kh·kw)
     m.factors()              # plain LoRA only: (scale·up [out, r], down [r, in·kh·kw]) float32 with
                              #  up@down == matrix(); None for LoHa/LoKr
@@ -58,14 +61,14 @@ from typing import Any
 import torch
 
 from prep.errors import ModelMismatch
-from train.export import (COMPONENTS, LoraFile, _diffusers_modules, _grouped, _kohya_component, kohya_name,
-                          read_lora)
+from train.export import (_KOHYA_PREFIXES, COMPONENTS, LoraFile, _diffusers_modules, _grouped, _kohya_component,
+                          kohya_name, read_lora)
 from train.lycoris import ModuleWeights
 
 # The real SDXL UNet's block layout: what `kohya_name` needs to name a diffusers file's SDXL modules.
 SDXL_UNET_LAYOUT: dict[str, Any] = {"layers_per_block": 2,
                                     "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]}
-_KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
+_DIFFUSERS_COMPONENTS = (*COMPONENTS, "transformer")  # SD3's denoiser is `transformer.` in diffusers files
 _PEFT_SUFFIXES = (".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector")
 # UNet modules with a 3×3 kernel, in diffusers and original (sgm) names; LoHa/LoKr store them flattened.
 _CONV3 = re.compile(r"(_resnets_\d+_conv[12]|_conv_in|_conv_out|_downsamplers_0_conv|_upsamplers_0_conv|"
@@ -117,7 +120,9 @@ class ModuleDelta:
     def dtype(self) -> torch.dtype:
         return next(v.dtype for k, v in self.weights.tensors.items() if k != "dora_scale")
 
-    def delta(self) -> torch.Tensor:
+    def delta(self, weight: torch.Tensor | None = None) -> torch.Tensor:
+        if weight is not None:
+            return self.weights.delta(weight.shape, weight)
         return self.weights.delta(torch.Size(self.shape))
 
     def matrix(self) -> torch.Tensor:
@@ -176,6 +181,10 @@ class LoraDeltas:
         return [name for name, m in self.modules.items() if m.dora_axis is not None]
 
     @property
+    def ia3_modules(self) -> list[str]:
+        return [name for name, m in self.modules.items() if m.algo == "ia3"]
+
+    @property
     def network_module(self) -> str:
         return self.metadata.get("ss_network_module", "")
 
@@ -203,7 +212,7 @@ def read_deltas(path: str | Path, *, unet_config: Mapping[str, Any] | None = Non
         module_keys = {k for k in lora.tensors if k.startswith(_KOHYA_PREFIXES)}
     else:
         module_keys = {k for k in lora.tensors
-                       if k.partition(".")[0] in COMPONENTS and k.endswith(_PEFT_SUFFIXES)}
+                       if k.partition(".")[0] in _DIFFUSERS_COMPONENTS and k.endswith(_PEFT_SUFFIXES)}
     extras = {k: v for k, v in lora.tensors.items() if k not in module_keys}
     modules_only = dataclasses.replace(lora, tensors={k: v for k, v in lora.tensors.items() if k in module_keys})
     modules = _kohya_modules(modules_only) if lora.format == "kohya" else _peft_modules(modules_only, unet_config)
@@ -231,6 +240,8 @@ def weight_shape(name: str, weights: ModuleWeights, family: str | None) -> tuple
     LoKr may store a convolution flattened, so the kernel comes from a Tucker core or LoKr's 4-D half
     when there is one, else from the module's name (SD's 3×3 and 1×1 convolutions)."""
     t = weights.tensors
+    if weights.algo == "ia3":
+        return tuple(int(d) for d in t["weight"].shape)
     if weights.algo == "lora":
         down = t["lora_down.weight"]
         return (int(t["lora_up.weight"].shape[0]), *map(int, down.shape[1:]))
@@ -260,11 +271,12 @@ def _named_kernel(name: str, family: str | None) -> tuple[int, int] | None:
 
 def block_label(name: str) -> str:
     """A coarse block of a kohya module name for reports: TE/TE1/TE2, IN04/M/OUT07 (original names),
-    down 1/mid/up 2 (diffusers names), or `other` (conv_in, time embedding…)."""
+    down 1/mid/up 2 (diffusers names), block 3 (SD3's transformer), or `other` (conv_in, time embedding…)."""
     if m := re.match(r"lora_(te\d?)_", name):
         return m[1].upper()
     for pattern, label in ((r"_input_blocks_(\d+)_", "IN{:02d}"), (r"_output_blocks_(\d+)_", "OUT{:02d}"),
-                           (r"_down_blocks_(\d+)_", "down {}"), (r"_up_blocks_(\d+)_", "up {}")):
+                           (r"_down_blocks_(\d+)_", "down {}"), (r"_up_blocks_(\d+)_", "up {}"),
+                           (r"^lora_transformer_transformer_blocks_(\d+)_", "block {}")):
         if m := re.search(pattern, name):
             return label.format(int(m[1]))
     return "mid" if re.search(r"_(middle_block|mid_block)_", name) else "other"

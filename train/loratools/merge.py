@@ -26,7 +26,7 @@ from train.loratools.resize import decomposition, rank_bound
 from train.loratools.svd import chosen_rank, factor_svd, matrix_svd
 from train.loratools.write import NewModule, refuse_existing, storage_dtype, write_lora
 
-FAMILY_LABELS = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
+FAMILY_LABELS = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "sd3": "SD3"}
 # what the merged file says about the model it is for, taken from the first input that says it
 _MODEL_KEYS = ("ss_base_model_version", "ss_v2", "ss_v_parameterization", "ss_sd_model_name", "ss_resolution",
                "ss_clip_skip", "modelspec.sai_model_spec", "modelspec.architecture", "modelspec.implementation",
@@ -45,6 +45,10 @@ def merge_loras(loras: Sequence[tuple[Path, float]], out: str | Path, *, rank: i
     refuse_existing(out, overwrite)
     inputs = [(read_deltas(path), float(weight)) for path, weight in loras]
     for deltas, _ in inputs:
+        if deltas.ia3_modules:
+            raise UsageError(f"{deltas.path.name} is an (IA)³ network: it scales the base weights instead of adding "
+                             "a change, so it cannot be added to other LoRAs",
+                             hint="merge it into a model with --base instead")
         if deltas.dora_modules:
             raise UsageError(f"{deltas.path.name} is a DoRA (weight-decomposed) LoRA: its effect depends on the base "
                              "weights, so it cannot be added to other LoRAs as a weight change",
@@ -136,9 +140,8 @@ def _truncated(name: str, parts: list[tuple[float, ModuleDelta]], target: int) -
     rank = chosen_rank(dec.S, target)
     up, down = dec.truncated(rank)
     norm = float(dec.S.double().pow(2).sum().sqrt())
-    before = sum(module.rank or 0 for _, module in parts)
     return (NewModule(up, down, float(rank), _shape(parts)),
-            ModuleResult(name, before, rank, norm, norm * dec.kept_share(rank)))
+            ModuleResult(name, len(dec.S), rank, norm, norm * dec.kept_share(rank)))
 
 
 def _extras(inputs: list[LoraDeltas]) -> dict[str, torch.Tensor]:

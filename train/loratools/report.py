@@ -13,7 +13,7 @@ from train.loratools.deltas import block_label
 @dataclass(frozen=True)
 class ModuleResult:
     name: str
-    rank_before: int | None  # None: not a low-rank module (LoKr full matrix) or a merge of several
+    rank_before: int | None  # ΔW's rank before: stored factors' inner size, or its non-zero singular values
     rank_after: int
     norm: float  # ‖ΔW‖_F before
     kept_norm: float  # ‖ΔW written‖_F, the best approximation's
@@ -34,6 +34,7 @@ class BlockRow:
     ranks: tuple[int, int]  # (smallest, largest) rank written
     mean_rank: float
     kept: float
+    before: tuple[int, int] | None = None  # (smallest, largest) ΔW rank before, where known
 
 
 def summarize(label: str, results: Iterable[ModuleResult]) -> BlockRow:
@@ -41,7 +42,9 @@ def summarize(label: str, results: Iterable[ModuleResult]) -> BlockRow:
     total = sum(r.norm ** 2 for r in results)
     kept = 1.0 if total == 0 else (sum(r.kept_norm ** 2 for r in results) / total) ** 0.5
     ranks = [r.rank_after for r in results]
-    return BlockRow(label, len(results), (min(ranks), max(ranks)), sum(ranks) / len(ranks), kept)
+    before = [r.rank_before for r in results if r.rank_before is not None]
+    return BlockRow(label, len(results), (min(ranks), max(ranks)), sum(ranks) / len(ranks), kept,
+                    (min(before), max(before)) if before else None)
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,8 @@ class ToolReport:
         overall = self.overall()
         return {"out": str(self.out), "size_before": self.size_before, "size_after": self.size_after,
                 "modules": len(self.modules), "kept": overall.kept, "ranks": list(overall.ranks),
-                "blocks": [vars(row) | {"ranks": list(row.ranks)} for row in self.blocks()],
+                "blocks": [vars(row) | {"ranks": list(row.ranks), "before": list(row.before or [])}
+                           for row in self.blocks()],
                 "notes": self.notes, "carried": self.carried,
                 "per_module": [{"name": r.name, "rank_before": r.rank_before, "rank_after": r.rank_after,
                                 "kept": r.kept} for r in self.modules]}

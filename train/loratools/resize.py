@@ -88,6 +88,10 @@ def resize_lora(source: str | Path, out: str | Path, settings: ResizeSettings, *
 
 
 def _refuse_dora(deltas: LoraDeltas) -> None:
+    if deltas.ia3_modules:
+        raise UsageError(f"{deltas.path.name} is an (IA)³ network: it scales the base weights (W ⊙ (1 + w)) "
+                         "instead of adding a low-rank change, so it has no rank to resize",
+                         hint="(IA)³ files are already small: use it as it is")
     if deltas.dora_modules:
         raise UsageError(f"{deltas.path.name} is a DoRA (weight-decomposed) LoRA: its effect rescales the base "
                          "weight plus ΔW by a stored magnitude, so it depends on the base model and no lower-rank "
@@ -142,7 +146,7 @@ def _resized(module: ModuleDelta, settings: ResizeSettings) -> tuple[NewModule, 
     scale = module.scale if module.scale > 0 else 1.0
     new = NewModule(up / scale, down, scale * rank, module.shape)
     norm = float(dec.S.pow(2).sum().sqrt())
-    return new, ModuleResult(module.name, module.rank, rank, norm, norm * dec.kept_share(rank))
+    return new, ModuleResult(module.name, len(dec.S), rank, norm, norm * dec.kept_share(rank))
 
 
 def _cut(module: ModuleDelta, settings: ResizeSettings) -> tuple[NewModule, ModuleResult]:
@@ -161,7 +165,7 @@ def _metadata(deltas: LoraDeltas, settings: ResizeSettings, results: list[Module
     metadata = dict(deltas.metadata)
     if converted or deltas.network_module == "lycoris.kohya":
         metadata["ss_network_module"] = "networks.lora"
-    before = sorted({r.rank_before for r in results if r.rank_before is not None})
+    before = sorted({m.rank for m in deltas.modules.values() if m.rank is not None})
     after = sorted({r.rank_after for r in results})
     span = (lambda ranks: "–".join(map(str, sorted({ranks[0], ranks[-1]}))) if ranks else "?")
     comment = metadata.get("ss_training_comment", "")
