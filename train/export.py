@@ -713,8 +713,9 @@ def _check_shapes(modules: Mapping[str, Mapping[str, ModuleWeights]], models: Ma
                                     hint="the LoRA was trained on a different architecture")
             out, inputs = int(module.weight.shape[0]), int(module.weight[0].numel())
             if weights.algo == "ia3" and not weights.fits(out, inputs):
-                raise ModelMismatch(f"{name}: {component}.{path} is an (IA)³ vector of {weights.tensors['weight'].numel()}"
-                                    f" for a {out}×{inputs} weight", hint="the LoRA was trained on a different base model")
+                size = weights.tensors["weight"].numel()
+                raise ModelMismatch(f"{name}: {component}.{path} is an (IA)³ vector of {size} for a {out}×{inputs} "
+                                    "weight", hint="the LoRA was trained on a different base model")
             if weights.algo != "ia3" and weights.shape != (out, inputs):
                 raise ModelMismatch(f"{name}: {component}.{path} expects a {weights.shape[0]}×{weights.shape[1]} "
                                     f"weight, the base model has {out}×{inputs}",

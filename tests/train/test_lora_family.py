@@ -97,6 +97,22 @@ def test_webui_and_lycoris_reproduce_the_trained_ia3_layers(files: dict, family:
         set_strength(base, 1.0)
 
 
+def test_generate_renders_an_ia3_file_as_the_network_rendered(files: dict, tiny_sdxl: Path) -> None:
+    import numpy as np
+
+    from train.sample import GenerateOptions, generate
+
+    base, (path,) = files[("sdxl", "ia3")]
+    options = GenerateOptions(width=64, height=64, steps=2, cfg=5.0, seed=3)
+
+    def image(model: BaseModel, lora: Path | None = None) -> np.ndarray:
+        return np.asarray(generate(model, lora, 1.0, "a photo of sks woman", options)[0], dtype=np.int16)
+
+    expected = image(base)
+    assert np.abs(expected - image(load_base(tiny_sdxl))).max() > 10  # the network changes the picture
+    assert np.abs(image(load_base(tiny_sdxl), path) - expected).max() <= 1  # PIL rounding only
+
+
 def test_ia3_starts_with_no_effect_and_keeps_the_bias(tiny_sd15: Path) -> None:
     base = load_base(tiny_sd15)
     add_lora(base.unet, base.text_encoders, NetworkConfig(algo="ia3", train_text_encoder=True))
@@ -274,7 +290,7 @@ def test_init_weights_start_each_network_at_the_files_effect(files: dict, tiny_s
 @pytest.mark.parametrize("algo", list(SETTINGS))
 def test_a_short_run_lowers_the_loss_and_resumes_exactly(testdata: Path, tmp_path: Path, tiny_sd15: Path,
                                                         algo: str) -> None:
-    from train.checkpoint import list_checkpoints
+    from resumes import killed_and_resumed, trainable
     from train.loop import train
     from train.prepare import load_model
     from trainsets import make_dataset
@@ -290,14 +306,8 @@ def test_a_short_run_lowers_the_loss_and_resumes_exactly(testdata: Path, tmp_pat
     tensors = load_file(result.lora_files[0])
     started_at_zero = [v for k, v in tensors.items() if k.partition(".")[2] in ("lora_up.weight", "weight")]
     assert started_at_zero and all(v.abs().max() > 0 for v in started_at_zero)  # the file is not its init
-    expected = {n: p.detach().clone() for n, p in base.unet.named_parameters() if p.requires_grad}
-
-    interrupted = straight.replace(output_dir=str(tmp_path / "b"), save_every_steps=2)
-    assert train(manifest, interrupted, stop=lambda step: step == 2).stopped_early
-    assert list_checkpoints(tmp_path / "b")
-    resumed = load_model(interrupted, "cpu")
-    train(manifest, interrupted.replace(resume="latest"), base=resumed)
-    got = {n: p.detach() for n, p in resumed.unet.named_parameters() if p.requires_grad}
+    expected = trainable(base.unet)
+    got = killed_and_resumed(manifest, straight, tmp_path / "b", killed_at=2)
     assert got.keys() == expected.keys()
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6)
