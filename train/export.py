@@ -913,7 +913,7 @@ def _training_method(metadata: Mapping[str, str], algos: list[str], ranks: Mappi
     cuts = []
     if unit_value and rank:
         from train.dylora import valid_cuts
-        cuts = valid_cuts(min(ranks), unit_value)
+        cuts = valid_cuts(rank, unit_value)  # a layer of lower rank (a conv's) keeps its own in a larger cut
     return {"method": method, "dylora_unit": unit_value, "valid_cuts": cuts,
             "clients": method_support(method, unit_value, rank)}
 

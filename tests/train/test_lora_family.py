@@ -25,7 +25,7 @@ from train.export import describe_lora, read_lora, save_lora
 from train.model import BaseModel, load_base
 from train.network import add_lora
 
-SETTINGS = {"ia3": {}, "dylora": {"rank": 4, "unit": 2}, "lora-fa": {"rank": 4}}
+SETTINGS = {"ia3": {}, "dylora": {"rank": 4, "unit": 2, "conv_dim": 2}, "lora-fa": {"rank": 4}}
 TO_K = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_k"
 
 
@@ -136,34 +136,31 @@ def test_ia3_trains_at_its_own_learning_rate_unless_one_is_given() -> None:
 # ---------------------------------------------------------------- DyLoRA
 
 
-def _dylora_layer(base: BaseModel) -> torch.nn.Module:
-    return next(m for n, m in base.unet.named_modules() if n.endswith("attn1.to_k") and hasattr(m, "dylora_unit"))
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_dylora_trains_a_rank_prefix_that_its_cut_file_applies(files: dict, seed: int) -> None:
+@pytest.mark.parametrize(("module", "rank"), [("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k", 4),
+                                              ("down_blocks.0.resnets.0.conv1", 2)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_dylora_trains_a_rank_prefix_that_its_cut_file_applies(files: dict, module: str, rank: int, seed: int) -> None:
     base, (path, _diffusers) = files[("sd15", "dylora")]
-    layer = _dylora_layer(base)
-    tensors = {k.partition(".")[2]: v for k, v in load_file(path).items() if k.startswith(TO_K + ".")}
-    x = torch.randn(3, 32)
-    layer.train()
-    try:
-        torch.manual_seed(seed)
-        start = int(torch.randint(0, 2, ())) * 2
-        torch.manual_seed(seed)
-        out = layer(x)
-        out.sum().backward()
-    finally:
-        layer.eval()
+    layer = dict(base.unet.named_modules())[module]
+    name = "lora_unet_" + module.replace(".", "_")
+    tensors = {k.partition(".")[2]: v for k, v in load_file(path).items() if k.startswith(name + ".")}
+    conv = isinstance(layer.get_base_layer(), torch.nn.Conv2d)
+    x = torch.randn(2, 32, 6, 6) if conv else torch.randn(3, 32)
+    torch.manual_seed(seed)
+    start = int(torch.randint(0, rank // 2, ())) * 2
+    torch.manual_seed(seed)
+    out = layer(x)  # a forward pass with gradients: a training step's
+    out.sum().backward()
     end = start + 2
     cut = {"lora_down.weight": tensors["lora_down.weight"][:end], "lora_up.weight": tensors["lora_up.weight"][:, :end],
            "alpha": tensors["alpha"]}  # sd-scripts' extract_lora_from_dylora: the prefix, alpha kept
-    weight = layer.get_base_layer().weight.detach()
-    torch.testing.assert_close(out.detach(), torch.nn.functional.linear(x, CLIENTS["WebUI"](weight, cut)),
-                               rtol=1e-4, atol=1e-5)
+    base_layer = layer.get_base_layer()
+    weight = CLIENTS["WebUI"](base_layer.weight.detach(), cut)
+    theirs = torch.nn.functional.conv2d(x, weight, base_layer.bias, base_layer.stride, base_layer.padding) if conv \
+        else torch.nn.functional.linear(x, weight, base_layer.bias)
+    torch.testing.assert_close(out.detach(), theirs, rtol=1e-4, atol=1e-5)
     grad = layer.lora_A["default"].weight.grad
-    trained = [i for i in range(4) if grad[i].abs().sum() > 0]
-    assert trained == list(range(start, end))  # only the drawn block learns
+    assert [i for i in range(rank) if grad[i].abs().sum() > 0] == list(range(start, end))  # only the drawn block learns
     layer.lora_A["default"].weight.grad = layer.lora_B["default"].weight.grad = None
 
 
@@ -171,7 +168,7 @@ def test_dylora_file_is_a_full_rank_lora_naming_its_unit_and_cuts(files: dict) -
     _, (path, _diffusers) = files[("sd15", "dylora")]
     tensors = load_file(path)
     assert {k.partition(".")[2] for k in tensors} == {"lora_down.weight", "lora_up.weight", "alpha"}
-    assert {v.shape[0] for k, v in tensors.items() if k.endswith("lora_down.weight")} == {4}
+    assert {v.shape[0] for k, v in tensors.items() if k.endswith("lora_down.weight")} == {4, 2}  # rank, conv_dim
     metadata = read_lora(path).metadata
     assert metadata["ss_network_module"] == "networks.dylora" and metadata["ss_network_dim"] == "4"
     assert json.loads(metadata["ss_network_args"])["unit"] == "2"
