@@ -220,6 +220,8 @@ def test_lora_fa_trains_only_the_up_projections_with_half_the_optimizer_state(ti
                            if torch.is_tensor(t) and t.dim() > 0)
         assert counts[algo] == 2 * sum(p.numel() for p in network.unet_params)  # Adam: two moments per weight
     assert counts["lora-fa"] < 0.55 * counts["lora"]  # half, or a little more where a layer has more inputs
+    down = base.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q.lora_A["default"].weight
+    assert abs(float(down.std()) - (2 / (32 + 4)) ** 0.5) < 0.05  # sd-scripts' LoRA-FA draw
 
 
 def test_lora_fa_file_is_a_lora_file_naming_its_module(files: dict) -> None:
@@ -288,7 +290,7 @@ def test_init_weights_start_each_network_at_the_files_effect(files: dict, tiny_s
 def test_a_short_run_lowers_the_loss_and_resumes_exactly(testdata: Path, tmp_path: Path, tiny_sd15: Path,
                                                         algo: str) -> None:
     from resumes import killed_and_resumed, trainable
-    from train.loop import train
+    from train.loop import hash_seed, train
     from train.prepare import load_model
     from trainsets import make_dataset
 
@@ -303,6 +305,13 @@ def test_a_short_run_lowers_the_loss_and_resumes_exactly(testdata: Path, tmp_pat
     tensors = load_file(result.lora_files[0])
     started_at_zero = [v for k, v in tensors.items() if k.partition(".")[2] in ("lora_up.weight", "weight")]
     assert started_at_zero and all(v.abs().max() > 0 for v in started_at_zero)  # the file is not its init
+    if algo == "lora-fa":  # the down projections are still what the run started from
+        fresh = load_model(straight, "cpu")
+        torch.manual_seed(hash_seed(straight.run.seed, -1))
+        add_lora(fresh.unet, fresh.text_encoders, straight.network)
+        downs = [n for n, p in base.unet.named_parameters() if ".lora_A." in n]
+        assert downs and all(torch.equal(p, dict(fresh.unet.named_parameters())[n])
+                             for n, p in base.unet.named_parameters() if n in downs)
     expected = trainable(base.unet)
     got = killed_and_resumed(manifest, straight, tmp_path / "b", killed_at=2)
     assert got.keys() == expected.keys()
