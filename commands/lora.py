@@ -67,6 +67,9 @@ def _lora_info_rows(info: Any) -> list[tuple[str, str]]:
             ("conv layers", str(info.conv_modules)), ("DoRA", dora)]
     if info.factor is not None:
         rows.append(("LoKr factor", str(info.factor)))
+    if info.method == "ia3":  # issue 22: a scale vector per layer, no rank or alpha
+        rows = [row if row[0] not in ("rank", "alpha") else (row[0], "— ((IA)³ stores one scale vector per layer)")
+                for row in rows]
     if info.dylora_unit:  # issue 22
         rows.append(("DyLoRA unit", f"{info.dylora_unit}; valid cuts (ranks): {', '.join(map(str, info.valid_cuts))}"))
     rows += [(f"applies in {client}", verdict) for client, verdict in info.clients.items()]
