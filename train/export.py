@@ -712,6 +712,9 @@ def _check_shapes(modules: Mapping[str, Mapping[str, ModuleWeights]], models: Ma
                 raise ModelMismatch(f"{name} adapts {component}.{path}, which the base model does not have",
                                     hint="the LoRA was trained on a different architecture")
             out, inputs = int(module.weight.shape[0]), int(module.weight[0].numel())
+            if weights.algo == "ia3" and not isinstance(module, torch.nn.Linear):
+                raise ModelMismatch(f"{name}: {component}.{path} is an (IA)³ convolution, which loraprep (like the "
+                                    "WebUI) cannot apply", hint="LyCORIS's ia3 preset adapts linear layers only")
             if weights.algo == "ia3" and not weights.fits(out, inputs):
                 size = weights.tensors["weight"].numel()
                 raise ModelMismatch(f"{name}: {component}.{path} is an (IA)³ vector of {size} for a {out}×{inputs} "

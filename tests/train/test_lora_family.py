@@ -10,6 +10,7 @@ test_clients' LoRA merges.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,24 @@ def test_generate_renders_an_ia3_file_as_the_network_rendered(files: dict, tiny_
     expected = image(base)
     assert np.abs(expected - image(load_base(tiny_sdxl))).max() > 10  # the network changes the picture
     assert np.abs(image(load_base(tiny_sdxl), path) - expected).max() <= 1  # PIL rounding only
+
+
+@pytest.mark.parametrize(("module", "tensors", "message"), [
+    ("lora_unet_down_blocks_0_resnets_0_conv1", {"weight": torch.zeros(1, 32, 1, 1), "on_input": torch.tensor(0.0)},
+     "(IA)³ convolution"),
+    (TO_K, {"weight": torch.zeros(7), "on_input": torch.tensor(0.0)}, "vector of 7 for a 32×32 weight"),
+])
+def test_ia3_files_loraprep_cannot_apply_are_refused(tiny_sd15: Path, tmp_path: Path, module: str, tensors: dict,
+                                                     message: str) -> None:
+    from safetensors.torch import save_file
+
+    from prep.errors import ModelMismatch
+    from train.sample import apply_lora
+
+    path = tmp_path / "ia3.safetensors"
+    save_file({f"{module}.{k}": v for k, v in tensors.items()}, path, metadata={"ss_base_model_version": "sd_v1"})
+    with pytest.raises(ModelMismatch, match=re.escape(message)):
+        apply_lora(load_base(tiny_sd15), path, 1.0)
 
 
 def test_ia3_starts_with_no_effect_and_keeps_the_bias(tiny_sd15: Path) -> None:
