@@ -42,7 +42,7 @@ KOHYA_SUFFIX = ".safetensors"
 DIFFUSERS_SUFFIX = ".diffusers.safetensors"
 ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # diffusers.loaders.lora_base.LORA_ADAPTER_METADATA_KEY
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
-BASE_MODEL_VERSION: dict[str, str] = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
+BASE_MODEL_VERSION: dict[str, str] = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0", "sd3": "sd3"}
 FAMILY_FROM_VERSION = {v: k for k, v in BASE_MODEL_VERSION.items()}
 
 
@@ -53,8 +53,8 @@ def base_components(base: BaseModel) -> dict[str, torch.nn.Module]:
 
 def kohya_prefix(component: str, family: Family) -> str:
     if component == "unet":
-        return "lora_unet_"
-    if family != "sdxl":
+        return "lora_transformer_" if family == "sd3" else "lora_unet_"  # SD3: train/sd3_export.py
+    if family not in ("sdxl", "sd3"):
         return "lora_te_"
     return "lora_te1_" if component == "text_encoder" else "lora_te2_"
 
@@ -352,6 +352,9 @@ def build_metadata(layers: list[AdaptedLayer], base: BaseModel, meta: LoraMetada
         "loraprep.format": "kohya" if kohya else "diffusers",
         "loraprep.base_model_id": base.model_id,
     }
+    if base.family == "sd3":
+        from train.sd3_export import metadata as sd3_metadata
+        data.update(sd3_metadata(base))
     data.update(meta.extra)
     return {k: str(v) for k, v in data.items() if v not in (None, "")}
 
@@ -394,12 +397,13 @@ def diffusers_can_load(layers: Iterable[AdaptedLayer]) -> bool:
 def save_lora(path_stem: str | Path, *, unet: torch.nn.Module, text_encoders: Iterable[torch.nn.Module | None] = (),
               base: BaseModel, network_config: Any = None,
               metadata: LoraMetadata | Mapping[str, Any] | None = None, adapter: str = "default",
-              dtype: torch.dtype = torch.float16) -> tuple[Path, ...]:
+              dtype: torch.dtype = torch.float16, bundle: Mapping[str, torch.Tensor] | None = None) -> tuple[Path, ...]:
     """Write `<stem>.safetensors` (kohya/LyCORIS) and, when diffusers can load the network,
     `<stem>.diffusers.safetensors` (diffusers/peft).
 
     `unet` / `text_encoders` carry peft adapters named `adapter` (text encoders without one are
     skipped). Returns the paths written, the kohya file first. `dtype` is the storage precision.
+    `bundle` adds tensors to the kohya file only (pivotal tuning's `bundle_emb.NAME.*`).
     LoHa, LoKr and column-norm DoRA get no diffusers file (diffusers would misapply or refuse it);
     an earlier diffusers file of ours under the same name is removed so it cannot be mistaken for this one.
     """
@@ -412,6 +416,7 @@ def save_lora(path_stem: str | Path, *, unet: torch.nn.Module, text_encoders: It
         raise UsageError("no LoRA layers to save: the UNet carries no peft adapter named "
                          f"'{adapter}'", hint="inject the network before saving")
     kohya_state = kohya_state_dict(layers, base.family, dict(base.unet.config), dtype)
+    kohya_state.update(bundle or {})  # pivotal tuning: `bundle_emb.NAME.*`, the WebUI's bundled embedding
     kohya_meta = build_metadata(layers, base, meta, network_config, kohya=True)
     kohya_meta["sshs_model_hash"] = addnet_hash(kohya_state)
     kohya_path = stem.with_name(stem.name + KOHYA_SUFFIX)
@@ -426,6 +431,9 @@ def save_lora(path_stem: str | Path, *, unet: torch.nn.Module, text_encoders: It
     for component, model in models.items():
         diffusers_state.update(diffusers_state_dict(model, component, adapter, dtype))
         adapter_meta.update({f"{component}.{k}": v for k, v in adapter_config(model, adapter).items()})
+    if base.family == "sd3":  # diffusers calls SD3's denoiser `transformer`
+        from train.sd3_export import as_transformer
+        diffusers_state, adapter_meta = as_transformer(diffusers_state), as_transformer(adapter_meta)
     diffusers_meta = build_metadata(layers, base, meta, network_config, kohya=False)
     diffusers_meta.update({"format": "pt", ADAPTER_METADATA_KEY: json.dumps(adapter_meta, indent=2, sort_keys=True)})
     write_safetensors(diffusers_path, diffusers_state, diffusers_meta)
@@ -472,6 +480,8 @@ def _family_from_metadata(metadata: Mapping[str, str]) -> Family | None:
     if version in FAMILY_FROM_VERSION:
         return FAMILY_FROM_VERSION[version]  # type: ignore[return-value]
     arch = metadata.get("modelspec.architecture", "")
+    if arch.startswith("stable-diffusion-v3"):
+        return "sd3"
     if arch.startswith("stable-diffusion-xl"):
         return "sdxl"
     if arch.startswith("stable-diffusion-v2"):
@@ -482,11 +492,13 @@ def _family_from_metadata(metadata: Mapping[str, str]) -> Family | None:
 
 
 _CROSS_ATTENTION_FAMILY: dict[int, Family] = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
-_KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
+_KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lora_transformer_")
 
 
 def _family_from_tensors(tensors: Mapping[str, torch.Tensor]) -> Family | None:
     keys = list(tensors)
+    if any(k.startswith(("lora_transformer_", "transformer.")) for k in keys):  # SD3's MMDiT
+        return "sd3"
     if any(k.startswith(("lora_te2_", "text_encoder_2.")) or "input_blocks" in k or "output_blocks" in k for k in keys):
         return "sdxl"
     for key, value in tensors.items():
@@ -530,6 +542,8 @@ def _grouped(tensors: Mapping[str, torch.Tensor], where: str = "the file") -> di
     """kohya/LyCORIS tensors by module name, each module's algorithm told by its suffixes."""
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
+        if key.startswith("bundle_emb."):  # the WebUI's bundled embeddings (pivotal tuning), not layers
+            continue
         module, _, suffix = key.partition(".")
         parts.setdefault(module, {})[suffix] = value
     modules = {}
@@ -556,6 +570,7 @@ def _diffusers_modules(lora: LoraFile) -> dict[tuple[str, str], ModuleWeights]:
     found: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     for key, value in lora.tensors.items():
         component, _, rest = key.partition(".")
+        component = "unet" if component == "transformer" else component  # SD3 (train/sd3_export.py)
         for peft_suffix, suffix in ((".lora_A.weight", "lora_down.weight"), (".lora_B.weight", "lora_up.weight"),
                                     (".lora_magnitude_vector", "dora_scale")):
             if rest.endswith(peft_suffix):
@@ -578,8 +593,8 @@ def _diffusers_modules(lora: LoraFile) -> dict[tuple[str, str], ModuleWeights]:
 
 
 def _kohya_component(module: str) -> str:
-    prefix = re.match(r"lora_(unet|te\d?)_", module)
-    return {"unet": "unet", "te": "text_encoder", "te1": "text_encoder", "te2": "text_encoder_2"}.get(
+    prefix = re.match(r"lora_(unet|transformer|te\d?)_", module)
+    return {"unet": "unet", "transformer": "unet", "te": "text_encoder", "te1": "text_encoder", "te2": "text_encoder_2"}.get(
         prefix[1] if prefix else "", "?")
 
 
@@ -849,6 +864,7 @@ class LoraInfo:
     method: str = ""  # issue 22: how it was trained: the algorithm, or dylora / lora-fa (a LoRA file)
     dylora_unit: int | None = None
     valid_cuts: list[int] = field(default_factory=list)  # DyLoRA: the ranks a prefix cut may keep
+    bundled_embeddings: dict[str, int] = field(default_factory=dict)  # pivotal tuning: NAME -> vectors
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -890,6 +906,10 @@ def describe_lora(path: str | Path) -> LoraInfo:
     method = _training_method(lora.metadata, algos, ranks)
     if lora.format != "kohya":
         method.pop("clients", None)
+    clients = method.pop("clients", None) or client_support(lora.format, algos[0] if len(algos) == 1 else "mixed", axis)
+    if lora.family == "sd3":
+        from train.sd3_export import client_support as sd3_clients
+        clients = sd3_clients(lora.format, algos[0] if len(algos) == 1 else "mixed")
     return LoraInfo(
         path=lora.path, format=lora.format, family=lora.family, algorithm=", ".join(algos),
         size_bytes=lora.path.stat().st_size, num_tensors=len(lora.tensors), modules=dict(modules),
@@ -898,9 +918,8 @@ def describe_lora(path: str | Path) -> LoraInfo:
         alphas=dict(sorted(alphas.items())), factor=factor,
         dtypes=sorted({str(t.dtype).removeprefix("torch.") for t in lora.tensors.values()}),
         conv_modules=len(convs), dora=bool(axes), dora_axis=axis,
-        clients=method.pop("clients", None) or client_support(lora.format, algos[0] if len(algos) == 1 else "mixed",
-                                                                axis),
-        metadata=lora.metadata, **method,
+        clients=clients,
+        metadata=lora.metadata, bundled_embeddings=_bundled(lora), **method,
     )
 
 
@@ -919,6 +938,16 @@ def _training_method(metadata: Mapping[str, str], algos: list[str], ranks: Mappi
         cuts = valid_cuts(rank, unit_value)  # a layer of lower rank (a conv's) keeps its own in a larger cut
     return {"method": method, "dylora_unit": unit_value, "valid_cuts": cuts,
             "clients": method_support(method, unit_value, rank)}
+
+
+def _bundled(lora: LoraFile) -> dict[str, int]:
+    """The WebUI's bundled embeddings (`bundle_emb.NAME.*`, pivotal tuning) by name → vectors."""
+    counts: dict[str, int] = {}  # read here, not through train.embedding (which imports this module)
+    for key, value in lora.tensors.items():
+        if key.startswith("bundle_emb."):
+            name = key[len("bundle_emb."):].partition(".")[0]
+            counts[name] = max(counts.get(name, 0), int(value.shape[0]) if value.ndim > 1 else 1)
+    return counts
 
 
 # ---------------------------------------------------------------- `--init-weights`

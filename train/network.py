@@ -44,6 +44,9 @@ def unet_targets(unet: Any, preset: str, *, conv: bool) -> UnetTargets:
     """Full module names the preset reaches; `conv` adds the 3×3 convolutions of resnets and samplers."""
     import torch
 
+    from train.sd3 import is_mmdit, targets
+    if is_mmdit(unet):  # SD3's transformer: its joint-attention layers (train.sd3)
+        return UnetTargets(targets(unet, preset), ())
     suffixes = PRESET_SUFFIXES[preset]
     linear, convs = [], []
     for name, module in unet.named_modules():
@@ -115,6 +118,7 @@ class Network:
     text_encoder_configs: list[Any] = field(default_factory=list)
     unet_params: list[Any] = field(default_factory=list)
     text_encoder_params: list[Any] = field(default_factory=list)
+    embedding: Any = None  # textual inversion / pivotal tuning: train.embedding.TrainedEmbedding
 
     def param_groups(self, lr: float, text_encoder_lr: float | None) -> list[dict[str, Any]]:
         groups = [{"params": self.unet_params, "lr": lr}]
@@ -143,7 +147,8 @@ def add_lora(unet: Any, text_encoders: list[Any], config: NetworkConfig) -> Netw
         add_adapter(unet, network.unet_config)
         network.unet_params = _trainable(unet)
     if config.train_text_encoder:
-        for encoder in text_encoders:
+        from train.sd3 import trains_text_encoder
+        for encoder in filter(trains_text_encoder, text_encoders):  # SD3's T5 stays frozen
             te_config = text_encoder_lora_config(config)
             add_adapter(encoder, te_config)
             network.text_encoder_configs.append(te_config)

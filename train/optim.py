@@ -18,8 +18,9 @@ from typing import Any
 
 from prep.errors import UsageError
 from train.config import TrainConfig
+from train.optargs import is_adaptive
 from train.network import Network
-from train.optargs import OPTIMIZER_CLASSES, is_adaptive, parse_optimizer_args
+from train.optargs import OPTIMIZER_CLASSES, parse_optimizer_args
 
 # Our defaults where they differ from the optimizer's own (explicit optimizer_args win).
 _DEFAULTS: dict[str, dict[str, Any]] = {
@@ -118,6 +119,8 @@ def training_optimizer(unet: Any, network: Network, config: TrainConfig) -> tupl
     from train.blocks import training_param_groups
 
     groups, notes = training_param_groups(unet, network, config)
+    if network.embedding is not None:  # textual inversion / pivotal tuning: the vectors at --embedding-lr
+        groups = [*groups, network.embedding.param_group(config)]
     return make_optimizer(groups, config), notes + optimizer_notes(config, [g["lr"] for g in groups])
 
 
