@@ -383,3 +383,23 @@ def test_sd_scripts_configs_that_do_not_fit_are_refused(tmp_path: Path, text: st
     path.write_text(text, encoding="utf-8")
     with pytest.raises(UsageError, match=message):
         load_config(path)
+
+
+def test_lora_resize_cuts_a_trained_dylora_to_the_prefix_it_trained(files: dict, tmp_path: Path) -> None:
+    from train.loratools.resize import ResizeSettings, resize_lora
+
+    base, (path, _diffusers) = files[("sd15", "dylora")]
+    resize_lora(path, tmp_path / "cut.safetensors", ResizeSettings(rank=2, dtype="fp32"))
+    cut = {k.partition(".")[2]: v for k, v in load_file(tmp_path / "cut.safetensors").items()
+           if k.startswith(TO_K + ".")}
+    layer = dict(base.unet.named_modules())["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k"]
+    x = torch.randn(3, 32)
+    with torch.random.fork_rng():
+        for seed in range(20):  # a training pass that draws the first block is what the cut applies
+            torch.manual_seed(seed)
+            if int(torch.randint(0, 2, ())) == 0:
+                torch.manual_seed(seed)
+                out = layer(x)
+                break
+    theirs = torch.nn.functional.linear(x, CLIENTS["WebUI"](layer.get_base_layer().weight.detach(), cut))
+    torch.testing.assert_close(out.detach(), theirs, rtol=1e-4, atol=1e-5)
