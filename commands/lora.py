@@ -78,6 +78,9 @@ def _lora_info_rows(info: Any) -> list[tuple[str, str]]:
     from train.prediction import lora_prediction  # what the base predicted: epsilon, v (+ zero terminal SNR)
 
     rows.append(("prediction", lora_prediction(info.metadata) or "not recorded"))
+    if info.method == "ia3":  # issue 22: a scale vector per layer, no rank or alpha
+        rows = [row if row[0] not in ("rank", "alpha") else (row[0], "— ((IA)³ stores one scale vector per layer)")
+                for row in rows]
     if info.dylora_unit:  # issue 22
         rows.append(("DyLoRA unit", f"{info.dylora_unit}; valid cuts (ranks): {', '.join(map(str, info.valid_cuts))}"))
     rows += [(f"applies in {client}", verdict) for client, verdict in info.clients.items()]

@@ -23,7 +23,7 @@ from typing import Any
 
 from prep.errors import UsageError
 from train.losses import check_loss_settings
-from train.optargs import OPTIMIZERS, parse_optimizer_args
+from train.optargs import OPTIMIZERS, is_adaptive, parse_optimizer_args
 from train.samplers import check_sampler
 
 PRESETS = ("attn", "attn-mlp", "full")
@@ -437,8 +437,6 @@ def _validate_lora_family(n: NetworkConfig) -> None:
 def algo_default_lr(config: TrainConfig, lr_given: bool) -> TrainConfig:
     """(IA)³ at the generic 1e-4 barely moves: without an explicit lr, it trains at IA3_LR
     (adaptive optimizers such as prodigy keep their ~1.0)."""
-    from train.optargs import is_adaptive
-
     if config.network.algo != "ia3" or lr_given or is_adaptive(config.optimizer.optimizer):
         return config
     return dataclasses.replace(config, optimizer=dataclasses.replace(config.optimizer, lr=IA3_LR))

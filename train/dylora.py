@@ -8,8 +8,10 @@ every cut at a multiple of `unit` is a LoRA that was trained as such. Out of tra
 plain LoRA of the full rank, and the file is one: `lora_down`/`lora_up`/`alpha` at full rank, with
 `ss_network_module` networks.dylora and the unit in `ss_network_args`.
 
-The draw comes from torch's global generator, which the loop seeds per step, so a resumed run
-draws the same ranks. Differences from sd-scripts' code, which trains a rank block inside the full
+A prefix is drawn in every forward pass that records gradients (a training step, whether or not
+peft left the layer in training mode: it does not for text encoders); sampling and evaluation run
+without gradients and see the full rank. The draw comes from torch's global generator, which the
+loop seeds per step, so a resumed run draws the same ranks. Differences from sd-scripts' code, which trains a rank block inside the full
 product scaled by sqrt(rank / (b + unit)): loraprep computes the prefix itself (what a cut keeps), and
 the optimizer sees whole matrices, so Adam's momentum keeps moving blocks not drawn this step.
 """
@@ -42,7 +44,7 @@ class _Dynamic:
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         active = [a for a in self.active_adapters if a in self.lora_A]
-        if not self.training or self.disable_adapters or self.merged or len(active) != 1:
+        if not torch.is_grad_enabled() or self.disable_adapters or self.merged or len(active) != 1:
             return super().forward(x, *args, **kwargs)  # type: ignore[misc]
         adapter = active[0]
         result = self.base_layer(x, *args, **kwargs)

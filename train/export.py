@@ -727,9 +727,13 @@ def _check_shapes(modules: Mapping[str, Mapping[str, ModuleWeights]], models: Ma
                 raise ModelMismatch(f"{name} adapts {component}.{path}, which the base model does not have",
                                     hint="the LoRA was trained on a different architecture")
             out, inputs = int(module.weight.shape[0]), int(module.weight[0].numel())
+            if weights.algo == "ia3" and not isinstance(module, torch.nn.Linear):
+                raise ModelMismatch(f"{name}: {component}.{path} is an (IA)³ convolution, which loraprep (like the "
+                                    "WebUI) cannot apply", hint="LyCORIS's ia3 preset adapts linear layers only")
             if weights.algo == "ia3" and not weights.fits(out, inputs):
-                raise ModelMismatch(f"{name}: {component}.{path} is an (IA)³ vector of {weights.tensors['weight'].numel()}"
-                                    f" for a {out}×{inputs} weight", hint="the LoRA was trained on a different base model")
+                size = weights.tensors["weight"].numel()
+                raise ModelMismatch(f"{name}: {component}.{path} is an (IA)³ vector of {size} for a {out}×{inputs} "
+                                    "weight", hint="the LoRA was trained on a different base model")
             if weights.algo != "ia3" and weights.shape != (out, inputs):
                 raise ModelMismatch(f"{name}: {component}.{path} expects a {weights.shape[0]}×{weights.shape[1]} "
                                     f"weight, the base model has {out}×{inputs}",
@@ -931,7 +935,7 @@ def _training_method(metadata: Mapping[str, str], algos: list[str], ranks: Mappi
     cuts = []
     if unit_value and rank:
         from train.dylora import valid_cuts
-        cuts = valid_cuts(min(ranks), unit_value)
+        cuts = valid_cuts(rank, unit_value)  # a layer of lower rank (a conv's) keeps its own in a larger cut
     return {"method": method, "dylora_unit": unit_value, "valid_cuts": cuts,
             "clients": method_support(method, unit_value, rank)}
 

@@ -51,7 +51,8 @@ def add_lora_from_file(base: Any, path: str | Path, config: NetworkConfig) -> tu
             add_adapter(model, adapter_config)
             lycoris_conventions(model)
             configs = [adapter_config]
-        lora_family_conventions(model, config)  # issue 22: DyLoRA draws, LoRA-FA's frozen down projections
+        # issue 22: DyLoRA draws, LoRA-FA's frozen down projections
+        lora_family_conventions(model, config, fresh=component not in state.components)
         params = [p for p in model.parameters() if p.requires_grad]
         if component == "unet":
             network.unet_config = configs[0]

@@ -190,17 +190,26 @@ def lycoris_conventions(model: Any, adapter: str = "default") -> None:
                 module.scaling[adapter] = 1.0
 
 
-def lora_family_conventions(model: Any, config: NetworkConfig, adapter: str = "default") -> None:
+def lora_family_conventions(model: Any, config: NetworkConfig, adapter: str = "default", *,
+                            fresh: bool = True) -> None:
     """Issue 22: DyLoRA layers draw a rank prefix each training step (train.dylora); LoRA-FA freezes
     every down projection at its initialisation (sd-scripts networks.lora_fa), so only the up
-    projections train and the optimizer holds half the state."""
+    projections train and the optimizer holds half the state. A `fresh` LoRA-FA down projection is
+    drawn as sd-scripts (after the LoRA-FA paper) draws it, N(0, 2/(inputs + rank)): frozen, its
+    scale is never learned away."""
+    import torch
+
     if config.algo == "dylora":
         from train.dylora import make_dynamic
         make_dynamic(model, config.unit, adapter)
     elif config.algo == "lora-fa":
         for module in model.modules():
             if hasattr(module, "lora_A") and adapter in module.lora_A:
-                module.lora_A[adapter].requires_grad_(False)
+                down = module.lora_A[adapter].weight
+                if fresh:
+                    with torch.no_grad():
+                        down.normal_(0, (2.0 / (down.shape[1] + down.shape[0])) ** 0.5)
+                down.requires_grad_(False)
 
 
 def add_adapter(model: Any, config: Any, adapter: str = "default") -> None:

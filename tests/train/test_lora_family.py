@@ -10,6 +10,7 @@ test_clients' LoRA merges.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ from train.export import describe_lora, read_lora, save_lora
 from train.model import BaseModel, load_base
 from train.network import add_lora
 
-SETTINGS = {"ia3": {}, "dylora": {"rank": 4, "unit": 2}, "lora-fa": {"rank": 4}}
+SETTINGS = {"ia3": {}, "dylora": {"rank": 4, "unit": 2, "conv_dim": 2}, "lora-fa": {"rank": 4}}
 TO_K = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_k"
 
 
@@ -97,6 +98,40 @@ def test_webui_and_lycoris_reproduce_the_trained_ia3_layers(files: dict, family:
         set_strength(base, 1.0)
 
 
+def test_generate_renders_an_ia3_file_as_the_network_rendered(files: dict, tiny_sdxl: Path) -> None:
+    import numpy as np
+
+    from train.sample import GenerateOptions, generate
+
+    base, (path,) = files[("sdxl", "ia3")]
+    options = GenerateOptions(width=64, height=64, steps=2, cfg=5.0, seed=3)
+
+    def image(model: BaseModel, lora: Path | None = None) -> np.ndarray:
+        return np.asarray(generate(model, lora, 1.0, "a photo of sks woman", options)[0], dtype=np.int16)
+
+    expected = image(base)
+    assert np.abs(expected - image(load_base(tiny_sdxl))).max() > 10  # the network changes the picture
+    assert np.abs(image(load_base(tiny_sdxl), path) - expected).max() <= 1  # PIL rounding only
+
+
+@pytest.mark.parametrize(("module", "tensors", "message"), [
+    ("lora_unet_down_blocks_0_resnets_0_conv1", {"weight": torch.zeros(1, 32, 1, 1), "on_input": torch.tensor(0.0)},
+     "(IA)³ convolution"),
+    (TO_K, {"weight": torch.zeros(7), "on_input": torch.tensor(0.0)}, "vector of 7 for a 32×32 weight"),
+])
+def test_ia3_files_loraprep_cannot_apply_are_refused(tiny_sd15: Path, tmp_path: Path, module: str, tensors: dict,
+                                                     message: str) -> None:
+    from safetensors.torch import save_file
+
+    from prep.errors import ModelMismatch
+    from train.sample import apply_lora
+
+    path = tmp_path / "ia3.safetensors"
+    save_file({f"{module}.{k}": v for k, v in tensors.items()}, path, metadata={"ss_base_model_version": "sd_v1"})
+    with pytest.raises(ModelMismatch, match=re.escape(message)):
+        apply_lora(load_base(tiny_sd15), path, 1.0)
+
+
 def test_ia3_starts_with_no_effect_and_keeps_the_bias(tiny_sd15: Path) -> None:
     base = load_base(tiny_sd15)
     add_lora(base.unet, base.text_encoders, NetworkConfig(algo="ia3", train_text_encoder=True))
@@ -120,34 +155,31 @@ def test_ia3_trains_at_its_own_learning_rate_unless_one_is_given() -> None:
 # ---------------------------------------------------------------- DyLoRA
 
 
-def _dylora_layer(base: BaseModel) -> torch.nn.Module:
-    return next(m for n, m in base.unet.named_modules() if n.endswith("attn1.to_k") and hasattr(m, "dylora_unit"))
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_dylora_trains_a_rank_prefix_that_its_cut_file_applies(files: dict, seed: int) -> None:
+@pytest.mark.parametrize(("module", "rank"), [("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k", 4),
+                                              ("down_blocks.0.resnets.0.conv1", 2)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_dylora_trains_a_rank_prefix_that_its_cut_file_applies(files: dict, module: str, rank: int, seed: int) -> None:
     base, (path, _diffusers) = files[("sd15", "dylora")]
-    layer = _dylora_layer(base)
-    tensors = {k.partition(".")[2]: v for k, v in load_file(path).items() if k.startswith(TO_K + ".")}
-    x = torch.randn(3, 32)
-    layer.train()
-    try:
-        torch.manual_seed(seed)
-        start = int(torch.randint(0, 2, ())) * 2
-        torch.manual_seed(seed)
-        out = layer(x)
-        out.sum().backward()
-    finally:
-        layer.eval()
+    layer = dict(base.unet.named_modules())[module]
+    name = "lora_unet_" + module.replace(".", "_")
+    tensors = {k.partition(".")[2]: v for k, v in load_file(path).items() if k.startswith(name + ".")}
+    conv = isinstance(layer.get_base_layer(), torch.nn.Conv2d)
+    x = torch.randn(2, 32, 6, 6) if conv else torch.randn(3, 32)
+    torch.manual_seed(seed)
+    start = int(torch.randint(0, rank // 2, ())) * 2
+    torch.manual_seed(seed)
+    out = layer(x)  # a forward pass with gradients: a training step's
+    out.sum().backward()
     end = start + 2
     cut = {"lora_down.weight": tensors["lora_down.weight"][:end], "lora_up.weight": tensors["lora_up.weight"][:, :end],
            "alpha": tensors["alpha"]}  # sd-scripts' extract_lora_from_dylora: the prefix, alpha kept
-    weight = layer.get_base_layer().weight.detach()
-    torch.testing.assert_close(out.detach(), torch.nn.functional.linear(x, CLIENTS["WebUI"](weight, cut)),
-                               rtol=1e-4, atol=1e-5)
+    base_layer = layer.get_base_layer()
+    weight = CLIENTS["WebUI"](base_layer.weight.detach(), cut)
+    theirs = torch.nn.functional.conv2d(x, weight, base_layer.bias, base_layer.stride, base_layer.padding) if conv \
+        else torch.nn.functional.linear(x, weight, base_layer.bias)
+    torch.testing.assert_close(out.detach(), theirs, rtol=1e-4, atol=1e-5)
     grad = layer.lora_A["default"].weight.grad
-    trained = [i for i in range(4) if grad[i].abs().sum() > 0]
-    assert trained == list(range(start, end))  # only the drawn block learns
+    assert [i for i in range(rank) if grad[i].abs().sum() > 0] == list(range(start, end))  # only the drawn block learns
     layer.lora_A["default"].weight.grad = layer.lora_B["default"].weight.grad = None
 
 
@@ -155,7 +187,7 @@ def test_dylora_file_is_a_full_rank_lora_naming_its_unit_and_cuts(files: dict) -
     _, (path, _diffusers) = files[("sd15", "dylora")]
     tensors = load_file(path)
     assert {k.partition(".")[2] for k in tensors} == {"lora_down.weight", "lora_up.weight", "alpha"}
-    assert {v.shape[0] for k, v in tensors.items() if k.endswith("lora_down.weight")} == {4}
+    assert {v.shape[0] for k, v in tensors.items() if k.endswith("lora_down.weight")} == {4, 2}  # rank, conv_dim
     metadata = read_lora(path).metadata
     assert metadata["ss_network_module"] == "networks.dylora" and metadata["ss_network_dim"] == "4"
     assert json.loads(metadata["ss_network_args"])["unit"] == "2"
@@ -207,6 +239,8 @@ def test_lora_fa_trains_only_the_up_projections_with_half_the_optimizer_state(ti
                            if torch.is_tensor(t) and t.dim() > 0)
         assert counts[algo] == 2 * sum(p.numel() for p in network.unet_params)  # Adam: two moments per weight
     assert counts["lora-fa"] < 0.55 * counts["lora"]  # half, or a little more where a layer has more inputs
+    down = base.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q.lora_A["default"].weight
+    assert abs(float(down.std()) - (2 / (32 + 4)) ** 0.5) < 0.05  # sd-scripts' LoRA-FA draw
 
 
 def test_lora_fa_file_is_a_lora_file_naming_its_module(files: dict) -> None:
@@ -234,14 +268,14 @@ def test_clients_reproduce_the_lora_files_of_dylora_and_lora_fa(files: dict, fam
 def test_lora_info_names_each_and_where_it_applies(files: dict) -> None:
     import cli
 
-    expected = {"ia3": ("(IA)³ (LyCORIS)", "ComfyUI", "no: ComfyUI has no (IA)³ loader"),
+    expected = {"ia3": ("one scale vector per layer", "ComfyUI", "no: ComfyUI has no (IA)³ loader"),
                 "dylora": ("valid cuts (ranks): 2, 4", "WebUI / Forge", "exact, as a plain LoRA of its full rank"),
                 "lora-fa": ("LoRA-FA (sd-scripts", "ComfyUI", "exact, as a plain LoRA (its frozen down")}
     for algo, (phrase, client, verdict) in expected.items():
         path = str(files[("sd15", algo)][1][0])
         result = CliRunner().invoke(cli.app, ["lora", "info", path], terminal_width=250)
         assert result.exit_code == 0, result.output
-        assert phrase in result.output, (algo, phrase)
+        assert phrase in result.output and "algorithm" in result.output, (algo, phrase)
         info = json.loads(CliRunner().invoke(cli.app, ["lora", "info", path, "--json"]).output)
         assert info["method"] == algo and info["clients"][client].startswith(verdict)
         assert info["clients"]["WebUI / Forge"].startswith("exact") and info["clients"]["loraprep"].startswith("exact")
@@ -274,8 +308,8 @@ def test_init_weights_start_each_network_at_the_files_effect(files: dict, tiny_s
 @pytest.mark.parametrize("algo", list(SETTINGS))
 def test_a_short_run_lowers_the_loss_and_resumes_exactly(testdata: Path, tmp_path: Path, tiny_sd15: Path,
                                                         algo: str) -> None:
-    from train.checkpoint import list_checkpoints
-    from train.loop import train
+    from resumes import killed_and_resumed, trainable
+    from train.loop import hash_seed, train
     from train.prepare import load_model
     from trainsets import make_dataset
 
@@ -290,14 +324,15 @@ def test_a_short_run_lowers_the_loss_and_resumes_exactly(testdata: Path, tmp_pat
     tensors = load_file(result.lora_files[0])
     started_at_zero = [v for k, v in tensors.items() if k.partition(".")[2] in ("lora_up.weight", "weight")]
     assert started_at_zero and all(v.abs().max() > 0 for v in started_at_zero)  # the file is not its init
-    expected = {n: p.detach().clone() for n, p in base.unet.named_parameters() if p.requires_grad}
-
-    interrupted = straight.replace(output_dir=str(tmp_path / "b"), save_every_steps=2)
-    assert train(manifest, interrupted, stop=lambda step: step == 2).stopped_early
-    assert list_checkpoints(tmp_path / "b")
-    resumed = load_model(interrupted, "cpu")
-    train(manifest, interrupted.replace(resume="latest"), base=resumed)
-    got = {n: p.detach() for n, p in resumed.unet.named_parameters() if p.requires_grad}
+    if algo == "lora-fa":  # the down projections are still what the run started from
+        fresh = load_model(straight, "cpu")
+        torch.manual_seed(hash_seed(straight.run.seed, -1))
+        add_lora(fresh.unet, fresh.text_encoders, straight.network)
+        downs = [n for n, p in base.unet.named_parameters() if ".lora_A." in n]
+        assert downs and all(torch.equal(p, dict(fresh.unet.named_parameters())[n])
+                             for n, p in base.unet.named_parameters() if n in downs)
+    expected = trainable(base.unet)
+    got = killed_and_resumed(manifest, straight, tmp_path / "b", killed_at=2)
     assert got.keys() == expected.keys()
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6)
@@ -348,3 +383,23 @@ def test_sd_scripts_configs_that_do_not_fit_are_refused(tmp_path: Path, text: st
     path.write_text(text, encoding="utf-8")
     with pytest.raises(UsageError, match=message):
         load_config(path)
+
+
+def test_lora_resize_cuts_a_trained_dylora_to_the_prefix_it_trained(files: dict, tmp_path: Path) -> None:
+    from train.loratools.resize import ResizeSettings, resize_lora
+
+    base, (path, _diffusers) = files[("sd15", "dylora")]
+    resize_lora(path, tmp_path / "cut.safetensors", ResizeSettings(rank=2, dtype="fp32"))
+    cut = {k.partition(".")[2]: v for k, v in load_file(tmp_path / "cut.safetensors").items()
+           if k.startswith(TO_K + ".")}
+    layer = dict(base.unet.named_modules())["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k"]
+    x = torch.randn(3, 32)
+    with torch.random.fork_rng():
+        for seed in range(20):  # a training pass that draws the first block is what the cut applies
+            torch.manual_seed(seed)
+            if int(torch.randint(0, 2, ())) == 0:
+                torch.manual_seed(seed)
+                out = layer(x)
+                break
+    theirs = torch.nn.functional.linear(x, CLIENTS["WebUI"](layer.get_base_layer().weight.detach(), cut))
+    torch.testing.assert_close(out.detach(), theirs, rtol=1e-4, atol=1e-5)

@@ -294,7 +294,7 @@ def test_settings_of_another_algorithm_are_refused(overrides: dict, message: str
 @pytest.mark.slow
 @pytest.mark.parametrize("algo", ["loha", "lokr"])
 def test_kill_and_resume_equals_an_uninterrupted_run(testdata: Path, tmp_path: Path, tiny_sd15: Path, algo: str) -> None:
-    from train.checkpoint import list_checkpoints
+    from resumes import killed_and_resumed, trainable
     from train.loop import train
     from train.prepare import load_model
     from trainsets import make_dataset
@@ -306,14 +306,8 @@ def test_kill_and_resume_equals_an_uninterrupted_run(testdata: Path, tmp_path: P
     base = load_model(straight, "cpu")
     result = train(manifest, straight, base=base)
     assert [p.name for p in result.lora_files] == ["lora.safetensors"]
-    expected = {n: p.detach().clone() for n, p in base.unet.named_parameters() if p.requires_grad}
-
-    interrupted = straight.replace(output_dir=str(tmp_path / "b"), save_every_steps=1)
-    assert train(manifest, interrupted, stop=lambda step: step == 1).stopped_early
-    assert list_checkpoints(tmp_path / "b")
-    resumed = load_model(interrupted, "cpu")
-    train(manifest, interrupted.replace(resume="latest"), base=resumed)
-    got = {n: p.detach() for n, p in resumed.unet.named_parameters() if p.requires_grad}
+    expected = trainable(base.unet)
+    got = killed_and_resumed(manifest, straight, tmp_path / "b", killed_at=1)
     assert got.keys() == expected.keys() and all(f".{algo}_" in n or ".hada_" in n for n in got)
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6)
