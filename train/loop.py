@@ -185,8 +185,10 @@ def optimizer_step(accelerator: Any, base: Any, unet: Any, network: Network, opt
     import torch
 
     first_batch, micro_batches = group
+    embedding_params = []  # textual inversion / pivotal tuning: synced and clipped with the rest
     if network.embedding is not None:  # pivotal tuning: frozen after --embedding-steps
         network.embedding.freeze_after(step)
+        embedding_params = network.embedding.params
     step_seed = hash_seed(config.run.seed, step, accelerator.process_index)
     torch.manual_seed(step_seed)  # network dropout draws from the global generator
     generator = torch.Generator(device=accelerator.device).manual_seed(step_seed)
@@ -203,11 +205,12 @@ def optimizer_step(accelerator: Any, base: Any, unet: Any, network: Network, opt
         accelerator.backward(loss / len(micro_batches))
         total += value / len(micro_batches)
     if accelerator.num_processes > 1:  # the UNet syncs through DDP; text-encoder LoRA grads by hand
-        for param in network.text_encoder_params:
+        for param in network.text_encoder_params + embedding_params:
             if param.grad is not None:
                 param.grad = accelerator.reduce(param.grad, reduction="mean")
     if config.optimizer.max_grad_norm > 0:
-        accelerator.clip_grad_norm_(network.unet_params + network.text_encoder_params, config.optimizer.max_grad_norm)
+        accelerator.clip_grad_norm_(network.unet_params + network.text_encoder_params + embedding_params,
+                                    config.optimizer.max_grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
