@@ -78,6 +78,33 @@ def test_textual_inversion_trains_only_the_vectors_and_diffusers_loads_them(mani
     theirs, _ = pipe.encode_prompt(prompt, "cpu", 1, False)
     mine = encode_prompt(ours, tokenize(ours, [prompt])).embeds
     assert torch.allclose(theirs, mine, atol=1e-5)
+    assert torch.allclose(_webui_encode(tiny_sd15, tensors["emb_params"], "a photo of", ", smile"), mine, atol=1e-5)
+
+
+def _webui_encode(model: Path, vectors: torch.Tensor, before: str, after: str) -> torch.Tensor:
+    """The WebUI's way, restated: the prompt's tokens with N placeholder ids where the embedding's name
+    stood, and the embedding layer's output at those N positions overwritten by the file's vectors."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(model / "tokenizer")
+    encoder = CLIPTextModel.from_pretrained(model / "text_encoder")
+    head = tokenizer(before, add_special_tokens=False).input_ids
+    tail = tokenizer(after, add_special_tokens=False).input_ids
+    ids = [tokenizer.bos_token_id, *head, *[0] * len(vectors), *tail, tokenizer.eos_token_id]
+    ids += [tokenizer.pad_token_id] * (tokenizer.model_max_length - len(ids))
+    start = 1 + len(head)
+
+    def put_vectors(_: torch.nn.Module, __: tuple, output: torch.Tensor) -> torch.Tensor:
+        output = output.clone()
+        output[:, start:start + len(vectors)] = vectors
+        return output
+
+    handle = encoder.get_input_embeddings().register_forward_hook(put_vectors)
+    try:
+        with torch.no_grad():
+            return encoder(torch.tensor([ids])).last_hidden_state
+    finally:
+        handle.remove()
 
 
 def _fixed_loss(base, config, manifest: Path) -> float:
