@@ -264,8 +264,8 @@ def trainable_modules(base: Any, network: Network) -> dict[str, Any]:
     modules = {"unet": base.unet}
     if network.text_encoder_params:
         modules.update({f"te{i}": e for i, e in enumerate(base.text_encoders)})
-    if network.embedding is not None:  # textual inversion / pivotal tuning
-        modules["embedding"] = network.embedding.state_module
+    if network.embedding is not None and not network.text_encoder_params:  # textual inversion / pivotal tuning
+        modules["embedding"] = network.embedding.state_module  # (inside the text encoders' state when they train)
     return modules
 
 

@@ -195,7 +195,8 @@ def _diffusers_loads_sdxl_embedding(model: Path, path: Path) -> None:
 
 @pytest.mark.slow
 def test_pivotal_resume_equals_an_uninterrupted_run(manifest: Path, tmp_path: Path, tiny_sd15: Path) -> None:
-    settings = {"max_steps": 3, "algo": "lora", "embedding_steps": 2, "lr": 1e-3, "save_every_steps": 2}
+    settings = {"max_steps": 3, "algo": "lora", "embedding_steps": 2, "lr": 1e-3, "save_every_steps": 2,
+                "train_text_encoder": True}
     straight = train(manifest, _config(tiny_sd15, tmp_path / "a", **settings))
     interrupted = _config(tiny_sd15, tmp_path / "b", **settings)
     assert train(manifest, interrupted, stop=lambda step: step == 2).stopped_early
