@@ -471,7 +471,8 @@ SDXL_DIFFUSERS = ("pipe.load_textual_inversion(f[\"clip_l\"], token=\"NAME\", te
 BUNDLE_CLIENTS = {
     "loraprep": "loraprep generate --lora FILE applies it; write NAME in the prompt",
     "WebUI / Forge": "exact: registered as NAME while <lora:…> is in the prompt; write NAME in the prompt",
-    "ComfyUI": "no: ComfyUI skips bundle_emb keys; load the separate NAME.safetensors (embedding:NAME)",
+    "ComfyUI": "not with the LoRA: its LoRA loader skips bundle_emb keys; load the separate NAME.safetensors "
+               "(embedding:NAME; recent ComfyUI also reads this file's bundle from models/embeddings/)",
     "diffusers": "no: use the separate NAME.safetensors with load_textual_inversion",
 }
 
