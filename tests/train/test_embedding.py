@@ -161,7 +161,8 @@ def test_pivotal_tuning_bundles_the_embedding_and_freezes_it_after_its_steps(man
     assert info.exit_code == 0, info.output
     assert json.loads(info.output)["bundled_embeddings"] == {NAME: 2}
     table = CliRunner().invoke(cli.app, ["lora", "info", str(tmp_path / "out" / "lora.safetensors")])
-    assert "bundled embeddings" in table.output and "ComfyUI skips bundle_emb" in table.output
+    assert "bundled embeddings" in table.output and f"{NAME} (2 vectors)" in table.output
+    assert "embedding in ComfyUI" in table.output
     info = CliRunner().invoke(cli.app, ["lora", "info", str(tmp_path / "out" / f"{NAME}.safetensors")])
     assert info.exit_code == 0 and "textual-inversion embedding" in info.output
     assert f"embedding:{NAME}" in info.output and "clip_g" in info.output
