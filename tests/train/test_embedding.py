@@ -54,11 +54,13 @@ def _init_vectors(model_dir: Path, subfolder: str, word: str, count: int) -> tor
 @pytest.mark.slow
 def test_textual_inversion_trains_only_the_vectors_and_diffusers_loads_them(manifest: Path, tmp_path: Path,
                                                                             tiny_sd15: Path) -> None:
-    config = _config(tiny_sd15, tmp_path / "out", max_steps=3)
+    (tmp_path / "prompts.txt").write_text(f"{NAME}, smile --w 64 --h 64 --s 2\n")
+    config = _config(tiny_sd15, tmp_path / "out", max_steps=3, sample_prompts=str(tmp_path / "prompts.txt"))
     base = load_model(config, "cpu")
     before = [_frozen(base.unet), *(_frozen(e) for e in base.text_encoders)]
     result = train(manifest, config, base=base)
     assert [p.name for p in result.lora_files] == [f"{NAME}.safetensors"]  # no LoRA file: the embedding alone
+    assert (tmp_path / "out" / "samples" / "lora-step00000003.png").is_file()  # sampled with the word
     after = [_frozen(base.unet), *(_frozen(e) for e in base.text_encoders)]
     for old, new in zip(before, after, strict=True):
         assert [k for k in old if not torch.equal(old[k], new[k].reshape(old[k].shape))] == []
