@@ -329,7 +329,8 @@ def load_embedding(base: Any, embedding: EmbeddingFile, name: str | None = None)
     from train.model import FAMILY_LABELS
 
     if (embedding.family == "sdxl") != base.is_sdxl:
-        raise ModelMismatch(f"embedding '{embedding.name}' is for {FAMILY_LABELS.get(embedding.family, embedding.family)}, "
+        family = FAMILY_LABELS.get(embedding.family, "SD 1.x / 2.x")
+        raise ModelMismatch(f"embedding '{embedding.name}' is for {family}, "
                             f"the base model is {FAMILY_LABELS[base.family]}",
                             hint="use an embedding trained for this model family")
     modules = attach(base, name or embedding.name, embedding.vectors)
@@ -500,7 +501,8 @@ def bundle_rows(bundled: Mapping[str, int]) -> list[tuple[str, str]]:
         return []
     names = ", ".join(f"{n} ({count} vector{'s' if count != 1 else ''})" for n, count in bundled.items())
     rows = [("bundled embeddings", names)]
-    rows += [(f"embedding in {client}", how.replace("NAME", "/".join(bundled))) for client, how in BUNDLE_CLIENTS.items()]
+    rows += [(f"embedding in {client}", how.replace("NAME", "/".join(bundled)))
+             for client, how in BUNDLE_CLIENTS.items()]
     return rows
 
 
@@ -541,6 +543,7 @@ def load_embeddings(base: Any, files: Sequence[str | Path], lora: str | Path | N
                 notes.append(f"bundled embedding '{name}' skipped: an --embedding of that name is loaded")
                 continue
             load_embedding(base, found)
-            notes.append(f"the LoRA bundles embedding '{name}' ({found.count} vector{'s' if found.count != 1 else ''}): "
+            plural = "s" if found.count != 1 else ""
+            notes.append(f"the LoRA bundles embedding '{name}' ({found.count} vector{plural}): "
                          f"write {name} in the prompt")
     return notes

@@ -52,8 +52,8 @@ def _init_vectors(model_dir: Path, subfolder: str, word: str, count: int) -> tor
 
 
 @pytest.mark.slow
-def test_textual_inversion_trains_only_the_vectors_and_diffusers_loads_them(manifest: Path, tmp_path: Path,
-                                                                            tiny_sd15: Path) -> None:
+def test_textual_inversion_trains_only_the_vectors_and_diffusers_and_generate_use_them(
+        manifest: Path, tmp_path: Path, tiny_sd15: Path) -> None:
     (tmp_path / "prompts.txt").write_text(f"{NAME}, smile --w 64 --h 64 --s 2\n")
     config = _config(tiny_sd15, tmp_path / "out", max_steps=3, sample_prompts=str(tmp_path / "prompts.txt"))
     base = load_model(config, "cpu")
@@ -81,6 +81,17 @@ def test_textual_inversion_trains_only_the_vectors_and_diffusers_loads_them(mani
     mine = encode_prompt(ours, tokenize(ours, [prompt])).embeds
     assert torch.allclose(theirs, mine, atol=1e-5)
     assert torch.allclose(_webui_encode(tiny_sd15, tensors["emb_params"], "a photo of", ", smile"), mine, atol=1e-5)
+    _generate_uses_the_file(tiny_sd15, result.lora_files[0], tmp_path)
+
+
+def _generate_uses_the_file(model: Path, embedding: Path, tmp_path: Path) -> None:
+    args = ["generate", f"{NAME}, smile", "--base", str(model), "--steps", "2", "--width", "64", "--height", "64",
+            "--device", "cpu"]
+    plain = CliRunner().invoke(cli.app, [*args, "-o", str(tmp_path / "plain.png")])
+    used = CliRunner().invoke(cli.app, [*args, "--embedding", str(embedding), "-o", str(tmp_path / "e.png")])
+    assert plain.exit_code == 0 and used.exit_code == 0, used.output
+    assert f"embedding '{NAME}'" in used.output
+    assert (tmp_path / "plain.png").read_bytes() != (tmp_path / "e.png").read_bytes()
 
 
 def _webui_encode(model: Path, vectors: torch.Tensor, before: str, after: str) -> torch.Tensor:
@@ -109,20 +120,22 @@ def _webui_encode(model: Path, vectors: torch.Tensor, before: str, after: str) -
         handle.remove()
 
 
-def _fixed_loss(base, config, manifest: Path) -> float:
+def _fixed_loss(base, config, manifest: Path):
     """The training loss over every image at fixed noise and timesteps (what the vectors are judged by)."""
-    plan = plan_training(manifest, config)
     from train.embedding import with_embedding_captions
 
-    plan = with_embedding_captions(plan, config)
-    batcher = Batcher(base, plan.data, config.replace(cache_latents="off", workers=0), "cpu")
-    losses = []
-    with torch.no_grad():
-        for seed in range(6):
-            batch = batcher.condition(list(range(len(plan.data.examples))), 0, seed)
-            losses.append(float(training_step(base, base.unet, batch, prediction_type="epsilon", loss=config.loss,
-                                              generator=torch.Generator().manual_seed(seed))))
-    return sum(losses) / len(losses)
+    plan = with_embedding_captions(plan_training(manifest, config), config)
+    batcher = Batcher(base, plan.data, config.replace(workers=0), "cpu")
+    batcher.fill_caches()
+
+    def loss() -> float:
+        with torch.no_grad():
+            return sum(float(training_step(base, base.unet, batcher.condition(list(range(len(plan.data.examples))),
+                                                                              0, seed),
+                                           prediction_type="epsilon", loss=config.loss,
+                                           generator=torch.Generator().manual_seed(seed))) for seed in range(4))
+
+    return loss
 
 
 @pytest.mark.slow
@@ -131,10 +144,11 @@ def test_loss_falls_as_the_embedding_trains(manifest: Path, tmp_path: Path, tiny
     base = load_model(config, "cpu")
     result = train(manifest, config, base=base)
     trained = base.text_encoders[0].get_input_embeddings()
-    after = _fixed_loss(base, config, manifest)
+    loss = _fixed_loss(base, config, manifest)
+    after = loss()
     with torch.no_grad():
         trained.vectors.copy_(_init_vectors(tiny_sd15, "text_encoder", "woman", 2))
-    start = _fixed_loss(base, config, manifest)
+    start = loss()
     assert after < start, (start, after, result.final_loss)
 
 
@@ -284,18 +298,6 @@ def test_a_manifest_without_a_trigger_is_refused_before_the_model_loads(testdata
     assert result.exit_code != 0 and "no trigger word" in result.output
 
 
-@pytest.mark.slow
-def test_generate_uses_an_embedding_file(manifest: Path, tmp_path: Path, tiny_sd15: Path) -> None:
-    result = train(manifest, _config(tiny_sd15, tmp_path / "out", max_steps=1))
-    args = ["generate", f"{NAME}, smile", "--base", str(tiny_sd15), "--steps", "2", "--width", "64", "--height", "64",
-            "--device", "cpu"]
-    plain = CliRunner().invoke(cli.app, [*args, "-o", str(tmp_path / "plain.png")])
-    used = CliRunner().invoke(cli.app, [*args, "--embedding", str(result.lora_files[0]), "-o", str(tmp_path / "e.png")])
-    assert plain.exit_code == 0 and used.exit_code == 0, used.output
-    assert f"embedding '{NAME}'" in used.output
-    assert (tmp_path / "plain.png").read_bytes() != (tmp_path / "e.png").read_bytes()
-
-
 def test_an_sd_scripts_textual_inversion_config_trains_the_embedding_alone(tmp_path: Path) -> None:
     (tmp_path / "ti.toml").write_text('token_string = "zqx"\ninit_word = "woman"\nnum_vectors_per_token = 3\n'
                                       'learning_rate = 5e-4\nmax_train_steps = 10\nresolution = 64\n'
@@ -332,3 +334,15 @@ def read_embedding_tensors(base, word: str):
         ids = tokenizer(word, add_special_tokens=False).input_ids
         vectors.append(encoder.get_input_embeddings().weight[ids[:1]].detach().clone())
     return embedding_from_tensors({"clip_l": vectors[0], "clip_g": vectors[1]}, NAME)
+
+
+def test_an_embedding_of_another_family_is_refused(tmp_path: Path, tiny_sd15: Path) -> None:
+    from safetensors.torch import save_file
+
+    from prep.errors import ModelMismatch
+
+    save_file({"clip_l": torch.zeros(1, 32), "clip_g": torch.zeros(1, 32)}, tmp_path / "xl.safetensors")
+    base = load_base(tiny_sd15)
+    with pytest.raises(ModelMismatch, match="is for SDXL, the base model is SD 1.x"):
+        load_embedding(base, read_embedding(tmp_path / "xl.safetensors"))
+    assert "xl" not in base.tokenizers[0].get_vocab()
