@@ -24,7 +24,7 @@ def lora_info(
     clients apply the file exactly, size and training metadata of a LoRA."""
     from rich.table import Table
 
-    from train.embedding import bundle_rows, bundled_counts, is_embedding_file
+    from train.embedding import is_embedding_file
     from train.export import describe_lora, read_lora
 
     if is_embedding_file(file):  # textual inversion: an embedding file, not a LoRA
@@ -32,14 +32,13 @@ def lora_info(
         return
     info = describe_lora(file)
     shapes = {k: list(v.shape) for k, v in read_lora(file).tensors.items()} if keys else {}
-    bundled = bundled_counts(file)  # pivotal tuning: the WebUI's bundle_emb keys
     if as_json:
-        print_json(info.to_dict() | {"bundled_embeddings": bundled} | ({"keys": shapes} if keys else {}))
+        print_json(info.to_dict() | ({"keys": shapes} if keys else {}))
         return
     table = Table(title=esc(str(file)), show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
-    for key, value in _lora_info_rows(info) + bundle_rows(bundled):
+    for key, value in _lora_info_rows(info):
         table.add_row(esc(key), esc(value))
     for key, value in sorted(info.metadata.items()):
         if key == "lora_adapter_metadata":
@@ -71,6 +70,10 @@ def _lora_info_rows(info: Any) -> list[tuple[str, str]]:
     if info.factor is not None:
         rows.append(("LoKr factor", str(info.factor)))
     rows += [(f"applies in {client}", verdict) for client, verdict in info.clients.items()]
+    if info.bundled_embeddings:  # pivotal tuning: the WebUI's bundle_emb keys
+        from train.embedding import bundle_rows
+
+        rows += bundle_rows(info.bundled_embeddings)
     return rows
 
 

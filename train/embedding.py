@@ -547,11 +547,3 @@ def load_embeddings(base: Any, files: Sequence[str | Path], lora: str | Path | N
             notes.append(f"the LoRA bundles embedding '{name}' ({found.count} vector{plural}): "
                          f"write {name} in the prompt")
     return notes
-
-
-def bundled_counts(path: str | Path) -> dict[str, int]:
-    """A LoRA file's bundled embeddings (`bundle_emb.NAME.*`, pivotal tuning): name → vectors."""
-    from train.export import read_lora
-
-    lora = read_lora(path)
-    return {name: found.count for name, found in bundled_embeddings(lora.tensors, lora.path.name).items()}

@@ -796,6 +796,7 @@ class LoraInfo:
     dora_axis: str | None  # "input" (column norm), "output" (row norm)
     clients: dict[str, str]  # client -> "exact" or what it does instead
     metadata: dict[str, str]
+    bundled_embeddings: dict[str, int] = field(default_factory=dict)  # pivotal tuning: NAME -> vectors
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -842,8 +843,15 @@ def describe_lora(path: str | Path) -> LoraInfo:
         dtypes=sorted({str(t.dtype).removeprefix("torch.") for t in lora.tensors.values()}),
         conv_modules=len(convs), dora=bool(axes), dora_axis=axis,
         clients=client_support(lora.format, algos[0] if len(algos) == 1 else "mixed", axis),
-        metadata=lora.metadata,
+        metadata=lora.metadata, bundled_embeddings=_bundled(lora),
     )
+
+
+def _bundled(lora: LoraFile) -> dict[str, int]:
+    """The WebUI's bundled embeddings (`bundle_emb.NAME.*`, pivotal tuning) by name → vectors."""
+    from train.embedding import bundled_embeddings
+
+    return {name: found.count for name, found in bundled_embeddings(lora.tensors, lora.path.name).items()}
 
 
 # ---------------------------------------------------------------- `--init-weights`
