@@ -329,7 +329,8 @@ def load_embedding(base: Any, embedding: EmbeddingFile, name: str | None = None)
     from train.model import FAMILY_LABELS
 
     if (embedding.family == "sdxl") != base.is_sdxl:
-        raise ModelMismatch(f"embedding '{embedding.name}' is for {FAMILY_LABELS.get(embedding.family, embedding.family)}, "
+        family = FAMILY_LABELS.get(embedding.family, "SD 1.x / 2.x")
+        raise ModelMismatch(f"embedding '{embedding.name}' is for {family}, "
                             f"the base model is {FAMILY_LABELS[base.family]}",
                             hint="use an embedding trained for this model family")
     modules = attach(base, name or embedding.name, embedding.vectors)
@@ -471,7 +472,8 @@ SDXL_DIFFUSERS = ("pipe.load_textual_inversion(f[\"clip_l\"], token=\"NAME\", te
 BUNDLE_CLIENTS = {
     "loraprep": "loraprep generate --lora FILE applies it; write NAME in the prompt",
     "WebUI / Forge": "exact: registered as NAME while <lora:…> is in the prompt; write NAME in the prompt",
-    "ComfyUI": "no: ComfyUI skips bundle_emb keys; load the separate NAME.safetensors (embedding:NAME)",
+    "ComfyUI": "not with the LoRA: its LoRA loader skips bundle_emb keys; load the separate NAME.safetensors "
+               "(embedding:NAME; recent ComfyUI also reads this file's bundle from models/embeddings/)",
     "diffusers": "no: use the separate NAME.safetensors with load_textual_inversion",
 }
 
@@ -499,7 +501,8 @@ def bundle_rows(bundled: Mapping[str, int]) -> list[tuple[str, str]]:
         return []
     names = ", ".join(f"{n} ({count} vector{'s' if count != 1 else ''})" for n, count in bundled.items())
     rows = [("bundled embeddings", names)]
-    rows += [(f"embedding in {client}", how.replace("NAME", "/".join(bundled))) for client, how in BUNDLE_CLIENTS.items()]
+    rows += [(f"embedding in {client}", how.replace("NAME", "/".join(bundled)))
+             for client, how in BUNDLE_CLIENTS.items()]
     return rows
 
 
@@ -540,6 +543,7 @@ def load_embeddings(base: Any, files: Sequence[str | Path], lora: str | Path | N
                 notes.append(f"bundled embedding '{name}' skipped: an --embedding of that name is loaded")
                 continue
             load_embedding(base, found)
-            notes.append(f"the LoRA bundles embedding '{name}' ({found.count} vector{'s' if found.count != 1 else ''}): "
+            plural = "s" if found.count != 1 else ""
+            notes.append(f"the LoRA bundles embedding '{name}' ({found.count} vector{plural}): "
                          f"write {name} in the prompt")
     return notes

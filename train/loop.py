@@ -192,8 +192,10 @@ def optimizer_step(accelerator: Any, base: Any, unet: Any, network: Network, opt
     import torch
 
     first_batch, micro_batches = group
+    embedding_params = []  # textual inversion / pivotal tuning: synced and clipped with the rest
     if network.embedding is not None:  # pivotal tuning: frozen after --embedding-steps
         network.embedding.freeze_after(step)
+        embedding_params = network.embedding.params
     step_seed = hash_seed(config.run.seed, step, accelerator.process_index)
     torch.manual_seed(step_seed)  # network dropout draws from the global generator
     generator = torch.Generator(device=accelerator.device).manual_seed(step_seed)
@@ -210,11 +212,12 @@ def optimizer_step(accelerator: Any, base: Any, unet: Any, network: Network, opt
         accelerator.backward(loss / len(micro_batches))
         total += value / len(micro_batches)
     if accelerator.num_processes > 1:  # the UNet syncs through DDP; text-encoder LoRA grads by hand
-        for param in network.text_encoder_params:
+        for param in network.text_encoder_params + embedding_params:
             if param.grad is not None:
                 param.grad = accelerator.reduce(param.grad, reduction="mean")
     if config.optimizer.max_grad_norm > 0:
-        accelerator.clip_grad_norm_(network.unet_params + network.text_encoder_params, config.optimizer.max_grad_norm)
+        accelerator.clip_grad_norm_(network.unet_params + network.text_encoder_params + embedding_params,
+                                    config.optimizer.max_grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -268,8 +271,8 @@ def trainable_modules(base: Any, network: Network) -> dict[str, Any]:
     modules = {"unet": base.unet}
     if network.text_encoder_params:
         modules.update({f"te{i}": e for i, e in enumerate(base.text_encoders)})
-    if network.embedding is not None:  # textual inversion / pivotal tuning
-        modules["embedding"] = network.embedding.state_module
+    if network.embedding is not None and not network.text_encoder_params:  # textual inversion / pivotal tuning
+        modules["embedding"] = network.embedding.state_module  # (inside the text encoders' state when they train)
     return modules
 
 

@@ -52,13 +52,15 @@ def _init_vectors(model_dir: Path, subfolder: str, word: str, count: int) -> tor
 
 
 @pytest.mark.slow
-def test_textual_inversion_trains_only_the_vectors_and_diffusers_loads_them(manifest: Path, tmp_path: Path,
-                                                                            tiny_sd15: Path) -> None:
-    config = _config(tiny_sd15, tmp_path / "out", max_steps=3)
+def test_textual_inversion_trains_only_the_vectors_and_diffusers_and_generate_use_them(
+        manifest: Path, tmp_path: Path, tiny_sd15: Path) -> None:
+    (tmp_path / "prompts.txt").write_text(f"{NAME}, smile --w 64 --h 64 --s 2\n")
+    config = _config(tiny_sd15, tmp_path / "out", max_steps=3, sample_prompts=str(tmp_path / "prompts.txt"))
     base = load_model(config, "cpu")
     before = [_frozen(base.unet), *(_frozen(e) for e in base.text_encoders)]
     result = train(manifest, config, base=base)
     assert [p.name for p in result.lora_files] == [f"{NAME}.safetensors"]  # no LoRA file: the embedding alone
+    assert (tmp_path / "out" / "samples" / "lora-step00000003.png").is_file()  # sampled with the word
     after = [_frozen(base.unet), *(_frozen(e) for e in base.text_encoders)]
     for old, new in zip(before, after, strict=True):
         assert [k for k in old if not torch.equal(old[k], new[k].reshape(old[k].shape))] == []
@@ -78,22 +80,62 @@ def test_textual_inversion_trains_only_the_vectors_and_diffusers_loads_them(mani
     theirs, _ = pipe.encode_prompt(prompt, "cpu", 1, False)
     mine = encode_prompt(ours, tokenize(ours, [prompt])).embeds
     assert torch.allclose(theirs, mine, atol=1e-5)
+    assert torch.allclose(_webui_encode(tiny_sd15, tensors["emb_params"], "a photo of", ", smile"), mine, atol=1e-5)
+    _generate_uses_the_file(tiny_sd15, result.lora_files[0], tmp_path)
 
 
-def _fixed_loss(base, config, manifest: Path) -> float:
+def _generate_uses_the_file(model: Path, embedding: Path, tmp_path: Path) -> None:
+    args = ["generate", f"{NAME}, smile", "--base", str(model), "--steps", "2", "--width", "64", "--height", "64",
+            "--device", "cpu"]
+    plain = CliRunner().invoke(cli.app, [*args, "-o", str(tmp_path / "plain.png")])
+    used = CliRunner().invoke(cli.app, [*args, "--embedding", str(embedding), "-o", str(tmp_path / "e.png")])
+    assert plain.exit_code == 0 and used.exit_code == 0, used.output
+    assert f"embedding '{NAME}'" in used.output
+    assert (tmp_path / "plain.png").read_bytes() != (tmp_path / "e.png").read_bytes()
+
+
+def _webui_encode(model: Path, vectors: torch.Tensor, before: str, after: str) -> torch.Tensor:
+    """The WebUI's way, restated: the prompt's tokens with N placeholder ids where the embedding's name
+    stood, and the embedding layer's output at those N positions overwritten by the file's vectors."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(model / "tokenizer")
+    encoder = CLIPTextModel.from_pretrained(model / "text_encoder")
+    head = tokenizer(before, add_special_tokens=False).input_ids
+    tail = tokenizer(after, add_special_tokens=False).input_ids
+    ids = [tokenizer.bos_token_id, *head, *[0] * len(vectors), *tail, tokenizer.eos_token_id]
+    ids += [tokenizer.pad_token_id] * (tokenizer.model_max_length - len(ids))
+    start = 1 + len(head)
+
+    def put_vectors(_: torch.nn.Module, __: tuple, output: torch.Tensor) -> torch.Tensor:
+        output = output.clone()
+        output[:, start:start + len(vectors)] = vectors
+        return output
+
+    handle = encoder.get_input_embeddings().register_forward_hook(put_vectors)
+    try:
+        with torch.no_grad():
+            return encoder(torch.tensor([ids])).last_hidden_state
+    finally:
+        handle.remove()
+
+
+def _fixed_loss(base, config, manifest: Path):
     """The training loss over every image at fixed noise and timesteps (what the vectors are judged by)."""
-    plan = plan_training(manifest, config)
     from train.embedding import with_embedding_captions
 
-    plan = with_embedding_captions(plan, config)
-    batcher = Batcher(base, plan.data, config.replace(cache_latents="off", workers=0), "cpu")
-    losses = []
-    with torch.no_grad():
-        for seed in range(6):
-            batch = batcher.condition(list(range(len(plan.data.examples))), 0, seed)
-            losses.append(float(training_step(base, base.unet, batch, prediction_type="epsilon", loss=config.loss,
-                                              generator=torch.Generator().manual_seed(seed))))
-    return sum(losses) / len(losses)
+    plan = with_embedding_captions(plan_training(manifest, config), config)
+    batcher = Batcher(base, plan.data, config.replace(workers=0), "cpu")
+    batcher.fill_caches()
+
+    def loss() -> float:
+        with torch.no_grad():
+            return sum(float(training_step(base, base.unet, batcher.condition(list(range(len(plan.data.examples))),
+                                                                              0, seed),
+                                           prediction_type="epsilon", loss=config.loss,
+                                           generator=torch.Generator().manual_seed(seed))) for seed in range(4))
+
+    return loss
 
 
 @pytest.mark.slow
@@ -102,10 +144,11 @@ def test_loss_falls_as_the_embedding_trains(manifest: Path, tmp_path: Path, tiny
     base = load_model(config, "cpu")
     result = train(manifest, config, base=base)
     trained = base.text_encoders[0].get_input_embeddings()
-    after = _fixed_loss(base, config, manifest)
+    loss = _fixed_loss(base, config, manifest)
+    after = loss()
     with torch.no_grad():
         trained.vectors.copy_(_init_vectors(tiny_sd15, "text_encoder", "woman", 2))
-    start = _fixed_loss(base, config, manifest)
+    start = loss()
     assert after < start, (start, after, result.final_loss)
 
 
@@ -134,7 +177,8 @@ def test_pivotal_tuning_bundles_the_embedding_and_freezes_it_after_its_steps(man
     assert info.exit_code == 0, info.output
     assert json.loads(info.output)["bundled_embeddings"] == {NAME: 2}
     table = CliRunner().invoke(cli.app, ["lora", "info", str(tmp_path / "out" / "lora.safetensors")])
-    assert "bundled embeddings" in table.output and "ComfyUI skips bundle_emb" in table.output
+    assert "bundled embeddings" in table.output and f"{NAME} (2 vectors)" in table.output
+    assert "embedding in ComfyUI" in table.output
     info = CliRunner().invoke(cli.app, ["lora", "info", str(tmp_path / "out" / f"{NAME}.safetensors")])
     assert info.exit_code == 0 and "textual-inversion embedding" in info.output
     assert f"embedding:{NAME}" in info.output and "clip_g" in info.output
@@ -168,7 +212,8 @@ def _diffusers_loads_sdxl_embedding(model: Path, path: Path) -> None:
 
 @pytest.mark.slow
 def test_pivotal_resume_equals_an_uninterrupted_run(manifest: Path, tmp_path: Path, tiny_sd15: Path) -> None:
-    settings = {"max_steps": 3, "algo": "lora", "embedding_steps": 2, "lr": 1e-3, "save_every_steps": 2}
+    settings = {"max_steps": 3, "algo": "lora", "embedding_steps": 2, "lr": 1e-3, "save_every_steps": 2,
+                "train_text_encoder": True}
     straight = train(manifest, _config(tiny_sd15, tmp_path / "a", **settings))
     interrupted = _config(tiny_sd15, tmp_path / "b", **settings)
     assert train(manifest, interrupted, stop=lambda step: step == 2).stopped_early
@@ -253,18 +298,6 @@ def test_a_manifest_without_a_trigger_is_refused_before_the_model_loads(testdata
     assert result.exit_code != 0 and "no trigger word" in result.output
 
 
-@pytest.mark.slow
-def test_generate_uses_an_embedding_file(manifest: Path, tmp_path: Path, tiny_sd15: Path) -> None:
-    result = train(manifest, _config(tiny_sd15, tmp_path / "out", max_steps=1))
-    args = ["generate", f"{NAME}, smile", "--base", str(tiny_sd15), "--steps", "2", "--width", "64", "--height", "64",
-            "--device", "cpu"]
-    plain = CliRunner().invoke(cli.app, [*args, "-o", str(tmp_path / "plain.png")])
-    used = CliRunner().invoke(cli.app, [*args, "--embedding", str(result.lora_files[0]), "-o", str(tmp_path / "e.png")])
-    assert plain.exit_code == 0 and used.exit_code == 0, used.output
-    assert f"embedding '{NAME}'" in used.output
-    assert (tmp_path / "plain.png").read_bytes() != (tmp_path / "e.png").read_bytes()
-
-
 def test_an_sd_scripts_textual_inversion_config_trains_the_embedding_alone(tmp_path: Path) -> None:
     (tmp_path / "ti.toml").write_text('token_string = "zqx"\ninit_word = "woman"\nnum_vectors_per_token = 3\n'
                                       'learning_rate = 5e-4\nmax_train_steps = 10\nresolution = 64\n'
@@ -301,3 +334,15 @@ def read_embedding_tensors(base, word: str):
         ids = tokenizer(word, add_special_tokens=False).input_ids
         vectors.append(encoder.get_input_embeddings().weight[ids[:1]].detach().clone())
     return embedding_from_tensors({"clip_l": vectors[0], "clip_g": vectors[1]}, NAME)
+
+
+def test_an_embedding_of_another_family_is_refused(tmp_path: Path, tiny_sd15: Path) -> None:
+    from safetensors.torch import save_file
+
+    from prep.errors import ModelMismatch
+
+    save_file({"clip_l": torch.zeros(1, 32), "clip_g": torch.zeros(1, 32)}, tmp_path / "xl.safetensors")
+    base = load_base(tiny_sd15)
+    with pytest.raises(ModelMismatch, match="is for SDXL, the base model is SD 1.x"):
+        load_embedding(base, read_embedding(tmp_path / "xl.safetensors"))
+    assert "xl" not in base.tokenizers[0].get_vocab()
