@@ -25,6 +25,7 @@ from train.cache import TensorCache, latent_cache, latent_key, text_key
 from train.config import TrainConfig
 from train.data import (CaptionOptions, Example, TrainingSet, caption_variants, colour_jitter, epoch_batches,
                         load_pixels, placement, process_caption, sample_rng, to_array)
+from train.masks import latent_size, load_mask, mask_source
 
 LatentItem = tuple[str, int, bool]  # (cache key, example position, flipped)
 
@@ -37,6 +38,7 @@ class Conditioned:
     prompt: Any
     time_ids: Any
     weights: Any
+    mask: Any = None  # (batch, 1, h, w) loss weights at latent resolution with --masked-loss/--alpha-mask
 
 
 class Batcher:
@@ -51,16 +53,23 @@ class Batcher:
         cache_root = Path(config.run.cache_dir) if config.run.cache_dir else Path(config.run.output_dir) / "cache"
         self.latents: TensorCache | None = latent_cache(config.run.cache_latents, cache_root)
         trains_te = config.network.train_text_encoder
+        trains_te = trains_te or bool(config.embedding.embedding)  # textual inversion: the new vectors train
         self.texts: TensorCache | None = TensorCache() if config.run.cache_text_encoder and not trains_te else None
         ids = base.component_ids or {}
         vae = base.vae
         tiled = "/tiled" if getattr(vae, "use_tiling", False) else ""
         self.vae_id = f"{ids.get('vae', base.model_id)}/{str(vae.dtype).removeprefix('torch.')}{tiled}"
-        encoders = ("text_encoder", "text_encoder_2")[:len(base.text_encoders)]
+        encoders = ("text_encoder", "text_encoder_2", "text_encoder_3")[:len(base.text_encoders)]
         self.text_id = "+".join(ids.get(k, base.model_id) for k in encoders) + f"/clip_skip={config.model.clip_skip}"
+        if base.family == "sd3":  # T5's padded length shapes the cached embeddings
+            self.text_id += f"/t5={base.tokenizers[2].model_max_length}"
         self.captions = CaptionOptions(data.manifest.trigger, config.data.caption_dropout, config.data.tag_dropout)
         self.scaling = float(vae.config.scaling_factor)
+        self.shift = float(getattr(vae.config, "shift_factor", None) or 0.0)  # SD3's VAE centres its latents
         self._torch = torch
+        # loss masks (--masked-loss / --alpha-mask, train.masks): stored with each cached latent
+        self.masks = {e.index: mask_source(e, data.root, config.loss) for e in data.examples}
+        self._mask_scale = base.vae_scale_factor
         self._groups = self._latent_groups() if self.latents is not None else {}
         variants = [caption_variants(e.caption, keep_tokens=e.keep_tokens, shuffle=e.shuffle, options=self.captions)
                     for e in data.examples]
@@ -159,8 +168,9 @@ class Batcher:
             ahead = self._ahead.pop((tuple(indices), epoch, batch_number), None)
             pixels = ahead.result() if ahead is not None else self._stack_pixels(examples, draws)
             latents = self._encode(pixels)
+            masks = self._masks([self._mask(e, flip) for e, (flip, _, _) in zip(examples, draws, strict=True)])
         else:
-            latents = self._latents(examples, draws)
+            latents, masks = self._latents(examples, draws)
         prompt = self._prompt([caption for _, caption, _ in draws])
         time_ids = None
         if self.base.is_sdxl:
@@ -169,7 +179,8 @@ class Batcher:
             time_ids = torch.stack([sdxl_time_ids(*self._time_ids(e)) for e in examples]).to(self.device)
         weights = torch.tensor([self.config.data.prior_loss_weight if e.is_reg else 1.0 for e in examples],
                                device=self.device)
-        return Conditioned(latents.to(self.device), prompt, time_ids, weights)
+        return Conditioned(latents.to(self.device), prompt, time_ids, weights,
+                           masks.to(self.device) if masks is not None else None)
 
     def _draw(self, example: Example, epoch: int, batch_number: int, slot: int) -> tuple[bool, str, Any]:
         rng = sample_rng(self.config.run.seed, epoch, batch_number, slot)
@@ -193,8 +204,9 @@ class Batcher:
     def _stack_pixels(self, examples: Sequence[Example], draws: Sequence[tuple[bool, str, Any]]) -> Any:
         return self._torch.stack([self._pixels(e, flip, rng) for e, (flip, _, rng) in zip(examples, draws, strict=True)])
 
-    def _latents(self, examples: Sequence[Example], draws: Sequence[tuple[bool, str, Any]]) -> Any:
-        """Host latents for the batch from the cache (a lost entry is encoded again with its fixed group)."""
+    def _latents(self, examples: Sequence[Example], draws: Sequence[tuple[bool, str, Any]]) -> tuple[Any, Any]:
+        """Host latents (and loss masks, or None) for the batch from the cache (a lost entry is encoded
+        again with its fixed group)."""
         torch = self._torch
         keys = [self._latent_key(e, flip) for e, (flip, _, _) in zip(examples, draws, strict=True)]
         found = self.latents.get_many(keys)
@@ -202,25 +214,39 @@ class Batcher:
             if item is None:  # not there any more (a damaged disk entry): its fixed group again
                 self._encode_group(self._groups[keys[i]])
                 found[i] = self.latents.get(keys[i])
-        return torch.stack([item["latent"] for item in found])
+        return torch.stack([item["latent"] for item in found]), self._masks([item.get("mask") for item in found])
 
     def _encode_group(self, group: Sequence[LatentItem]) -> None:
         assert self.latents is not None
         pixels = self._torch.stack([self._pixels(self.data.examples[i], flip, None) for _, i, flip in group])
-        for (key, _, _), latent in zip(group, self._encode(pixels), strict=True):
-            self.latents.put(key, {"latent": latent})
+        for (key, i, flip), latent in zip(group, self._encode(pixels), strict=True):
+            mask = self._mask(self.data.examples[i], flip)
+            self.latents.put(key, {"latent": latent, **({"mask": mask} if mask is not None else {})})
 
     def _encode(self, pixels: Any) -> Any:
         """Scaled latents on the host; the VAE runs wherever its weights are, in their dtype."""
         vae = self.base.vae
         with self._torch.no_grad():
             encoded = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mode()
+        if self.shift:
+            encoded = encoded - self.shift
         return (encoded * self.scaling).float().cpu()
 
     def _latent_key(self, example: Example, flip: bool) -> str:
         place = placement(example.record.size, example.bucket)
+        source = self.masks[example.index]
         return latent_key(example.record, resized=place.resized, trim=place.trim, bucket=example.bucket,
-                          flip=flip, vae_id=self.vae_id)
+                          flip=flip, vae_id=self.vae_id, mask=source.identity if source is not None else None)
+
+    def _mask(self, example: Example, flip: bool) -> Any:
+        """The example's loss mask at latent resolution, placed and flipped as its image; None unmasked."""
+        source = self.masks[example.index]
+        if source is None:
+            return None
+        return load_mask(source, example, flip=flip, latent_size=latent_size(example.bucket, self._mask_scale))
+
+    def _masks(self, masks: Sequence[Any]) -> Any:
+        return self._torch.stack(list(masks)) if masks and masks[0] is not None else None
 
     def _pixels(self, example: Example, flip: bool, rng: Any) -> Any:
         image, _ = load_pixels(example)

@@ -15,6 +15,7 @@ from prep.progress import Reporter
 from train.checkpoint import LoopState, list_checkpoints, resume_hint
 from train.config import TrainConfig, parse_size
 from train.data import TrainingSet
+from train.losses import loss_metadata
 from train.network import Network
 from train.plan import TrainPlan
 
@@ -26,6 +27,11 @@ def export_lora(stem: Path, base: Any, network: Network, config: TrainConfig, pl
 
     encoders = base.text_encoders if network.text_encoder_params else ()
     try:
+        if network.embedding is not None:  # textual inversion / pivotal tuning
+            from train.embedding import save_run_embedding
+
+            return save_run_embedding(stem, base, network, config, lora_metadata(config, plan, state, base),
+                                      state.global_step)
         files = save_lora(stem, unet=base.unet, text_encoders=encoders, base=base,
                                  network_config=config.network, metadata=lora_metadata(config, plan, state, base))
     except OSError as exc:
@@ -54,6 +60,7 @@ def lora_metadata(config: TrainConfig, plan: TrainPlan, state: LoopState, base: 
         base_model_name=Path(config.model.base).name,
         **({"ss_scale_weight_norms": str(config.network.scale_weight_norms)}
            if config.network.scale_weight_norms else {}),
+        **loss_metadata(config.loss, base),  # loss and noise variants, sd-scripts' ss_* keys
     )
 
 
