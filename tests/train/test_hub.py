@@ -26,6 +26,11 @@ def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[HubServer]:
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no saved login from this machine
     with HubServer() as server:
         monkeypatch.setenv("HF_ENDPOINT", server.url)
+        # huggingface_hub's own side requests (its agent-harness registry) use the endpoint read at
+        # import: point them at the stand-in too, so nothing reaches the network
+        monkeypatch.setattr(constants, "ENDPOINT", server.url)
+        monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "hf-home" / ".agent_harnesses.json"),
+                            raising=False)
         (tmp_path / "token").write_text(server.token + "\n")
         yield server
 
@@ -41,7 +46,8 @@ def test_a_bad_token_fails_before_any_weight_is_loaded(hub: HubServer, testdata:
     (tmp_path / "token").write_text("hf_expired")
     with pytest.raises(HubError, match="did not accept the token"):
         train(manifest, _config(tmp_path, str(tmp_path / "no-such-model")))  # the model is never reached
-    assert hub.requests == ["GET /api/whoami-v2"] and not (tmp_path / "out" / "lora.safetensors").exists()
+    asked = [r for r in hub.requests if "agent-harnesses" not in r]
+    assert asked == ["GET /api/whoami-v2"] and not (tmp_path / "out" / "lora.safetensors").exists()
 
 
 def test_a_namespace_the_token_may_not_write_is_refused_up_front(hub: HubServer, tmp_path: Path) -> None:

@@ -49,3 +49,30 @@ def test_offline_wandb_run_holds_loss_lr_samples_and_settings(testdata: Path, ti
     for key in (b"train/loss", b"train/lr", b"lr/group1", b"samples", b"rank"):  # settings: the run's config
         assert key in records
     assert list((runs[0] / "files" / "media" / "images").glob("samples_*.png"))
+
+
+def test_tensorboard_holds_loss_every_group_lr_samples_and_settings(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from train.trackers import make_trackers
+
+    trackers = make_trackers(load_config(None, {"report_to": "tensorboard"}), tmp_path)
+    import torch
+
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr} for lr in (1e-4, 5e-5)]
+    trackers.watch(torch.optim.SGD(groups))
+    trackers.add_scalars("train", {"loss": 0.5, "loss_ema": 0.5, "lr": 1e-4}, 1)
+    Image.new("RGB", (16, 8), (255, 0, 0)).save(tmp_path / "grid.png")
+    trackers.add_sample(tmp_path / "grid.png", "sks, 1girl", 1)
+    trackers.close()
+    tags: dict[str, list[str]] = {}
+    for folder in sorted({p.parent for p in (tmp_path / "tensorboard").rglob("events.*")}):
+        events = EventAccumulator(str(folder))
+        events.Reload()
+        for kind in ("scalars", "images", "tensors"):
+            tags.setdefault(kind, []).extend(events.Tags()[kind])
+    assert "samples" in tags["images"] and any(t.startswith("settings") for t in tags["tensors"])
+    assert (tmp_path / "tensorboard" / "lr_group1").is_dir() and (tmp_path / "tensorboard" / "train_loss").is_dir()
+
