@@ -24,7 +24,8 @@ def train(
     allow_pickle: Annotated[Optional[bool], typer.Option("--allow-pickle", help="Accept .ckpt/pickle weights (loaded weights_only).", rich_help_panel="Model")] = None,
     prediction_type: Annotated[Optional[str], typer.Option(help="auto | epsilon | v_prediction.", rich_help_panel="Model")] = None,
     clip_skip: Annotated[Optional[int], typer.Option(help="1 = last text-encoder layer, 2 = penultimate.", rich_help_panel="Model")] = None,
-    algo: Annotated[Optional[str], typer.Option(help="lora (default) | loha (Hadamard product: smaller files, learns less of the style) | lokr (Kronecker product: tiny files; --rank 100000 for full-matrix LoKr). LoHa/LoKr files load in the WebUI, ComfyUI and `loraprep generate`, not in diffusers.", rich_help_panel="Network")] = None,
+    base_weights: Annotated[Optional[list[str]], typer.Option("--base-weights", help="A LoRA FILE[:WEIGHT] merged into the base before training (repeatable; sd-scripts' base_weights).", rich_help_panel="Model")] = None,
+    algo: Annotated[Optional[str], typer.Option(help="lora (default) | loha (Hadamard product: smaller files, learns less of the style) | lokr (Kronecker product: tiny files; --rank 100000 for full-matrix LoKr) | ia3 ((IA)³: one scale vector per key/value/feed-forward layer, tiny files; needs a much higher LR: default 5e-3, try 5e-3–1e-2; WebUI and `loraprep generate` only) | dylora (DyLoRA: LoRA whose every --unit-multiple rank prefix is a LoRA too) | lora-fa (LoRA-FA: down projections frozen, half the optimizer state). LoHa/LoKr files load in the WebUI, ComfyUI and `loraprep generate`, not in diffusers; dylora and lora-fa write plain LoRA files.", rich_help_panel="Network")] = None,
     preset: Annotated[Optional[str], typer.Option(help="attn (default) | attn-mlp | full.", rich_help_panel="Network")] = None,
     rank: Annotated[Optional[int], typer.Option(help="Rank (dim) of each layer. Default 16.", rich_help_panel="Network")] = None,
     alpha: Annotated[Optional[float], typer.Option(help="Alpha; strength scale = alpha/rank. Default and 0: alpha = rank (scale 1), like sd-scripts' --network_alpha=0.", rich_help_panel="Network")] = None,
@@ -32,6 +33,7 @@ def train(
     conv_alpha: Annotated[Optional[float], typer.Option(help="Alpha of the conv layers (default 1; 0: = --conv-dim).", rich_help_panel="Network")] = None,
     factor: Annotated[Optional[int], typer.Option(help="LoKr: split each dimension near this factor (4–16: larger = smaller, looser file); -1 (default) = as square as possible.", rich_help_panel="Network")] = None,
     dora: Annotated[Optional[bool], typer.Option("--dora/--no-dora", help="Weight-decomposed LoRA (DoRA, --algo lora), in the convention the WebUI and ComfyUI apply exactly.", rich_help_panel="Network")] = None,
+    unit: Annotated[Optional[int], typer.Option(help="DyLoRA (--algo dylora): ranks trained per step and the step between valid cuts; must divide --rank (sd-scripts' unit). Default 1.", rich_help_panel="Network")] = None,  # issue 22
     network_dropout: Annotated[Optional[float], typer.Option(help="Dropout inside the LoRA layers.", rich_help_panel="Network")] = None,
     rank_dropout: Annotated[Optional[float], typer.Option(help="Chance to drop each LoRA rank per sample while training (sd-scripts rank_dropout).", rich_help_panel="Network")] = None,
     module_dropout: Annotated[Optional[float], typer.Option(help="Chance to skip a whole LoRA layer for a step (sd-scripts module_dropout).", rich_help_panel="Network")] = None,
@@ -59,7 +61,7 @@ def train(
     dataset_config: Annotated[Optional[str], typer.Option(help="An sd-scripts dataset TOML: its subsets' num_repeats, class_tokens, is_reg, keep_tokens… apply to the manifest's images in those folders.", rich_help_panel="Data")] = None,
     optimizer: Annotated[Optional[str], typer.Option(help="adamw | adamw8bit | lion | adafactor | prodigy | sgdnesterov | dadaptadam | dadaptlion | dadaptsgd | dadaptadagrad | dadaptadan | dadaptation (sd-scripts' names).", rich_help_panel="Optimizer")] = None,
     optimizer_args: Annotated[Optional[list[str]], typer.Option(help="key=value passed to the optimizer, sd-scripts style (repeatable, or several in one quoted value): decouple=True betas=0.9,0.99 relative_step=False d_coef=2.", rich_help_panel="Optimizer")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default 1e-4; ~1.0 for prodigy and D-Adaptation).", rich_help_panel="Optimizer")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default 1e-4, 5e-3 for --algo ia3; ~1.0 for prodigy and D-Adaptation).", rich_help_panel="Optimizer")] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help="Weight decay.", rich_help_panel="Optimizer")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="constant | constant_with_warmup | cosine | cosine_with_restarts | linear | polynomial.", rich_help_panel="Optimizer")] = None,
     warmup_steps: Annotated[Optional[int], typer.Option(help="LR warmup steps.", rich_help_panel="Optimizer")] = None,
@@ -114,6 +116,30 @@ def train(
     sample_sampler: Annotated[Optional[str], typer.Option(help="Sampler for prompts without --ss: default (the model's own), euler_a, euler, dpmsolver++, dpmsolver, dpmsingle, ddim, pndm, heun, dpm_2, dpm_2_a, lms, unipc, deis (k_ names too).", rich_help_panel="Samples")] = None,
     tensorboard: Annotated[Optional[bool], typer.Option("--tensorboard", help="Also log to OUTPUT/tensorboard.", rich_help_panel="Run and checkpoints")] = None,
     num_processes: Annotated[Optional[int], typer.Option(help="GPUs: relaunch through `accelerate launch` with N processes.", rich_help_panel="Run and checkpoints")] = None,
+    # issue 24: the HF blog's recipe, in diffusers' spellings
+    validation_prompt: Annotated[Optional[str], typer.Option(help="diffusers' --validation_prompt: render this prompt --num-validation-images times (seeds --seed, --seed+1, …) every --validation-epochs epochs, beside any --sample-prompts.", rich_help_panel="Samples")] = None,
+    num_validation_images: Annotated[Optional[int], typer.Option(help="Images per validation (default 4).", rich_help_panel="Samples")] = None,
+    validation_epochs: Annotated[Optional[int], typer.Option(help="Validate every N epochs (default 1).", rich_help_panel="Samples")] = None,
+    caption_dropout_every_n_epochs: Annotated[Optional[int], typer.Option(help="Every Nth epoch trains all captions empty (sd-scripts' caption_dropout_every_n_epochs; 0 = off).", rich_help_panel="Data")] = None,
+    report_to: Annotated[Optional[str], typer.Option(help="tensorboard | wandb | all: log loss, learning rate, sample grids and the settings (WANDB_MODE=offline works).", rich_help_panel="Run and checkpoints")] = None,
+    push_to_hub: Annotated[Optional[str], typer.Option(help="Upload the LoRA files, model card and samples to this Hub model repo (user/name) at the end; token and repo are checked before training.", rich_help_panel="Hub")] = None,
+    hub_private: Annotated[Optional[bool], typer.Option("--hub-private", help="Create the Hub repo private.", rich_help_panel="Hub")] = None,
+    hub_token_file: Annotated[Optional[str], typer.Option(help="File holding the Hub token (default: HF_TOKEN or `hf auth login`).", rich_help_panel="Hub")] = None,
+    push_every_save: Annotated[Optional[bool], typer.Option("--push-every-save", help="Also upload at every saved checkpoint.", rich_help_panel="Hub")] = None,
+    # SD3 / SD3.5 (issue 25): T5 length and the flow-matching timestep sampling and loss weighting
+    t5_max_length: Annotated[Optional[int], typer.Option(help="SD3: T5 tokens per caption (default 256, as the SD3 pipeline).", rich_help_panel="SD3")] = None,
+    weighting_scheme: Annotated[Optional[str], typer.Option(help="SD3: logit_normal (default) | mode | sigma_sqrt | cosmap | none: how timesteps are drawn and the loss weighted, as diffusers' SD3 LoRA example.", rich_help_panel="SD3")] = None,
+    logit_mean: Annotated[Optional[float], typer.Option(help="SD3: mean of logit_normal (default 0).", rich_help_panel="SD3")] = None,
+    logit_std: Annotated[Optional[float], typer.Option(help="SD3: std of logit_normal (default 1).", rich_help_panel="SD3")] = None,
+    mode_scale: Annotated[Optional[float], typer.Option(help="SD3: scale of the mode density (default 1.29).", rich_help_panel="SD3")] = None,
+    precondition_outputs: Annotated[Optional[bool], typer.Option("--precondition-outputs/--no-precondition-outputs", help="SD3: compare the denoised estimate with the latents (default) instead of the velocity with noise − latents.", rich_help_panel="SD3")] = None,
+    # textual inversion / pivotal tuning
+    embedding: Annotated[Optional[str], typer.Option(help="Textual inversion: train a new word NAME (a made-up lowercase word) in place of the manifest's trigger; writes OUTPUT/NAME.safetensors (WebUI, ComfyUI, diffusers). With an --algo: pivotal tuning, the LoRA trains too and bundles the embedding.", rich_help_panel="Embedding (textual inversion)")] = None,
+    init_word: Annotated[Optional[str], typer.Option(help="The word whose token vectors the embedding starts from (woman, dog, painting…).", rich_help_panel="Embedding (textual inversion)")] = None,
+    vectors: Annotated[Optional[int], typer.Option(help="Vectors per token of the embedding (default 1; 2–8 hold more, and use that many of the prompt's 75 tokens).", rich_help_panel="Embedding (textual inversion)")] = None,
+    embedding_lr: Annotated[Optional[float], typer.Option(help="Learning rate of the embedding (default 5e-3; --lr stays the LoRA's).", rich_help_panel="Embedding (textual inversion)")] = None,
+    embedding_steps: Annotated[Optional[int], typer.Option(help="Pivotal tuning: freeze the embedding after N steps; the LoRA trains on.", rich_help_panel="Embedding (textual inversion)")] = None,
+    pivotal: Annotated[Optional[bool], typer.Option("--pivotal/--no-pivotal", help="Train the LoRA beside the embedding (default: when an --algo is named).", rich_help_panel="Embedding (textual inversion)")] = None,
 ) -> None:
     """Train a LoRA on a manifest (the bundled trainer).
 
@@ -139,6 +165,10 @@ def train(
     from train.plan import inspect_base
 
     checked = inspect_base(settings)
+    if settings.embedding.embedding:  # textual inversion: NAME and --init-word against the tokenizer alone
+        from train.embedding import check_embedding
+
+        check_embedding(settings, manifest)
     out.print(_config_table(settings))
     if dry_run:
         from train.plan import plan_training
@@ -221,6 +251,7 @@ def generate(
     base_config: Annotated[Optional[Path], typer.Option(help="Diffusers config folder of the family, for single-file bases offline.")] = None,
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Accept .ckpt/pickle base weights (loaded weights_only).")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps.")] = "auto",
+    embedding: Annotated[Optional[list[Path]], typer.Option("--embedding", help="Textual-inversion embedding file (repeatable): its file name is the word to write in the prompt, as in the WebUI. A --lora's bundled embeddings load by themselves.")] = None,  # textual inversion
 ) -> None:
     """Render images with a LoRA, to check what it learned.
 
@@ -236,6 +267,10 @@ def generate(
     with rich_reporter() as reporter:
         reporter.note(f"loading {base} on {torch_device}")
         model = load_base(base, allow_pickle=allow_pickle, dtype=dtype, device=torch_device, config=base_config)
+        from train.embedding import load_embeddings  # textual inversion: --embedding files, a LoRA's bundled ones
+
+        for note in load_embeddings(model, embedding or [], lora):
+            reporter.note(note)
         images = render_images(model, lora, plan, prompt, options, reporter=reporter)
     for path in save_images(images, out_path, stem="image" if plan.single else "grid"):
         out.print(f"[green]✓[/] {esc(path)}")

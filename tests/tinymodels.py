@@ -254,3 +254,132 @@ def save_sd15_single_file(pipeline_dir: Path, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(out))
     return out
+
+
+# ---------------------------------------------------------------- SD3 / SD3.5 (MMDiT, three text encoders)
+
+T5_MAX_LENGTH = 32
+
+
+def _build_t5_tokenizer():
+    """A T5TokenizerFast whose Unigram vocabulary is trained offline on `_corpus()` (`</s>` appended
+    like T5's, `<pad>` = 0 as T5 pads)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import T5TokenizerFast
+
+    unigram = Tokenizer(models.Unigram())
+    unigram.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    unigram.pre_tokenizer = pre_tokenizers.Metaspace()
+    unigram.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=300, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>",
+                                      show_progress=False)
+    unigram.train_from_iterator(_corpus(), trainer=trainer)
+    unigram.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                          special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(tokenizer_object=unigram, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                           extra_ids=0, model_max_length=T5_MAX_LENGTH)
+
+
+def build_tiny_sd3(directory: Path) -> Path:
+    """An SD3.5-shaped pipeline saved under `directory/tiny-sd3`: an MMDiT (joint blocks, a dual-attention
+    block as in 3.5 Medium, RMS q/k norm), CLIP-L and CLIP-G with projections, a T5 encoder wider than
+    the CLIP pair (so its embeddings are zero-padded as in the real model), a 16-channel VAE with a shift
+    factor, and the flow-matching Euler scheduler with shift 3."""
+    import torch
+    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
+                           StableDiffusion3Pipeline)
+    from transformers import CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    out = Path(directory) / "tiny-sd3"
+    torch.manual_seed(35)
+    tokenizer, tokenizer_2, tokenizer_3 = _build_tokenizer(), _build_tokenizer(), _build_t5_tokenizer()
+    transformer = SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=2, attention_head_dim=8,
+        num_attention_heads=4, joint_attention_dim=48, caption_projection_dim=32, pooled_projection_dim=64,
+        pos_embed_max_size=16, dual_attention_layers=(0,), qk_norm="rms_norm",
+    )
+    text_encoder = CLIPTextModelWithProjection(_text_config(tokenizer, hidden_act="quick_gelu"))
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer_2, hidden_act="gelu"))
+    text_encoder_3 = T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer_3), d_model=48, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, pad_token_id=tokenizer_3.pad_token_id,
+        eos_token_id=tokenizer_3.eos_token_id, decoder_start_token_id=0))
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=16, layers_per_block=1, norm_num_groups=8,
+        block_out_channels=(8, 16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, sample_size=64, scaling_factor=1.5305, shift_factor=0.0609,
+        use_quant_conv=False, use_post_quant_conv=False,
+    )
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
+        text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3,
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def _swap_halves(tensor):
+    import torch
+
+    first, second = tensor.chunk(2, dim=0)
+    return torch.cat([second, first])
+
+
+def _mmdit_state(transformer) -> dict:
+    """The original (SD3 reference / ComfyUI) MMDiT layout of a diffusers SD3 transformer: q/k/v fused
+    into qkv, the last block's context modulation and the final layer's in (scale, shift) order."""
+    import torch
+
+    sd = transformer.state_dict()
+    depth = int(transformer.config.num_layers)
+    out: dict = {"pos_embed": sd["pos_embed.pos_embed"]}
+    renames = {"pos_embed.proj": "x_embedder.proj", "time_text_embed.timestep_embedder.linear_1": "t_embedder.mlp.0",
+               "time_text_embed.timestep_embedder.linear_2": "t_embedder.mlp.2", "context_embedder": "context_embedder",
+               "time_text_embed.text_embedder.linear_1": "y_embedder.mlp.0",
+               "time_text_embed.text_embedder.linear_2": "y_embedder.mlp.2", "proj_out": "final_layer.linear"}
+    block_renames = {"attn.norm_q": "x_block.attn.ln_q", "attn.norm_k": "x_block.attn.ln_k",
+                     "attn.norm_added_q": "context_block.attn.ln_q", "attn.norm_added_k": "context_block.attn.ln_k",
+                     "attn.to_out.0": "x_block.attn.proj", "attn.to_add_out": "context_block.attn.proj",
+                     "attn2.norm_q": "x_block.attn2.ln_q", "attn2.norm_k": "x_block.attn2.ln_k",
+                     "attn2.to_out.0": "x_block.attn2.proj", "norm1.linear": "x_block.adaLN_modulation.1",
+                     "norm1_context.linear": "context_block.adaLN_modulation.1", "ff.net.0.proj": "x_block.mlp.fc1",
+                     "ff.net.2": "x_block.mlp.fc2", "ff_context.net.0.proj": "context_block.mlp.fc1",
+                     "ff_context.net.2": "context_block.mlp.fc2"}
+    fused = {"attn.to_": "x_block.attn.qkv", "attn.add_": "context_block.attn.qkv", "attn2.to_": "x_block.attn2.qkv"}
+    for end in ("weight", "bias"):
+        for new, old in renames.items():
+            out[f"{old}.{end}"] = sd[f"{new}.{end}"]
+        out[f"final_layer.adaLN_modulation.1.{end}"] = _swap_halves(sd[f"norm_out.linear.{end}"])
+        for i in range(depth):
+            block = f"transformer_blocks.{i}"
+            for new, old in block_renames.items():
+                if f"{block}.{new}.{end}" in sd:
+                    value = sd[f"{block}.{new}.{end}"]
+                    if new == "norm1_context.linear" and i == depth - 1:
+                        value = _swap_halves(value)
+                    out[f"joint_blocks.{i}.{old}.{end}"] = value
+            for head, target in fused.items():
+                parts = [sd.get(f"{block}.{head}{p}.{end}") for p in (("q_proj", "k_proj", "v_proj") if "add_" in head
+                                                                       else ("q", "k", "v"))]
+                if all(p is not None for p in parts):
+                    out[f"joint_blocks.{i}.{target}.{end}"] = torch.cat(parts)
+    return out
+
+
+def save_sd3_single_file(pipeline_dir: Path, out: Path) -> Path:
+    """An SD3 diffusers folder as one original-layout `.safetensors` holding the MMDiT and the VAE but no
+    text encoders, as Stability ships SD3.5 Large (the encoders then come from a diffusers folder)."""
+    from diffusers import AutoencoderKL, SD3Transformer2DModel
+    from safetensors.torch import save_file
+
+    transformer = SD3Transformer2DModel.from_pretrained(pipeline_dir, subfolder="transformer")
+    vae = AutoencoderKL.from_pretrained(pipeline_dir, subfolder="vae")
+    state = {"model.diffusion_model." + k: v for k, v in _mmdit_state(transformer).items()}
+    for key, value in vae.state_dict().items():
+        if ".mid_block.attentions." in key and value.dim() == 2:
+            value = value[:, :, None, None]
+        state["first_stage_model." + _ldm_vae_key(key, dict(vae.config))] = value
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out))
+    return out

@@ -53,15 +53,19 @@ class Batcher:
         cache_root = Path(config.run.cache_dir) if config.run.cache_dir else Path(config.run.output_dir) / "cache"
         self.latents: TensorCache | None = latent_cache(config.run.cache_latents, cache_root)
         trains_te = config.network.train_text_encoder
+        trains_te = trains_te or bool(config.embedding.embedding)  # textual inversion: the new vectors train
         self.texts: TensorCache | None = TensorCache() if config.run.cache_text_encoder and not trains_te else None
         ids = base.component_ids or {}
         vae = base.vae
         tiled = "/tiled" if getattr(vae, "use_tiling", False) else ""
         self.vae_id = f"{ids.get('vae', base.model_id)}/{str(vae.dtype).removeprefix('torch.')}{tiled}"
-        encoders = ("text_encoder", "text_encoder_2")[:len(base.text_encoders)]
+        encoders = ("text_encoder", "text_encoder_2", "text_encoder_3")[:len(base.text_encoders)]
         self.text_id = "+".join(ids.get(k, base.model_id) for k in encoders) + f"/clip_skip={config.model.clip_skip}"
+        if base.family == "sd3":  # T5's padded length shapes the cached embeddings
+            self.text_id += f"/t5={base.tokenizers[2].model_max_length}"
         self.captions = CaptionOptions(data.manifest.trigger, config.data.caption_dropout, config.data.tag_dropout)
         self.scaling = float(vae.config.scaling_factor)
+        self.shift = float(getattr(vae.config, "shift_factor", None) or 0.0)  # SD3's VAE centres its latents
         self._torch = torch
         # loss masks (--masked-loss / --alpha-mask, train.masks): stored with each cached latent
         self.masks = {e.index: mask_source(e, data.root, config.loss) for e in data.examples}
@@ -71,6 +75,8 @@ class Batcher:
                     for e in data.examples]
         self.fixed_captions = list(dict.fromkeys(c for v in variants if v is not None for c in v))
         self.captions_vary = any(v is None for v in variants)
+        if config.data.caption_dropout_every_n_epochs:  # issue 24: those epochs train the empty caption
+            self.fixed_captions = list(dict.fromkeys([*self.fixed_captions, ""]))
         self._pool: ThreadPoolExecutor | None = None
         if self.latents is None and config.data.workers > 0:  # persistent: one pool for the whole run
             self._pool = ThreadPoolExecutor(config.data.workers, thread_name_prefix="loraprep-pixels")
@@ -181,6 +187,8 @@ class Batcher:
         flip = self.config.data.flip and rng.random() < 0.5
         caption = process_caption(example.caption, keep_tokens=example.keep_tokens, shuffle=example.shuffle,
                                   options=self.captions, rng=rng)
+        if dropout_epoch(self.config.data.caption_dropout_every_n_epochs, epoch):
+            caption = ""
         return flip, caption, rng
 
     def _time_ids(self, example: Example) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
@@ -220,6 +228,8 @@ class Batcher:
         vae = self.base.vae
         with self._torch.no_grad():
             encoded = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mode()
+        if self.shift:
+            encoded = encoded - self.shift
         return (encoded * self.scaling).float().cpu()
 
     def _latent_key(self, example: Example, flip: bool) -> str:
@@ -268,3 +278,8 @@ class Batcher:
         items = [self.texts.get_or_compute(self._text_key(c), lambda c=c: self._encode_text(c)) for c in captions]
         pooled = self._torch.stack([i["pooled"] for i in items]) if "pooled" in items[0] else None
         return PromptEmbeds(self._torch.stack([i["embeds"] for i in items]), pooled).to(self.device)
+
+
+def dropout_epoch(every: int, epoch: int) -> bool:
+    """sd-scripts' caption_dropout_every_n_epochs: epochs N, 2N, … (1-based) train every caption empty."""
+    return every > 0 and (epoch + 1) % every == 0

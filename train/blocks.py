@@ -176,6 +176,8 @@ def unet_family(unet_config: Mapping[str, Any]) -> str:
 
 def block_of(path: str, unet_config: Mapping[str, Any]) -> str:
     """The kohya block ID (IN04, M01, OUT10) of a diffusers UNet module path."""
+    if "joint_attention_dim" in unet_config:  # SD3's MMDiT has no UNet blocks: one weight for it all
+        return "MMDiT"
     original = sgm_unet_name(path, unet_config)
     kind, index = original.split(".")[:2]
     prefix = {"input_blocks": "IN", "middle_block": "M", "output_blocks": "OUT"}.get(kind)

@@ -50,9 +50,11 @@ class PromptEmbeds:
 
 def tokenize(base: TextModel, captions: Sequence[str]) -> list[torch.Tensor]:
     """Token ids [B, 77] per tokenizer (one for SD1/SD2, two for SDXL), padded and truncated."""
+    from train.embedding import expand_prompt  # an embedding's NAME → its N tokens, as clients expand it
+
     return [
-        tokenizer(list(captions), padding="max_length", max_length=tokenizer.model_max_length,
-                  truncation=True, return_tensors="pt").input_ids
+        tokenizer([expand_prompt(tokenizer, c) for c in captions], padding="max_length",
+                  max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
         for tokenizer in base.tokenizers
     ]
 
@@ -73,6 +75,9 @@ def encode_prompt(base: TextModel, token_ids: Sequence[torch.Tensor], *, clip_sk
     """Embeddings for token ids from `tokenize`. Gradients flow when the text encoders train."""
     if clip_skip < 1:
         raise ValueError("clip_skip counts from 1 (last layer)")
+    if getattr(base, "family", None) == "sd3":  # CLIP-L ⊕ CLIP-G, then T5 (train.sd3)
+        from train.sd3 import encode_prompt as encode_sd3
+        return PromptEmbeds(*encode_sd3(base.text_encoders, token_ids, clip_skip=clip_skip))
     if not base.is_sdxl:
         embeds, _ = _hidden(base.text_encoders[0], token_ids[0], clip_skip, final_norm=True)
         return PromptEmbeds(embeds)

@@ -30,6 +30,7 @@ from train.noise import noisy_latents, prepare_noise_schedule, sample_noise, sam
 from train.optim import make_scheduler, training_optimizer
 from train.outputs import Sampler, export_lora, make_tracker, prune_exports
 from train.plan import TrainPlan, plan_training
+from train.publish import Publisher
 from train.prepare import compiled, load_model, make_accelerator, park
 
 
@@ -45,6 +46,9 @@ def training_step(base: Any, unet: Any, batch: Conditioned, *, prediction_type: 
     """Encode → noise → timesteps → target → weighted loss. Returns the batch's scalar loss.
     The noise and loss variants (offsets, perturbation, Huber, masks, SNR weights) live in
     train.noise and train.losses."""
+    if getattr(base, "family", None) == "sd3":  # flow matching on the MMDiT (train.sd3)
+        from train.sd3 import training_step as flow_matching_step
+        return flow_matching_step(base, unet, batch, loss=loss, generator=generator)
     from train.conditioning import unet_condition
 
     latents = batch.latents
@@ -89,21 +93,37 @@ def train(manifest_path: str | Path, config: TrainConfig, *, reporter: Reporter 
     run, out = config.run, Path(config.run.output_dir)
     accelerator = make_accelerator(config)
     plan = plan_training(manifest_path, config, num_processes=accelerator.num_processes)
+    if config.embedding.embedding:  # textual inversion / pivotal tuning: captions train on NAME
+        from train.embedding import with_embedding_captions
+
+        plan = with_embedding_captions(plan, config)
+    # issue 24: model card, --push-to-hub and --report-to, checked before any weight is loaded
+    publisher = Publisher.start(config, plan, reporter) if accelerator.is_main_process else None
     if accelerator.is_main_process:
         clean_leftovers(config, reporter)
     # The UNet waits on the host while the caches fill and the encoders are parked: the cache pass
     # and the steps then never hold all of the model on the accelerator at once.
     base = base if base is not None else load_model(config, accelerator.device, unet_device="cpu")
+    if base.family == "sd3":  # settings SD3 has no use for, and buckets its patches cannot tile
+        from train.sd3 import check_bucket, check_settings
+        check_settings(config)
+        for bucket in plan.data.buckets:
+            check_bucket(bucket)
     batcher = Batcher(base, plan.data, config, accelerator.device)
-    check_prediction(config.loss, batcher.prediction_type)  # loss/noise variants need v or ε (train.losses)
-    ztsnr = prepare_noise_schedule(base, config)
-    reporter.note(f"prediction type: {batcher.prediction_type}" + (" with zero terminal SNR" if ztsnr else ""))
+    if base.family != "sd3":  # SD3 trains flow matching (train.sd3 refused these variants already)
+        check_prediction(config.loss, batcher.prediction_type)  # loss/noise variants need v or ε (train.losses)
+        ztsnr = prepare_noise_schedule(base, config)
+        reporter.note(f"prediction type: {batcher.prediction_type}" + (" with zero terminal SNR" if ztsnr else ""))
     batcher.fill_caches(reporter)
     parked = park([*([base.vae] if not batcher.needs_vae else []),
                    *(base.text_encoders if not batcher.needs_text_encoders else [])])
     base.unet.to(accelerator.device)
     torch.manual_seed(hash_seed(run.seed, -1))  # the LoRA's random init: same seed, same start
-    if config.network.init_weights:  # the file decides the network's shape (sd-scripts' dim_from_weights)
+    if config.embedding.embedding:  # textual inversion (the embedding alone) or pivotal tuning (with the LoRA)
+        from train.embedding import add_embedding_network
+
+        network, notes = add_embedding_network(base, config)
+    elif config.network.init_weights:  # the file decides the network's shape (sd-scripts' dim_from_weights)
         network, notes = add_lora_from_file(base, config.network.init_weights, config.network)
     else:
         network, notes = add_lora(base.unet, base.text_encoders, config.network), []
@@ -121,6 +141,8 @@ def train(manifest_path: str | Path, config: TrainConfig, *, reporter: Reporter 
     tracker = make_tracker(config, out) if accelerator.is_main_process else None
     sampler = Sampler.create(config, plan, base, reporter, parked=parked, device=accelerator.device) \
         if accelerator.is_main_process else None
+    if tracker is not None:  # issue 24: sample grids and every parameter group's learning rate go to the trackers
+        tracker.watch(optimizer, sampler)
     reporter.note(f"training {network.parameter_count():,} LoRA parameters on {accelerator.device}, "
                   f"{plan.total_steps} steps ({plan.steps_per_epoch}/epoch)")
     max_norm = max_norm_step(base, network, config)
@@ -147,6 +169,8 @@ def train(manifest_path: str | Path, config: TrainConfig, *, reporter: Reporter 
                 advance(1, metrics=metrics)
                 if accelerator.is_main_process and should_save(state, run, end_of_epoch, plan.total_steps):
                     checkpoints.append(save(out, state, base, network, optimizer, scheduler, config, plan, log))
+                    if publisher is not None:  # issue 24: the card, and --push-every-save
+                        publisher.saved(base.family, state.global_step, sampler)
                 if sampler is not None and sampler.due(state.global_step, plan.total_steps,
                                                        epoch_done=epoch + 1 if end_of_epoch else None):
                     sampler.render(state.global_step)
@@ -154,7 +178,10 @@ def train(manifest_path: str | Path, config: TrainConfig, *, reporter: Reporter 
                 if state.global_step >= plan.total_steps or stopped:
                     break
     batcher.close()
-    return finish(out, base, network, config, plan, state, log, checkpoints, accelerator, tracker, stopped=stopped)
+    result = finish(out, base, network, config, plan, state, log, checkpoints, accelerator, tracker, stopped=stopped)
+    if publisher is not None and not stopped:  # issue 24: the model card and --push-to-hub
+        publisher.finished(base.family, result.lora_files, result.steps, sampler)
+    return result
 
 
 def optimizer_step(accelerator: Any, base: Any, unet: Any, network: Network, optimizer: Any, scheduler: Any,
@@ -165,6 +192,8 @@ def optimizer_step(accelerator: Any, base: Any, unet: Any, network: Network, opt
     import torch
 
     first_batch, micro_batches = group
+    if network.embedding is not None:  # pivotal tuning: frozen after --embedding-steps
+        network.embedding.freeze_after(step)
     step_seed = hash_seed(config.run.seed, step, accelerator.process_index)
     torch.manual_seed(step_seed)  # network dropout draws from the global generator
     generator = torch.Generator(device=accelerator.device).manual_seed(step_seed)
@@ -239,6 +268,8 @@ def trainable_modules(base: Any, network: Network) -> dict[str, Any]:
     modules = {"unet": base.unet}
     if network.text_encoder_params:
         modules.update({f"te{i}": e for i, e in enumerate(base.text_encoders)})
+    if network.embedding is not None:  # textual inversion / pivotal tuning
+        modules["embedding"] = network.embedding.state_module
     return modules
 
 
@@ -300,6 +331,8 @@ def save(out: Path, state: LoopState, base: Any, network: Network, optimizer: An
                            config=config.to_dict(), exports=tuple(f.name for f in files))
     prune_checkpoints(out, config.run.save_last)
     prune_exports(out, config.run.name, config.run.save_last)
+    if network.embedding is not None and network.embedding.name != config.run.name:  # the embedding's step files
+        prune_exports(out, network.embedding.name, config.run.save_last)
     return path
 
 

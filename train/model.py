@@ -8,8 +8,9 @@ Three sources are accepted, in this order of precedence:
   configs of the family: offline they must be passed as `config=` (a diffusers folder of the same family);
 - a hub id (`owner/name`), downloaded once into `models_cache/hub/owner--name` and used from there.
 
-The family (SD1 / SD2 / SDXL) is read from the UNet's structure and the prediction type from the
-scheduler config, so a LoRA trained here records what it was trained on and refuses the wrong base.
+The family (SD1 / SD2 / SDXL; SD3 by its transformer, train.sd3) is read from the UNet's structure
+and the prediction type from the scheduler config, so a LoRA trained here records what it was
+trained on and refuses the wrong base.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ import torch
 from prep.errors import ModelMismatch, ModelNotAvailable, UsageError
 from prep.models import cache_dir
 
-Family = Literal["sd1", "sd2", "sdxl"]
-PredictionType = Literal["epsilon", "v_prediction"]
+Family = Literal["sd1", "sd2", "sdxl", "sd3"]
+PredictionType = Literal["epsilon", "v_prediction", "flow"]  # flow: SD3's rectified flow
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 SINGLE_FILE_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
@@ -40,14 +41,17 @@ HUB_PATTERNS = (
     "text_encoder_2/config.json", "text_encoder_2/model.safetensors",
     "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
     "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+    # SD3 / SD3.5: the transformer and T5 come in shards
+    "transformer/*", "text_encoder_3/*", "tokenizer_3/*",
 )
 # Key prefixes that identify an original (LDM / sgm) single-file checkpoint's family.
 _SINGLE_FILE_MARKERS: tuple[tuple[str, Family], ...] = (
+    ("model.diffusion_model.joint_blocks.", "sd3"),  # SD3 / SD3.5 (MMDiT)
     ("conditioner.embedders.1.", "sdxl"),
     ("cond_stage_model.model.", "sd2"),
     ("cond_stage_model.transformer.", "sd1"),
 )
-FAMILY_LABELS: dict[Family, str] = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+FAMILY_LABELS: dict[Family, str] = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "sd3": "SD3"}
 
 
 @dataclass
@@ -83,6 +87,9 @@ class BaseModel:
 
     def pipeline(self, **overrides: Any) -> Any:
         """A diffusers pipeline sharing this model's modules (no copy), for sampling."""
+        if self.family == "sd3":
+            from train.sd3 import pipeline
+            return pipeline(self, **overrides)
         parts: dict[str, Any] = dict(unet=self.unet, vae=self.vae, scheduler=self.scheduler,
                                      text_encoder=self.text_encoders[0], tokenizer=self.tokenizers[0])
         if self.is_sdxl:
@@ -143,7 +150,9 @@ def family_from_checkpoint_keys(keys: list[str] | set[str]) -> Family | None:
 
 
 def pipeline_class_for(family: Family) -> type:
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+    if family == "sd3":
+        return StableDiffusion3Pipeline
     return StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
 
 
@@ -254,7 +263,7 @@ def check_base(source: str | os.PathLike[str], *, allow_pickle: bool = False,
         return BaseCheck("file", path, _single_file_family(path, allow_pickle=allow_pickle))
     if _looks_like_hub_id(text):
         folder = hub_folder(text)
-        if not ((folder / "model_index.json").is_file() and (folder / "unet" / "config.json").is_file()):
+        if not ((folder / "model_index.json").is_file() and _has_denoiser(folder)):
             raise ModelNotAvailable(f"base model '{text}' is no local path, and as a hub id it is not downloaded "
                                     f"yet (not in {folder})",
                                     hint="a real run downloads it once on a connected machine; or pass a local "
@@ -292,6 +301,11 @@ def _looks_like_hub_id(text: str) -> bool:
     return len(parts) == 2 and all(parts) and not text.endswith(SINGLE_FILE_SUFFIXES) and not text.startswith(".")
 
 
+def _has_denoiser(folder: Path) -> bool:
+    """A UNet, or SD3's transformer."""
+    return any((folder / denoiser / "config.json").is_file() for denoiser in ("unet", "transformer"))
+
+
 def hub_folder(repo_id: str) -> Path:
     """Where a hub model lives in models_cache/ (downloaded or not)."""
     return cache_dir() / "hub" / repo_id.replace("/", "--")
@@ -299,7 +313,7 @@ def hub_folder(repo_id: str) -> Path:
 
 def _resolve_hub(repo_id: str, *, download: bool) -> Path:
     folder = hub_folder(repo_id)
-    if (folder / "model_index.json").is_file() and (folder / "unet" / "config.json").is_file():
+    if (folder / "model_index.json").is_file() and _has_denoiser(folder):
         return folder
     hint = (f"run this once on a connected machine (it fills {folder}), or pass a local diffusers folder "
             f"or .safetensors file with --base")
@@ -312,7 +326,7 @@ def _resolve_hub(repo_id: str, *, download: bool) -> Path:
         raise ModelNotAvailable(f"base model '{repo_id}' is not in {folder} and could not be downloaded "
                                 f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
                                 hint=hint) from exc
-    if not (folder / "unet" / "config.json").is_file():
+    if not _has_denoiser(folder):
         raise ModelMismatch(f"hub repo '{repo_id}' is not a diffusers Stable Diffusion model (no unet/config.json)",
                             hint="use a diffusers-format repo, or download its single .safetensors file and "
                                  "pass that path")
@@ -322,19 +336,21 @@ def _resolve_hub(repo_id: str, *, download: bool) -> Path:
 def _folder_family(folder: Path, *, allow_pickle: bool) -> tuple[Family, bool]:
     """A diffusers folder's family and whether its UNet weights are safetensors; refuses what is not
     a Stable Diffusion folder, and pickle-only weights without `allow_pickle`."""
-    unet_config_path = folder / "unet" / "config.json"
+    denoiser = "transformer" if (folder / "transformer" / "config.json").is_file() else "unet"  # SD3: MMDiT
+    unet_config_path = folder / denoiser / "config.json"
     for needed in (folder / "model_index.json", unet_config_path):
         if not needed.is_file():
             raise ModelMismatch(f"{folder} is not a diffusers Stable Diffusion folder (no "
                                 f"{needed.relative_to(folder).as_posix()})",
                                 hint="pass the folder that holds model_index.json, or a single .safetensors file")
-    has_safetensors = any((folder / "unet").glob("*.safetensors"))
+    has_safetensors = any((folder / denoiser).glob("*.safetensors"))
     if not has_safetensors and not allow_pickle:
         raise UsageError(f"{folder} holds only pickle (.bin) weights, which can run code when loaded",
                          hint="convert it to safetensors, or pass --allow-pickle if you trust its source "
                               "(then it is loaded with weights_only)")
     try:
-        return family_from_unet_config(json.loads(unet_config_path.read_text(encoding="utf-8"))), has_safetensors
+        unet_config = json.loads(unet_config_path.read_text(encoding="utf-8"))
+        return ("sd3" if denoiser == "transformer" else family_from_unet_config(unet_config)), has_safetensors
     except ValueError as exc:
         raise ModelMismatch(f"{unet_config_path} is not valid JSON ({exc})") from exc
 
@@ -343,7 +359,7 @@ def _load_folder(folder: Path, *, allow_pickle: bool, dtype: torch.dtype, name: 
     family, has_safetensors = _folder_family(folder, allow_pickle=allow_pickle)
     with _quiet_loading():
         cls = pipeline_class_for(family)
-    extra: dict[str, Any] = {} if family == "sdxl" else dict(safety_checker=None, feature_extractor=None,
+    extra: dict[str, Any] = {} if family in ("sdxl", "sd3") else dict(safety_checker=None, feature_extractor=None,
                                                               requires_safety_checker=False)
     try:
         with _quiet_loading():
@@ -354,6 +370,8 @@ def _load_folder(folder: Path, *, allow_pickle: bool, dtype: torch.dtype, name: 
                             hint="check that every component folder (unet, vae, text_encoder, tokenizer, "
                                  "scheduler) is complete") from exc
     components = ["unet", "vae", "text_encoder"] + (["text_encoder_2"] if family == "sdxl" else [])
+    if family == "sd3":
+        from train.sd3 import COMPONENTS as components
     fingerprints = {c: _folder_fingerprint(folder / c) for c in components if (folder / c).is_dir()}
     label = name or folder.name
     return _from_pipeline(pipe, family, label, fingerprints, source=str(folder))
@@ -404,7 +422,11 @@ def _load_single_file(path: Path, *, allow_pickle: bool, dtype: torch.dtype,
         kwargs["config"] = str(config)
     if original_config is not None:
         kwargs["original_config"] = str(original_config)
-    if family != "sdxl":
+    if family == "sd3" and config is not None:  # SD3.5 files often hold no text encoders (train.sd3)
+        from train.sd3 import missing_text_encoders
+        with _quiet_loading():
+            kwargs.update(missing_text_encoders(_checkpoint_keys(path, allow_pickle=allow_pickle), config, dtype))
+    if family not in ("sdxl", "sd3"):
         kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     try:
         with _quiet_loading():
@@ -422,13 +444,18 @@ def _load_single_file(path: Path, *, allow_pickle: bool, dtype: torch.dtype,
                  "files downloaded once), or run once online so diffusers caches them, or use a diffusers folder",
         ) from exc
     fingerprint = _file_fingerprint(path)[:16]
-    ids = {c: fingerprint for c in ("unet", "vae", "text_encoder", "text_encoder_2")}
+    ids = {c: fingerprint for c in ("unet", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")}
     return _from_pipeline(pipe, family, path.stem, ids, source=str(path))
 
 
 def _from_pipeline(pipe: Any, family: Family, name: str, fingerprints: dict[str, str], *, source: str) -> BaseModel:
     from diffusers import DDPMScheduler
 
+    if family == "sd3":  # the MMDiT in the unet slot, CLIP-L/G + T5, flow matching (train.sd3)
+        from train.sd3 import pipeline_parts
+        ids = _component_ids(name, fingerprints)
+        digest = hashlib.sha256(json.dumps(ids, sort_keys=True).encode()).hexdigest()[:16]
+        return BaseModel(**pipeline_parts(pipe, source), model_id=f"{name}-{digest}", source=source, component_ids=ids)
     family = family_from_unet_config(dict(pipe.unet.config))  # the loaded UNet is the final word
     text_encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if family == "sdxl" else [])
     tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if family == "sdxl" else [])

@@ -7,6 +7,7 @@ print it in a second, and the loop takes it as its schedule.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,7 +40,16 @@ def inspect_base(config: TrainConfig) -> BaseCheck:
     """The base model checked without loading weights (exists, right kind, pickles refused)."""
     from train.model import check_base
 
-    return check_base(config.model.base, allow_pickle=config.model.allow_pickle, config=config.model.base_config)
+    for text in config.model.base_weights:  # base weights (issue 21): the LoRA files exist
+        from train.loratools.weighted import parse_weighted
+
+        if not (path := parse_weighted(text)[0]).is_file():
+            raise UsageError(f"--base-weights {path} does not exist", hint="pass a LoRA .safetensors file")
+    checked = check_base(config.model.base, allow_pickle=config.model.allow_pickle, config=config.model.base_config)
+    if checked.family == "sd3":  # its refusals come before any weights load
+        from train.sd3 import check_settings
+        check_settings(config)
+    return checked
 
 
 def plan_training(manifest_path: str | Path, config: TrainConfig, *, num_processes: int = 1) -> TrainPlan:
@@ -90,7 +100,10 @@ class MemoryEstimate:
 
 
 # Typical parameter counts when the weights cannot be inspected (hub id not yet downloaded).
-TYPICAL_PARAMS = {"sd1": (860_000_000, 123_000_000, 84_000_000), "sdxl": (2_567_000_000, 817_000_000, 84_000_000)}
+TYPICAL_PARAMS = {"sd1": (860_000_000, 123_000_000, 84_000_000), "sdxl": (2_567_000_000, 817_000_000, 84_000_000),
+                  # SD3.5 Medium / Large: MMDiT; CLIP-L + CLIP-G + T5-XXL encoder; 16-channel VAE
+                  "sd3.5-medium": (2_470_000_000, 5_590_000_000, 84_000_000),
+                  "sd3.5-large": (8_060_000_000, 5_590_000_000, 84_000_000)}
 # Activation bytes per latent pixel per sample for an SD1.5 UNet in 16-bit, without and with gradient
 # checkpointing, from the earlier hand-rolled `bench/train.py --full-size` step on an H100 (bf16, 512²,
 # batch 1, rank 16: peak 3.06 GB / 2.22 GB, of which ~2.0 GB weights); scaled by UNet size for other models.
@@ -118,9 +131,9 @@ def _parameter_counts(base: str) -> tuple[tuple[int, int, int], str]:
         from train.model import hub_folder
 
         folder = hub_folder(base)  # a hub id: its files, once downloaded
-    if folder is not None and folder.is_dir() and (folder / "unet").is_dir():
+    if folder is not None and folder.is_dir() and any((folder / d).is_dir() for d in ("unet", "transformer")):
         parts = []
-        for names in (("unet",), ("text_encoder", "text_encoder_2"), ("vae",)):
+        for names in (("unet", "transformer"), ("text_encoder", "text_encoder_2", "text_encoder_3"), ("vae",)):
             parts.append(sum(_safetensors_params(p) for n in names for p in sorted((folder / n).glob("*.safetensors"))))
         if parts[0]:
             return (parts[0], parts[1], parts[2]), "weights on disk"
@@ -135,6 +148,8 @@ def _parameter_counts(base: str) -> tuple[tuple[int, int, int], str]:
             sums[index] += math.prod(info.get("shape", [0]))
         return (sums[0], sums[1], sums[2]), "weights on disk"
     family = "sdxl" if "xl" in (base or "").lower() else "sd1"
+    if re.search(r"(sd|stable-diffusion-)3", (base or "").lower()):
+        family = "sd3.5-large" if "large" in base.lower() else "sd3.5-medium"
     return TYPICAL_PARAMS[family], f"typical {family.upper()} sizes"
 
 

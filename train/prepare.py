@@ -44,6 +44,11 @@ def load_model(config: TrainConfig, device: Any, *, unet_device: Any = None) -> 
     # and the freed fp32 blocks stayed reserved through training).
     base = load_base(config.model.base, allow_pickle=config.model.allow_pickle, device="cpu",
                      prediction_type=prediction, config=config.model.base_config)
+    if config.model.base_weights:  # base weights (issue 21): LoRAs merged into the base, in fp32, first
+        from train.loratools.bake import bake_into_model
+        from train.loratools.weighted import parse_weighted
+
+        bake_into_model(base, [parse_weighted(text) for text in config.model.base_weights])
     dtype = weight_dtype(config.run.mixed_precision)
     base.unet.to(device=unet_device if unet_device is not None else device, dtype=dtype)
     for module in base.text_encoders:
@@ -56,7 +61,13 @@ def load_model(config: TrainConfig, device: Any, *, unet_device: Any = None) -> 
 
         for module in (base.unet, base.vae):
             module.to(memory_format=torch.channels_last)
-    base.unet.set_attn_processor(AttnProcessor2_0())  # PyTorch SDPA: flash/memory-efficient kernels
+    if base.family == "sd3":  # its joint attention already runs on SDPA; T5's padded length from the config
+        base.tokenizers[2].model_max_length = config.model.t5_max_length
+        if str(dtype) == "torch.float16":  # T5's feed-forward output overflows in fp16
+            from train.sd3 import keep_fp32_parts
+            keep_fp32_parts(base.text_encoders[2])
+    else:
+        base.unet.set_attn_processor(AttnProcessor2_0())  # PyTorch SDPA: flash/memory-efficient kernels
     if config.run.gradient_checkpointing:
         base.unet.enable_gradient_checkpointing()
         if config.network.train_text_encoder:

@@ -254,7 +254,7 @@ def _embeds(base: BaseModel, pipe: Any, prompt: str, negative: str, clip_skip: i
     dtype = base.unet.dtype
     kwargs: dict[str, Any] = {"prompt_embeds": positive.embeds.to(dtype=dtype),
                               "negative_prompt_embeds": negative_embeds.embeds.to(dtype=dtype)}
-    if base.is_sdxl:
+    if positive.pooled is not None:  # SDXL, SD3
         kwargs.update(pooled_prompt_embeds=positive.pooled.to(dtype=dtype),
                       negative_pooled_prompt_embeds=negative_embeds.pooled.to(dtype=dtype))
     return kwargs
@@ -284,7 +284,7 @@ def _decode(base: BaseModel, pipe: Any, latents: torch.Tensor) -> Image.Image:
         latents = latents * torch.tensor(std).view(shape).to(latents) / vae.config.scaling_factor \
             + torch.tensor(mean).view(shape).to(latents)
     else:
-        latents = latents / vae.config.scaling_factor
+        latents = latents / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", None) or 0.0)  # SD3
     image = vae.decode(latents, return_dict=False)[0]
     return pipe.image_processor.postprocess(image.float(), output_type="pil")[0]
 
@@ -488,6 +488,8 @@ def _block_weights(base: BaseModel, text: str | None, reporter: Reporter) -> Any
 
     if text is None:
         return BlockWeights({})
+    if base.family == "sd3":
+        raise UsageError("--block-weights are lora-block-weight's SD1/SDXL UNet layouts; SD3 has no UNet blocks")
     weights = lora_block_weights(text, "sdxl" if base.is_sdxl else "sd", where="--block-weights")
     listed = ", ".join(f"{k} {v:g}" for k, v in weights.unet.items() if v != 1) or "all 1"
     reporter.note(f"block weights: BASE {weights.text_encoder:g}; {listed}")

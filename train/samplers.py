@@ -53,6 +53,9 @@ def sampler_scheduler(name: str, base: BaseModel) -> Any:
     key = check_sampler(name)
     if key == "default":
         return base.scheduler
+    if base.family == "sd3":  # the DDPM-family samplers below cannot run a flow-matching model
+        raise UsageError(f"sampler '{name}' does not sample SD3 (a flow-matching model)",
+                         hint="use the default sampler (SD3's own flow-matching Euler)")
     class_name, options = SAMPLERS[key]
     scheduler_class = getattr(diffusers, class_name, None)
     if scheduler_class is None:

@@ -134,7 +134,7 @@ def test_sd_scripts_options_translate_with_their_defaults(tmp_path: Path, text: 
 @pytest.mark.parametrize(("text", "message"), [
     ("network_dim = 4\nadaptive_noise_scale = 0.1\nnetwork_dimm = 2\n",
      r"adaptive_noise_scale: a loss.*\n.*network_dimm: not an sd-scripts option"),
-    ('network_module = "networks.lora_fa"\n', "networks.lora_fa"),
+    ('network_module = "networks.oft"\n', "networks.oft"),
     ('optimizer_type = "PagedAdamW8bit"\n', "PagedAdamW8bit"),
     ('network_args = ["block_dims=2,2,2"]\n', "block_dims"),
     ('lr_scheduler = "inverse_sqrt"\n', "inverse_sqrt"),
