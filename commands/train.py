@@ -176,6 +176,10 @@ def train(
         out.print(_plan_table(plan_training(manifest, settings, num_processes=settings.run.num_processes)))
         out.print(f"base model: {esc(str(checked.path))} ({esc(checked.label)}, {esc(checked.kind)}); checked, not loaded",
                   highlight=False)
+        from train.prediction import expected_prediction_type  # v-pred single files say so in their header
+
+        predicted = expected_prediction_type(settings) or "read from the model when it loads"
+        out.print(f"prediction type: {esc(predicted)}", highlight=False)
         return
     from train.loop import train as run_training
 

@@ -54,8 +54,16 @@ class ImageInfo:
         return (self.width, self.height)
 
 
+MASK_SUFFIX = ".mask.png"  # NAME.mask.png is NAME's subject mask (prep.subjectmask), never an image
+
+
+def is_mask_name(name: str) -> bool:
+    return name.lower().endswith(MASK_SUFFIX)
+
+
 def is_image_path(path: str | os.PathLike[str]) -> bool:
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+    path = Path(path)
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not is_mask_name(path.name)
 
 
 def _open_lazy(path: Path) -> Image.Image:

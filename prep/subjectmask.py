@@ -19,10 +19,9 @@ import numpy as np
 from PIL import Image
 
 from prep.atomic import write_bytes_atomic
-from prep.images import save_image_atomic, sha256_file
+from prep.images import MASK_SUFFIX, is_mask_name, save_image_atomic, sha256_file  # noqa: F401
 from prep.records import MaskRef
 
-MASK_SUFFIX = ".mask.png"
 SECTION = "mask"  # the metadata section that records the sidecar
 ALMOST_NOTHING = 0.02  # a mask covering less of its image than this trains on almost nothing
 
@@ -31,10 +30,6 @@ def mask_path(image_path: str | os.PathLike[str]) -> Path:
     """`photo.jpg` → `photo.mask.png`, beside it."""
     path = Path(image_path)
     return path.with_name(path.stem + MASK_SUFFIX)
-
-
-def is_mask_name(name: str) -> bool:
-    return name.lower().endswith(MASK_SUFFIX)
 
 
 def coverage(matte: np.ndarray) -> float:

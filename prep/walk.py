@@ -23,9 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prep.errors import UsageError
-from prep.images import IMAGE_EXTENSIONS
+from prep.images import IMAGE_EXTENSIONS, is_mask_name
 from prep.records import Drop, is_within
-from prep.subjectmask import is_mask_name
 
 # Folders loraprep itself writes inside a dataset (journals, backups) are not part of it.
 SKIPPED_DIRS = frozenset({".loraprep", "__pycache__", ".git"})

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prep.errors import UsageError
-from prep.images import IMAGE_EXTENSIONS
+from prep.images import IMAGE_EXTENSIONS, is_mask_name
 from prep.records import DEFAULT_CAPTION_EXTENSION, Drop
 from prep.naming import shares_sidecars
 from prep.sidecars import META_SUFFIX, check_caption_extension
@@ -130,7 +130,7 @@ def _pair(prefix: str, names: Sequence[str], extension: str,
             continue
         if "." + suffix == extension:
             captions.add(stem)
-        elif "." + suffix.lower() in IMAGE_EXTENSIONS:
+        elif "." + suffix.lower() in IMAGE_EXTENSIONS and not is_mask_name(name):  # NAME.mask.png: a mask
             if stem in images:
                 shared.append(Drop(prefix + name, "captions", shares_sidecars(images[stem], stem + extension)))
             else:

@@ -28,6 +28,7 @@ from prep.captions.dataset import STATE_DIR
 from prep.doctor.report import QUARANTINE_KINDS, DoctorReport
 from prep.errors import LoraprepError, UsageError
 from prep.images import is_image_path, sha256_file
+from prep.subjectmask import mask_path
 from prep.numbered import claim_numbered
 from prep.records import DEFAULT_CAPTION_EXTENSION, is_safe_relative
 from prep.sidecars import caption_path, meta_path
@@ -108,7 +109,7 @@ def _companions(root: Path, image: str, caption_extension: str, moving: set[str]
                and p.relative_to(root).as_posix() not in moving]
     files = [image]
     if not staying:
-        for sidecar in (caption_path(path, caption_extension), meta_path(path)):
+        for sidecar in (caption_path(path, caption_extension), meta_path(path), mask_path(path)):
             if sidecar.is_file():
                 files.append(sidecar.relative_to(root).as_posix())
     return files

@@ -136,3 +136,16 @@ def test_doctor_names_masks_covering_almost_nothing_or_of_another_size(testdata:
     found = {(f.kind, f.paths[0]) for f in report.section("masks")}
     assert found == {("empty-mask", "astronaut.png"), ("mask-size", "chelsea.png")}
     assert report.images == 3  # the masks are not counted as images
+
+
+def test_masks_are_no_images_to_the_caption_tools_and_move_with_their_image(testdata: Path, tmp_path: Path) -> None:
+    from prep.captions.dataset import list_captions
+    from prep.doctor.quarantine import quarantine
+
+    shutil.copy(testdata / "photos/astronaut.png", tmp_path / "astronaut.png")
+    write_caption(caption_path(tmp_path / "astronaut.png"), "sks, woman")
+    Image.new("L", Image.open(tmp_path / "astronaut.png").size, 255).save(mask_path(tmp_path / "astronaut.png"))
+    assert list_captions(tmp_path) == [("astronaut.txt", "astronaut.png", True)]
+    result = quarantine(tmp_path, ["astronaut.png"], "test")
+    assert sorted(Path(m.source).name for m in result.moved) == ["astronaut.mask.png", "astronaut.png", "astronaut.txt"]
+    assert not mask_path(tmp_path / "astronaut.png").exists()

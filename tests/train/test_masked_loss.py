@@ -93,7 +93,7 @@ def test_cached_and_uncached_masked_runs_give_the_same_loss(masked_set: Path, tm
 
     losses = {}
     for cache in ("memory", "off"):
-        config = load_config(None, {"base": str(tiny_sd15), "output_dir": str(tmp_path / cache), "max_steps": 3,
+        config = load_config(None, {"base": str(tiny_sd15), "output_dir": str(tmp_path / cache), "max_steps": 2,
                                     "batch_size": 1, "rank": 4, "lr": 1e-3, "masked_loss": True, "flip": True,
                                     "cache_latents": cache, "workers": 0})
         result = train(masked_set, config)

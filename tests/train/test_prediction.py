@@ -101,3 +101,12 @@ def test_a_ztsnr_marker_turns_zero_terminal_snr_on_unless_told_epsilon(tmp_path:
     save_file({"weight": torch.zeros(2), "v_pred": torch.zeros(0), "ztsnr": torch.zeros(0)}, str(path))
     config = load_config(None, {"base": str(path), "prediction_type": prediction, "zero_terminal_snr": flag or None})
     assert uses_zero_terminal_snr(config) is expected
+
+
+def test_a_dry_run_says_the_prediction_type_the_header_gives(vpred_file: Path, tiny_sd15: Path, testdata: Path,
+                                                              tmp_path: Path) -> None:
+    manifest = make_dataset(testdata, tmp_path / "ds", images={"photos/astronaut.png": "sks, woman"})
+    result = CliRunner().invoke(cli.app, ["train", str(manifest), "--base", str(vpred_file), "--base-config",
+                                          str(tiny_sd15), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "prediction type: v_prediction" in result.output
