@@ -568,8 +568,8 @@ def _diffusers_modules(lora: LoraFile) -> dict[tuple[str, str], ModuleWeights]:
 
 def _kohya_component(module: str) -> str:
     prefix = re.match(r"lora_(unet|transformer|te\d?)_", module)
-    return {"unet": "unet", "transformer": "unet", "te": "text_encoder", "te1": "text_encoder", "te2": "text_encoder_2"}.get(
-        prefix[1] if prefix else "", "?")
+    return {"unet": "unet", "transformer": "unet", "te": "text_encoder", "te1": "text_encoder",  # transformer: SD3
+            "te2": "text_encoder_2"}.get(prefix[1] if prefix else "", "?")
 
 
 def file_modules(lora: LoraFile) -> dict[tuple[str, str], ModuleWeights]:

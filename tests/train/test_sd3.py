@@ -294,7 +294,8 @@ def test_init_weights_continues_an_sd3_lora(trained: tuple, manifest: Path, tiny
 def test_fp16_keeps_t5_feed_forward_output_in_fp32(tiny_sd3: Path, tmp_path: Path) -> None:
     from train.conditioning import encode_prompt, tokenize
 
-    config = load_config(None, {**SETTINGS, "base": str(tiny_sd3), "output_dir": str(tmp_path), "mixed_precision": "fp16"})
+    config = load_config(None, {**SETTINGS, "base": str(tiny_sd3), "output_dir": str(tmp_path),
+                                "mixed_precision": "fp16"})
     base = load_model(config, "cpu")
     t5 = base.text_encoders[2]
     kept = {n: p.dtype for n, p in t5.named_parameters() if ".wo." in n}
