@@ -163,11 +163,16 @@ def test_resumed_sd3_run_reaches_the_uninterrupted_weights(manifest: Path, tiny_
     assert [n for n in expected if not torch.equal(expected[n], got[n])] == []
 
 
-def test_generate_renders_with_an_sd3_lora(trained: tuple, tiny_sd3: Path) -> None:
+def test_generate_renders_with_an_sd3_lora(trained: tuple, tiny_sd3: Path, tmp_path: Path) -> None:
     result, _ = trained
     base = load_base(tiny_sd3)
     images = generate(base, result.lora_files[0], 1.0, "sks woman", GenerateOptions(width=64, height=64, steps=2))
     assert len(images) == 1 and images[0].size == (64, 64)
+    shown = CliRunner().invoke(cli.app, ["generate", "sks woman", "--base", str(tiny_sd3), "--lora",
+                                         str(result.lora_files[1]), "--scale", "0,1", "--out", str(tmp_path / "out"),
+                                         "--width", "64", "--height", "64", "--steps", "2", "--device", "cpu"])
+    assert shown.exit_code == 0, shown.output
+    assert [p.name for p in (tmp_path / "out").glob("*.png")] == ["grid-000.png"]
 
 
 def test_dry_run_estimates_sd3_memory_without_loading(manifest: Path, tiny_sd3: Path) -> None:
