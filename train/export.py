@@ -845,6 +845,7 @@ def describe_lora(path: str | Path) -> LoraInfo:
     if lora.family == "sd3":
         from train.sd3_export import client_support as sd3_clients
         clients = sd3_clients(lora.format, algos[0] if len(algos) == 1 else "mixed")
+        modules = Counter({("transformer" if c == "unet" else c): n for c, n in modules.items()})
     return LoraInfo(
         path=lora.path, format=lora.format, family=lora.family, algorithm=", ".join(algos),
         size_bytes=lora.path.stat().st_size, num_tensors=len(lora.tensors), modules=dict(modules),

@@ -143,6 +143,7 @@ def test_lora_info_says_sd3_and_which_clients_apply_it(trained: tuple) -> None:
     assert info.family == "sd3" and info.clients["ComfyUI"] == "exact" and info.clients["sd-scripts"].startswith("no")
     assert info.metadata["modelspec.architecture"] == "stable-diffusion-v3-5-medium/lora"
     assert describe_lora(diffusers_file).clients["diffusers"] == "exact"
+    assert info.modules == {"transformer": 19, "text_encoder": 8, "text_encoder_2": 8}
     shown = CliRunner().invoke(cli.app, ["lora", "info", str(kohya), "--json"])
     assert shown.exit_code == 0, shown.output
     assert json.loads(shown.output)["family"] == "sd3"
