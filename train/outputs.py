@@ -129,7 +129,12 @@ class Sampler:
         width, height = training_resolution(config, plan)
         defaults = SampleDefaults(width=width, height=height, seed=config.run.seed, clip_skip=config.model.clip_skip,
                                   sampler=config.run.sample_sampler)
-        return cls(base, parse_prompt_file(config.run.sample_prompts), defaults,
+        prompts = parse_prompt_file(config.run.sample_prompts)
+        if base.family == "sd3":  # a sampler SD3 cannot use is refused now, not at the first sample
+            from train.samplers import sampler_scheduler
+            for sampler in {p.sampler or defaults.sampler for p in prompts}:
+                sampler_scheduler(sampler, base)
+        return cls(base, prompts, defaults,
                    Path(config.run.output_dir) / "samples", config.run.name, reporter, list(parked or []), device,
                    config.run.sample_every, config.run.sample_every_epochs)
 

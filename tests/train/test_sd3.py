@@ -321,3 +321,12 @@ def test_sd3_buckets_must_tile_into_its_16_pixel_patches(bucket: tuple[int, int]
     else:
         with pytest.raises(UsageError, match="--resolution 1024"):
             check_bucket(bucket)
+
+
+def test_a_sample_sampler_sd3_cannot_use_is_refused_before_the_first_step(manifest: Path, tiny_sd3: Path,
+                                                                          tmp_path: Path) -> None:
+    (tmp_path / "prompts.txt").write_text("sks woman --ss euler_a\n", encoding="utf-8")
+    config = load_config(None, {**SETTINGS, "base": str(tiny_sd3), "output_dir": str(tmp_path / "o"),
+                                "sample_prompts": str(tmp_path / "prompts.txt")})
+    with pytest.raises(UsageError, match="euler_a"):
+        train(manifest, config, stop=lambda step: pytest.fail("a step ran"))
