@@ -120,7 +120,7 @@ def train(manifest_path: str | Path, config: TrainConfig, *, reporter: Reporter 
     batcher = Batcher(base, plan.data, config, accelerator.device)
     batcher.fill_caches(reporter)
     parked = park([*([base.vae] if not batcher.needs_vae else []),
-                   *(base.text_encoders if not batcher.needs_text_encoders else [])])
+                   *batcher.idle_text_encoders])
     base.unet.to(accelerator.device)
     torch.manual_seed(hash_seed(run.seed, -1))  # the LoRA's random init: same seed, same start
     if config.network.init_weights:  # the file decides the network's shape (sd-scripts' dim_from_weights)

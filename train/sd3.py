@@ -162,8 +162,14 @@ def trains_text_encoder(encoder: Any) -> bool:
 # ---------------------------------------------------------------- conditioning
 
 
-def encode_prompt(encoders: list[Any], token_ids: list[Any], *, clip_skip: int = 1) -> tuple[Any, Any]:
-    """(embeds [B, 77 + T, D_t5], pooled [B, P_l + P_g]) as StableDiffusion3Pipeline.encode_prompt."""
+def encode_t5(encoders: list[Any], token_ids: list[Any]) -> Any:
+    """T5's last hidden state [B, T, D_t5] (never trained, so cacheable while CLIP-L/G train)."""
+    return encoders[2](token_ids[2].to(encoders[2].device))[0]
+
+
+def encode_prompt(encoders: list[Any], token_ids: list[Any], *, clip_skip: int = 1, t5: Any = None) -> tuple[Any, Any]:
+    """(embeds [B, 77 + T, D_t5], pooled [B, P_l + P_g]) as StableDiffusion3Pipeline.encode_prompt;
+    `t5`: T5's outputs already computed (cached), else T5 runs."""
     import torch
     import torch.nn.functional as F
 
@@ -174,7 +180,7 @@ def encode_prompt(encoders: list[Any], token_ids: list[Any], *, clip_skip: int =
         pooled.append(output.text_embeds)
     device = hidden[0].device
     clip = torch.cat([h.to(device) for h in hidden], dim=-1)
-    t5 = encoders[2](token_ids[2].to(encoders[2].device))[0].to(device=device, dtype=clip.dtype)
+    t5 = (encode_t5(encoders, token_ids) if t5 is None else t5).to(device=device, dtype=clip.dtype)
     clip = F.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
     return torch.cat([clip, t5], dim=-2), torch.cat([p.to(device) for p in pooled], dim=-1)
 

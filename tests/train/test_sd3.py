@@ -330,3 +330,22 @@ def test_a_sample_sampler_sd3_cannot_use_is_refused_before_the_first_step(manife
                                 "sample_prompts": str(tmp_path / "prompts.txt")})
     with pytest.raises(UsageError, match="euler_a"):
         train(manifest, config, stop=lambda step: pytest.fail("a step ran"))
+
+
+def test_t5_outputs_stay_cached_while_clip_trains(manifest: Path, tiny_sd3: Path, tmp_path: Path) -> None:
+    """With --train-text-encoder, CLIP-L/G run every step but T5 only once per caption, before the first
+    step; the loss is what running T5 every step gives."""
+    losses = {}
+    for cache in (True, False):
+        config = load_config(None, {**SETTINGS, "base": str(tiny_sd3), "output_dir": str(tmp_path / str(cache)),
+                                    "max_steps": 1, "train_text_encoder": True, "cache_text_encoder": cache,
+                                    "shuffle_caption": False})
+        base = load_model(config, "cpu")
+        calls = []
+        base.text_encoders[2].register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+        losses[cache] = train(manifest, config, base=base).final_loss
+        if cache:
+            assert calls == [1, 1, 1, 1]  # the four captions, one at a time, while the caches filled
+        else:
+            assert sum(calls) == 2  # one batch of two captions in the one step
+    assert math.isclose(losses[True], losses[False], rel_tol=1e-4)
