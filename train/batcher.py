@@ -274,7 +274,8 @@ class Batcher:
 
         if self.texts is None:  # encoded on the encoders' device; with gradients when they train
             t5 = self._t5(captions) if self.t5_texts is not None else None
-            embeds = encode_prompt(self.base, tokenize(self.base, captions), clip_skip=self.config.model.clip_skip, t5=t5)
+            embeds = encode_prompt(self.base, tokenize(self.base, captions), clip_skip=self.config.model.clip_skip,
+                                   t5=t5)
             return embeds.to(self.device)
         items = [self.texts.get_or_compute(self._text_key(c), lambda c=c: self._encode_text(c)) for c in captions]
         pooled = self._torch.stack([i["pooled"] for i in items]) if "pooled" in items[0] else None
