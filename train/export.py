@@ -553,6 +553,8 @@ def _diffusers_modules(lora: LoraFile) -> dict[tuple[str, str], ModuleWeights]:
         else:
             raise ModelMismatch(f"{lora.path.name}: unexpected key '{key}' in a diffusers LoRA file")
     adapter_meta = lora.adapter_metadata
+    adapter_meta = {("unet" + k[len("transformer"):] if k.startswith("transformer.") else k): v  # SD3
+                    for k, v in adapter_meta.items()}
     modules = {}
     for (component, path), tensors in found.items():
         if "lora_down.weight" not in tensors or "lora_up.weight" not in tensors:

@@ -78,9 +78,12 @@ def test_diffusers_load_lora_weights_gives_loraprep_s_outputs(trained: tuple, ti
     pipe = StableDiffusion3Pipeline.from_pretrained(tiny_sd3)
     pipe.load_lora_weights(str(diffusers_file))
     plain = load_base(tiny_sd3)
+    from_diffusers_file = load_base(tiny_sd3)  # loraprep reads the diffusers file at the same strength
+    apply_lora(from_diffusers_file, diffusers_file, 1.0)
     with torch.no_grad():
         expected = pipe.transformer(**_inputs(None)).sample
         got = ours.unet(**_inputs(None)).sample
+        assert torch.allclose(from_diffusers_file.unet(**_inputs(None)).sample, expected, atol=1e-5)
         untouched = plain.unet(**_inputs(None)).sample
         ids = pipe.tokenizer(["sks woman"], padding="max_length", max_length=77, return_tensors="pt").input_ids
         for theirs, mine in ((pipe.text_encoder, ours.text_encoders[0]), (pipe.text_encoder_2, ours.text_encoders[1])):
