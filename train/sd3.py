@@ -103,9 +103,21 @@ def pipeline(base: Any, **overrides: Any) -> Any:
     return pipe
 
 
+# the DDPM loss and noise variants (train.losses / train.noise, issue 25) at their inactive values: SD3's
+# flow-matching step applies none of them, so any other value is refused
+DDPM_VARIANTS: dict[str, Any] = {
+    "zero_terminal_snr": False, "min_timestep": None, "max_timestep": None, "loss_type": "l2",
+    "debiased_estimation_loss": False, "ip_noise_gamma": None, "multires_noise_iterations": None,
+    "noise_offset_random_strength": False, "v_pred_like_loss": None, "scale_v_pred_loss_like_noise_pred": False,
+    "masked_loss": False, "alpha_mask": False,
+}
+
+
 def check_settings(config: Any) -> None:
     """Settings that mean nothing for a flow-matching MMDiT are refused rather than silently ignored."""
-    refused = {
+    refused = {name: getattr(config.loss, name, inactive) not in (inactive, 0)
+               for name, inactive in DDPM_VARIANTS.items()}
+    refused |= {
         "prediction_type": config.model.prediction_type != "auto",
         "min_snr_gamma": config.loss.min_snr_gamma is not None,
         "noise_offset": bool(config.loss.noise_offset),
