@@ -94,3 +94,29 @@ OverwriteCaptions = Annotated[bool, typer.Option(
          "the source's caption (journalled: `loraprep captions undo` restores them). Default: keep them and say which.")]
 Tokenizer = Annotated[Optional[Path], typer.Option(
     "--tokenizer", help="A CLIP `tokenizer/` folder (vocab.json + merges.txt) to count tokens with.")]
+
+
+# issue 24: Hugging Face datasets as input to `scan`, `manifest` and `prep` (the options they share and
+# the one call that unpacks such a source into a folder of images and caption sidecars)
+ImageColumn = Annotated[str, typer.Option("--image-column", help="Hugging Face dataset input: the column holding the images (diffusers' --image_column).", rich_help_panel="Hugging Face dataset input")]
+CaptionColumn = Annotated[str, typer.Option("--caption-column", help="Hugging Face dataset input: the column holding the captions (diffusers' --caption_column).", rich_help_panel="Hugging Face dataset input")]
+UnpackTo = Annotated[Optional[Path], typer.Option("--unpack-to", help="Hugging Face dataset input: folder its rows are unpacked into as images + .txt captions (default: beside it, NAME-images; a Hub name: owner--name here).", rich_help_panel="Hugging Face dataset input")]
+
+
+def dataset_input(src: Path, unpack_to: Optional[Path], image_column: str, caption_column: str) -> tuple[Path, list]:
+    """The folder a command works on, and rows left out: `src` itself for an ordinary folder; for a
+    Hugging Face dataset (save_to_disk, imagefolder or parquet folder, Hub name) the folder its rows
+    were unpacked into."""
+    from prep.console import rich_reporter
+    from prep.hfdataset import dataset_source, default_unpack_folder, unpack
+
+    source = dataset_source(src)
+    if source is None:
+        return src, []
+    folder = unpack_to or default_unpack_folder(source)
+    with rich_reporter() as reporter:
+        result = unpack(source, folder, image_column=image_column, caption_column=caption_column, reporter=reporter)
+    note = (f"{source.kind} dataset {src}: {result.written} row(s) written, {result.unchanged} already there, "
+            f"{len(result.dropped)} skipped → {folder}")
+    err.print(f"[cyan]•[/] {esc(note)}", highlight=False)
+    return folder, result.dropped

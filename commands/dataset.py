@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from commands.common import CaptionExt, MaxPixels, OverwriteCaptions, finish, guard, parse_resolution, print_json, shorten
+from commands.common import CaptionColumn, ImageColumn, UnpackTo, dataset_input  # issue 24
 from prep.console import err, esc, out, print_dropped, rich_reporter
 
 app = typer.Typer()
@@ -16,10 +17,13 @@ app = typer.Typer()
 @app.command()
 @guard
 def scan(
-    folder: Annotated[Path, typer.Argument(help="Folder of images (searched recursively).")],
+    folder: Annotated[Path, typer.Argument(help="Folder of images (searched recursively), or a Hugging Face dataset (unpacked first).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")] = False,
     caption_extension: CaptionExt = ".txt",
     max_pixels: MaxPixels = 150_000_000,
+    image_column: ImageColumn = "image",  # issue 24: Hugging Face datasets in
+    caption_column: CaptionColumn = "text",
+    unpack_to: UnpackTo = None,
 ) -> None:
     """Look before you prep: every image with its size, aspect ratio and caption, and every problem.
 
@@ -31,10 +35,11 @@ def scan(
     from prep.dataset import scan_summary
     from prep.scan import require_images, scan_folder
 
+    folder, rows_dropped = dataset_input(folder, unpack_to, image_column, caption_column)  # issue 24
     if as_json:
         result = require_images(scan_folder(folder, caption_extension=caption_extension, max_pixels=max_pixels))
         print_json(scan_summary(result))
-        raise typer.Exit(1 if result.dropped else 0)
+        raise typer.Exit(1 if result.dropped or rows_dropped else 0)
     with rich_reporter() as reporter:
         result = scan_folder(folder, caption_extension=caption_extension, max_pixels=max_pixels, reporter=reporter)
     require_images(result)
@@ -50,7 +55,7 @@ def scan(
     out.print(f"captioned: {captioned}/{len(result.entries)}")
     if result.warnings:
         print_dropped(result.warnings)
-    finish(result.dropped)
+    finish(rows_dropped + result.dropped)
 
 
 @app.command()
@@ -102,7 +107,7 @@ def bucket(
 @app.command()
 @guard
 def manifest(
-    folder: Annotated[Path, typer.Argument(help="Dataset folder (images + caption sidecars), or a manifest file with --check.")],
+    folder: Annotated[Path, typer.Argument(help="Dataset folder (images + caption sidecars), a Hugging Face dataset (unpacked first), or a manifest file with --check.")],
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Manifest path (default FOLDER/manifest.json).")] = None,
     trigger: Annotated[Optional[str], typer.Option(help="Trigger word; kept first in every caption ('' removes it).")] = None,
     keep_tokens: Annotated[Optional[int], typer.Option(help="Leading caption tokens never shuffled (default 1 with a trigger).")] = None,
@@ -115,6 +120,9 @@ def manifest(
     caption_extension: Annotated[Optional[str], typer.Option("--caption-extension", help="Caption sidecar extension (default: the previous manifest's, else .txt).")] = None,
     check: Annotated[bool, typer.Option("--check", help="Validate an existing manifest against the JSON Schema and its files, then exit.")] = False,
     max_pixels: MaxPixels = 150_000_000,
+    image_column: ImageColumn = "image",  # issue 24: Hugging Face datasets in
+    caption_column: CaptionColumn = "text",
+    unpack_to: UnpackTo = None,
 ) -> None:
     """Freeze the dataset into manifest.json: images, captions, hashes, buckets, subsets.
 
@@ -135,6 +143,7 @@ def manifest(
             raise typer.Exit(1)
         out.print(f"[green]✓[/] {esc(checked)} is valid and matches its files")
         return
+    folder, rows_dropped = dataset_input(folder, unpack_to, image_column, caption_column)  # issue 24
     target = out_file or default_manifest_path(folder)
     options = ManifestOptions(caption_extension=caption_extension, trigger=trigger, keep_tokens=keep_tokens,
                               repeats=repeats, class_tokens=class_tokens, reg_dirs=tuple(reg or ()),
@@ -149,7 +158,7 @@ def manifest(
     subsets = ", ".join(f"{s.name} ×{s.repeats}{' (reg)' if s.is_reg else ''}" for s in m.subsets)
     out.print(f"[green]✓[/] wrote {esc(target)}: {len(m.images)} images, subsets: {esc(subsets)}, "
               f"trigger: {esc(m.trigger or '—')}, keep_tokens: {m.keep_tokens}")
-    finish(build.dropped)
+    finish(rows_dropped + build.dropped)
 
 
 @app.command()
@@ -186,7 +195,7 @@ def export(
 @app.command("prep")
 @guard
 def prep_command(
-    src: Annotated[Path, typer.Argument(help="Folder of raw images (never modified).")],
+    src: Annotated[Path, typer.Argument(help="Folder of raw images (never modified), or a Hugging Face dataset: save_to_disk, imagefolder or parquet folder, or Hub name.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Dataset folder to create or update.")],
     trigger: Annotated[Optional[str], typer.Option(help="Trigger word, first in every caption (e.g. sks).")] = None,
     class_tokens: Annotated[Optional[str], typer.Option(help="Class tokens, e.g. '1girl' or 'woman'.")] = None,
@@ -203,6 +212,9 @@ def prep_command(
     resolution: Annotated[str, typer.Option(help="Training resolution for buckets: 512, 768, 1024 or WxH.")] = "512",
     repeats: Annotated[Optional[int], typer.Option(help="Repeats per epoch written into the manifest.")] = None,
     overwrite_captions: OverwriteCaptions = False,
+    image_column: ImageColumn = "image",  # issue 24: Hugging Face datasets in
+    caption_column: CaptionColumn = "text",
+    unpack_to: UnpackTo = None,
 ) -> None:
     """Run the whole pipeline: crop → clean → tag → bucket → manifest, into a new dataset folder.
 
@@ -218,6 +230,7 @@ def prep_command(
     from prep.pipeline import PrepOptions, run_pipeline
     from prep.tag import TagOptions
 
+    src, rows_dropped = dataset_input(src, unpack_to, image_column, caption_column)  # issue 24
     width, height = parse_resolution(resolution)
     options = PrepOptions(
         crop=CropOptions(presets=tuple(preset or ("face",)), detector=detector, aspect=aspect,
@@ -248,4 +261,4 @@ def prep_command(
         from prep.doctor import summary_line
 
         out.print(esc(summary_line(report.doctor)), highlight=False)
-    finish(report.dropped)
+    finish(rows_dropped + report.dropped)

@@ -115,7 +115,8 @@ def clean(
     `human-seg`) or, offline, by OpenCV GrabCut seeded with every detected face and the body below
     it. A mask that fails or looks wrong (it would remove a face, or keeps under 5% or over 98% of
     the picture) leaves that image's background as it was and is listed with the reason (exit 1).
-    --in-place keeps each original in DIR/.loraprep/backup/; re-running skips images already
+    The mask used (or the alpha flattened) is kept beside the image as NAME.mask.png, for
+    `train --masked-loss`. --in-place keeps each original in DIR/.loraprep/backup/; re-running skips images already
     cleaned with the same settings, so an interrupted run is finished by running it again.
     Captions and `.loraprep.json` metadata travel with each image; re-running into the same --out
     refreshes a caption there from the input's only while it still holds what clean wrote: one

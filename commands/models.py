@@ -44,7 +44,7 @@ def models_list(
         here = "[green]bundled[/]" if row["bundled"] else "[green]yes[/]" if row["available"] else "[dim]no[/]"
         table.add_row(esc(row["name"]), here, esc(files),
                       esc(f"{'github.com/' if row['host'] == 'github' else ''}{row['repo']} @ {row['revision'][:12]}\n"
-                          f"{row['description']}"))
+                          f"{row['description']}" if row["revision"] else f"local only\n{row['description']}"))
     out.print(table)
     out.print("Download with `loraprep models pull NAME`; offline, copy the files into the folder "
               "`loraprep models path NAME` prints.")

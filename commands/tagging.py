@@ -17,8 +17,8 @@ app = typer.Typer()
 @guard
 def tag(
     folder: Annotated[Path, typer.Argument(help="Dataset folder (searched recursively). Images are never modified.")],
-    model: Annotated[str, typer.Option("--model", help="WD14 tagger from the registry (`loraprep models list`).")] = "wd-swinv2-tagger-v3",
-    model_dir: Annotated[Optional[Path], typer.Option("--model-dir", help="Any folder holding model.onnx + selected_tags.csv (overrides --model).")] = None,
+    model: Annotated[str, typer.Option("--model", help="WD14 tagger from the registry (`loraprep models list`), or deepdanbooru (local only: its ONNX + tags.txt in --model-dir).")] = "wd-swinv2-tagger-v3",
+    model_dir: Annotated[Optional[Path], typer.Option("--model-dir", help="Any folder holding model.onnx + selected_tags.csv (overrides --model), or a DeepDanbooru folder (model.onnx + tags.txt).")] = None,
     captioner: Annotated[str, typer.Option("--captioner", help="wd14 (tags), blip (a sentence), both (BLIP sentence, then tags), or a natural-language captioner: florence2, joycaption or qwen-vl (`models pull florence-2-base`, `joycaption-beta-one`, `qwen2.5-vl-3b`).")] = "wd14",
     caption_model: Annotated[Optional[str], typer.Option("--caption-model", help="Registry model for florence2/joycaption/qwen-vl (default: florence-2-base, joycaption-beta-one, qwen2.5-vl-3b).")] = None,
     caption_dir: Annotated[Optional[Path], typer.Option("--caption-dir", help="Any transformers-format folder for florence2/joycaption/qwen-vl (overrides --caption-model).")] = None,

@@ -24,7 +24,8 @@ def train(
     allow_pickle: Annotated[Optional[bool], typer.Option("--allow-pickle", help="Accept .ckpt/pickle weights (loaded weights_only).", rich_help_panel="Model")] = None,
     prediction_type: Annotated[Optional[str], typer.Option(help="auto | epsilon | v_prediction.", rich_help_panel="Model")] = None,
     clip_skip: Annotated[Optional[int], typer.Option(help="1 = last text-encoder layer, 2 = penultimate.", rich_help_panel="Model")] = None,
-    algo: Annotated[Optional[str], typer.Option(help="lora (default) | loha (Hadamard product: smaller files, learns less of the style) | lokr (Kronecker product: tiny files; --rank 100000 for full-matrix LoKr). LoHa/LoKr files load in the WebUI, ComfyUI and `loraprep generate`, not in diffusers.", rich_help_panel="Network")] = None,
+    base_weights: Annotated[Optional[list[str]], typer.Option("--base-weights", help="A LoRA FILE[:WEIGHT] merged into the base before training (repeatable; sd-scripts' base_weights).", rich_help_panel="Model")] = None,
+    algo: Annotated[Optional[str], typer.Option(help="lora (default) | loha (Hadamard product: smaller files, learns less of the style) | lokr (Kronecker product: tiny files; --rank 100000 for full-matrix LoKr) | ia3 ((IA)³: one scale vector per key/value/feed-forward layer, tiny files; needs a much higher LR: default 5e-3, try 5e-3–1e-2; WebUI and `loraprep generate` only) | dylora (DyLoRA: LoRA whose every --unit-multiple rank prefix is a LoRA too) | lora-fa (LoRA-FA: down projections frozen, half the optimizer state). LoHa/LoKr files load in the WebUI, ComfyUI and `loraprep generate`, not in diffusers; dylora and lora-fa write plain LoRA files.", rich_help_panel="Network")] = None,
     preset: Annotated[Optional[str], typer.Option(help="attn (default) | attn-mlp | full.", rich_help_panel="Network")] = None,
     rank: Annotated[Optional[int], typer.Option(help="Rank (dim) of each layer. Default 16.", rich_help_panel="Network")] = None,
     alpha: Annotated[Optional[float], typer.Option(help="Alpha; strength scale = alpha/rank. Default and 0: alpha = rank (scale 1), like sd-scripts' --network_alpha=0.", rich_help_panel="Network")] = None,
@@ -32,6 +33,7 @@ def train(
     conv_alpha: Annotated[Optional[float], typer.Option(help="Alpha of the conv layers (default 1; 0: = --conv-dim).", rich_help_panel="Network")] = None,
     factor: Annotated[Optional[int], typer.Option(help="LoKr: split each dimension near this factor (4–16: larger = smaller, looser file); -1 (default) = as square as possible.", rich_help_panel="Network")] = None,
     dora: Annotated[Optional[bool], typer.Option("--dora/--no-dora", help="Weight-decomposed LoRA (DoRA, --algo lora), in the convention the WebUI and ComfyUI apply exactly.", rich_help_panel="Network")] = None,
+    unit: Annotated[Optional[int], typer.Option(help="DyLoRA (--algo dylora): ranks trained per step and the step between valid cuts; must divide --rank (sd-scripts' unit). Default 1.", rich_help_panel="Network")] = None,  # issue 22
     network_dropout: Annotated[Optional[float], typer.Option(help="Dropout inside the LoRA layers.", rich_help_panel="Network")] = None,
     rank_dropout: Annotated[Optional[float], typer.Option(help="Chance to drop each LoRA rank per sample while training (sd-scripts rank_dropout).", rich_help_panel="Network")] = None,
     module_dropout: Annotated[Optional[float], typer.Option(help="Chance to skip a whole LoRA layer for a step (sd-scripts module_dropout).", rich_help_panel="Network")] = None,
@@ -59,7 +61,7 @@ def train(
     dataset_config: Annotated[Optional[str], typer.Option(help="An sd-scripts dataset TOML: its subsets' num_repeats, class_tokens, is_reg, keep_tokens… apply to the manifest's images in those folders.", rich_help_panel="Data")] = None,
     optimizer: Annotated[Optional[str], typer.Option(help="adamw | adamw8bit | lion | adafactor | prodigy | sgdnesterov | dadaptadam | dadaptlion | dadaptsgd | dadaptadagrad | dadaptadan | dadaptation (sd-scripts' names).", rich_help_panel="Optimizer")] = None,
     optimizer_args: Annotated[Optional[list[str]], typer.Option(help="key=value passed to the optimizer, sd-scripts style (repeatable, or several in one quoted value): decouple=True betas=0.9,0.99 relative_step=False d_coef=2.", rich_help_panel="Optimizer")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default 1e-4; ~1.0 for prodigy and D-Adaptation).", rich_help_panel="Optimizer")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default 1e-4, 5e-3 for --algo ia3; ~1.0 for prodigy and D-Adaptation).", rich_help_panel="Optimizer")] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help="Weight decay.", rich_help_panel="Optimizer")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="constant | constant_with_warmup | cosine | cosine_with_restarts | linear | polynomial.", rich_help_panel="Optimizer")] = None,
     warmup_steps: Annotated[Optional[int], typer.Option(help="LR warmup steps.", rich_help_panel="Optimizer")] = None,
@@ -69,6 +71,25 @@ def train(
     grad_accum: Annotated[Optional[int], typer.Option(help="Gradient accumulation steps.", rich_help_panel="Optimizer")] = None,
     min_snr_gamma: Annotated[Optional[float], typer.Option(help="Min-SNR loss weighting (5 is typical).", rich_help_panel="Optimizer")] = None,
     noise_offset: Annotated[Optional[float], typer.Option(help="Noise offset (e.g. 0.05) for darker/brighter images.", rich_help_panel="Optimizer")] = None,
+    # loss and noise variants, sd-scripts' names and meanings (train.losses, train.noise)
+    zero_terminal_snr: Annotated[Optional[bool], typer.Option("--zero-terminal-snr", help="Rescale the noise schedule so the last timestep is pure noise (v-prediction models only).", rich_help_panel="Loss and noise")] = None,
+    min_timestep: Annotated[Optional[int], typer.Option(help="Lowest training timestep (default 0).", rich_help_panel="Loss and noise")] = None,
+    max_timestep: Annotated[Optional[int], typer.Option(help="Timesteps are drawn below this (default 1000).", rich_help_panel="Loss and noise")] = None,
+    loss_type: Annotated[Optional[str], typer.Option(help="l2 (default) | l1 | huber | smooth_l1.", rich_help_panel="Loss and noise")] = None,
+    huber_schedule: Annotated[Optional[str], typer.Option(help="How --huber-c changes with the timestep: snr (default) | exponential | constant.", rich_help_panel="Loss and noise")] = None,
+    huber_c: Annotated[Optional[float], typer.Option(help="Huber/smooth-L1 threshold (default 0.1).", rich_help_panel="Loss and noise")] = None,
+    huber_scale: Annotated[Optional[float], typer.Option(help="Scale of the constant and exponential Huber thresholds (default 1).", rich_help_panel="Loss and noise")] = None,
+    debiased_estimation_loss: Annotated[Optional[bool], typer.Option("--debiased-estimation", help="Weight each timestep's loss by 1/√SNR (v: 1/(SNR+1)).", rich_help_panel="Loss and noise")] = None,
+    ip_noise_gamma: Annotated[Optional[float], typer.Option(help="Input perturbation noise on the UNet's input (0.1 is typical).", rich_help_panel="Loss and noise")] = None,
+    ip_noise_gamma_random_strength: Annotated[Optional[bool], typer.Option("--ip-noise-gamma-random-strength", help="Draw the perturbation strength in [0, --ip-noise-gamma) per batch.", rich_help_panel="Loss and noise")] = None,
+    multires_noise_iterations: Annotated[Optional[int], typer.Option(help="Multi-resolution (pyramid) noise levels (6–10 is typical).", rich_help_panel="Loss and noise")] = None,
+    multires_noise_discount: Annotated[Optional[float], typer.Option(help="Weight decay per multires level (default 0.3).", rich_help_panel="Loss and noise")] = None,
+    noise_offset_random_strength: Annotated[Optional[bool], typer.Option("--noise-offset-random-strength", help="Draw the noise offset in [0, --noise-offset) per batch.", rich_help_panel="Loss and noise")] = None,
+    v_pred_like_loss: Annotated[Optional[float], typer.Option(help="Add this much of a v-prediction-like loss to an epsilon loss.", rich_help_panel="Loss and noise")] = None,
+    scale_v_pred_loss_like_noise_pred: Annotated[Optional[bool], typer.Option("--scale-v-pred-loss-like-noise-pred", help="Scale a v-prediction loss by SNR/(SNR+1), like an epsilon loss.", rich_help_panel="Loss and noise")] = None,
+    masked_loss: Annotated[Optional[bool], typer.Option("--masked-loss", help="Weight the loss by each image's subject mask (NAME.mask.png kept by clean/crop).", rich_help_panel="Loss and noise")] = None,
+    alpha_mask: Annotated[Optional[bool], typer.Option("--alpha-mask", help="Use each image's alpha channel as its loss mask (opaque images: all ones).", rich_help_panel="Loss and noise")] = None,
+    mask_missing: Annotated[Optional[str], typer.Option(help="With --masked-loss, an image without a mask: error (default) | unmasked (trains on all of it).", rich_help_panel="Loss and noise")] = None,
     output_dir: Annotated[Optional[str], typer.Option("--output", "-o", help="Output folder (LoRA files, checkpoints, loss log).", rich_help_panel="Run and checkpoints")] = None,
     name: Annotated[Optional[str], typer.Option(help="LoRA file name (without extension).", rich_help_panel="Run and checkpoints")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Epochs (default 10).", rich_help_panel="Run and checkpoints")] = None,
@@ -95,6 +116,16 @@ def train(
     sample_sampler: Annotated[Optional[str], typer.Option(help="Sampler for prompts without --ss: default (the model's own), euler_a, euler, dpmsolver++, dpmsolver, dpmsingle, ddim, pndm, heun, dpm_2, dpm_2_a, lms, unipc, deis (k_ names too).", rich_help_panel="Samples")] = None,
     tensorboard: Annotated[Optional[bool], typer.Option("--tensorboard", help="Also log to OUTPUT/tensorboard.", rich_help_panel="Run and checkpoints")] = None,
     num_processes: Annotated[Optional[int], typer.Option(help="GPUs: relaunch through `accelerate launch` with N processes.", rich_help_panel="Run and checkpoints")] = None,
+    # issue 24: the HF blog's recipe, in diffusers' spellings
+    validation_prompt: Annotated[Optional[str], typer.Option(help="diffusers' --validation_prompt: render this prompt --num-validation-images times (seeds --seed, --seed+1, …) every --validation-epochs epochs, beside any --sample-prompts.", rich_help_panel="Samples")] = None,
+    num_validation_images: Annotated[Optional[int], typer.Option(help="Images per validation (default 4).", rich_help_panel="Samples")] = None,
+    validation_epochs: Annotated[Optional[int], typer.Option(help="Validate every N epochs (default 1).", rich_help_panel="Samples")] = None,
+    caption_dropout_every_n_epochs: Annotated[Optional[int], typer.Option(help="Every Nth epoch trains all captions empty (sd-scripts' caption_dropout_every_n_epochs; 0 = off).", rich_help_panel="Data")] = None,
+    report_to: Annotated[Optional[str], typer.Option(help="tensorboard | wandb | all: log loss, learning rate, sample grids and the settings (WANDB_MODE=offline works).", rich_help_panel="Run and checkpoints")] = None,
+    push_to_hub: Annotated[Optional[str], typer.Option(help="Upload the LoRA files, model card and samples to this Hub model repo (user/name) at the end; token and repo are checked before training.", rich_help_panel="Hub")] = None,
+    hub_private: Annotated[Optional[bool], typer.Option("--hub-private", help="Create the Hub repo private.", rich_help_panel="Hub")] = None,
+    hub_token_file: Annotated[Optional[str], typer.Option(help="File holding the Hub token (default: HF_TOKEN or `hf auth login`).", rich_help_panel="Hub")] = None,
+    push_every_save: Annotated[Optional[bool], typer.Option("--push-every-save", help="Also upload at every saved checkpoint.", rich_help_panel="Hub")] = None,
     # SD3 / SD3.5 (issue 25): T5 length and the flow-matching timestep sampling and loss weighting
     t5_max_length: Annotated[Optional[int], typer.Option(help="SD3: T5 tokens per caption (default 256, as the SD3 pipeline).", rich_help_panel="SD3")] = None,
     weighting_scheme: Annotated[Optional[str], typer.Option(help="SD3: logit_normal (default) | mode | sigma_sqrt | cosmap | none: how timesteps are drawn and the loss weighted, as diffusers' SD3 LoRA example.", rich_help_panel="SD3")] = None,
@@ -102,6 +133,13 @@ def train(
     logit_std: Annotated[Optional[float], typer.Option(help="SD3: std of logit_normal (default 1).", rich_help_panel="SD3")] = None,
     mode_scale: Annotated[Optional[float], typer.Option(help="SD3: scale of the mode density (default 1.29).", rich_help_panel="SD3")] = None,
     precondition_outputs: Annotated[Optional[bool], typer.Option("--precondition-outputs/--no-precondition-outputs", help="SD3: compare the denoised estimate with the latents (default) instead of the velocity with noise − latents.", rich_help_panel="SD3")] = None,
+    # textual inversion / pivotal tuning
+    embedding: Annotated[Optional[str], typer.Option(help="Textual inversion: train a new word NAME (a made-up lowercase word) in place of the manifest's trigger; writes OUTPUT/NAME.safetensors (WebUI, ComfyUI, diffusers). With an --algo: pivotal tuning, the LoRA trains too and bundles the embedding.", rich_help_panel="Embedding (textual inversion)")] = None,
+    init_word: Annotated[Optional[str], typer.Option(help="The word whose token vectors the embedding starts from (woman, dog, painting…).", rich_help_panel="Embedding (textual inversion)")] = None,
+    vectors: Annotated[Optional[int], typer.Option(help="Vectors per token of the embedding (default 1; 2–8 hold more, and use that many of the prompt's 75 tokens).", rich_help_panel="Embedding (textual inversion)")] = None,
+    embedding_lr: Annotated[Optional[float], typer.Option(help="Learning rate of the embedding (default 5e-3; --lr stays the LoRA's).", rich_help_panel="Embedding (textual inversion)")] = None,
+    embedding_steps: Annotated[Optional[int], typer.Option(help="Pivotal tuning: freeze the embedding after N steps; the LoRA trains on.", rich_help_panel="Embedding (textual inversion)")] = None,
+    pivotal: Annotated[Optional[bool], typer.Option("--pivotal/--no-pivotal", help="Train the LoRA beside the embedding (default: when an --algo is named).", rich_help_panel="Embedding (textual inversion)")] = None,
 ) -> None:
     """Train a LoRA on a manifest (the bundled trainer).
 
@@ -127,6 +165,10 @@ def train(
     from train.plan import inspect_base
 
     checked = inspect_base(settings)
+    if settings.embedding.embedding:  # textual inversion: NAME and --init-word against the tokenizer alone
+        from train.embedding import check_embedding
+
+        check_embedding(settings, manifest)
     out.print(_config_table(settings))
     if dry_run:
         from train.plan import plan_training
@@ -205,6 +247,7 @@ def generate(
     base_config: Annotated[Optional[Path], typer.Option(help="Diffusers config folder of the family, for single-file bases offline.")] = None,
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Accept .ckpt/pickle base weights (loaded weights_only).")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps.")] = "auto",
+    embedding: Annotated[Optional[list[Path]], typer.Option("--embedding", help="Textual-inversion embedding file (repeatable): its file name is the word to write in the prompt, as in the WebUI. A --lora's bundled embeddings load by themselves.")] = None,  # textual inversion
 ) -> None:
     """Render images with a LoRA, to check what it learned.
 
@@ -220,6 +263,10 @@ def generate(
     with rich_reporter() as reporter:
         reporter.note(f"loading {base} on {torch_device}")
         model = load_base(base, allow_pickle=allow_pickle, dtype=dtype, device=torch_device, config=base_config)
+        from train.embedding import load_embeddings  # textual inversion: --embedding files, a LoRA's bundled ones
+
+        for note in load_embeddings(model, embedding or [], lora):
+            reporter.note(note)
         images = render_images(model, lora, plan, prompt, options, reporter=reporter)
     for path in save_images(images, out_path, stem="image" if plan.single else "grid"):
         out.print(f"[green]✓[/] {esc(path)}")

@@ -34,6 +34,8 @@ from prep.progress import SILENT, Reporter
 from prep.records import DEFAULT_CAPTION_EXTENSION, Box, Drop
 from prep.runner import StepResult, run_step
 from prep.sidecars import caption_path, read_caption, read_meta, update_meta
+from prep.subjectmask import SECTION as SUBJECT_MASK
+from prep.subjectmask import carry_mask, write_mask
 from prep.walk import check_separate
 
 Background = Literal["remove", "white", "colour", "blur"]
@@ -290,8 +292,19 @@ def _clean_one(job: _Job, folder: Path, out: Path | None, options: CleanOptions,
         mask = Image.fromarray(np.round(cleaned.matte * 255).astype(np.uint8), "L")
         save_image_atomic(mask, job.output(mask_dir, ".png"))
     info["sha256"] = sha256_file(target)
-    update_meta(target, clean=info)
+    kept_mask = _keep_mask(job.path, target, cleaned)
+    update_meta(target, clean=info, **({SUBJECT_MASK: kept_mask} if kept_mask is not None or target != job.path else {}))
     return CleanResult(job.path, target, kept=cleaned.kept, edited_caption=edited)
+
+
+def _keep_mask(source: Path, target: Path, cleaned: Cleaned) -> dict | None:
+    """The subject mask as `NAME.mask.png` beside the cleaned image (what `train --masked-loss`
+    reads): the one computed now, else a mask the source already had, carried along."""
+    if cleaned.matte is not None:
+        return write_mask(target, cleaned.matte, cleaned.origin)
+    if target != source:
+        return carry_mask(source, target, read_meta(source).get(SUBJECT_MASK))
+    return None
 
 
 def _carry_sidecars(source: Path, target: Path, out: Path | None, extension: str) -> Carry | None:

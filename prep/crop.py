@@ -41,6 +41,8 @@ from prep.naming import Renamed, check_output_name, output_stems
 from prep.scan import NoImages
 from prep.walk import check_separate
 from prep.sidecars import caption_path, read_caption, read_meta, update_meta
+from prep.subjectmask import SECTION as SUBJECT_MASK
+from prep.subjectmask import cut_mask
 
 Box = tuple[int, int, int, int]
 FBox = tuple[float, float, float, float]
@@ -443,7 +445,9 @@ def crop_image(job: _Job, out: Path, options: CropOptions, detector: FaceDetecto
                 image = open_image(job.path, max_pixels=options.max_pixels)
             save_image_atomic(cut(image, box, options.colour), target)
         source = Source(source_path, digest, box)
+        mask = cut_mask(job.path, box, target)  # the source's subject mask, cut like the image
         update_meta(target, source=source.to_dict(), faces=[f.to_dict() for f in faces_in_crop(faces, box)],
+                    **({SUBJECT_MASK: mask} if mask is not None else {}),
                     crop={"preset": plan.preset, "box": list(box), "planned_box": list(plan.box),
                           "lossless": lossless_cut is not None, "detector": detector.name, "aspect": options.aspect,
                           "key": key, "fit": plan.fit, "padded": plan.fit == "padded",

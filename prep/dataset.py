@@ -27,6 +27,7 @@ from prep.records import (DEFAULT_CAPTION_EXTENSION, BucketSettings, Drop, Face,
 from prep.runner import run_step
 from prep.scan import REPEAT_FOLDER, NoImages, RepeatFolder, ScanEntry, ScanResult, require_images, scan_folder
 from prep.sidecars import caption_path, check_caption_extension, meta_path, read_meta
+from prep.subjectmask import mask_path, mask_ref
 from prep.tags import split_tags
 from prep.walk import copy_ignoring
 
@@ -427,7 +428,11 @@ def build_manifest(folder: str | os.PathLike[str], options: ManifestOptions = Ma
         caption, changed = _frozen_caption(entry.caption or "", None if subset.is_reg else options.trigger)
         retriggered += changed
         meta_inside = _within(meta_path(entry.path), real_root)
-        return _record(entry, rel, subset.name, buckets[entry.path], caption, entry.caption, meta_inside)
+        record = _record(entry, rel, subset.name, buckets[entry.path], caption, entry.caption, meta_inside)
+        mask = mask_path(entry.path)
+        if mask.is_file() and _within(mask, real_root):  # its subject mask sidecar (prep.subjectmask)
+            record = record.evolve(mask=mask_ref(mask, _rel(mask, base), read_meta(entry.path) if meta_inside else {}))
+        return record
 
     frozen = run_step(jobs, freeze, step="manifest", name=lambda j: _rel(j[0].path, base),
                       reporter=reporter, label="hashing", workers=4)

@@ -13,6 +13,7 @@ import tomli_w
 
 from prep.atomic import sweep_leftovers, write_text_atomic
 from prep.captions.dataset import decode_caption, read_current
+from prep.captions.training import manifest_training_caption
 from prep.captions.journal import FileState, write_guarded
 from prep.captions.journal import record as record_journal
 from prep.errors import LoraprepError, ManifestError, UsageError
@@ -105,14 +106,34 @@ def _listed(paths: list[str], limit: int = 5) -> str:
 
 
 def export_imagefolder(manifest: Manifest, base: Path, out: Path) -> ExportResult:
-    """HF `datasets` imagefolder: metadata.jsonl beside the images, `file_name` relative to it."""
+    """HF `datasets` imagefolder: metadata.jsonl beside the images, `file_name` relative to it.
+
+    `text` is the caption each image trains on in `loraprep train` (class tokens for an image
+    without a caption, no trigger for regularisation images), so diffusers' example trains the same
+    captions. What imagefolder cannot say (repeats, regularisation) is named in the notes.
+    """
     lines = []
     for record in manifest.images:
         rel = os.path.relpath(base / record.path, out.parent)
-        lines.append(json.dumps({"file_name": Path(rel).as_posix(), "text": record.caption or ""},
-                                ensure_ascii=False))
+        lines.append(json.dumps({"file_name": Path(rel).as_posix(),
+                                 "text": manifest_training_caption(manifest, record)}, ensure_ascii=False))
     write_text_atomic(out, "\n".join(lines) + ("\n" if lines else ""))
-    return ExportResult("imagefolder", [out], [])
+    return ExportResult("imagefolder", [out], _imagefolder_notes(manifest))
+
+
+def _imagefolder_notes(manifest: Manifest) -> list[str]:
+    used = {record.subset for record in manifest.images}
+    subsets = [manifest.subset(name) for name in sorted(used)]
+    notes = []
+    repeated = [s.name for s in subsets if s.repeats > 1 and not s.is_reg]
+    if repeated:
+        notes.append(f"imagefolder has no repeats: subset(s) {_listed(repeated)} train once per epoch in "
+                     "diffusers' example (raise its --num_train_epochs to match)")
+    reg = sum(1 for record in manifest.images if manifest.subset(record.subset).is_reg)
+    if reg:
+        notes.append(f"{reg} regularisation image(s) are listed with their class caption; diffusers' "
+                     "text-to-image example trains them as ordinary images")
+    return notes
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,8 @@ class ModelSpec:
     # Multi-file repositories (sharded weights): pull every file matching these patterns at the
     # revision; `files` then lists only those whose presence marks the model as here.
     patterns: tuple[str, ...] = ()
-    host: str = "huggingface"  # or "github": `repo_id` is then a GitHub repository, read by hand
+    host: str = "huggingface"  # or "github": `repo_id` is then a GitHub repository, read by hand;
+    # or "local": nothing to download (no revision), the user's own files (`--model-dir`)
     bundled: bool = False      # its files ship in prep/data/, so it works with nothing downloaded
 
     def repo_file(self, local_name: str) -> str:
@@ -176,6 +177,17 @@ register(ModelSpec(
     description="Qwen2.5-VL 3B Instruct: prompted captions, ~7.5 GB; a GPU",
 ))
 
+# --- DeepDanbooru (tag --model deepdanbooru): local only, no hub repository holds it at a revision ---
+LOCAL_ONLY = "local"
+register(ModelSpec(
+    name="deepdanbooru", kind="tagger", repo_id="KichangKim/DeepDanbooru", revision="", host=LOCAL_ONLY,
+    files=("model.onnx", "tags.txt"), licence="MIT (KichangKim/DeepDanbooru)",
+    description="DeepDanbooru v3/v4 tagger, local only (no hub repository, nothing to pull): convert a "
+                "release's project (github.com/KichangKim/DeepDanbooru/releases) to ONNX with tf2onnx; the "
+                "folder holds model.onnx (or one .onnx) and tags.txt, optionally tags-general.txt and "
+                "tags-character.txt. `tag --model deepdanbooru --model-dir FOLDER`",
+))
+
 
 def cache_dir() -> Path:
     """`$LORAPREP_MODELS`, else the checkout's models_cache/, else ~/.cache/loraprep/models."""
@@ -241,6 +253,10 @@ def manual_steps(model: ModelSpec) -> str:
 
 def _missing_error(model: ModelSpec, reason: str) -> ModelNotAvailable:
     folder = model_path(model.name)
+    if model.host == LOCAL_ONLY:  # nothing to download: say what the user's folder must hold
+        return ModelNotAvailable(
+            f"model '{model.name}' is not in {folder} ({reason}); it is local only, not on the hub",
+            hint=f"pass --model-dir FOLDER holding {' and '.join(model.files)}, or save them in {folder}/")
     if model.host != "huggingface":  # `models pull` fetches only from the hub
         return ModelNotAvailable(f"model '{model.name}' is not in {folder} ({reason})", hint=manual_steps(model))
     return ModelNotAvailable(
@@ -355,7 +371,8 @@ def pull(name: str) -> Path:
     if model.host != "huggingface":  # not on the hub: it ships with loraprep, or is saved by hand
         if (bundled := bundled_path(name)) is not None:
             return bundled
-        raise _missing_error(model, "this install does not ship it")
+        raise _missing_error(model, "it is not published on the hub" if model.host == LOCAL_ONLY
+                             else "this install does not ship it")
     if offline_mode():
         raise _unreachable_error(model, "HF_HUB_OFFLINE is set, so nothing is downloaded")
     if why := hub_unreachable():

@@ -67,6 +67,26 @@ class Source:
 
 
 @dataclass(frozen=True)
+class MaskRef:
+    """An image's subject mask sidecar (prep.subjectmask): where it is, its hash, how much it covers."""
+
+    path: str  # relative to the manifest's folder, like the image's
+    sha256: str
+    coverage: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"path": self.path, "sha256": self.sha256}
+        if self.coverage is not None:
+            data["coverage"] = round(float(self.coverage), 4)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MaskRef:
+        share = data.get("coverage")
+        return cls(str(data["path"]), str(data["sha256"]), float(share) if share is not None else None)
+
+
+@dataclass(frozen=True)
 class Tags:
     """Tagger output kept with its scores: general and character tags, and the rating label."""
 
@@ -101,6 +121,7 @@ class ImageRecord:
     bucket: tuple[int, int] | None = None
     subset: str = "main"
     extra: dict[str, Any] = field(default_factory=dict)
+    mask: MaskRef | None = None  # subject mask sidecar (optional: manifests without it stay valid)
 
     def evolve(self, **changes: Any) -> ImageRecord:
         return dataclasses.replace(self, **changes)
@@ -124,6 +145,8 @@ class ImageRecord:
         data["subset"] = self.subset
         if self.extra:
             data["extra"] = self.extra
+        if self.mask is not None:
+            data["mask"] = self.mask.to_dict()
         return data
 
     @classmethod
@@ -140,6 +163,7 @@ class ImageRecord:
             bucket=(int(bucket[0]), int(bucket[1])) if bucket is not None else None,
             subset=str(data.get("subset", "main")),
             extra=dict(data.get("extra") or {}),
+            mask=MaskRef.from_dict(data["mask"]) if data.get("mask") else None,
         )
 
 
@@ -365,6 +389,9 @@ def check_paths(manifest: Manifest) -> None:
                 f"manifest image path {record.path!r} escapes the manifest's folder",
                 hint="image paths must be relative and inside the dataset folder; rebuild with `loraprep manifest`",
             )
+        if record.mask is not None and not is_safe_relative(record.mask.path):
+            raise ManifestError(f"mask path {record.mask.path!r} of {record.path!r} escapes the manifest's folder",
+                                hint="rebuild the manifest with `loraprep manifest`")
         if record.source is not None and posixpath.isabs(record.source.path):
             raise ManifestError(f"source path '{record.source.path}' is absolute; manifests hold relative paths only")
 

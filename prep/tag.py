@@ -13,7 +13,7 @@ UTF-8 is never rewritten. Scores go to the image's `.loraprep.json` sidecar (`ta
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +37,7 @@ from prep.tagging.blip import BlipCaptioner, BlipSettings
 from prep.tagging.vlm import DEFAULT_MODELS, VlmSettings
 from prep.tagging.sentences import Cut, Template, fit_tokens, prune_sentence, render
 from prep.tagging.device import BACKENDS, DEVICES, Backend, Device, Placement
-from prep.tagging.wd14 import Thresholds, Wd14Tagger, resize_bgr, square_rgb
+from prep.tagging.wd14 import Thresholds, Wd14Tagger, square_rgb
 from prep.tags import (PruneOptions, PruneRules, apply_trigger, dedupe, exclude_tags, keep_tokens_for,
                        load_prune_rules, prune_tags, replace_tags, split_tags, tag_key)
 
@@ -292,6 +292,31 @@ class TaggerFiles:
     onnx: Path | None
     timm: Path | None
     timm_hint: str = ""
+    deepdanbooru: bool = False  # a DeepDanbooru project folder (prep.tagging.deepdanbooru), `onnx` is it
+
+
+def is_deepdanbooru(options: TagOptions) -> bool:
+    """`--model deepdanbooru`, or a `--model-dir` laid out as a DeepDanbooru project (tags.txt)."""
+    from prep.tagging import deepdanbooru
+
+    if options.model == deepdanbooru.NAME:
+        return True
+    return options.model_dir is not None and deepdanbooru.is_project(options.model_dir)
+
+
+def deepdanbooru_files(options: TagOptions) -> TaggerFiles:
+    """The DeepDanbooru folder: `--model-dir`, else the registry's local-only folder
+    (`loraprep models path deepdanbooru`); ModelNotAvailable saying what the folder must hold."""
+    from prep.tagging import deepdanbooru
+
+    folder = options.model_dir
+    if folder is None:
+        folder = models.resolve(deepdanbooru.NAME)
+    elif not folder.is_dir():
+        raise ModelNotAvailable(f"model folder {folder} does not exist", hint=deepdanbooru.FOLDER_HINT)
+    deepdanbooru.model_file(folder)  # no ONNX file: said now, before any image is read
+    return TaggerFiles(folder.name if options.model_dir else deepdanbooru.NAME, folder, None,
+                       "DeepDanbooru runs on onnxruntime only", deepdanbooru=True)
 
 
 def tagger_files(options: TagOptions) -> TaggerFiles:
@@ -300,6 +325,8 @@ def tagger_files(options: TagOptions) -> TaggerFiles:
     from prep.tagging.wd14 import MODEL_FILE
     from prep.tagging.wd_timm import has_timm_files
 
+    if is_deepdanbooru(options):
+        return deepdanbooru_files(options)
     if options.model_dir is not None:
         folder = model_folder(options.model, options.model_dir, options.download)
         return TaggerFiles(folder.name, folder if (folder / MODEL_FILE).is_file() else None,
@@ -346,6 +373,11 @@ def load_tagger(options: TagOptions, reporter: Reporter = SILENT, files: TaggerF
                           scorer=TimmScorer(files.timm, placement.device))
     assert files.onnx is not None
     providers = options.providers or (("CPUExecutionProvider",) if placement.device == "cpu" else None)
+    if files.deepdanbooru:
+        from prep.tagging import deepdanbooru
+
+        return deepdanbooru.open_tagger(files.onnx, name=files.name, thresholds=options.thresholds,
+                                        providers=providers, threads=options.threads)
     return Wd14Tagger(files.onnx, name=files.name, thresholds=options.thresholds, providers=providers,
                       threads=options.threads)
 
@@ -406,6 +438,11 @@ class _Run:
         self.rules = load_prune_rules(options.prune_lists) if options.prunes else None
         # A missing model fails here, at once; opening it (seconds) overlaps the first decodes.
         self.files = tagger_files(options) if options.uses_tagger else None
+        self.square = square_rgb  # the size-independent preprocessing, before the model says its size
+        if self.files is not None and self.files.deepdanbooru:
+            from prep.tagging.deepdanbooru import rgb
+
+            self.square = rgb
         self.caption_source = captioner_folder(options)
         self.tagger: Wd14Tagger | None = None
         self.blip: Any = None  # the sentence captioner (BLIP or a VLM): name, device, settings.batch_size, caption()
@@ -443,7 +480,8 @@ class _Run:
         for note in notes:
             self.reporter.note(note)
         if self.tagger is not None:
-            self.reporter.note(f"WD14 {self.tagger.name} on {self.tagger.provider}, batch {batch}")
+            kind = "DeepDanbooru" if self.files is not None and self.files.deepdanbooru else "WD14"
+            self.reporter.note(f"{kind} {self.tagger.name} on {self.tagger.provider}, batch {batch}")
         if self.blip is not None:
             what = "BLIP" if self.options.uses_blip else str(self.options.sentence_captioner)
             self.reporter.note(f"{what} {self.blip.name} on {self.blip.device}")
@@ -470,10 +508,10 @@ class _Run:
         image = open_image(path, max_pixels=self.options.max_pixels)
         array = None
         if self.files is not None:
-            square = square_rgb(image)
+            square = self.square(image)
             tagger = self.opened.result()[0]  # decoding started before the model was open
             assert tagger is not None
-            array = resize_bgr(square, tagger.input_size)
+            array = tagger.to_array(square, tagger.input_size)
         return _Loaded(path, array, image if self.caption_source is not None else None, existing, before)
 
     def existing_text(self, path: Path, before: bytes | None) -> str | None:
@@ -615,10 +653,11 @@ def tag_folder(folder: Path, options: TagOptions, reporter: Reporter = SILENT) -
     run.result.dropped.extend(problems)
     run.result.skipped = [path for path, skipped in zip(images, skip) if skipped]
     ahead = 2 * (options.batch_size or GPU_BATCH) + options.workers
+    decoded = prefetch(todo, run.load, workers=options.workers, depth=ahead)
     try:
         with reporter.task("tagging", len(todo)) as advance:
             done = 0
-            for chunk in _batches(prefetch(todo, run.load, workers=options.workers, depth=ahead), run.ready):
+            for chunk in _batches(decoded, run.ready):
                 run.ready()  # a model that failed to open stops the run here, before anything is written
                 loaded: list[_Loaded] = []
                 for path, outcome in chunk:
@@ -633,7 +672,11 @@ def tag_folder(folder: Path, options: TagOptions, reporter: Reporter = SILENT) -
                 done += len(chunk)
                 advance(len(chunk), metrics={"images": float(done)})
     finally:
-        run.opening.shutdown(wait=True)
+        # A model that failed to open, a disk error or Ctrl-C: stop the decoding pool now (queued
+        # decodes cancelled), not whenever the suspended generator is garbage-collected, which at
+        # interpreter exit can wait on threads that wait on it.
+        decoded.close()
+        run.opening.shutdown(wait=True, cancel_futures=True)
     run.settle_writes()
     run.commit(reporter)
     return run.result
@@ -647,7 +690,8 @@ def _create(root: Path, state: FileState, image: Path, sections: dict[str, Any])
     return True
 
 
-def prefetch(items: Sequence[T], fn: Callable[[T], R], *, workers: int, depth: int) -> Iterator[tuple[T, R | Exception]]:
+def prefetch(items: Sequence[T], fn: Callable[[T], R], *, workers: int,
+             depth: int) -> Generator[tuple[T, R | Exception], None, None]:
     """`(item, fn(item))` in order, computed up to `depth` items ahead in a thread pool.
 
     A LoraprepError or OSError raised by `fn` is yielded in place of the value, so one bad file
@@ -662,7 +706,8 @@ def prefetch(items: Sequence[T], fn: Callable[[T], R], *, workers: int, depth: i
     if workers < 1:  # in the caller's thread: no overlap, no contention with the model's threads
         yield from ((item, guarded(item)) for item in items)
         return
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
         pending: deque[tuple[T, Future[R | Exception]]] = deque()
         source = iter(items)
         for item in source:
@@ -675,6 +720,8 @@ def prefetch(items: Sequence[T], fn: Callable[[T], R], *, workers: int, depth: i
             if following is not None:
                 pending.append((following, pool.submit(guarded, following)))
             yield item, future.result()
+    finally:  # closed early (an error, Ctrl-C): decodes not started yet are cancelled, not waited for
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _batches(pairs: Iterable[T], size: Callable[[], int]) -> Iterator[list[T]]:

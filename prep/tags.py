@@ -10,6 +10,7 @@ words are compared, not substrings.
 
 from __future__ import annotations
 
+import functools
 import re
 import tomllib
 from collections import Counter
@@ -61,6 +62,12 @@ def normalise_tag(tag: str) -> str:
     return _SPACES.sub(" ", text.replace("_", " ")).strip()
 
 
+# A tagger has a fixed label set (WD14: ~10,000, most above threshold with some models) and every
+# operation below asks for the same keys again for every image: remembered, not recomputed.
+KEY_CACHE = 1 << 16
+
+
+@functools.lru_cache(maxsize=KEY_CACHE)
 def tag_key(tag: str) -> str:
     """The identity of a tag for comparisons: normalised and lower-cased."""
     return normalise_tag(tag).lower()
@@ -70,8 +77,9 @@ def dedupe(tags: Iterable[str]) -> list[str]:
     """First occurrence wins; `Long_Hair` and `long hair` are the same tag."""
     seen: set[str] = set()
     result: list[str] = []
+    key_of = tag_key  # a local name: this loop runs for every tag of every image
     for tag in tags:
-        key = tag_key(tag)
+        key = key_of(tag)
         if key and key not in seen:
             seen.add(key)
             result.append(tag)
@@ -197,10 +205,12 @@ class PruneGroup:
 
 @dataclass(frozen=True)
 class PruneRules:
-    """The whitelist (checked first) and the groups, in order; the first group that matches decides."""
+    """The whitelist (checked first) and the groups, in order; the first group that matches decides.
+    `classify` remembers its answers (one per distinct tag: a tagger's label set, not every image's)."""
 
     keep: PruneGroup
     groups: tuple[PruneGroup, ...]
+    known: dict[str, PruneGroup | None] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def merged(self, other: PruneRules) -> PruneRules:
         """Add a user list: its whitelist extends ours, its groups are checked before ours."""
@@ -214,6 +224,14 @@ class PruneRules:
 
     def classify(self, tag: str) -> PruneGroup | None:
         """The group that describes `tag`, or None (not a trait, or whitelisted)."""
+        if tag in self.known:
+            return self.known[tag]
+        if len(self.known) >= KEY_CACHE:
+            self.known.clear()
+        group = self.known[tag] = self._classify(tag)
+        return group
+
+    def _classify(self, tag: str) -> PruneGroup | None:
         words = "".join(word + " " for word in _words(tag))
         if not words or self.keep.matches(words):
             return None

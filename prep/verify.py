@@ -50,9 +50,27 @@ def caption_problems(manifest: Manifest, base: str | os.PathLike[str]) -> list[s
     return problems
 
 
+def mask_problems(manifest: Manifest, base: str | os.PathLike[str]) -> list[str]:
+    """Subject mask sidecars deleted, edited, or linking outside `base` since freezing."""
+    problems = []
+    for record in manifest.images:
+        if record.mask is None:
+            continue
+        try:
+            mask = resolve_inside(base, record.mask.path)
+        except ManifestError as exc:
+            problems.append(exc.message)
+            continue
+        if not mask.is_file():
+            problems.append(f"{record.path}: mask {Path(record.mask.path).name} was deleted since the manifest was written")
+        elif sha256_file(mask) != record.mask.sha256:
+            problems.append(f"{record.path}: mask {Path(record.mask.path).name} changed since the manifest was written")
+    return problems
+
+
 def stale_files(manifest: Manifest, base: str | os.PathLike[str]) -> list[str]:
-    """Images missing or changed, and caption sidecars edited, since the manifest was written."""
-    return image_problems(manifest, base) + caption_problems(manifest, base)
+    """Images missing or changed, and caption and mask sidecars edited, since the manifest was written."""
+    return image_problems(manifest, base) + caption_problems(manifest, base) + mask_problems(manifest, base)
 
 
 def check_manifest_file(path: str | os.PathLike[str]) -> list[str]:

@@ -25,6 +25,7 @@ from pathlib import Path
 from prep.errors import UsageError
 from prep.images import IMAGE_EXTENSIONS
 from prep.records import Drop, is_within
+from prep.subjectmask import is_mask_name
 
 # Folders loraprep itself writes inside a dataset (journals, backups) are not part of it.
 SKIPPED_DIRS = frozenset({".loraprep", "__pycache__", ".git"})
@@ -109,8 +110,8 @@ class _Walk:
         for name, is_dir in self.entries(folder, rel):
             if is_dir:
                 yield from self.images(folder / name, _join(rel, name))
-            elif os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                yield folder / name
+            elif os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and not is_mask_name(name):
+                yield folder / name  # a NAME.mask.png is its image's subject mask, not an image
 
     def folders(self, folder: Path, rel: str) -> Iterator[Folder]:
         entries = self.entries(folder, rel)

@@ -25,6 +25,7 @@ from train.cache import TensorCache, latent_cache, latent_key, text_key
 from train.config import TrainConfig
 from train.data import (CaptionOptions, Example, TrainingSet, caption_variants, colour_jitter, epoch_batches,
                         load_pixels, placement, process_caption, sample_rng, to_array)
+from train.masks import latent_size, load_mask, mask_source
 
 LatentItem = tuple[str, int, bool]  # (cache key, example position, flipped)
 
@@ -37,6 +38,7 @@ class Conditioned:
     prompt: Any
     time_ids: Any
     weights: Any
+    mask: Any = None  # (batch, 1, h, w) loss weights at latent resolution with --masked-loss/--alpha-mask
 
 
 class Batcher:
@@ -51,6 +53,7 @@ class Batcher:
         cache_root = Path(config.run.cache_dir) if config.run.cache_dir else Path(config.run.output_dir) / "cache"
         self.latents: TensorCache | None = latent_cache(config.run.cache_latents, cache_root)
         trains_te = config.network.train_text_encoder
+        trains_te = trains_te or bool(config.embedding.embedding)  # textual inversion: the new vectors train
         self.texts: TensorCache | None = TensorCache() if config.run.cache_text_encoder and not trains_te else None
         # SD3: T5 never trains, so its outputs stay cached while CLIP-L/G train (train.sd3)
         self.t5_texts = TensorCache() if base.family == "sd3" and trains_te and config.run.cache_text_encoder else None
@@ -66,11 +69,16 @@ class Batcher:
         self.scaling = float(vae.config.scaling_factor)
         self.shift = float(getattr(vae.config, "shift_factor", None) or 0.0)  # SD3's VAE centres its latents
         self._torch = torch
+        # loss masks (--masked-loss / --alpha-mask, train.masks): stored with each cached latent
+        self.masks = {e.index: mask_source(e, data.root, config.loss) for e in data.examples}
+        self._mask_scale = base.vae_scale_factor
         self._groups = self._latent_groups() if self.latents is not None else {}
         variants = [caption_variants(e.caption, keep_tokens=e.keep_tokens, shuffle=e.shuffle, options=self.captions)
                     for e in data.examples]
         self.fixed_captions = list(dict.fromkeys(c for v in variants if v is not None for c in v))
         self.captions_vary = any(v is None for v in variants)
+        if config.data.caption_dropout_every_n_epochs:  # issue 24: those epochs train the empty caption
+            self.fixed_captions = list(dict.fromkeys([*self.fixed_captions, ""]))
         self._pool: ThreadPoolExecutor | None = None
         if self.latents is None and config.data.workers > 0:  # persistent: one pool for the whole run
             self._pool = ThreadPoolExecutor(config.data.workers, thread_name_prefix="loraprep-pixels")
@@ -172,8 +180,9 @@ class Batcher:
             ahead = self._ahead.pop((tuple(indices), epoch, batch_number), None)
             pixels = ahead.result() if ahead is not None else self._stack_pixels(examples, draws)
             latents = self._encode(pixels)
+            masks = self._masks([self._mask(e, flip) for e, (flip, _, _) in zip(examples, draws, strict=True)])
         else:
-            latents = self._latents(examples, draws)
+            latents, masks = self._latents(examples, draws)
         prompt = self._prompt([caption for _, caption, _ in draws])
         time_ids = None
         if self.base.is_sdxl:
@@ -182,13 +191,16 @@ class Batcher:
             time_ids = torch.stack([sdxl_time_ids(*self._time_ids(e)) for e in examples]).to(self.device)
         weights = torch.tensor([self.config.data.prior_loss_weight if e.is_reg else 1.0 for e in examples],
                                device=self.device)
-        return Conditioned(latents.to(self.device), prompt, time_ids, weights)
+        return Conditioned(latents.to(self.device), prompt, time_ids, weights,
+                           masks.to(self.device) if masks is not None else None)
 
     def _draw(self, example: Example, epoch: int, batch_number: int, slot: int) -> tuple[bool, str, Any]:
         rng = sample_rng(self.config.run.seed, epoch, batch_number, slot)
         flip = self.config.data.flip and rng.random() < 0.5
         caption = process_caption(example.caption, keep_tokens=example.keep_tokens, shuffle=example.shuffle,
                                   options=self.captions, rng=rng)
+        if dropout_epoch(self.config.data.caption_dropout_every_n_epochs, epoch):
+            caption = ""
         return flip, caption, rng
 
     def _time_ids(self, example: Example) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
@@ -204,8 +216,9 @@ class Batcher:
     def _stack_pixels(self, examples: Sequence[Example], draws: Sequence[tuple[bool, str, Any]]) -> Any:
         return self._torch.stack([self._pixels(e, flip, rng) for e, (flip, _, rng) in zip(examples, draws, strict=True)])
 
-    def _latents(self, examples: Sequence[Example], draws: Sequence[tuple[bool, str, Any]]) -> Any:
-        """Host latents for the batch from the cache (a lost entry is encoded again with its fixed group)."""
+    def _latents(self, examples: Sequence[Example], draws: Sequence[tuple[bool, str, Any]]) -> tuple[Any, Any]:
+        """Host latents (and loss masks, or None) for the batch from the cache (a lost entry is encoded
+        again with its fixed group)."""
         torch = self._torch
         keys = [self._latent_key(e, flip) for e, (flip, _, _) in zip(examples, draws, strict=True)]
         found = self.latents.get_many(keys)
@@ -213,13 +226,14 @@ class Batcher:
             if item is None:  # not there any more (a damaged disk entry): its fixed group again
                 self._encode_group(self._groups[keys[i]])
                 found[i] = self.latents.get(keys[i])
-        return torch.stack([item["latent"] for item in found])
+        return torch.stack([item["latent"] for item in found]), self._masks([item.get("mask") for item in found])
 
     def _encode_group(self, group: Sequence[LatentItem]) -> None:
         assert self.latents is not None
         pixels = self._torch.stack([self._pixels(self.data.examples[i], flip, None) for _, i, flip in group])
-        for (key, _, _), latent in zip(group, self._encode(pixels), strict=True):
-            self.latents.put(key, {"latent": latent})
+        for (key, i, flip), latent in zip(group, self._encode(pixels), strict=True):
+            mask = self._mask(self.data.examples[i], flip)
+            self.latents.put(key, {"latent": latent, **({"mask": mask} if mask is not None else {})})
 
     def _encode(self, pixels: Any) -> Any:
         """Scaled latents on the host; the VAE runs wherever its weights are, in their dtype."""
@@ -232,8 +246,19 @@ class Batcher:
 
     def _latent_key(self, example: Example, flip: bool) -> str:
         place = placement(example.record.size, example.bucket)
+        source = self.masks[example.index]
         return latent_key(example.record, resized=place.resized, trim=place.trim, bucket=example.bucket,
-                          flip=flip, vae_id=self.vae_id)
+                          flip=flip, vae_id=self.vae_id, mask=source.identity if source is not None else None)
+
+    def _mask(self, example: Example, flip: bool) -> Any:
+        """The example's loss mask at latent resolution, placed and flipped as its image; None unmasked."""
+        source = self.masks[example.index]
+        if source is None:
+            return None
+        return load_mask(source, example, flip=flip, latent_size=latent_size(example.bucket, self._mask_scale))
+
+    def _masks(self, masks: Sequence[Any]) -> Any:
+        return self._torch.stack(list(masks)) if masks and masks[0] is not None else None
 
     def _pixels(self, example: Example, flip: bool, rng: Any) -> Any:
         image, _ = load_pixels(example)
@@ -280,3 +305,8 @@ class Batcher:
         items = [self.texts.get_or_compute(self._text_key(c), lambda c=c: self._encode_text(c)) for c in captions]
         pooled = self._torch.stack([i["pooled"] for i in items]) if "pooled" in items[0] else None
         return PromptEmbeds(self._torch.stack([i["embeds"] for i in items]), pooled).to(self.device)
+
+
+def dropout_epoch(every: int, epoch: int) -> bool:
+    """sd-scripts' caption_dropout_every_n_epochs: epochs N, 2N, … (1-based) train every caption empty."""
+    return every > 0 and (epoch + 1) % every == 0

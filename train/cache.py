@@ -35,12 +35,13 @@ def _digest(parts: Any) -> str:
 
 
 def latent_key(record: ImageRecord, *, resized: tuple[int, int], trim: tuple[int, int, int, int],
-               bucket: tuple[int, int], flip: bool, vae_id: str) -> str:
-    """Identity of one cached latent: image hash + crop box + placement + bucket + flip + VAE."""
+               bucket: tuple[int, int], flip: bool, vae_id: str, mask: str | None = None) -> str:
+    """Identity of one cached latent: image hash + crop box + placement + bucket + flip + VAE, and
+    the loss mask stored with it (its sidecar's hash, or `alpha`) when the run masks the loss."""
     crop = list(record.source.box) if record.source is not None and record.source.box is not None else None
-    return _digest({"v": KEY_VERSION, "kind": "latent", "sha256": record.sha256, "crop": crop,
-                    "resized": list(resized), "trim": list(trim), "bucket": list(bucket),
-                    "flip": bool(flip), "vae": vae_id})
+    parts = {"v": KEY_VERSION, "kind": "latent", "sha256": record.sha256, "crop": crop, "resized": list(resized),
+             "trim": list(trim), "bucket": list(bucket), "flip": bool(flip), "vae": vae_id}
+    return _digest(parts if mask is None else {**parts, "mask": mask})
 
 
 def text_key(caption: str, *, encoder_id: str) -> str:

@@ -50,9 +50,11 @@ class PromptEmbeds:
 
 def tokenize(base: TextModel, captions: Sequence[str]) -> list[torch.Tensor]:
     """Token ids [B, 77] per tokenizer (one for SD1/SD2, two for SDXL), padded and truncated."""
+    from train.embedding import expand_prompt  # an embedding's NAME → its N tokens, as clients expand it
+
     return [
-        tokenizer(list(captions), padding="max_length", max_length=tokenizer.model_max_length,
-                  truncation=True, return_tensors="pt").input_ids
+        tokenizer([expand_prompt(tokenizer, c) for c in captions], padding="max_length",
+                  max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
         for tokenizer in base.tokenizers
     ]
 

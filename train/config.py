@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from prep.errors import UsageError
+from train.losses import check_loss_settings
 from train.optargs import OPTIMIZERS, parse_optimizer_args
 from train.samplers import check_sampler
 
 PRESETS = ("attn", "attn-mlp", "full")
-ALGOS = ("lora", "loha", "lokr")
+ALGOS = ("lora", "loha", "lokr", "ia3", "dylora", "lora-fa")
 SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LATENT_CACHE = ("off", "memory", "disk")
@@ -44,6 +45,7 @@ class ModelConfig:
     allow_pickle: bool = False
     prediction_type: str = "auto"  # auto: what the model's scheduler says (SD2-v → v_prediction)
     clip_skip: int = 1
+    base_weights: tuple[str, ...] = ()  # base weights (issue 21): LoRAs "FILE[:W]" merged into the base first
     t5_max_length: int = 256  # SD3: T5 tokens per caption (the SD3 pipeline's max_sequence_length)
 
 
@@ -59,6 +61,7 @@ class NetworkConfig:
     conv_alpha: float = 1.0  # 0: alpha = conv_dim
     factor: int = -1  # LoKr: split each dimension near this factor; -1 = as square as possible (LyCORIS)
     dora: bool = False
+    unit: int = 1  # DyLoRA: each step trains one block of this many ranks (sd-scripts' unit network arg)
     network_dropout: float = 0.0
     rank_dropout: float = 0.0  # chance to drop each rank of a layer's LoRA per sample (sd-scripts rank_dropout)
     module_dropout: float = 0.0  # chance to skip a whole LoRA layer for a step (sd-scripts module_dropout)
@@ -103,6 +106,7 @@ class DataConfig:
     fixed_resolution: str | None = None  # "512" or "384x512": every image at this size, no buckets
     workers: int = 2  # threads decoding the next batch's images while a step runs (only without a latent cache)
     dataset_config: str | None = None  # an sd-scripts dataset TOML whose subsets (repeats, …) apply
+    caption_dropout_every_n_epochs: int = 0  # issue 24: every Nth epoch trains every caption empty (sd-scripts)
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,25 @@ class OptimizerConfig:
 class LossConfig:
     min_snr_gamma: float | None = None  # 5.0 is the paper's value
     noise_offset: float = 0.0
+    # loss and noise variants with sd-scripts' names and meanings (train.losses, train.noise; README table)
+    zero_terminal_snr: bool = False  # rescaled betas: the last timestep is pure noise (v-prediction only)
+    min_timestep: int | None = None  # timesteps drawn from [min, max); None: 0 and num_train_timesteps
+    max_timestep: int | None = None
+    loss_type: str = "l2"  # l2 | l1 | huber | smooth_l1
+    huber_schedule: str = "snr"  # constant | exponential | snr: how huber_c changes with the timestep
+    huber_c: float = 0.1
+    huber_scale: float = 1.0
+    debiased_estimation_loss: bool = False
+    ip_noise_gamma: float | None = None  # input perturbation noise (0.1 is the paper's value)
+    ip_noise_gamma_random_strength: bool = False
+    multires_noise_iterations: int | None = None
+    multires_noise_discount: float = 0.3
+    noise_offset_random_strength: bool = False
+    v_pred_like_loss: float | None = None
+    scale_v_pred_loss_like_noise_pred: bool = False
+    masked_loss: bool = False  # weight the loss by each image's subject mask (NAME.mask.png from clean/crop)
+    alpha_mask: bool = False  # the image's alpha channel is its mask (sd-scripts' alpha_mask)
+    mask_missing: str = "error"  # error | unmasked: what --masked-loss does with an image that has no mask
     # SD3 flow matching (train.sd3), with the names and defaults of diffusers' SD3 LoRA example
     weighting_scheme: str = "logit_normal"  # logit_normal | mode | sigma_sqrt | cosmap | none (uniform)
     logit_mean: float = 0.0
@@ -162,6 +185,29 @@ class RunConfig:
     sample_sampler: str = "default"  # the base model's own scheduler; or euler_a, dpmsolver++, ddim, …
     tensorboard: bool = False
     num_processes: int = 1
+    # issue 24, the HF blog's recipe: validation prompts, trackers, Hub upload (diffusers' spellings)
+    validation_prompt: str | None = None  # rendered num_validation_images times every validation_epochs
+    num_validation_images: int = 4
+    validation_epochs: int = 1
+    report_to: str | None = None  # tensorboard | wandb | all (`tensorboard = true` stays)
+    push_to_hub: str | None = None  # a Hub repo id ("user/name"): LoRA files, card and samples go there
+    hub_private: bool = False
+    hub_token_file: str | None = None  # a file holding the token (default: HF_TOKEN or the saved login)
+    push_every_save: bool = False
+
+
+# textual inversion / pivotal tuning
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    """A new token NAME of `vectors` vectors, trained alone (textual inversion) or beside the LoRA
+    (pivotal tuning: when an --algo is named, or `pivotal = true`)."""
+
+    embedding: str | None = None  # NAME: the new word; captions train on it where the trigger stood
+    init_word: str | None = None  # the vectors start from this word's token embeddings
+    vectors: int = 1
+    embedding_lr: float | None = None  # None: 5e-3 (the WebUI's default for textual inversion)
+    embedding_steps: int | None = None  # pivotal tuning: the embedding is frozen after this many steps
+    pivotal: bool | None = None  # None: decided when the config is loaded (an --algo named → True)
 
 
 @dataclass(frozen=True)
@@ -172,10 +218,13 @@ class TrainConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)  # textual inversion / pivotal tuning
 
     def replace(self, **flat: Any) -> TrainConfig:
         """A copy with flat overrides applied (`rank=8, lr=2e-4`), validated like a file's values."""
-        return build_config(_nest(flat, source="override"), base=self)
+        config = build_config(_nest(flat, source="override"), base=self)
+        switched = config.network.algo != self.network.algo and self.optimizer.lr == OptimizerConfig.lr
+        return algo_default_lr(config, lr_given="lr" in flat or not switched)  # issue 22: ia3's own lr
 
     def rows(self) -> list[tuple[str, str, Any]]:
         """(section, key, value) for every setting, in declaration order: the start-of-run table."""
@@ -219,7 +268,11 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
         config = build_config(from_file, base=config, source=str(path))
     if from_flags:
         config = build_config(from_flags, base=config, source="command line")
-    return config
+    if config.embedding.embedding and config.embedding.pivotal is None:  # textual inversion / pivotal tuning
+        named = any("algo" in source.get("network", {}) for source in (from_file, from_flags))
+        config = build_config({"embedding": {"pivotal": named}}, base=config, source="command line")
+    lr_given = any("lr" in nested.get("optimizer", {}) for nested in (from_file, from_flags))  # issue 22
+    return algo_default_lr(config, lr_given)
 
 
 def _read_toml(path: Path, notes: list[str]) -> dict[str, Any]:
@@ -345,16 +398,50 @@ def _validate_algo(n: NetworkConfig) -> None:
         raise UsageError(f"factor must be -1 (as square as possible) or a positive number, got {n.factor}")
     if n.factor != -1 and n.algo != "lokr":
         raise UsageError(f"factor is a LoKr setting; --algo is {n.algo}", hint="add --algo lokr, or drop --factor")
+    _validate_lora_family(n)  # issue 22: ia3, dylora, lora-fa
     if n.dora and n.algo != "lora":
         raise UsageError(f"DoRA is trained with --algo lora; loraprep has no weight-decomposed {n.algo}",
                          hint="drop --dora, or use --algo lora")
-    if n.network_dropout and n.algo != "lora":
+    if n.network_dropout and n.algo not in ("lora", "lora-fa"):
         raise UsageError(f"network_dropout applies to LoRA layers; {n.algo} has no dropout inside its layers",
                          hint="drop --network-dropout, or use --algo lora")
     for name in ("rank_dropout", "module_dropout", "scale_weight_norms"):
-        if getattr(n, name) and n.algo != "lora":
+        if getattr(n, name) and n.algo != "lora" and not (n.algo == "lora-fa" and name != "scale_weight_norms"):
             raise UsageError(f"{name} works on LoRA's down/up factors; loraprep does not apply it to {n.algo}",
                              hint=f"drop --{name.replace('_', '-')}, or use --algo lora")
+
+
+# issue 22: the other LoRA-family algorithms' own settings
+IA3_LR = 5e-3  # LyCORIS: (IA)³ "needs much higher lr (about 5e-3~1e-2)"
+
+
+def _validate_lora_family(n: NetworkConfig) -> None:
+    """(IA)³ scales fixed layers (no rank, no conv); DyLoRA's unit must divide its ranks; LoRA-FA has no DoRA."""
+    _at_least("unit", n.unit, 1)
+    if n.unit != 1 and n.algo != "dylora":
+        raise UsageError(f"unit is a DyLoRA setting; --algo is {n.algo}", hint="add --algo dylora, or drop --unit")
+    if n.algo == "dylora":
+        for name, rank in (("rank", n.rank), ("conv_dim", n.conv_dim)):
+            if rank % n.unit:
+                raise UsageError(f"--unit {n.unit} does not divide --{name.replace('_', '-')} {rank}: DyLoRA trains "
+                                 f"and cuts the rank in blocks of {n.unit}",
+                                 hint=f"pick a unit that divides {rank} (1, 2, 4, …), or a multiple of {n.unit}")
+    if n.algo == "ia3" and n.conv_dim:
+        raise UsageError("(IA)³ scales the attention keys/values and feed-forward inputs; it has no conv layers",
+                         hint="drop --conv-dim, or use --algo lora")
+    if n.dora and n.algo in ("lora-fa", "dylora"):
+        raise UsageError(f"DoRA is trained with --algo lora; loraprep has no weight-decomposed {n.algo}",
+                         hint="drop --dora, or use --algo lora")
+
+
+def algo_default_lr(config: TrainConfig, lr_given: bool) -> TrainConfig:
+    """(IA)³ at the generic 1e-4 barely moves: without an explicit lr, it trains at IA3_LR
+    (adaptive optimizers such as prodigy keep their ~1.0)."""
+    from train.optargs import is_adaptive
+
+    if config.network.algo != "ia3" or lr_given or is_adaptive(config.optimizer.optimizer):
+        return config
+    return dataclasses.replace(config, optimizer=dataclasses.replace(config.optimizer, lr=IA3_LR))
 
 
 def validate(config: TrainConfig) -> None:
@@ -362,6 +449,9 @@ def validate(config: TrainConfig) -> None:
     m, n, d, o, l, r = config.model, config.network, config.data, config.optimizer, config.loss, config.run
     _choice("prediction_type", m.prediction_type, PREDICTION_TYPES)
     _at_least("clip_skip", m.clip_skip, 1, high=12)
+    from train.loratools.weighted import parse_weighted  # base weights (issue 21): FILE[:W] spellings
+    for text in m.base_weights:
+        parse_weighted(text)
     _choice("algo", n.algo, ALGOS)
     _choice("preset", n.preset, PRESETS)
     _at_least("rank", n.rank, 1)
@@ -378,6 +468,7 @@ def validate(config: TrainConfig) -> None:
     if n.text_encoder_lr is not None:
         _at_least("text_encoder_lr", n.text_encoder_lr, 0)
     _validate_algo(n)
+    _validate_embedding(config)  # textual inversion / pivotal tuning
     _at_least("batch_size", d.batch_size, 1)
     if d.keep_tokens is not None:
         _at_least("keep_tokens", d.keep_tokens, 0)
@@ -401,6 +492,7 @@ def validate(config: TrainConfig) -> None:
     if l.min_snr_gamma is not None:
         _at_least("min_snr_gamma", l.min_snr_gamma, 0.1)
     _at_least("noise_offset", l.noise_offset, 0, high=1)
+    check_loss_settings(l, m.prediction_type)  # loss and noise variants (train.losses)
     _at_least("epochs", r.epochs, 1)
     if r.max_steps is not None:
         _at_least("max_steps", r.max_steps, 1)
@@ -424,8 +516,66 @@ def validate(config: TrainConfig) -> None:
     if d.color_aug and r.cache_latents != "off":
         raise UsageError("color_aug changes pixels every step, so cached latents would be stale",
                          hint="add --cache-latents off, or drop --color-aug")
-    if (r.sample_every or r.sample_every_epochs or r.sample_at_first) and not r.sample_prompts:
+    _validate_recipe(config)  # issue 24: validation prompts, trackers, Hub upload, caption dropout epochs
+    if (r.sample_every or r.sample_every_epochs or r.sample_at_first) and not (r.sample_prompts or r.validation_prompt):
         raise UsageError("sampling needs --sample-prompts FILE (.txt one prompt per line, or sd-scripts .toml/.json)")
+
+
+REPORT_TO = ("tensorboard", "wandb", "all")  # issue 24: diffusers' --report_to
+
+
+def _validate_recipe(config: TrainConfig) -> None:
+    """Issue 24's settings: diffusers' validation/tracker/Hub options and sd-scripts' dropout epochs."""
+    r = config.run
+    _at_least("num_validation_images", r.num_validation_images, 1)
+    _at_least("validation_epochs", r.validation_epochs, 1)
+    _at_least("caption_dropout_every_n_epochs", config.data.caption_dropout_every_n_epochs, 0)
+    if r.report_to is not None:
+        _choice("report_to", r.report_to, REPORT_TO)
+    if r.validation_prompt is not None and not r.validation_prompt.strip():
+        raise UsageError("validation_prompt is empty")
+    if r.push_to_hub is not None:
+        from train.hub import check_repo_id
+
+        check_repo_id(r.push_to_hub)
+    if (r.hub_private or r.hub_token_file or r.push_every_save) and not r.push_to_hub:
+        raise UsageError("--hub-private, --hub-token-file and --push-every-save need --push-to-hub REPO")
+
+
+# textual inversion / pivotal tuning
+EMBEDDING_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+
+
+def _validate_embedding(config: TrainConfig) -> None:
+    """The embedding's settings on their own (the tokenizer checks come with the base: train.embedding)."""
+    e = config.embedding
+    if e.embedding is None:
+        given = [f"--{k.replace('_', '-')}" for k in ("init_word", "embedding_lr", "embedding_steps")
+                 if getattr(e, k) is not None] + (["--vectors"] if e.vectors != 1 else [])
+        if given:
+            raise UsageError(f"{', '.join(given)} belong to an embedding, and no --embedding NAME is given",
+                             hint="add --embedding NAME (textual inversion), or drop them")
+        return
+    if not EMBEDDING_NAME.fullmatch(e.embedding):
+        raise UsageError(f"embedding name '{e.embedding}' must be one lowercase word of letters, digits, _ and - "
+                         "(prompts are lowercased before the tokenizer matches it)",
+                         hint=f"try --embedding {re.sub(r'[^a-z0-9_-]', '', e.embedding.lower()) or 'myconcept'}")
+    if e.vectors < 1:
+        raise UsageError(f"--vectors must be at least 1 (vectors per token of '{e.embedding}'), got {e.vectors}")
+    if e.init_word is None and not config.network.init_weights:
+        raise UsageError(f"--embedding {e.embedding} needs --init-word WORD, the word its vectors start from",
+                         hint="a word close to the concept: --init-word woman, --init-word cat, --init-word style")
+    if e.embedding_lr is not None and not (math.isfinite(e.embedding_lr) and e.embedding_lr > 0):
+        raise UsageError(f"embedding_lr must be a positive number, got {e.embedding_lr}")
+    if e.embedding_steps is not None:
+        _at_least("embedding_steps", e.embedding_steps, 1)
+    if e.pivotal and config.run.name == e.embedding:
+        raise UsageError(f"pivotal tuning writes the embedding as {e.embedding}.safetensors beside the LoRA, "
+                         f"so the LoRA cannot be named '{e.embedding}' too",
+                         hint=f"add --name {e.embedding}-lora")
+    if e.embedding_steps is not None and e.pivotal is False:
+        raise UsageError("--embedding-steps freezes the embedding while the LoRA trains on (pivotal tuning); "
+                         "alone, the embedding is all that trains", hint="name an --algo, or drop --embedding-steps")
 
 
 def parse_size(text: str, *, where: str = "resolution") -> tuple[int, int]:

@@ -23,8 +23,9 @@ import numpy as np
 from PIL import Image
 
 from prep.buckets import BucketPlan, cover_and_trim
+from prep.captions.training import training_caption  # the one caption rule, shared with the exports
 from prep.errors import ManifestError
-from prep.images import open_image, sha256_text
+from prep.images import open_image
 from prep.records import BucketSettings, ImageRecord, Manifest, Subset, load_manifest
 from prep.verify import stale_files
 
@@ -108,29 +109,6 @@ def load_training_set(manifest_path: str | Path, *, keep_tokens: int | None = No
     if balance_reg:
         examples = _balance_reg(examples)
     return TrainingSet(manifest, root, tuple(e for e in examples if e.repeats > 0))
-
-
-_BLANK_SHA256 = sha256_text("")
-
-
-def training_caption(record: ImageRecord, subset: Subset, trigger: str | None) -> str:
-    """The caption an image trains on, by sd-scripts' rule: its own caption when it has one, else its
-    subset's class tokens.
-
-    An image has no caption when its sidecar was missing or blank (the manifest may have put the
-    trigger alone in it). Such an image then trains on "identifier class" (`sks woman`), the
-    DreamBooth prompt the class tokens stand for: the trigger is put before class tokens that do not
-    already name it, as a `10_sks woman` folder spells it. Regularisation images pass trigger=None
-    and train on the class alone. Without class tokens the caption stays as frozen (trigger or empty).
-    """
-    caption = record.caption or ""
-    uncaptioned = record.caption_sha256 in (None, _BLANK_SHA256) and set(split_caption(caption)) <= {trigger}
-    if not uncaptioned or not subset.class_tokens:
-        return caption
-    class_tokens = subset.class_tokens.strip()
-    if trigger and trigger not in class_tokens.replace(",", " ").split():
-        return f"{trigger} {class_tokens}"
-    return class_tokens
 
 
 def balanced_reg_repeats(train_count: int, reg_repeats: Sequence[int]) -> list[int]:

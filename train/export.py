@@ -126,10 +126,18 @@ def _lycoris_layer(module: Any, component: str, path: str, adapter: str) -> Adap
     return AdaptedLayer(component, path, weights, alpha, int(module.r[adapter]), is_conv)
 
 
+def _ia3_layer(module: Any, component: str, path: str, adapter: str) -> AdaptedLayer:
+    """(IA)³ in LyCORIS's layout: `weight` and `on_input`, no alpha (issue 22)."""
+    from train.ia3 import file_tensors
+
+    return AdaptedLayer(component, path, ModuleWeights("ia3", file_tensors(module, adapter), None), 1.0, 1, False)
+
+
 def collect_layers(model: torch.nn.Module, component: str, adapter: str = "default") -> list[AdaptedLayer]:
-    """Every peft LoRA, LoHa and LoKr layer of `adapter` in `model`, with alpha = effective scale × rank
+    """Every peft LoRA, LoHa, LoKr and (IA)³ layer of `adapter` in `model`, with alpha = effective scale × rank
     (so rsLoRA and per-layer alpha patterns export as the strength they train with)."""
-    return [(_lora_layer if layer_algo(module) == "lora" else _lycoris_layer)(module, component, path, adapter)
+    kinds = {"lora": _lora_layer, "ia3": _ia3_layer}
+    return [kinds.get(layer_algo(module), _lycoris_layer)(module, component, path, adapter)
             for path, module in _adapter_layers(model, adapter).items()]
 
 
@@ -141,7 +149,8 @@ def kohya_state_dict(layers: Iterable[AdaptedLayer], family: Family, unet_config
         name = kohya_name(layer.component, layer.path, family, unet_config)
         for suffix, tensor in layer.weights.tensors.items():
             state[f"{name}.{suffix}"] = tensor.to(dtype).contiguous()
-        state[f"{name}.alpha"] = torch.tensor(layer.weights.alpha, dtype=dtype)
+        if layer.weights.alpha is not None:
+            state[f"{name}.alpha"] = torch.tensor(layer.weights.alpha, dtype=dtype)
     return state
 
 
@@ -246,9 +255,18 @@ def architecture(family: Family, prediction_type: str) -> str:
     return "stable-diffusion-v1/lora"
 
 
-def network_module(layers: list[AdaptedLayer]) -> str:
-    """sd-scripts' `networks.lora` for plain LoRA/LoCon; LyCORIS's `lycoris.kohya` for what only it trains."""
+TRAINING_MODULES = {"dylora": "networks.dylora", "lora-fa": "networks.lora_fa"}  # issue 22: LoRA files
+MODULE_METHODS = {v: k for k, v in TRAINING_MODULES.items()}
+
+
+def network_module(layers: list[AdaptedLayer], network_config: Any = None) -> str:
+    """sd-scripts' `networks.lora` for plain LoRA/LoCon (`networks.dylora`/`networks.lora_fa` when
+    trained so); LyCORIS's `lycoris.kohya` for what only it trains."""
     plain = all(layer.algo == "lora" and layer.dora_axis is None for layer in layers)
+    algo = getattr(network_config, "algo", None) if not isinstance(network_config, Mapping) else \
+        network_config.get("algo")
+    if plain and algo in TRAINING_MODULES:
+        return TRAINING_MODULES[algo]
     return "networks.lora" if plain else "lycoris.kohya"
 
 
@@ -278,6 +296,10 @@ def network_args(layers: list[AdaptedLayer], network_config: Any) -> dict[str, s
         value = setting(key)
         if value not in (None, "", 0, 0.0):
             args[key] = str(value)
+    if lycoris and args["algo"] == "ia3":  # issue 22: LyCORIS's (IA)³ preset, which loraprep always uses
+        args["preset"] = "ia3"
+    if network_module(layers, network_config) == "networks.dylora":
+        args["unit"] = str(setting("unit") or 1)
     return args
 
 
@@ -293,7 +315,7 @@ def build_metadata(layers: list[AdaptedLayer], base: BaseModel, meta: LoraMetada
     if meta.trigger and meta.trigger not in comment:
         comment = f"{comment}; trigger: {meta.trigger}" if comment else f"trigger: {meta.trigger}"
     data: dict[str, Any] = {
-        "ss_network_module": network_module(layers),
+        "ss_network_module": network_module(layers, network_config),
         "ss_network_dim": str(dim),
         "ss_network_alpha": _number(alpha),
         "ss_network_args": json.dumps(network_args(layers, network_config)),
@@ -375,12 +397,13 @@ def diffusers_can_load(layers: Iterable[AdaptedLayer]) -> bool:
 def save_lora(path_stem: str | Path, *, unet: torch.nn.Module, text_encoders: Iterable[torch.nn.Module | None] = (),
               base: BaseModel, network_config: Any = None,
               metadata: LoraMetadata | Mapping[str, Any] | None = None, adapter: str = "default",
-              dtype: torch.dtype = torch.float16) -> tuple[Path, ...]:
+              dtype: torch.dtype = torch.float16, bundle: Mapping[str, torch.Tensor] | None = None) -> tuple[Path, ...]:
     """Write `<stem>.safetensors` (kohya/LyCORIS) and, when diffusers can load the network,
     `<stem>.diffusers.safetensors` (diffusers/peft).
 
     `unet` / `text_encoders` carry peft adapters named `adapter` (text encoders without one are
     skipped). Returns the paths written, the kohya file first. `dtype` is the storage precision.
+    `bundle` adds tensors to the kohya file only (pivotal tuning's `bundle_emb.NAME.*`).
     LoHa, LoKr and column-norm DoRA get no diffusers file (diffusers would misapply or refuse it);
     an earlier diffusers file of ours under the same name is removed so it cannot be mistaken for this one.
     """
@@ -393,6 +416,7 @@ def save_lora(path_stem: str | Path, *, unet: torch.nn.Module, text_encoders: It
         raise UsageError("no LoRA layers to save: the UNet carries no peft adapter named "
                          f"'{adapter}'", hint="inject the network before saving")
     kohya_state = kohya_state_dict(layers, base.family, dict(base.unet.config), dtype)
+    kohya_state.update(bundle or {})  # pivotal tuning: `bundle_emb.NAME.*`, the WebUI's bundled embedding
     kohya_meta = build_metadata(layers, base, meta, network_config, kohya=True)
     kohya_meta["sshs_model_hash"] = addnet_hash(kohya_state)
     kohya_path = stem.with_name(stem.name + KOHYA_SUFFIX)
@@ -518,6 +542,8 @@ def _grouped(tensors: Mapping[str, torch.Tensor], where: str = "the file") -> di
     """kohya/LyCORIS tensors by module name, each module's algorithm told by its suffixes."""
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
+        if key.startswith("bundle_emb."):  # the WebUI's bundled embeddings (pivotal tuning), not layers
+            continue
         module, _, suffix = key.partition(".")
         parts.setdefault(module, {})[suffix] = value
     modules = {}
@@ -623,6 +649,9 @@ class LoraState:
         if algo == "lokr":
             from peft import LoKrConfig
             return LoKrConfig(r=rank, alpha=rank, target_modules=targets, rank_pattern=rank_pattern)
+        if algo == "ia3":  # issue 22
+            from train.ia3 import ia3_config, on_input
+            return ia3_config(targets, [path for path, m in modules.items() if on_input(dict(m.tensors))])
         from peft import LoraConfig
         alphas = {path: m.scale * m.rank for path, m in modules.items() if m.rank}
         alpha = _mode(alphas.values())
@@ -700,13 +729,17 @@ def _check_shapes(modules: Mapping[str, Mapping[str, ModuleWeights]], models: Ma
                 raise ModelMismatch(f"{name} adapts {component}.{path}, which the base model does not have",
                                     hint="the LoRA was trained on a different architecture")
             out, inputs = int(module.weight.shape[0]), int(module.weight[0].numel())
-            if weights.shape != (out, inputs):
+            if weights.algo == "ia3" and not weights.fits(out, inputs):
+                raise ModelMismatch(f"{name}: {component}.{path} is an (IA)³ vector of {weights.tensors['weight'].numel()}"
+                                    f" for a {out}×{inputs} weight", hint="the LoRA was trained on a different base model")
+            if weights.algo != "ia3" and weights.shape != (out, inputs):
                 raise ModelMismatch(f"{name}: {component}.{path} expects a {weights.shape[0]}×{weights.shape[1]} "
                                     f"weight, the base model has {out}×{inputs}",
                                     hint="the LoRA was trained on a different base model family or size")
 
 
 def _adapter_layers(model: torch.nn.Module, adapter: str) -> dict[str, Any]:
+    from peft.tuners.ia3 import IA3Layer
     from peft.tuners.loha.layer import LoHaLayer
     from peft.tuners.lokr.layer import LoKrLayer
     from peft.tuners.lora import LoraLayer as PeftLoraLayer
@@ -714,6 +747,7 @@ def _adapter_layers(model: torch.nn.Module, adapter: str) -> dict[str, Any]:
     layers = {}
     for name, module in model.named_modules():
         if isinstance(module, PeftLoraLayer) and adapter in module.lora_A or \
+                isinstance(module, IA3Layer) and adapter in module.ia3_l or \
                 isinstance(module, (LoHaLayer, LoKrLayer)) and adapter in module._available_adapters:
             layers[name.removeprefix("base_model.model.")] = module
     return layers
@@ -742,6 +776,10 @@ def load_into(model: torch.nn.Module, state: LoraState, component: str, adapter:
             if layer is None:
                 raise ModelMismatch(f"{component}.{path} found no adapter layer",
                                     hint="create the adapter with state.adapter_configs(component)")
+            if weights.algo == "ia3":  # issue 22
+                from train.ia3 import set_file_tensors
+                set_file_tensors(layer, adapter, dict(weights.tensors))
+                continue
             if weights.algo != "lora":
                 if weights.dora_axis is not None:
                     raise ModelMismatch(f"{state.source.path.name} is a weight-decomposed (DoRA) "
@@ -783,7 +821,23 @@ def client_support(fmt: str, algo: str, dora_axis: str | None) -> dict[str, str]
     if dora_axis == "output":
         support["WebUI / Forge"] = "no: the WebUI divides by input-column norms, which an [out, 1] dora_scale does not fit"
         support["ComfyUI"] = "approximate: ComfyUI divides an [out, 1] dora_scale by the base weight's row norm"
+    if algo == "ia3":  # issue 22
+        support["WebUI / Forge"] = "exact: its built-in Lora extension scales each weight by (1 + multiplier·w)"
+        support["ComfyUI"] = "no: ComfyUI has no (IA)³ loader (it skips the keys: 'lora key not loaded')"
+        support["diffusers"] = "no: diffusers cannot load (IA)³; use loraprep generate or the WebUI"
     return support
+
+
+def method_support(method: str, unit: int | None, rank: int | None) -> dict[str, str]:
+    """How DyLoRA and LoRA-FA files (LoRA files trained another way) are applied (issue 22)."""
+    if method == "dylora":
+        cuts = f"; a prefix cut at any multiple of {unit} up to {rank} is a LoRA too" if unit and rank else ""
+        how = f"exact, as a plain LoRA of its full rank{cuts}"
+    elif method == "lora-fa":
+        how = "exact, as a plain LoRA (its frozen down projection is stored)"
+    else:
+        return {}
+    return {client: how for client in CLIENTS}
 
 
 @dataclass(frozen=True)
@@ -805,6 +859,10 @@ class LoraInfo:
     dora_axis: str | None  # "input" (column norm), "output" (row norm)
     clients: dict[str, str]  # client -> "exact" or what it does instead
     metadata: dict[str, str]
+    method: str = ""  # issue 22: how it was trained: the algorithm, or dylora / lora-fa (a LoRA file)
+    dylora_unit: int | None = None
+    valid_cuts: list[int] = field(default_factory=list)  # DyLoRA: the ranks a prefix cut may keep
+    bundled_embeddings: dict[str, int] = field(default_factory=dict)  # pivotal tuning: NAME -> vectors
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -843,7 +901,10 @@ def describe_lora(path: str | Path) -> LoraInfo:
         linear = [w for key, w in found.items() if key not in convs]
         factor = int(stated) if stated and stated.lstrip("-").isdigit() else lokr_factor(linear)
     axis = axes[0] if len(axes) == 1 else None
-    clients = client_support(lora.format, algos[0] if len(algos) == 1 else "mixed", axis)
+    method = _training_method(lora.metadata, algos, ranks)
+    if lora.format != "kohya":
+        method.pop("clients", None)
+    clients = method.pop("clients", None) or client_support(lora.format, algos[0] if len(algos) == 1 else "mixed", axis)
     if lora.family == "sd3":
         from train.sd3_export import client_support as sd3_clients
         clients = sd3_clients(lora.format, algos[0] if len(algos) == 1 else "mixed")
@@ -851,13 +912,41 @@ def describe_lora(path: str | Path) -> LoraInfo:
     return LoraInfo(
         path=lora.path, format=lora.format, family=lora.family, algorithm=", ".join(algos),
         size_bytes=lora.path.stat().st_size, num_tensors=len(lora.tensors), modules=dict(modules),
-        ranks=dict(sorted(ranks.items())), full_matrix_modules=sum(1 for w in found.values() if w.rank is None),
+        ranks=dict(sorted(ranks.items())),
+        full_matrix_modules=sum(1 for w in found.values() if w.rank is None and w.algo != "ia3"),
         alphas=dict(sorted(alphas.items())), factor=factor,
         dtypes=sorted({str(t.dtype).removeprefix("torch.") for t in lora.tensors.values()}),
         conv_modules=len(convs), dora=bool(axes), dora_axis=axis,
         clients=clients,
-        metadata=lora.metadata,
+        metadata=lora.metadata, bundled_embeddings=_bundled(lora), **method,
     )
+
+
+def _training_method(metadata: Mapping[str, str], algos: list[str], ranks: Mapping[int, int]) -> dict[str, Any]:
+    """Issue 22: DyLoRA and LoRA-FA files are LoRA files; their metadata says how they were trained."""
+    method = MODULE_METHODS.get(metadata.get("ss_network_module", "")) if algos == ["lora"] else None
+    if method is None:
+        return {"method": ", ".join(algos)}
+    unit = _network_arg(metadata, "unit")
+    unit_value = int(unit) if method == "dylora" and unit and unit.isdigit() and int(unit) > 0 else \
+        1 if method == "dylora" else None
+    rank = max(ranks) if ranks else None
+    cuts = []
+    if unit_value and rank:
+        from train.dylora import valid_cuts
+        cuts = valid_cuts(min(ranks), unit_value)
+    return {"method": method, "dylora_unit": unit_value, "valid_cuts": cuts,
+            "clients": method_support(method, unit_value, rank)}
+
+
+def _bundled(lora: LoraFile) -> dict[str, int]:
+    """The WebUI's bundled embeddings (`bundle_emb.NAME.*`, pivotal tuning) by name → vectors."""
+    counts: dict[str, int] = {}  # read here, not through train.embedding (which imports this module)
+    for key, value in lora.tensors.items():
+        if key.startswith("bundle_emb."):
+            name = key[len("bundle_emb."):].partition(".")[0]
+            counts[name] = max(counts.get(name, 0), int(value.shape[0]) if value.ndim > 1 else 1)
+    return counts
 
 
 # ---------------------------------------------------------------- `--init-weights`
@@ -897,6 +986,12 @@ def _copy_into(layer: Any, adapter: str, weights: ModuleWeights, where: str, hin
     if algo != weights.algo:
         raise ModelMismatch(f"{where} is {ALGO_LABELS[weights.algo]} in the file and {ALGO_LABELS[algo]} in the "
                             "network", hint=f"train with --algo {weights.algo}")
+    if algo == "ia3":  # issue 22: no alpha, nothing to rescale
+        from train.ia3 import on_input, set_file_tensors
+        if on_input(dict(weights.tensors)) != layer.is_feedforward:
+            raise ModelMismatch(f"{where} scales the other side of the weight in the file", hint=hint)
+        set_file_tensors(layer, adapter, dict(weights.tensors))
+        return
     ratio = weights.scale / float(layer.scaling[adapter])
     if algo == "lora":
         rank = weights.rank

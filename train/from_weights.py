@@ -18,8 +18,8 @@ import torch
 
 from prep.errors import UsageError
 from train.config import NetworkConfig
-from train.network import (Network, add_adapter, lycoris_conventions, text_encoder_lora_config,
-                           unet_lora_config)
+from train.network import (Network, add_adapter, lora_family_conventions, lycoris_conventions,
+                           text_encoder_lora_config, unet_lora_config)
 
 
 def add_lora_from_file(base: Any, path: str | Path, config: NetworkConfig) -> tuple[Network, list[str]]:
@@ -51,6 +51,7 @@ def add_lora_from_file(base: Any, path: str | Path, config: NetworkConfig) -> tu
             add_adapter(model, adapter_config)
             lycoris_conventions(model)
             configs = [adapter_config]
+        lora_family_conventions(model, config)  # issue 22: DyLoRA draws, LoRA-FA's frozen down projections
         params = [p for p in model.parameters() if p.requires_grad]
         if component == "unet":
             network.unet_config = configs[0]
@@ -74,6 +75,9 @@ def _describe(configs: list[Any]) -> str:
     parts = []
     for adapter_config in configs:
         algo = type(adapter_config).__name__.removesuffix("Config").lower()
+        if algo == "ia3":  # issue 22: no rank, no alpha
+            parts.append(f"ia3, {len(adapter_config.target_modules)} layers")
+            continue
         alpha = getattr(adapter_config, "lora_alpha", None) or getattr(adapter_config, "alpha", None)
         text = f"{algo} rank {adapter_config.r}" + (f" alpha {alpha:g}" if alpha is not None else "")
         if adapter_config.rank_pattern:

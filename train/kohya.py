@@ -47,22 +47,16 @@ IGNORED: dict[str, str] = {
                     "buckets come from the manifest (`loraprep bucket --min/--max/--step/--no-upscale`); checked"),
     **dict.fromkeys(("train_data_dir", "reg_data_dir", "in_json"),
                     "the manifest holds the images (`loraprep manifest DIR --reg REGDIR` reads N_word folders)"),
-    **dict.fromkeys(("network_module",), "checked: networks.lora, or lycoris.kohya with an algo network arg"),
-    **dict.fromkeys(("loss_type",), "checked: l2 is loraprep's loss"),
 }
 # sd-scripts options loraprep has no equivalent for; training with them would mean something else
 UNSUPPORTED: dict[str, str] = {
-    **dict.fromkeys(("multires_noise_iterations", "multires_noise_discount", "adaptive_noise_scale",
-                     "ip_noise_gamma", "ip_noise_gamma_random_strength", "noise_offset_random_strength",
-                     "debiased_estimation_loss", "scale_v_pred_loss_like_noise_pred", "v_pred_like_loss",
-                     "huber_schedule", "huber_c", "huber_scale", "zero_terminal_snr", "min_timestep", "max_timestep",
-                     "masked_loss"), "a loss or noise variant loraprep does not train with"),
+    **dict.fromkeys(("adaptive_noise_scale",), "a loss or noise variant loraprep does not train with"),
     **dict.fromkeys(("random_crop", "face_crop_aug_range", "token_warmup_min", "token_warmup_step",
                      "keep_tokens_separator", "secondary_separator", "enable_wildcard", "caption_prefix",
-                     "caption_suffix", "caption_separator", "alpha_mask", "caption_dropout_every_n_epochs",
+                     "caption_suffix", "caption_separator", "caption_dropout_every_n_epochs",
                      "weighted_captions", "max_token_length", "resize_interpolation", "conditioning_data_dir",
                      "metadata_file", "custom_attributes"), "a data option loraprep does not have"),
-    **dict.fromkeys(("base_weights", "base_weights_multiplier", "network_multiplier", "vae",
+    **dict.fromkeys(("network_multiplier", "vae",
                      "pretrained_model_name_or_path_2", "tokenizer_cache_dir"), "a model option loraprep does not have"),
     **dict.fromkeys(("resume",), "sd-scripts' state folders do not load; use loraprep's --resume with its checkpoints"),
     **dict.fromkeys(("save_n_epoch_ratio", "save_every_n_epochs_state", "save_last_n_epochs_state",
@@ -79,7 +73,7 @@ SUBSET_KEYS = ("image_dir", "num_repeats", "class_tokens", "is_reg", "keep_token
 SUBSET_DEFAULTS: dict[str, Any] = {"num_repeats": 1, "class_tokens": None, "is_reg": False, "keep_tokens": 0,
                                    "shuffle_caption": False, "caption_extension": None}
 # Options sd-scripts lets a subset set for itself; loraprep has them once per run, so subsets must agree.
-LIFTED = ("flip_aug", "color_aug", "caption_dropout_rate", "caption_tag_dropout_rate")
+LIFTED = ("flip_aug", "color_aug", "caption_dropout_rate", "caption_tag_dropout_rate", "alpha_mask")
 OPTIMIZERS = {"adamw": "adamw", "adamw8bit": "adamw8bit", "lion": "lion", "adafactor": "adafactor",
               "prodigy": "prodigy", "sgdnesterov": "sgdnesterov", "dadaptation": "dadaptation",
               "dadaptadampreprint": "dadaptadampreprint", "dadaptadam": "dadaptadam", "dadaptlion": "dadaptlion",
@@ -88,7 +82,10 @@ OPTIMIZERS = {"adamw": "adamw", "adamw8bit": "adamw8bit", "lion": "lion", "adafa
 # the optimizer's own weight decay, which sd-scripts leaves in place unless optimizer_args set one
 WEIGHT_DECAY = {"adamw": 0.01, "adamw8bit": 0.01, "dadaptadan": 0.02, "dadaptadanip": 0.02}
 SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial")
-LYCORIS_ALGOS = {"lora": "lora", "locon": "lora", "loha": "loha", "lokr": "lokr"}
+LYCORIS_ALGOS = {"lora": "lora", "locon": "lora", "loha": "loha", "lokr": "lokr", "ia3": "ia3"}
+# issue 22: sd-scripts' other network modules, as loraprep algorithms
+NETWORK_MODULES = {"networks.lora": None, "lycoris.kohya": None, "networks.dylora": "dylora",
+                   "networks.lora_fa": "lora-fa"}
 
 
 @dataclass
@@ -159,6 +156,8 @@ def translate(data: Mapping[str, Any], source: Path) -> Translation:
             _MAPPERS[key](value, options, result.settings)
     if training_level:
         _training_defaults(options, result.settings)
+    if "token_string" in options:  # textual inversion: sd-scripts trains the embedding alone, at learning_rate
+        _textual_inversion(options, result.settings)
     if dataset is not None or "resolution" in options:
         _bucket_rule(options, result.settings)
     return result
@@ -178,7 +177,7 @@ def _network_args(value: Any, options: dict[str, Any], settings: dict[str, Any])
     names = {"conv_dim": "conv_dim", "conv_alpha": "conv_alpha", "rank_dropout": "rank_dropout",
              "module_dropout": "module_dropout", "down_lr_weight": "down_lr_weight", "mid_lr_weight": "mid_lr_weight",
              "up_lr_weight": "up_lr_weight", "block_lr_zero_threshold": "block_lr_zero_threshold",
-             "factor": "factor", "dropout": "network_dropout"}
+             "factor": "factor", "dropout": "network_dropout", "unit": "unit"}
     for item in items:
         key, sep, raw = str(item).partition("=")
         key, raw = key.strip(), raw.strip().strip("\"'")
@@ -200,9 +199,15 @@ def _network_args(value: Any, options: dict[str, Any], settings: dict[str, Any])
 
 
 def _network_module(value: Any, options: dict[str, Any], settings: dict[str, Any]) -> None:
-    if value not in ("networks.lora", "lycoris.kohya"):
-        raise UsageError(f"network_module = {value}: loraprep trains networks.lora (LoRA/LoCon) and "
-                         "lycoris.kohya's lora/locon/loha/lokr")
+    if value not in NETWORK_MODULES:
+        raise UsageError(f"network_module = {value}: loraprep trains networks.lora (LoRA/LoCon), networks.dylora, "
+                         "networks.lora_fa and lycoris.kohya's lora/locon/loha/lokr/ia3")
+    algo = NETWORK_MODULES[value]
+    args = options.get("network_args", [])
+    if algo and any(str(a).partition("=")[0].strip() == "algo" for a in ([args] if isinstance(args, str) else args)):
+        raise UsageError(f"network_module = {value} takes no algo network arg (that is lycoris.kohya's)")
+    if algo:
+        settings["algo"] = algo
 
 
 def _optimizer(value: Any, options: dict[str, Any], settings: dict[str, Any]) -> None:
@@ -246,6 +251,18 @@ def _tensorboard(value: Any, options: dict[str, Any], settings: dict[str, Any]) 
     settings["tensorboard"] = True
 
 
+def _base_weights(value: Any, options: dict[str, Any], settings: dict[str, Any]) -> None:
+    """base weights (issue 21): sd-scripts' base_weights + base_weights_multiplier (default 1 each)
+    as loraprep's FILE:WEIGHT list."""
+    files = [value] if isinstance(value, str) else list(value or [])
+    multipliers = options.get("base_weights_multiplier") or []
+    multipliers = [multipliers] if isinstance(multipliers, (int, float)) else list(multipliers)
+    if len(multipliers) > len(files):
+        raise UsageError(f"base_weights_multiplier has {len(multipliers)} values for {len(files)} base_weights files")
+    settings["base_weights"] = [f"{file}:{float(multipliers[i]) if i < len(multipliers) else 1.0:g}"
+                                for i, file in enumerate(files)]
+
+
 def _not(name: str) -> Callable[[Any, dict, dict], None]:
     return _set(name, lambda v: not bool(v))
 
@@ -260,6 +277,8 @@ _MAPPERS: dict[str, Callable[[Any, dict, dict], None]] = {
     "network_args": _network_args,
     "network_module": _network_module,
     "network_weights": _set("init_weights"),
+    "base_weights": _base_weights,  # base weights (issue 21)
+    "base_weights_multiplier": _handled_elsewhere,
     "network_train_unet_only": _not("train_text_encoder"),
     "network_train_text_encoder_only": _set("train_text_encoder_only"),
     "scale_weight_norms": _set("scale_weight_norms"),
@@ -310,21 +329,48 @@ _MAPPERS: dict[str, Callable[[Any, dict, dict], None]] = {
     "log_with": _tensorboard,
     "vae_batch_size": _set("vae_batch_size"),
     "no_half_vae": lambda v, o, s: s.update(vae_dtype="fp32") if v else None,
+    # loss and noise variants: same names, same meanings (train.losses, train.noise)
+    **{key: _set(key) for key in ("zero_terminal_snr", "min_timestep", "max_timestep", "loss_type", "huber_schedule",
+                                  "huber_c", "huber_scale", "debiased_estimation_loss", "ip_noise_gamma",
+                                  "ip_noise_gamma_random_strength", "multires_noise_iterations",
+                                  "multires_noise_discount", "noise_offset_random_strength", "v_pred_like_loss",
+                                  "scale_v_pred_loss_like_noise_pred", "masked_loss", "alpha_mask")},
     # SD3 (sd3_train_network.py): timestep sampling, loss weighting and T5 length (issue 25)
     "weighting_scheme": _set("weighting_scheme", lambda v: "none" if v == "uniform" else v),
     "logit_mean": _set("logit_mean"),
     "logit_std": _set("logit_std"),
     "mode_scale": _set("mode_scale"),
     "t5xxl_max_token_length": _set("t5_max_length"),
+    # textual inversion (train_textual_inversion.py): learning_rate is the embedding's (_textual_inversion)
+    "token_string": _set("embedding"),
+    "init_word": _set("init_word"),
+    "num_vectors_per_token": _set("vectors"),
+    "weights": _set("init_weights"),
+    "use_object_template": _handled_elsewhere,
+    "use_style_template": _handled_elsewhere,
 }
+# issue 24: data-loader workers, caption dropout epochs and log_with = "wandb" | "all" now have loraprep equivalents
+for _key in ("max_data_loader_n_workers", "caption_dropout_every_n_epochs", "log_with"):
+    IGNORED.pop(_key, None)
+    UNSUPPORTED.pop(_key, None)
+
+
+def _log_with(value: Any, options: dict[str, Any], settings: dict[str, Any]) -> None:
+    if value in ("wandb", "all"):
+        settings["report_to"] = value
+    else:
+        settings["tensorboard"] = True
+
+
+_MAPPERS.update({"max_data_loader_n_workers": _set("workers"),
+                 "caption_dropout_every_n_epochs": _set("caption_dropout_every_n_epochs"),
+                 "log_with": _log_with})
 _KNOWN = set(_MAPPERS) | set(IGNORED) | set(UNSUPPORTED) | {"dataset_config"}
 
 
 def _check_ignored(key: str, value: Any) -> None:
     if key == "network_module":
         _network_module(value, {}, {})
-    elif key == "loss_type" and value != "l2":
-        raise UsageError(f"loss_type = {value}: loraprep trains with the l2 (MSE) loss")
     elif key == "save_model_as" and value != "safetensors":
         raise UsageError(f"save_model_as = {value}: loraprep writes .safetensors only")
 
@@ -352,6 +398,18 @@ def _training_defaults(options: Mapping[str, Any], settings: dict[str, Any]) -> 
     settings.setdefault("save_every_epochs", 0)
     if "sample_prompts" in options:
         settings.setdefault("sample_sampler", "ddim")
+
+
+def _textual_inversion(options: Mapping[str, Any], settings: dict[str, Any]) -> None:
+    """train_textual_inversion.py: no network, the learning rate is the embedding's, captions hold token_string."""
+    for key in ("use_object_template", "use_style_template"):
+        if options.get(key):
+            raise UsageError(f"{key}: loraprep trains on the manifest's captions, not sd-scripts' prompt templates",
+                             hint="drop it; the captions' trigger is replaced by token_string")
+    if "learning_rate" in options:
+        settings["embedding_lr"] = settings.pop("lr", options["learning_rate"])
+    settings["pivotal"] = False
+    settings.pop("train_text_encoder", None)
 
 
 def _bucket_rule(options: Mapping[str, Any], settings: dict[str, Any]) -> None:

@@ -23,11 +23,14 @@ from train.checkpoint import (LoopState, list_checkpoints, load_checkpoint, prun
                               restore_rng, save_checkpoint)
 from train.config import LossConfig, TrainConfig
 from train.from_weights import add_lora_from_file
+from train.losses import check_prediction, min_snr_weights, per_sample_loss, timestep_weights  # noqa: F401
 from train.losslog import LossLog
 from train.network import Network, add_lora, load_lora_state, lora_state_dict, plain_lora_layers, uncast_inputs
+from train.noise import noisy_latents, prepare_noise_schedule, sample_noise, sample_timesteps
 from train.optim import make_scheduler, training_optimizer
 from train.outputs import Sampler, export_lora, make_tracker, prune_exports
 from train.plan import TrainPlan, plan_training
+from train.publish import Publisher
 from train.prepare import compiled, load_model, make_accelerator, park
 
 
@@ -40,43 +43,26 @@ class TrainingDiverged(LoraprepError):
 
 def training_step(base: Any, unet: Any, batch: Conditioned, *, prediction_type: str, loss: LossConfig,
                   generator: Any) -> Any:
-    """Encode → noise → timesteps → target → weighted MSE. Returns the batch's scalar loss."""
-    if base.family == "sd3":  # flow matching on the MMDiT (train.sd3)
+    """Encode → noise → timesteps → target → weighted loss. Returns the batch's scalar loss.
+    The noise and loss variants (offsets, perturbation, Huber, masks, SNR weights) live in
+    train.noise and train.losses."""
+    if getattr(base, "family", None) == "sd3":  # flow matching on the MMDiT (train.sd3)
         from train.sd3 import training_step as flow_matching_step
         return flow_matching_step(base, unet, batch, loss=loss, generator=generator)
-    import torch
-    import torch.nn.functional as F
-
     from train.conditioning import unet_condition
 
     latents = batch.latents
     scheduler = base.noise_scheduler
-    noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
-    if loss.noise_offset:
-        offset = torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=generator,
-                             device=latents.device, dtype=latents.dtype)
-        noise = noise + loss.noise_offset * offset
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],),
-                              generator=generator, device=latents.device)
-    noisy = scheduler.add_noise(latents, noise, timesteps)
+    noise = sample_noise(latents, loss, generator)
+    timesteps = sample_timesteps(latents.shape[0], loss, scheduler.config.num_train_timesteps, generator,
+                                 latents.device)
+    noisy = noisy_latents(scheduler, latents, noise, timesteps, loss, generator)
     target = noise if prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
     cond = unet_condition(base, batch.prompt, batch.time_ids)
     prediction = unet(noisy, timesteps, **cond).sample
-    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-    weights = batch.weights
-    if loss.min_snr_gamma:
-        weights = weights * min_snr_weights(scheduler, timesteps, loss.min_snr_gamma, prediction_type)
+    per_sample = per_sample_loss(prediction, target, loss, scheduler, timesteps, mask=batch.mask)
+    weights = batch.weights * timestep_weights(scheduler, timesteps, loss, prediction_type)
     return (per_sample * weights).mean()
-
-
-def min_snr_weights(scheduler: Any, timesteps: Any, gamma: float, prediction_type: str) -> Any:
-    """Min-SNR-γ loss weights (Hang et al. 2023): min(SNR, γ)/SNR for ε, min(SNR, γ)/(SNR+1) for v."""
-    import torch
-
-    alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
-    snr = alphas / (1 - alphas)
-    clipped = torch.clamp(snr, max=gamma)
-    return clipped / (snr + 1) if prediction_type == "v_prediction" else clipped / snr
 
 
 # ---------------------------------------------------------------- the run
@@ -107,6 +93,12 @@ def train(manifest_path: str | Path, config: TrainConfig, *, reporter: Reporter 
     run, out = config.run, Path(config.run.output_dir)
     accelerator = make_accelerator(config)
     plan = plan_training(manifest_path, config, num_processes=accelerator.num_processes)
+    if config.embedding.embedding:  # textual inversion / pivotal tuning: captions train on NAME
+        from train.embedding import with_embedding_captions
+
+        plan = with_embedding_captions(plan, config)
+    # issue 24: model card, --push-to-hub and --report-to, checked before any weight is loaded
+    publisher = Publisher.start(config, plan, reporter) if accelerator.is_main_process else None
     if accelerator.is_main_process:
         clean_leftovers(config, reporter)
     # The UNet waits on the host while the caches fill and the encoders are parked: the cache pass
@@ -118,12 +110,20 @@ def train(manifest_path: str | Path, config: TrainConfig, *, reporter: Reporter 
         for bucket in plan.data.buckets:
             check_bucket(bucket)
     batcher = Batcher(base, plan.data, config, accelerator.device)
+    if base.family != "sd3":  # SD3 trains flow matching (train.sd3 refused these variants already)
+        check_prediction(config.loss, batcher.prediction_type)  # loss/noise variants need v or ε (train.losses)
+        ztsnr = prepare_noise_schedule(base, config)
+        reporter.note(f"prediction type: {batcher.prediction_type}" + (" with zero terminal SNR" if ztsnr else ""))
     batcher.fill_caches(reporter)
     parked = park([*([base.vae] if not batcher.needs_vae else []),
                    *batcher.idle_text_encoders])
     base.unet.to(accelerator.device)
     torch.manual_seed(hash_seed(run.seed, -1))  # the LoRA's random init: same seed, same start
-    if config.network.init_weights:  # the file decides the network's shape (sd-scripts' dim_from_weights)
+    if config.embedding.embedding:  # textual inversion (the embedding alone) or pivotal tuning (with the LoRA)
+        from train.embedding import add_embedding_network
+
+        network, notes = add_embedding_network(base, config)
+    elif config.network.init_weights:  # the file decides the network's shape (sd-scripts' dim_from_weights)
         network, notes = add_lora_from_file(base, config.network.init_weights, config.network)
     else:
         network, notes = add_lora(base.unet, base.text_encoders, config.network), []
@@ -141,6 +141,8 @@ def train(manifest_path: str | Path, config: TrainConfig, *, reporter: Reporter 
     tracker = make_tracker(config, out) if accelerator.is_main_process else None
     sampler = Sampler.create(config, plan, base, reporter, parked=parked, device=accelerator.device) \
         if accelerator.is_main_process else None
+    if tracker is not None:  # issue 24: sample grids and every parameter group's learning rate go to the trackers
+        tracker.watch(optimizer, sampler)
     reporter.note(f"training {network.parameter_count():,} LoRA parameters on {accelerator.device}, "
                   f"{plan.total_steps} steps ({plan.steps_per_epoch}/epoch)")
     max_norm = max_norm_step(base, network, config)
@@ -167,6 +169,8 @@ def train(manifest_path: str | Path, config: TrainConfig, *, reporter: Reporter 
                 advance(1, metrics=metrics)
                 if accelerator.is_main_process and should_save(state, run, end_of_epoch, plan.total_steps):
                     checkpoints.append(save(out, state, base, network, optimizer, scheduler, config, plan, log))
+                    if publisher is not None:  # issue 24: the card, and --push-every-save
+                        publisher.saved(base.family, state.global_step, sampler)
                 if sampler is not None and sampler.due(state.global_step, plan.total_steps,
                                                        epoch_done=epoch + 1 if end_of_epoch else None):
                     sampler.render(state.global_step)
@@ -174,7 +178,10 @@ def train(manifest_path: str | Path, config: TrainConfig, *, reporter: Reporter 
                 if state.global_step >= plan.total_steps or stopped:
                     break
     batcher.close()
-    return finish(out, base, network, config, plan, state, log, checkpoints, accelerator, tracker, stopped=stopped)
+    result = finish(out, base, network, config, plan, state, log, checkpoints, accelerator, tracker, stopped=stopped)
+    if publisher is not None and not stopped:  # issue 24: the model card and --push-to-hub
+        publisher.finished(base.family, result.lora_files, result.steps, sampler)
+    return result
 
 
 def optimizer_step(accelerator: Any, base: Any, unet: Any, network: Network, optimizer: Any, scheduler: Any,
@@ -185,6 +192,8 @@ def optimizer_step(accelerator: Any, base: Any, unet: Any, network: Network, opt
     import torch
 
     first_batch, micro_batches = group
+    if network.embedding is not None:  # pivotal tuning: frozen after --embedding-steps
+        network.embedding.freeze_after(step)
     step_seed = hash_seed(config.run.seed, step, accelerator.process_index)
     torch.manual_seed(step_seed)  # network dropout draws from the global generator
     generator = torch.Generator(device=accelerator.device).manual_seed(step_seed)
@@ -259,6 +268,8 @@ def trainable_modules(base: Any, network: Network) -> dict[str, Any]:
     modules = {"unet": base.unet}
     if network.text_encoder_params:
         modules.update({f"te{i}": e for i, e in enumerate(base.text_encoders)})
+    if network.embedding is not None:  # textual inversion / pivotal tuning
+        modules["embedding"] = network.embedding.state_module
     return modules
 
 
@@ -320,6 +331,8 @@ def save(out: Path, state: LoopState, base: Any, network: Network, optimizer: An
                            config=config.to_dict(), exports=tuple(f.name for f in files))
     prune_checkpoints(out, config.run.save_last)
     prune_exports(out, config.run.name, config.run.save_last)
+    if network.embedding is not None and network.embedding.name != config.run.name:  # the embedding's step files
+        prune_exports(out, network.embedding.name, config.run.save_last)
     return path
 
 

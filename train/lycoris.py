@@ -28,9 +28,10 @@ SUFFIXES: dict[str, tuple[str, ...]] = {
     "lora": ("lora_down.weight", "lora_up.weight"),
     "loha": ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2"),
     "lokr": ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2"),
+    "ia3": ("weight", "on_input"),  # (IA)³: W ⊙ (1 + w) along outputs, or inputs when on_input (train.ia3)
 }
 COMMON = ("alpha", "dora_scale")
-ALGO_LABELS = {"lora": "LoRA", "loha": "LoHa", "lokr": "LoKr"}
+ALGO_LABELS = {"lora": "LoRA", "loha": "LoHa", "lokr": "LoKr", "ia3": "(IA)³"}
 
 
 def algo_of(keys: set[str], where: str) -> str:
@@ -92,6 +93,13 @@ class ModuleWeights:
             _factor_shape(t, "lokr_w2_a", "lokr_w2_b", "lokr_t2")
         return out1 * out2, in1 * in2
 
+    def fits(self, out: int, inputs: int) -> bool:
+        """Whether this module changes an out × inputs weight ((IA)³ stores only the side it scales)."""
+        if self.algo == "ia3":
+            from train.ia3 import on_input
+            return int(self.tensors["weight"].numel()) == (inputs if on_input(dict(self.tensors)) else out)
+        return self.shape == (out, inputs)
+
     @property
     def is_conv(self) -> bool:
         t = self.tensors
@@ -101,9 +109,16 @@ class ModuleWeights:
         return any(v.dim() == 4 and tuple(v.shape[2:]) != (1, 1) for v in t.values()) or \
             ("dora_scale" in t and t["dora_scale"].dim() == 4)
 
-    def delta(self, shape: torch.Size) -> torch.Tensor:
-        """ΔW by the published formulas (what the clients add to the weight), shaped like the weight."""
+    def delta(self, shape: torch.Size, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """ΔW by the published formulas (what the clients add to the weight), shaped like the weight;
+        (IA)³ scales the base `weight`, so it needs it."""
         t = {k: v.float() for k, v in self.tensors.items()}
+        if self.algo == "ia3":
+            from train.ia3 import on_input
+            if weight is None:
+                raise ValueError("an (IA)³ change depends on the base weight: pass it")
+            w = t["weight"].flatten()
+            return weight.float() * (w[None, :] if on_input(t) else w[:, None])
         if self.algo == "lora":
             up, down = t["lora_up.weight"], t["lora_down.weight"]
             product = up.flatten(1) @ down.flatten(1)
@@ -192,6 +207,10 @@ def layer_algo(module: Any) -> str:
     from peft.tuners.loha.layer import LoHaLayer
     from peft.tuners.lokr.layer import LoKrLayer
 
+    from train.ia3 import is_ia3
+
+    if is_ia3(module):
+        return "ia3"
     return "loha" if isinstance(module, LoHaLayer) else "lokr" if isinstance(module, LoKrLayer) else "lora"
 
 

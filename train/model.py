@@ -206,6 +206,10 @@ def load_base(source: str | os.PathLike[str], *, allow_pickle: bool = False, dty
     """
     text = str(source)
     path = Path(text).expanduser()
+    if prediction_type is None and path.is_file():  # v-pred single files say so in their header
+        from train.prediction import checkpoint_hints
+
+        prediction_type = checkpoint_hints(path).prediction_type  # type: ignore[assignment]
     if path.is_dir():
         base = _load_folder(path, allow_pickle=allow_pickle, dtype=dtype)
     elif path.is_file():

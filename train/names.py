@@ -12,7 +12,7 @@ from typing import Any
 from prep.errors import UsageError
 
 # where peft's adapter sub-modules and parameters begin in a module or parameter path
-ADAPTER_PART = re.compile(r"\.(?:lora|hada|lokr)_")
+ADAPTER_PART = re.compile(r"\.(?:lora|hada|lokr|ia3)_")
 
 _RESNET_PARTS = {"conv1": "in_layers.2", "conv2": "out_layers.3", "time_emb_proj": "emb_layers.1",
                  "conv_shortcut": "skip_connection"}

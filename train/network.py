@@ -66,6 +66,10 @@ def algo_config(config: NetworkConfig, targets: list[str], rank_pattern: dict[st
                 alpha_pattern: dict[str, float] | None = None) -> Any:
     """The peft config of `config.algo` for these target modules (patterns: per-layer rank/alpha)."""
     patterns = dict(rank_pattern=rank_pattern or {}, alpha_pattern=alpha_pattern or {})
+    if config.algo in ("dylora", "lora-fa"):  # issue 22: plain peft LoRA layers, adopted in add_lora
+        from peft import LoraConfig
+        return LoraConfig(r=config.rank, lora_alpha=config.lora_alpha, lora_dropout=config.network_dropout,
+                          init_lora_weights=True, target_modules=targets, **patterns)
     if config.algo == "loha":
         from peft import LoHaConfig
         return LoHaConfig(r=config.rank, alpha=config.lora_alpha, target_modules=targets, **patterns)
@@ -87,6 +91,11 @@ def unet_lora_config(unet: Any, config: NetworkConfig) -> Any:
     learning-rate weight is 0 get no layers (train.blocks)."""
     from train.blocks import keep_blocks
 
+    if config.algo == "ia3":  # issue 22: LyCORIS's ia3 preset, whatever --preset says
+        from train.ia3 import ia3_config, ia3_targets
+        linear, on_input = ia3_targets(unet, unet=True)
+        kept = keep_blocks(UnetTargets(tuple(linear), ()), unet, config).linear
+        return ia3_config(kept, [name for name in on_input if name in kept])
     targets = keep_blocks(unet_targets(unet, config.preset, conv=config.conv_dim > 0), unet, config)
     conv_rank = {re.escape(n): config.conv_dim for n in targets.conv}
     conv_alpha = {re.escape(n): config.conv_lora_alpha for n in targets.conv}
@@ -94,6 +103,9 @@ def unet_lora_config(unet: Any, config: NetworkConfig) -> Any:
 
 
 def text_encoder_lora_config(config: NetworkConfig) -> Any:
+    if config.algo == "ia3":  # issue 22
+        from train.ia3 import TE_INPUT, TE_OUTPUT, ia3_config
+        return ia3_config(TE_OUTPUT + TE_INPUT, TE_INPUT)
     targets = TE_ATTN + (TE_MLP if config.preset != "attn" else ())
     return algo_config(config, list(targets))
 
@@ -106,6 +118,7 @@ class Network:
     text_encoder_configs: list[Any] = field(default_factory=list)
     unet_params: list[Any] = field(default_factory=list)
     text_encoder_params: list[Any] = field(default_factory=list)
+    embedding: Any = None  # textual inversion / pivotal tuning: train.embedding.TrainedEmbedding
 
     def param_groups(self, lr: float, text_encoder_lr: float | None) -> list[dict[str, Any]]:
         groups = [{"params": self.unet_params, "lr": lr}]
@@ -145,6 +158,9 @@ def add_lora(unet: Any, text_encoders: list[Any], config: NetworkConfig) -> Netw
     trained = [unet, *(text_encoders if config.train_text_encoder else [])]
     for model in trained:
         lycoris_conventions(model)
+        lora_family_conventions(model, config)
+    network.unet_params = [p for p in network.unet_params if p.requires_grad]
+    network.text_encoder_params = [p for p in network.text_encoder_params if p.requires_grad]
     from train.regularize import add_lora_dropout
 
     add_lora_dropout(trained, rank_dropout=config.rank_dropout, module_dropout=config.module_dropout)
@@ -174,6 +190,19 @@ def lycoris_conventions(model: Any, adapter: str = "default") -> None:
                 module.scaling[adapter] = 1.0
 
 
+def lora_family_conventions(model: Any, config: NetworkConfig, adapter: str = "default") -> None:
+    """Issue 22: DyLoRA layers draw a rank prefix each training step (train.dylora); LoRA-FA freezes
+    every down projection at its initialisation (sd-scripts networks.lora_fa), so only the up
+    projections train and the optimizer holds half the state."""
+    if config.algo == "dylora":
+        from train.dylora import make_dynamic
+        make_dynamic(model, config.unit, adapter)
+    elif config.algo == "lora-fa":
+        for module in model.modules():
+            if hasattr(module, "lora_A") and adapter in module.lora_A:
+                module.lora_A[adapter].requires_grad_(False)
+
+
 def add_adapter(model: Any, config: Any, adapter: str = "default") -> None:
     """Inject a peft adapter into a UNet or text encoder with peft itself.
 
@@ -185,6 +214,9 @@ def add_adapter(model: Any, config: Any, adapter: str = "default") -> None:
     from peft import inject_adapter_in_model
 
     inject_adapter_in_model(config, model, adapter_name=adapter)
+    if type(config).__name__ == "IA3Config":  # issue 22: LyCORIS's (IA)³ parametrisation
+        from train.ia3 import adopt
+        adopt(model, adapter)
 
 
 def lora_state_dict(modules: dict[str, Any]) -> dict[str, Any]:

@@ -67,3 +67,8 @@ def parse_optimizer_args(items: Iterable[str]) -> dict[str, Any]:
                                  hint='write them like sd-scripts: --optimizer-args "decouple=True" "betas=0.9,0.99"')
             parsed[key] = parse_value(value)
     return parsed
+
+
+def is_adaptive(name: str) -> bool:
+    """D-Adaptation and Prodigy estimate the step size themselves; lr ≈ 1.0 is a multiplier."""
+    return name == "prodigy" or name.startswith("dadapt")

@@ -18,6 +18,7 @@ from typing import Any
 
 from prep.errors import UsageError
 from train.config import TrainConfig
+from train.optargs import is_adaptive
 from train.network import Network
 from train.optargs import OPTIMIZER_CLASSES, parse_optimizer_args
 
@@ -28,11 +29,6 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
 }
 _INSTALL = {"bitsandbytes": "pip install 'loraprep[bnb]' (needs a CUDA GPU), or use --optimizer adamw",
             "dadaptation": "pip install dadaptation"}
-
-
-def is_adaptive(name: str) -> bool:
-    """D-Adaptation and Prodigy estimate the step size themselves; lr ≈ 1.0 is a multiplier."""
-    return name == "prodigy" or name.startswith("dadapt")
 
 
 def optimizer_class(name: str) -> type:
@@ -123,6 +119,8 @@ def training_optimizer(unet: Any, network: Network, config: TrainConfig) -> tupl
     from train.blocks import training_param_groups
 
     groups, notes = training_param_groups(unet, network, config)
+    if network.embedding is not None:  # textual inversion / pivotal tuning: the vectors at --embedding-lr
+        groups = [*groups, network.embedding.param_group(config)]
     return make_optimizer(groups, config), notes + optimizer_notes(config, [g["lr"] for g in groups])
 
 

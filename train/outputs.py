@@ -15,6 +15,7 @@ from prep.progress import Reporter
 from train.checkpoint import LoopState, list_checkpoints, resume_hint
 from train.config import TrainConfig, parse_size
 from train.data import TrainingSet
+from train.losses import loss_metadata
 from train.network import Network
 from train.plan import TrainPlan
 
@@ -26,6 +27,11 @@ def export_lora(stem: Path, base: Any, network: Network, config: TrainConfig, pl
 
     encoders = base.text_encoders if network.text_encoder_params else ()
     try:
+        if network.embedding is not None:  # textual inversion / pivotal tuning
+            from train.embedding import save_run_embedding
+
+            return save_run_embedding(stem, base, network, config, lora_metadata(config, plan, state, base),
+                                      state.global_step)
         files = save_lora(stem, unet=base.unet, text_encoders=encoders, base=base,
                                  network_config=config.network, metadata=lora_metadata(config, plan, state, base))
     except OSError as exc:
@@ -54,6 +60,7 @@ def lora_metadata(config: TrainConfig, plan: TrainPlan, state: LoopState, base: 
         base_model_name=Path(config.model.base).name,
         **({"ss_scale_weight_norms": str(config.network.scale_weight_norms)}
            if config.network.scale_weight_norms else {}),
+        **loss_metadata(config.loss, base),  # loss and noise variants, sd-scripts' ss_* keys
     )
 
 
@@ -88,14 +95,10 @@ def prune_exports(out: Path, name: str, keep: int) -> None:
 
 
 def make_tracker(config: TrainConfig, out: Path) -> Any:
-    if not config.run.tensorboard:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise UsageError("--tensorboard needs the tensorboard package",
-                         hint="pip install 'loraprep[tensorboard]'") from None
-    return SummaryWriter(log_dir=str(out / "tensorboard"))
+    """--tensorboard and --report-to tensorboard|wandb|all, as one object (train.trackers)."""
+    from train.trackers import make_trackers
+
+    return make_trackers(config, out)
 
 
 
@@ -118,25 +121,30 @@ class Sampler:
     device: Any = "cpu"
     every_steps: int = 0
     every_epochs: int = 0
+    rendered: list[tuple[int, Path]] = field(default_factory=list)
+    tracker: Any = None
 
     @classmethod
     def create(cls, config: TrainConfig, plan: TrainPlan, base: Any, reporter: Reporter, *,
                parked: list[Any] | None = None, device: Any = "cpu") -> Sampler | None:
-        if not config.run.sample_prompts:
+        if not config.run.sample_prompts and not config.run.validation_prompt:
             return None
         from train.sample import SampleDefaults, parse_prompt_file
 
         width, height = training_resolution(config, plan)
         defaults = SampleDefaults(width=width, height=height, seed=config.run.seed, clip_skip=config.model.clip_skip,
                                   sampler=config.run.sample_sampler)
-        prompts = parse_prompt_file(config.run.sample_prompts)
-        if base.family == "sd3":  # a sampler SD3 cannot use is refused now, not at the first sample
+        prompts = parse_prompt_file(config.run.sample_prompts) if config.run.sample_prompts else []
+        every_steps, every_epochs = config.run.sample_every, config.run.sample_every_epochs
+        if config.run.validation_prompt:  # issue 24: diffusers' --validation_prompt on the sampler
+            prompts, every_epochs = validation_schedule(config, prompts, every_epochs)
+        if getattr(base, "family", None) == "sd3":  # a sampler SD3 cannot use: refused now, not when sampling
             from train.samplers import sampler_scheduler
             for sampler in {p.sampler or defaults.sampler for p in prompts}:
                 sampler_scheduler(sampler, base)
         return cls(base, prompts, defaults,
                    Path(config.run.output_dir) / "samples", config.run.name, reporter, list(parked or []), device,
-                   config.run.sample_every, config.run.sample_every_epochs)
+                   every_steps, every_epochs)
 
     def due(self, step: int, total_steps: int, *, epoch_done: int | None) -> bool:
         from train.sample import sample_due
@@ -149,5 +157,25 @@ class Sampler:
         from train.sample import render_samples
 
         with borrowed(self.parked, self.device):
-            return render_samples(self.base, self.prompts, self.folder / f"{self.name}-step{step:08d}.png",
+            path = render_samples(self.base, self.prompts, self.folder / f"{self.name}-step{step:08d}.png",
                                   defaults=self.defaults, reporter=self.reporter)
+        self.rendered.append((step, path))  # issue 24: the card's widget and the trackers show them
+        if self.tracker is not None:
+            self.tracker.add_sample(path, self.prompts[0].prompt, step)
+        return path
+
+    def latest(self) -> list[tuple[str, Path]]:
+        """(prompt, grid) of the newest grid still on disk: what the model card shows."""
+        found = [(step, path) for step, path in self.rendered if path.is_file()]
+        return [(self.prompts[0].prompt, found[-1][1])] if found else []
+
+
+def validation_schedule(config: TrainConfig, prompts: list[Any], every_epochs: int) -> tuple[list[Any], int]:
+    """diffusers' `--validation_prompt P --num_validation_images N --validation_epochs E` as sampler
+    settings: P rendered N times (seeds seed, seed+1, …) after every E-th epoch, beside any prompt file.
+    A prompt file's own --sample-every-epochs, when set, decides the schedule."""
+    from train.sample import SamplePrompt
+
+    r = config.run
+    extra = [SamplePrompt(r.validation_prompt, seed=r.seed + i) for i in range(r.num_validation_images)]
+    return [*prompts, *extra], every_epochs or (0 if r.sample_every else r.validation_epochs)

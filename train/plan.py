@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 from prep.errors import UsageError
 from train.config import TrainConfig, parse_size
 from train.data import TrainingSet, batches_per_epoch, load_training_set
+from train.masks import check_masks
+from train.prediction import check_run_prediction
 
 if TYPE_CHECKING:
     from train.model import BaseCheck
@@ -38,6 +40,11 @@ def inspect_base(config: TrainConfig) -> BaseCheck:
     """The base model checked without loading weights (exists, right kind, pickles refused)."""
     from train.model import check_base
 
+    for text in config.model.base_weights:  # base weights (issue 21): the LoRA files exist
+        from train.loratools.weighted import parse_weighted
+
+        if not (path := parse_weighted(text)[0]).is_file():
+            raise UsageError(f"--base-weights {path} does not exist", hint="pass a LoRA .safetensors file")
     checked = check_base(config.model.base, allow_pickle=config.model.allow_pickle, config=config.model.base_config)
     if checked.family == "sd3":  # its refusals come before any weights load
         from train.sd3 import check_settings
@@ -48,10 +55,12 @@ def inspect_base(config: TrainConfig) -> BaseCheck:
 def plan_training(manifest_path: str | Path, config: TrainConfig, *, num_processes: int = 1) -> TrainPlan:
     """Validate manifest and config together and work out steps, epochs and batches per bucket."""
     d = config.data
+    check_run_prediction(config)  # e.g. zero-terminal SNR on an epsilon base: refused before loading
     data = load_training_set(manifest_path, keep_tokens=d.keep_tokens, shuffle_caption=d.shuffle_caption,
                              verify=d.verify_files, balance_reg=d.reg_balance,
                              fixed_size=parse_size(d.fixed_resolution) if d.fixed_resolution else None,
                              subset_for=kohya_subsets(d.dataset_config) if d.dataset_config else None)
+    check_masks(data, config.loss)  # --masked-loss: missing or mis-sized masks, named before loading
     per_epoch = batches_per_epoch(data.examples, d.batch_size)
     if num_processes > 1:
         per_epoch //= num_processes

@@ -44,6 +44,11 @@ def load_model(config: TrainConfig, device: Any, *, unet_device: Any = None) -> 
     # and the freed fp32 blocks stayed reserved through training).
     base = load_base(config.model.base, allow_pickle=config.model.allow_pickle, device="cpu",
                      prediction_type=prediction, config=config.model.base_config)
+    if config.model.base_weights:  # base weights (issue 21): LoRAs merged into the base, in fp32, first
+        from train.loratools.bake import bake_into_model
+        from train.loratools.weighted import parse_weighted
+
+        bake_into_model(base, [parse_weighted(text) for text in config.model.base_weights])
     dtype = weight_dtype(config.run.mixed_precision)
     base.unet.to(device=unet_device if unet_device is not None else device, dtype=dtype)
     for module in base.text_encoders:

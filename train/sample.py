@@ -322,8 +322,15 @@ def render_samples(base: BaseModel, prompts: Sequence[SamplePrompt], out_path: s
             images.append(render(base, prompt, clip_skip=defaults.clip_skip, pipe=pipe))
             advance(1)
     out_path = Path(out_path)
-    save_image_atomic(grid(images, [p.prompt for p in resolved]), out_path)
+    tag = prediction_label(base)  # each cell says what the model predicts (v-pred, ZTSNR)
+    save_image_atomic(grid(images, [f"[{tag}] {p.prompt}" for p in resolved]), out_path)
     return out_path
+
+
+def prediction_label(base: BaseModel) -> str:
+    """'eps', 'v' or 'v, ztsnr': the prediction type the samples were rendered with."""
+    label = "v" if base.prediction_type == "v_prediction" else "eps"
+    return label + (", ztsnr" if getattr(base.noise_scheduler, "loraprep_zero_terminal_snr", False) else "")
 
 
 # ---------------------------------------------------------------- generate (`loraprep generate`)

@@ -103,21 +103,9 @@ def pipeline(base: Any, **overrides: Any) -> Any:
     return pipe
 
 
-# the DDPM loss and noise variants (train.losses / train.noise, issue 25) at their inactive values: SD3's
-# flow-matching step applies none of them, so any other value is refused
-DDPM_VARIANTS: dict[str, Any] = {
-    "zero_terminal_snr": False, "min_timestep": None, "max_timestep": None, "loss_type": "l2",
-    "debiased_estimation_loss": False, "ip_noise_gamma": None, "multires_noise_iterations": None,
-    "noise_offset_random_strength": False, "v_pred_like_loss": None, "scale_v_pred_loss_like_noise_pred": False,
-    "masked_loss": False, "alpha_mask": False,
-}
-
-
 def check_settings(config: Any) -> None:
     """Settings that mean nothing for a flow-matching MMDiT are refused rather than silently ignored."""
-    refused = {name: getattr(config.loss, name, inactive) not in (inactive, 0)
-               for name, inactive in DDPM_VARIANTS.items()}
-    refused |= {
+    refused = {
         "prediction_type": config.model.prediction_type != "auto",
         "min_snr_gamma": config.loss.min_snr_gamma is not None,
         "noise_offset": bool(config.loss.noise_offset),
@@ -125,6 +113,18 @@ def check_settings(config: Any) -> None:
         "block learning-rate weights": any(v is not None for v in (
             config.network.down_lr_weight, config.network.mid_lr_weight, config.network.up_lr_weight,
             config.network.block_lr_weights)),
+        # sd-scripts' loss and noise variants (train.losses, train.noise) are written for the
+        # ε/v objective of the UNet models; the flow-matching step uses none of them
+        "zero_terminal_snr": config.loss.zero_terminal_snr,
+        "min/max_timestep": config.loss.min_timestep is not None or config.loss.max_timestep is not None,
+        "loss_type": config.loss.loss_type != "l2",
+        "debiased_estimation_loss": config.loss.debiased_estimation_loss,
+        "ip_noise_gamma": config.loss.ip_noise_gamma is not None,
+        "multires_noise_iterations": config.loss.multires_noise_iterations is not None,
+        "noise_offset_random_strength": config.loss.noise_offset_random_strength,
+        "v_pred_like_loss": config.loss.v_pred_like_loss is not None,
+        "scale_v_pred_loss_like_noise_pred": config.loss.scale_v_pred_loss_like_noise_pred,
+        "masked_loss / alpha_mask": config.loss.masked_loss or config.loss.alpha_mask,
     }
     named = [name for name, bad in refused.items() if bad]
     if named:

@@ -22,6 +22,7 @@ from prep.doctor.findings import (bucket_findings, duplicate_findings, face_find
 from prep.doctor.fingerprint import Fingerprint, fingerprint, pixel_digest, reduced
 from prep.doctor.geometry import place_all, usage
 from prep.doctor.inputs import DoctorInput, DoctorOptions, Item, load_input
+from prep.doctor.masks import mask_findings
 from prep.doctor.report import SECTIONS, DoctorReport, Finding, unreadable_findings
 from prep.doctor.sharpness import Measured, judge
 from prep.progress import SILENT, Reporter
@@ -99,6 +100,7 @@ def diagnose(target: str | os.PathLike[str], options: DoctorOptions = DoctorOpti
                            [i.bucket for i in readable])
     findings += placement_findings(placements, label, max(inputs.plan.resolution))
     findings += face_findings(readable, label)
+    findings += mask_findings(readable, label)
 
     counter = load_token_counter(options.tokenizer)
     findings += lint_findings(inputs.captions, counter, label, inputs.trigger, options.max_tokens)

@@ -26,6 +26,7 @@ SECTIONS: dict[str, str] = {
     "faces": "Faces and crops",
     "captions": "Captions",
     "buckets": "Buckets holding a single image",
+    "masks": "Subject masks (NAME.mask.png) covering almost nothing, or of another size",
     "unreadable": "Unreadable files, and folder links not entered",
 }
 # what `--apply --quarantine KIND` sets aside, per finding kind

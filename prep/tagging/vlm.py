@@ -126,16 +126,26 @@ class ChatCaptioner:
 
     def __init__(self, folder: Path, kind: str, *, name: str | None = None,
                  settings: VlmSettings = VlmSettings()) -> None:
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoModelForImageTextToText
 
         self.kind, self.name, self.settings = kind, name or folder.name, settings
         self.device, self.dtype = _device_and_dtype()
         options = dict(local_files_only=True, trust_remote_code=False)
-        self.processor = _quiet_load(folder, kind, lambda: AutoProcessor.from_pretrained(folder, **options))
+        self.processor = _quiet_load(folder, kind, lambda: self.load_processor(folder, options))
         self.model = _quiet_load(folder, kind, lambda: AutoModelForImageTextToText.from_pretrained(
             folder, dtype=self.dtype, **options)).to(self.device).eval()
         self.processor.tokenizer.padding_side = "left"
         self.prompt = self.resolve_prompt(settings.prompt)
+
+    def load_processor(self, folder: Path, options: dict[str, Any]) -> Any:
+        """AutoProcessor; Qwen-VL without torchvision: its processor minus the video half (prep.tagging.imageonly)."""
+        from transformers import AutoProcessor
+
+        from prep.tagging import imageonly
+
+        if self.kind == "qwen-vl" and imageonly.needed():
+            return imageonly.load(folder, **options)
+        return AutoProcessor.from_pretrained(folder, **options)
 
     def resolve_prompt(self, prompt: str | None) -> str:
         if self.kind == "joycaption":

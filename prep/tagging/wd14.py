@@ -9,7 +9,7 @@ model's `selected_tags.csv` (9 rating, 0 general, 4 character).
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -111,7 +111,8 @@ def scores_to_tags(probs: np.ndarray, labels: Labels, thresholds: Thresholds) ->
     def above(indices: np.ndarray, cut: float) -> dict[str, float]:
         picked = indices[probs[indices] > cut]
         picked = picked[np.argsort(-probs[picked], kind="stable")]
-        return {labels.names[i]: float(probs[i]) for i in picked}
+        names = labels.names
+        return dict(zip([names[i] for i in picked.tolist()], probs[picked].astype(float).tolist()))
 
     rating = labels.names[labels.rating[int(np.argmax(probs[labels.rating]))]] if len(labels.rating) else None
     return Tags(general=above(labels.general, general_cut), character=above(labels.character, character_cut),
@@ -140,10 +141,15 @@ class Wd14Tagger:
 
     def __init__(self, model_dir: Path, *, name: str | None = None, thresholds: Thresholds = Thresholds(),
                  providers: Sequence[str] | None = None, threads: int | None = None,
-                 scorer: Scorer | None = None) -> None:
+                 scorer: Scorer | None = None, labels: Labels | None = None, labels_file: str = LABELS_FILE,
+                 square: Callable[[Image.Image], Image.Image] | None = None,
+                 to_array: Callable[[Image.Image, int], np.ndarray] | None = None) -> None:
+        # labels/labels_file/square/to_array: another tagger with this one's contract (DeepDanbooru)
         self.name = name or model_dir.name
         self.thresholds = thresholds
-        self.labels = load_labels(model_dir / LABELS_FILE)
+        self.labels_file = labels_file
+        self.labels = labels if labels is not None else load_labels(model_dir / LABELS_FILE)
+        self.square, self.to_array = square or square_rgb, to_array or resize_bgr
         self.scorer: Scorer = scorer or OnnxScorer(model_dir, providers, threads)
         self.provider = self.scorer.provider
         self.input_size, self.fixed_batch = self.scorer.input_size, self.scorer.fixed_batch
@@ -162,15 +168,15 @@ class Wd14Tagger:
             count = scores.shape[-1] if scores.ndim == 2 else -1
         if count != len(self.labels):
             raise ModelMismatch(
-                f"{model_dir}: the model outputs {count} scores but {LABELS_FILE} lists {len(self.labels)} tags",
-                hint=f"the model and {LABELS_FILE} must come from the same model revision")
+                f"{model_dir}: the model outputs {count} scores but {self.labels_file} lists {len(self.labels)} tags",
+                hint=f"the model and {self.labels_file} must come from the same model revision")
 
     @property
     def on_cpu(self) -> bool:
         return self.scorer.on_cpu
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
-        return preprocess(image, self.input_size)
+        return self.to_array(self.square(image), self.input_size)
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         return self.scorer.probabilities(batch)
@@ -182,8 +188,9 @@ class Wd14Tagger:
 class OnnxScorer:
     """model.onnx on onnxruntime, on the best execution provider this build has (or those given)."""
 
-    def __init__(self, model_dir: Path, providers: Sequence[str] | None = None, threads: int | None = None) -> None:
-        self.session = _open_session(model_dir / MODEL_FILE, providers, threads)
+    def __init__(self, model_dir: Path, providers: Sequence[str] | None = None, threads: int | None = None,
+                 model_file: str = MODEL_FILE) -> None:
+        self.session = _open_session(model_dir / model_file, providers, threads)
         self.provider = self.session.get_providers()[0]
         self.input_name, self.input_size, self.fixed_batch = _check_input(self.session, model_dir)
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from prep.errors import ModelMismatch, UsageError
+from prep.errors import LoraprepError, ModelMismatch, UsageError
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -35,7 +35,7 @@ def has_timm_files(folder: Path) -> bool:
     return all((folder / name).is_file() for name in TIMM_FILES)
 
 
-def _torchvision_works() -> bool:
+def torchvision_works() -> bool:
     import importlib.util
 
     if importlib.util.find_spec("torchvision") is None:
@@ -61,7 +61,7 @@ def import_timm() -> Any:
 
     if importlib.util.find_spec("timm") is None:
         raise UsageError("the timm backend needs the timm package, which is not installed", hint=INSTALL_HINT)
-    if _torchvision_works():
+    if torchvision_works():
         import timm
         return timm
     finder = _StandInFinder(_frozen_batch_norm(torch))
@@ -172,7 +172,9 @@ class TimmScorer:
             from safetensors.torch import load_file
 
             network.load_state_dict(load_file(folder / WEIGHTS_FILE))
-        except (RuntimeError, KeyError, ValueError, OSError, AssertionError) as exc:
+        except LoraprepError:
+            raise
+        except Exception as exc:  # timm and safetensors raise untyped errors (TypeError, SafetensorError) for bad files
             raise ModelMismatch(f"{folder}: timm cannot build {config['architecture']} from these weights: "
                                 f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
         self.device = torch.device(device)

@@ -144,6 +144,9 @@ def test_missing_model_hint_names_the_upstream_file_and_the_target(cache):
 
 def test_every_registry_model_is_pinned_to_a_commit():
     for spec in models.REGISTRY.values():
+        if spec.host == models.LOCAL_ONLY:  # the user's own files (DeepDanbooru): nothing to pin
+            assert spec.revision == "", spec.name
+            continue
         assert re.fullmatch(r"[0-9a-f]{40}", spec.revision), spec.name
 
 

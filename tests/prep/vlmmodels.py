@@ -121,8 +121,13 @@ def build_tiny_qwen_vl(folder: Path) -> Path:
     Qwen2_5_VLForConditionalGeneration(config).eval().save_pretrained(folder)
     images = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=56 * 56)
     template = CHAT_TEMPLATE.replace("{{ IMAGE }}", "<|vision_start|><|image_pad|><|vision_end|>")
-    Qwen2_5_VLProcessor(image_processor=images, tokenizer=tokenizer, video_processor=None,
-                        chat_template=template).save_pretrained(folder)
+
+    class ImageSlots(Qwen2_5_VLProcessor):  # saved as Qwen2_5_VLProcessor; no video slot (no torchvision here)
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+    ImageSlots.__name__ = "Qwen2_5_VLProcessor"
+    ImageSlots(image_processor=images, tokenizer=tokenizer, chat_template=template).save_pretrained(folder)
     return folder
 
 

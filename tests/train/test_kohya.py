@@ -112,6 +112,18 @@ def test_the_guides_command_means_the_same(tmp_path: Path) -> None:
     ('network_train_text_encoder_only = true\n', {"train_text_encoder_only": True, "train_text_encoder": True}),
     ('v_parameterization = true\ncolor_aug = true\n', {"prediction_type": "v_prediction", "cache_latents": "off"}),
     ('vae_batch_size = 4\nno_half_vae = true\n', {"vae_batch_size": 4, "vae_dtype": "fp32"}),
+    ('v_parameterization = true\nzero_terminal_snr = true\nmin_timestep = 100\nmax_timestep = 900\n'
+     'loss_type = "huber"\nhuber_schedule = "exponential"\nhuber_c = 0.2\ndebiased_estimation_loss = true\n'
+     'scale_v_pred_loss_like_noise_pred = true\n',
+     {"zero_terminal_snr": True, "min_timestep": 100, "max_timestep": 900, "loss_type": "huber",
+      "huber_schedule": "exponential", "huber_c": 0.2, "debiased_estimation_loss": True,
+      "scale_v_pred_loss_like_noise_pred": True}),
+    ('noise_offset = 0.05\nnoise_offset_random_strength = true\nip_noise_gamma = 0.1\n'
+     'ip_noise_gamma_random_strength = true\nmultires_noise_iterations = 6\nmultires_noise_discount = 0.4\n'
+     'v_pred_like_loss = 0.2\nmasked_loss = true\nalpha_mask = true\n',
+     {"noise_offset_random_strength": True, "ip_noise_gamma": 0.1, "ip_noise_gamma_random_strength": True,
+      "multires_noise_iterations": 6, "multires_noise_discount": 0.4, "v_pred_like_loss": 0.2,
+      "masked_loss": True, "alpha_mask": True}),
 ])
 def test_sd_scripts_options_translate_with_their_defaults(tmp_path: Path, text: str, expected: dict) -> None:
     config, _ = _settings(tmp_path, text)
@@ -120,9 +132,9 @@ def test_sd_scripts_options_translate_with_their_defaults(tmp_path: Path, text: 
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("network_dim = 4\nmultires_noise_iterations = 6\nnetwork_dimm = 2\n",
-     r"multires_noise_iterations: a loss.*\n.*network_dimm: not an sd-scripts option"),
-    ('network_module = "networks.lora_fa"\n', "networks.lora_fa"),
+    ("network_dim = 4\nadaptive_noise_scale = 0.1\nnetwork_dimm = 2\n",
+     r"adaptive_noise_scale: a loss.*\n.*network_dimm: not an sd-scripts option"),
+    ('network_module = "networks.oft"\n', "networks.oft"),
     ('optimizer_type = "PagedAdamW8bit"\n', "PagedAdamW8bit"),
     ('network_args = ["block_dims=2,2,2"]\n', "block_dims"),
     ('lr_scheduler = "inverse_sqrt"\n', "inverse_sqrt"),

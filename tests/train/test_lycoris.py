@@ -284,7 +284,7 @@ def test_lycoris_layouts_we_do_not_train_are_applied_exactly(tiny_sd15: Path, tm
     ({"algo": "loha", "dora": True}, "DoRA is trained with --algo lora"),
     ({"algo": "lokr", "network_dropout": 0.1}, "network_dropout applies to LoRA"),
     ({"algo": "lokr", "factor": 0}, "factor must be -1"),
-    ({"algo": "ia3"}, "not one of"),
+    ({"algo": "oft"}, "not one of"),
 ])
 def test_settings_of_another_algorithm_are_refused(overrides: dict, message: str) -> None:
     with pytest.raises(UsageError, match=message):
