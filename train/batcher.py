@@ -55,6 +55,8 @@ class Batcher:
         trains_te = config.network.train_text_encoder
         trains_te = trains_te or bool(config.embedding.embedding)  # textual inversion: the new vectors train
         self.texts: TensorCache | None = TensorCache() if config.run.cache_text_encoder and not trains_te else None
+        # SD3: T5 never trains, so its outputs stay cached while CLIP-L/G train (train.sd3)
+        self.t5_texts = TensorCache() if base.family == "sd3" and trains_te and config.run.cache_text_encoder else None
         ids = base.component_ids or {}
         vae = base.vae
         tiled = "/tiled" if getattr(vae, "use_tiling", False) else ""
@@ -90,6 +92,13 @@ class Batcher:
         return self.latents is None
 
     @property
+    def idle_text_encoders(self) -> list[Any]:
+        """Text encoders no step runs (their outputs all cached), which may leave the accelerator."""
+        if not self.needs_text_encoders:
+            return list(self.base.text_encoders)
+        return [self.base.text_encoders[2]] if self.t5_texts is not None and not self.captions_vary else []
+
+    @property
     def needs_text_encoders(self) -> bool:
         """Whether steps run the text encoders: they train, outputs are not cached, or captions vary."""
         return self.texts is None or self.captions_vary
@@ -104,6 +113,9 @@ class Batcher:
                     for group in groups:
                         self._encode_group(group)
                         advance(len(group))
+        if self.t5_texts is not None:
+            for caption in self.fixed_captions:
+                self._t5([caption])
         if self.texts is not None:
             captions = [c for c in self.fixed_captions if not self.texts.contains(self._text_key(c))]
             if captions:
@@ -269,11 +281,26 @@ class Batcher:
             found["pooled"] = embeds.pooled[0]
         return found
 
+    def _t5(self, captions: list[str]) -> Any:
+        """SD3's T5 outputs per caption from their cache (each encoded on its own, like the others)."""
+        from train.conditioning import tokenize
+        from train.sd3 import encode_t5
+
+        def encode(caption: str) -> dict[str, Any]:
+            with self._torch.no_grad():
+                return {"t5": encode_t5(self.base.text_encoders, tokenize(self.base, [caption]))[0]}
+
+        key = self.text_id + "/t5-only"
+        items = [self.t5_texts.get_or_compute(text_key(c, encoder_id=key), lambda c=c: encode(c)) for c in captions]
+        return self._torch.stack([i["t5"] for i in items])
+
     def _prompt(self, captions: list[str]) -> Any:
         from train.conditioning import PromptEmbeds, encode_prompt, tokenize
 
         if self.texts is None:  # encoded on the encoders' device; with gradients when they train
-            embeds = encode_prompt(self.base, tokenize(self.base, captions), clip_skip=self.config.model.clip_skip)
+            t5 = self._t5(captions) if self.t5_texts is not None else None
+            embeds = encode_prompt(self.base, tokenize(self.base, captions), clip_skip=self.config.model.clip_skip,
+                                   t5=t5)
             return embeds.to(self.device)
         items = [self.texts.get_or_compute(self._text_key(c), lambda c=c: self._encode_text(c)) for c in captions]
         pooled = self._torch.stack([i["pooled"] for i in items]) if "pooled" in items[0] else None

@@ -71,13 +71,15 @@ def _hidden(encoder: Any, ids: torch.Tensor, layer_from_end: int, *, final_norm:
     return hidden, output
 
 
-def encode_prompt(base: TextModel, token_ids: Sequence[torch.Tensor], *, clip_skip: int = 1) -> PromptEmbeds:
-    """Embeddings for token ids from `tokenize`. Gradients flow when the text encoders train."""
+def encode_prompt(base: TextModel, token_ids: Sequence[torch.Tensor], *, clip_skip: int = 1,
+                  t5: torch.Tensor | None = None) -> PromptEmbeds:
+    """Embeddings for token ids from `tokenize`. Gradients flow when the text encoders train.
+    `t5`: SD3's T5 outputs for these captions when cached (T5 then does not run)."""
     if clip_skip < 1:
         raise ValueError("clip_skip counts from 1 (last layer)")
     if getattr(base, "family", None) == "sd3":  # CLIP-L ⊕ CLIP-G, then T5 (train.sd3)
         from train.sd3 import encode_prompt as encode_sd3
-        return PromptEmbeds(*encode_sd3(base.text_encoders, token_ids, clip_skip=clip_skip))
+        return PromptEmbeds(*encode_sd3(base.text_encoders, token_ids, clip_skip=clip_skip, t5=t5))
     if not base.is_sdxl:
         embeds, _ = _hidden(base.text_encoders[0], token_ids[0], clip_skip, final_norm=True)
         return PromptEmbeds(embeds)

@@ -579,6 +579,8 @@ def _diffusers_modules(lora: LoraFile) -> dict[tuple[str, str], ModuleWeights]:
         else:
             raise ModelMismatch(f"{lora.path.name}: unexpected key '{key}' in a diffusers LoRA file")
     adapter_meta = lora.adapter_metadata
+    adapter_meta = {("unet" + k[len("transformer"):] if k.startswith("transformer.") else k): v  # SD3
+                    for k, v in adapter_meta.items()}
     modules = {}
     for (component, path), tensors in found.items():
         if "lora_down.weight" not in tensors or "lora_up.weight" not in tensors:
@@ -594,8 +596,8 @@ def _diffusers_modules(lora: LoraFile) -> dict[tuple[str, str], ModuleWeights]:
 
 def _kohya_component(module: str) -> str:
     prefix = re.match(r"lora_(unet|transformer|te\d?)_", module)
-    return {"unet": "unet", "transformer": "unet", "te": "text_encoder", "te1": "text_encoder", "te2": "text_encoder_2"}.get(
-        prefix[1] if prefix else "", "?")
+    return {"unet": "unet", "transformer": "unet", "te": "text_encoder", "te1": "text_encoder",  # transformer: SD3
+            "te2": "text_encoder_2"}.get(prefix[1] if prefix else "", "?")
 
 
 def file_modules(lora: LoraFile) -> dict[tuple[str, str], ModuleWeights]:
@@ -910,6 +912,7 @@ def describe_lora(path: str | Path) -> LoraInfo:
     if lora.family == "sd3":
         from train.sd3_export import client_support as sd3_clients
         clients = sd3_clients(lora.format, algos[0] if len(algos) == 1 else "mixed")
+        modules = Counter({("transformer" if c == "unet" else c): n for c, n in modules.items()})
     return LoraInfo(
         path=lora.path, format=lora.format, family=lora.family, algorithm=", ".join(algos),
         size_bytes=lora.path.stat().st_size, num_tensors=len(lora.tensors), modules=dict(modules),

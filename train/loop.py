@@ -116,7 +116,7 @@ def train(manifest_path: str | Path, config: TrainConfig, *, reporter: Reporter 
         reporter.note(f"prediction type: {batcher.prediction_type}" + (" with zero terminal SNR" if ztsnr else ""))
     batcher.fill_caches(reporter)
     parked = park([*([base.vae] if not batcher.needs_vae else []),
-                   *(base.text_encoders if not batcher.needs_text_encoders else [])])
+                   *batcher.idle_text_encoders])
     base.unet.to(accelerator.device)
     torch.manual_seed(hash_seed(run.seed, -1))  # the LoRA's random init: same seed, same start
     if config.embedding.embedding:  # textual inversion (the embedding alone) or pivotal tuning (with the LoRA)

@@ -138,6 +138,10 @@ class Sampler:
         every_steps, every_epochs = config.run.sample_every, config.run.sample_every_epochs
         if config.run.validation_prompt:  # issue 24: diffusers' --validation_prompt on the sampler
             prompts, every_epochs = validation_schedule(config, prompts, every_epochs)
+        if getattr(base, "family", None) == "sd3":  # a sampler SD3 cannot use: refused now, not when sampling
+            from train.samplers import sampler_scheduler
+            for sampler in {p.sampler or defaults.sampler for p in prompts}:
+                sampler_scheduler(sampler, base)
         return cls(base, prompts, defaults,
                    Path(config.run.output_dir) / "samples", config.run.name, reporter, list(parked or []), device,
                    every_steps, every_epochs)

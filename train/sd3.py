@@ -26,7 +26,6 @@ from typing import Any
 
 from prep.errors import ModelMismatch, UsageError
 
-WEIGHTING_SCHEMES = ("logit_normal", "sigma_sqrt", "mode", "cosmap", "none")
 DEFAULT_T5_MAX_LENGTH = 256  # StableDiffusion3Pipeline's max_sequence_length
 ATTN = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
         "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
@@ -40,12 +39,6 @@ COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "text_enco
 def is_mmdit(model: Any) -> bool:
     """Whether a denoiser is SD3's MMDiT (joint transformer blocks) rather than a UNet."""
     return hasattr(model, "transformer_blocks") and hasattr(model.config, "joint_attention_dim")
-
-
-def is_sd3_folder(folder: Any) -> bool:
-    from pathlib import Path
-
-    return (Path(folder) / "transformer" / "config.json").is_file()
 
 
 def size_label(transformer_config: Any) -> str:
@@ -144,8 +137,8 @@ def check_bucket(bucket: tuple[int, int]) -> None:
     """SD3 patches 2×2 latents of 8× downsampled pixels: image sides must be multiples of 16."""
     if bucket[0] % 16 or bucket[1] % 16:
         raise UsageError(f"bucket {bucket[0]}×{bucket[1]} does not fit SD3's 16-pixel patches",
-                         hint="bucket for SD3 at 1024 with step 64: loraprep dataset bucket --resolution 1024 "
-                              "--step 64")
+                         hint="bucket for SD3 at 1024 with step 64: loraprep bucket DIR --resolution 1024 "
+                              "--step 64, then loraprep manifest DIR")
 
 
 # ---------------------------------------------------------------- adapters
@@ -181,8 +174,14 @@ def trains_text_encoder(encoder: Any) -> bool:
 # ---------------------------------------------------------------- conditioning
 
 
-def encode_prompt(encoders: list[Any], token_ids: list[Any], *, clip_skip: int = 1) -> tuple[Any, Any]:
-    """(embeds [B, 77 + T, D_t5], pooled [B, P_l + P_g]) as StableDiffusion3Pipeline.encode_prompt."""
+def encode_t5(encoders: list[Any], token_ids: list[Any]) -> Any:
+    """T5's last hidden state [B, T, D_t5] (never trained, so cacheable while CLIP-L/G train)."""
+    return encoders[2](token_ids[2].to(encoders[2].device))[0]
+
+
+def encode_prompt(encoders: list[Any], token_ids: list[Any], *, clip_skip: int = 1, t5: Any = None) -> tuple[Any, Any]:
+    """(embeds [B, 77 + T, D_t5], pooled [B, P_l + P_g]) as StableDiffusion3Pipeline.encode_prompt;
+    `t5`: T5's outputs already computed (cached), else T5 runs."""
     import torch
     import torch.nn.functional as F
 
@@ -193,7 +192,7 @@ def encode_prompt(encoders: list[Any], token_ids: list[Any], *, clip_skip: int =
         pooled.append(output.text_embeds)
     device = hidden[0].device
     clip = torch.cat([h.to(device) for h in hidden], dim=-1)
-    t5 = encoders[2](token_ids[2].to(encoders[2].device))[0].to(device=device, dtype=clip.dtype)
+    t5 = (encode_t5(encoders, token_ids) if t5 is None else t5).to(device=device, dtype=clip.dtype)
     clip = F.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
     return torch.cat([clip, t5], dim=-2), torch.cat([p.to(device) for p in pooled], dim=-1)
 

@@ -78,9 +78,12 @@ def test_diffusers_load_lora_weights_gives_loraprep_s_outputs(trained: tuple, ti
     pipe = StableDiffusion3Pipeline.from_pretrained(tiny_sd3)
     pipe.load_lora_weights(str(diffusers_file))
     plain = load_base(tiny_sd3)
+    from_diffusers_file = load_base(tiny_sd3)  # loraprep reads the diffusers file at the same strength
+    apply_lora(from_diffusers_file, diffusers_file, 1.0)
     with torch.no_grad():
         expected = pipe.transformer(**_inputs(None)).sample
         got = ours.unet(**_inputs(None)).sample
+        assert torch.allclose(from_diffusers_file.unet(**_inputs(None)).sample, expected, atol=1e-5)
         untouched = plain.unet(**_inputs(None)).sample
         ids = pipe.tokenizer(["sks woman"], padding="max_length", max_length=77, return_tensors="pt").input_ids
         for theirs, mine in ((pipe.text_encoder, ours.text_encoders[0]), (pipe.text_encoder_2, ours.text_encoders[1])):
@@ -143,6 +146,7 @@ def test_lora_info_says_sd3_and_which_clients_apply_it(trained: tuple) -> None:
     assert info.family == "sd3" and info.clients["ComfyUI"] == "exact" and info.clients["sd-scripts"].startswith("no")
     assert info.metadata["modelspec.architecture"] == "stable-diffusion-v3-5-medium/lora"
     assert describe_lora(diffusers_file).clients["diffusers"] == "exact"
+    assert info.modules == {"transformer": 19, "text_encoder": 8, "text_encoder_2": 8}
     shown = CliRunner().invoke(cli.app, ["lora", "info", str(kohya), "--json"])
     assert shown.exit_code == 0, shown.output
     assert json.loads(shown.output)["family"] == "sd3"
@@ -163,11 +167,16 @@ def test_resumed_sd3_run_reaches_the_uninterrupted_weights(manifest: Path, tiny_
     assert [n for n in expected if not torch.equal(expected[n], got[n])] == []
 
 
-def test_generate_renders_with_an_sd3_lora(trained: tuple, tiny_sd3: Path) -> None:
+def test_generate_renders_with_an_sd3_lora(trained: tuple, tiny_sd3: Path, tmp_path: Path) -> None:
     result, _ = trained
     base = load_base(tiny_sd3)
     images = generate(base, result.lora_files[0], 1.0, "sks woman", GenerateOptions(width=64, height=64, steps=2))
     assert len(images) == 1 and images[0].size == (64, 64)
+    shown = CliRunner().invoke(cli.app, ["generate", "sks woman", "--base", str(tiny_sd3), "--lora",
+                                         str(result.lora_files[1]), "--scale", "0,1", "--out", str(tmp_path / "out"),
+                                         "--width", "64", "--height", "64", "--steps", "2", "--device", "cpu"])
+    assert shown.exit_code == 0, shown.output
+    assert [p.name for p in (tmp_path / "out").glob("*.png")] == ["grid-000.png"]
 
 
 def test_dry_run_estimates_sd3_memory_without_loading(manifest: Path, tiny_sd3: Path) -> None:
@@ -294,7 +303,8 @@ def test_init_weights_continues_an_sd3_lora(trained: tuple, manifest: Path, tiny
 def test_fp16_keeps_t5_feed_forward_output_in_fp32(tiny_sd3: Path, tmp_path: Path) -> None:
     from train.conditioning import encode_prompt, tokenize
 
-    config = load_config(None, {**SETTINGS, "base": str(tiny_sd3), "output_dir": str(tmp_path), "mixed_precision": "fp16"})
+    config = load_config(None, {**SETTINGS, "base": str(tiny_sd3), "output_dir": str(tmp_path),
+                                "mixed_precision": "fp16"})
     base = load_model(config, "cpu")
     t5 = base.text_encoders[2]
     kept = {n: p.dtype for n, p in t5.named_parameters() if ".wo." in n}
@@ -314,3 +324,31 @@ def test_sd3_buckets_must_tile_into_its_16_pixel_patches(bucket: tuple[int, int]
     else:
         with pytest.raises(UsageError, match="--resolution 1024"):
             check_bucket(bucket)
+
+
+def test_a_sample_sampler_sd3_cannot_use_is_refused_before_the_first_step(manifest: Path, tiny_sd3: Path,
+                                                                          tmp_path: Path) -> None:
+    (tmp_path / "prompts.txt").write_text("sks woman --ss euler_a\n", encoding="utf-8")
+    config = load_config(None, {**SETTINGS, "base": str(tiny_sd3), "output_dir": str(tmp_path / "o"),
+                                "sample_prompts": str(tmp_path / "prompts.txt")})
+    with pytest.raises(UsageError, match="euler_a"):
+        train(manifest, config, stop=lambda step: pytest.fail("a step ran"))
+
+
+def test_t5_outputs_stay_cached_while_clip_trains(manifest: Path, tiny_sd3: Path, tmp_path: Path) -> None:
+    """With --train-text-encoder, CLIP-L/G run every step but T5 only once per caption, before the first
+    step; the loss is what running T5 every step gives."""
+    losses = {}
+    for cache in (True, False):
+        config = load_config(None, {**SETTINGS, "base": str(tiny_sd3), "output_dir": str(tmp_path / str(cache)),
+                                    "max_steps": 1, "train_text_encoder": True, "cache_text_encoder": cache,
+                                    "shuffle_caption": False})
+        base = load_model(config, "cpu")
+        calls = []
+        base.text_encoders[2].register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+        losses[cache] = train(manifest, config, base=base).final_loss
+        if cache:
+            assert calls == [1, 1, 1, 1]  # the four captions, one at a time, while the caches filled
+        else:
+            assert sum(calls) == 2  # one batch of two captions in the one step
+    assert math.isclose(losses[True], losses[False], rel_tol=1e-4)
