@@ -19,6 +19,9 @@ largest difference from base + ΔW computed in fp32, in fp16 steps of the weight
 sd-scripts' networks/extract_lora_from_models.py, resize_lora.py and merge_lora.py (sdxl_merge_lora.py
 for SDXL) from DIR on the same files, with `--peer-python` (sd-scripts' own environment: its pinned
 transformers and torchvision; loraprep's environment cannot import its `library`); their code never enters this project.
+With `--small` only the peer's resize runs (its extract and merge build the models at the real widths). Both sides
+run with the same OMP_NUM_THREADS (1 unless set). A peer run is the kernel's first choice to kill when memory runs out
+(exit -9, its peak RSS kept): sd-scripts holds whole models in fp32.
 """
 
 from __future__ import annotations
@@ -241,6 +244,12 @@ def peer(op: str, directory: Path, family: str, base: Path, tuned: Path, lora: P
             "--save_to", str(out), "--save_precision", "fp16"]
 
 
+def first_to_kill(argv: list[str]) -> list[str]:
+    """`argv` made the kernel's first choice when memory runs out (sd-scripts loads whole models in fp32:
+    SDXL's extract can exceed a small machine's RAM; then it, not a neighbour, is killed: exit -9)."""
+    return ["sh", "-c", 'echo 1000 > /proc/self/oom_score_adj; exec "$@"', "peer", *argv]
+
+
 # ---------------------------------------------------------------- accuracy
 
 
@@ -316,10 +325,15 @@ def run(family: str, work: Path, small: bool, peer_dir: Path | None, peer_python
     for op in ("extract", "resize", "merge"):
         suffix = ".safetensors"
         for who in ("ours", "peer") if peer_dir else ("ours",):
+            if who == "peer" and small and op != "resize":
+                # sd-scripts builds its UNet/VAE/text encoders at the real widths: tiny models cannot load
+                result[f"{op}_peer"] = {"skipped": "sd-scripts loads only full-width models"}
+                print(json.dumps({op: who, **result[f"{op}_peer"]}), flush=True)
+                continue
             out = work / f"{op}-{who}{suffix}"
             out.unlink(missing_ok=True)
-            argv = ours(op, base, tuned, lora, out) if who == "ours" else peer(op, peer_dir, family, base, tuned,
-                                                                                lora, out, peer_python)
+            argv = ours(op, base, tuned, lora, out) if who == "ours" else first_to_kill(
+                peer(op, peer_dir, family, base, tuned, lora, out, peer_python))
             row = measure(argv, work / f"{op}-{who}.log", peer_dir if who == "peer" else None)
             row["rss_vs_model"] = round(row["peak_rss_gb"] * 1e9 / size, 2)
             if row["exit"] == 0 and out.is_file():
@@ -334,7 +348,7 @@ def run(family: str, work: Path, small: bool, peer_dir: Path | None, peer_python
                     row["max_error_fp16_steps"] = round(merge_error(base, lora, out), 3)
             result[f"{op}_{who}"] = row
             print(json.dumps({op: who, **row}), flush=True)
-        if peer_dir and result[f"{op}_ours"]["exit"] == 0 and result[f"{op}_peer"]["exit"] == 0:
+        if peer_dir and result[f"{op}_ours"]["exit"] == 0 and result[f"{op}_peer"].get("exit") == 0:
             result[f"{op}_time_ratio"] = round(result[f"{op}_ours"]["seconds"] / result[f"{op}_peer"]["seconds"], 2)
     return result
 
