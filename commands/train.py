@@ -215,9 +215,15 @@ def _plan_table(plan: Any) -> Any:
         table.add_row(f"{width}×{height}", str(images), str(batches))
     memory = plan.memory
     gib = 1024 ** 3
-    note = (f"estimated peak accelerator memory ≈ {memory.total / gib:.1f} GiB (weights {memory.weights / gib:.1f}, "
-            f"LoRA+optimizer {memory.lora / gib:.2f}, activations {memory.activations / gib:.1f}; from {memory.source}). "
-            "Manifest and files verified; no weights were loaded.")
+    parts = [f"weights {memory.weights / gib:.1f}", f"LoRA+optimizer {memory.lora / gib:.2f}",
+             f"activations {memory.activations / gib:.1f}"]
+    if memory.parked:
+        parts.append(f"{memory.parked / gib:.1f} of cached encoders/VAE on the host"
+                     + (", back while sampling" if memory.sampling else ""))
+    when = {"caching": f", while the caches fill (encoders and VAE; the steps need "
+                       f"{memory.training / gib:.1f})", "sampling": ", while sampling"}.get(memory.peak_phase, "")
+    note = (f"estimated peak accelerator memory ≈ {memory.total / gib:.1f} GiB{when} ({', '.join(parts)}; "
+            f"from {esc(memory.source)}). Manifest and files verified; no weights were loaded.")
     return Group(table, note)
 
 
