@@ -20,15 +20,15 @@ target ≤ 0.3 s) and on 12 images (throughput ratio, target ≥ 0.95), alternat
 `--gpu` is the GPU half issue 23 asks for: full-size random Florence-2-base (231 M parameters,
 built from its real config with transformers' native Florence-2 classes, 768 px input) and a WD v3
 ViT (timm `vit_base_patch16_224` at 448 px with 10,861 outputs, as wd-vit-tagger-v3 ships it),
-each written once into bench/out/ as the model folder a user's download is, then run through
+each written once into bench/out/ (`--models`) as the model folder a user's download is, then run through
 the product's own `tag_folder` (what `loraprep tag` calls): `--captioner florence2 --caption-dir`
 and `--model-dir … --backend timm --device cuda`, at batch 1/8/32 (`--batches`). Per run:
 images/s after the first (warm-up) batch, counted from tag_folder's own progress events, and peak
 VRAM (torch.cuda.max_memory_allocated / max_memory_reserved, reset between runs); on the CPU
 peak RSS of the process instead (VmHWM, reset between runs), labelled as such. The JSON and the
 printout name the device, the dtype the product chose (bf16, else fp16, on CUDA; fp32 on CPU) and
-the torch / transformers / timm versions. A random Florence-2 never stops early, so every caption
-is exactly --max-new-tokens long (a generation_config.json in the model folder sets the minimum
+the torch / transformers / timm versions. A random Florence-2 would stop wherever it happens to emit
+EOS, so every caption is made exactly --max-new-tokens long (a generation_config.json in the model folder sets the minimum
 to the maximum); beams 3, the product's default. Batch N here sets both tag_folder's batch and the
 captioner's generate batch (VlmSettings.batch_size): the CLI's --batch-size sets only the first.
 
@@ -36,6 +36,7 @@ captioner's generate batch (VlmSettings.batch_size): the CLI's --batch-size sets
 seconds (`--device cpu`; tests/prep/test_bench_tag_gpu.py runs it). Written 2026-12-05 without a
 GPU: only the CPU path has been run (README, Benchmarks). The captioners choose their device
 themselves (CUDA when torch sees one), so `--device cpu` also hides CUDA from this process.
+On a one-shot GPU lease: `GPU_BENCH=tag bash bench/gpu_run.sh OUT` (one command, OUT/results.json).
 
     python bench/tag.py [--images 24] [--batch N]
     python bench/tag.py --startup [--repeats 5] [--model-dir DIR]
