@@ -65,7 +65,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from prep.images import is_image_path, open_image  # noqa: E402
-from prep.progress import Reporter  # noqa: E402
+from prep.progress import ProgressEvent, Reporter  # noqa: E402
 from prep.tag import TagOptions, tag_folder  # noqa: E402
 from prep.tagging.wd14 import Wd14Tagger  # noqa: E402
 
@@ -397,7 +397,7 @@ def timed_tag_folder(folder: Path, options: TagOptions, memory: PeakMemory) -> d
     marks: list[tuple[float, int]] = []  # (time, images done) at each batch written
     notes: list[str] = []
 
-    def sink(event: object) -> None:
+    def sink(event: ProgressEvent) -> None:
         if event.kind == "advance" and event.label == "tagging":  # not the "writing captions" that follows
             marks.append((time.perf_counter(), (marks[-1][1] if marks else 0) + event.advance))
         elif event.kind == "note":
