@@ -13,6 +13,12 @@
 #           (pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux…)
 #   .peer/  diffusers' examples/text_to_image/train_text_to_image_lora{,_sdxl}.py of a fetched checkout
 # Nothing is downloaded; the models are built from configs with random weights.
+#
+# GPU_BENCH=tag bash bench/gpu_run.sh OUT [DEADLINE_S] [extra bench/tag.py flags…] runs, instead,
+# issue 23's tagging figures: bench/tag.py --gpu (full-size random Florence-2-base and a WD v3 ViT
+# through the timm backend, via tag_folder at batch 1/8/32: images/s, peak VRAM) into the same
+# OUT/results.json; a few minutes (DEADLINE_S is not used). It also needs, in .whl/ where the machine
+# lacks them: timm (and pyyaml) and pytest, pluggy, iniconfig (its model builders live in tests/prep/).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: bench/gpu_run.sh OUT_DIR [DEADLINE_S] [flags]}
@@ -30,6 +36,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 work=/tmp/loraprep-bench
 if [ "$(df --output=avail -k /dev/shm 2>/dev/null | tail -1)" -gt 30000000 ] 2>/dev/null; then
   work=/dev/shm/loraprep-bench
+fi
+if [ "${GPU_BENCH:-train}" = tag ]; then
+  python3 -c "import importlib.util as u, sys; missing = [m for m in ('timm', 'yaml', 'pytest') if u.find_spec(m) is None]
+sys.exit('GPU_BENCH=tag: not installed: ' + ', '.join(missing) + ' (add their wheels to .whl/)' if missing else 0)" || exit 1
+  python3 bench/tag.py --gpu --device cuda --models "$work" --json "$out/results.json" "$@" 2>&1 | tee "$out/log.txt"
+  exit 0
 fi
 peer=()
 [ -f .peer/train_text_to_image_lora.py ] && peer=(--peer .peer)

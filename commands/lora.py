@@ -154,7 +154,8 @@ def lora_merge(
     """Weighted LoRAs as one LoRA (exact, or at --rank), or baked into a base model.
 
     Without --base the result is the exact weighted sum (ranks concatenated) unless --rank asks for
-    the SVD of the sum; LoRAs of another family or shape are refused, naming the module.
+    the SVD of the sum; LoRAs of another family or shape are refused, naming the module; (IA)³ and
+    DoRA files only bake into a --base (their change depends on the base weights).
     """
     loras = [_weighted(text) for text in lora]
     if base is None:

@@ -61,7 +61,7 @@ def train(
     dataset_config: Annotated[Optional[str], typer.Option(help="An sd-scripts dataset TOML: its subsets' num_repeats, class_tokens, is_reg, keep_tokens… apply to the manifest's images in those folders.", rich_help_panel="Data")] = None,
     optimizer: Annotated[Optional[str], typer.Option(help="adamw | adamw8bit | lion | adafactor | prodigy | sgdnesterov | dadaptadam | dadaptlion | dadaptsgd | dadaptadagrad | dadaptadan | dadaptation (sd-scripts' names).", rich_help_panel="Optimizer")] = None,
     optimizer_args: Annotated[Optional[list[str]], typer.Option(help="key=value passed to the optimizer, sd-scripts style (repeatable, or several in one quoted value): decouple=True betas=0.9,0.99 relative_step=False d_coef=2.", rich_help_panel="Optimizer")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default 1e-4, 5e-3 for --algo ia3; ~1.0 for prodigy and D-Adaptation).", rich_help_panel="Optimizer")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default 1e-4, 5e-3 for --algo ia3 and for an --embedding trained alone; ~1.0 for prodigy and D-Adaptation).", rich_help_panel="Optimizer")] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help="Weight decay.", rich_help_panel="Optimizer")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="constant | constant_with_warmup | cosine | cosine_with_restarts | linear | polynomial.", rich_help_panel="Optimizer")] = None,
     warmup_steps: Annotated[Optional[int], typer.Option(help="LR warmup steps.", rich_help_panel="Optimizer")] = None,
@@ -137,7 +137,7 @@ def train(
     embedding: Annotated[Optional[str], typer.Option(help="Textual inversion: train a new word NAME (a made-up lowercase word) in place of the manifest's trigger; writes OUTPUT/NAME.safetensors (WebUI, ComfyUI, diffusers). With an --algo: pivotal tuning, the LoRA trains too and bundles the embedding.", rich_help_panel="Embedding (textual inversion)")] = None,
     init_word: Annotated[Optional[str], typer.Option(help="The word whose token vectors the embedding starts from (woman, dog, painting…).", rich_help_panel="Embedding (textual inversion)")] = None,
     vectors: Annotated[Optional[int], typer.Option(help="Vectors per token of the embedding (default 1; 2–8 hold more, and use that many of the prompt's 75 tokens).", rich_help_panel="Embedding (textual inversion)")] = None,
-    embedding_lr: Annotated[Optional[float], typer.Option(help="Learning rate of the embedding (default 5e-3; --lr stays the LoRA's).", rich_help_panel="Embedding (textual inversion)")] = None,
+    embedding_lr: Annotated[Optional[float], typer.Option(help="Learning rate of the embedding. Alone (textual inversion) it is the run's one rate: default --lr, which then defaults to 5e-3. With an --algo (pivotal tuning) default 5e-3, and --lr stays the LoRA's.", rich_help_panel="Embedding (textual inversion)")] = None,
     embedding_steps: Annotated[Optional[int], typer.Option(help="Pivotal tuning: freeze the embedding after N steps; the LoRA trains on.", rich_help_panel="Embedding (textual inversion)")] = None,
     pivotal: Annotated[Optional[bool], typer.Option("--pivotal/--no-pivotal", help="Train the LoRA beside the embedding (default: when an --algo is named).", rich_help_panel="Embedding (textual inversion)")] = None,
 ) -> None:
@@ -215,9 +215,15 @@ def _plan_table(plan: Any) -> Any:
         table.add_row(f"{width}×{height}", str(images), str(batches))
     memory = plan.memory
     gib = 1024 ** 3
-    note = (f"estimated peak accelerator memory ≈ {memory.total / gib:.1f} GiB (weights {memory.weights / gib:.1f}, "
-            f"LoRA+optimizer {memory.lora / gib:.2f}, activations {memory.activations / gib:.1f}; from {memory.source}). "
-            "Manifest and files verified; no weights were loaded.")
+    parts = [f"weights {memory.weights / gib:.1f}", f"LoRA+optimizer {memory.lora / gib:.2f}",
+             f"activations {memory.activations / gib:.1f}"]
+    if memory.parked:
+        parts.append(f"{memory.parked / gib:.1f} of cached encoders/VAE on the host"
+                     + (", back while sampling" if memory.sampling else ""))
+    when = {"caching": f", while the caches fill (encoders and VAE; the steps need "
+                       f"{memory.training / gib:.1f})", "sampling": ", while sampling"}.get(memory.peak_phase, "")
+    note = (f"estimated peak accelerator memory ≈ {memory.total / gib:.1f} GiB{when} ({', '.join(parts)}; "
+            f"from {esc(memory.source)}). Manifest and files verified; no weights were loaded.")
     return Group(table, note)
 
 

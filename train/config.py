@@ -205,7 +205,7 @@ class EmbeddingConfig:
     embedding: str | None = None  # NAME: the new word; captions train on it where the trigger stood
     init_word: str | None = None  # the vectors start from this word's token embeddings
     vectors: int = 1
-    embedding_lr: float | None = None  # None: 5e-3 (the WebUI's default for textual inversion)
+    embedding_lr: float | None = None  # None: --lr when the embedding trains alone, else EMBEDDING_LR
     embedding_steps: int | None = None  # pivotal tuning: the embedding is frozen after this many steps
     pivotal: bool | None = None  # None: decided when the config is loaded (an --algo named → True)
 
@@ -224,11 +224,15 @@ class TrainConfig:
         """A copy with flat overrides applied (`rank=8, lr=2e-4`), validated like a file's values."""
         config = build_config(_nest(flat, source="override"), base=self)
         switched = config.network.algo != self.network.algo and self.optimizer.lr == OptimizerConfig.lr
-        return algo_default_lr(config, lr_given="lr" in flat or not switched)  # issue 22: ia3's own lr
+        config = algo_default_lr(config, lr_given="lr" in flat or not switched)  # issue 22: ia3's own lr
+        return embedding_default_lr(config, lr_given="lr" in flat or self.optimizer.lr != OptimizerConfig.lr)
 
     def rows(self) -> list[tuple[str, str, Any]]:
-        """(section, key, value) for every setting, in declaration order: the start-of-run table."""
-        return [(section, name, getattr(getattr(self, section), name)) for section, name in _fields()]
+        """(section, key, value) for every setting, in declaration order: the start-of-run table. The
+        embedding's learning rate is the one it trains at, also when it was left to its default."""
+        resolved = {("embedding", "embedding_lr"): embedding_lr(self)}
+        return [(section, name, resolved.get((section, name), getattr(getattr(self, section), name)))
+                for section, name in _fields()]
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {s: dataclasses.asdict(getattr(self, s)) for s in SECTIONS}
@@ -272,7 +276,12 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
         named = any("algo" in source.get("network", {}) for source in (from_file, from_flags))
         config = build_config({"embedding": {"pivotal": named}}, base=config, source="command line")
     lr_given = any("lr" in nested.get("optimizer", {}) for nested in (from_file, from_flags))  # issue 22
-    return algo_default_lr(config, lr_given)
+    e = config.embedding
+    if e.embedding and not e.pivotal and e.embedding_lr is not None and lr_given \
+            and config.optimizer.lr != e.embedding_lr:
+        notes.append(f"--lr {config.optimizer.lr:g} is not used: the embedding trains alone, at --embedding-lr "
+                     f"{e.embedding_lr:g}")
+    return embedding_default_lr(algo_default_lr(config, lr_given), lr_given)
 
 
 def _read_toml(path: Path, notes: list[str]) -> dict[str, Any]:
@@ -413,6 +422,7 @@ def _validate_algo(n: NetworkConfig) -> None:
 
 # issue 22: the other LoRA-family algorithms' own settings
 IA3_LR = 5e-3  # LyCORIS: (IA)³ "needs much higher lr (about 5e-3~1e-2)"
+EMBEDDING_LR = 5e-3  # the WebUI's textual-inversion default; --lr's 1e-4 barely moves the vectors
 
 
 def _validate_lora_family(n: NetworkConfig) -> None:
@@ -440,6 +450,34 @@ def algo_default_lr(config: TrainConfig, lr_given: bool) -> TrainConfig:
     if config.network.algo != "ia3" or lr_given or is_adaptive(config.optimizer.optimizer):
         return config
     return dataclasses.replace(config, optimizer=dataclasses.replace(config.optimizer, lr=IA3_LR))
+
+
+def embedding_default_lr(config: TrainConfig, lr_given: bool) -> TrainConfig:
+    """Textual inversion alone has one learning rate, the embedding's: --embedding-lr when given, else
+    --lr, which then defaults to EMBEDDING_LR (the generic 1e-4 barely moves the vectors; adaptive
+    optimizers keep their ~1.0). Either way `optimizer.lr` ends up the rate the run trains at, so the
+    settings table, the schedule and the files' metadata say it. Pivotal tuning leaves --lr to the LoRA."""
+    e = config.embedding
+    if not e.embedding or e.pivotal:
+        return config
+    if e.embedding_lr is not None:
+        lr = e.embedding_lr
+    elif lr_given or is_adaptive(config.optimizer.optimizer):
+        return config
+    else:
+        lr = EMBEDDING_LR
+    return dataclasses.replace(config, optimizer=dataclasses.replace(config.optimizer, lr=lr))
+
+
+def embedding_lr(config: TrainConfig) -> float | None:
+    """The rate the embedding trains at: --embedding-lr, else --lr alone (textual inversion) or
+    EMBEDDING_LR beside a LoRA (pivotal tuning); None without an embedding."""
+    e = config.embedding
+    if not e.embedding:
+        return None
+    if e.embedding_lr is not None:
+        return e.embedding_lr
+    return EMBEDDING_LR if e.pivotal else config.optimizer.lr
 
 
 def validate(config: TrainConfig) -> None:

@@ -28,9 +28,8 @@ from typing import Any
 import torch
 
 from prep.errors import ModelMismatch, UsageError
-from train.config import TrainConfig
+from train.config import TrainConfig, embedding_lr
 
-DEFAULT_LR = 5e-3
 ENCODER_KEYS = ("clip_l", "clip_g")  # SDXL: text_encoder, text_encoder_2
 SD_KEY = "emb_params"
 BUNDLE_PREFIX = "bundle_emb."
@@ -230,8 +229,7 @@ class TrainedEmbedding:
         return bundle_tensors(self.name, self.tensors())
 
     def param_group(self, config: TrainConfig) -> dict[str, Any]:
-        lr = config.embedding.embedding_lr if config.embedding.embedding_lr is not None else DEFAULT_LR
-        return {"params": self.params, "lr": lr, "weight_decay": 0.0}
+        return {"params": self.params, "lr": embedding_lr(config), "weight_decay": 0.0}
 
 
 def embedding_tensors(family: str, per_encoder: Sequence[Any]) -> dict[str, Any]:
@@ -447,7 +445,8 @@ def embedding_metadata(config: TrainConfig, embedding: TrainedEmbedding, step: i
     return {"loraprep.format": "embedding", "loraprep.embedding": embedding.name,
             "loraprep.init_word": config.embedding.init_word, "loraprep.family": embedding.family,
             "loraprep.vectors": embedding.params[0].shape[0], "loraprep.steps": step,
-            "loraprep.pivotal": str(bool(config.embedding.pivotal)).lower()}
+            "loraprep.pivotal": str(bool(config.embedding.pivotal)).lower(),
+            "loraprep.learning_rate": embedding_lr(config)}
 
 
 def embedding_stem(stem: Path, config: TrainConfig) -> Path:

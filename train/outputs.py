@@ -13,7 +13,7 @@ from typing import Any
 from prep.errors import LoraprepError, UsageError
 from prep.progress import Reporter
 from train.checkpoint import LoopState, list_checkpoints, resume_hint
-from train.config import TrainConfig, parse_size
+from train.config import TrainConfig, embedding_lr, parse_size
 from train.data import TrainingSet
 from train.losses import loss_metadata
 from train.network import Network
@@ -60,6 +60,8 @@ def lora_metadata(config: TrainConfig, plan: TrainPlan, state: LoopState, base: 
         base_model_name=Path(config.model.base).name,
         **({"ss_scale_weight_norms": str(config.network.scale_weight_norms)}
            if config.network.scale_weight_norms else {}),
+        # pivotal tuning: the LoRA's rate is ss_learning_rate, the bundled embedding's this one
+        **({"extra": {"loraprep.embedding_lr": str(embedding_lr(config))}} if config.embedding.embedding else {}),
         **loss_metadata(config.loss, base),  # loss and noise variants, sd-scripts' ss_* keys
     )
 

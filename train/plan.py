@@ -71,10 +71,20 @@ def plan_training(manifest_path: str | Path, config: TrainConfig, *, num_process
     total = config.run.max_steps or steps_per_epoch * config.run.epochs
     buckets = {b: (n, math.ceil(n / d.batch_size)) for b, n in data.buckets.items()}
     largest = max(buckets, key=lambda b: b[0] * b[1])
-    memory = estimate_memory(config.model.base, config, largest)
+    memory = estimate_memory(config.model.base, config, largest, captions_vary=captions_vary(data, config))
     return TrainPlan(Path(manifest_path), data, per_epoch, steps_per_epoch, total,
                      math.ceil(total / steps_per_epoch), buckets, memory)
 
+
+
+def captions_vary(data: TrainingSet, config: TrainConfig) -> bool:
+    """Whether some caption changes from step to step (shuffled, tags dropped), as train.batcher decides
+    it: then its text-encoder outputs cannot be cached and the encoders stay on the accelerator."""
+    from train.data import CaptionOptions, caption_variants
+
+    options = CaptionOptions(data.manifest.trigger, config.data.caption_dropout, config.data.tag_dropout)
+    return any(caption_variants(e.caption, keep_tokens=e.keep_tokens, shuffle=e.shuffle, options=options) is None
+               for e in data.examples)
 
 
 def kohya_subsets(path: str) -> Any:
@@ -87,45 +97,86 @@ def kohya_subsets(path: str) -> Any:
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """A rough peak accelerator memory figure for the largest bucket, with its parts (bytes)."""
+    """A rough peak accelerator memory figure for the largest bucket, with its parts (bytes).
 
-    weights: int
+    Why phases: the trainer (train.loop) never holds the whole model on the accelerator. While the
+    caches fill, the text encoders and the VAE are there and the UNet/transformer waits on the host;
+    during the steps the UNet, the LoRA with its optimizer state and the activations are there, plus
+    only the encoders and VAE the steps still run (the others are parked on the host: SD3's T5, whose
+    outputs are always cached, ~9.5 GB in bf16); while samples render the parked ones come back."""
+
+    weights: int  # resident during the steps
     lora: int
     activations: int
     source: str  # "weights on disk" or "typical SD1/SDXL sizes"
+    caching: int = 0  # resident while the caches fill: the text encoders and the VAE
+    parked: int = 0  # on the host during the steps: encoders whose outputs are cached, the VAE once latents are
+    sampling: bool = False  # samples render during the run (the parked weights return meanwhile)
+
+    @property
+    def training(self) -> int:
+        return self.weights + self.lora + self.activations + (self.parked if self.sampling else 0)
 
     @property
     def total(self) -> int:
-        return self.weights + self.lora + self.activations
+        return max(self.training, self.caching)
+
+    @property
+    def peak_phase(self) -> str:
+        return "caching" if self.caching > self.training else "sampling" if self.sampling and self.parked else "steps"
+
+
+@dataclass(frozen=True)
+class ParameterCounts:
+    """Parameters per part of a base model: what the memory estimate weighs."""
+
+    denoiser: int  # UNet, or SD3's MMDiT transformer
+    text: int  # the CLIP text encoders
+    t5: int  # SD3's T5 encoder (0 for the others)
+    vae: int
+    sdxl: bool = False  # its VAE runs in bf16 on a bf16 GPU under --vae-dtype auto (train.prepare.vae_dtype)
 
 
 # Typical parameter counts when the weights cannot be inspected (hub id not yet downloaded).
-TYPICAL_PARAMS = {"sd1": (860_000_000, 123_000_000, 84_000_000), "sdxl": (2_567_000_000, 817_000_000, 84_000_000),
-                  # SD3.5 Medium / Large: MMDiT; CLIP-L + CLIP-G + T5-XXL encoder; 16-channel VAE
-                  "sd3.5-medium": (2_470_000_000, 5_590_000_000, 84_000_000),
-                  "sd3.5-large": (8_060_000_000, 5_590_000_000, 84_000_000)}
+TYPICAL_PARAMS = {"sd1": ParameterCounts(860_000_000, 123_000_000, 0, 84_000_000),
+                  "sdxl": ParameterCounts(2_567_000_000, 817_000_000, 0, 84_000_000, sdxl=True),
+                  # SD3.5 Medium / Large: MMDiT; CLIP-L + CLIP-G, T5-XXL encoder; 16-channel VAE
+                  "sd3.5-medium": ParameterCounts(2_470_000_000, 817_000_000, 4_762_000_000, 84_000_000),
+                  "sd3.5-large": ParameterCounts(8_060_000_000, 817_000_000, 4_762_000_000, 84_000_000)}
 # Activation bytes per latent pixel per sample for an SD1.5 UNet in 16-bit, without and with gradient
 # checkpointing, from the earlier hand-rolled `bench/train.py --full-size` step on an H100 (bf16, 512²,
 # batch 1, rank 16: peak 3.06 GB / 2.22 GB, of which ~2.0 GB weights); scaled by UNet size for other models.
 ACTIVATION_BYTES = (260_000, 50_000)
 
 
-def estimate_memory(base: str, config: TrainConfig, bucket: tuple[int, int]) -> MemoryEstimate:
-    """Weights × dtype + LoRA (param, grad, 2 optimizer moments) + activations ∝ latent area × batch."""
+def estimate_memory(base: str, config: TrainConfig, bucket: tuple[int, int], *,
+                    captions_vary: bool = False) -> MemoryEstimate:
+    """Weights resident in each phase × their dtype + LoRA (param, grad, 2 optimizer moments) +
+    activations ∝ latent area × batch. `captions_vary`: some caption is shuffled or has tags dropped,
+    so its text-encoder outputs cannot be cached and the encoders stay for the steps (train.batcher)."""
     counts, source = _parameter_counts(base)
-    unet, text, vae = counts
-    bytes_per = 2 if config.run.mixed_precision in ("fp16", "bf16") else 4
-    weights = (unet + text) * bytes_per + vae * 4
+    r = config.run
+    bytes_per = 2 if r.mixed_precision in ("fp16", "bf16") else 4  # train.prepare.weight_dtype
+    vae_bytes = counts.vae * {"fp32": 4, "bf16": 2, "fp16": 2}.get(r.vae_dtype, 2 if counts.sdxl else 4)
+    text_bytes, t5_bytes = counts.text * bytes_per, counts.t5 * bytes_per
+    trains_text = config.network.train_text_encoder or bool(config.embedding.embedding)
+    texts_cached = r.cache_text_encoder and not trains_text and not captions_vary
+    t5_cached = r.cache_text_encoder and not captions_vary  # T5 never trains (train.sd3)
+    parked = (0 if r.cache_latents == "off" else vae_bytes) + (text_bytes if texts_cached else 0) + \
+        (t5_bytes if t5_cached else 0)
+    weights = counts.denoiser * bytes_per + text_bytes + t5_bytes + vae_bytes - parked
     rank = min(config.network.rank, 320)  # a full-matrix LoKr (--rank 100000) is at most the layers' own size
     rank_fraction = rank / 320 * 0.04 * (2 if config.network.preset != "attn" else 1)
-    lora = int(unet * rank_fraction) * 4 * 4
+    lora = int(counts.denoiser * rank_fraction) * 4 * 4
     latent_pixels = (bucket[0] // 8) * (bucket[1] // 8)
-    per_pixel = ACTIVATION_BYTES[1 if config.run.gradient_checkpointing else 0] * (unet / 860_000_000) ** 0.5
+    per_pixel = ACTIVATION_BYTES[1 if r.gradient_checkpointing else 0] * (counts.denoiser / 860_000_000) ** 0.5
     activations = int(per_pixel * latent_pixels * config.data.batch_size * bytes_per / 2)
-    return MemoryEstimate(int(weights), lora, activations, source)
+    sampling = bool(r.sample_prompts or r.validation_prompt)
+    return MemoryEstimate(int(weights), lora, activations, source, caching=text_bytes + t5_bytes + vae_bytes,
+                          parked=parked, sampling=sampling)
 
 
-def _parameter_counts(base: str) -> tuple[tuple[int, int, int], str]:
+def _parameter_counts(base: str) -> tuple[ParameterCounts, str]:
     folder = Path(base).expanduser() if base else None
     if folder is not None and not folder.exists() and base.count("/") == 1:
         from train.model import hub_folder
@@ -133,20 +184,22 @@ def _parameter_counts(base: str) -> tuple[tuple[int, int, int], str]:
         folder = hub_folder(base)  # a hub id: its files, once downloaded
     if folder is not None and folder.is_dir() and any((folder / d).is_dir() for d in ("unet", "transformer")):
         parts = []
-        for names in (("unet", "transformer"), ("text_encoder", "text_encoder_2", "text_encoder_3"), ("vae",)):
+        for names in (("unet", "transformer"), ("text_encoder", "text_encoder_2"), ("text_encoder_3",), ("vae",)):
             parts.append(sum(_safetensors_params(p) for n in names for p in sorted((folder / n).glob("*.safetensors"))))
         if parts[0]:
-            return (parts[0], parts[1], parts[2]), "weights on disk"
+            sdxl = (folder / "unet").is_dir() and (folder / "text_encoder_2").is_dir()
+            return ParameterCounts(*parts, sdxl=sdxl), "weights on disk"
     if folder is not None and folder.is_file() and folder.suffix == ".safetensors":
         header = _safetensors_header(folder)
-        groups = {"model.diffusion_model.": 0, "first_stage_model.": 2}
-        sums = [0, 0, 0]
+        groups = {"model.diffusion_model.": 0, "text_encoders.t5xxl.": 2, "first_stage_model.": 3}
+        sums = [0, 0, 0, 0]
         for key, info in header.items():
             if key == "__metadata__":
                 continue
             index = next((i for p, i in groups.items() if key.startswith(p)), 1)
             sums[index] += math.prod(info.get("shape", [0]))
-        return (sums[0], sums[1], sums[2]), "weights on disk"
+        sdxl = any(key.startswith("conditioner.embedders.1.") for key in header)
+        return ParameterCounts(*sums, sdxl=sdxl), "weights on disk"
     family = "sdxl" if "xl" in (base or "").lower() else "sd1"
     if re.search(r"(sd|stable-diffusion-)3", (base or "").lower()):
         family = "sd3.5-large" if "large" in base.lower() else "sd3.5-medium"

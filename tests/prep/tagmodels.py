@@ -168,11 +168,12 @@ TIMM_V3: dict[str, tuple[str, dict, dict]] = {
 
 
 def build_timm_tagger(folder: Path, kind: str, *, labels: list[tuple[str, int, tuple]] = LABELS,
-                      onnx: bool = True) -> Path:
+                      onnx: bool = True, full_size: bool = False) -> Path:
     """A seeded random timm model of a WD v3 architecture as its repository ships it (config.json,
     model.safetensors, selected_tags.csv) and, with `onnx`, the same network exported as model.onnx
     with the WD14 signature (NHWC BGR 0-255 in, sigmoid probabilities out; normalised by 0.5/0.5
-    inside the graph, as the published ONNX files are)."""
+    inside the graph, as the published ONNX files are). `full_size`: the repository's own widths
+    and depths instead of the tiny ones (bench/tag.py --gpu)."""
     import json
 
     import torch
@@ -182,6 +183,7 @@ def build_timm_tagger(folder: Path, kind: str, *, labels: list[tuple[str, int, t
 
     timm = import_timm()
     architecture, model_args, tiny = TIMM_V3[kind]
+    tiny = {} if full_size else tiny
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     network = timm.create_model(architecture, pretrained=False, num_classes=len(labels), **model_args, **tiny).eval()

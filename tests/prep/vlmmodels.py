@@ -27,29 +27,63 @@ def _bpe(folder: Path, specials: list[str]):
     return bpe
 
 
+# Florence-2-base as florence-community/Florence-2-base configures it (DaViT-base vision tower with a
+# 768-wide projection, a 6+6-layer BART-base text model, the 51,289-token vocabulary, 768 px input):
+# `build_florence2(folder, full_size=True)` builds it with random weights (bench/tag.py --gpu).
+FLORENCE2_BASE = dict(
+    vision=dict(depths=[1, 1, 9, 1], embed_dim=[128, 256, 512, 1024], num_heads=[4, 8, 16, 32],
+                num_groups=[4, 8, 16, 32], window_size=12, projection_dim=768, max_position_embeddings=50,
+                max_temporal_embeddings=100),
+    vocab=51289,
+    text=dict(d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
+              decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072, max_position_embeddings=1024),
+    image_size=768, image_seq_length=577,  # 768 / 32 = 24, 24² patches + the pooled token
+    mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+FLORENCE2_TINY = dict(
+    vision=dict(depths=[1, 1, 1, 1], embed_dim=[8, 16, 24, 32], num_heads=[1, 1, 1, 1], num_groups=[1, 1, 1, 1],
+                window_size=2, projection_dim=32, max_position_embeddings=8, max_temporal_embeddings=4),
+    text=dict(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+              encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=128),
+    image_size=64, image_seq_length=5)  # 64 px through strides 4·2·2·2 → 2×2 patches, plus the pooled token
+
+
 def build_tiny_florence2(folder: Path) -> Path:
     """Florence2ForConditionalGeneration (DaViT vision tower + BART) with its processor (CLIP image
     processor, BartTokenizer with the `<image>` token), saved as the florence-community repos are."""
+    return build_florence2(folder)
+
+
+def build_florence2(folder: Path, *, full_size: bool = False) -> Path:
+    """Florence-2 with random weights, at Florence-2-base's size (`full_size`) or at tiny widths.
+
+    The tokenizer is the tiny byte-level BPE either way; at full size its vocabulary is padded with
+    made-up words to Florence-2's 51,289 tokens, so the model has its real embedding and output
+    sizes and every id a random model generates decodes to a word."""
+    import json
+
     import torch
     from transformers import BartTokenizer, Florence2Config, Florence2ForConditionalGeneration, Florence2Processor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
+    sizes = FLORENCE2_BASE if full_size else FLORENCE2_TINY
     folder.mkdir(parents=True, exist_ok=True)
     _bpe(folder, ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]).save_model(str(folder))
+    if "vocab" in sizes:  # one id is left for the `<image>` token the tokenizer adds
+        vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+        vocab.update({f"\u0120w{i}": i for i in range(len(vocab), sizes["vocab"] - 1)})
+        (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
     tokenizer = BartTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"),
                               extra_special_tokens={"image_token": "<image>"})
-    # 64 px through strides 4·2·2·2 → 2×2 patches, plus the pooled token the projector adds
-    images = CLIPImageProcessorPil(size={"height": 64, "width": 64}, crop_size={"height": 64, "width": 64},
-                                   do_center_crop=False, image_seq_length=5)
+    side = sizes["image_size"]
+    normalise = {"image_mean": sizes["mean"], "image_std": sizes["std"]} if "mean" in sizes else {}
+    images = CLIPImageProcessorPil(size={"height": side, "width": side}, crop_size={"height": side, "width": side},
+                                   do_center_crop=False, image_seq_length=sizes["image_seq_length"], **normalise)
+    text = {"vocab_size": len(tokenizer), **sizes["text"]}
     config = Florence2Config(
-        vision_config=dict(depths=[1, 1, 1, 1], embed_dim=[8, 16, 24, 32], num_heads=[1, 1, 1, 1],
-                           num_groups=[1, 1, 1, 1], window_size=2, projection_dim=32, max_position_embeddings=8,
-                           max_temporal_embeddings=4),
-        text_config=dict(vocab_size=len(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1,
-                         encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                         max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         decoder_start_token_id=tokenizer.eos_token_id, forced_bos_token_id=tokenizer.bos_token_id),
+        vision_config=dict(sizes["vision"]),
+        text_config=dict(text, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.eos_token_id,
+                         forced_bos_token_id=tokenizer.bos_token_id),
         image_token_id=tokenizer.image_token_id)
     torch.manual_seed(0)
     Florence2ForConditionalGeneration(config).eval().save_pretrained(folder)

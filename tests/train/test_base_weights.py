@@ -86,3 +86,14 @@ def test_training_runs_from_the_merged_base(testdata: Path, tiny_sd15: Path, tmp
                                 "batch_size": 2, "rank": 4, "output_dir": str(tmp_path / "out")})
     result = train(manifest, config)
     assert result.steps == 2 and math.isfinite(result.final_loss)
+
+
+def test_an_ia3_base_weight_scales_the_starting_weights(tiny_sd15: Path, tmp_path: Path) -> None:
+    ia3 = lora_file(tiny_sd15, tmp_path, "ia3", seed=8)
+    merged = load_model(TrainConfig().replace(base=str(tiny_sd15), base_weights=[f"{ia3}:0.5"]), "cpu")
+    name = "lora_unet_up_blocks_1_attentions_0_transformer_blocks_0_attn2_to_v"
+    module, old = read_deltas(ia3).modules[name], open_base(tiny_sd15)
+    weight = old.weight(old.slots[name]).float()
+    vector = module.weights.tensors["weight"].float()
+    path = "up_blocks.1.attentions.0.transformer_blocks.0.attn2.to_v.weight"
+    torch.testing.assert_close(merged.unet.state_dict()[path].float(), weight * (1 + 0.5 * vector)[:, None])

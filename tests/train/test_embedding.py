@@ -172,6 +172,10 @@ def test_pivotal_tuning_bundles_the_embedding_and_freezes_it_after_its_steps(man
     assert any(not torch.equal(lora_at_2[k], lora[k]) for k in lora if "lora_up" in k)  # the LoRA trained on
     with safe_open(str(tmp_path / "out" / "lora.diffusers.safetensors"), "pt") as handle:
         assert not any(k.startswith("bundle_emb") for k in handle.keys())
+    with safe_open(str(tmp_path / "out" / "lora.safetensors"), "pt") as handle:  # each rate as it trained
+        assert (handle.metadata()["ss_learning_rate"], handle.metadata()["loraprep.embedding_lr"]) == ("0.001", "0.005")
+    with safe_open(str(tmp_path / "out" / f"{NAME}.safetensors"), "pt") as handle:
+        assert handle.metadata()["loraprep.learning_rate"] == "0.005"
 
     info = CliRunner().invoke(cli.app, ["lora", "info", str(tmp_path / "out" / "lora.safetensors"), "--json"])
     assert info.exit_code == 0, info.output
@@ -346,3 +350,72 @@ def test_an_embedding_of_another_family_is_refused(tmp_path: Path, tiny_sd15: Pa
     with pytest.raises(ModelMismatch, match="is for SDXL, the base model is SD 1.x"):
         load_embedding(base, read_embedding(tmp_path / "xl.safetensors"))
     assert "xl" not in base.tokenizers[0].get_vocab()
+
+
+# ---------------------------------------------------------------- learning rates (issue 22)
+
+TI = {"embedding": NAME, "init_word": "woman"}
+
+
+@pytest.mark.parametrize(("settings", "lr", "embedding_rate"), [
+    (TI, 5e-3, 5e-3),  # alone, nothing given: the one rate defaults to textual inversion's 5e-3
+    ({**TI, "lr": 1e-3}, 1e-3, 1e-3),  # alone: --lr is the embedding's
+    ({**TI, "embedding_lr": 2e-3}, 2e-3, 2e-3),  # alone: --embedding-lr is the run's one rate
+    ({**TI, "lr": 1e-3, "embedding_lr": 2e-3}, 2e-3, 2e-3),  # alone: --embedding-lr wins, a note says so
+    ({**TI, "optimizer": "prodigy", "lr": 1.0}, 1.0, 1.0),
+    ({**TI, "algo": "lora"}, 1e-4, 5e-3),  # pivotal: --lr the LoRA's, the embedding at its 5e-3
+    ({**TI, "algo": "lora", "lr": 1e-3, "embedding_lr": 2e-2}, 1e-3, 2e-2),
+    ({}, 1e-4, None),
+])
+def test_the_embedding_trains_at_its_own_rate_or_lr_alone(settings: dict, lr: float,
+                                                          embedding_rate: float | None) -> None:
+    from train.config import embedding_lr
+
+    notes: list[str] = []
+    config = load_config(None, settings, notes=notes)
+    assert (config.optimizer.lr, embedding_lr(config)) == (lr, embedding_rate)
+    assert ("embedding_lr" in settings and "lr" in settings and "algo" not in settings) == \
+        any("--lr 0.001 is not used" in n for n in notes)
+    assert config.replace(max_steps=3).optimizer.lr == lr  # a later override keeps the resolved rate
+    rows = {(section, key): value for section, key, value in config.rows()}
+    assert rows[("optimizer", "lr")] == lr and rows[("embedding", "embedding_lr")] == embedding_rate
+
+
+def test_replace_gives_textual_inversion_alone_its_rates() -> None:
+    from train.config import TrainConfig, embedding_lr
+
+    assert TrainConfig().replace(**TI).optimizer.lr == 5e-3
+    assert embedding_lr(TrainConfig().replace(**TI, lr=1e-3)) == 1e-3
+    assert embedding_lr(load_config(None, TI).replace(lr=2e-4)) == 2e-4
+
+
+@pytest.mark.parametrize(("settings", "rates"), [
+    ({"lr": 1e-3}, [1e-3]),
+    ({"lr": 1e-3, "embedding_lr": 2e-3}, [2e-3]),
+    ({"algo": "lora", "lr": 1e-3, "train_text_encoder": True, "text_encoder_lr": 3e-4}, [1e-3, 3e-4, 5e-3]),
+    ({"algo": "lora", "lr": 1e-3, "embedding_lr": 2e-2}, [1e-3, 2e-2]),
+])
+def test_the_optimizer_groups_train_at_the_stated_rates(tiny_sd15: Path, tmp_path: Path, settings: dict,
+                                                        rates: list[float]) -> None:
+    from train.embedding import add_embedding_network, embedding_metadata
+    from train.optim import training_optimizer
+
+    config = _config(tiny_sd15, tmp_path, **settings)
+    base = load_model(config, "cpu")
+    network, _ = add_embedding_network(base, config)
+    optimizer, _ = training_optimizer(base.unet, network, config)
+    assert [g["lr"] for g in optimizer.param_groups] == rates
+    assert optimizer.param_groups[-1]["params"] == network.embedding.params
+    metadata = embedding_metadata(config, network.embedding, 0)
+    assert metadata["loraprep.learning_rate"] == rates[-1]
+    rows = {(section, key): value for section, key, value in config.rows()}
+    assert rows[("embedding", "embedding_lr")] == rates[-1] and rows[("optimizer", "lr")] == rates[0]
+
+
+def test_dry_run_table_states_the_embedding_rate(manifest: Path, tmp_path: Path, tiny_sd15: Path) -> None:
+    argv = ["train", str(manifest), "--base", str(tiny_sd15), "-o", str(tmp_path), "--dry-run",
+            "--embedding", NAME, "--init-word", "woman", "--lr", "0.0007"]
+    result = CliRunner().invoke(cli.app, argv, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if "embedding_lr" in line or "│ lr " in line]
+    assert len(rows) == 2 and all("0.0007" in line for line in rows), rows

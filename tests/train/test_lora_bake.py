@@ -223,3 +223,83 @@ def test_a_trusted_pickle_base_bakes_into_safetensors_with_its_keys(tiny_sd15: P
     changed = {key for key in state if not torch.equal(state[key], merged[key])}
     model = open_base(checkpoint, allow_pickle=True)
     assert changed == {model.slots[name].key for name in read_deltas(sd15_loras[1]).modules}
+
+
+# ---------------------------------------------------------------- (IA)³, DyLoRA, LoRA-FA (issue 22)
+
+
+def lycoris_ia3(weight: torch.Tensor, tensors: dict[str, torch.Tensor], strength: float) -> torch.Tensor:
+    """LyCORIS's IA3Module and the WebUI's network_ia3.py: W + m·(W ⊙ w), w per output row, or per
+    input column when `on_input` is set."""
+    w = tensors["weight"].float().flatten()
+    return weight + strength * weight * (w[None, :] if float(tensors["on_input"]) else w[:, None])
+
+
+def stored(path: Path, name: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return {k[len(name) + 1:]: v for k, v in load_file(path).items() if k.startswith(name + ".")}
+
+
+def test_bake_ia3_gives_the_outputs_of_the_model_with_the_file_applied(tiny_sd15: Path, tmp_path: Path) -> None:
+    from train.model import load_base
+    from train.sample import apply_lora
+
+    ia3 = lora_file(tiny_sd15, tmp_path / "loras", "ia3", seed=6)
+    out = tmp_path / "merged"
+    summary = merge_into_base(str(tiny_sd15), [(ia3, 0.7)], out)
+    assert summary["modules_merged"] == len(read_deltas(ia3).modules)
+    adapted, baked = load_base(tiny_sd15), load_base(out)
+    assert apply_lora(adapted, ia3, 0.7) == ["unet", "text_encoder"]
+    torch.manual_seed(0)
+    tokens = torch.randint(0, adapted.tokenizers[0].vocab_size, (2, 8))
+    latents = torch.randn(2, adapted.unet.config.in_channels, 8, 8)
+    with torch.no_grad():
+        for model in (adapted, baked):
+            model.unet.eval(), model.text_encoders[0].eval()
+        states = [m.text_encoders[0](tokens).last_hidden_state for m in (adapted, baked)]
+        torch.testing.assert_close(states[1], states[0], atol=1e-5, rtol=1e-5)
+        assert (states[0] - load_base(tiny_sd15).text_encoders[0](tokens).last_hidden_state).abs().max() > 1e-3
+        outputs = [m.unet(latents, 10, encoder_hidden_states=states[0]).sample for m in (adapted, baked)]
+    torch.testing.assert_close(outputs[1], outputs[0], atol=1e-5, rtol=1e-5)
+
+
+def test_bake_ia3_with_a_lora_into_sdxl_single_file_scales_fused_rows(tiny_sdxl: Path, tmp_path: Path) -> None:
+    ia3 = lora_file(tiny_sdxl, tmp_path / "loras", "ia3", seed=7, name="ia3")
+    lora = lora_file(tiny_sdxl, tmp_path / "loras", seed=8, name="lora")
+    base = save_sdxl_single_file(tiny_sdxl, tmp_path / "base.safetensors")
+    out = tmp_path / "merged.safetensors"
+    merge_into_base(str(base), [(lora, 0.5), (ia3, -0.8)], out)
+    model, merged = open_base(base), open_base(out)
+    lora_modules, ia3_modules = read_deltas(lora).modules, read_deltas(ia3).modules
+    assert any(model.slots[name].rows for name in ia3_modules)  # te2 k/v rows of the fused in_proj
+    assert set(ia3_modules) & set(lora_modules)  # both change to_k/to_v: each from the base weight
+    for name in set(ia3_modules) | set(lora_modules):
+        weight = model.weight(model.slots[name]).float()
+        expected = weight.clone()
+        if name in lora_modules:
+            expected += 0.5 * lora_modules[name].delta().reshape(weight.shape)
+        if name in ia3_modules:
+            expected += lycoris_ia3(weight, stored(ia3, name), -0.8) - weight
+        torch.testing.assert_close(merged.weight(merged.slots[name]).float(), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("algo", "settings"), [("dylora", {"unit": 2}), ("lora-fa", {})])
+def test_dylora_and_lora_fa_files_bake_as_plain_loras(algo: str, settings: dict, tiny_sd15: Path,
+                                                      tmp_path: Path) -> None:
+    lora = lora_file(tiny_sd15, tmp_path / "loras", algo, seed=9, **settings)
+    out = tmp_path / "merged"
+    merge_into_base(str(tiny_sd15), [(lora, 0.6)], out)
+    assert_baked(tiny_sd15, out, [(lora, 0.6)])
+
+
+def test_bake_refuses_an_ia3_vector_of_another_size_naming_the_module(tiny_sd15: Path, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_k"
+    ia3 = tmp_path / "odd.safetensors"
+    save_file({f"{name}.weight": torch.ones(7), f"{name}.on_input": torch.tensor(0.0)}, ia3,
+              metadata={"ss_base_model_version": "sd_v1"})
+    with pytest.raises(LoraprepError, match=f"{name} is an \\(IA\\)³ vector of 7 for the base's 32×32 weight"):
+        merge_into_base(str(tiny_sd15), [(ia3, 1.0)], tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()

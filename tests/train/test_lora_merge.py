@@ -199,3 +199,12 @@ def test_merged_file_renders_in_diffusers_as_its_inputs_as_weighted_adapters(inp
     single.load_lora_weights(str(merged), adapter_name="merged")
     assert abs(pipeline_image(load_base(tiny_sd15).pipeline()) - adapters).max() > 0.05  # the LoRAs show
     assert abs(pipeline_image(single) - adapters).max() < 1e-3
+
+
+def test_ia3_with_a_lora_is_refused_with_the_reason(inputs: list[tuple[Path, float]], tiny_sd15: Path,
+                                                     tmp_path: Path) -> None:
+    ia3 = written(random_network(tiny_sd15, "ia3", seed=3), tmp_path / "ia3", "ia3")[0]
+    with pytest.raises(UsageError, match=r"ia3.safetensors is an \(IA\)³ network: it scales the base weights") as error:
+        merge_loras([inputs[0], (ia3, 1.0)], tmp_path / "out.safetensors")
+    assert "--base" in error.value.hint and "\n" not in error.value.message
+    assert list(tmp_path.glob("*.safetensors")) == []

@@ -352,3 +352,66 @@ def test_t5_outputs_stay_cached_while_clip_trains(manifest: Path, tiny_sd3: Path
         else:
             assert sum(calls) == 2  # one batch of two captions in the one step
     assert math.isclose(losses[True], losses[False], rel_tol=1e-4)
+
+
+# ---------------------------------------------------------------- --dry-run memory (issue 25)
+
+PARTS = ("transformer", "clip", "t5", "vae")
+
+
+def config_parameters(folder: Path) -> dict[str, int]:
+    """Each part's parameter count, by building the models from their config.json files (not from the
+    weight files the estimate reads)."""
+    from diffusers import AutoencoderKL, SD3Transformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    def count(model: torch.nn.Module) -> int:  # parameters and stored buffers (SD3's pos_embed), tied ones once
+        return sum({t.data_ptr(): t.numel() for t in model.state_dict().values()}.values())
+
+    return {"transformer": count(SD3Transformer2DModel.from_config(SD3Transformer2DModel.load_config(
+                folder / "transformer"))),
+            "clip": sum(count(CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(folder / name)))
+                        for name in ("text_encoder", "text_encoder_2")),
+            "t5": count(T5EncoderModel(T5Config.from_pretrained(folder / "text_encoder_3"))),
+            "vae": count(AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae")))}
+
+
+@pytest.mark.parametrize(("settings", "parked"), [
+    ({}, {"clip", "t5", "vae"}),  # every output cached: only the transformer stays for the steps
+    ({"train_text_encoder": True}, {"t5", "vae"}),  # CLIP-L/G train; T5's outputs stay cached
+    ({"cache_text_encoder": False}, {"vae"}),
+    ({"cache_latents": "off"}, {"clip", "t5"}),
+    ({"shuffle_caption": True}, {"vae"}),  # captions vary (the manifest's default here): encoders stay
+])
+def test_dry_run_memory_counts_what_the_sd3_trainer_keeps_on_the_accelerator(
+        manifest: Path, tiny_sd3: Path, tmp_path: Path, settings: dict, parked: set[str]) -> None:
+    from train.batcher import Batcher
+    from train.plan import plan_training
+
+    config = load_config(None, {**SETTINGS, "base": str(tiny_sd3), "output_dir": str(tmp_path),
+                                "mixed_precision": "bf16", "shuffle_caption": False, **settings})
+    plan = plan_training(manifest, config)
+    batcher = Batcher(load_model(config, "cpu"), plan.data, config, "cpu")  # what the trainer parks (train.loop)
+    idle = {"t5" if i == 2 else "clip" for i, e in enumerate(batcher.base.text_encoders)
+            if any(e is m for m in batcher.idle_text_encoders)} | ({"vae"} if not batcher.needs_vae else set())
+    assert idle == parked
+    size = {part: n * (4 if part == "vae" else 2) for part, n in config_parameters(tiny_sd3).items()}  # bf16, VAE fp32
+    memory = plan.memory
+    assert memory.weights == sum(size[p] for p in PARTS if p not in parked)
+    assert memory.parked == sum(size[p] for p in parked)
+    assert memory.caching == size["clip"] + size["t5"] + size["vae"]  # the transformer waits on the host meanwhile
+    assert memory.total == max(memory.weights + memory.lora + memory.activations, memory.caching)
+
+
+def test_sd35_large_estimate_leaves_out_the_parked_text_encoders() -> None:
+    from train.plan import estimate_memory
+
+    config = load_config(None, {"mixed_precision": "bf16", "gradient_checkpointing": True})
+    memory = estimate_memory("stabilityai/stable-diffusion-3.5-large", config, (1024, 1024))
+    assert memory.source == "typical SD3.5-LARGE sizes"
+    assert memory.weights == 8_060_000_000 * 2  # the MMDiT in bf16; CLIP-L/G and T5-XXL cached and parked
+    assert memory.parked == (817_000_000 + 4_762_000_000) * 2 + 84_000_000 * 4
+    assert memory.total == memory.weights + memory.lora + memory.activations
+    sampled = estimate_memory("stabilityai/stable-diffusion-3.5-large",
+                              config.replace(sample_prompts="prompts.txt"), (1024, 1024))
+    assert sampled.total == memory.total + memory.parked and sampled.peak_phase == "sampling"

@@ -2,7 +2,10 @@
 loaded model (`train --base-weights`).
 
 Each changed weight becomes W + w·ΔW (ΔW a LoRA's change at strength 1; a DoRA module's as the
-clients apply it: the magnitude-normalised W + ΔW, mixed in by w). Every other tensor is copied byte
+clients apply it: the magnitude-normalised W + ΔW, mixed in by w; an (IA)³ module's W ⊙ v, v its
+vector along the output rows or input columns, so W ⊙ (1 + w·v) exactly as loraprep, LyCORIS and the
+WebUI apply it: the bias is left alone, and the layer is linear, so the baked weight gives the same
+outputs as the adapted one). Every other tensor is copied byte
 for byte. The output keeps the base's layout: a diffusers folder gives a diffusers folder, a single
 original-layout checkpoint gives one file with exactly its key set (what the WebUI, ComfyUI and
 diffusers' `from_single_file` load). The base is streamed tensor by tensor, so peak memory is one
@@ -36,8 +39,14 @@ Change = tuple[ModuleDelta, float]
 
 
 def apply_changes(weight: torch.Tensor, changes: Iterable[Change]) -> torch.Tensor:
-    """`weight` (float32) with each module change applied in turn at its strength."""
+    """`weight` (float32) with each module change applied in turn at its strength. An (IA)³ change
+    scales the weight as it was before any of these changes, as the WebUI adds every network's change
+    computed from the original weight and loraprep adds several (IA)³ vectors of one layer."""
+    original = weight
     for module, strength in changes:
+        if module.algo == "ia3":
+            weight = weight + strength * module.delta(original)
+            continue
         delta = module.delta().reshape(weight.shape)
         if module.dora_axis is None:
             weight = weight + strength * delta
@@ -68,12 +77,25 @@ def plan_changes(slots: Mapping[str, Slot], family: str, loras: Iterable[tuple[L
             if slot is None:
                 raise ModelMismatch(f"{lora.path.name}: module {name} is not in the base model",
                                     hint="the LoRA was made for another architecture")
-            if module.shape != slot.shape and (module.shape[0], _numel(module.shape[1:])) != \
+            if module.algo == "ia3":
+                _check_ia3(lora.path.name, name, module, slot)
+            elif module.shape != slot.shape and (module.shape[0], _numel(module.shape[1:])) != \
                     (slot.shape[0], _numel(slot.shape[1:])):
                 raise ModelMismatch(f"{lora.path.name}: module {name} changes a {list(module.shape)} weight but the "
                                     f"base's is {list(slot.shape)}", hint="the LoRA was made for another architecture")
             plan.setdefault(name, []).append((module, strength))
     return plan
+
+
+def _check_ia3(file: str, name: str, module: ModuleDelta, slot: Slot) -> None:
+    """(IA)³ stores one side of the weight it scales: a vector as long as the linear layer's outputs
+    (or inputs when `on_input`); convolutions are refused as `generate` and the WebUI refuse them."""
+    if len(slot.shape) != 2:
+        raise ModelMismatch(f"{file}: module {name} is an (IA)³ convolution, which loraprep (like the WebUI) "
+                            "cannot apply", hint="LyCORIS's ia3 preset adapts linear layers only")
+    if not module.weights.fits(slot.shape[0], slot.shape[1]):
+        raise ModelMismatch(f"{file}: module {name} is an (IA)³ vector of {module.shape[0]} for the base's "
+                            f"{slot.shape[0]}×{slot.shape[1]} weight", hint="the LoRA was made for another architecture")
 
 
 def _label(family: str) -> str:
