@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -404,10 +404,11 @@ def captioner_folder(options: TagOptions) -> tuple[str, Path] | None:
 def open_captioner(options: TagOptions, name: str, folder: Path) -> Any:
     """The sentence captioner: BLIP, or a transformers-native VLM (prep.tagging.vlm)."""
     if options.sentence_captioner == "blip":
-        return BlipCaptioner(folder, name=name, settings=options.blip)
+        return BlipCaptioner(folder, name=name, settings=replace(options.blip, device=options.device))
     from prep.tagging.vlm import load_captioner
 
-    return load_captioner(str(options.sentence_captioner), folder, name=name, settings=options.vlm)
+    return load_captioner(str(options.sentence_captioner), folder, name=name,
+                          settings=replace(options.vlm, device=options.device))
 
 
 @dataclass(frozen=True)
@@ -530,7 +531,7 @@ class _Run:
         tags = self.tagger.predict(np.stack([item.array for item in batch])) if self.tagger else [None] * len(batch)
         sentences: list[str | None] = [None] * len(batch)
         if self.blip is not None:
-            step = self.blip.settings.batch_size
+            step = self.options.batch_size or self.blip.settings.batch_size
             sentences = [s for i in range(0, len(batch), step)
                          for s in self.blip.caption([item.image for item in batch[i:i + step]])]
         for item, item_tags, sentence in zip(batch, tags, sentences):

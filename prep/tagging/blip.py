@@ -14,6 +14,7 @@ from typing import Any
 from PIL import Image
 
 from prep.errors import ModelMismatch
+from prep.tagging.device import torch_device
 from prep.images import WHITE, flatten_alpha
 
 # Each entry: files of which at least one must exist (transformers 5 saves processor_config.json,
@@ -29,6 +30,7 @@ class BlipSettings:
     min_length: int = 5
     max_length: int = 40
     batch_size: int = 4
+    device: str = "auto"  # `tag --device`: auto, cpu or cuda (prep.tagging.device.torch_device)
 
 
 class BlipCaptioner:
@@ -45,7 +47,7 @@ class BlipCaptioner:
                                 hint="pull one with `loraprep models pull blip-large`")
         self.name = name or model_dir.name
         self.settings = settings
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch_device(settings.device)  # type: ignore[arg-type]
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:

@@ -104,3 +104,19 @@ def _auto_backend(device: Device, *, has_onnx: bool, has_timm: bool, onnx_gpu: b
     if has_timm:
         return "timm"
     raise UsageError("the model folder holds neither model.onnx nor config.json + model.safetensors")
+
+
+def torch_device(device: Device) -> Literal["cpu", "cuda"]:
+    """Where a torch captioner (BLIP, a VLM) runs: `--device` honoured, auto = CUDA when torch sees one."""
+    if device not in DEVICES:
+        raise UsageError(f"--device must be {', '.join(DEVICES)}, not '{device}'")
+    if device == "cpu":
+        return "cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if device == "cuda":
+        raise UsageError("--device cuda: torch sees no CUDA GPU for the captioner",
+                         hint="install the torch build for your CUDA, or pass --device cpu")
+    return "cpu"

@@ -48,6 +48,7 @@ class VlmSettings:
     max_new_tokens: int = 256
     beams: int = 3  # Florence-2 (its model card's setting); chat models decode greedily
     batch_size: int = 4
+    device: str = "auto"  # `tag --device`: auto, cpu or cuda (prep.tagging.device.torch_device)
 
     def __post_init__(self) -> None:
         if self.task not in FLORENCE_TASKS:
@@ -56,10 +57,12 @@ class VlmSettings:
             raise UsageError("--max-new-tokens and the caption batch size must be at least 1")
 
 
-def _device_and_dtype() -> tuple[str, Any]:
+def _device_and_dtype(device: str = "auto") -> tuple[str, Any]:
     import torch
 
-    if torch.cuda.is_available():
+    from prep.tagging.device import torch_device
+
+    if torch_device(device) == "cuda":  # type: ignore[arg-type]
         return "cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return "cpu", torch.float32
 
@@ -103,7 +106,7 @@ class Florence2Captioner:
         from transformers import AutoProcessor, Florence2ForConditionalGeneration
 
         self.name, self.settings = name or folder.name, settings
-        self.device, self.dtype = _device_and_dtype()
+        self.device, self.dtype = _device_and_dtype(settings.device)
         options = dict(local_files_only=True, trust_remote_code=False)
         self.processor = _quiet_load(folder, self.kind, lambda: AutoProcessor.from_pretrained(folder, **options))
         self.model = _quiet_load(folder, self.kind, lambda: Florence2ForConditionalGeneration.from_pretrained(
@@ -129,7 +132,7 @@ class ChatCaptioner:
         from transformers import AutoModelForImageTextToText
 
         self.kind, self.name, self.settings = kind, name or folder.name, settings
-        self.device, self.dtype = _device_and_dtype()
+        self.device, self.dtype = _device_and_dtype(settings.device)
         options = dict(local_files_only=True, trust_remote_code=False)
         self.processor = _quiet_load(folder, kind, lambda: self.load_processor(folder, options))
         self.model = _quiet_load(folder, kind, lambda: AutoModelForImageTextToText.from_pretrained(

@@ -101,3 +101,35 @@ def test_qwen_vl_writes_one_caption_per_image(tiny_qwen_vl, dataset) -> None:
     assert result.exit_code == 0, result.output
     assert len(list(dataset.glob("*.txt"))) == 3
     assert read_meta(dataset / "rocket.jpg")["tag"]["prompt"] == "Describe it."
+
+
+def test_batch_size_reaches_the_captioner(tiny_florence2, dataset, monkeypatch) -> None:
+    from prep.tagging.vlm import Florence2Captioner
+
+    seen: list[int] = []
+    real = Florence2Captioner.caption
+
+    def counting(self, images):  # the real captioner runs; only the batch sizes are recorded
+        seen.append(len(images))
+        return real(self, images)
+
+    monkeypatch.setattr(Florence2Captioner, "caption", counting)
+    result = _tag(dataset, "--captioner", "florence2", "--caption-dir", str(tiny_florence2), "--batch-size", "3")
+    assert result.exit_code == 0, result.output
+    assert seen == [3] and len(list(dataset.glob("*.txt"))) == 3
+
+
+def test_device_reaches_the_captioner(tiny_florence2, dataset) -> None:
+    import torch
+
+    result = _tag(dataset, "--captioner", "florence2", "--caption-dir", str(tiny_florence2), "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert f"florence2 {tiny_florence2.name} on cpu" in " ".join(result.output.split())
+    if torch.cuda.is_available():
+        return
+    for path in dataset.glob("*.txt"):
+        path.unlink()
+    refused = _tag(dataset, "--captioner", "florence2", "--caption-dir", str(tiny_florence2), "--device", "cuda")
+    assert refused.exit_code != 0
+    assert "torch sees no CUDA GPU" in " ".join(refused.output.split())
+    assert not list(dataset.glob("*.txt"))
