@@ -29,13 +29,13 @@ peak RSS of the process instead (VmHWM, reset between runs), labelled as such. T
 printout name the device, the dtype the product chose (bf16, else fp16, on CUDA; fp32 on CPU) and
 the torch / transformers / timm versions. A random Florence-2 would stop wherever it happens to emit
 EOS, so every caption is made exactly --max-new-tokens long (a generation_config.json in the model folder sets the minimum
-to the maximum); beams 3, the product's default. Batch N here sets both tag_folder's batch and the
-captioner's generate batch (VlmSettings.batch_size): the CLI's --batch-size sets only the first.
+to the maximum); beams 3, the product's default. Batch N is tag_folder's batch_size (the CLI's
+--batch-size), which both the tagger and the captioner's generate calls take.
 
 `--gpu --small` builds the same two models at tiny widths so the whole path runs on a CPU in
 seconds (`--device cpu`; tests/prep/test_bench_tag_gpu.py runs it). Written 2026-12-05 without a
-GPU: only the CPU path has been run (README, Benchmarks). The captioners choose their device
-themselves (CUDA when torch sees one), so `--device cpu` also hides CUDA from this process.
+GPU: only the CPU path has been run (README, Benchmarks). `--device` is tag_folder's device (the
+CLI's --device), which the tagger and the captioner both follow.
 On a one-shot GPU lease: `GPU_BENCH=tag bash bench/gpu_run.sh OUT` (one command, OUT/results.json).
 
     python bench/tag.py [--images 24] [--batch N]
@@ -210,7 +210,7 @@ def main() -> None:
                         help="--startup with another WD14-signature model (a tiny one isolates the fixed costs)")
     parser.add_argument("--gpu", action="store_true",
                         help="full-size Florence-2-base and WD v3 ViT (timm) through tag_folder at --batches")
-    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="--gpu: where to run (cpu also hides CUDA)")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="--gpu: where to run (tag_folder's device)")
     parser.add_argument("--batches", default="1,8,32", help="--gpu: batch sizes, comma-separated")
     parser.add_argument("--small", action="store_true", help="--gpu: the same models at tiny widths (CPU plumbing check)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="--gpu: Florence-2 caption length in tokens")
@@ -421,8 +421,6 @@ def gpu_bench(*, device: str, batches: list[int], images: int, small: bool, max_
               models: Path = OUT) -> dict[str, object]:
     """Florence-2-base and the WD v3 ViT through `tag_folder` at each batch size (see the module
     docstring); prints a table and returns the figures with the environment they were measured in."""
-    if device == "cpu":
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the captioners take CUDA whenever torch sees it
     import torch
     import transformers
 
@@ -435,7 +433,7 @@ def gpu_bench(*, device: str, batches: list[int], images: int, small: bool, max_
     timm = import_timm()
     folders = build_gpu_models(small, models)
     fixed_length(folders["florence2"], max_new_tokens)
-    vlm_device, vlm_dtype = _device_and_dtype()  # what Florence2Captioner will choose
+    vlm_device, vlm_dtype = _device_and_dtype(device)  # what Florence2Captioner will choose
     environment = {
         "device": f"{torch.cuda.get_device_name(0)} ({torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB)"
         if cuda else f"CPU ({platform.processor() or platform.machine()}, "
@@ -448,7 +446,7 @@ def gpu_bench(*, device: str, batches: list[int], images: int, small: bool, max_
     }
     runs = {
         "florence2-base": lambda b: TagOptions(captioner="florence2", caption_dir=folders["florence2"], mode="overwrite",
-                                               batch_size=b, vlm=VlmSettings(max_new_tokens=max_new_tokens, batch_size=b)),
+                                               device=device, batch_size=b, vlm=VlmSettings(max_new_tokens=max_new_tokens)),
         "wd-vit-tagger-v3 (timm)": lambda b: TagOptions(model_dir=folders["wd-vit-v3-timm"], backend="timm",
                                                         device=device, mode="overwrite", batch_size=b),
     }

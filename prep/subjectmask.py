@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from prep.atomic import write_bytes_atomic
-from prep.images import MASK_SUFFIX, is_mask_name, save_image_atomic, sha256_file  # noqa: F401
+from prep.images import MASK_SUFFIX, save_image_atomic, sha256_file
 from prep.records import MaskRef
 
 SECTION = "mask"  # the metadata section that records the sidecar

@@ -23,8 +23,8 @@ from typing import Any
 from prep.progress import SILENT, Reporter
 from train.cache import TensorCache, latent_cache, latent_key, text_key
 from train.config import TrainConfig
-from train.data import (CaptionOptions, Example, TrainingSet, caption_variants, colour_jitter, epoch_batches,
-                        load_pixels, placement, process_caption, sample_rng, to_array)
+from train.data import (Example, TrainingSet, colour_jitter, epoch_batches, load_pixels, placement, process_caption,
+                        sample_rng, to_array)
 from train.masks import latent_size, load_mask, mask_source
 
 LatentItem = tuple[str, int, bool]  # (cache key, example position, flipped)
@@ -65,7 +65,7 @@ class Batcher:
         self.text_id = "+".join(ids.get(k, base.model_id) for k in encoders) + f"/clip_skip={config.model.clip_skip}"
         if base.family == "sd3":  # T5's padded length shapes the cached embeddings
             self.text_id += f"/t5={base.tokenizers[2].model_max_length}"
-        self.captions = CaptionOptions(data.manifest.trigger, config.data.caption_dropout, config.data.tag_dropout)
+        self.captions = data.caption_options(config.data.caption_dropout, config.data.tag_dropout)
         self.scaling = float(vae.config.scaling_factor)
         self.shift = float(getattr(vae.config, "shift_factor", None) or 0.0)  # SD3's VAE centres its latents
         self._torch = torch
@@ -73,8 +73,7 @@ class Batcher:
         self.masks = {e.index: mask_source(e, data.root, config.loss) for e in data.examples}
         self._mask_scale = base.vae_scale_factor
         self._groups = self._latent_groups() if self.latents is not None else {}
-        variants = [caption_variants(e.caption, keep_tokens=e.keep_tokens, shuffle=e.shuffle, options=self.captions)
-                    for e in data.examples]
+        variants = data.caption_variants(self.captions)
         self.fixed_captions = list(dict.fromkeys(c for v in variants if v is not None for c in v))
         self.captions_vary = any(v is None for v in variants)
         if config.data.caption_dropout_every_n_epochs:  # issue 24: those epochs train the empty caption

@@ -69,6 +69,15 @@ class TrainingSet:
             counts[example.bucket] += example.repeats
         return dict(sorted(counts.items()))
 
+    def caption_options(self, caption_dropout: float, tag_dropout: float) -> CaptionOptions:
+        return CaptionOptions(self.manifest.trigger, caption_dropout, tag_dropout)
+
+    def caption_variants(self, options: CaptionOptions) -> list[tuple[str, ...] | None]:
+        """`caption_variants` of each example, in order: None where its caption changes from step to
+        step (train.batcher caches the others' text-encoder outputs; train.plan estimates with it)."""
+        return [caption_variants(e.caption, keep_tokens=e.keep_tokens, shuffle=e.shuffle, options=options)
+                for e in self.examples]
+
 
 def load_training_set(manifest_path: str | Path, *, keep_tokens: int | None = None,
                       shuffle_caption: bool | None = None, verify: bool = True, balance_reg: bool = False,

@@ -80,11 +80,8 @@ def plan_training(manifest_path: str | Path, config: TrainConfig, *, num_process
 def captions_vary(data: TrainingSet, config: TrainConfig) -> bool:
     """Whether some caption changes from step to step (shuffled, tags dropped), as train.batcher decides
     it: then its text-encoder outputs cannot be cached and the encoders stay on the accelerator."""
-    from train.data import CaptionOptions, caption_variants
-
-    options = CaptionOptions(data.manifest.trigger, config.data.caption_dropout, config.data.tag_dropout)
-    return any(caption_variants(e.caption, keep_tokens=e.keep_tokens, shuffle=e.shuffle, options=options) is None
-               for e in data.examples)
+    options = data.caption_options(config.data.caption_dropout, config.data.tag_dropout)
+    return any(variants is None for variants in data.caption_variants(options))
 
 
 def kohya_subsets(path: str) -> Any:

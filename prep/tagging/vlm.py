@@ -24,6 +24,7 @@ from PIL import Image
 
 from prep.errors import ModelMismatch, UsageError
 from prep.images import WHITE, flatten_alpha
+from prep.tagging.device import torch_device
 
 FLORENCE_TASKS = {"caption": "<CAPTION>", "detailed": "<DETAILED_CAPTION>", "more-detailed": "<MORE_DETAILED_CAPTION>"}
 # JoyCaption's caption types, as prompts (`--prompt NAME` or any text).
@@ -59,8 +60,6 @@ class VlmSettings:
 
 def _device_and_dtype(device: str = "auto") -> tuple[str, Any]:
     import torch
-
-    from prep.tagging.device import torch_device
 
     if torch_device(device) == "cuda":  # type: ignore[arg-type]
         return "cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
